@@ -1,0 +1,3 @@
+from studiolo.cli.main import main
+
+main()
