@@ -1,0 +1,253 @@
+"""One engine per loaded model: a llama.cpp context driven by one worker thread.
+
+The worker is the only thread that calls into the context. Other threads talk to it
+through an inbox (submit, cancel) and hear back through ``TokenStream``s. Each turn of its
+loop is one step: admit waiting sequences, decode one batch, sample one token for every
+sequence whose logits came out, and hand the step's events to asyncio at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from studiolo.config import EngineSettings
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
+from studiolo.engine.scheduler import Chunk, Scheduler
+from studiolo.engine.sequence import (
+    GenerationRequest,
+    PromptLogprobsEvent,
+    Sequence,
+    SequenceState,
+    TokenEvent,
+)
+from studiolo.engine.slots import SlotPool
+from studiolo.engine.stream import Outbox, TokenStream
+
+log = logging.getLogger(__name__)
+
+
+class ContextLengthExceeded(ValueError):
+    def __init__(self, prompt_tokens: int, context_length: int):
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens long, more than the model's context of "
+            f"{context_length} tokens; shorten the prompt or load the model with a longer context"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
+class InvalidTokens(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class _Submit:
+    seqs: list[Sequence]  # admitted together, in the same step when slots allow
+
+
+@dataclass
+class _Cancel:
+    seq: Sequence
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, settings: EngineSettings):
+        self.model = model
+        self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
+        self.parallel = settings.parallel
+        self.context = LlamaContext(
+            model,
+            ContextParams(
+                n_ctx=self.context_length * self.parallel,
+                n_batch=settings.batch_size,
+                n_seq_max=self.parallel,
+                n_threads=settings.threads,
+            ),
+        )
+        self.slots = SlotPool(self.context, self.parallel, model.n_swa)
+        self.scheduler = Scheduler(self.slots, settings.batch_size)
+        self._outbox = Outbox()
+        self._inbox: deque[_Submit | _Cancel] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"engine:{model.path.name}", daemon=True)
+        self._thread.start()
+
+    # --- called from other threads ----------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        """Queue a generation; must be called from a running event loop's thread."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[GenerationRequest]) -> list[TokenStream]:
+        """Queue several generations at once, so that they start in the same step."""
+        for request in requests:
+            self._validate(request)
+        loop = asyncio.get_running_loop()
+        seqs = [Sequence(request, TokenStream(loop)) for request in requests]
+        for seq in seqs:
+            seq.sink.cancel = lambda seq=seq: self._post(_Cancel(seq))
+        self._post(_Submit(seqs))
+        return [seq.sink for seq in seqs]
+
+    def active_sequences(self) -> int:
+        """Sequences queued or running (approximate when read from another thread)."""
+        return len(self.scheduler.waiting) + len(self.scheduler.running) + len(self._inbox)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self.context.close()
+
+    def _validate(self, request: GenerationRequest) -> None:
+        if not request.prompt:
+            raise InvalidTokens("the prompt is empty", "prompt")
+        if len(request.prompt) > self.context_length:
+            raise ContextLengthExceeded(len(request.prompt), self.context_length)
+        for param, tokens in (
+            ("prompt", request.prompt),
+            ("stop_tokens", request.stop_tokens),
+            ("logit_bias", request.sampling.logit_bias),
+        ):
+            bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
+            if bad is not None:
+                raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})", param)
+
+    def _post(self, command: _Submit | _Cancel) -> None:
+        with self._wake:
+            self._inbox.append(command)
+            self._wake.notify()
+
+    # --- the worker thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._inbox and not self.scheduler.has_work() and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                commands = list(self._inbox)
+                self._inbox.clear()
+            try:
+                self._apply(commands)
+                self._step()
+            except Exception as exc:  # a bug must not leave clients waiting forever
+                log.exception("engine step failed")
+                self._fail_all(f"internal engine error: {exc}")
+            self._outbox.flush()
+        self._fail_all("the model was unloaded")
+        self._outbox.flush()
+
+    def _apply(self, commands: list[_Submit | _Cancel]) -> None:
+        for command in commands:
+            if isinstance(command, _Submit):
+                for seq in command.seqs:
+                    self.scheduler.add(seq)
+            elif command.seq.state is not SequenceState.FINISHED:
+                self._finish(command.seq, "cancelled")
+
+    def _step(self) -> None:
+        for seq in self.scheduler.admit():
+            seq.prefill_started_at = time.perf_counter()
+            seq.sampler = TokenSampler(seq.request.sampling, seq.prompt[-PENALTY_LAST_N:])
+        chunks = self.scheduler.plan()
+        if not chunks:
+            return
+        batch = self.context.batch
+        batch.clear()
+        for chunk in chunks:
+            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.slot.seq_id, chunk.logits_from)
+        status = self.context.decode()
+        if status != 0:
+            self._decode_failed(chunks, status)
+            return
+        for chunk in chunks:
+            self._advance(chunk)
+
+    def _advance(self, chunk: Chunk) -> None:
+        seq = chunk.seq
+        seq.n_past += len(chunk.tokens)
+        seq.slot.tokens.extend(chunk.tokens)
+        if seq.state is SequenceState.PREFILLING:
+            if seq.request.prompt_logprobs:
+                self._score_prompt(chunk)
+            if seq.prompt_remaining() > 0:
+                return
+            seq.state = SequenceState.DECODING
+            if seq.request.max_tokens == 0:  # only the prompt was wanted (echo, scoring)
+                self._finish(seq, "length")
+                return
+        self._sample(seq, chunk.batch_index + len(chunk.tokens) - 1)
+
+    def _score_prompt(self, chunk: Chunk) -> None:
+        """Logits at position p score the prompt token at p + 1."""
+        seq = chunk.seq
+        k = seq.request.logprobs or 0
+        for offset in range(len(chunk.tokens)):
+            position = chunk.start + offset + 1
+            if position < len(seq.prompt):
+                logits = self.context.logits(chunk.batch_index + offset)
+                seq.prompt_scores.append(logprobs_of(logits, seq.prompt[position], k))
+        if chunk.completes_prompt:
+            scored = seq.prompt[1:]
+            pieces = [self.model.token_bytes(t) for t in scored]
+            self._outbox.put(seq.sink, PromptLogprobsEvent(scored, pieces, seq.prompt_scores))
+
+    def _sample(self, seq: Sequence, batch_index: int) -> None:
+        request = seq.request
+        logits = self.context.logits(batch_index)
+        raw = logits.copy() if request.logprobs is not None else None
+        seq.sampler.adjust(logits)
+        token = seq.sampler.choose(self.context, batch_index, logits)
+        seq.sampler.accept(token)
+        seq.generated.append(token)
+        if not seq.first_token_at:
+            seq.first_token_at = time.perf_counter()
+        if token in request.stop_tokens or (not request.ignore_eos and self.model.is_eog(token)):
+            self._finish(seq, "stop")
+            return
+        logprob = logprobs_of(raw, token, request.logprobs) if raw is not None else None
+        self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
+        out_of_budget = request.max_tokens is not None and len(seq.generated) >= request.max_tokens
+        if out_of_budget or seq.n_past >= self.context_length:
+            self._finish(seq, "length")
+            return
+        seq.pending = token
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        self.scheduler.remove(seq)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        self._outbox.put(seq.sink, seq.finish_event(reason, error))
+
+    def _decode_failed(self, chunks: list[Chunk], status: int) -> None:
+        """Drop what the failed batch may have left in the cache; fail its sequences."""
+        log.error("llama_decode returned %d for a batch of %d tokens", status, self.context.batch.size)
+        for chunk in chunks:
+            seq = chunk.seq
+            self.context.remove_from(seq.slot.seq_id, len(seq.slot.tokens))
+            self._finish(seq, "error", f"llama_decode failed with status {status}")
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
+            if seq.slot is not None:
+                seq.slot.tokens.clear()
+                self.context.remove_from(seq.slot.seq_id, 0)
+            self._finish(seq, "error", message)
+        with self._wake:
+            orphans, self._inbox = list(self._inbox), deque()
+        for command in orphans:
+            for seq in command.seqs if isinstance(command, _Submit) else ():
+                self._outbox.put(seq.sink, seq.finish_event("error", message))

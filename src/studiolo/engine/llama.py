@@ -1,0 +1,263 @@
+"""Thin wrappers over llama-cpp-python's low-level (ctypes) API.
+
+Everything that touches ctypes lives here, so the rest of the engine reads as plain
+Python. A ``LlamaModel`` holds the weights and vocabulary (immutable, safe to read from
+any thread); a ``LlamaContext`` holds the KV cache and must only be used by the engine's
+worker thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as llama
+import numpy as np
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+class ModelLoadError(RuntimeError):
+    """The GGUF could not be loaded (missing, truncated, corrupt or unsupported)."""
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama.llama_backend_init()
+            _backend_ready = True
+
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line)
+_LLAMA_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_llama_logger = logging.getLogger("studiolo.llama")
+_last_llama_level = [0]
+
+
+@llama.llama_log_callback
+def _forward_llama_log(level, text, user_data):  # noqa: ANN001 - ctypes signature
+    """llama.cpp narrates every load on stderr; keep its warnings and errors, in our log."""
+    if level == 5:
+        level = _last_llama_level[0]
+    _last_llama_level[0] = level
+    python_level = _LLAMA_LOG_LEVELS.get(level)
+    if python_level is not None:
+        _llama_logger.log(python_level, text.decode("utf-8", errors="replace").rstrip())
+
+
+llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+
+
+class LlamaModel:
+    """Weights and vocabulary of one GGUF file."""
+
+    def __init__(self, path: Path):
+        _init_backend()
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        params = llama.llama_model_default_params()
+        handle = llama.llama_model_load_from_file(str(path).encode(), params)
+        if not handle:
+            raise ModelLoadError(f"llama.cpp could not load {path.name} (corrupt, truncated or unsupported GGUF)")
+        self.path = path
+        self._handle = handle
+        self._vocab = llama.llama_model_get_vocab(handle)
+        self.n_vocab: int = llama.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train: int = llama.llama_model_n_ctx_train(handle)
+        self.n_swa: int = llama.llama_model_n_swa(handle)
+        self.add_bos: bool = bool(llama.llama_vocab_get_add_bos(self._vocab))
+        self.bos_id: int = llama.llama_vocab_bos(self._vocab)
+        self.eos_id: int = llama.llama_vocab_eos(self._vocab)
+        self._piece_cache: dict[int, bytes] = {}
+
+    @property
+    def handle(self):
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle:
+            llama.llama_model_free(self._handle)
+            self._handle = None
+
+    # --- metadata -------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama.llama_model_meta_val_str(self._handle, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        raw = llama.llama_model_chat_template(self._handle, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def architecture(self) -> str:
+        return self.meta("general.architecture") or "unknown"
+
+    # --- vocabulary -----------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            capacity = -n
+            buf = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's text as UTF-8 bytes (possibly part of a character); control tokens render empty."""
+        cached = self._piece_cache.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = llama.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        piece = buf.raw[:n]
+        self._piece_cache[token] = piece
+        return piece
+
+    def token_text_special(self, token: int) -> str:
+        """The token's text with control tokens rendered, for templates' bos/eos strings."""
+        buf = ctypes.create_string_buffer(128)
+        n = llama.llama_token_to_piece(self._vocab, token, buf, 128, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self._vocab, token))
+
+    def is_valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+
+@dataclass
+class ContextParams:
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    n_threads: int
+
+
+class LlamaContext:
+    """A llama.cpp context with one unified KV cache shared by all sequences.
+
+    Unified means a KV cell can belong to several sequences at once: copying a prefix
+    from one sequence to another (``copy_prefix``) tags the same cells with the second
+    sequence id instead of copying data, which is what makes prefix reuse cheap.
+    """
+
+    def __init__(self, model: LlamaModel, params: ContextParams):
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_batch
+        cparams.n_seq_max = params.n_seq_max
+        cparams.n_threads = params.n_threads
+        cparams.n_threads_batch = params.n_threads
+        cparams.kv_unified = True
+        # Keep every position in sliding-window layers too, so a cached prefix can be
+        # resumed from any point (Gemma 3 would otherwise forget all but the window).
+        cparams.swa_full = True
+        cparams.no_perf = True
+        handle = llama.llama_init_from_model(model.handle, cparams)
+        if not handle:
+            raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        self.model = model
+        self._handle = handle
+        self._memory = llama.llama_get_memory(handle)
+        self.n_ctx: int = llama.llama_n_ctx(handle)
+        self.n_batch = params.n_batch
+        self.batch = Batch(params.n_batch)
+
+    def close(self) -> None:
+        if self._handle:
+            self.batch.close()
+            llama.llama_free(self._handle)
+            self._handle = None
+
+    def decode(self) -> int:
+        """Run the model over the current batch; 0 on success (llama_decode's codes otherwise)."""
+        return llama.llama_decode(self._handle, self.batch.raw)
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        """A zero-copy float32 view of the logits computed for one batch position."""
+        pointer = llama.llama_get_logits_ith(self._handle, batch_index)
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+
+    @property
+    def handle(self):
+        return self._handle
+
+    # --- KV cache -------------------------------------------------------------------
+
+    def remove_from(self, seq_id: int, position: int) -> None:
+        """Drop the sequence's cells from ``position`` on (all of them for 0)."""
+        llama.llama_memory_seq_rm(self._memory, seq_id, position, -1)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Make ``target`` share ``source``'s cells for positions [0, length)."""
+        llama.llama_memory_seq_rm(self._memory, target, -1, -1)
+        llama.llama_memory_seq_cp(self._memory, source, target, 0, length)
+
+    def min_position(self, seq_id: int) -> int:
+        """The smallest position still cached for the sequence (-1 when it has none)."""
+        return llama.llama_memory_seq_pos_min(self._memory, seq_id)
+
+    def clear(self) -> None:
+        llama.llama_memory_clear(self._memory, True)
+
+
+class Batch:
+    """A reusable llama_batch with numpy views over its token, position and flag arrays."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.raw = llama.llama_batch_init(capacity, 0, 1)
+        self._tokens = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
+        self._positions = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
+        self._n_seq_id = np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))
+        self._logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        self._n_seq_id[:] = 1
+        self._seq_ids = self.raw.seq_id
+        self.size = 0
+
+    def clear(self) -> None:
+        self.size = 0
+        self.raw.n_tokens = 0
+
+    def add(self, tokens: list[int], start: int, seq_id: int, logits_from: int) -> int:
+        """Append tokens at positions start..; ask for logits from index ``logits_from`` of them.
+
+        Returns the batch index of the first appended token.
+        """
+        first = self.size
+        end = first + len(tokens)
+        self._tokens[first:end] = tokens
+        self._positions[first:end] = np.arange(start, start + len(tokens), dtype=np.int32)
+        self._logits[first:end] = 0
+        self._logits[first + logits_from : end] = 1
+        seq_ids = self._seq_ids
+        for i in range(first, end):
+            seq_ids[i][0] = seq_id
+        self.size = end
+        self.raw.n_tokens = end
+        return first
+
+    def close(self) -> None:
+        if self.raw is not None:
+            llama.llama_batch_free(self.raw)
+            self.raw = None

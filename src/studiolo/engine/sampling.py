@@ -1,0 +1,140 @@
+"""Choosing the next token from a sequence's logits.
+
+Each step works on a zero-copy view of the logits llama.cpp computed, in this order:
+
+1. log-probabilities of the raw distribution, when the request asked for them;
+2. ``logit_bias`` and the repetition penalties, in place, on the few tokens they touch
+   (the penalty window holds at most ``penalty_last_n`` tokens);
+3. greedy (``temperature <= 0``): an argmax; otherwise llama.cpp's C sampler chain
+   (top-k, top-p, min-p, temperature, seeded draw), which reads the same logits buffer.
+
+Doing 2 and 3-greedy in numpy keeps the common greedy path to one pass over the
+vocabulary, which matters with Gemma 3's 262k tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import llama_cpp as llama
+import numpy as np
+
+from studiolo.engine.llama import LlamaContext
+
+PENALTY_LAST_N = 64  # llama.cpp's default repetition window
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Defaults are LM Studio's for llama.cpp models."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40  # <= 0 disables it
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def penalizes(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token's log-probability under the model, and the k most likely tokens."""
+
+    logprob: float
+    top: tuple[TopLogprob, ...]
+
+
+def logprobs_of(logits: np.ndarray, chosen: int, k: int) -> TokenLogprob:
+    """Log-softmax of raw logits: the chosen token's value and the top k (k may be 0)."""
+    peak = float(logits.max())
+    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    top: tuple[TopLogprob, ...] = ()
+    if k > 0:
+        best = np.argpartition(logits, -k)[-k:]
+        best = best[np.argsort(-logits[best], kind="stable")]
+        top = tuple(TopLogprob(int(t), float(logits[t]) - log_norm) for t in best)
+    return TokenLogprob(float(logits[chosen]) - log_norm, top)
+
+
+class TokenSampler:
+    """Per-sequence sampling state: penalty window, random state, C sampler chain."""
+
+    def __init__(self, params: SamplingParams, history: Iterable[int] = ()):
+        self.params = params
+        self._window: deque[int] = deque(maxlen=PENALTY_LAST_N)
+        self._counts: Counter[int] = Counter()
+        for token in history:
+            self.accept(token)
+        self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
+        self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
+        self._chain = None if params.greedy else self._build_chain(params)
+
+    @staticmethod
+    def _build_chain(params: SamplingParams):
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        if params.top_k > 0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_min_p(params.min_p, 1))
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def accept(self, token: int) -> None:
+        """Record a token in the penalty window (prompt tokens too, as llama-server does)."""
+        if len(self._window) == self._window.maxlen:
+            evicted = self._window[0]
+            self._counts[evicted] -= 1
+            if not self._counts[evicted]:
+                del self._counts[evicted]
+        self._window.append(token)
+        self._counts[token] += 1
+
+    def adjust(self, logits: np.ndarray) -> None:
+        """Apply logit_bias and the repetition penalties to the logits, in place."""
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._bias_values
+        params = self.params
+        if not params.penalizes or not self._counts:
+            return
+        ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+        counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+        values = logits[ids]
+        if params.repeat_penalty != 1.0:
+            values = np.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
+        values -= counts * params.frequency_penalty + params.presence_penalty
+        logits[ids] = values
+
+    def choose(self, context: LlamaContext, batch_index: int, logits: np.ndarray) -> int:
+        """Pick the next token from logits already adjusted in place."""
+        if self._chain is None:
+            return int(logits.argmax())
+        return llama.llama_sampler_sample(self._chain, context.handle, batch_index)
+
+    def close(self) -> None:
+        if self._chain is not None:
+            llama.llama_sampler_free(self._chain)
+            self._chain = None

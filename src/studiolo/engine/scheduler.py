@@ -1,0 +1,88 @@
+"""Which sequences run, and what each contributes to the next llama_decode.
+
+Every step decodes one batch: the pending token of every decoding sequence, then chunks
+of prompt for sequences still prefilling, oldest first, until ``batch_size`` tokens.
+Decoding sequences go first so that a long prompt arriving never stalls running streams
+for more than one step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from studiolo.engine.sequence import Sequence, SequenceState
+from studiolo.engine.slots import SlotPool
+
+
+@dataclass
+class Chunk:
+    """A run of one sequence's tokens placed in the batch."""
+
+    seq: Sequence
+    tokens: list[int]
+    start: int  # position of the first token
+    logits_from: int  # index within tokens from which logits are wanted (len: none)
+    batch_index: int = 0  # where the first token landed in the batch
+
+    @property
+    def completes_prompt(self) -> bool:
+        return self.start + len(self.tokens) >= len(self.seq.prompt)
+
+
+class Scheduler:
+    def __init__(self, slots: SlotPool, batch_size: int):
+        self.slots = slots
+        self.batch_size = batch_size
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def has_work(self) -> bool:
+        return bool(self.running) or (bool(self.waiting) and self.slots.has_free())
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        if seq.state is SequenceState.WAITING:
+            self.waiting.remove(seq)
+        else:
+            self.running.remove(seq)
+            self.slots.release(seq.slot)
+        seq.state = SequenceState.FINISHED
+
+    def admit(self) -> list[Sequence]:
+        """Give free slots to waiting sequences, first come first served."""
+        admitted = []
+        while self.waiting and self.slots.has_free():
+            seq = self.waiting.popleft()
+            # Scoring the prompt needs logits at every position: nothing can be reused.
+            seq.slot, reused = self.slots.acquire(seq.prompt, reuse=not seq.request.prompt_logprobs)
+            seq.cached_tokens = seq.n_past = reused
+            seq.state = SequenceState.PREFILLING
+            self.running.append(seq)
+            admitted.append(seq)
+        return admitted
+
+    def plan(self) -> list[Chunk]:
+        chunks = [
+            Chunk(seq, [seq.pending], seq.n_past, 0)
+            for seq in self.running
+            if seq.state is SequenceState.DECODING
+        ]
+        budget = self.batch_size - len(chunks)
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.state is not SequenceState.PREFILLING:
+                continue
+            take = min(budget, seq.prompt_remaining())
+            tokens = seq.prompt[seq.n_past : seq.n_past + take]
+            chunk = Chunk(seq, tokens, seq.n_past, take)
+            if seq.request.prompt_logprobs:
+                chunk.logits_from = 0
+            elif chunk.completes_prompt:
+                chunk.logits_from = take - 1
+            chunks.append(chunk)
+            budget -= take
+        return chunks

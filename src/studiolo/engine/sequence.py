@@ -1,0 +1,103 @@
+"""One generation request as the engine sees it: tokens in, tokens out."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from studiolo.engine.sampling import SamplingParams, TokenLogprob, TokenSampler
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate, in tokens. Built by the service layer."""
+
+    prompt: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until end of generation or of the context
+    stop_tokens: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's, plus the top k
+    prompt_logprobs: bool = False  # also score every prompt token after the first
+
+
+class SequenceState(enum.Enum):
+    WAITING = "waiting"  # queued, no KV slot yet
+    PREFILLING = "prefilling"  # prompt being fed in chunks
+    DECODING = "decoding"  # one token per step
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token: int
+    piece: bytes  # the token's UTF-8 bytes; a character may span several tokens
+    logprob: TokenLogprob | None = None
+
+
+@dataclass(frozen=True)
+class PromptLogprobsEvent:
+    """Log-probabilities of prompt tokens 1..n-1, each given the tokens before it."""
+
+    tokens: list[int]
+    pieces: list[bytes]
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    reason: str  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    error: str | None = None
+
+
+EngineEvent = TokenEvent | PromptLogprobsEvent | FinishEvent
+
+_ids = itertools.count(1)
+
+
+class Sequence:
+    """Mutable generation state, touched only by the engine's worker thread."""
+
+    def __init__(self, request: GenerationRequest, sink):
+        self.id = next(_ids)
+        self.request = request
+        self.sink = sink  # where events go (engine.stream.TokenStream)
+        self.state = SequenceState.WAITING
+        self.slot = None  # engine.slots.Slot once admitted
+        self.cached_tokens = 0  # prompt tokens whose KV was reused
+        self.n_past = 0  # tokens with KV in the cache for this sequence
+        self.pending: int | None = None  # sampled, not yet fed back
+        self.generated: list[int] = []
+        self.sampler: TokenSampler | None = None
+        self.prompt_scores: list[TokenLogprob] = []  # filled while prefilling, if asked
+        self.cancelled = False
+        self.submitted_at = time.perf_counter()
+        self.prefill_started_at = 0.0
+        self.first_token_at = 0.0
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.request.prompt
+
+    def prompt_remaining(self) -> int:
+        return len(self.prompt) - self.n_past
+
+    def finish_event(self, reason: str, error: str | None = None) -> FinishEvent:
+        now = time.perf_counter()
+        first = self.first_token_at or now
+        return FinishEvent(
+            reason=reason,
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached_tokens,
+            completion_tokens=len(self.generated),
+            prefill_seconds=first - (self.prefill_started_at or first),
+            decode_seconds=now - first,
+            error=error,
+        )
