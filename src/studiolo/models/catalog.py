@@ -1,0 +1,77 @@
+"""The models on disk: ``STUDIOLO_HOME/models/<publisher>/<repo>/<file>.gguf``.
+
+A model's key is ``publisher/repo`` in lower case, as LM Studio names models. A request
+may also name a model by its repo alone, or by its file name, when that is unambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, name: str, available: list[str]):
+        listing = ", ".join(available) if available else "none (see `make setup` or `studiolo import`)"
+        super().__init__(f"model '{name}' not found; available models: {listing}")
+        self.name = name
+
+
+class AmbiguousModelName(LookupError):
+    def __init__(self, name: str, matches: list[str]):
+        super().__init__(f"model name '{name}' matches several models ({', '.join(matches)}); use the full key")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    key: str
+    publisher: str
+    repo: str
+    path: Path
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def names(self) -> set[str]:
+        """Every name that may refer to this model, lower case."""
+        stem = self.path.name.lower()
+        return {self.key, self.repo, stem, stem.removesuffix(".gguf")}
+
+
+def _is_weights_file(path: Path) -> bool:
+    # Vision projectors sit beside their model; they are not models of their own.
+    name = path.name.lower()
+    return name.endswith(".gguf") and not name.startswith("mmproj") and not name.endswith(".part")
+
+
+class Catalog:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def entries(self) -> list[CatalogEntry]:
+        """Scan the folder; cheap enough (two directory levels) to do per request."""
+        found: list[CatalogEntry] = []
+        if not self.root.is_dir():
+            return found
+        for publisher_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for repo_dir in sorted(p for p in publisher_dir.iterdir() if p.is_dir()):
+                files = sorted(p for p in repo_dir.iterdir() if p.is_file() and _is_weights_file(p))
+                if files:
+                    publisher, repo = publisher_dir.name.lower(), repo_dir.name.lower()
+                    found.append(CatalogEntry(f"{publisher}/{repo}", publisher, repo, files[0]))
+        return found
+
+    def resolve(self, name: str) -> CatalogEntry:
+        wanted = name.strip().lower()
+        entries = self.entries()
+        for entry in entries:
+            if entry.key == wanted:
+                return entry
+        matches = [entry for entry in entries if wanted in entry.names()]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise AmbiguousModelName(name, [entry.key for entry in matches])
+        raise ModelNotFound(name, [entry.key for entry in entries])

@@ -1,0 +1,240 @@
+"""The one path from a domain request to engine work and back.
+
+``chat`` and ``complete`` resolve the model (loading it just in time), build the prompt
+tokens, and submit one engine sequence per choice. Every problem a client can cause is
+raised here, before anything is returned, so HTTP layers can answer 4xx before they start
+streaming. The returned ``Generation`` then yields text deltas and finish events per
+choice, and cancels its sequences if it is closed early (client gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from studiolo.chat.templates import ChatTemplate, builtin_template_for
+from studiolo.engine.llama import LlamaModel
+from studiolo.engine.sampling import TokenLogprob
+from studiolo.engine.sequence import FinishEvent, GenerationRequest, PromptLogprobsEvent, TokenEvent
+from studiolo.engine.stream import TokenStream
+from studiolo.models.manager import LoadedModel, ModelManager
+from studiolo.service.text import TextAssembler
+from studiolo.service.types import (
+    Alternative,
+    ChatRequest,
+    CompletionRequest,
+    Finished,
+    GenerationEvent,
+    GenerationOptions,
+    InvalidRequest,
+    TextDelta,
+    TokenInfo,
+    Usage,
+)
+
+
+class GenerationFailed(RuntimeError):
+    """The engine could not finish a sequence (not the client's fault)."""
+
+
+def token_text(piece: bytes) -> str:
+    """A token's text for logprobs; bytes that are not whole UTF-8 characters are spelled out."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+
+def _token_info(model: LlamaModel, piece: bytes, logprob: TokenLogprob | None) -> TokenInfo:
+    if logprob is None:
+        return TokenInfo(token_text(piece), piece, None)
+    top = tuple(
+        Alternative(token_text(p := model.token_bytes(alt.token)), p, alt.logprob) for alt in logprob.top
+    )
+    return TokenInfo(token_text(piece), piece, logprob.logprob, top)
+
+
+@dataclass
+class _Choice:
+    index: int
+    stream: TokenStream
+    echo: str = ""  # prompt text returned before the output
+    echo_tokens: tuple[TokenInfo, ...] = ()
+    prompt_scored: bool = False  # echo tokens wait for the prompt's logprobs
+
+
+@dataclass
+class Generation:
+    """A running request: its identity and the events of all its choices."""
+
+    id: str
+    model: str
+    created: int
+    _loaded: LoadedModel
+    _options: GenerationOptions
+    _choices: list[_Choice]
+    usage: Usage = field(default_factory=Usage)
+    _streams_done: int = 0
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        queue: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.create_task(self._pump(choice, queue)) for choice in self._choices]
+        finished = 0
+        try:
+            while finished < len(tasks):
+                event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                finished += isinstance(event, Finished)
+                yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.cancel()
+
+    def cancel(self) -> None:
+        for choice in self._choices:
+            if not choice.stream.finished:
+                choice.stream.cancel()
+
+    async def _pump(self, choice: _Choice, queue: asyncio.Queue) -> None:
+        try:
+            async for event in self._choice_events(choice):
+                queue.put_nowait(event)
+        except BaseException as exc:  # hand failures to the consumer
+            if not isinstance(exc, asyncio.CancelledError):
+                queue.put_nowait(exc)
+            raise
+
+    async def _choice_events(self, choice: _Choice) -> AsyncIterator[GenerationEvent]:
+        model = self._loaded.model
+        wants_logprobs = self._options.logprobs is not None
+        if choice.echo and not choice.prompt_scored:
+            yield TextDelta(choice.index, choice.echo, choice.echo_tokens)
+        assembler = TextAssembler(self._options.stop)
+        async for event in choice.stream:
+            if isinstance(event, PromptLogprobsEvent):
+                yield TextDelta(choice.index, choice.echo, self._echo_tokens(choice, event))
+            elif isinstance(event, TokenEvent):
+                if assembler.stopped:
+                    continue
+                info = _token_info(model, event.piece, event.logprob) if wants_logprobs else None
+                text, tokens = assembler.feed(event.piece, info)
+                if assembler.stopped:
+                    choice.stream.cancel()  # a stop string ended it; free the sequence now
+                if text or tokens:
+                    yield TextDelta(choice.index, text, tuple(tokens))
+            elif isinstance(event, FinishEvent):
+                if event.reason == "error":
+                    raise GenerationFailed(event.error or "generation failed")
+                text, tokens = assembler.finish()
+                if text or tokens:
+                    yield TextDelta(choice.index, text, tuple(tokens))
+                self._count(choice, event)
+                reason = "stop" if assembler.stopped else event.reason
+                yield Finished(choice.index, "length" if reason == "length" else "stop")
+                return
+
+    def _echo_tokens(self, choice: _Choice, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
+        model = self._loaded.model
+        scored = (_token_info(model, p, lp) for p, lp in zip(event.pieces, event.logprobs))
+        return choice.echo_tokens + tuple(scored)  # echo_tokens: the first prompt token, unscored
+
+    def _count(self, choice: _Choice, event: FinishEvent) -> None:
+        # Choices of one prompt share it: count its tokens once per prompt, as OpenAI does.
+        first_of_prompt = choice.index % self._options.n == 0
+        self.usage = Usage(
+            prompt_tokens=self.usage.prompt_tokens + (event.prompt_tokens if first_of_prompt else 0),
+            completion_tokens=self.usage.completion_tokens + event.completion_tokens,
+            cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
+        )
+
+
+class GenerationService:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+        self._templates: dict[str, ChatTemplate] = {}
+
+    async def chat(self, request: ChatRequest) -> Generation:
+        loaded = await self.manager.get(request.model)
+        prompt = self.chat_prompt_tokens(loaded, request)
+        return self._start(loaded, "chatcmpl", [(prompt, "")], request.options)
+
+    async def complete(self, request: CompletionRequest) -> Generation:
+        loaded = await self.manager.get(request.model)
+        prompts = [self._completion_prompt(loaded.model, p) for p in request.prompts]
+        return self._start(loaded, "cmpl", prompts, request.options)
+
+    def chat_prompt_tokens(self, loaded: LoadedModel, request: ChatRequest) -> list[int]:
+        template = self._template(loaded)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        text = template.render(messages, add_generation_prompt=True)
+        model = loaded.model
+        if model.add_bos and template.bos_token and text.startswith(template.bos_token):
+            text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
+        return model.tokenize(text, add_special=True, parse_special=True)
+
+    def _template(self, loaded: LoadedModel) -> ChatTemplate:
+        template = self._templates.get(loaded.key)
+        if template is None:
+            model = loaded.model
+            source = model.chat_template() or builtin_template_for(model.architecture())
+            template = ChatTemplate(source, model.token_text_special(model.bos_id), model.token_text_special(model.eos_id))
+            self._templates[loaded.key] = template
+        return template
+
+    @staticmethod
+    def _completion_prompt(model: LlamaModel, prompt: str | list[int]) -> tuple[list[int], str]:
+        """Token ids and the text to echo. Text prompts get the model's BOS, as llama-server does."""
+        if isinstance(prompt, str):
+            return model.tokenize(prompt, add_special=True, parse_special=True), prompt
+        text = b"".join(model.token_bytes(t) for t in prompt if model.is_valid_token(t))
+        return list(prompt), text.decode("utf-8", errors="replace")
+
+    def _start(
+        self,
+        loaded: LoadedModel,
+        id_prefix: str,
+        prompts: list[tuple[list[int], str]],
+        options: GenerationOptions,
+    ) -> Generation:
+        requests, echoes = [], []
+        for tokens, text in prompts:
+            if not tokens:
+                raise InvalidRequest("the prompt is empty", "prompt")
+            for copy in range(options.n):
+                requests.append(self._engine_request(tokens, options, copy))
+                echoes.append((tokens, text))
+        streams = loaded.engine.submit_many(requests)  # all choices start in the same step
+        choices = [_Choice(index, stream) for index, stream in enumerate(streams)]
+        if options.echo:
+            for choice, (tokens, text) in zip(choices, echoes):
+                choice.echo = text
+                choice.prompt_scored = options.logprobs is not None
+                choice.echo_tokens = self._echo_first_token(loaded.model, tokens, options)
+        return Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", loaded.key, int(time.time()), loaded, options, choices)
+
+    @staticmethod
+    def _echo_first_token(model: LlamaModel, tokens: list[int], options: GenerationOptions) -> tuple[TokenInfo, ...]:
+        if options.logprobs is None:
+            return ()
+        piece = model.token_bytes(tokens[0])
+        return (TokenInfo(token_text(piece), piece, None),)
+
+    @staticmethod
+    def _engine_request(tokens: list[int], options: GenerationOptions, copy: int) -> GenerationRequest:
+        sampling = options.sampling
+        if copy and sampling.seed is not None:  # n > 1 with a seed: distinct but reproducible draws
+            sampling = replace(sampling, seed=sampling.seed + copy)
+        return GenerationRequest(
+            prompt=tokens,
+            sampling=sampling,
+            max_tokens=options.max_tokens,
+            stop_tokens=options.stop_tokens,
+            ignore_eos=options.ignore_eos,
+            logprobs=options.logprobs,
+            prompt_logprobs=options.echo and options.logprobs is not None,
+        )

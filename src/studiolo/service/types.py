@@ -1,0 +1,94 @@
+"""Domain requests and events: what routers hand to the service and get back.
+
+No wire format here; each API family translates its JSON to and from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from studiolo.engine.sampling import SamplingParams
+
+
+class InvalidRequest(ValueError):
+    """A request the service cannot carry out as asked; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until the end of generation or of the context
+    stop: tuple[str, ...] = ()
+    stop_tokens: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k: the chosen token's plus the k most likely
+    echo: bool = False  # completions: return the prompt before the output
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # system | user | assistant | tool ("developer" arrives here as "system")
+    content: str | None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage]
+    options: GenerationOptions
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    prompts: list[str | list[int]]  # one choice group per prompt: text, or token ids
+    options: GenerationOptions
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """One output (or echoed prompt) token, for logprobs."""
+
+    text: str
+    bytes: bytes
+    logprob: float | None  # None for the first prompt token, which nothing predicts
+    top: tuple[Alternative, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    index: int  # which choice
+    text: str
+    tokens: tuple[TokenInfo, ...] = ()  # the tokens this text came from (filled when logprobs are on)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Finished:
+    index: int
+    reason: str  # "stop" | "length"
+
+
+GenerationEvent = TextDelta | Finished
