@@ -1,0 +1,171 @@
+"""Response bodies of the OpenAI-compatible endpoints, field for field as OpenAI publishes them.
+
+Builders take domain events (``TextDelta``, ``Finished``, ``Usage``) and return dicts ready
+for JSON; the chunk builders keep the little state streaming needs (text offsets).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from studiolo.service.generation import Generation
+from studiolo.service.types import TokenInfo, Usage
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _header(generation: Generation, object_name: str) -> dict[str, Any]:
+    return {
+        "id": generation.id,
+        "object": object_name,
+        "created": generation.created,
+        "model": generation.model,
+        "system_fingerprint": generation.model,
+    }
+
+
+# --- chat -----------------------------------------------------------------------------
+
+
+def chat_token_logprob(token: TokenInfo) -> dict[str, Any]:
+    return {
+        "token": token.text,
+        "logprob": token.logprob,
+        "bytes": list(token.bytes),
+        "top_logprobs": [
+            {"token": alt.text, "logprob": alt.logprob, "bytes": list(alt.bytes)} for alt in token.top
+        ],
+    }
+
+
+def chat_logprobs(tokens: list[TokenInfo] | tuple[TokenInfo, ...]) -> dict[str, Any]:
+    return {"content": [chat_token_logprob(t) for t in tokens], "refusal": None}
+
+
+def chat_completion(
+    generation: Generation,
+    texts: dict[int, str],
+    tokens: dict[int, list[TokenInfo]],
+    finish_reasons: dict[int, str],
+    with_logprobs: bool,
+) -> dict[str, Any]:
+    choices = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": texts[index], "refusal": None, "annotations": []},
+            "logprobs": chat_logprobs(tokens[index]) if with_logprobs else None,
+            "finish_reason": finish_reasons[index],
+        }
+        for index in sorted(texts)
+    ]
+    return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage)}
+
+
+class ChatChunks:
+    """Builds ``chat.completion.chunk`` objects for one streamed generation."""
+
+    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+        self._generation = generation
+        self._with_logprobs = with_logprobs
+        self._include_usage = include_usage
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = {**_header(self._generation, "chat.completion.chunk"), "choices": choices}
+        if self._include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def role(self, index: int) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": "", "refusal": None}
+        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def content(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> dict[str, Any]:
+        logprobs = chat_logprobs(tokens) if self._with_logprobs else None
+        return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}])
+
+    def finish(self, index: int, reason: str) -> dict[str, Any]:
+        return self._chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+
+    def usage(self) -> dict[str, Any]:
+        chunk = self._chunk([])
+        chunk["usage"] = usage_body(self._generation.usage)
+        return chunk
+
+
+# --- completions ----------------------------------------------------------------------
+
+
+class CompletionLogprobs:
+    """OpenAI's legacy logprobs shape; ``text_offset`` counts from the start of the choice's text."""
+
+    def __init__(self):
+        self.offset = 0
+
+    def render(self, tokens: list[TokenInfo] | tuple[TokenInfo, ...]) -> dict[str, Any]:
+        body: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token in tokens:
+            body["tokens"].append(token.text)
+            body["token_logprobs"].append(token.logprob)
+            top = {alt.text: alt.logprob for alt in token.top}
+            body["top_logprobs"].append(top if token.logprob is not None else None)
+            body["text_offset"].append(self.offset)
+            self.offset += len(token.bytes.decode("utf-8", errors="replace"))
+        return body
+
+
+def completion(
+    generation: Generation,
+    texts: dict[int, str],
+    logprobs: dict[int, dict[str, Any]] | None,
+    finish_reasons: dict[int, str],
+) -> dict[str, Any]:
+    choices = [
+        {
+            "text": texts[index],
+            "index": index,
+            "logprobs": logprobs[index] if logprobs is not None else None,
+            "finish_reason": finish_reasons[index],
+        }
+        for index in sorted(texts)
+    ]
+    return {**_header(generation, "text_completion"), "choices": choices, "usage": usage_body(generation.usage)}
+
+
+class CompletionChunks:
+    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+        self._generation = generation
+        self._include_usage = include_usage
+        self._logprobs: dict[int, CompletionLogprobs] | None = {} if with_logprobs else None
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = {**_header(self._generation, "text_completion"), "choices": choices}
+        if self._include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def text(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> dict[str, Any]:
+        logprobs = None
+        if self._logprobs is not None:
+            logprobs = self._logprobs.setdefault(index, CompletionLogprobs()).render(tokens)
+        return self._chunk([{"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}])
+
+    def finish(self, index: int, reason: str) -> dict[str, Any]:
+        return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}])
+
+    def usage(self) -> dict[str, Any]:
+        chunk = self._chunk([])
+        chunk["usage"] = usage_body(self._generation.usage)
+        return chunk

@@ -1,0 +1,141 @@
+"""OpenAI-compatible routes: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
+
+Each route translates the wire request to a domain request, asks the service, and renders
+the events back; no generation logic lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from studiolo.api import openai_render as render
+from studiolo.api.errors import APIError
+from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
+from studiolo.models.catalog import CatalogEntry
+from studiolo.service.generation import Generation, GenerationFailed, GenerationService
+from studiolo.service.types import Finished, TextDelta, TokenInfo
+
+router = APIRouter(prefix="/v1")
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
+
+
+def _service(request: Request) -> GenerationService:
+    return request.app.state.service
+
+
+def _model_object(entry: CatalogEntry) -> dict[str, Any]:
+    return {"id": entry.key, "object": "model", "created": int(entry.path.stat().st_mtime), "owned_by": entry.publisher}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every model on disk while JIT loading is on (it can be used at once); else the loaded ones."""
+    manager = _service(request).manager
+    if manager.jit_loading:
+        entries = manager.catalog.entries()
+    else:
+        entries = [loaded.entry for loaded in manager.loaded()]
+    return {"object": "list", "data": [_model_object(entry) for entry in entries]}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    return _model_object(_service(request).manager.catalog.resolve(model_id))
+
+
+def _failure_event(exc: GenerationFailed) -> str:
+    return sse_data(APIError(500, str(exc), type="server_error", code="generation_failed").body())
+
+
+async def _stream(generation: Generation, first: list[dict], render_event, last: list) -> AsyncIterator[str]:
+    """SSE for one generation; closing it (client gone) cancels the engine sequences."""
+    try:
+        for chunk in first:
+            yield sse_data(chunk)
+        async for event in generation.events():
+            yield sse_data(render_event(event))
+        for make_chunk in last:
+            yield sse_data(make_chunk())
+        yield SSE_DONE
+    except GenerationFailed as exc:
+        yield _failure_event(exc)
+    finally:
+        generation.cancel()
+
+
+async def _respond(request: Request, generation: Generation, collect) -> Any:
+    try:
+        return await until_disconnected(request, collect(generation))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except GenerationFailed as exc:
+        raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
+    finally:
+        generation.cancel()
+
+
+async def _gather(generation: Generation) -> tuple[dict[int, str], dict[int, list[TokenInfo]], dict[int, str]]:
+    texts: dict[int, str] = {}
+    tokens: dict[int, list[TokenInfo]] = {}
+    reasons: dict[int, str] = {}
+    async for event in generation.events():
+        if isinstance(event, TextDelta):
+            texts[event.index] = texts.get(event.index, "") + event.text
+            tokens.setdefault(event.index, []).extend(event.tokens)
+        elif isinstance(event, Finished):
+            texts.setdefault(event.index, "")
+            tokens.setdefault(event.index, [])
+            reasons[event.index] = event.reason
+    return texts, tokens, reasons
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionBody, request: Request):
+    generation = await _service(request).chat(body.to_domain())
+    if body.stream:
+        chunks = render.ChatChunks(generation, with_logprobs=body.logprobs, include_usage=body.include_usage)
+
+        def render_event(event):
+            if isinstance(event, TextDelta):
+                return chunks.content(event.index, event.text, event.tokens)
+            return chunks.finish(event.index, event.reason)
+
+        roles = [chunks.role(index) for index in range(body.n)]
+        last = [chunks.usage] if body.include_usage else []
+        return sse_response(_stream(generation, roles, render_event, last))
+
+    async def collect(generation: Generation) -> dict[str, Any]:
+        texts, tokens, reasons = await _gather(generation)
+        return render.chat_completion(generation, texts, tokens, reasons, body.logprobs)
+
+    return await _respond(request, generation, collect)
+
+
+@router.post("/completions")
+async def completions(body: CompletionBody, request: Request):
+    generation = await _service(request).complete(body.to_domain())
+    with_logprobs = body.logprobs is not None
+    if body.stream:
+        chunks = render.CompletionChunks(generation, with_logprobs=with_logprobs, include_usage=body.include_usage)
+
+        def render_event(event):
+            if isinstance(event, TextDelta):
+                return chunks.text(event.index, event.text, event.tokens)
+            return chunks.finish(event.index, event.reason)
+
+        last = [chunks.usage] if body.include_usage else []
+        return sse_response(_stream(generation, [], render_event, last))
+
+    async def collect(generation: Generation) -> dict[str, Any]:
+        texts, tokens, reasons = await _gather(generation)
+        logprobs = None
+        if with_logprobs:
+            logprobs = {index: render.CompletionLogprobs().render(tokens[index]) for index in texts}
+        return render.completion(generation, texts, logprobs, reasons)
+
+    return await _respond(request, generation, collect)

@@ -1,0 +1,187 @@
+"""Request bodies of the OpenAI-compatible endpoints, and their translation to domain requests.
+
+Unknown fields are accepted and ignored, as OpenAI clients send many (``user``,
+``metadata``, ...). Fields are checked for type and range; a bad one gives a 400 that
+names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls are taken:
+``top_k``, ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
+``ignore_eos``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from studiolo.engine.sampling import SamplingParams
+from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
+
+MAX_LOGPROBS = 20
+MAX_CHOICES = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Body):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class _GenerationBody(_Body):
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    max_tokens: int | None = Field(None, ge=-1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_tokens: list[int] | None = None
+    ignore_eos: bool = False
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, got '{key}'")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise ValueError("at most 16 stop sequences")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling(self) -> SamplingParams:
+        defaults = SamplingParams()
+        repeat = self.repeat_penalty if self.repeat_penalty is not None else self.repetition_penalty
+        return SamplingParams(
+            temperature=_pick(self.temperature, defaults.temperature),
+            top_p=_pick(self.top_p, defaults.top_p),
+            top_k=_pick(self.top_k, defaults.top_k),
+            min_p=_pick(self.min_p, defaults.min_p),
+            repeat_penalty=_pick(repeat, defaults.repeat_penalty),
+            presence_penalty=_pick(self.presence_penalty, defaults.presence_penalty),
+            frequency_penalty=_pick(self.frequency_penalty, defaults.frequency_penalty),
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            seed=self.seed,
+        )
+
+    def options(self, *, max_tokens: int | None, logprobs: int | None, echo: bool = False) -> GenerationOptions:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return GenerationOptions(
+            sampling=self.sampling(),
+            max_tokens=None if max_tokens is None or max_tokens < 0 else max_tokens,
+            stop=tuple(stops),
+            stop_tokens=frozenset(self.stop_tokens or ()),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            echo=echo,
+            n=self.n,
+        )
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+class ChatCompletionBody(_GenerationBody):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=-1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def to_domain(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if max_tokens == 0:
+            raise InvalidRequest("'max_tokens' must be at least 1 (or -1 for no limit)", "max_tokens")
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        messages = [_message_to_domain(i, m) for i, m in enumerate(self.messages)]
+        return ChatRequest(self.model, messages, self.options(max_tokens=max_tokens, logprobs=logprobs))
+
+
+def _message_to_domain(index: int, message: Message) -> ChatMessage:
+    role = "system" if message.role == "developer" else message.role
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for part_index, part in enumerate(content):
+            if isinstance(part, ImagePart):
+                raise InvalidRequest(
+                    "Model does not support images. Please use a model that does.",
+                    f"messages[{index}].content[{part_index}]",
+                )
+            texts.append(part.text)
+        content = "\n".join(texts)
+    return ChatMessage(role, content)
+
+
+class CompletionBody(_GenerationBody):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def to_domain(self) -> CompletionRequest:
+        if self.suffix:
+            raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported", "suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequest("'best_of' different from 'n' is not supported", "best_of")
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if "max_tokens" not in self.model_fields_set else self.max_tokens
+        if max_tokens == 0 and not self.echo:
+            raise InvalidRequest("'max_tokens' may be 0 only with 'echo' (to score the prompt)", "max_tokens")
+        options = self.options(max_tokens=max_tokens, logprobs=self.logprobs, echo=self.echo)
+        return CompletionRequest(self.model, _prompts(self.prompt), options)
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("'prompt' is empty", "prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)

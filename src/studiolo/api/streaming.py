@@ -1,0 +1,60 @@
+"""Server-sent events, and cancelling work when the client goes away.
+
+Streaming responses are cancelled by Starlette itself when the client disconnects (the
+generator is closed, and closing it cancels the engine sequences). A non-streaming
+request has no such hook, so ``until_disconnected`` races the work against the ASGI
+``http.disconnect`` message and cancels the work if the client leaves first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+T = TypeVar("T")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it and raise ClientDisconnected if the client leaves first."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.create_task(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task in done:
+            return work_task.result()
+        work_task.cancel()
+        await asyncio.gather(work_task, return_exceptions=True)
+        raise ClientDisconnected()
+    finally:
+        watch_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
