@@ -1,0 +1,134 @@
+"""Shared fixtures: the default models, and a real server on a free port.
+
+End-to-end tests talk to ``studiolo server start --foreground`` in a subprocess, with its own
+STUDIOLO_HOME whose models folder links to the default models `make setup` placed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from studiolo.config import models_dir
+from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+
+SMOLLM = SMOLLM2.key  # the default chat model: ChatML template, exact under batching
+GEMMA = GEMMA3.key  # base model without a chat template, 262k vocabulary
+
+SERVER_START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def default_models() -> dict[str, Path]:
+    paths = {SMOLLM: target_path(SMOLLM2), GEMMA: target_path(GEMMA3)}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        pytest.fail(f"default models missing ({', '.join(missing)}); run `make setup`")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def studiolo_home(tmp_path_factory, default_models) -> Path:
+    """A fresh STUDIOLO_HOME whose models are links to the real default models."""
+    home = tmp_path_factory.mktemp("studiolo-home")
+    real_models = models_dir()
+    for path in default_models.values():
+        link = home / "models" / path.relative_to(real_models)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    return home
+
+
+class RunningServer:
+    def __init__(self, home: Path, port: int, extra_args: list[str]):
+        self.home = home
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "STUDIOLO_HOME": str(home)}
+        self.log_path = home / f"server-{port}.log"
+        command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command + extra_args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/v1/models", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not answer in time:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(studiolo_home) -> RunningServer:
+    running = RunningServer(studiolo_home, free_port(), [])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def async_client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(server) -> httpx.Client:
+    with httpx.Client(base_url=server.base_url, timeout=120) as session:
+        yield session
+
+
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0}  # plain argmax: deterministic and exact
+NO_PENALTY = {"repeat_penalty": 1.0}  # for the openai client's extra_body (temperature goes as an argument)
+
+
+@pytest.fixture(scope="session")
+def smollm_vocab(default_models) -> dict[str, int]:
+    """SmolLM2's token strings to ids, read from its GGUF (GPT-2 style: 'Ġ' is a space)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(default_models[SMOLLM])
+    field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def smollm_token_id(vocab: dict[str, int], text: str) -> int:
+    return vocab[text.replace(" ", "Ġ")]

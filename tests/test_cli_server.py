@@ -1,0 +1,54 @@
+"""`studiolo server start|stop|status`, run as a user would, against its own STUDIOLO_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import free_port
+
+
+def studiolo(home, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIOLO_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "studiolo", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_start_status_stop_in_the_background(tmp_path):
+    port = free_port()
+    assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+
+    started = studiolo(tmp_path, "server", "start", "--port", str(port))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"running on port {port}" in started.stdout
+        # start returned only once the server answers
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json() == {"object": "list", "data": []}
+
+        assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": True, "port": port}
+        assert f"running on port {port}" in studiolo(tmp_path, "server", "status").stdout
+        assert "already running" in studiolo(tmp_path, "server", "start", "--port", str(port)).stdout
+        assert (tmp_path / "logs" / "server.log").exists()
+    finally:
+        stopped = studiolo(tmp_path, "server", "stop")
+    assert stopped.returncode == 0 and "Stopped" in stopped.stdout
+    assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+    assert "not running" in studiolo(tmp_path, "server", "stop").stdout
+
+
+def test_start_fails_clearly_when_the_port_is_taken(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = studiolo(tmp_path, "server", "start", "--port", str(port))
+    assert result.returncode == 1
+    assert "failed to start" in result.stderr
+    assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}

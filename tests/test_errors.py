@@ -1,0 +1,123 @@
+"""Bad input gets a 4xx in OpenAI's error shape naming the field, and the server stays up."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SMOLLM
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def error_of(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json(http):
+    response = http.post(CHAT, content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"})
+    error = error_of(response, 400)
+    assert "not valid JSON" in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_body_that_is_not_an_object(http):
+    assert "JSON object" in error_of(http.post(CHAT, json=["model"]), 400)["message"]
+
+
+def test_missing_model(http):
+    error = error_of(http.post(CHAT, json={"messages": MESSAGES}), 400)
+    assert error["param"] == "model" and "model" in error["message"]
+
+
+def test_missing_messages(http):
+    error = error_of(http.post(CHAT, json={"model": SMOLLM}), 400)
+    assert error["param"] == "messages"
+
+
+def test_empty_messages(http):
+    assert error_of(http.post(CHAT, json={"model": SMOLLM, "messages": []}), 400)["param"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("messages", "hello", "messages"),
+        ("temperature", "hot", "temperature"),
+        ("temperature", 3.5, "temperature"),
+        ("max_tokens", "many", "max_tokens"),
+        ("top_logprobs", 99, "top_logprobs"),
+        ("n", 0, "n"),
+        ("stop", 5, "stop"),
+        ("logit_bias", {"dog": 1}, "logit_bias"),
+        ("logit_bias", {"5": 500}, "logit_bias.5"),
+        ("stream", "sometimes", "stream"),
+    ],
+)
+def test_wrong_field_values_name_the_field(http, field, value, param):
+    error = error_of(http.post(CHAT, json={"model": SMOLLM, "messages": MESSAGES, field: value}), 400)
+    assert error["param"] == param
+    assert param.split(".")[0] in error["message"]
+
+
+def test_bad_message_role_names_the_message(http):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "wizard", "content": "x"}]
+    assert error_of(http.post(CHAT, json={"model": SMOLLM, "messages": messages}), 400)["param"] == "messages[1].role"
+
+
+def test_image_for_a_text_model(http):
+    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    body = {"model": SMOLLM, "messages": [{"role": "user", "content": content}]}
+    error = error_of(http.post(CHAT, json=body), 400)
+    assert error["param"] == "messages[0].content[0]" and "images" in error["message"]
+
+
+def test_unknown_model_is_404_model_not_found(http):
+    error = error_of(http.post(CHAT, json={"model": "no-such-model", "messages": MESSAGES}), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert SMOLLM in error["message"]  # it lists what is available
+    assert error_of(http.get("/v1/models/no-such-model"), 404)["code"] == "model_not_found"
+
+
+def test_prompt_longer_than_the_context(http):
+    long_text = "word " * 5000
+    error = error_of(http.post(CHAT, json={"model": SMOLLM, "messages": [{"role": "user", "content": long_text}]}), 400)
+    assert error["code"] == "context_length_exceeded"
+    error = error_of(http.post("/v1/completions", json={"model": SMOLLM, "prompt": long_text, "stream": True}), 400)
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_token_ids_outside_the_vocabulary(http):
+    error = error_of(http.post("/v1/completions", json={"model": SMOLLM, "prompt": [1, 2, 10_000_000]}), 400)
+    assert "10000000" in error["message"]
+    body = {"model": SMOLLM, "messages": MESSAGES, "stop_tokens": [-4]}
+    assert error_of(http.post(CHAT, json=body), 400)["code"] == "invalid_token"
+    body = {"model": SMOLLM, "messages": MESSAGES, "logit_bias": {"99999999": 5}}
+    assert error_of(http.post(CHAT, json=body), 400)["param"] == "logit_bias"
+
+
+def test_completion_only_options(http):
+    assert error_of(http.post("/v1/completions", json={"model": SMOLLM, "prompt": "x", "suffix": "y"}), 400)[
+        "param"
+    ] == "suffix"
+    assert error_of(http.post("/v1/completions", json={"model": SMOLLM, "prompt": []}), 400)["param"] == "prompt"
+    body = {"model": SMOLLM, "messages": MESSAGES, "top_logprobs": 2}
+    assert error_of(http.post(CHAT, json=body), 400)["param"] == "top_logprobs"
+
+
+def test_unknown_path_and_wrong_method(http):
+    error = error_of(http.post("/v1/nothing-here", json={}), 404)
+    assert "/v1/nothing-here" in error["message"]
+    error_of(http.get("/chat/completions"), 404)
+    error = error_of(http.get(CHAT), 405)
+    assert "GET" in error["message"]
+
+
+def test_server_still_answers_after_bad_input(http):
+    response = http.post(CHAT, json={"model": SMOLLM, "messages": MESSAGES, "max_tokens": 2})
+    assert response.status_code == 200
