@@ -52,3 +52,36 @@ def test_start_fails_clearly_when_the_port_is_taken(tmp_path):
     assert result.returncode == 1
     assert "failed to start" in result.stderr
     assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+
+
+def test_a_stale_record_pointing_at_another_process_is_ignored(tmp_path):
+    """A record left by a killed server whose pid now belongs to something else: never signal it."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "server.json").write_text(json.dumps({"pid": bystander.pid, "host": "127.0.0.1", "port": 1}))
+        assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+        assert "not running" in studiolo(tmp_path, "server", "stop").stdout
+        assert bystander.poll() is None  # still alive
+        assert not (tmp_path / "server.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_start_does_not_mistake_another_server_on_the_port_for_its_own(tmp_path):
+    """Another HTTP server (LM Studio also likes port 1234) answers there: start must fail, not succeed."""
+    import http.server
+    import threading
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        result = studiolo(tmp_path, "server", "start", "--port", str(other.server_address[1]))
+    finally:
+        other.shutdown()
+    assert result.returncode == 1 and "failed to start" in result.stderr
+
+
+def test_health_names_the_process(http, server):
+    body = http.get("/health").json()
+    assert body["status"] == "ok" and body["pid"] == server.process.pid

@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
 from studiolo.api.errors import install_error_handlers
+from studiolo.api.health import router as health_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.config import ServerSettings, models_dir
 from studiolo.models.catalog import Catalog
@@ -33,5 +34,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
+    app.include_router(health_router)
     app.include_router(openai_router)
     return app

@@ -3,7 +3,10 @@
 A server in the foreground records its pid and port in ``STUDIOLO_HOME/server.json`` and
 removes the record when it exits. ``start`` without ``--foreground`` runs that same
 foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log``) and
-returns once it answers HTTP.
+returns once the child itself answers ``/health``, not merely something on the port.
+
+A record can outlive its server (killed, crashed), and pids get reused, so a recorded pid
+counts only while its process is still a studiolo server.
 """
 
 from __future__ import annotations
@@ -27,20 +30,29 @@ app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_h
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
+MAX_PARALLEL = 64  # every decoding sequence takes one of the batch's 512 places each step
+MIN_CONTEXT = 64
 
 
 def read_state() -> dict | None:
-    path = server_state_file()
+    """The recorded server, if its process is still a studiolo server."""
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(server_state_file().read_text())
     except (OSError, ValueError):
         return None
-    return state if _process_alive(state.get("pid", -1)) else None
+    return state if _is_studiolo_process(state.get("pid")) else None
+
+
+def _is_studiolo_process(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return b"studiolo" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,12 +62,19 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _answers(host: str, port: int) -> bool:
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+def _url(host: str, port: int) -> str:
+    """A URL that reaches a server bound to ``host``: wildcards become loopback, IPv6 gets brackets."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _answering_pid(host: str, port: int) -> int | None:
+    """The pid of the studiolo server answering there; None if nothing, or something else, answers."""
     try:
-        return httpx.get(f"http://{host}:{port}/v1/models", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+        response = httpx.get(f"{_url(host, port)}/health", timeout=2.0)
+        return int(response.json()["pid"]) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager
@@ -85,12 +104,16 @@ def run_foreground(settings: ServerSettings) -> None:
 
 @app.command()
 def start(
-    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="Port to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=1, max=65535, help="Port to listen on."),
     bind: str = typer.Option(DEFAULT_BIND, "--bind", help="Address to bind (0.0.0.0 serves the network)."),
     cors: bool = typer.Option(False, "--cors", help="Allow cross-origin requests from browsers."),
     foreground: bool = typer.Option(False, "--foreground", help="Serve in this process until interrupted."),
-    parallel: int = typer.Option(EngineSettings.parallel, "--parallel", help="Sequences decoded together per model."),
-    context_length: int = typer.Option(EngineSettings.context_length, "--context-length", help="Context per sequence."),
+    parallel: int = typer.Option(
+        EngineSettings.parallel, "--parallel", min=1, max=MAX_PARALLEL, help="Sequences decoded together per model."
+    ),
+    context_length: int = typer.Option(
+        EngineSettings.context_length, "--context-length", min=MIN_CONTEXT, help="Context per sequence, in tokens."
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
@@ -101,8 +124,8 @@ def start(
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
     if bind not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
-    engine = EngineSettings(context_length=context_length, parallel=parallel)
     if foreground:
+        engine = EngineSettings(context_length=context_length, parallel=parallel)
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, engine=engine))
         return
     _start_background(port, bind, cors, parallel, context_length)
@@ -121,7 +144,7 @@ def _start_background(port: int, bind: str, cors: bool, parallel: int, context_l
         if child.poll() is not None:
             typer.echo(f"The server failed to start; see {log_path}:\n{_tail(log_path)}", err=True)
             raise typer.Exit(1)
-        if _answers(bind, port):
+        if _answering_pid(bind, port) == child.pid:
             typer.echo(f"Success! Server is now running on port {port}")
             return
         time.sleep(0.2)
@@ -142,24 +165,31 @@ def stop() -> None:
     """Stop the running server."""
     state = read_state()
     if not state:
+        server_state_file().unlink(missing_ok=True)  # a record left behind by a server that died
         typer.echo("The server is not running.")
         return
     pid = state["pid"]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while _process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _process_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while _process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended on its own meanwhile
+    except PermissionError:
+        typer.echo(f"Not allowed to stop the server (pid {pid}): it belongs to another user.", err=True)
+        raise typer.Exit(1)
     server_state_file().unlink(missing_ok=True)
     typer.echo("Stopped the server.")
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Print {\"running\": ..., \"port\": ...}.")) -> None:
+def status(as_json: bool = typer.Option(False, "--json", help='Print {"running": ..., "port": ...}.')) -> None:
     """Tell whether the server runs, and on which port."""
     state = read_state()
-    running = bool(state) and _answers(state.get("host", DEFAULT_BIND), state["port"])
+    running = bool(state) and _answering_pid(state.get("host", DEFAULT_BIND), state["port"]) == state["pid"]
     if as_json:
         typer.echo(json.dumps({"running": True, "port": state["port"]} if running else {"running": False}))
     elif running:
