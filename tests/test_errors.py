@@ -121,3 +121,28 @@ def test_unknown_path_and_wrong_method(http):
 def test_server_still_answers_after_bad_input(http):
     response = http.post(CHAT, json={"model": SMOLLM, "messages": MESSAGES, "max_tokens": 2})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("logit_bias", {"²": 1}, "logit_bias"),
+        ("logit_bias", {"--5": 1}, "logit_bias"),
+        ("repeat_penalty", 1e308, "repeat_penalty"),
+        ("temperature", "NaN", "temperature"),
+    ],
+)
+def test_values_that_would_break_sampling_are_refused(http, field, value, param):
+    error = error_of(http.post(CHAT, json={"model": SMOLLM, "messages": MESSAGES, field: value}), 400)
+    assert error["param"] == param
+
+
+def test_infinity_in_the_body_is_refused(http):
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "x"}], "repeat_penalty": Infinity}' % SMOLLM
+    response = http.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert error_of(response, 400)["param"] == "repeat_penalty"
+
+
+def test_context_error_names_the_prompt_on_completions(http):
+    response = http.post("/v1/completions", json={"model": SMOLLM, "prompt": "word " * 5000})
+    assert error_of(response, 400)["param"] == "prompt"

@@ -66,7 +66,7 @@ def from_domain(exc: Exception) -> APIError | None:
     if isinstance(exc, AmbiguousModelName):
         return APIError(400, str(exc), param="model", code="ambiguous_model")
     if isinstance(exc, ContextLengthExceeded):
-        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidTokens):
         return APIError(400, str(exc), param=exc.param, code="invalid_token")
     if isinstance(exc, TemplateError):

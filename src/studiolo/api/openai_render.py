@@ -6,6 +6,7 @@ for JSON; the chunk builders keep the little state streaming needs (text offsets
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from studiolo.service.generation import Generation
@@ -109,10 +110,15 @@ class ChatChunks:
 
 
 class CompletionLogprobs:
-    """OpenAI's legacy logprobs shape; ``text_offset`` counts from the start of the choice's text."""
+    """OpenAI's legacy logprobs shape; ``text_offset`` counts characters from the start of the text.
+
+    Offsets come from decoding the tokens' bytes in order, so a character split over two tokens
+    counts once (both tokens start where it starts).
+    """
 
     def __init__(self):
         self.offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def render(self, tokens: list[TokenInfo] | tuple[TokenInfo, ...]) -> dict[str, Any]:
         body: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
@@ -122,7 +128,7 @@ class CompletionLogprobs:
             top = {alt.text: alt.logprob for alt in token.top}
             body["top_logprobs"].append(top if token.logprob is not None else None)
             body["text_offset"].append(self.offset)
-            self.offset += len(token.bytes.decode("utf-8", errors="replace"))
+            self.offset += len(self._decoder.decode(token.bytes))
         return body
 
 

@@ -9,6 +9,7 @@ names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls ar
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,10 +20,13 @@ from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
+TOKEN_ID = re.compile(r"-?[0-9]+")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # JSON allows no NaN or Infinity, but Python's parser takes them: refuse them here
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -63,8 +67,8 @@ class _GenerationBody(_Body):
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repeat_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
+    repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
@@ -75,11 +79,13 @@ class _GenerationBody(_Body):
 
     @field_validator("logit_bias")
     @classmethod
-    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key in value or {}:
-            if not key.lstrip("-").isdigit():
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[int, float] | None:
+        if value is None:
+            return None
+        for key in value:
+            if not TOKEN_ID.fullmatch(key):
                 raise ValueError(f"keys must be token ids, got '{key}'")
-        return value
+        return {int(key): bias for key, bias in value.items()}
 
     @field_validator("stop")
     @classmethod
@@ -103,7 +109,7 @@ class _GenerationBody(_Body):
             repeat_penalty=_pick(repeat, defaults.repeat_penalty),
             presence_penalty=_pick(self.presence_penalty, defaults.presence_penalty),
             frequency_penalty=_pick(self.frequency_penalty, defaults.frequency_penalty),
-            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logit_bias=dict(self.logit_bias or {}),
             seed=self.seed,
         )
 
@@ -170,7 +176,7 @@ class CompletionBody(_GenerationBody):
             raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequest("'best_of' different from 'n' is not supported", "best_of")
-        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if "max_tokens" not in self.model_fields_set else self.max_tokens
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
         if max_tokens == 0 and not self.echo:
             raise InvalidRequest("'max_tokens' may be 0 only with 'echo' (to score the prompt)", "max_tokens")
         options = self.options(max_tokens=max_tokens, logprobs=self.logprobs, echo=self.echo)

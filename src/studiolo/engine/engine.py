@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class ContextLengthExceeded(ValueError):
+    param = "prompt"  # the request field the prompt came from; the service may say "messages"
+
     def __init__(self, prompt_tokens: int, context_length: int):
         super().__init__(
             f"the prompt is {prompt_tokens} tokens long, more than the model's context of "
@@ -156,6 +158,7 @@ class Engine:
                     self.scheduler.add(seq)
             elif command.seq.state is not SequenceState.FINISHED:
                 self._finish(command.seq, "cancelled")
+            # a cancel for a finished sequence (it ended, or failed) has nothing left to do
 
     def _step(self) -> None:
         for seq in self.scheduler.admit():
@@ -200,9 +203,7 @@ class Engine:
                 logits = self.context.logits(chunk.batch_index + offset)
                 seq.prompt_scores.append(logprobs_of(logits, seq.prompt[position], k))
         if chunk.completes_prompt:
-            scored = seq.prompt[1:]
-            pieces = [self.model.token_bytes(t) for t in scored]
-            self._outbox.put(seq.sink, PromptLogprobsEvent(scored, pieces, seq.prompt_scores))
+            self._outbox.put(seq.sink, PromptLogprobsEvent(seq.prompt_scores))
 
     def _sample(self, seq: Sequence, batch_index: int) -> None:
         request = seq.request
@@ -237,17 +238,17 @@ class Engine:
         log.error("llama_decode returned %d for a batch of %d tokens", status, self.context.batch.size)
         for chunk in chunks:
             seq = chunk.seq
-            self.context.remove_from(seq.slot.seq_id, len(seq.slot.tokens))
+            self.slots.forget(seq.slot)  # what the failed batch left in its cells is unknown
             self._finish(seq, "error", f"llama_decode failed with status {status}")
 
     def _fail_all(self, message: str) -> None:
         for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
             if seq.slot is not None:
-                seq.slot.tokens.clear()
-                self.context.remove_from(seq.slot.seq_id, 0)
+                self.slots.forget(seq.slot)
             self._finish(seq, "error", message)
         with self._wake:
             orphans, self._inbox = list(self._inbox), deque()
         for command in orphans:
             for seq in command.seqs if isinstance(command, _Submit) else ():
+                seq.state = SequenceState.FINISHED
                 self._outbox.put(seq.sink, seq.finish_event("error", message))

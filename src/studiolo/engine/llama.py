@@ -73,7 +73,7 @@ class LlamaModel:
         self.add_bos: bool = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
-        self._piece_cache: dict[int, bytes] = {}
+        self._pieces: dict[bool, dict[int, bytes]] = {False: {}, True: {}}
 
     @property
     def handle(self):
@@ -117,22 +117,26 @@ class LlamaModel:
             n = llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
 
-    def token_bytes(self, token: int) -> bytes:
-        """The token's text as UTF-8 bytes (possibly part of a character); control tokens render empty."""
-        cached = self._piece_cache.get(token)
-        if cached is not None:
-            return cached
-        buf = ctypes.create_string_buffer(64)
-        n = llama.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-        piece = buf.raw[:n]
-        self._piece_cache[token] = piece
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The token's text as UTF-8 bytes (possibly part of a character).
+
+        Control tokens (``<|im_end|>``, ``<bos>``) render empty unless ``special``.
+        """
+        cache = self._pieces[special]
+        piece = cache.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            piece = cache[token] = buf.raw[:n]
         return piece
 
     def token_text_special(self, token: int) -> str:
         """The token's text with control tokens rendered, for templates' bos/eos strings."""
+        if not self.is_valid_token(token):  # a model without BOS or EOS reports -1
+            return ""
         buf = ctypes.create_string_buffer(128)
         n = llama.llama_token_to_piece(self._vocab, token, buf, 128, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
@@ -204,9 +208,13 @@ class LlamaContext:
 
     # --- KV cache -------------------------------------------------------------------
 
-    def remove_from(self, seq_id: int, position: int) -> None:
-        """Drop the sequence's cells from ``position`` on (all of them for 0)."""
-        llama.llama_memory_seq_rm(self._memory, seq_id, position, -1)
+    def remove_from(self, seq_id: int, position: int) -> bool:
+        """Drop the sequence's cells from ``position`` on (all of them for 0).
+
+        False when the cache cannot cut a sequence part-way (recurrent and hybrid models
+        keep a state, not cells); then nothing was removed.
+        """
+        return bool(llama.llama_memory_seq_rm(self._memory, seq_id, position, -1))
 
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Make ``target`` share ``source``'s cells for positions [0, length)."""

@@ -76,6 +76,16 @@ def logprobs_of(logits: np.ndarray, chosen: int, k: int) -> TokenLogprob:
     return TokenLogprob(float(logits[chosen]) - log_norm, top)
 
 
+_LLAMA_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp draws a random seed when given this value
+
+
+def _llama_seed(seed: int | None) -> int:
+    """A 32-bit seed for llama.cpp: any integer maps to a fixed one, never to 'random'."""
+    if seed is None or seed < 0:  # llama.cpp's convention: negative means random
+        return random.randrange(_LLAMA_RANDOM_SEED)
+    return seed % _LLAMA_RANDOM_SEED
+
+
 class TokenSampler:
     """Per-sequence sampling state: penalty window, random state, C sampler chain."""
 
@@ -99,8 +109,7 @@ class TokenSampler:
         if params.min_p > 0.0:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_min_p(params.min_p, 1))
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(_llama_seed(params.seed)))
         return chain
 
     def accept(self, token: int) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
 
+SCORED_TOKENS_PER_STEP = 64
+
 
 @dataclass
 class Chunk:
@@ -44,9 +46,10 @@ class Scheduler:
         self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
-        if seq.state is SequenceState.WAITING:
+        """Take a sequence out of the queue or the running set; harmless if already out."""
+        if seq in self.waiting:
             self.waiting.remove(seq)
-        else:
+        elif seq in self.running:
             self.running.remove(seq)
             self.slots.release(seq.slot)
         seq.state = SequenceState.FINISHED
@@ -77,6 +80,10 @@ class Scheduler:
             if seq.state is not SequenceState.PREFILLING:
                 continue
             take = min(budget, seq.prompt_remaining())
+            if seq.request.prompt_logprobs:
+                # scoring costs a full-vocabulary softmax per token on the worker thread:
+                # a few per step, so that other sequences keep streaming meanwhile
+                take = min(take, SCORED_TOKENS_PER_STEP)
             tokens = seq.prompt[seq.n_past : seq.n_past + take]
             chunk = Chunk(seq, tokens, seq.n_past, take)
             if seq.request.prompt_logprobs:

@@ -41,8 +41,6 @@ class TokenEvent:
 class PromptLogprobsEvent:
     """Log-probabilities of prompt tokens 1..n-1, each given the tokens before it."""
 
-    tokens: list[int]
-    pieces: list[bytes]
     logprobs: list[TokenLogprob]
 
 

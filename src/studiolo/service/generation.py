@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from studiolo.chat.templates import ChatTemplate, builtin_template_for
+from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, PromptLogprobsEvent, TokenEvent
@@ -51,19 +52,26 @@ def token_text(piece: bytes) -> str:
 def _token_info(model: LlamaModel, piece: bytes, logprob: TokenLogprob | None) -> TokenInfo:
     if logprob is None:
         return TokenInfo(token_text(piece), piece, None)
+    # alternatives are not part of the text: control tokens show their names (<|im_end|>)
     top = tuple(
-        Alternative(token_text(p := model.token_bytes(alt.token)), p, alt.logprob) for alt in logprob.top
+        Alternative(token_text(p := model.token_bytes(alt.token, special=True)), p, alt.logprob)
+        for alt in logprob.top
     )
     return TokenInfo(token_text(piece), piece, logprob.logprob, top)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    text: str = ""  # what echo returns: the prompt as the client gave it
+    added_bos: bool = False  # tokens[0] is a BOS the tokenizer added, not in the text
 
 
 @dataclass
 class _Choice:
     index: int
+    prompt: Prompt
     stream: TokenStream
-    echo: str = ""  # prompt text returned before the output
-    echo_tokens: tuple[TokenInfo, ...] = ()
-    prompt_scored: bool = False  # echo tokens wait for the prompt's logprobs
 
 
 @dataclass
@@ -77,7 +85,6 @@ class Generation:
     _options: GenerationOptions
     _choices: list[_Choice]
     usage: Usage = field(default_factory=Usage)
-    _streams_done: int = 0
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -110,18 +117,20 @@ class Generation:
             raise
 
     async def _choice_events(self, choice: _Choice) -> AsyncIterator[GenerationEvent]:
-        model = self._loaded.model
-        wants_logprobs = self._options.logprobs is not None
-        if choice.echo and not choice.prompt_scored:
-            yield TextDelta(choice.index, choice.echo, choice.echo_tokens)
-        assembler = TextAssembler(self._options.stop)
+        options = self._options
+        scoring = options.echo and options.logprobs is not None
+        if options.echo and not scoring:
+            yield TextDelta(choice.index, choice.prompt.text)
+        assembler = TextAssembler(options.stop)
+        consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
         async for event in choice.stream:
             if isinstance(event, PromptLogprobsEvent):
-                yield TextDelta(choice.index, choice.echo, self._echo_tokens(choice, event))
+                yield TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
             elif isinstance(event, TokenEvent):
                 if assembler.stopped:
-                    continue
-                info = _token_info(model, event.piece, event.logprob) if wants_logprobs else None
+                    continue  # generated before the cancel reached the engine
+                consumed += 1
+                info = _token_info(self._loaded.model, event.piece, event.logprob) if options.logprobs is not None else None
                 text, tokens = assembler.feed(event.piece, info)
                 if assembler.stopped:
                     choice.stream.cancel()  # a stop string ended it; free the sequence now
@@ -133,22 +142,25 @@ class Generation:
                 text, tokens = assembler.finish()
                 if text or tokens:
                     yield TextDelta(choice.index, text, tuple(tokens))
-                self._count(choice, event)
-                reason = "stop" if assembler.stopped else event.reason
-                yield Finished(choice.index, "length" if reason == "length" else "stop")
+                self._count(choice, event, consumed if assembler.stopped else event.completion_tokens)
+                yield Finished(choice.index, "length" if event.reason == "length" and not assembler.stopped else "stop")
                 return
 
-    def _echo_tokens(self, choice: _Choice, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
+    def _echo_tokens(self, prompt: Prompt, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
+        """The prompt's tokens as they spell its text; the first is unscored (nothing predicts it)."""
         model = self._loaded.model
-        scored = (_token_info(model, p, lp) for p, lp in zip(event.pieces, event.logprobs))
-        return choice.echo_tokens + tuple(scored)  # echo_tokens: the first prompt token, unscored
+        pieces = [model.token_bytes(t, special=True) for t in prompt.tokens]  # a typed <|im_end|> shows
+        if prompt.added_bos:
+            pieces[0] = b""
+        first = TokenInfo(token_text(pieces[0]), pieces[0], None)
+        return (first, *(_token_info(model, p, lp) for p, lp in zip(pieces[1:], event.logprobs)))
 
-    def _count(self, choice: _Choice, event: FinishEvent) -> None:
+    def _count(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
         # Choices of one prompt share it: count its tokens once per prompt, as OpenAI does.
         first_of_prompt = choice.index % self._options.n == 0
         self.usage = Usage(
             prompt_tokens=self.usage.prompt_tokens + (event.prompt_tokens if first_of_prompt else 0),
-            completion_tokens=self.usage.completion_tokens + event.completion_tokens,
+            completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
         )
 
@@ -160,13 +172,13 @@ class GenerationService:
 
     async def chat(self, request: ChatRequest) -> Generation:
         loaded = await self.manager.get(request.model)
-        prompt = self.chat_prompt_tokens(loaded, request)
-        return self._start(loaded, "chatcmpl", [(prompt, "")], request.options)
+        prompt = Prompt(self.chat_prompt_tokens(loaded, request))
+        return self._start(loaded, "chatcmpl", [prompt], request.options, prompt_field="messages")
 
     async def complete(self, request: CompletionRequest) -> Generation:
         loaded = await self.manager.get(request.model)
         prompts = [self._completion_prompt(loaded.model, p) for p in request.prompts]
-        return self._start(loaded, "cmpl", prompts, request.options)
+        return self._start(loaded, "cmpl", prompts, request.options, prompt_field="prompt")
 
     def chat_prompt_tokens(self, loaded: LoadedModel, request: ChatRequest) -> list[int]:
         template = self._template(loaded)
@@ -187,42 +199,35 @@ class GenerationService:
         return template
 
     @staticmethod
-    def _completion_prompt(model: LlamaModel, prompt: str | list[int]) -> tuple[list[int], str]:
-        """Token ids and the text to echo. Text prompts get the model's BOS, as llama-server does."""
+    def _completion_prompt(model: LlamaModel, prompt: str | list[int]) -> Prompt:
+        """Text prompts get the model's BOS, as llama-server does; token prompts are taken as they are."""
         if isinstance(prompt, str):
-            return model.tokenize(prompt, add_special=True, parse_special=True), prompt
-        text = b"".join(model.token_bytes(t) for t in prompt if model.is_valid_token(t))
-        return list(prompt), text.decode("utf-8", errors="replace")
+            return Prompt(model.tokenize(prompt, add_special=True, parse_special=True), prompt, added_bos=model.add_bos)
+        pieces = b"".join(model.token_bytes(t, special=True) for t in prompt if model.is_valid_token(t))
+        return Prompt(list(prompt), pieces.decode("utf-8", errors="replace"))
 
     def _start(
         self,
         loaded: LoadedModel,
         id_prefix: str,
-        prompts: list[tuple[list[int], str]],
+        prompts: list[Prompt],
         options: GenerationOptions,
+        prompt_field: str,
     ) -> Generation:
-        requests, echoes = [], []
-        for tokens, text in prompts:
-            if not tokens:
-                raise InvalidRequest("the prompt is empty", "prompt")
+        requests, per_choice = [], []
+        for prompt in prompts:
+            if not prompt.tokens:
+                raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(tokens, options, copy))
-                echoes.append((tokens, text))
-        streams = loaded.engine.submit_many(requests)  # all choices start in the same step
-        choices = [_Choice(index, stream) for index, stream in enumerate(streams)]
-        if options.echo:
-            for choice, (tokens, text) in zip(choices, echoes):
-                choice.echo = text
-                choice.prompt_scored = options.logprobs is not None
-                choice.echo_tokens = self._echo_first_token(loaded.model, tokens, options)
+                requests.append(self._engine_request(prompt.tokens, options, copy))
+                per_choice.append(prompt)
+        try:
+            streams = loaded.engine.submit_many(requests)  # all choices start in the same step
+        except ContextLengthExceeded as exc:
+            exc.param = prompt_field
+            raise
+        choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
         return Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", loaded.key, int(time.time()), loaded, options, choices)
-
-    @staticmethod
-    def _echo_first_token(model: LlamaModel, tokens: list[int], options: GenerationOptions) -> tuple[TokenInfo, ...]:
-        if options.logprobs is None:
-            return ()
-        piece = model.token_bytes(tokens[0])
-        return (TokenInfo(token_text(piece), piece, None),)
 
     @staticmethod
     def _engine_request(tokens: list[int], options: GenerationOptions, copy: int) -> GenerationRequest:
