@@ -75,19 +75,35 @@ def chat_completion(
     return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage)}
 
 
-class ChatChunks:
-    """Builds ``chat.completion.chunk`` objects for one streamed generation."""
+class _Chunks:
+    """What every streamed chunk shares: the header, ``usage: null`` when usage was asked, the usage chunk."""
 
-    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+    object_name = ""
+
+    def __init__(self, generation: Generation, *, include_usage: bool):
         self._generation = generation
-        self._with_logprobs = with_logprobs
         self._include_usage = include_usage
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk = {**_header(self._generation, "chat.completion.chunk"), "choices": choices}
+        chunk = {**_header(self._generation, self.object_name), "choices": choices}
         if self._include_usage:
             chunk["usage"] = None
         return chunk
+
+    def usage(self) -> dict[str, Any]:
+        chunk = self._chunk([])
+        chunk["usage"] = usage_body(self._generation.usage)
+        return chunk
+
+
+class ChatChunks(_Chunks):
+    """Builds ``chat.completion.chunk`` objects for one streamed generation."""
+
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+        super().__init__(generation, include_usage=include_usage)
+        self._with_logprobs = with_logprobs
 
     def role(self, index: int) -> dict[str, Any]:
         delta = {"role": "assistant", "content": "", "refusal": None}
@@ -99,11 +115,6 @@ class ChatChunks:
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         return self._chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
-
-    def usage(self) -> dict[str, Any]:
-        chunk = self._chunk([])
-        chunk["usage"] = usage_body(self._generation.usage)
-        return chunk
 
 
 # --- completions ----------------------------------------------------------------------
@@ -150,17 +161,12 @@ def completion(
     return {**_header(generation, "text_completion"), "choices": choices, "usage": usage_body(generation.usage)}
 
 
-class CompletionChunks:
-    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
-        self._generation = generation
-        self._include_usage = include_usage
-        self._logprobs: dict[int, CompletionLogprobs] | None = {} if with_logprobs else None
+class CompletionChunks(_Chunks):
+    object_name = "text_completion"
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk = {**_header(self._generation, "text_completion"), "choices": choices}
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
+    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+        super().__init__(generation, include_usage=include_usage)
+        self._logprobs: dict[int, CompletionLogprobs] | None = {} if with_logprobs else None
 
     def text(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> dict[str, Any]:
         logprobs = None
@@ -170,8 +176,3 @@ class CompletionChunks:
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}])
-
-    def usage(self) -> dict[str, Any]:
-        chunk = self._chunk([])
-        chunk["usage"] = usage_body(self._generation.usage)
-        return chunk
