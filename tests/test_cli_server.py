@@ -85,3 +85,20 @@ def test_start_does_not_mistake_another_server_on_the_port_for_its_own(tmp_path)
 def test_health_names_the_process(http, server):
     body = http.get("/health").json()
     assert body["status"] == "ok" and body["pid"] == server.process.pid
+
+
+def test_cors_is_off_unless_asked(tmp_path, server):
+    preflight = {"Origin": "http://example.com", "Access-Control-Request-Method": "POST"}
+    plain = httpx.options(f"{server.base_url}/v1/chat/completions", headers=preflight)
+    assert "access-control-allow-origin" not in plain.headers
+
+    port = free_port()
+    started = studiolo(tmp_path, "server", "start", "--port", str(port), "--cors")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "CORS is on" in started.stderr
+        response = httpx.options(f"http://127.0.0.1:{port}/v1/chat/completions", headers=preflight)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "*"
+    finally:
+        studiolo(tmp_path, "server", "stop")
