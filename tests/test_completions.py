@@ -26,9 +26,15 @@ def test_completion_has_openai_shape(client):
     assert result.usage.completion_tokens == 10
 
 
-def test_default_max_tokens_is_openais_16(client):
-    result = complete(client)
-    assert result.usage.completion_tokens == 16
+def test_without_max_tokens_generation_runs_to_its_end(client):
+    """No cap of 16 (OpenAI's legacy default): it ends at a stop, end of text or the context."""
+    long = complete(client, prompt="Water boils at", max_tokens=40).choices[0].text
+    assert len(long) > 120
+    stop = long[100:108]  # well past the 16th token
+    result = complete(client, prompt="Water boils at", stop=stop)
+    assert result.usage.completion_tokens > 16
+    assert result.choices[0].finish_reason == "stop"
+    assert result.choices[0].text == long[: long.index(stop)]
 
 
 def test_token_id_prompt_equals_its_text(client, http):

@@ -19,7 +19,6 @@ from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, 
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
@@ -176,9 +175,10 @@ class CompletionBody(_GenerationBody):
             raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequest("'best_of' different from 'n' is not supported", "best_of")
-        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+        max_tokens = self.max_tokens
         if max_tokens == 0 and not self.echo:
             raise InvalidRequest("'max_tokens' may be 0 only with 'echo' (to score the prompt)", "max_tokens")
+        # absent, null or -1: until the end of generation or of the context (not OpenAI's 16)
         options = self.options(max_tokens=max_tokens, logprobs=self.logprobs, echo=self.echo)
         return CompletionRequest(self.model, _prompts(self.prompt), options)
 
