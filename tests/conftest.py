@@ -41,16 +41,19 @@ def default_models() -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="session")
-def studiolo_home(tmp_path_factory, default_models) -> Path:
-    """A fresh STUDIOLO_HOME whose models are links to the real default models."""
-    home = tmp_path_factory.mktemp("studiolo-home")
+def home_with_models(home: Path, models: dict[str, Path]) -> Path:
+    """Make ``home`` a STUDIOLO_HOME whose models are links to the real default models."""
     real_models = models_dir()
-    for path in default_models.values():
+    for path in models.values():
         link = home / "models" / path.relative_to(real_models)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path)
     return home
+
+
+@pytest.fixture(scope="session")
+def studiolo_home(tmp_path_factory, default_models) -> Path:
+    return home_with_models(tmp_path_factory.mktemp("studiolo-home"), default_models)
 
 
 class RunningServer:

@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import SMOLLM, free_port, home_with_models
 
 
 def studiolo(home, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -102,3 +102,31 @@ def test_cors_is_off_unless_asked(tmp_path, server):
         assert response.headers["access-control-allow-origin"] == "*"
     finally:
         studiolo(tmp_path, "server", "stop")
+
+
+def test_stop_ends_a_server_busy_with_an_endless_stream(tmp_path, default_models):
+    """Running requests are cut after a short grace period; the models unload and the process exits cleanly."""
+    import threading
+
+    home = home_with_models(tmp_path, default_models)
+    port = free_port()
+    assert studiolo(home, "server", "start", "--port", str(port)).returncode == 0
+    first_chunk = threading.Event()
+
+    def endless_stream():
+        body = {"model": SMOLLM, "prompt": "Once", "max_tokens": -1, "ignore_eos": True, "stream": True}
+        try:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as response:
+                for _ in response.iter_lines():
+                    first_chunk.set()
+        except httpx.HTTPError:
+            pass  # the server went away, as it should
+
+    reader = threading.Thread(target=endless_stream, daemon=True)
+    reader.start()
+    assert first_chunk.wait(30)
+    stopped = studiolo(home, "server", "stop")
+    assert stopped.returncode == 0 and "Stopped" in stopped.stdout
+    log = (home / "logs" / "server.log").read_text()
+    assert "Finished server process" in log  # a clean exit, not the SIGKILL fallback
+    reader.join(10)

@@ -32,6 +32,7 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 MAX_PARALLEL = 64  # every decoding sequence takes one of the batch's 512 places each step
 MIN_CONTEXT = 64
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def read_state() -> dict | None:
@@ -99,7 +100,14 @@ def run_foreground(settings: ServerSettings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _recorded(settings.host, settings.port):
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            # on stop, give running requests a moment, then cancel them and unload models cleanly
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
 
 
 @app.command()

@@ -9,9 +9,11 @@ sequence whose logits came out, and hand the step's events to asyncio at once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -30,6 +32,16 @@ from studiolo.engine.slots import SlotPool
 from studiolo.engine.stream import Outbox, TokenStream
 
 log = logging.getLogger(__name__)
+
+# Engines still open when the interpreter exits are closed first: a worker thread left inside
+# llama_decode while the process tears down its C++ state crashes it.
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close()
 
 
 class ContextLengthExceeded(ValueError):
@@ -82,6 +94,7 @@ class Engine:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"engine:{model.path.name}", daemon=True)
         self._thread.start()
+        _open_engines.add(self)
 
     # --- called from other threads ----------------------------------------------------
 
@@ -105,11 +118,13 @@ class Engine:
         return len(self.scheduler.waiting) + len(self.scheduler.running) + len(self._inbox)
 
     def close(self) -> None:
+        """Stop the worker (ending its sequences with an error) and free the context. Idempotent."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         self._thread.join()
         self.context.close()
+        _open_engines.discard(self)
 
     def _validate(self, request: GenerationRequest) -> None:
         if not request.prompt:
