@@ -179,3 +179,17 @@ def test_generation_stops_at_the_context_end(model):
         small.close()
     assert finish.reason == "length"
     assert len(prompt.prompt) + len(tokens) == 64 + 1  # the last sampled token needs no cell
+
+
+def test_submitting_to_a_closed_engine_fails_at_once(model):
+    from studiolo.engine.engine import EngineClosed
+
+    closed = Engine(model, EngineSettings(context_length=64, parallel=1))
+    closed.close()
+    closed.close()  # closing twice is harmless
+
+    async def go():
+        with pytest.raises(EngineClosed):
+            closed.submit(request(model, "Hello"))
+
+    run(go())

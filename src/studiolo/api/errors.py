@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studiolo.chat.templates import TemplateError
-from studiolo.engine.engine import ContextLengthExceeded, InvalidTokens
+from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
 from studiolo.engine.llama import ModelLoadError
 from studiolo.models.catalog import AmbiguousModelName, ModelNotFound
 from studiolo.models.manager import ModelNotLoaded
@@ -54,6 +54,7 @@ DOMAIN_ERRORS = (
     TemplateError,
     InvalidRequest,
     ModelLoadError,
+    EngineClosed,
 )
 
 
@@ -73,6 +74,8 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param="messages", code="chat_template_error")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=exc.param)
+    if isinstance(exc, EngineClosed):
+        return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
     if isinstance(exc, ModelLoadError):
         return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")
     return None

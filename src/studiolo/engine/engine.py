@@ -62,6 +62,10 @@ class InvalidTokens(ValueError):
         self.param = param
 
 
+class EngineClosed(RuntimeError):
+    pass
+
+
 @dataclass
 class _Submit:
     seqs: list[Sequence]  # admitted together, in the same step when slots allow
@@ -113,10 +117,6 @@ class Engine:
         self._post(_Submit(seqs))
         return [seq.sink for seq in seqs]
 
-    def active_sequences(self) -> int:
-        """Sequences queued or running (approximate when read from another thread)."""
-        return len(self.scheduler.waiting) + len(self.scheduler.running) + len(self._inbox)
-
     def close(self) -> None:
         """Stop the worker (ending its sequences with an error) and free the context. Idempotent."""
         with self._wake:
@@ -142,6 +142,10 @@ class Engine:
 
     def _post(self, command: _Submit | _Cancel) -> None:
         with self._wake:
+            if self._closing:
+                if isinstance(command, _Submit):  # nobody would ever run it
+                    raise EngineClosed("the model was unloaded; send the request again to load it")
+                return
             self._inbox.append(command)
             self._wake.notify()
 
