@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PORT ?= 1234
 
-.PHONY: setup models serve test clean
+.PHONY: setup models serve test bench clean
 
 setup: $(INSTALLED) models
 
@@ -30,3 +30,9 @@ test: setup
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Speed against llama.cpp's own server and llama-cpp-python's, on the default models;
+# writes docs/BENCHMARKS.md. QUICK=1 runs a short smoke version of the same harness.
+bench: setup
+	$(PY) -m pip install --disable-pip-version-check --quiet -e '.[test,bench]'
+	$(PY) -m bench.run $(if $(QUICK),--quick,)

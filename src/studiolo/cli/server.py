@@ -122,6 +122,9 @@ def start(
     context_length: int = typer.Option(
         EngineSettings.context_length, "--context-length", min=MIN_CONTEXT, help="Context per sequence, in tokens."
     ),
+    threads: int = typer.Option(
+        EngineSettings().threads, "--threads", min=1, help="CPU threads per model (default: all cores)."
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
@@ -133,17 +136,18 @@ def start(
     if bind not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
     if foreground:
-        engine = EngineSettings(context_length=context_length, parallel=parallel)
+        engine = EngineSettings(context_length=context_length, parallel=parallel, threads=threads)
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, engine=engine))
         return
-    _start_background(port, bind, cors, parallel, context_length)
+    _start_background(port, bind, cors, parallel, context_length, threads)
 
 
-def _start_background(port: int, bind: str, cors: bool, parallel: int, context_length: int) -> None:
+def _start_background(port: int, bind: str, cors: bool, parallel: int, context_length: int, threads: int) -> None:
     log_path = logs_dir() / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
     command += ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
+    command += ["--threads", str(threads)]
     command += ["--cors"] if cors else []
     with log_path.open("ab") as log_file:
         child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,0 +1,90 @@
+"""What the benchmark measures, and the prompts it sends: the same for every server."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studiolo.engine.llama import LlamaModel
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int = 2  # every server, every run
+    context: int = 4096  # tokens per sequence (llama-server: per slot)
+    slots: int = 16  # parallel sequences each server is configured with
+    batch: int = 512
+    decode_tokens: int = 256  # single-stream decode length
+    aggregate_tokens: int = 64  # per stream, in the concurrency sweep
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    short_prompt_tokens: int = 16
+    long_prompt_tokens: int = 1000
+    chat_turns: int = 10
+    chat_reply_tokens: int = 32
+    repeats: int = 3  # figures are medians over this many runs
+
+    def quick(self) -> BenchConfig:
+        """A smoke-test sized run (`make bench QUICK=1`): same shape, far less time."""
+        return BenchConfig(
+            decode_tokens=32,
+            aggregate_tokens=16,
+            concurrency=(1, 4),
+            long_prompt_tokens=200,
+            chat_turns=3,
+            chat_reply_tokens=8,
+            repeats=1,
+        )
+
+
+@dataclass
+class Prompts:
+    """Prompt texts of exact token lengths for one model; every call gives a fresh opening.
+
+    A fresh opening (a random number first) keeps any server's prompt cache from reusing an
+    earlier run's prompt, except where a test means it to (the chat follow-up).
+    """
+
+    model: LlamaModel
+    rng: random.Random = field(default_factory=lambda: random.Random(1234))
+
+    def count(self, text: str) -> int:
+        return len(self.model.tokenize(text, add_special=True))
+
+    def of_length(self, tokens: int, body: str = "") -> str:
+        """A text of exactly ``tokens`` tokens (BOS included when the model adds one)."""
+        opening = f"{self.rng.randrange(10**8, 10**9)}. "
+        filler = body or _FILLER
+        text = opening
+        while self.count(text) < tokens:
+            text += filler
+        words = text.split(" ")
+        while self.count(" ".join(words)) > tokens:
+            words.pop()
+        text = " ".join(words)
+        while self.count(text) < tokens:  # a word may have been several tokens
+            text += "."
+        if self.count(text) != tokens:
+            raise RuntimeError(f"could not build a prompt of exactly {tokens} tokens")
+        return text
+
+    def story(self) -> str:
+        return self.of_length(16, "Once upon a time, in a quiet village by the sea, there lived a")
+
+
+_FILLER = (
+    "The history of science is full of quiet observations that changed how people saw the world. "
+    "Astronomers charted the planets, chemists weighed the air, and physicians learned to count "
+    "the pulse. Each step was small, yet together they built the methods we now take for granted. "
+)
+
+
+def end_of_generation_tokens(model: LlamaModel) -> list[int]:
+    """Tokens that end generation; every request bans them so all servers generate max_tokens."""
+    return [token for token in range(model.n_vocab) if model.is_eog(token)]
+
+
+def model_paths() -> dict[str, Path]:
+    from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+
+    return {GEMMA3.key: target_path(GEMMA3), SMOLLM2.key: target_path(SMOLLM2)}

@@ -1,0 +1,170 @@
+"""docs/BENCHMARKS.md and its plot, from the results of one run (bench/results/latest.json).
+
+Every ratio is oriented so that above 1 means studiolo is better: throughput divided by the
+peer's, latency of the peer divided by studiolo's. The hand-written analysis in bench/NOTES.md
+is appended as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PEERS = ("llama-server", "llama-cpp-python")
+NOTES = Path(__file__).with_name("NOTES.md")
+
+
+def _aggregate(figures: dict) -> dict[int, float]:
+    return {int(k): v for k, v in figures["aggregate_tps"].items()}
+
+
+def _rows(figures: dict, concurrency: list[int]) -> list[tuple[str, float, bool]]:
+    """(label, value, higher is better) for every figure of one target."""
+    rows = [
+        ("single-stream decode, tok/s", figures["decode_tps"], True),
+        ("prefill, 1,000-token prompt, tok/s", figures["prefill_tps"], True),
+        ("time to first token, 16-token prompt, ms", figures["ttft_short_s"] * 1000, False),
+        ("time to first token, 1,000-token prompt, ms", figures["ttft_long_s"] * 1000, False),
+    ]
+    aggregate = _aggregate(figures)
+    rows += [(f"aggregate decode, {k} stream{'s' * (k > 1)}, tok/s", aggregate[k], True) for k in concurrency]
+    rows += [
+        (f"chat turn {figures.get('chat_turns', '')} follow-up, time to first token, ms".replace("  ", " "),
+         figures["followup_ttft_s"] * 1000, False),
+        ("same prompt cold, time to first token, ms", figures["cold_ttft_s"] * 1000, False),
+    ]
+    return rows
+
+
+def _ratio(ours: float, theirs: float, higher_better: bool) -> str:
+    if not ours or not theirs:
+        return "n/a"
+    return f"{(ours / theirs if higher_better else theirs / ours):.2f}"
+
+
+def _model_table(model: dict, concurrency: list[int]) -> list[str]:
+    servers = model["servers"]
+    peers = [p for p in PEERS if p in servers]
+    head = "| figure | studiolo | " + " | ".join(f"{p} | vs {p}" for p in peers) + " |"
+    lines = [head, "|" + " --- |" * (2 + 2 * len(peers))]
+    ours = _rows(servers["studiolo"], concurrency)
+    theirs = {p: _rows(servers[p], concurrency) for p in peers}
+    for i, (label, value, higher) in enumerate(ours):
+        cells = [label, f"{value:,.1f}"]
+        for p in peers:
+            cells += [f"{theirs[p][i][1]:,.1f}", _ratio(value, theirs[p][i][1], higher)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _overhead_table(model: dict, concurrency: list[int]) -> list[str]:
+    http, local = model["servers"]["studiolo"], model["in_process"]
+    lines = ["| figure | in-process | over HTTP + SSE | HTTP and SSE cost |", "| --- | --- | --- | --- |"]
+    for (label, over_http, higher), (_, inside, _) in zip(_rows(http, concurrency), _rows(local, concurrency)):
+        cost = (1 - over_http / inside) if higher else (over_http / inside - 1)
+        lines.append(f"| {label} | {inside:,.1f} | {over_http:,.1f} | {cost * 100:+.1f}% |")
+    return lines
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the issue's targets, on every model."""
+    checks = []
+    for key, model in results["models"].items():
+        ours, server = model["servers"]["studiolo"], model["servers"].get("llama-server")
+        aggregate = _aggregate(ours)
+        if server:
+            ratio = ours["decode_tps"] / server["decode_tps"]
+            checks.append((f"{key}: single-stream decode >= 1.0x llama-server", f"{ratio:.2f}x", ratio >= 1.0))
+            if 8 in aggregate:
+                ratio = aggregate[8] / _aggregate(server)[8]
+                checks.append((f"{key}: aggregate decode at 8 streams >= 1.0x llama-server", f"{ratio:.2f}x", ratio >= 1.0))
+        share = ours["decode_tps"] / model["decode_limit_tps"]
+        checks.append((f"{key}: single-stream decode >= 80% of the bandwidth limit", f"{share * 100:.0f}%", share >= 0.8))
+        levels = sorted(aggregate)
+        cores = results["machine"]["cores"]
+        rising = all(aggregate[b] >= aggregate[a] * 0.98 for a, b in zip(levels, levels[1:]) if a < max(cores, 2) * 8)
+        checks.append((f"{key}: aggregate decode rises with concurrency", " -> ".join(f"{aggregate[k]:.0f}" for k in levels), rising))
+        cost = 1 - ours["decode_tps"] / model["in_process"]["decode_tps"]
+        checks.append((f"{key}: HTTP and SSE cost <= 3% of in-process decode", f"{cost * 100:.1f}%", cost <= 0.03))
+        ratio = ours["followup_ttft_s"] / ours["cold_ttft_s"]
+        checks.append((f"{key}: chat follow-up TTFT <= 0.3x cold", f"{ratio:.2f}x", ratio <= 0.3))
+    return checks
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, (key, model) in zip(axes[0], models.items()):
+        for name, figures in model["servers"].items():
+            aggregate = _aggregate(figures)
+            ax.plot(list(aggregate), list(aggregate.values()), marker="o", label=name)
+        inside = _aggregate(model["in_process"])
+        ax.plot(list(inside), list(inside.values()), linestyle="--", color="grey", label="studiolo in-process")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(inside), [str(k) for k in inside])
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel("aggregate decode, tokens/s")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(results: dict, plot_name: str, quick: bool) -> str:
+    config, machine = results["config"], results["machine"]
+    concurrency = list(config["concurrency"])
+    out = ["# Benchmarks", ""]
+    if quick:
+        out += ["> **Quick run** (`--quick`): short prompts and few repeats, for checking the harness only.", ""]
+    out += [
+        f"Measured {results['date']} by `make bench` in {results['seconds']} s. Each figure is the median of "
+        f"{config['repeats']} runs; every server gets the same prompts, one server at a time.",
+        "",
+        "## Machine and set-up",
+        "",
+        f"- CPU: {machine['cpu']}, {machine['cores']} cores; {machine['memory_gib']} GiB RAM; Python {machine['python']}",
+        f"- Memory bandwidth (STREAM-style triad, {config['threads']} threads): **{results['bandwidth_gbs']:.1f} GB/s**",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+        f"- Every server: {config['threads']} threads, {config['slots']} parallel sequences of {config['context']} "
+        f"tokens each, batch {config['batch']}, greedy decoding, end-of-generation tokens banned so every request "
+        f"generates exactly what it asks; prompts sent to `/v1/completions`, streamed (SSE).",
+        "- llama-server is llama.cpp's own server from the `xllamacpp` wheel (its own build of llama.cpp); "
+        "llama-cpp-python's packaged server runs on the same llama.cpp build as studiolo and serves one "
+        "request at a time (it has no parallel slots).",
+        "",
+        "Ratios: above 1 means studiolo is better (throughput over the peer's; the peer's latency over studiolo's).",
+        "",
+    ]
+    for key, model in results["models"].items():
+        limit = model["decode_limit_tps"]
+        decode = model["servers"]["studiolo"]["decode_tps"]
+        out += [f"## {key} ({model['file_bytes'] / 1e6:.0f} MB)", ""]
+        out += _model_table(model, concurrency)
+        out += [
+            "",
+            f"Bandwidth limit for single-stream decode: {results['bandwidth_gbs']:.1f} GB/s / "
+            f"{model['file_bytes'] / 1e6:.0f} MB = {limit:.0f} tok/s; studiolo reaches {decode / limit * 100:.0f}%.",
+            "",
+            "HTTP and SSE overhead (studiolo's engine alone against the same engine behind its HTTP API):",
+            "",
+        ]
+        out += _overhead_table(model, concurrency) + [""]
+    out += [f"![aggregate decode against concurrency]({plot_name})", "", "## Targets", ""]
+    out += ["| target | measured | met |", "| --- | --- | --- |"]
+    out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(results)]
+    out += ["", "## Reproduce", "", "```sh", "make bench            # the full run (~20 minutes on 2 cores)",
+            "make bench QUICK=1    # a smoke run of the harness", "```", ""]
+    return "\n".join(out)
+
+
+def write(results: dict, path: Path, quick: bool = False) -> None:
+    plot_name = "benchmarks-concurrency.png"
+    plot(results, path.parent / plot_name)
+    notes = NOTES.read_text() if NOTES.exists() else ""
+    path.write_text(render(results, plot_name, quick) + ("\n" + notes if notes else ""))

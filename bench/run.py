@@ -1,0 +1,111 @@
+"""`make bench`: measure studiolo against llama-server and llama-cpp-python's server, one at a time,
+on each default model, then write bench/results/latest.json and docs/BENCHMARKS.md.
+
+    python -m bench.run [--quick] [--models KEY ...] [--servers NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from dataclasses import asdict
+from importlib import metadata
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench import report
+from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
+from bench.config import BenchConfig, Prompts, end_of_generation_tokens, model_paths
+from bench.servers import SERVERS
+from bench.targets import EngineTarget, HTTPTarget
+from bench.workloads import measure_all
+from studiolo.config import EngineSettings
+from studiolo.engine.engine import Engine
+from studiolo.engine.llama import LlamaModel
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+IN_PROCESS = "studiolo in-process"
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal")))
+    versions = {name: metadata.version(name) for name in ("studiolo", "llama-cpp-python", "xllamacpp")}
+    return {"cpu": cpu, "cores": _cores(), "memory_gib": round(memory_kb / 2**20, 1),
+            "python": platform.python_version(), "versions": versions}
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], logs: Path) -> dict:
+    """All targets up at once (idle ones sleep), measured in turns: see workloads.measure_all."""
+    model = LlamaModel(path)
+    banned = end_of_generation_tokens(model)
+    settings = EngineSettings(context_length=config.context, parallel=config.slots, batch_size=config.batch,
+                              threads=config.threads)
+    with ExitStack() as stack:
+        targets: dict = {}
+        for name in servers:
+            print(f"  starting {name} ...", flush=True)
+            url, model_name = stack.enter_context(SERVERS[name](key, path, config, logs))
+            targets[name] = HTTPTarget(name, url, model_name, banned)
+        engine = Engine(model, settings)
+        stack.callback(engine.close)
+        targets[IN_PROCESS] = EngineTarget(engine, model, banned)
+        print(f"  measuring {', '.join(targets)} in turns ...", flush=True)
+        measured = asyncio.run(_measure(targets, model, config))
+    return {
+        "file_bytes": path.stat().st_size,
+        "servers": {name: measured[name] for name in servers},
+        "in_process": measured[IN_PROCESS],
+    }
+
+
+async def _measure(targets: dict, model: LlamaModel, config: BenchConfig) -> dict:
+    try:
+        return await measure_all(targets, {name: Prompts(model) for name in targets}, config)
+    finally:
+        for target in targets.values():
+            await target.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run, same shape")
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--servers", nargs="*", default=list(SERVERS))
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args()
+    config = BenchConfig().quick() if args.quick else BenchConfig()
+    paths = model_paths()
+    keys = args.models or list(paths)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    bandwidth = triad_bandwidth_gbs(config.threads)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "config": asdict(config),
+               "bandwidth_gbs": bandwidth, "models": {}}
+    print(f"memory bandwidth (triad, {config.threads} threads): {bandwidth:.1f} GB/s", flush=True)
+    for key in keys:
+        print(f"{key}:", flush=True)
+        results["models"][key] = bench_model(key, paths[key], config, args.servers, RESULTS)
+        results["models"][key]["decode_limit_tps"] = decode_limit_tps(bandwidth, paths[key])
+    results["seconds"] = round(time.time() - started)
+
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    report.write(results, args.report, quick=args.quick)
+    print(f"wrote {args.report} in {results['seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The measurements, written once against a target (HTTP server or in-process engine).
+
+Each returns the median over ``config.repeats`` runs. Prompts are fresh per run (see
+``Prompts``) so no server reuses a cached prompt unless the workload means it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from bench.config import BenchConfig, Prompts
+from bench.targets import Timing
+
+
+async def single_stream_decode(target, prompts: Prompts, config: BenchConfig) -> float:
+    """Tokens per second of one stream, after its first token."""
+    return (await target.generate(prompts.story(), config.decode_tokens)).decode_rate
+
+
+async def time_to_first_token(target, prompts: Prompts, length: int) -> float:
+    """Seconds from sending a fresh prompt of ``length`` tokens to its first token."""
+    return (await target.generate(prompts.of_length(length), 1)).ttft
+
+
+async def aggregate_decode(target, prompts: Prompts, config: BenchConfig, streams: int) -> float:
+    """Tokens per second over ``streams`` concurrent generations, first request to last token."""
+    started = time.perf_counter()
+    timings: list[Timing] = await asyncio.gather(
+        *(target.generate(prompts.story(), config.aggregate_tokens) for _ in range(streams))
+    )
+    return sum(t.tokens for t in timings) / (max(t.last for t in timings) - started)
+
+
+async def chat_follow_up(target, prompts: Prompts, config: BenchConfig) -> tuple[float, float, int]:
+    """Time to first token of a chat's last turn (history resent, as OpenAI clients do), of the
+    same prompt sent cold (a fresh opening, nothing cached), and the prompt's length in tokens."""
+    opening = "A conversation between a curious user and a patient assistant."
+    history = prompts.of_length(24, opening) + "\n"
+    for turn in range(config.chat_turns - 1):
+        history += f"User: Tell me one more fact about the number {turn + 7}.\nAssistant:"
+        reply = await target.generate(history, config.chat_reply_tokens)
+        history += reply.text + "\n"
+    history += "User: Thank you. Now summarise what you said.\nAssistant:"
+    follow_up = await target.generate(history, 1)
+    cold = await target.generate(prompts.of_length(24, opening) + history[history.index("\n") :], 1)
+    return follow_up.ttft, cold.ttft, prompts.count(history)
+
+
+def figures(config: BenchConfig) -> list[tuple[str, callable]]:
+    """(name, one run against a target with its prompts) for every figure."""
+    runs = [
+        ("decode_tps", lambda t, p: single_stream_decode(t, p, config)),
+        ("ttft_short_s", lambda t, p: time_to_first_token(t, p, config.short_prompt_tokens)),
+        ("ttft_long_s", lambda t, p: time_to_first_token(t, p, config.long_prompt_tokens)),
+    ]
+    for streams in config.concurrency:
+        runs.append((f"aggregate_tps/{streams}", lambda t, p, k=streams: aggregate_decode(t, p, config, k)))
+    runs.append(("chat", lambda t, p: chat_follow_up(t, p, config)))
+    return runs
+
+
+async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], config: BenchConfig) -> dict:
+    """Every figure for every target, taking turns run by run so drifts in machine speed hit all alike.
+
+    Returns {target: {figure: median}}; each target draws the same prompts in the same order.
+    """
+    for name, target in targets.items():
+        await target.generate(prompts[name].story(), 4)  # warm-up: loads the model where loading is lazy
+    samples: dict[str, dict[str, list]] = {name: {} for name in targets}
+    for figure, run in figures(config):
+        for _ in range(config.repeats):
+            for name, target in targets.items():
+                samples[name].setdefault(figure, []).append(await run(target, prompts[name]))
+    return {name: _summarise(per_figure, config) for name, per_figure in samples.items()}
+
+
+def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
+    median = statistics.median
+    chats = samples.pop("chat")
+    results = {figure: median(values) for figure, values in samples.items() if "/" not in figure}
+    results["prefill_tps"] = config.long_prompt_tokens / results["ttft_long_s"]
+    results["aggregate_tps"] = {k: median(samples[f"aggregate_tps/{k}"]) for k in config.concurrency}
+    results["followup_ttft_s"] = median(c[0] for c in chats)
+    results["cold_ttft_s"] = median(c[1] for c in chats)
+    results["chat_prompt_tokens"] = int(median(c[2] for c in chats))
+    return results
