@@ -7,6 +7,7 @@ for JSON; the chunk builders keep the little state streaming needs (text offsets
 from __future__ import annotations
 
 import codecs
+import json
 from typing import Any
 
 from studiolo.service.generation import Generation
@@ -75,29 +76,35 @@ def chat_completion(
     return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage)}
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 class _Chunks:
-    """What every streamed chunk shares: the header, ``usage: null`` when usage was asked, the usage chunk."""
+    """Streamed chunks as ready SSE events.
+
+    Every chunk repeats the same header (id, object, created, model, fingerprint) and, when usage
+    was asked, ends with ``"usage": null``: that text is encoded once per stream, so a token's
+    chunk costs one small ``json.dumps`` of its text.
+    """
 
     object_name = ""
 
     def __init__(self, generation: Generation, *, include_usage: bool):
         self._generation = generation
-        self._include_usage = include_usage
+        header = _json(_header(generation, self.object_name))
+        self._prefix = "data: " + header[:-1] + ',"choices":'
+        self._suffix = (',"usage":null}' if include_usage else "}") + "\n\n"
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk = {**_header(self._generation, self.object_name), "choices": choices}
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
+    def _event(self, choices_json: str) -> str:
+        return self._prefix + choices_json + self._suffix
 
-    def usage(self) -> dict[str, Any]:
-        chunk = self._chunk([])
-        chunk["usage"] = usage_body(self._generation.usage)
-        return chunk
+    def usage(self) -> str:
+        return self._prefix + '[],"usage":' + _json(usage_body(self._generation.usage)) + "}\n\n"
 
 
 class ChatChunks(_Chunks):
-    """Builds ``chat.completion.chunk`` objects for one streamed generation."""
+    """``chat.completion.chunk`` events for one streamed generation."""
 
     object_name = "chat.completion.chunk"
 
@@ -105,16 +112,18 @@ class ChatChunks(_Chunks):
         super().__init__(generation, include_usage=include_usage)
         self._with_logprobs = with_logprobs
 
-    def role(self, index: int) -> dict[str, Any]:
+    def role(self, index: int) -> str:
         delta = {"role": "assistant", "content": "", "refusal": None}
-        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return self._event(_json([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]))
 
-    def content(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> dict[str, Any]:
-        logprobs = chat_logprobs(tokens) if self._with_logprobs else None
-        return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}])
+    def content(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> str:
+        logprobs = _json(chat_logprobs(tokens)) if self._with_logprobs else "null"
+        return self._event(
+            f'[{{"index":{index},"delta":{{"content":{_json(text)}}},"logprobs":{logprobs},"finish_reason":null}}]'
+        )
 
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    def finish(self, index: int, reason: str) -> str:
+        return self._event(_json([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]))
 
 
 # --- completions ----------------------------------------------------------------------
@@ -162,17 +171,19 @@ def completion(
 
 
 class CompletionChunks(_Chunks):
+    """``text_completion`` events for one streamed generation."""
+
     object_name = "text_completion"
 
     def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
         super().__init__(generation, include_usage=include_usage)
         self._logprobs: dict[int, CompletionLogprobs] | None = {} if with_logprobs else None
 
-    def text(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> dict[str, Any]:
-        logprobs = None
+    def text(self, index: int, text: str, tokens: tuple[TokenInfo, ...]) -> str:
+        logprobs = "null"
         if self._logprobs is not None:
-            logprobs = self._logprobs.setdefault(index, CompletionLogprobs()).render(tokens)
-        return self._chunk([{"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}])
+            logprobs = _json(self._logprobs.setdefault(index, CompletionLogprobs()).render(tokens))
+        return self._event(f'[{{"text":{_json(text)},"index":{index},"logprobs":{logprobs},"finish_reason":null}}]')
 
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}])
+    def finish(self, index: int, reason: str) -> str:
+        return self._event(_json([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}]))

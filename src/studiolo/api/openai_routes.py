@@ -52,15 +52,15 @@ def _failure_event(exc: GenerationFailed) -> str:
     return sse_data(APIError(500, str(exc), type="server_error", code="generation_failed").body())
 
 
-async def _stream(generation: Generation, first: list[dict], render_event, last: list) -> AsyncIterator[str]:
-    """SSE for one generation; closing it (client gone) cancels the engine sequences."""
+async def _stream(generation: Generation, first: list[str], render_event, last: list) -> AsyncIterator[str]:
+    """SSE for one generation (the renderers give ready events); closing it (client gone) cancels it."""
     try:
-        for chunk in first:
-            yield sse_data(chunk)
+        for event in first:
+            yield event
         async for event in generation.events():
-            yield sse_data(render_event(event))
-        for make_chunk in last:
-            yield sse_data(make_chunk())
+            yield render_event(event)
+        for make_event in last:
+            yield make_event()
         yield SSE_DONE
     except GenerationFailed as exc:
         yield _failure_event(exc)

@@ -87,6 +87,13 @@ class Generation:
     usage: Usage = field(default_factory=Usage)
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
+        if len(self._choices) == 1:  # the common case: no fan-in task and queue on the token path
+            try:
+                async for event in self._choice_events(self._choices[0]):
+                    yield event
+            finally:
+                self.cancel()
+            return
         queue: asyncio.Queue = asyncio.Queue()
         tasks = [asyncio.create_task(self._pump(choice, queue)) for choice in self._choices]
         finished = 0

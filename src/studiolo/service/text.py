@@ -43,6 +43,8 @@ class TextAssembler:
 
     def feed(self, piece: bytes, info: TokenInfo | None = None) -> tuple[str, list[TokenInfo]]:
         """Add one token's bytes; return the text (and tokens) now safe to release."""
+        if not self._stops:  # nothing to hold back but an unfinished character
+            return self._decoder.decode(piece), [info] if info is not None else []
         start = len(self._held)
         self._held += self._decoder.decode(piece)
         self._held_tokens.append(_HeldToken(info, start, len(self._held)))
