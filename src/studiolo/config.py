@@ -42,6 +42,7 @@ class EngineSettings:
     parallel: int = 4  # sequences decoded together ("Max Concurrent Predictions")
     batch_size: int = 512  # tokens per llama_decode: bounds chunked prefill
     threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    prompt_cache_mib: int = 2048  # RAM for cached prompt prefixes moved out of the KV cache
 
 
 @dataclass

@@ -28,6 +28,7 @@ from studiolo.engine.sequence import (
     SequenceState,
     TokenEvent,
 )
+from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.stream import Outbox, TokenStream
 
@@ -90,7 +91,8 @@ class Engine:
                 n_threads=settings.threads,
             ),
         )
-        self.slots = SlotPool(self.context, self.parallel, model.n_swa)
+        cache = PromptCache(settings.prompt_cache_mib * 2**20)
+        self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self._outbox = Outbox()
         self._inbox: deque[_Submit | _Cancel] = deque()

@@ -221,6 +221,18 @@ class LlamaContext:
         llama.llama_memory_seq_rm(self._memory, target, -1, -1)
         llama.llama_memory_seq_cp(self._memory, source, target, 0, length)
 
+    def save_sequence(self, seq_id: int) -> np.ndarray:
+        """The sequence's KV state as bytes (for the RAM prompt cache)."""
+        size = llama.llama_state_seq_get_size(self._handle, seq_id)
+        state = np.empty(size, dtype=np.uint8)  # not zero-filled: it is written whole
+        written = llama.llama_state_seq_get_data(self._handle, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, seq_id)
+        return state[:written]
+
+    def load_sequence(self, seq_id: int, state: np.ndarray) -> bool:
+        """Put a saved state back as ``seq_id`` (which must hold nothing); False if it does not fit."""
+        pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        return llama.llama_state_seq_set_data(self._handle, pointer, state.nbytes, seq_id) == state.nbytes
+
     def min_position(self, seq_id: int) -> int:
         """The smallest position still cached for the sequence (-1 when it has none)."""
         return llama.llama_memory_seq_pos_min(self._memory, seq_id)

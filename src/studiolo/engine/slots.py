@@ -1,13 +1,19 @@
 """KV-cache slots and prefix reuse.
 
-The context holds ``parallel`` llama.cpp sequence ids, one per slot. A slot remembers
-which tokens its cells hold, and keeps them after its sequence finishes, so the next
-request that starts the same way (the next turn of a chat resends the whole history)
-prefills only what is new.
+The context holds ``parallel`` llama.cpp sequence ids, one per slot. A slot remembers which
+tokens its cells hold, so the next request that starts the same way (the next turn of a chat
+resends the whole history) prefills only what is new.
 
-A new sequence takes a free slot. It reuses the longest token prefix found in any slot,
-free or busy: in a free slot by taking that slot; in a busy one by sharing its cells
-(the unified KV cache lets one cell belong to several sequences, so this copies no data).
+A new sequence takes a free slot and reuses the longest token prefix found anywhere:
+
+- in a free slot, by taking that slot (nothing moves);
+- in a busy slot, by sharing its cells (the unified KV cache lets one cell belong to several
+  sequences, so this copies no data);
+- in the RAM prompt cache, by restoring the saved state into the slot.
+
+Cells of finished sequences slow every running sequence down (attention walks all cells), so
+when a sequence is admitted, the other idle slots move their cells to the RAM prompt cache.
+A single conversation going on turn after turn keeps its slot and never copies anything.
 
 Each slot holds at most ``context_length`` tokens, so all slots together never need more
 cells than the context has: ``parallel * context_length``.
@@ -19,14 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from studiolo.engine.llama import LlamaContext
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_prefix_length
 
 
 @dataclass
@@ -38,9 +37,10 @@ class Slot:
 
 
 class SlotPool:
-    def __init__(self, context: LlamaContext, count: int, n_swa: int):
+    def __init__(self, context: LlamaContext, count: int, n_swa: int, cache: PromptCache):
         self._context = context
         self._n_swa = n_swa
+        self.cache = cache
         self.slots = [Slot(seq_id) for seq_id in range(count)]
 
     def has_free(self) -> bool:
@@ -55,26 +55,52 @@ class SlotPool:
         free = [slot for slot in self.slots if not slot.busy]
         if not free:
             raise RuntimeError("no free KV slot")  # the scheduler checks has_free() first
-        if not reuse:  # take the slot whose cache is least likely to be wanted again
-            target = min(free, key=lambda slot: slot.last_used)
-            self._truncate(target, 0)
-            target.busy = True
-            return target, 0
+        if reuse:
+            target, reused = self._place_longest_prefix(prompt, free)
+            reused = self._check_window(target, min(reused, len(prompt) - 1))
+        else:  # scoring a prompt: nothing is reused; take the least recently used slot
+            target, reused = min(free, key=lambda slot: slot.last_used), 0
+        if len(target.tokens) - reused >= MIN_CACHED_TOKENS:
+            self._save(target)  # what is about to be cut off may serve another request later
+        reused = self._truncate(target, reused)
+        target.busy = True
+        for slot in free:
+            if slot is not target:
+                self._offload(slot)
+        return target, reused
+
+    def _place_longest_prefix(self, prompt: list[int], free: list[Slot]) -> tuple[Slot, int]:
+        """Choose the slot for ``prompt`` and bring the longest known prefix of it there."""
         matches = {slot.seq_id: common_prefix_length(slot.tokens, prompt) for slot in self.slots}
         source = max(self.slots, key=lambda slot: (matches[slot.seq_id], not slot.busy))
-        if not source.busy:
-            target = source
-        else:
-            target = max(free, key=lambda slot: (matches[slot.seq_id], -slot.last_used))
+        # the free slot matching best; on a tie, an empty one, else the least recently used
+        target = max(free, key=lambda slot: (matches[slot.seq_id], not slot.tokens, -slot.last_used))
         reused = matches[target.seq_id]
+        entry, cached = self.cache.best_match(prompt)
+        if entry is not None and cached > max(matches[source.seq_id], reused):
+            self._offload(target)
+            if self._context.load_sequence(target.seq_id, entry.state):
+                target.tokens = list(entry.tokens)
+                return target, cached
+            self._truncate(target, 0)  # it did not fit: start afresh
+            return target, 0
         if matches[source.seq_id] > reused:
+            self._offload(target)
             reused = matches[source.seq_id]
             self._context.copy_prefix(source.seq_id, target.seq_id, reused)
             target.tokens = prompt[:reused]
-        reused = self._check_window(target, min(reused, len(prompt) - 1))
-        reused = self._truncate(target, reused)
-        target.busy = True
         return target, reused
+
+    def _save(self, slot: Slot) -> None:
+        """Copy the slot's cells to the RAM prompt cache, if they are worth keeping."""
+        if self.cache.wants(slot.tokens):
+            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id))
+
+    def _offload(self, slot: Slot) -> None:
+        """Move an idle slot's cells to the RAM prompt cache and free them."""
+        if slot.tokens:
+            self._save(slot)
+            self._truncate(slot, 0)
 
     def _truncate(self, slot: Slot, length: int) -> int:
         """Keep the slot's first ``length`` tokens; returns how many it kept."""
@@ -101,6 +127,8 @@ class SlotPool:
         slot.last_used = time.monotonic()
 
     def forget_all(self) -> None:
+        """Empty every slot and the RAM prompt cache."""
         self._context.clear()
+        self.cache.clear()
         for slot in self.slots:
             slot.tokens.clear()
