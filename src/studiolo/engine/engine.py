@@ -1,9 +1,9 @@
-"""One engine per loaded model: a llama.cpp context driven by one worker thread.
+"""One engine per loaded model: a llama.cpp context driven by the process's compute thread.
 
-The worker is the only thread that calls into the context. Other threads talk to it
-through an inbox (submit, cancel) and hear back through ``TokenStream``s. Each turn of its
-loop is one step: admit waiting sequences, decode one batch, sample one token for every
-sequence whose logits came out, and hand the step's events to asyncio at once.
+The compute thread (engine/compute.py, shared by all engines) is the only thread that calls
+into the context. Other threads talk to the engine through an inbox (submit, cancel) and hear
+back through ``TokenStream``s. Each step is: admit waiting sequences, decode one batch, sample
+one token for every sequence whose logits came out, and hand the step's events to asyncio at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from studiolo.config import EngineSettings
+from studiolo.engine.compute import COMPUTE
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
@@ -34,7 +35,7 @@ from studiolo.engine.stream import Outbox, TokenStream
 
 log = logging.getLogger(__name__)
 
-# Engines still open when the interpreter exits are closed first: a worker thread left inside
+# Engines still open when the interpreter exits are closed first: the compute thread left inside
 # llama_decode while the process tears down its C++ state crashes it.
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -96,10 +97,10 @@ class Engine:
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self._outbox = Outbox()
         self._inbox: deque[_Submit | _Cancel] = deque()
-        self._wake = threading.Condition()
+        self._wake = COMPUTE.wake
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name=f"engine:{model.path.name}", daemon=True)
-        self._thread.start()
+        self._closed = threading.Event()
+        COMPUTE.attach(self)
         _open_engines.add(self)
 
     # --- called from other threads ----------------------------------------------------
@@ -120,11 +121,11 @@ class Engine:
         return [seq.sink for seq in seqs]
 
     def close(self) -> None:
-        """Stop the worker (ending its sequences with an error) and free the context. Idempotent."""
+        """End its sequences with an error, leave the compute thread and free the context. Idempotent."""
         with self._wake:
             self._closing = True
             self._wake.notify()
-        self._thread.join()
+        self._closed.wait()
         self.context.close()
         _open_engines.discard(self)
 
@@ -151,25 +152,29 @@ class Engine:
             self._inbox.append(command)
             self._wake.notify()
 
-    # --- the worker thread ------------------------------------------------------------
+    # --- on the compute thread --------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._inbox and not self.scheduler.has_work() and not self._closing:
-                    self._wake.wait()
-                if self._closing:
-                    break
-                commands = list(self._inbox)
-                self._inbox.clear()
-            try:
-                self._apply(commands)
-                self._step()
-            except Exception as exc:  # a bug must not leave clients waiting forever
-                log.exception("engine step failed")
-                self._fail_all(f"internal engine error: {exc}")
+    def ready(self) -> bool:
+        """Whether a step has something to do; called with the compute lock held."""
+        return bool(self._inbox) or self.scheduler.has_work() or (self._closing and not self._closed.is_set())
+
+    def run_step(self) -> None:
+        with self._wake:
+            commands = list(self._inbox)
+            self._inbox.clear()
+            closing = self._closing
+        if closing:
+            self._fail_all("the model was unloaded")
             self._outbox.flush()
-        self._fail_all("the model was unloaded")
+            COMPUTE.detach(self)
+            self._closed.set()
+            return
+        try:
+            self._apply(commands)
+            self._step()
+        except Exception as exc:  # a bug must not leave clients waiting forever
+            log.exception("engine step failed")
+            self._fail_all(f"internal engine error: {exc}")
         self._outbox.flush()
 
     def _apply(self, commands: list[_Submit | _Cancel]) -> None:
