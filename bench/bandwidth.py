@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("triad.c")
+RUNS = 3
 
 
 def triad_bandwidth_gbs(threads: int) -> float:
@@ -21,8 +22,11 @@ def triad_bandwidth_gbs(threads: int) -> float:
             ["gcc", "-O3", "-march=native", "-fopenmp", str(SOURCE), "-o", str(binary)], check=True
         )
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "true"}
-        result = subprocess.run([str(binary)], env=env, check=True, capture_output=True, text=True)
-    return float(result.stdout.strip())
+        # Best of several runs (each already the best of its passes): a shared machine's
+        # neighbours only ever make a run slower.
+        runs = [subprocess.run([str(binary)], env=env, check=True, capture_output=True, text=True)
+                for _ in range(RUNS)]
+    return max(float(result.stdout.strip()) for result in runs)
 
 
 def decode_limit_tps(bandwidth_gbs: float, model_path: Path) -> float:

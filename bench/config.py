@@ -23,6 +23,7 @@ class BenchConfig:
     chat_turns: int = 10
     chat_reply_tokens: int = 32
     repeats: int = 3  # figures are medians over this many runs
+    decode_repeats: int = 5  # single-stream decode: the noisiest figure, and the headline
 
     def quick(self) -> BenchConfig:
         """A smoke-test sized run (`make bench QUICK=1`): same shape, far less time."""
@@ -34,6 +35,7 @@ class BenchConfig:
             chat_turns=3,
             chat_reply_tokens=8,
             repeats=1,
+            decode_repeats=1,
         )
 
 

@@ -65,6 +65,16 @@ def _overhead_table(model: dict, concurrency: list[int]) -> list[str]:
     return lines
 
 
+def _ceiling_lines(model: dict, limit: float) -> list[str]:
+    raw = model.get("raw_decode_tps")
+    if not raw:
+        return []
+    shares = ", ".join(f"{name} {figures['decode_tps'] / raw * 100:.0f}%" for name, figures in model["servers"].items())
+    return [f"llama.cpp's bare decode loop on the same context (bench/ceiling.py: llama_decode and an argmax, "
+            f"nothing else) gives {raw:.0f} tok/s, {raw / limit * 100:.0f}% of the bandwidth limit. Single-stream "
+            f"decode as a share of that loop: {shares}."]
+
+
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for the issue's targets, on every model."""
     checks = []
@@ -150,6 +160,10 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
             "",
             f"Bandwidth limit for single-stream decode: {results['bandwidth_gbs']:.1f} GB/s / "
             f"{model['file_bytes'] / 1e6:.0f} MB = {limit:.0f} tok/s; studiolo reaches {decode / limit * 100:.0f}%.",
+            "",
+        ]
+        out += _ceiling_lines(model, limit)
+        out += [
             "",
             "HTTP and SSE overhead (studiolo's engine alone against the same engine behind its HTTP API):",
             "",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench import report
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
+from bench.ceiling import BareLoopTarget
 from bench.config import BenchConfig, Prompts, end_of_generation_tokens, model_paths
 from bench.servers import SERVERS
 from bench.targets import EngineTarget, HTTPTarget
@@ -62,20 +63,23 @@ def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], l
         engine = Engine(model, settings)
         stack.callback(engine.close)
         targets[IN_PROCESS] = EngineTarget(engine, model, banned)
-        print(f"  measuring {', '.join(targets)} in turns ...", flush=True)
-        measured = asyncio.run(_measure(targets, model, config))
+        loop = {BareLoopTarget.name: BareLoopTarget(model, config, banned)}
+        print(f"  measuring {', '.join([*targets, *loop])} in turns ...", flush=True)
+        measured = asyncio.run(_measure(targets, loop, model, config))
     return {
+        "raw_decode_tps": measured[BareLoopTarget.name],
         "file_bytes": path.stat().st_size,
         "servers": {name: measured[name] for name in servers},
         "in_process": measured[IN_PROCESS],
     }
 
 
-async def _measure(targets: dict, model: LlamaModel, config: BenchConfig) -> dict:
+async def _measure(targets: dict, decode_only: dict, model: LlamaModel, config: BenchConfig) -> dict:
+    prompts = {name: Prompts(model) for name in [*targets, *decode_only]}
     try:
-        return await measure_all(targets, {name: Prompts(model) for name in targets}, config)
+        return await measure_all(targets, prompts, config, decode_only)
     finally:
-        for target in targets.values():
+        for target in [*targets.values(), *decode_only.values()]:
             await target.close()
 
 

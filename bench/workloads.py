@@ -48,32 +48,40 @@ async def chat_follow_up(target, prompts: Prompts, config: BenchConfig) -> tuple
     return follow_up.ttft, cold.ttft, prompts.count(history)
 
 
-def figures(config: BenchConfig) -> list[tuple[str, callable]]:
-    """(name, one run against a target with its prompts) for every figure."""
+def figures(config: BenchConfig) -> list[tuple[str, callable, int]]:
+    """(name, one run against a target with its prompts, how many runs) for every figure."""
     runs = [
-        ("decode_tps", lambda t, p: single_stream_decode(t, p, config)),
-        ("ttft_short_s", lambda t, p: time_to_first_token(t, p, config.short_prompt_tokens)),
-        ("ttft_long_s", lambda t, p: time_to_first_token(t, p, config.long_prompt_tokens)),
+        ("decode_tps", lambda t, p: single_stream_decode(t, p, config), config.decode_repeats),
+        ("ttft_short_s", lambda t, p: time_to_first_token(t, p, config.short_prompt_tokens), config.repeats),
+        ("ttft_long_s", lambda t, p: time_to_first_token(t, p, config.long_prompt_tokens), config.repeats),
     ]
     for streams in config.concurrency:
-        runs.append((f"aggregate_tps/{streams}", lambda t, p, k=streams: aggregate_decode(t, p, config, k)))
-    runs.append(("chat", lambda t, p: chat_follow_up(t, p, config)))
+        runs.append((f"aggregate_tps/{streams}", lambda t, p, k=streams: aggregate_decode(t, p, config, k),
+                     config.repeats))
+    runs.append(("chat", lambda t, p: chat_follow_up(t, p, config), config.repeats))
     return runs
 
 
-async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], config: BenchConfig) -> dict:
+async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], config: BenchConfig,
+                      decode_only: dict[str, object] | None = None) -> dict:
     """Every figure for every target, taking turns run by run so drifts in machine speed hit all alike.
 
-    Returns {target: {figure: median}}; each target draws the same prompts in the same order.
+    ``decode_only`` targets take their turn in single-stream decode alone. Returns
+    {target: {figure: median}}; each target draws the same prompts in the same order.
     """
-    for name, target in targets.items():
-        await target.generate(prompts[name].story(), 4)  # warm-up: loads the model where loading is lazy
-    samples: dict[str, dict[str, list]] = {name: {} for name in targets}
-    for figure, run in figures(config):
-        for _ in range(config.repeats):
-            for name, target in targets.items():
+    decode_only = decode_only or {}
+    everyone = {**targets, **decode_only}
+    for name, target in everyone.items():
+        await target.generate(prompts[name].story(), 8)  # warm-up: lazy loads, graph allocation
+    samples: dict[str, dict[str, list]] = {name: {} for name in everyone}
+    for figure, run, repeats in figures(config):
+        turn = everyone if figure == "decode_tps" else targets
+        for _ in range(repeats):
+            for name, target in turn.items():
                 samples[name].setdefault(figure, []).append(await run(target, prompts[name]))
-    return {name: _summarise(per_figure, config) for name, per_figure in samples.items()}
+    results = {name: _summarise(per_figure, config) for name, per_figure in samples.items() if name in targets}
+    results.update({name: statistics.median(samples[name]["decode_tps"]) for name in decode_only})
+    return results
 
 
 def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
