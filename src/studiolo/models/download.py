@@ -1,0 +1,556 @@
+"""Download GGUF models from Hugging Face into the catalog folder.
+
+What to fetch: a repo id (``owner/repo``, or ``owner/repo@Q4_K_M`` as ``lms get`` takes it)
+or a URL (``https://huggingface.co/owner/repo``, or ``.../blob/<revision>/<file>.gguf`` to
+name one file), and an optional quantization matched against the repo's GGUF file names.
+Vision projectors (``mmproj*``) are never chosen and not fetched along: studiolo does not run
+vision yet, and the catalog ignores them. GGUF models split over several files are refused.
+
+How: with huggingface_hub's own calls (model info with file metadata, HEAD and ranged GET
+on ``/{repo}/resolve/{revision}/{file}``), but not ``hf_hub_download``: in 2.4.0 it writes
+into a temporary file unique to each call and deletes it when the call fails, so a cut
+download would start over. We keep the partial file as ``STUDIOLO_HOME/downloads/<sha256>.part``
+and pass its length to ``http_get`` as ``resume_size``, which asks for ``Range: bytes=<n>-``.
+Once complete, the file's SHA-256 is checked against the LFS sha256 the hub lists (on a
+mismatch it is deleted), then renamed to ``models/<owner>/<repo>/<file>`` so the catalog
+never sees half a file.
+
+huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` once, when it is imported; we
+read them at every call and pass the endpoint explicitly, so a mirror (or a test's fake hub)
+named after import is honoured.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+# huggingface_hub 2.4.0 talks HTTP through httpx2 (a dependency it requires); its transport
+# errors are how "the hub cannot be reached" shows up.
+import httpx2
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import build_hf_headers
+
+from studiolo.config import models_dir, studiolo_home
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, two processes could then append to one partial file
+    fcntl = None
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_QUANTIZATION = "Q4_K_M"  # the usual size/quality trade-off, LM Studio's default pick too
+HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
+HASH_BLOCK_BYTES = 1 << 20
+
+ProgressCallback = Callable[[int, "int | None"], None]  # (downloaded bytes, total bytes or None)
+
+
+class DownloadError(Exception):
+    """A download that cannot happen or did not finish; the message names the problem in one line."""
+
+    code = "download_failed"
+    param: str | None = None
+
+
+class InvalidModelReference(DownloadError):
+    code, param = "invalid_model_reference", "model"
+
+
+class RepoNotFound(DownloadError):
+    code, param = "repo_not_found", "model"
+
+
+class RepoGated(DownloadError):
+    code, param = "repo_gated", "model"
+
+
+class FileNotFound(DownloadError):
+    code, param = "file_not_found", "model"
+
+
+class QuantizationNotFound(DownloadError):
+    code, param = "quantization_not_found", "quantization"
+
+
+class AmbiguousChoice(DownloadError):
+    code, param = "quantization_required", "quantization"
+
+
+class SplitModelUnsupported(DownloadError):
+    code, param = "split_model_unsupported", "model"
+
+
+class HubUnreachable(DownloadError):
+    code = "hub_unreachable"
+
+
+class ChecksumMismatch(DownloadError):
+    code = "checksum_mismatch"
+
+
+class AlreadyDownloading(DownloadError):
+    code = "already_downloading"
+
+
+class FolderTaken(DownloadError):
+    code, param = "model_folder_taken", "model"
+
+
+class DownloadCancelled(DownloadError):
+    code = "cancelled"
+
+
+# --- what the user asked for -------------------------------------------------------------
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # Hugging Face's rule for owner and repo names
+_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
+_SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    repo_id: str
+    revision: str | None = None  # None: the repo's default branch
+    filename: str | None = None  # a URL naming one file picks it
+    quantization: str | None = None  # from an ``owner/repo@Q4_K_M`` suffix
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def parse_reference(model: str) -> ModelReference:
+    text = model.strip()
+    if not text:
+        raise InvalidModelReference("no model given: name a Hugging Face repo (owner/repo) or a huggingface.co URL")
+    if "://" in text or text.split("/", 1)[0].lower() in HUB_HOSTS:
+        return _parse_url(text)
+    repo_id, _, quantization = text.partition("@")
+    if not _REPO_ID.fullmatch(repo_id):
+        raise InvalidModelReference(f"'{model}' is not a Hugging Face repo id (owner/repo) or huggingface.co URL")
+    return ModelReference(repo_id, quantization=quantization or None)
+
+
+def _parse_url(text: str) -> ModelReference:
+    url = text if "://" in text else f"https://{text}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not _is_hub_host(parts.netloc):
+        raise InvalidModelReference(f"'{text}' is not a Hugging Face URL (expected https://huggingface.co/owner/repo)")
+    segments = [unquote(segment) for segment in parts.path.split("/") if segment]
+    repo_id = "/".join(segments[:2])
+    rest = segments[2:]
+    if len(segments) >= 2 and _REPO_ID.fullmatch(repo_id):
+        if not rest:
+            return ModelReference(repo_id)
+        if rest[0] in ("blob", "resolve") and len(rest) >= 3:
+            return ModelReference(repo_id, revision=rest[1], filename="/".join(rest[2:]))
+        if rest[0] == "tree" and len(rest) == 2:
+            return ModelReference(repo_id, revision=rest[1])
+    raise InvalidModelReference(
+        f"'{text}' is not the URL of a model repo or file (expected .../owner/repo or .../owner/repo/blob/main/file.gguf)"
+    )
+
+
+def _is_hub_host(netloc: str) -> bool:
+    netloc = netloc.lower()
+    return netloc in HUB_HOSTS or netloc == urlsplit(hub_endpoint()).netloc.lower()
+
+
+# --- which file ----------------------------------------------------------------------------
+
+
+def _basename(name: str) -> str:
+    return PurePosixPath(name).name
+
+
+def _is_weights(name: str) -> bool:
+    lower = _basename(name).lower()
+    return lower.endswith(".gguf") and not lower.startswith("mmproj")
+
+
+def _is_later_split_part(name: str) -> bool:
+    match = _SPLIT_PART.search(name)
+    return match is not None and int(match.group(1)) > 1
+
+
+def _name_tokens(name: str) -> set[str]:
+    """'Llama-3.2-1B-Instruct-Q4_K_M.gguf' -> {'llama', '3', '2', '1b', 'instruct', 'q4_k_m'}."""
+    stem = _basename(name).lower().removesuffix(".gguf")
+    return set(re.split(r"[.\-]", stem))
+
+
+def _matching(names: list[str], quantization: str) -> list[str]:
+    # A whole name part first, so 'Q4_K' does not also take Q4_K_M and Q4_K_S; then any substring.
+    wanted = quantization.strip().lower()
+    exact = [name for name in names if wanted in _name_tokens(name)]
+    return exact or [name for name in names if wanted in _basename(name).lower()]
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(_basename(name) for name in names)
+
+
+def choose_gguf(names: list[str], quantization: str | None, repo_id: str) -> str:
+    """The one GGUF file to fetch among a repo's file names (paths inside the repo)."""
+    # A split model counts once, by its first part.
+    candidates = sorted(name for name in names if _is_weights(name) and not _is_later_split_part(name))
+    if not candidates:
+        raise FileNotFound(f"Hugging Face repo '{repo_id}' has no GGUF model files (studiolo runs GGUF models only)")
+    if quantization:
+        chosen = _choose_by_quantization(candidates, quantization, repo_id)
+    elif len(candidates) == 1:
+        chosen = candidates[0]
+    else:
+        chosen = _choose_default(candidates, repo_id)
+    _refuse_split(chosen)
+    return chosen
+
+
+def _choose_by_quantization(candidates: list[str], quantization: str, repo_id: str) -> str:
+    matches = _matching(candidates, quantization)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise QuantizationNotFound(
+            f"no GGUF file in '{repo_id}' matches quantization '{quantization}'; files: {_listing(candidates)}"
+        )
+    raise AmbiguousChoice(
+        f"quantization '{quantization}' matches several files in '{repo_id}' ({_listing(matches)}); name one exactly"
+    )
+
+
+def _choose_default(candidates: list[str], repo_id: str) -> str:
+    preferred = _matching(candidates, DEFAULT_QUANTIZATION)
+    if len(preferred) == 1:
+        return preferred[0]
+    raise AmbiguousChoice(
+        f"'{repo_id}' has {len(candidates)} GGUF files and no single {DEFAULT_QUANTIZATION} one;"
+        f" choose one with a quantization: {_listing(candidates)}"
+    )
+
+
+def _refuse_split(name: str) -> None:
+    match = _SPLIT_PART.search(name)
+    if match is not None and int(match.group(2)) > 1:
+        raise SplitModelUnsupported(
+            f"'{_basename(name)}' is the first of {int(match.group(2))} parts of a split GGUF;"
+            " split models are not supported yet"
+        )
+
+
+# --- the plan: one file, where it comes from and where it goes ---------------------------
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    repo_id: str
+    revision: str  # the commit the listing came from, so the bytes are the ones its sha256 describes
+    filename: str  # path inside the repo
+    size: int | None
+    sha256: str | None  # the LFS sha256 the hub lists; None for a file kept in git itself
+
+    @property
+    def key(self) -> str:
+        """The catalog key the model will have: ``owner/repo`` in lower case."""
+        return self.repo_id.lower()
+
+    @property
+    def target(self) -> Path:
+        owner, repo = self.repo_id.lower().split("/")
+        return models_dir() / owner / repo / _basename(self.filename)
+
+
+def resolve(model: str, quantization: str | None = None) -> DownloadPlan:
+    """Ask the hub which file ``model`` (and ``quantization``) means."""
+    ref = parse_reference(model)
+    quantization = _merge_quantization(ref, quantization)
+    info = _model_info(ref)
+    siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
+    if ref.filename is not None:
+        name = _named_file(ref, list(siblings))
+    else:
+        name = choose_gguf(list(siblings), quantization, ref.repo_id)
+    sibling = siblings[name]
+    return DownloadPlan(
+        repo_id=info.id or ref.repo_id,
+        revision=info.sha or ref.revision or "main",
+        filename=name,
+        size=sibling.lfs.size if sibling.lfs else sibling.size,
+        sha256=sibling.lfs.sha256 if sibling.lfs else None,
+    )
+
+
+def _merge_quantization(ref: ModelReference, quantization: str | None) -> str | None:
+    quantization = quantization.strip() if quantization and quantization.strip() else None
+    if ref.quantization and quantization and ref.quantization.lower() != quantization.lower():
+        raise InvalidModelReference(
+            f"the model names quantization '{ref.quantization}' but quantization '{quantization}' was asked for"
+        )
+    return quantization or ref.quantization
+
+
+def _named_file(ref: ModelReference, names: list[str]) -> str:
+    if ref.filename not in names:
+        raise FileNotFound(f"file '{ref.filename}' not found in Hugging Face repo '{ref.repo_id}'")
+    if not _is_weights(ref.filename):
+        raise FileNotFound(f"'{ref.filename}' is not a GGUF model file (vision projectors are not models of their own)")
+    _refuse_split(ref.filename)
+    return ref.filename
+
+
+def _model_info(ref: ModelReference):
+    _refuse_when_offline()
+    with _hub_errors(ref.repo_id, ref.revision):
+        return HfApi(endpoint=hub_endpoint()).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+
+
+def _refuse_when_offline() -> None:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise HubUnreachable("HF_HUB_OFFLINE is set: downloads from Hugging Face are turned off")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into ours, each with a one-line message."""
+    try:
+        yield
+    except GatedRepoError as exc:
+        raise RepoGated(
+            f"Hugging Face repo '{repo_id}' is gated: accept its terms on huggingface.co,"
+            " then log in with `hf auth login` or set HF_TOKEN"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise RepoNotFound(f"Hugging Face repo '{repo_id}' not found (or it is private and no token is set)") from exc
+    except RevisionNotFoundError as exc:
+        raise RepoNotFound(f"revision '{revision}' not found in Hugging Face repo '{repo_id}'") from exc
+    except RemoteEntryNotFoundError as exc:
+        raise FileNotFound(f"a file of Hugging Face repo '{repo_id}' is gone from the hub: {exc.response.url}") from exc
+    except HfHubHTTPError as exc:
+        response = getattr(exc, "response", None)
+        answer = f"HTTP {response.status_code}" if response is not None else _first_line(exc)
+        raise DownloadError(f"the Hugging Face hub refused the request for '{repo_id}' ({answer})") from exc
+    except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
+        raise HubUnreachable(f"cannot reach the Hugging Face hub at {hub_endpoint()}: {_first_line(exc)}") from exc
+
+
+# --- fetching ------------------------------------------------------------------------------
+
+
+def staging_dir() -> Path:
+    """Partial downloads; inside STUDIOLO_HOME so the final rename stays on one filesystem."""
+    return studiolo_home() / "downloads"
+
+
+def is_downloaded(plan: DownloadPlan, cancel: threading.Event | None = None) -> bool:
+    """Whether the file is already in place with the listed size and checksum."""
+    target = plan.target
+    if not target.is_file():
+        return False
+    if plan.size is not None and target.stat().st_size != plan.size:
+        return False
+    if plan.sha256:
+        return sha256_of(target, cancel) == plan.sha256
+    return plan.size is not None
+
+
+def check_folder_free(plan: DownloadPlan) -> None:
+    """Refuse a second model in the plan's folder: the catalog shows one model per folder, and
+    the key printed after the download would then name the other file."""
+    folder = plan.target.parent
+    if not folder.is_dir():
+        return
+    others = sorted(path.name for path in folder.iterdir() if _is_weights(path.name) and path != plan.target)
+    if others:
+        raise FolderTaken(
+            f"{folder} already holds the model {', '.join(others)} (key '{plan.key}'); one model per folder:"
+            " remove it to download another file of this repo"
+        )
+
+
+def download(
+    plan: DownloadPlan,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Fetch the plan's file into the catalog folder and return its path.
+
+    Resumes from a partial file left by an earlier attempt. ``on_progress`` is called from
+    this thread with (downloaded bytes, total bytes) as data arrives; setting ``cancel`` stops
+    the download at the next chunk received (the partial file stays, to be resumed).
+    """
+    if is_downloaded(plan, cancel):
+        return plan.target
+    check_folder_free(plan)
+    _refuse_when_offline()
+    _check_cancel(cancel)
+    url, size, etag, headers = _locate(plan)
+    size = plan.size if plan.size is not None else size
+    sha256 = plan.sha256 or (etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+    partial = staging_dir() / _staging_name(plan, sha256)
+    with _locked_partial(partial, plan) as part:
+        _fetch_rest(plan, url, part, size, headers, on_progress, cancel)
+        _verify(partial, plan, sha256, cancel)
+        _place(partial, plan.target)
+    return plan.target
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled("download cancelled; the partial file is kept and the next attempt resumes it")
+
+
+def _locate(plan: DownloadPlan) -> tuple[str, int | None, str | None, dict[str, str]]:
+    """Where the bytes are (the hub redirects big files to a CDN), their size and ETag, and the headers to send."""
+    endpoint = hub_endpoint()
+    url = hf_hub_url(plan.repo_id, plan.filename, revision=plan.revision, endpoint=endpoint)
+    with _hub_errors(plan.repo_id, plan.revision):
+        metadata = get_hf_file_metadata(url, endpoint=endpoint)
+    headers = build_hf_headers()
+    if urlsplit(metadata.location)[:2] != urlsplit(endpoint)[:2]:
+        headers.pop("authorization", None)  # a signed CDN URL: the user's token stays with the hub
+    return metadata.location, metadata.size, metadata.etag, headers
+
+
+def _staging_name(plan: DownloadPlan, sha256: str | None) -> str:
+    if sha256:
+        return f"{sha256}.part"  # named by content: a partial is only ever resumed with the same bytes
+    owner, repo = plan.key.split("/")
+    return f"{owner}--{repo}--{plan.revision}--{_basename(plan.filename)}.part"
+
+
+@contextmanager
+def _locked_partial(path: Path, plan: DownloadPlan) -> Iterator[BinaryIO]:
+    """The partial file, open at its end, locked so a second download of it (any process) refuses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as part:
+        if fcntl is not None:
+            try:
+                fcntl.flock(part, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AlreadyDownloading(f"'{_basename(plan.filename)}' is already being downloaded") from None
+        part.seek(0, os.SEEK_END)
+        yield part
+
+
+def _fetch_rest(
+    plan: DownloadPlan,
+    url: str,
+    part: BinaryIO,
+    size: int | None,
+    headers: dict[str, str],
+    on_progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> None:
+    resume = part.tell()
+    if size is not None and resume > size:  # not a prefix of this file: start over
+        part.seek(0)
+        part.truncate()
+        resume = 0
+    _check_disk_space(size, resume)
+    if on_progress is not None:
+        on_progress(resume, size)
+    relay = functools.partial(_ProgressRelay, on_progress, cancel, size)
+    try:
+        with _hub_errors(plan.repo_id, plan.revision):
+            http_get(url, part, resume_size=resume, headers=headers, expected_size=size, tqdm_class=relay)
+    except OSError as exc:  # http_get's size check, or the disk
+        raise DownloadError(f"download of '{_basename(plan.filename)}' failed: {_first_line(exc)}") from exc
+    part.flush()
+    os.fsync(part.fileno())
+
+
+def _check_disk_space(size: int | None, resume: int) -> None:
+    if size is None:
+        return
+    free = shutil.disk_usage(staging_dir()).free
+    if free < size - resume:
+        raise DownloadError(f"not enough disk space in {staging_dir()}: {size - resume} bytes needed, {free} free")
+
+
+class _ProgressRelay:
+    """Stands in for the tqdm bar ``http_get`` drives (it accepts any class): forwards the byte
+    count, and is where a cancel lands, since ``http_get`` calls ``update`` after every chunk."""
+
+    def __init__(self, on_progress, cancel, expected_total, *, total=None, initial=0, **_tqdm_options):
+        self._on_progress = on_progress
+        self._cancel = cancel
+        self.total = expected_total if expected_total is not None else total
+        self.n = initial
+
+    def __enter__(self) -> _ProgressRelay:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        _check_cancel(self._cancel)
+        self.n += n
+        if self._on_progress is not None:
+            self._on_progress(self.n, self.total)
+
+
+def sha256_of(path: Path, cancel: threading.Event | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK_BYTES), b""):
+            _check_cancel(cancel)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(partial: Path, plan: DownloadPlan, sha256: str | None, cancel: threading.Event | None) -> None:
+    if sha256 is None:
+        return  # a file kept in git itself has no sha256 listed; http_get already checked its size
+    actual = sha256_of(partial, cancel)
+    if actual != sha256:
+        partial.unlink(missing_ok=True)
+        raise ChecksumMismatch(
+            f"'{_basename(plan.filename)}' does not match the sha256 the hub lists"
+            f" (got {actual[:12]}…, expected {sha256[:12]}…); the download was deleted, try again"
+        )
+
+
+def _place(partial: Path, target: Path) -> None:
+    """Rename into the catalog folder: the file appears whole or not at all."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(partial, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # models/ is on another filesystem: copy beside the target under a name the catalog ignores, then rename
+            beside = target.with_name(target.name + ".part")
+            shutil.copyfile(partial, beside)
+            os.replace(beside, target)
+            partial.unlink()
+    except OSError as exc:
+        raise DownloadError(f"cannot place the download at {target}: {_first_line(exc)}") from exc
