@@ -51,4 +51,5 @@ class ServerSettings:
     port: int = DEFAULT_PORT
     cors: bool = False
     jit_loading: bool = True
+    auto_evict: bool = True  # at most one JIT-loaded model at a time
     engine: EngineSettings = field(default_factory=EngineSettings)

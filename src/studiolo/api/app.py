@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
+from studiolo.api.download_routes import router as download_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.health import router as health_router
+from studiolo.api.log_routes import router as log_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.config import ServerSettings, models_dir
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
 from studiolo.service.generation import GenerationService
+from studiolo.service.model_log import LogHub, install_server_log_handler, remove_server_log_handler
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -22,13 +26,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        manager = ModelManager(Catalog(models_dir()), settings.engine, jit_loading=settings.jit_loading)
+        manager = ModelManager(Catalog(models_dir()), settings.engine, jit_loading=settings.jit_loading,
+                               auto_evict=settings.auto_evict)
         app.state.settings = settings
-        app.state.service = GenerationService(manager)
+        app.state.log_hub = LogHub()
+        app.state.service = GenerationService(manager, app.state.log_hub)
+        log_handler = install_server_log_handler(app.state.log_hub)
         try:
             yield
         finally:
+            downloads = getattr(app.state, "downloads", None)
+            if downloads is not None:
+                await asyncio.to_thread(downloads.close)  # partial files stay, to resume
             await manager.close()
+            remove_server_log_handler(log_handler)
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
     if settings.cors:
@@ -36,4 +47,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(download_router)
+    app.include_router(log_router)
     return app

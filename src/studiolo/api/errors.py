@@ -1,4 +1,6 @@
-"""Error responses in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""Error responses: OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, and on
+LM Studio's ``/api/v1/*`` its v1 shape ``{"error": {"type", "message", "code", "param"}}`` whose
+``type`` is one of LM Studio's (``invalid_request``, ``model_not_found``, ``internal_error``, ...).
 
 Client mistakes are 4xx with a message that names the field; domain exceptions from the
 layers below are mapped here, once, for every route.
@@ -18,7 +20,14 @@ from studiolo.chat.templates import TemplateError
 from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
 from studiolo.engine.llama import ModelLoadError
 from studiolo.models.catalog import AmbiguousModelName, ModelNotFound
-from studiolo.models.manager import ModelNotLoaded
+from studiolo.models.manager import (
+    IdentifierTaken,
+    InstanceNotFound,
+    ModelBusy,
+    ModelLoadFailed,
+    ModelNotLoaded,
+)
+from studiolo.models.memory import InsufficientMemory
 from studiolo.service.types import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,22 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def body_v1(self) -> dict[str, Any]:
+        if self.code in ("model_not_found", "job_not_found"):
+            kind = self.code
+        else:
+            kind = "invalid_request" if self.status < 500 else "internal_error"
+        error: dict[str, Any] = {"type": kind, "message": self.message}
+        if self.code:
+            error["code"] = self.code
+        if self.param:
+            error["param"] = self.param
+        return {"error": error}
+
+    def response(self, request: Request) -> JSONResponse:
+        v1 = request.url.path.startswith("/api/v1/")
+        return JSONResponse(self.body_v1() if v1 else self.body(), status_code=self.status)
+
 
 DOMAIN_ERRORS = (
     ModelNotFound,
@@ -55,6 +80,11 @@ DOMAIN_ERRORS = (
     InvalidRequest,
     ModelLoadError,
     EngineClosed,
+    InstanceNotFound,
+    IdentifierTaken,
+    ModelBusy,
+    ModelLoadFailed,
+    InsufficientMemory,
 )
 
 
@@ -76,8 +106,17 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, EngineClosed):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
-    if isinstance(exc, ModelLoadError):
+    if isinstance(exc, (ModelLoadError, ModelLoadFailed)):
         return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")
+    if isinstance(exc, InstanceNotFound):
+        return APIError(404, str(exc), param="instance_id", code="model_not_found")
+    if isinstance(exc, IdentifierTaken):
+        return APIError(400, str(exc), param="identifier", code="identifier_taken")
+    if isinstance(exc, ModelBusy):
+        return APIError(503, str(exc), type="server_error", param="model", code="model_busy")
+    if isinstance(exc, InsufficientMemory):
+        # the request can be made to fit (a shorter context, fewer parallel sequences)
+        return APIError(400, str(exc), param="model", code="insufficient_memory")
     return None
 
 
@@ -112,11 +151,10 @@ def describe_validation(errors: list[dict[str, Any]]) -> APIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return exc.response(request)
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = describe_validation(list(exc.errors()))
-        return JSONResponse(error.body(), status_code=error.status)
+        return describe_validation(list(exc.errors())).response(request)
 
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -127,15 +165,16 @@ def install_error_handlers(app: FastAPI) -> None:
             error = APIError(405, message, code="method_not_allowed")
         else:
             error = APIError(exc.status_code, str(exc.detail))
-        return JSONResponse(error.body(), status_code=error.status, headers=getattr(exc, "headers", None))
+        response = error.response(request)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error = APIError(500, f"internal server error: {exc}", type="server_error")
-        return JSONResponse(error.body(), status_code=error.status)
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return APIError(500, f"internal server error: {exc}", type="server_error").response(request)
 
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
-        error = from_domain(exc)
-        return JSONResponse(error.body(), status_code=error.status)
+        return from_domain(exc).response(request)
 
     app.add_exception_handler(APIError, on_api_error)
     for domain_error in DOMAIN_ERRORS:

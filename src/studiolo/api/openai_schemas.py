@@ -58,6 +58,8 @@ class Message(_Body):
 
 class _GenerationBody(_Body):
     model: str = Field(min_length=1)
+    # LM Studio: idle seconds before a model this request JIT-loads is unloaded
+    ttl: int | None = Field(default=None, gt=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
@@ -144,7 +146,7 @@ class ChatCompletionBody(_GenerationBody):
             raise InvalidRequest("'max_tokens' must be at least 1 (or -1 for no limit)", "max_tokens")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         messages = [_message_to_domain(i, m) for i, m in enumerate(self.messages)]
-        return ChatRequest(self.model, messages, self.options(max_tokens=max_tokens, logprobs=logprobs))
+        return ChatRequest(self.model, messages, self.options(max_tokens=max_tokens, logprobs=logprobs), self.ttl)
 
 
 def _message_to_domain(index: int, message: Message) -> ChatMessage:
@@ -180,7 +182,7 @@ class CompletionBody(_GenerationBody):
             raise InvalidRequest("'max_tokens' may be 0 only with 'echo' (to score the prompt)", "max_tokens")
         # absent, null or -1: until the end of generation or of the context (not OpenAI's 16)
         options = self.options(max_tokens=max_tokens, logprobs=self.logprobs, echo=self.echo)
-        return CompletionRequest(self.model, _prompts(self.prompt), options)
+        return CompletionRequest(self.model, _prompts(self.prompt), options, self.ttl)
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

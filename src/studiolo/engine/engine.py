@@ -120,6 +120,15 @@ class Engine:
         self._post(_Submit(seqs))
         return [seq.sink for seq in seqs]
 
+    def busy(self) -> bool:
+        """Whether any sequence is queued or running (read from other threads: a snapshot)."""
+        return bool(self._inbox) or bool(self.scheduler.running) or bool(self.scheduler.waiting)
+
+    def request_counts(self) -> tuple[int, int]:
+        """(running, queued) sequences, a snapshot for status displays."""
+        queued = sum(len(c.seqs) for c in list(self._inbox) if isinstance(c, _Submit))
+        return len(self.scheduler.running), len(self.scheduler.waiting) + queued
+
     def close(self) -> None:
         """End its sequences with an error, leave the compute thread and free the context. Idempotent."""
         with self._wake:
@@ -248,7 +257,7 @@ class Engine:
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
         out_of_budget = request.max_tokens is not None and len(seq.generated) >= request.max_tokens
         if out_of_budget or seq.n_past >= self.context_length:
-            self._finish(seq, "length")
+            self._finish(seq, "length" if out_of_budget else "context")
             return
         seq.pending = token
 

@@ -46,7 +46,7 @@ class PromptLogprobsEvent:
 
 @dataclass(frozen=True)
 class FinishEvent:
-    reason: str  # "stop" | "length" | "cancelled" | "error"
+    reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error"
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int

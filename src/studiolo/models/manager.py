@@ -1,8 +1,16 @@
-"""Loaded models and just-in-time loading.
+"""Loaded model instances, as LM Studio manages them: JIT loading, idle TTL, auto-evict.
 
-A request that names a model on disk which is not loaded loads it (JIT, on by default).
-Concurrent first requests for the same model wait for one load instead of each loading
-their own copy. Loading runs in a worker thread so the event loop keeps serving.
+- JIT (on by default): a request naming a model on disk that is not loaded loads it.
+  Concurrent first requests for one model wait for a single load (LM Studio loads duplicates).
+- Idle TTL: an instance with a TTL unloads once it has run no sequence for that long; JIT loads
+  get the request's ``ttl`` or an hour; explicit loads none unless asked.
+- Auto-evict (on by default): at most one JIT-loaded model at a time. Loading another JIT model
+  first unloads the previous one, waiting for it to finish what it is generating (never cutting
+  a generation off); if it stays busy too long, the new load is refused. Explicit loads are never
+  evicted.
+- A memory guard refuses a load that would not fit in RAM (models/memory.py).
+
+Everything here runs on the event loop; the slow parts (loading, closing) in worker threads.
 """
 
 from __future__ import annotations
@@ -10,14 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 from studiolo.config import EngineSettings
 from studiolo.engine.engine import Engine
-from studiolo.engine.llama import LlamaModel
-from studiolo.models.catalog import Catalog, CatalogEntry
+from studiolo.engine.llama import LlamaModel, ModelLoadError
+from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
+from studiolo.models.gguf_info import InvalidModelFile, read_model_info
+from studiolo.models.instance import Instance, LoadConfig
+from studiolo.models.memory import check_fits, estimate
 
 log = logging.getLogger(__name__)
+
+JIT_DEFAULT_TTL = 3600.0  # LM Studio's default idle TTL for JIT-loaded models
+EVICT_WAIT_SECONDS = 60.0  # how long a JIT load waits for the model it evicts to go idle
+TTL_CHECK_SECONDS = 0.5
 
 
 class ModelNotLoaded(LookupError):
@@ -27,65 +42,195 @@ class ModelNotLoaded(LookupError):
         )
 
 
-@dataclass
-class LoadedModel:
-    entry: CatalogEntry
-    model: LlamaModel
-    engine: Engine
-    loaded_at: float = field(default_factory=time.time)
+class InstanceNotFound(LookupError):
+    def __init__(self, instance_id: str, loaded: list[str]):
+        listing = ", ".join(loaded) if loaded else "none"
+        super().__init__(f"no loaded model instance '{instance_id}'; loaded instances: {listing}")
 
-    @property
-    def key(self) -> str:
-        return self.entry.key
 
-    def close(self) -> None:
-        self.engine.close()
-        self.model.close()
+class IdentifierTaken(ValueError):
+    param = "identifier"
+
+
+class ModelBusy(RuntimeError):
+    """A JIT load would evict a model that kept generating past the wait."""
+
+
+class ModelLoadFailed(RuntimeError):
+    pass
 
 
 class ModelManager:
-    def __init__(self, catalog: Catalog, settings: EngineSettings, *, jit_loading: bool = True):
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: EngineSettings,
+        *,
+        jit_loading: bool = True,
+        auto_evict: bool = True,
+        evict_wait_seconds: float = EVICT_WAIT_SECONDS,
+    ):
         self.catalog = catalog
         self.settings = settings
         self.jit_loading = jit_loading
-        self._loaded: dict[str, LoadedModel] = {}
-        self._loading: dict[str, asyncio.Lock] = {}
+        self.auto_evict = auto_evict
+        self.evict_wait_seconds = evict_wait_seconds
+        self._instances: dict[str, Instance] = {}
+        self._jit_locks: dict[str, asyncio.Lock] = {}
+        self._load_lock = asyncio.Lock()  # one load at a time: memory checks see the truth
+        self._ttl_task: asyncio.Task | None = None
 
-    def loaded(self) -> list[LoadedModel]:
-        return list(self._loaded.values())
+    # --- lookups ---------------------------------------------------------------------
 
-    async def get(self, name: str) -> LoadedModel:
-        """The loaded model ``name`` refers to, loading it first if JIT allows."""
-        entry = self.catalog.resolve(name)
-        found = self._loaded.get(entry.key)
-        if found is not None:
-            return found
-        if not self.jit_loading:
-            raise ModelNotLoaded(entry.key)
-        return await self.load(entry)
+    def loaded(self) -> list[Instance]:
+        return list(self._instances.values())
 
-    async def load(self, entry: CatalogEntry) -> LoadedModel:
-        lock = self._loading.setdefault(entry.key, asyncio.Lock())
-        async with lock:
-            found = self._loaded.get(entry.key)
-            if found is not None:
-                return found
+    def instances_of(self, key: str) -> list[Instance]:
+        return [i for i in self._instances.values() if i.key == key]
+
+    def find_instance(self, instance_id: str) -> Instance:
+        found = self._instances.get(instance_id) or self._instances.get(instance_id.lower())
+        if found is None:
+            raise InstanceNotFound(instance_id, list(self._instances))
+        return found
+
+    async def get(self, name: str, *, ttl: float | None = None) -> Instance:
+        """The instance a request's ``model`` names, JIT-loading it if allowed; resets its idle timer."""
+        instance = self._instances.get(name) or self._instances.get(name.strip().lower())
+        if instance is None:
+            entry = self.catalog.resolve(name)
+            instance = self._least_busy(entry.key)
+            if instance is None:
+                if not self.jit_loading:
+                    raise ModelNotLoaded(entry.key)
+                instance = await self._jit_load(entry, ttl)
+        instance.touch()
+        return instance
+
+    def _least_busy(self, key: str) -> Instance | None:
+        candidates = self.instances_of(key)
+        return min(candidates, key=lambda i: sum(i.engine.request_counts()), default=None)
+
+    # --- loading ---------------------------------------------------------------------
+
+    async def _jit_load(self, entry: CatalogEntry, ttl: float | None) -> Instance:
+        lock = self._jit_locks.setdefault(entry.key, asyncio.Lock())
+        async with lock:  # concurrent first requests: one load, the others wait for it
+            existing = self._least_busy(entry.key)
+            if existing is not None:
+                return existing
+            if self.auto_evict:
+                await self._evict_jit_models(except_key=entry.key)
+            return await self.load(entry, LoadConfig(ttl=ttl if ttl is not None else JIT_DEFAULT_TTL), jit=True)
+
+    async def load(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool = False) -> Instance:
+        """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
+        async with self._load_lock:
+            instance_id = self._new_instance_id(entry.key, config.identifier)
+            settings = replace(
+                self.settings,
+                context_length=config.context_length or self.settings.context_length,
+                parallel=config.parallel or self.settings.parallel,
+                batch_size=config.eval_batch_size or self.settings.batch_size,
+            )
             started = time.perf_counter()
-            loaded = await asyncio.to_thread(self._load_blocking, entry)
-            self._loaded[entry.key] = loaded
-            log.info("loaded %s in %.2fs", entry.key, time.perf_counter() - started)
-            return loaded
+            model, engine, info = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
+            instance = Instance(instance_id, entry, info, model, engine, settings, jit, config.ttl,
+                                load_seconds=time.perf_counter() - started)
+            self._instances[instance_id] = instance
+        log.info("loaded %s as %s in %.2fs%s", entry.key, instance_id, instance.load_seconds,
+                 f" (ttl {config.ttl:g}s)" if config.ttl is not None else "")
+        self._ensure_ttl_task()
+        return instance
 
-    def _load_blocking(self, entry: CatalogEntry) -> LoadedModel:
-        model = LlamaModel(entry.path)
-        try:
-            engine = Engine(model, self.settings)
-        except BaseException:
-            model.close()
-            raise
-        return LoadedModel(entry, model, engine)
+    def _new_instance_id(self, key: str, identifier: str | None) -> str:
+        if identifier is not None:
+            identifier = identifier.strip()
+            if not identifier:
+                raise IdentifierTaken("identifier must not be empty")
+            if identifier in self._instances:
+                raise IdentifierTaken(f"identifier '{identifier}' is already used by a loaded instance")
+            return identifier
+        if key not in self._instances:
+            return key
+        n = 2
+        while f"{key}:{n}" in self._instances:
+            n += 1
+        return f"{key}:{n}"
+
+    # --- unloading -------------------------------------------------------------------
+
+    async def unload(self, instance_id: str) -> Instance:
+        instance = self.find_instance(instance_id)
+        self._instances.pop(instance.id, None)
+        await asyncio.to_thread(instance.close)
+        log.info("unloaded %s", instance.id)
+        return instance
+
+    async def _evict_jit_models(self, except_key: str) -> None:
+        for instance in [i for i in self._instances.values() if i.jit and i.key != except_key]:
+            deadline = time.monotonic() + self.evict_wait_seconds
+            while instance.busy():
+                if time.monotonic() >= deadline:
+                    raise ModelBusy(
+                        f"cannot load '{except_key}': just-in-time loading keeps one model at a time and "
+                        f"'{instance.id}' is still generating after {self.evict_wait_seconds:g} s; "
+                        "retry later, or load models explicitly (studiolo load) to keep several"
+                    )
+                await asyncio.sleep(0.05)
+            if instance.id in self._instances:
+                log.info("auto-evicting %s to load %s", instance.id, except_key)
+                await self.unload(instance.id)
+
+    def _ensure_ttl_task(self) -> None:
+        if self._ttl_task is None or self._ttl_task.done():
+            self._ttl_task = asyncio.create_task(self._expire_idle())
+
+    async def _expire_idle(self) -> None:
+        """Unload instances idle past their TTL; the clock stands still while they work."""
+        while self._instances:
+            await asyncio.sleep(TTL_CHECK_SECONDS)
+            for instance in list(self._instances.values()):
+                if instance.ttl is None:
+                    continue
+                if instance.busy():
+                    instance.touch()
+                elif instance.ttl_remaining() == 0.0 and instance.id in self._instances:
+                    log.info("unloading %s: idle for its ttl of %gs", instance.id, instance.ttl)
+                    await self.unload(instance.id)
 
     async def close(self) -> None:
-        loaded, self._loaded = list(self._loaded.values()), {}
-        for item in loaded:
-            await asyncio.to_thread(item.close)
+        if self._ttl_task is not None:
+            self._ttl_task.cancel()
+        instances, self._instances = list(self._instances.values()), {}
+        for instance in instances:
+            await asyncio.to_thread(instance.close)
+
+
+def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: str):
+    """Check the file, the memory, then load; any failure leaves nothing behind."""
+    try:
+        info = read_model_info(entry.path)
+    except (InvalidModelFile, OSError) as exc:
+        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+    try:
+        model = LlamaModel(entry.path)
+    except ModelLoadError as exc:
+        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+    try:
+        context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
+        check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
+        engine = Engine(model, settings)
+    except ModelLoadError as exc:
+        model.close()
+        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+    except BaseException:
+        model.close()
+        raise
+    return model, engine, info
+
+
+__all__ = [
+    "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy", "ModelLoadFailed",
+    "ModelManager", "ModelNotFound", "ModelNotLoaded",
+]

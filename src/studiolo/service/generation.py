@@ -21,7 +21,9 @@ from studiolo.engine.llama import LlamaModel
 from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, PromptLogprobsEvent, TokenEvent
 from studiolo.engine.stream import TokenStream
-from studiolo.models.manager import LoadedModel, ModelManager
+from studiolo.models.instance import Instance
+from studiolo.models.manager import ModelManager
+from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.text import TextAssembler
 from studiolo.service.types import (
     Alternative,
@@ -35,6 +37,35 @@ from studiolo.service.types import (
     TokenInfo,
     Usage,
 )
+
+
+_CAUSES = {"stop": "eos", "length": "max_tokens", "context": "context_length", "cancelled": "cancelled"}
+
+
+@dataclass
+class Timing:
+    """When a request's tokens came, for LM Studio's stats (perf_counter seconds)."""
+
+    started: float = field(default_factory=time.perf_counter)  # the request reached the service
+    first_token: float = 0.0
+    last_token: float = 0.0
+    ended: float = 0.0
+
+    def token(self) -> None:
+        self.last_token = time.perf_counter()
+        self.first_token = self.first_token or self.last_token
+
+    def finished(self, event: FinishEvent) -> None:
+        self.ended = time.perf_counter()
+
+    @property
+    def time_to_first_token(self) -> float:
+        return (self.first_token or self.ended) - self.started
+
+    @property
+    def generation_time(self) -> float:
+        """From the first token to the end."""
+        return self.ended - (self.first_token or self.ended)
 
 
 class GenerationFailed(RuntimeError):
@@ -81,10 +112,16 @@ class Generation:
     id: str
     model: str
     created: int
-    _loaded: LoadedModel
+    _loaded: Instance
     _options: GenerationOptions
     _choices: list[_Choice]
     usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+    _log: LogHub | None = None
+
+    @property
+    def instance(self) -> Instance:
+        return self._loaded
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         if len(self._choices) == 1:  # the common case: no fan-in task and queue on the token path
@@ -129,11 +166,13 @@ class Generation:
         if options.echo and not scoring:
             yield TextDelta(choice.index, choice.prompt.text)
         assembler = TextAssembler(options.stop)
+        logged: list[str] | None = [] if self._log is not None and self._log.has_subscribers("model") else None
         consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
         async for event in choice.stream:
             if isinstance(event, PromptLogprobsEvent):
                 yield TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
             elif isinstance(event, TokenEvent):
+                self.timing.token()
                 if assembler.stopped:
                     continue  # generated before the cancel reached the engine
                 consumed += 1
@@ -142,6 +181,8 @@ class Generation:
                 if assembler.stopped:
                     choice.stream.cancel()  # a stop string ended it; free the sequence now
                 if text or tokens:
+                    if logged is not None:
+                        logged.append(text)
                     yield TextDelta(choice.index, text, tuple(tokens))
             elif isinstance(event, FinishEvent):
                 if event.reason == "error":
@@ -150,8 +191,19 @@ class Generation:
                 if text or tokens:
                     yield TextDelta(choice.index, text, tuple(tokens))
                 self._count(choice, event, consumed if assembler.stopped else event.completion_tokens)
-                yield Finished(choice.index, "length" if event.reason == "length" and not assembler.stopped else "stop")
+                self.timing.finished(event)
+                cause = "stop_string" if assembler.stopped else _CAUSES.get(event.reason, "eos")
+                if logged is not None:
+                    logged.append(text)
+                    self._log_output(choice.index, "".join(logged), consumed, cause)
+                yield Finished(choice.index, "length" if cause in ("max_tokens", "context_length") else "stop", cause)
                 return
+
+    def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
+        timing = self.timing
+        rate = (tokens - 1) / timing.generation_time if tokens > 1 and timing.generation_time > 0 else 0.0
+        self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
+                                                      timing.time_to_first_token))
 
     def _echo_tokens(self, prompt: Prompt, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
         """The prompt's tokens as they spell its text; the first is unscored (nothing predicts it)."""
@@ -173,30 +225,33 @@ class Generation:
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, log_hub: LogHub | None = None):
         self.manager = manager
+        self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
         self._templates: dict[str, ChatTemplate] = {}
 
     async def chat(self, request: ChatRequest) -> Generation:
-        loaded = await self.manager.get(request.model)
-        prompt = Prompt(self.chat_prompt_tokens(loaded, request))
+        loaded = await self.manager.get(request.model, ttl=request.ttl)
+        text = self.chat_prompt_text(loaded, request)
+        prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
         return self._start(loaded, "chatcmpl", [prompt], request.options, prompt_field="messages")
 
     async def complete(self, request: CompletionRequest) -> Generation:
-        loaded = await self.manager.get(request.model)
+        loaded = await self.manager.get(request.model, ttl=request.ttl)
         prompts = [self._completion_prompt(loaded.model, p) for p in request.prompts]
         return self._start(loaded, "cmpl", prompts, request.options, prompt_field="prompt")
 
-    def chat_prompt_tokens(self, loaded: LoadedModel, request: ChatRequest) -> list[int]:
+    def chat_prompt_text(self, loaded: Instance, request: ChatRequest) -> str:
+        """The conversation as the model's template formats it, ready to tokenize."""
         template = self._template(loaded)
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         text = template.render(messages, add_generation_prompt=True)
         model = loaded.model
         if model.add_bos and template.bos_token and text.startswith(template.bos_token):
             text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
-        return model.tokenize(text, add_special=True, parse_special=True)
+        return text
 
-    def _template(self, loaded: LoadedModel) -> ChatTemplate:
+    def _template(self, loaded: Instance) -> ChatTemplate:
         template = self._templates.get(loaded.key)
         if template is None:
             model = loaded.model
@@ -215,7 +270,7 @@ class GenerationService:
 
     def _start(
         self,
-        loaded: LoadedModel,
+        loaded: Instance,
         id_prefix: str,
         prompts: list[Prompt],
         options: GenerationOptions,
@@ -234,7 +289,12 @@ class GenerationService:
             exc.param = prompt_field
             raise
         choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
-        return Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", loaded.key, int(time.time()), loaded, options, choices)
+        generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", loaded.id, int(time.time()), loaded, options,
+                                choices, _log=self.log_hub)
+        if self.log_hub is not None and self.log_hub.has_subscribers("model"):
+            for prompt in prompts:
+                self.log_hub.publish("model", model_input_event(generation.id, loaded.id, prompt.text, len(prompt.tokens)))
+        return generation
 
     @staticmethod
     def _engine_request(tokens: list[int], options: GenerationOptions, copy: int) -> GenerationRequest:

@@ -41,6 +41,7 @@ class ChatRequest:
     model: str
     messages: list[ChatMessage]
     options: GenerationOptions
+    ttl: float | None = None  # idle seconds before unloading, if this request JIT-loads the model
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CompletionRequest:
     model: str
     prompts: list[str | list[int]]  # one choice group per prompt: text, or token ids
     options: GenerationOptions
+    ttl: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,9 @@ class Usage:
 @dataclass(frozen=True)
 class Finished:
     index: int
-    reason: str  # "stop" | "length"
+    reason: str  # OpenAI's finish_reason: "stop" | "length"
+    # why, in full: "eos" | "stop_string" | "max_tokens" | "context_length" | "cancelled"
+    cause: str = "eos"
 
 
 GenerationEvent = TextDelta | Finished
