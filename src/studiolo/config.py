@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_PORT = 1234
 DEFAULT_BIND = "127.0.0.1"
+MIN_CONTEXT = 64  # tokens per sequence: less cannot hold a chat template's frame
+MAX_PARALLEL = 64  # every decoding sequence takes one of the batch's 512 places each step
 
 
 def studiolo_home() -> Path:

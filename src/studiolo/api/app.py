@@ -12,6 +12,8 @@ from studiolo import __version__
 from studiolo.api.download_routes import router as download_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.health import router as health_router
+from studiolo.api.lmstudio_v0 import router as v0_router
+from studiolo.api.lmstudio_v1 import router as v1_router
 from studiolo.api.log_routes import router as log_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.config import ServerSettings, models_dir
@@ -47,6 +49,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(v0_router)
+    app.include_router(v1_router)
     app.include_router(download_router)
     app.include_router(log_router)
     return app

@@ -96,7 +96,9 @@ class _Chunks:
         self._prefix = "data: " + header[:-1] + ',"choices":'
         self._suffix = (',"usage":null}' if include_usage else "}") + "\n\n"
 
-    def _event(self, choices_json: str) -> str:
+    def _event(self, choices_json: str, extras: dict[str, Any] | None = None) -> str:
+        if extras:  # LM Studio's v0 stats ride on a choice's last chunk
+            return self._prefix + choices_json + "," + _json(extras)[1:-1] + self._suffix
         return self._prefix + choices_json + self._suffix
 
     def usage(self) -> str:
@@ -122,8 +124,8 @@ class ChatChunks(_Chunks):
             f'[{{"index":{index},"delta":{{"content":{_json(text)}}},"logprobs":{logprobs},"finish_reason":null}}]'
         )
 
-    def finish(self, index: int, reason: str) -> str:
-        return self._event(_json([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]))
+    def finish(self, index: int, reason: str, extras: dict[str, Any] | None = None) -> str:
+        return self._event(_json([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]), extras)
 
 
 # --- completions ----------------------------------------------------------------------
@@ -185,5 +187,5 @@ class CompletionChunks(_Chunks):
             logprobs = _json(self._logprobs.setdefault(index, CompletionLogprobs()).render(tokens))
         return self._event(f'[{{"text":{_json(text)},"index":{index},"logprobs":{logprobs},"finish_reason":null}}]')
 
-    def finish(self, index: int, reason: str) -> str:
-        return self._event(_json([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}]))
+    def finish(self, index: int, reason: str, extras: dict[str, Any] | None = None) -> str:
+        return self._event(_json([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}]), extras)

@@ -6,7 +6,7 @@ the events back; no generation logic lives here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,6 +20,8 @@ from studiolo.service.generation import Generation, GenerationFailed, Generation
 from studiolo.service.types import Finished, TextDelta, TokenInfo
 
 router = APIRouter(prefix="/v1")
+
+Extras = Callable[[Generation], dict[str, Any]]
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
@@ -96,6 +98,11 @@ async def _gather(generation: Generation) -> tuple[dict[int, str], dict[int, lis
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionBody, request: Request):
+    return await run_chat(body, request)
+
+
+async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | None = None):
+    """A chat completion; ``extras`` adds fields to the body (LM Studio's v0 stats) when it is done."""
     generation = await _service(request).chat(body.to_domain())
     if body.stream:
         chunks = render.ChatChunks(generation, with_logprobs=body.logprobs, include_usage=body.include_usage)
@@ -103,7 +110,7 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
         def render_event(event):
             if isinstance(event, TextDelta):
                 return chunks.content(event.index, event.text, event.tokens)
-            return chunks.finish(event.index, event.reason)
+            return chunks.finish(event.index, event.reason, extras(generation) if extras else None)
 
         roles = [chunks.role(index) for index in range(body.n)]
         last = [chunks.usage] if body.include_usage else []
@@ -111,13 +118,18 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
 
     async def collect(generation: Generation) -> dict[str, Any]:
         texts, tokens, reasons = await _gather(generation)
-        return render.chat_completion(generation, texts, tokens, reasons, body.logprobs)
+        result = render.chat_completion(generation, texts, tokens, reasons, body.logprobs)
+        return {**result, **extras(generation)} if extras else result
 
     return await _respond(request, generation, collect)
 
 
 @router.post("/completions")
 async def completions(body: CompletionBody, request: Request):
+    return await run_completion(body, request)
+
+
+async def run_completion(body: CompletionBody, request: Request, extras: Extras | None = None):
     generation = await _service(request).complete(body.to_domain())
     with_logprobs = body.logprobs is not None
     if body.stream:
@@ -126,7 +138,7 @@ async def completions(body: CompletionBody, request: Request):
         def render_event(event):
             if isinstance(event, TextDelta):
                 return chunks.text(event.index, event.text, event.tokens)
-            return chunks.finish(event.index, event.reason)
+            return chunks.finish(event.index, event.reason, extras(generation) if extras else None)
 
         last = [chunks.usage] if body.include_usage else []
         return sse_response(_stream(generation, [], render_event, last))
@@ -136,6 +148,7 @@ async def completions(body: CompletionBody, request: Request):
         logprobs = None
         if with_logprobs:
             logprobs = {index: render.CompletionLogprobs().render(tokens[index]) for index in texts}
-        return render.completion(generation, texts, logprobs, reasons)
+        result = render.completion(generation, texts, logprobs, reasons)
+        return {**result, **extras(generation)} if extras else result
 
     return await _respond(request, generation, collect)

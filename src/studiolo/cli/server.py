@@ -24,14 +24,12 @@ from pathlib import Path
 import httpx
 import typer
 
-from studiolo.config import DEFAULT_BIND, DEFAULT_PORT, EngineSettings, ServerSettings, logs_dir, server_state_file
+from studiolo.config import DEFAULT_BIND, DEFAULT_PORT, MAX_PARALLEL, MIN_CONTEXT, EngineSettings, ServerSettings, logs_dir, server_state_file
 
 app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_help=True)
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
-MAX_PARALLEL = 64  # every decoding sequence takes one of the batch's 512 places each step
-MIN_CONTEXT = 64
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
 

@@ -118,6 +118,7 @@ class Generation:
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
     _log: LogHub | None = None
+    causes: dict[int, str] = field(default_factory=dict)  # why each choice ended (Finished.cause)
 
     @property
     def instance(self) -> Instance:
@@ -193,6 +194,7 @@ class Generation:
                 self._count(choice, event, consumed if assembler.stopped else event.completion_tokens)
                 self.timing.finished(event)
                 cause = "stop_string" if assembler.stopped else _CAUSES.get(event.reason, "eos")
+                self.causes[choice.index] = cause
                 if logged is not None:
                     logged.append(text)
                     self._log_output(choice.index, "".join(logged), consumed, cause)

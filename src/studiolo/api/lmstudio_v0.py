@@ -1,0 +1,50 @@
+"""LM Studio's REST API v0 (``/api/v0/*``): model list and info, and the OpenAI generation
+endpoints with ``stats``, ``model_info`` and ``runtime`` added (on the last chunk when streaming)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from studiolo.api.errors import APIError
+from studiolo.api.lmstudio_models import models_v0, v0_extras
+from studiolo.api.openai_routes import run_chat, run_completion
+from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+
+router = APIRouter(prefix="/api/v0")
+
+
+def _manager(request: Request):
+    return request.app.state.service.manager
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": models_v0(_manager(request))}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    models = models_v0(manager)
+    wanted = model_id.strip().lower()
+    for body in models:
+        if body["id"] == wanted or body["id"] == model_id:
+            return body
+    key = manager.catalog.resolve(model_id).key  # a short name; unknown ones raise 404 here
+    found = next((body for body in models if body["id"] == key), None)
+    if found is None:
+        raise APIError(404, f"model '{model_id}' cannot be read (see the server log)", param="model",
+                       code="model_not_found")
+    return found
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionBody, request: Request):
+    return await run_chat(body, request, v0_extras)
+
+
+@router.post("/completions")
+async def completions(body: CompletionBody, request: Request):
+    return await run_completion(body, request, v0_extras)

@@ -1,0 +1,77 @@
+"""LM Studio's REST API v1 model endpoints: ``GET /api/v1/models``, ``POST /api/v1/models/load``
+and ``POST /api/v1/models/unload``, with v1 error bodies (api/errors.py).
+
+``load`` also takes ``parallel``, ``ttl`` and ``identifier`` (LM Studio takes them only from its
+CLI and SDK; its users ask for them on REST). ``flash_attention``, ``num_experts`` and
+``offload_kv_cache_to_gpu`` are accepted and have no effect: this CPU build decides flash
+attention itself and has no GPU to offload to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from studiolo.api.lmstudio_models import models_v1
+from studiolo.config import MAX_PARALLEL, MIN_CONTEXT
+from studiolo.models.instance import LoadConfig
+
+router = APIRouter(prefix="/api/v1")
+
+
+
+class LoadBody(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    model: str = Field(min_length=1)
+    context_length: int | None = Field(default=None, ge=MIN_CONTEXT)
+    eval_batch_size: int | None = Field(default=None, ge=1, le=8192)
+    parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    ttl: float | None = Field(default=None, gt=0)
+    identifier: str | None = Field(default=None, min_length=1, max_length=200)
+    echo_load_config: bool = False
+
+
+class UnloadBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    instance_id: str = Field(min_length=1)
+
+
+def _manager(request: Request):
+    return request.app.state.service.manager
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"models": models_v1(_manager(request))}
+
+
+@router.post("/models/load")
+async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    entry = manager.catalog.resolve(body.model)
+    config = LoadConfig(body.context_length, body.parallel, body.eval_batch_size, body.ttl, body.identifier)
+    instance = await manager.load(entry, config)
+    result: dict[str, Any] = {
+        "type": "embedding" if instance.info.is_embedding else "llm",
+        "instance_id": instance.id,
+        "load_time_seconds": round(instance.load_seconds, 3),
+        "status": "loaded",
+    }
+    if body.echo_load_config:
+        result["load_config"] = {
+            "context_length": instance.context_length,
+            "eval_batch_size": instance.settings.batch_size,
+            "parallel": instance.settings.parallel,
+            "ttl": instance.ttl,
+        }
+    return result
+
+
+@router.post("/models/unload")
+async def unload_model(body: UnloadBody, request: Request) -> dict[str, Any]:
+    instance = await _manager(request).unload(body.instance_id)
+    return {"instance_id": instance.id}
