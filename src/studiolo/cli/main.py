@@ -5,10 +5,19 @@ from __future__ import annotations
 import typer
 
 from studiolo import __version__
-from studiolo.cli import server
+from studiolo.cli import log_cmd, models_cmd, server
+from studiolo.cli.get_cmd import get_command
+from studiolo.cli.import_cmd import import_command
 
 app = typer.Typer(help="studiolo: a local LLM server.", no_args_is_help=True, add_completion=False)
 app.add_typer(server.app, name="server")
+app.add_typer(log_cmd.app, name="log")
+app.command("import")(import_command)
+app.command("get")(get_command)
+app.command("ls")(models_cmd.ls_command)
+app.command("ps")(models_cmd.ps_command)
+app.command("load")(models_cmd.load_command)
+app.command("unload")(models_cmd.unload_command)
 
 
 @app.command()
