@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from studiolo.cli.server import read_state
-from studiolo.config import DEFAULT_BIND, DEFAULT_PORT
+from studiolo.cli.client import base_url, default_port
+from studiolo.config import DEFAULT_BIND
 
 app = typer.Typer(help="Watch what the server and its models do.", no_args_is_help=True)
 
@@ -55,18 +55,6 @@ def _escape(match: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """``text`` as it is, except unprintable characters, which are shown as escapes (``\\x1b``)."""
     return _UNPRINTABLE.sub(_escape, text)
-
-
-def base_url(host: str, port: int) -> str:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def default_port() -> int:
-    """The running local server's port, as ``studiolo server start`` recorded it; else 1234."""
-    state = read_state()
-    port = state.get("port") if state else None
-    return port if isinstance(port, int) else DEFAULT_PORT
 
 
 def read_events(response: httpx.Response) -> Iterator[str]:
