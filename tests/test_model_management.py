@@ -255,3 +255,17 @@ def test_log_stream_shows_the_exact_prompt(managed):
     assert first["type"] == "input" and "<|im_start|>user\nHi [there]<|im_end|>" in first["prompt"]
     assert first["prompt"].endswith("<|im_start|>assistant\n")
     assert last["type"] == "output" and last["text"] == reply["choices"][0]["message"]["content"]
+
+
+def test_with_jit_off_only_loaded_models_serve(tmp_path, default_models):
+    server = RunningServer(home_with_models(tmp_path, default_models), free_port(), ["--no-jit", "--parallel", "1"])
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            assert http.get("/v1/models").json()["data"] == []
+            refused = complete(http, SMOLLM)
+            assert refused.status_code == 404 and "just-in-time loading is off" in refused.json()["error"]["message"]
+            assert http.post("/api/v1/models/load", json={"model": SMOLLM}).status_code == 200
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == [SMOLLM]
+            assert complete(http, SMOLLM).status_code == 200
+    finally:
+        server.stop()

@@ -123,6 +123,10 @@ def start(
     threads: int = typer.Option(
         EngineSettings().threads, "--threads", min=1, help="CPU threads per model (default: all cores)."
     ),
+    jit: bool = typer.Option(True, "--jit/--no-jit", help="Load a model when a request names it."),
+    auto_evict: bool = typer.Option(
+        True, "--auto-evict/--no-auto-evict", help="Keep at most one just-in-time loaded model."
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
@@ -135,18 +139,19 @@ def start(
         typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
     if foreground:
         engine = EngineSettings(context_length=context_length, parallel=parallel, threads=threads)
-        run_foreground(ServerSettings(host=bind, port=port, cors=cors, engine=engine))
+        run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
+                                      engine=engine))
         return
-    _start_background(port, bind, cors, parallel, context_length, threads)
+    options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
+    options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
+    options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
+    _start_background(port, bind, options)
 
 
-def _start_background(port: int, bind: str, cors: bool, parallel: int, context_length: int, threads: int) -> None:
+def _start_background(port: int, bind: str, options: list[str]) -> None:
     log_path = logs_dir() / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
-    command += ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
-    command += ["--threads", str(threads)]
-    command += ["--cors"] if cors else []
+    command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port), *options]
     with log_path.open("ab") as log_file:
         child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
