@@ -365,7 +365,10 @@ class LineReader:
 def start_log_stream(home, *args: str) -> subprocess.Popen:
     env = {**os.environ, "STUDIOLO_HOME": str(home)}
     command = [sys.executable, "-m", "studiolo", "log", "stream", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT at its default, even when this test run inherited it ignored (a
+    # background job's), since Python only turns SIGINT into KeyboardInterrupt when it starts default.
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def probe_until_streaming(http, reader: LineReader, timeout: float = 60.0) -> None:
