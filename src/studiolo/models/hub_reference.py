@@ -1,0 +1,210 @@
+"""What `studiolo get` is asked for, in words: parsing a Hugging Face reference (``owner/repo``,
+``owner/repo@Q4_K_M``, a hub URL naming a repo or one file), choosing the GGUF file among a
+repo's files by quantization, and the errors a download can end with. No network here:
+models/download.py does the fetching.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_ENDPOINT = "https://huggingface.co"  # HF_ENDPOINT overrides it (a mirror, a test's fake hub)
+DEFAULT_QUANTIZATION = "Q4_K_M"  # the usual size/quality trade-off, LM Studio's default pick too
+HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
+
+
+class DownloadError(Exception):
+    """A download that cannot happen or did not finish; the message names the problem in one line."""
+
+    code = "download_failed"
+    param: str | None = None
+
+
+class InvalidModelReference(DownloadError):
+    code, param = "invalid_model_reference", "model"
+
+
+class RepoNotFound(DownloadError):
+    code, param = "repo_not_found", "model"
+
+
+class RepoGated(DownloadError):
+    code, param = "repo_gated", "model"
+
+
+class FileNotFound(DownloadError):
+    code, param = "file_not_found", "model"
+
+
+class QuantizationNotFound(DownloadError):
+    code, param = "quantization_not_found", "quantization"
+
+
+class AmbiguousChoice(DownloadError):
+    code, param = "quantization_required", "quantization"
+
+
+class SplitModelUnsupported(DownloadError):
+    code, param = "split_model_unsupported", "model"
+
+
+class HubUnreachable(DownloadError):
+    code = "hub_unreachable"
+
+
+class ChecksumMismatch(DownloadError):
+    code = "checksum_mismatch"
+
+
+class AlreadyDownloading(DownloadError):
+    code = "already_downloading"
+
+
+class FolderTaken(DownloadError):
+    code, param = "model_folder_taken", "model"
+
+
+class DownloadCancelled(DownloadError):
+    code = "cancelled"
+
+
+# --- what the user asked for -------------------------------------------------------------
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # Hugging Face's rule for owner and repo names
+_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
+_SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    repo_id: str
+    revision: str | None = None  # None: the repo's default branch
+    filename: str | None = None  # a URL naming one file picks it
+    quantization: str | None = None  # from an ``owner/repo@Q4_K_M`` suffix
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def parse_reference(model: str) -> ModelReference:
+    text = model.strip()
+    if not text:
+        raise InvalidModelReference("no model given: name a Hugging Face repo (owner/repo) or a huggingface.co URL")
+    if "://" in text or text.split("/", 1)[0].lower() in HUB_HOSTS:
+        return _parse_url(text)
+    repo_id, _, quantization = text.partition("@")
+    if not _REPO_ID.fullmatch(repo_id):
+        raise InvalidModelReference(f"'{model}' is not a Hugging Face repo id (owner/repo) or huggingface.co URL")
+    return ModelReference(repo_id, quantization=quantization or None)
+
+
+def _parse_url(text: str) -> ModelReference:
+    url = text if "://" in text else f"https://{text}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not _is_hub_host(parts.netloc):
+        raise InvalidModelReference(f"'{text}' is not a Hugging Face URL (expected https://huggingface.co/owner/repo)")
+    segments = [unquote(segment) for segment in parts.path.split("/") if segment]
+    repo_id = "/".join(segments[:2])
+    rest = segments[2:]
+    if len(segments) >= 2 and _REPO_ID.fullmatch(repo_id):
+        if not rest:
+            return ModelReference(repo_id)
+        if rest[0] in ("blob", "resolve") and len(rest) >= 3:
+            return ModelReference(repo_id, revision=rest[1], filename="/".join(rest[2:]))
+        if rest[0] == "tree" and len(rest) == 2:
+            return ModelReference(repo_id, revision=rest[1])
+    raise InvalidModelReference(
+        f"'{text}' is not the URL of a model repo or file (expected .../owner/repo or .../owner/repo/blob/main/file.gguf)"
+    )
+
+
+def _is_hub_host(netloc: str) -> bool:
+    netloc = netloc.lower()
+    return netloc in HUB_HOSTS or netloc == urlsplit(hub_endpoint()).netloc.lower()
+
+
+# --- which file ----------------------------------------------------------------------------
+
+
+def _basename(name: str) -> str:
+    return PurePosixPath(name).name
+
+
+def _is_weights(name: str) -> bool:
+    lower = _basename(name).lower()
+    return lower.endswith(".gguf") and not lower.startswith("mmproj")
+
+
+def _is_later_split_part(name: str) -> bool:
+    match = _SPLIT_PART.search(name)
+    return match is not None and int(match.group(1)) > 1
+
+
+def _name_tokens(name: str) -> set[str]:
+    """'Llama-3.2-1B-Instruct-Q4_K_M.gguf' -> {'llama', '3', '2', '1b', 'instruct', 'q4_k_m'}."""
+    stem = _basename(name).lower().removesuffix(".gguf")
+    return set(re.split(r"[.\-]", stem))
+
+
+def _matching(names: list[str], quantization: str) -> list[str]:
+    # A whole name part first, so 'Q4_K' does not also take Q4_K_M and Q4_K_S; then any substring.
+    wanted = quantization.strip().lower()
+    exact = [name for name in names if wanted in _name_tokens(name)]
+    return exact or [name for name in names if wanted in _basename(name).lower()]
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(_basename(name) for name in names)
+
+
+def choose_gguf(names: list[str], quantization: str | None, repo_id: str) -> str:
+    """The one GGUF file to fetch among a repo's file names (paths inside the repo)."""
+    # A split model counts once, by its first part.
+    candidates = sorted(name for name in names if _is_weights(name) and not _is_later_split_part(name))
+    if not candidates:
+        raise FileNotFound(f"Hugging Face repo '{repo_id}' has no GGUF model files (studiolo runs GGUF models only)")
+    if quantization:
+        chosen = _choose_by_quantization(candidates, quantization, repo_id)
+    elif len(candidates) == 1:
+        chosen = candidates[0]
+    else:
+        chosen = _choose_default(candidates, repo_id)
+    _refuse_split(chosen)
+    return chosen
+
+
+def _choose_by_quantization(candidates: list[str], quantization: str, repo_id: str) -> str:
+    matches = _matching(candidates, quantization)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise QuantizationNotFound(
+            f"no GGUF file in '{repo_id}' matches quantization '{quantization}'; files: {_listing(candidates)}"
+        )
+    raise AmbiguousChoice(
+        f"quantization '{quantization}' matches several files in '{repo_id}' ({_listing(matches)}); name one exactly"
+    )
+
+
+def _choose_default(candidates: list[str], repo_id: str) -> str:
+    preferred = _matching(candidates, DEFAULT_QUANTIZATION)
+    if len(preferred) == 1:
+        return preferred[0]
+    raise AmbiguousChoice(
+        f"'{repo_id}' has {len(candidates)} GGUF files and no single {DEFAULT_QUANTIZATION} one;"
+        f" choose one with a quantization: {_listing(candidates)}"
+    )
+
+
+def _refuse_split(name: str) -> None:
+    match = _SPLIT_PART.search(name)
+    if match is not None and int(match.group(2)) > 1:
+        raise SplitModelUnsupported(
+            f"'{_basename(name)}' is the first of {int(match.group(2))} parts of a split GGUF;"
+            " split models are not supported yet"
+        )
