@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from studiolo.config import EngineSettings
+from studiolo.engine.constraints import forget as forget_constraints
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
 from studiolo.models.catalog import CatalogEntry
@@ -61,4 +62,5 @@ class Instance:
 
     def close(self) -> None:
         self.engine.close()
+        forget_constraints(self.model)  # its llguidance tokenizer points into the model's vocabulary
         self.model.close()
