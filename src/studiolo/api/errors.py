@@ -42,6 +42,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        v1_type: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -49,21 +50,18 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.v1_type = v1_type  # LM Studio's v1 error type, when the status and code do not tell it
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def body_v1(self) -> dict[str, Any]:
-        if self.code in ("model_not_found", "job_not_found"):
+        kind = self.v1_type
+        if kind is None and self.code in ("model_not_found", "job_not_found"):
             kind = self.code
-        else:
+        elif kind is None:
             kind = "invalid_request" if self.status < 500 else "internal_error"
-        error: dict[str, Any] = {"type": kind, "message": self.message}
-        if self.code:
-            error["code"] = self.code
-        if self.param:
-            error["param"] = self.param
-        return {"error": error}
+        return {"error": {"type": kind, "message": self.message, "code": self.code, "param": self.param}}
 
     def response(self, request: Request) -> JSONResponse:
         v1 = request.url.path.startswith("/api/v1/")
@@ -139,7 +137,8 @@ def _is_union_branch(part: Any) -> bool:
 def describe_validation(errors: list[dict[str, Any]]) -> APIError:
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "))
+        message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": ")
+        return APIError(400, message, code="invalid_json")
     param = field_path(tuple(first.get("loc", ())))
     if not param:
         return APIError(400, "the request body must be a JSON object")
