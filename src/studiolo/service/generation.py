@@ -44,19 +44,20 @@ _CAUSES = {"stop": "eos", "length": "max_tokens", "context": "context_length", "
 
 @dataclass
 class Timing:
-    """When a request's tokens came, for LM Studio's stats (perf_counter seconds)."""
+    """When a request's tokens came, for LM Studio's stats (perf_counter seconds).
+
+    Taken from the engine's own stamps at each choice's end (``FinishEvent.decode_seconds`` runs
+    from its first token), so nothing is timed per token here.
+    """
 
     started: float = field(default_factory=time.perf_counter)  # the request reached the service
     first_token: float = 0.0
-    last_token: float = 0.0
     ended: float = 0.0
-
-    def token(self) -> None:
-        self.last_token = time.perf_counter()
-        self.first_token = self.first_token or self.last_token
 
     def finished(self, event: FinishEvent) -> None:
         self.ended = time.perf_counter()
+        first = self.ended - event.decode_seconds
+        self.first_token = min(self.first_token, first) if self.first_token else first
 
     @property
     def time_to_first_token(self) -> float:
@@ -173,7 +174,6 @@ class Generation:
             if isinstance(event, PromptLogprobsEvent):
                 yield TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
             elif isinstance(event, TokenEvent):
-                self.timing.token()
                 if assembler.stopped:
                     continue  # generated before the cancel reached the engine
                 consumed += 1
