@@ -88,15 +88,19 @@ class ModelManager:
     def instances_of(self, key: str) -> list[Instance]:
         return [i for i in self._instances.values() if i.key == key]
 
+    def _named(self, name: str) -> Instance | None:
+        """The instance whose id is ``name`` (as given, or in the catalog's lower case)."""
+        return self._instances.get(name) or self._instances.get(name.strip().lower())
+
     def find_instance(self, instance_id: str) -> Instance:
-        found = self._instances.get(instance_id) or self._instances.get(instance_id.lower())
+        found = self._named(instance_id)
         if found is None:
             raise InstanceNotFound(instance_id, list(self._instances))
         return found
 
     async def get(self, name: str, *, ttl: float | None = None) -> Instance:
         """The instance a request's ``model`` names, JIT-loading it if allowed; resets its idle timer."""
-        instance = self._instances.get(name) or self._instances.get(name.strip().lower())
+        instance = self._named(name)
         if instance is None:
             entry = self.catalog.resolve(name)
             instance = self._least_busy(entry.key)
