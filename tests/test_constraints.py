@@ -19,6 +19,7 @@ from studiolo.engine.constraints import (
     ConstraintError,
     ConstraintSpec,
     InvalidConstraint,
+    closed_objects,
     compiler_for,
     forget,
     grammar_of,
@@ -348,3 +349,29 @@ def test_mask_logits_matches_llguidance_reference(density, n_vocab):
     mask_logits(logits, bitmask[0])
     np.testing.assert_array_equal(logits, expected)
     np.testing.assert_array_equal(np.isfinite(logits), bits)
+
+
+def test_a_schema_as_text_or_object_is_one_cache_key():
+    """guided_json as a JSON string (any layout) and as an object compile once between them."""
+    as_object = ConstraintSpec.json_schema(PERSON_SCHEMA)
+    assert ConstraintSpec.json_schema(json.dumps(PERSON_SCHEMA, indent=2)) == as_object
+    assert hash(ConstraintSpec.json_schema(json.dumps(PERSON_SCHEMA))) == hash(as_object)
+
+
+def test_listed_properties_close_an_object_unless_it_says_otherwise():
+    closed = closed_objects({
+        "type": "object",
+        "properties": {"properties": {"type": "object", "properties": {"a": {}}}, "b": {"enum": [{"properties": 1}]}},
+        "$defs": {"open": {"properties": {"x": {}}, "additionalProperties": True}},
+    })
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False  # a property named "properties"
+    assert closed["properties"]["b"] == {"enum": [{"properties": 1}]}  # values are not schemas
+    assert closed["$defs"]["open"]["additionalProperties"] is True
+
+
+def test_all_of_closes_over_the_keys_of_every_branch():
+    schema = {"allOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"type": "string"}}}]}
+    closed = closed_objects(schema)
+    assert closed["properties"] == {"a": True, "b": True} and closed["additionalProperties"] is False
+    assert "additionalProperties" not in closed["allOf"][0]  # each branch alone would forbid the other's key

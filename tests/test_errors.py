@@ -13,9 +13,11 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 def error_of(response, status: int) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}
+    assert set(body) == {"error", "error_info"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["message"]
+    # BladeLLM's clients read error_info: the same message, the HTTP status as its code
+    assert body["error_info"] == {"code": status, "message": body["error"]["message"]}
     return body["error"]
 
 

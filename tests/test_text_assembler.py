@@ -57,7 +57,7 @@ def test_invalid_bytes_become_replacement_characters_at_the_end():
 
 
 def test_tokens_travel_with_their_text_and_a_stop_keeps_the_straddling_token():
-    infos = [TokenInfo(t, t.encode(), -0.1) for t in ["Hi", " the", "re", " end"]]
+    infos = [TokenInfo(i, t, t.encode(), -0.1) for i, t in enumerate(["Hi", " the", "re", " end"])]
     assembler = TextAssembler(("there",))
     collected = []
     for info in infos:

@@ -1,4 +1,5 @@
-"""Error responses: OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, and on
+"""Error responses: OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` (with
+BladeLLM's ``"error_info": {"code", "message"}`` beside it), and on
 LM Studio's ``/api/v1/*`` its v1 shape ``{"error": {"type", "message", "code", "param"}}`` whose
 ``type`` is one of LM Studio's (``invalid_request``, ``model_not_found``, ``internal_error``, ...).
 
@@ -53,7 +54,11 @@ class APIError(Exception):
         self.v1_type = v1_type  # LM Studio's v1 error type, when the status and code do not tell it
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """OpenAI's error, with BladeLLM's ``error_info`` beside it (its code: the HTTP status)."""
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+            "error_info": {"code": self.status, "message": self.message},
+        }
 
     def body_v1(self) -> dict[str, Any]:
         kind = self.v1_type

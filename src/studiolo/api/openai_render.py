@@ -1,7 +1,8 @@
 """Response bodies of the OpenAI-compatible endpoints, field for field as OpenAI publishes them.
 
 Builders take domain events (``TextDelta``, ``Finished``, ``Usage``) and return dicts ready
-for JSON; the chunk builders keep the little state streaming needs (text offsets).
+for JSON; BladeLLM's additions ride along (``error_info``, and ``id``/``is_special`` in logprobs).
+The chunk builders keep the little state streaming needs (text offsets).
 """
 
 from __future__ import annotations
@@ -43,12 +44,17 @@ def _header(generation: Generation, object_name: str) -> dict[str, Any]:
 
 
 def chat_token_logprob(token: TokenInfo) -> dict[str, Any]:
+    """OpenAI's fields (token, logprob, bytes, top_logprobs) plus BladeLLM's (id, is_special)."""
     return {
+        "id": token.id,
         "token": token.text,
         "logprob": token.logprob,
+        "is_special": token.special,
         "bytes": list(token.bytes),
         "top_logprobs": [
-            {"token": alt.text, "logprob": alt.logprob, "bytes": list(alt.bytes)} for alt in token.top
+            {"id": alt.id, "token": alt.text, "logprob": alt.logprob, "is_special": alt.special,
+             "bytes": list(alt.bytes)}
+            for alt in token.top
         ],
     }
 
@@ -73,7 +79,8 @@ def chat_completion(
         }
         for index in sorted(texts)
     ]
-    return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage)}
+    return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage),
+            "error_info": None}
 
 
 def _json(value: Any) -> str:
@@ -94,7 +101,8 @@ class _Chunks:
         self._generation = generation
         header = _json(_header(generation, self.object_name))
         self._prefix = "data: " + header[:-1] + ',"choices":'
-        self._suffix = (',"usage":null}' if include_usage else "}") + "\n\n"
+        # BladeLLM's error_info rides on every chunk, null unless the stream failed
+        self._suffix = (',"usage":null' if include_usage else "") + ',"error_info":null}\n\n'
 
     def _event(self, choices_json: str, extras: dict[str, Any] | None = None) -> str:
         if extras:  # LM Studio's v0 stats ride on a choice's last chunk
@@ -102,7 +110,7 @@ class _Chunks:
         return self._prefix + choices_json + self._suffix
 
     def usage(self) -> str:
-        return self._prefix + '[],"usage":' + _json(usage_body(self._generation.usage)) + "}\n\n"
+        return self._prefix + '[],"usage":' + _json(usage_body(self._generation.usage)) + ',"error_info":null}\n\n'
 
 
 class ChatChunks(_Chunks):
@@ -143,6 +151,7 @@ class CompletionLogprobs:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def render(self, tokens: list[TokenInfo] | tuple[TokenInfo, ...]) -> dict[str, Any]:
+        """The legacy lists, and BladeLLM's per-token ``content`` (the chat shape) beside them."""
         body: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for token in tokens:
             body["tokens"].append(token.text)
@@ -151,6 +160,7 @@ class CompletionLogprobs:
             body["top_logprobs"].append(top if token.logprob is not None else None)
             body["text_offset"].append(self.offset)
             self.offset += len(self._decoder.decode(token.bytes))
+        body["content"] = [chat_token_logprob(token) for token in tokens]
         return body
 
 
@@ -169,7 +179,8 @@ def completion(
         }
         for index in sorted(texts)
     ]
-    return {**_header(generation, "text_completion"), "choices": choices, "usage": usage_body(generation.usage)}
+    return {**_header(generation, "text_completion"), "choices": choices, "usage": usage_body(generation.usage),
+            "error_info": None}
 
 
 class CompletionChunks(_Chunks):

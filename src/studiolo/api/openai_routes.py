@@ -105,7 +105,7 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
     """A chat completion; ``extras`` adds fields to the body (LM Studio's v0 stats) when it is done."""
     generation = await _service(request).chat(body.to_domain())
     if body.stream:
-        chunks = render.ChatChunks(generation, with_logprobs=body.logprobs, include_usage=body.include_usage)
+        chunks = render.ChatChunks(generation, with_logprobs=body.wants_logprobs, include_usage=body.include_usage)
 
         def render_event(event):
             if isinstance(event, TextDelta):
@@ -118,7 +118,7 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
 
     async def collect(generation: Generation) -> dict[str, Any]:
         texts, tokens, reasons = await _gather(generation)
-        result = render.chat_completion(generation, texts, tokens, reasons, body.logprobs)
+        result = render.chat_completion(generation, texts, tokens, reasons, body.wants_logprobs)
         return {**result, **extras(generation)} if extras else result
 
     return await _respond(request, generation, collect)

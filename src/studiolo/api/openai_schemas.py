@@ -3,17 +3,19 @@
 Unknown fields are accepted and ignored, as OpenAI clients send many (``user``,
 ``metadata``, ...). Fields are checked for type and range; a bad one gives a 400 that
 names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls are taken:
-``top_k``, ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
-``ignore_eos``.
+``top_k`` (-1 or 0: off), ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
+``stop_sequences``, ``ignore_eos``, ``echo`` (chat too), ``resume_response``, and the structured-output
+fields of api/structured.py.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from studiolo.api.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
@@ -75,8 +77,18 @@ class _GenerationBody(_Body):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    stop_sequences: str | list[str] | None = None  # BladeLLM's name for stop
     stop_tokens: list[int] | None = None
     ignore_eos: bool = False
+    echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
+    # structured output (api/structured.py): one of these per request
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | bool | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -88,7 +100,7 @@ class _GenerationBody(_Body):
                 raise ValueError(f"keys must be token ids, got '{key}'")
         return {int(key): bias for key, bias in value.items()}
 
-    @field_validator("stop")
+    @field_validator("stop", "stop_sequences")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
@@ -114,8 +126,11 @@ class _GenerationBody(_Body):
             seed=self.seed,
         )
 
-    def options(self, *, max_tokens: int | None, logprobs: int | None, echo: bool = False) -> GenerationOptions:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    def options(self, *, max_tokens: int | None, logprobs: int | None) -> GenerationOptions:
+        stops = []
+        for value in (self.stop, self.stop_sequences):
+            stops.extend([value] if isinstance(value, str) else value or [])
+        constraint = constraint_of(self)
         return GenerationOptions(
             sampling=self.sampling(),
             max_tokens=None if max_tokens is None or max_tokens < 0 else max_tokens,
@@ -123,8 +138,10 @@ class _GenerationBody(_Body):
             stop_tokens=frozenset(self.stop_tokens or ()),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
-            echo=echo,
+            echo=self.echo,
             n=self.n,
+            constraint=constraint[0] if constraint else None,
+            constraint_param=constraint[1] if constraint else None,
         )
 
 
@@ -135,18 +152,28 @@ def _pick(value, default):
 class ChatCompletionBody(_GenerationBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=-1)
-    logprobs: bool = False
+    # OpenAI: a boolean; BladeLLM also sends a count, which then sets top_logprobs unless given
+    logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    resume_response: str | None = None  # BladeLLM: carry on from an interrupted assistant reply
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not False
 
     def to_domain(self) -> ChatRequest:
-        if self.top_logprobs is not None and not self.logprobs:
+        if self.top_logprobs is not None and not self.wants_logprobs:
             raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         if max_tokens == 0:
             raise InvalidRequest("'max_tokens' must be at least 1 (or -1 for no limit)", "max_tokens")
-        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        logprobs = None
+        if self.wants_logprobs:
+            count = 0 if isinstance(self.logprobs, bool) else self.logprobs
+            logprobs = self.top_logprobs if self.top_logprobs is not None else count
         messages = [_message_to_domain(i, m) for i, m in enumerate(self.messages)]
-        return ChatRequest(self.model, messages, self.options(max_tokens=max_tokens, logprobs=logprobs), self.ttl)
+        options = self.options(max_tokens=max_tokens, logprobs=logprobs)
+        return ChatRequest(self.model, messages, options, self.ttl, self.resume_response)
 
 
 def _message_to_domain(index: int, message: Message) -> ChatMessage:
@@ -167,7 +194,6 @@ def _message_to_domain(index: int, message: Message) -> ChatMessage:
 
 class CompletionBody(_GenerationBody):
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
@@ -181,7 +207,7 @@ class CompletionBody(_GenerationBody):
         if max_tokens == 0 and not self.echo:
             raise InvalidRequest("'max_tokens' may be 0 only with 'echo' (to score the prompt)", "max_tokens")
         # absent, null or -1: until the end of generation or of the context (not OpenAI's 16)
-        options = self.options(max_tokens=max_tokens, logprobs=self.logprobs, echo=self.echo)
+        options = self.options(max_tokens=max_tokens, logprobs=self.logprobs)
         return CompletionRequest(self.model, _prompts(self.prompt), options, self.ttl)
 
 

@@ -37,6 +37,7 @@ because the extra thread competes with llama.cpp's OpenMP workers (see docs/ENGI
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -82,7 +83,7 @@ class ConstraintSpec:
     pattern (regex), a tuple of strings (choice), the grammar text (lark, gbnf). Build specs
     with the class methods, which accept a schema as a dict and choices as any iterable.
     ``whitespace_pattern`` (JSON kinds only) is the regex allowed between JSON tokens; None
-    keeps llguidance's default, any run of spaces, tabs and newlines.
+    means ``JSON_WHITESPACE``.
     """
 
     kind: str
@@ -106,9 +107,11 @@ class ConstraintSpec:
                 schema = json.loads(schema)
             except json.JSONDecodeError as error:
                 raise InvalidConstraint(f"the JSON schema is not valid JSON: {error}") from None
+        if not isinstance(schema, (Mapping, bool)):
+            raise InvalidConstraint(f"invalid JSON schema: a schema must be an object or boolean, not {schema!r:.40}")
         # Canonical text, keys in the schema's order: llguidance emits properties in that order.
         try:
-            text = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+            text = json.dumps(closed_objects(schema), ensure_ascii=False, separators=(",", ":"))
         except (TypeError, ValueError) as error:  # a value JSON cannot hold, a circular reference
             raise InvalidConstraint(f"the JSON schema cannot be written as JSON: {error}") from None
         return cls("json_schema", text, whitespace_pattern)
@@ -145,6 +148,85 @@ class ConstraintSpec:
         return cls.lark(text) if is_lark_syntax(text) else cls.gbnf(text)
 
 
+# Between JSON tokens: nothing, one space, or a line break and up to 20 characters of indentation,
+# as llama.cpp's JSON grammars allow. llguidance's default (any run of whitespace) lets a small
+# model fill its whole budget with spaces, output that is valid but never ends.
+JSON_WHITESPACE = r"(?: |\n[ \t]{0,20})?"
+
+
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "prefixItems"})
+_SCHEMAS = frozenset({"items", "additionalProperties", "not", "if", "then", "else", "contains",
+                      "unevaluatedItems", "unevaluatedProperties", "propertyNames", "additionalItems"})
+_OPEN_KEYS = frozenset({"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf"})
+
+
+def closed_objects(schema, *, close: bool = True):
+    """The schema with ``additionalProperties: false`` wherever an object lists its properties
+    and says nothing of others, as llama.cpp's and xgrammar's JSON grammars read such schemas.
+
+    Without it the grammar lets the model invent keys after the listed ones, and small models
+    do, often until they run out of tokens. Every output of the closed schema is valid under the
+    original. ``allOf`` branches are left open: closing each would forbid the others' keys.
+    """
+    if not isinstance(schema, dict):
+        return schema  # true, false, or something the compiler will refuse
+    result = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            result[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            result[key] = [closed_objects(sub) for sub in value]
+        elif key == "allOf" and isinstance(value, list):
+            result[key] = [closed_objects(sub, close=False) for sub in value]
+        elif key in _SCHEMAS:
+            result[key] = closed_objects(value)
+        else:
+            result[key] = value
+    if close and "properties" in schema and not _OPEN_KEYS & schema.keys():
+        result["additionalProperties"] = False
+    elif close and "allOf" in schema:
+        _close_merged(result)
+    _bound_numbers(result)
+    return result
+
+
+# llama.cpp's JSON grammars allow at most 16 digits before the point and 16 after. llguidance
+# allows any number, and a small model can get stuck appending digits (0.5000000...) until it
+# runs out of tokens. These bounds are llama.cpp's, but for 10 digits after the point, the most
+# llguidance's multipleOf takes (1e-12 already fails to compile: "too many digits").
+_MAX_MAGNITUDE = 10**16 - 1
+_SMALLEST_STEP = 1e-10
+
+
+def _bound_numbers(schema: dict) -> None:
+    """Give numbers without bounds llama.cpp's digit limits (a subset of what the schema allows)."""
+    kinds = schema.get("type")
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds) if isinstance(kinds, list) else set()
+    if not kinds & {"number", "integer"} or "multipleOf" in schema:
+        return
+    if "number" in kinds:
+        schema["multipleOf"] = _SMALLEST_STEP  # at most 10 digits after the point, no exponent
+    if not {"minimum", "exclusiveMinimum"} & schema.keys():
+        schema["minimum"] = -_MAX_MAGNITUDE
+    if not {"maximum", "exclusiveMaximum"} & schema.keys():
+        schema["maximum"] = _MAX_MAGNITUDE
+
+
+def _close_merged(schema: dict) -> None:
+    """Close an allOf's object at its own level: the keys any branch lists, and no others."""
+    branches = schema["allOf"]
+    if schema.keys() & (_OPEN_KEYS - {"allOf"}) or not all(isinstance(b, dict) for b in branches):
+        return
+    if any(b.keys() & (_OPEN_KEYS - {"additionalProperties"}) or "properties" not in b for b in branches):
+        return  # a branch with its own allOf, patterns or no property list: leave it open
+    if any(b.get("additionalProperties", False) is not False for b in branches):
+        return  # a branch that allows other keys, on purpose
+    listed = {name: True for branch in branches for name in branch["properties"]}
+    schema["properties"] = {**listed, **schema.get("properties", {})}
+    schema["additionalProperties"] = False
+
+
 def grammar_of(spec: ConstraintSpec, tokenizer: LLTokenizer | None = None) -> str:
     """The spec as an llguidance grammar, validated; raises InvalidConstraint saying what is wrong.
 
@@ -158,6 +240,12 @@ def grammar_of(spec: ConstraintSpec, tokenizer: LLTokenizer | None = None) -> st
     for message in messages:
         log.info("%s: %s", _NAMES[spec.kind], message)
     return grammar
+
+
+@functools.lru_cache(maxsize=256)
+def validate(spec: ConstraintSpec) -> None:
+    """``grammar_of(spec)`` without a tokenizer, remembered: repeated requests check once."""
+    grammar_of(spec)
 
 
 _NAMES = {
@@ -191,7 +279,8 @@ def _raw_grammar(spec: ConstraintSpec) -> str:
     kind = spec.kind
     if kind in JSON_KINDS:
         schema = spec.definition if kind == "json_schema" else {"type": "object"}
-        options = None if spec.whitespace_pattern is None else {"whitespace_pattern": spec.whitespace_pattern}
+        whitespace = JSON_WHITESPACE if spec.whitespace_pattern is None else spec.whitespace_pattern
+        options = {"whitespace_pattern": whitespace}
         try:
             return LLMatcher.grammar_from_json_schema(schema, overrides=options)
         except ValueError as error:
@@ -268,13 +357,19 @@ class ConstraintCompiler:
                     self._tokenizer = build_tokenizer(self.model)
         return self._tokenizer
 
-    def compile(self, spec: ConstraintSpec) -> CompiledConstraint:
-        """The compiled constraint for spec: from the cache, or validated and compiled now."""
+    def cached(self, spec: ConstraintSpec) -> CompiledConstraint | None:
+        """The compiled constraint if it is in the cache (cheap: no tokenizer, no compiling)."""
         with self._cache_lock:
             compiled = self._cache.get(spec)
             if compiled is not None:
                 self._cache.move_to_end(spec)
-                return compiled
+            return compiled
+
+    def compile(self, spec: ConstraintSpec) -> CompiledConstraint:
+        """The compiled constraint for spec: from the cache, or validated and compiled now."""
+        compiled = self.cached(spec)
+        if compiled is not None:
+            return compiled
         compiled = self._compile(spec)  # outside the lock: a slow grammar must not block hits
         with self._cache_lock:
             compiled = self._cache.setdefault(spec, compiled)  # a racing thread's copy wins
@@ -331,6 +426,7 @@ class ConstraintState:
     def __init__(self, matcher: LLMatcher, tokenizer: LLTokenizer):
         self._matcher = matcher
         self._eos = frozenset(tokenizer.eos_tokens)
+        self._eos_ids = np.fromiter(self._eos, dtype=np.int64)
         self._bitmask = llg_numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
         self._mask_ready = False
         self._consumed = 0  # how many tokens rollback may undo
@@ -360,11 +456,17 @@ class ConstraintState:
         self._check()
         self._mask_ready = True
 
-    def apply(self, logits: np.ndarray) -> None:
-        """Set every token the grammar forbids next to -inf, in place (float32, one row)."""
+    def apply(self, logits: np.ndarray, *, allow_end: bool = True) -> None:
+        """Set every token the grammar forbids next to -inf, in place (float32, one row).
+
+        ``allow_end=False`` (a request with ``ignore_eos``) also forbids EOS wherever the grammar
+        could go on, so the output ends only where the grammar cannot be extended.
+        """
         if not self._mask_ready:
             self.compute_mask()
         mask_logits(logits, self._bitmask[0])
+        if not allow_end and not self._matcher.is_stopped():
+            logits[self._eos_ids] = -np.inf
 
     def accept(self, token: int) -> None:
         """Advance past a sampled token; raises ConstraintError if the grammar forbids it."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from studiolo.config import EngineSettings
 from studiolo.engine.compute import COMPUTE
+from studiolo.engine.constraints import ConstraintError
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
@@ -199,6 +200,8 @@ class Engine:
         for seq in self.scheduler.admit():
             seq.prefill_started_at = time.perf_counter()
             seq.sampler = TokenSampler(seq.request.sampling, seq.prompt[-PENALTY_LAST_N:])
+            if seq.request.constraint is not None:
+                seq.constraint = seq.request.constraint.new_state()
         chunks = self.scheduler.plan()
         if not chunks:
             return
@@ -245,6 +248,8 @@ class Engine:
         logits = self.context.logits(batch_index)
         raw = logits.copy() if request.logprobs is not None else None
         seq.sampler.adjust(logits)
+        if seq.constraint is not None:
+            seq.constraint.apply(logits, allow_end=not request.ignore_eos)
         token = seq.sampler.choose(self.context, batch_index, logits)
         seq.sampler.accept(token)
         seq.generated.append(token)
@@ -253,8 +258,17 @@ class Engine:
         if token in request.stop_tokens or (not request.ignore_eos and self.model.is_eog(token)):
             self._finish(seq, "stop")
             return
+        if seq.constraint is not None:
+            try:
+                seq.constraint.accept(token)
+            except ConstraintError as exc:  # masked out, so only a matcher bug lands here
+                self._finish(seq, "error", f"constrained decoding failed: {exc}")
+                return
         logprob = logprobs_of(raw, token, request.logprobs) if raw is not None else None
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
+        if seq.constraint is not None and seq.constraint.finished:
+            self._finish(seq, "stop")  # the grammar cannot go on: only EOS could follow
+            return
         out_of_budget = request.max_tokens is not None and len(seq.generated) >= request.max_tokens
         if out_of_budget or seq.n_past >= self.context_length:
             self._finish(seq, "length" if out_of_budget else "context")
@@ -266,6 +280,7 @@ class Engine:
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
+        seq.constraint = None
         self._outbox.put(seq.sink, seq.finish_event(reason, error))
 
     def _decode_failed(self, chunks: list[Chunk], status: int) -> None:

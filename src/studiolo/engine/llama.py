@@ -144,6 +144,10 @@ class LlamaModel:
     def is_eog(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self._vocab, token))
 
+    def is_special(self, token: int) -> bool:
+        """A control token (BOS, end of turn, ...), whose text is not part of the output."""
+        return bool(llama.llama_vocab_is_control(self._vocab, token)) or self.is_eog(token)
+
     def is_valid_token(self, token: int) -> bool:
         return 0 <= token < self.n_vocab
 

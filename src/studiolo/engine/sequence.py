@@ -7,6 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.sampling import SamplingParams, TokenLogprob, TokenSampler
 
 
@@ -21,6 +22,7 @@ class GenerationRequest:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's, plus the top k
     prompt_logprobs: bool = False  # also score every prompt token after the first
+    constraint: CompiledConstraint | None = None  # what the output must match (JSON schema, regex, ...)
 
 
 class SequenceState(enum.Enum):
@@ -74,6 +76,7 @@ class Sequence:
         self.pending: int | None = None  # sampled, not yet fed back
         self.generated: list[int] = []
         self.sampler: TokenSampler | None = None
+        self.constraint: ConstraintState | None = None  # the request's constraint, advanced token by token
         self.prompt_scores: list[TokenLogprob] = []  # filled while prefilling, if asked
         self.cancelled = False
         self.submitted_at = time.perf_counter()

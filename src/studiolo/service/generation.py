@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from studiolo.chat.templates import ChatTemplate, builtin_template_for
+from studiolo.engine.constraints import CompiledConstraint, InvalidConstraint, compiler_for
+from studiolo.engine.constraints import validate as validate_constraint
 from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.sampling import TokenLogprob
@@ -81,15 +83,17 @@ def token_text(piece: bytes) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
 
 
-def _token_info(model: LlamaModel, piece: bytes, logprob: TokenLogprob | None) -> TokenInfo:
+def _token_info(model: LlamaModel, token: int, piece: bytes, logprob: TokenLogprob | None) -> TokenInfo:
+    special = model.is_special(token)
     if logprob is None:
-        return TokenInfo(token_text(piece), piece, None)
+        return TokenInfo(token, token_text(piece), piece, None, special=special)
     # alternatives are not part of the text: control tokens show their names (<|im_end|>)
     top = tuple(
-        Alternative(token_text(p := model.token_bytes(alt.token, special=True)), p, alt.logprob)
+        Alternative(alt.token, token_text(p := model.token_bytes(alt.token, special=True)), p, alt.logprob,
+                    model.is_special(alt.token))
         for alt in logprob.top
     )
-    return TokenInfo(token_text(piece), piece, logprob.logprob, top)
+    return TokenInfo(token, token_text(piece), piece, logprob.logprob, top, special)
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,9 @@ class Generation:
                 if assembler.stopped:
                     continue  # generated before the cancel reached the engine
                 consumed += 1
-                info = _token_info(self._loaded.model, event.piece, event.logprob) if options.logprobs is not None else None
+                info = None
+                if options.logprobs is not None:
+                    info = _token_info(self._loaded.model, event.token, event.piece, event.logprob)
                 text, tokens = assembler.feed(event.piece, info)
                 if assembler.stopped:
                     choice.stream.cancel()  # a stop string ended it; free the sequence now
@@ -213,8 +219,10 @@ class Generation:
         pieces = [model.token_bytes(t, special=True) for t in prompt.tokens]  # a typed <|im_end|> shows
         if prompt.added_bos:
             pieces[0] = b""
-        first = TokenInfo(token_text(pieces[0]), pieces[0], None)
-        return (first, *(_token_info(model, p, lp) for p, lp in zip(pieces[1:], event.logprobs)))
+        tokens = prompt.tokens
+        first = TokenInfo(tokens[0], token_text(pieces[0]), pieces[0], None, special=model.is_special(tokens[0]))
+        rest = zip(tokens[1:], pieces[1:], event.logprobs)
+        return (first, *(_token_info(model, t, p, lp) for t, p, lp in rest))
 
     def _count(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
         # Choices of one prompt share it: count its tokens once per prompt, as OpenAI does.
@@ -233,25 +241,32 @@ class GenerationService:
         self._templates: dict[str, ChatTemplate] = {}
 
     async def chat(self, request: ChatRequest) -> Generation:
+        _check_constraint(request.options)  # a bad schema is refused before any model loads
         loaded = await self.manager.get(request.model, ttl=request.ttl)
         text = self.chat_prompt_text(loaded, request)
         prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
-        return self._start(loaded, "chatcmpl", [prompt], request.options, prompt_field="messages")
+        constraint = await _compiled_constraint(loaded, request.options)
+        return self._start(loaded, "chatcmpl", [prompt], request.options, "messages", constraint)
 
     async def complete(self, request: CompletionRequest) -> Generation:
+        _check_constraint(request.options)
         loaded = await self.manager.get(request.model, ttl=request.ttl)
         prompts = [self._completion_prompt(loaded.model, p) for p in request.prompts]
-        return self._start(loaded, "cmpl", prompts, request.options, prompt_field="prompt")
+        constraint = await _compiled_constraint(loaded, request.options)
+        return self._start(loaded, "cmpl", prompts, request.options, "prompt", constraint)
 
     def chat_prompt_text(self, loaded: Instance, request: ChatRequest) -> str:
-        """The conversation as the model's template formats it, ready to tokenize."""
+        """The conversation as the model's template formats it, ready to tokenize.
+
+        With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
+        """
         template = self._template(loaded)
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         text = template.render(messages, add_generation_prompt=True)
         model = loaded.model
         if model.add_bos and template.bos_token and text.startswith(template.bos_token):
             text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
-        return text
+        return text + (request.resume_response or "")
 
     def _template(self, loaded: Instance) -> ChatTemplate:
         template = self._templates.get(loaded.key)
@@ -277,13 +292,14 @@ class GenerationService:
         prompts: list[Prompt],
         options: GenerationOptions,
         prompt_field: str,
+        constraint: CompiledConstraint | None,
     ) -> Generation:
         requests, per_choice = [], []
         for prompt in prompts:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy))
+                requests.append(self._engine_request(prompt.tokens, options, copy, constraint))
                 per_choice.append(prompt)
         try:
             streams = loaded.engine.submit_many(requests)  # all choices start in the same step
@@ -299,7 +315,9 @@ class GenerationService:
         return generation
 
     @staticmethod
-    def _engine_request(tokens: list[int], options: GenerationOptions, copy: int) -> GenerationRequest:
+    def _engine_request(
+        tokens: list[int], options: GenerationOptions, copy: int, constraint: CompiledConstraint | None
+    ) -> GenerationRequest:
         sampling = options.sampling
         if copy and sampling.seed is not None:  # n > 1 with a seed: distinct but reproducible draws
             sampling = replace(sampling, seed=sampling.seed + copy)
@@ -311,4 +329,31 @@ class GenerationService:
             ignore_eos=options.ignore_eos,
             logprobs=options.logprobs,
             prompt_logprobs=options.echo and options.logprobs is not None,
+            constraint=constraint,
         )
+
+
+def _check_constraint(options: GenerationOptions) -> None:
+    """Refuse a schema, regex or grammar that cannot compile, naming the field it came from."""
+    if options.constraint is not None:
+        try:
+            validate_constraint(options.constraint)
+        except InvalidConstraint as exc:
+            raise InvalidRequest(str(exc), options.constraint_param) from None
+
+
+async def _compiled_constraint(loaded: Instance, options: GenerationOptions) -> CompiledConstraint | None:
+    """The options' constraint compiled for the model: cached, else compiled off the event loop
+    (the first constraint on a model also builds llguidance's view of its vocabulary: ~2 s on
+    a 262k vocabulary)."""
+    spec = options.constraint
+    if spec is None:
+        return None
+    compiler = compiler_for(loaded.model)
+    compiled = compiler.cached(spec)
+    if compiled is not None:
+        return compiled
+    try:
+        return await asyncio.to_thread(compiler.compile, spec)
+    except InvalidConstraint as exc:  # e.g. a grammar naming a special token the model lacks
+        raise InvalidRequest(str(exc), options.constraint_param) from None

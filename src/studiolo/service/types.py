@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from studiolo.engine.constraints import ConstraintSpec
 from studiolo.engine.sampling import SamplingParams
 
 
@@ -26,8 +27,10 @@ class GenerationOptions:
     stop_tokens: frozenset[int] = frozenset()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; k: the chosen token's plus the k most likely
-    echo: bool = False  # completions: return the prompt before the output
+    echo: bool = False  # return the prompt (chat: as the template formatted it) before the output
     n: int = 1
+    constraint: ConstraintSpec | None = None  # what every choice's output must match
+    constraint_param: str | None = None  # the request field the constraint came from, for errors
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ChatRequest:
     messages: list[ChatMessage]
     options: GenerationOptions
     ttl: float | None = None  # idle seconds before unloading, if this request JIT-loads the model
+    # BladeLLM: an interrupted assistant reply to carry on from (placed after the assistant
+    # turn's opening, with no end of turn); the output is only what comes after it
+    resume_response: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,23 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Alternative:
+    id: int
     text: str
     bytes: bytes
     logprob: float
+    special: bool = False  # a control token (<|im_end|>, <eos>), not text
 
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """One output (or echoed prompt) token, for logprobs."""
+    """One output (or echoed prompt) token, for logprobs (OpenAI's and BladeLLM's shapes)."""
 
+    id: int
     text: str
     bytes: bytes
     logprob: float | None  # None for the first prompt token, which nothing predicts
     top: tuple[Alternative, ...] = ()
+    special: bool = False
 
 
 @dataclass(frozen=True)
