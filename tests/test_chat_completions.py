@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, NO_PENALTY, SMOLLM
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -151,12 +152,19 @@ def test_several_choices_are_distinct_reproducible_draws(client):
     assert first.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
 
 
+def _steps(result) -> list:
+    return [(t.token, {a.token: a.logprob for a in t.top_logprobs}) for t in result.choices[0].logprobs.content]
+
+
 def test_repeated_conversation_reuses_cached_prefix(client):
     messages = [{"role": "system", "content": "You are a geography tutor. " * 8}, *QUESTION]
-    first = chat(client, messages=messages, max_tokens=4)
-    second = chat(client, messages=messages, max_tokens=4)
+    first = chat(client, messages=messages, max_tokens=4, logprobs=True, top_logprobs=2)
+    second = chat(client, messages=messages, max_tokens=4, logprobs=True, top_logprobs=2)
     assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens - 1
-    assert first.choices[0].message.content == second.choices[0].message.content
+    # The same output, but for rounding: the prompt was prefilled in other chunks (one token
+    # now, what the cache did not hold then), and this prompt's first token is a near-tie
+    # ("B" 25.25 against "The" 25.02 on SmolLM2) that chunking alone can flip.
+    assert_same_or_parted_at_a_near_tie("repeated conversation", _steps(first), _steps(second))
 
 
 def test_follow_up_turn_reuses_the_previous_turn(client):
