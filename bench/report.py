@@ -97,7 +97,29 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
         checks.append((f"{key}: HTTP and SSE cost <= 3% of in-process decode", f"{cost * 100:.1f}%", cost <= 0.03))
         ratio = ours["followup_ttft_s"] / ours["cold_ttft_s"]
         checks.append((f"{key}: chat follow-up TTFT <= 0.3x cold", f"{ratio:.2f}x", ratio <= 0.3))
+        if "json_constrained_tps" in ours:
+            ratio = ours["json_constrained_tps"] / ours["json_free_tps"]
+            checks.append((f"{key}: JSON-schema-constrained decode >= 0.9x free decode", f"{ratio:.2f}x", ratio >= 0.9))
+        compile_ms = model["constraints"]["compile_typical_ms"]
+        checks.append((f"{key}: compile a typical schema < 50 ms", f"{compile_ms:.1f} ms", compile_ms < 50))
     return checks
+
+
+def _constrained_lines(model: dict) -> list[str]:
+    """Free and JSON-constrained decode of the same prompt, per server that takes a schema."""
+    lines = ["Constrained decoding (bench/constrained.py: the same prompt free, then held to a JSON schema of "
+             "records; single stream):", "", "| server | free, tok/s | JSON schema, tok/s | constrained / free |",
+             "| --- | --- | --- | --- |"]
+    for name, figures in model["servers"].items():
+        if "json_constrained_tps" in figures:
+            free, constrained = figures["json_free_tps"], figures["json_constrained_tps"]
+            lines.append(f"| {name} | {free:,.1f} | {constrained:,.1f} | {_ratio(constrained, free, True)} |")
+    times = model["constraints"]
+    lines += ["", f"Compile (studiolo, llguidance; median of 20, each on an empty cache, first mask included): "
+              f"a typical schema {times['compile_typical_ms']:.1f} ms, the benchmark's schema "
+              f"{times['compile_bench_ms']:.1f} ms; the model's vocabulary for llguidance, built once per model: "
+              f"{times['tokenizer_build_s']:.2f} s.", ""]
+    return lines
 
 
 def plot(results: dict, path: Path) -> None:
@@ -169,6 +191,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
             "",
         ]
         out += _overhead_table(model, concurrency) + [""]
+        out += _constrained_lines(model)
     out += [f"![aggregate decode against concurrency]({plot_name})", "", "## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(results)]

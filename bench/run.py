@@ -19,6 +19,7 @@ from pathlib import Path
 from bench import report
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
+from bench.constrained import compile_times
 from bench.config import BenchConfig, Prompts, end_of_generation_tokens, model_paths
 from bench.servers import SERVERS
 from bench.targets import EngineTarget, HTTPTarget
@@ -67,6 +68,7 @@ def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], l
         print(f"  measuring {', '.join([*targets, *loop])} in turns ...", flush=True)
         measured = asyncio.run(_measure(targets, loop, model, config))
     return {
+        "constraints": compile_times(model),
         "raw_decode_tps": measured[BareLoopTarget.name],
         "file_bytes": path.stat().st_size,
         "servers": {name: measured[name] for name in servers},

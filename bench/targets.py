@@ -54,7 +54,8 @@ class HTTPTarget:
         self.model = model
         self._bias = {str(token): -100 for token in banned_tokens}
 
-    async def generate(self, prompt: str, max_tokens: int) -> Timing:
+    async def generate(self, prompt: str, max_tokens: int, extra: dict | None = None) -> Timing:
+        """One streamed completion; ``extra`` adds fields to the request (a JSON schema, say)."""
         body = json.dumps({
             "model": self.model,
             "prompt": prompt,
@@ -64,6 +65,7 @@ class HTTPTarget:
             "repeat_penalty": 1.0,
             "logit_bias": self._bias,
             "stream": True,
+            **(extra or {}),
         }).encode()
         head = (f"POST /v1/completions HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"

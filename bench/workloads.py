@@ -11,6 +11,7 @@ import statistics
 import time
 
 from bench.config import BenchConfig, Prompts
+from bench.constrained import SCHEMA_FIELDS, free_and_constrained
 from bench.targets import Timing
 
 
@@ -59,6 +60,7 @@ def figures(config: BenchConfig) -> list[tuple[str, callable, int]]:
         runs.append((f"aggregate_tps/{streams}", lambda t, p, k=streams: aggregate_decode(t, p, config, k),
                      config.repeats))
     runs.append(("chat", lambda t, p: chat_follow_up(t, p, config), config.repeats))
+    runs.append(("constrained", lambda t, p: free_and_constrained(t, p, config), config.decode_repeats))
     return runs
 
 
@@ -76,6 +78,8 @@ async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], c
     samples: dict[str, dict[str, list]] = {name: {} for name in everyone}
     for figure, run, repeats in figures(config):
         turn = everyone if figure == "decode_tps" else targets
+        if figure == "constrained":  # only the servers that take a JSON schema
+            turn = {name: target for name, target in targets.items() if name in SCHEMA_FIELDS}
         for _ in range(repeats):
             for name, target in turn.items():
                 samples[name].setdefault(figure, []).append(await run(target, prompts[name]))
@@ -87,10 +91,14 @@ async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], c
 def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
     median = statistics.median
     chats = samples.pop("chat")
+    pairs = samples.pop("constrained", [])
     results = {figure: median(values) for figure, values in samples.items() if "/" not in figure}
     results["prefill_tps"] = config.long_prompt_tokens / results["ttft_long_s"]
     results["aggregate_tps"] = {k: median(samples[f"aggregate_tps/{k}"]) for k in config.concurrency}
     results["followup_ttft_s"] = median(c[0] for c in chats)
     results["cold_ttft_s"] = median(c[1] for c in chats)
     results["chat_prompt_tokens"] = int(median(c[2] for c in chats))
+    if pairs:
+        results["json_free_tps"] = median(free for free, _ in pairs)
+        results["json_constrained_tps"] = median(constrained for _, constrained in pairs)
     return results
