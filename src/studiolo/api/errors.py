@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studiolo.chat.templates import TemplateError
 from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
-from studiolo.engine.llama import ModelLoadError
+from studiolo.engine.llama import ModelClosed, ModelLoadError
 from studiolo.models.catalog import AmbiguousModelName, ModelNotFound
 from studiolo.models.manager import (
     IdentifierTaken,
@@ -83,6 +83,7 @@ DOMAIN_ERRORS = (
     InvalidRequest,
     ModelLoadError,
     EngineClosed,
+    ModelClosed,
     InstanceNotFound,
     IdentifierTaken,
     ModelBusy,
@@ -107,7 +108,7 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param="messages", code="chat_template_error")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=exc.param)
-    if isinstance(exc, EngineClosed):
+    if isinstance(exc, (EngineClosed, ModelClosed)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
     if isinstance(exc, (ModelLoadError, ModelLoadFailed)):
         return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")

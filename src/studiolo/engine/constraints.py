@@ -344,7 +344,6 @@ class ConstraintCompiler:
         self.model = model
         self.capacity = capacity
         self._tokenizer = tokenizer  # one already built for this model, or None to build it
-        self._tokenizer_lock = threading.Lock()
         self._cache: OrderedDict[ConstraintSpec, CompiledConstraint] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -352,7 +351,8 @@ class ConstraintCompiler:
     def tokenizer(self) -> LLTokenizer:
         """Built once, on first use; call it ahead (off the event loop) to pay the cost early."""
         if self._tokenizer is None:
-            with self._tokenizer_lock:
+            with self.model.vocabulary_lock:  # the model must not close while this reads it
+                self.model.require_open()
                 if self._tokenizer is None:
                     self._tokenizer = build_tokenizer(self.model)
         return self._tokenizer
@@ -370,7 +370,9 @@ class ConstraintCompiler:
         compiled = self.cached(spec)
         if compiled is not None:
             return compiled
-        compiled = self._compile(spec)  # outside the lock: a slow grammar must not block hits
+        with self.model.vocabulary_lock:  # not the cache lock: a slow grammar must not block hits
+            self.model.require_open()
+            compiled = self._compile(spec)
         with self._cache_lock:
             compiled = self._cache.setdefault(spec, compiled)  # a racing thread's copy wins
             self._cache.move_to_end(spec)

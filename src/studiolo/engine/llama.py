@@ -53,6 +53,10 @@ def _forward_llama_log(level, text, user_data):  # noqa: ANN001 - ctypes signatu
 llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
 
 
+class ModelClosed(RuntimeError):
+    """The model was closed (unloaded) while a request was still getting ready to use it."""
+
+
 class LlamaModel:
     """Weights and vocabulary of one GGUF file."""
 
@@ -74,15 +78,23 @@ class LlamaModel:
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
         self._pieces: dict[bool, dict[int, bytes]] = {False: {}, True: {}}
+        # held by other threads that read the vocabulary at length (llguidance's tokenizer
+        # build, grammar compiles), so that close() waits for them
+        self.vocabulary_lock = threading.RLock()
 
     @property
     def handle(self):
         return self._handle
 
+    def require_open(self) -> None:
+        if not self._handle:
+            raise ModelClosed("the model was unloaded; send the request again to load it")
+
     def close(self) -> None:
-        if self._handle:
-            llama.llama_model_free(self._handle)
-            self._handle = None
+        with self.vocabulary_lock:
+            if self._handle:
+                llama.llama_model_free(self._handle)
+                self._handle = None
 
     # --- metadata -------------------------------------------------------------------
 
