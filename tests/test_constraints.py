@@ -19,12 +19,12 @@ from studiolo.engine.constraints import (
     ConstraintError,
     ConstraintSpec,
     InvalidConstraint,
-    closed_objects,
     compiler_for,
     forget,
     grammar_of,
     mask_logits,
 )
+from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.sampling import SamplingParams, TokenSampler
 from tests.conftest import GEMMA, SMOLLM
