@@ -52,20 +52,33 @@ def constraint_of(body: Any) -> tuple[ConstraintSpec, str] | None:
     return found[0] if found else None
 
 
+# What BladeLLM's guided_* fields and vLLM's structured_outputs name alike (the old guided set had
+# no json_object field), and how each becomes a spec; whitespace applies to JSON only.
+_SPEC_OF = {
+    "json": lambda value, whitespace: ConstraintSpec.json_schema(value, whitespace),
+    "json_object": lambda value, whitespace: ConstraintSpec.json_object(whitespace) if value else None,
+    "regex": lambda value, _: ConstraintSpec.regex(value),
+    "choice": lambda value, _: ConstraintSpec.choice(value),
+    "grammar": lambda value, _: ConstraintSpec.grammar(value),
+}
+
+
 def _candidates(body: Any):
     whitespace = body.guided_whitespace_pattern
     yield _guarded("response_format", lambda: _response_format(body.response_format, whitespace))
-    if body.guided_json is not None:
-        yield _guarded("guided_json", lambda: ConstraintSpec.json_schema(body.guided_json, whitespace))
-    if body.guided_regex is not None:
-        yield _guarded("guided_regex", lambda: ConstraintSpec.regex(body.guided_regex))
-    if body.guided_choice is not None:
-        yield _guarded("guided_choice", lambda: ConstraintSpec.choice(body.guided_choice))
-    if body.guided_grammar is not None:
-        yield _guarded("guided_grammar", lambda: ConstraintSpec.grammar(body.guided_grammar))
+    guided = {kind: getattr(body, f"guided_{kind}", None) for kind in _SPEC_OF}
+    yield from _named_fields(guided, "guided_", whitespace)
     outputs: StructuredOutputs | None = body.structured_outputs
     if outputs is not None:
-        yield from _structured_outputs(outputs)
+        values = {kind: getattr(outputs, "json_" if kind == "json" else kind) for kind in _SPEC_OF}
+        yield from _named_fields(values, "structured_outputs.", outputs.whitespace_pattern)
+
+
+def _named_fields(values: dict[str, Any], prefix: str, whitespace: str | None):
+    """A spec for each kind given a value, named ``prefix + kind`` in errors."""
+    for kind, value in values.items():
+        if value is not None:
+            yield _guarded(prefix + kind, lambda make=_SPEC_OF[kind], value=value: make(value, whitespace))
 
 
 def _guarded(param: str, make) -> tuple[ConstraintSpec, str] | None:
@@ -106,21 +119,6 @@ def _schema_object(schema: Any, param: str) -> dict[str, Any] | bool:
     if not isinstance(schema, (dict, bool)):
         raise InvalidRequest("a JSON schema must be a JSON object", param)
     return schema
-
-
-def _structured_outputs(outputs: StructuredOutputs):
-    whitespace = outputs.whitespace_pattern
-    prefix = "structured_outputs."
-    if outputs.json_ is not None:
-        yield _guarded(prefix + "json", lambda: ConstraintSpec.json_schema(outputs.json_, whitespace))
-    if outputs.json_object:
-        yield _guarded(prefix + "json_object", lambda: ConstraintSpec.json_object(whitespace))
-    if outputs.regex is not None:
-        yield _guarded(prefix + "regex", lambda: ConstraintSpec.regex(outputs.regex))
-    if outputs.choice is not None:
-        yield _guarded(prefix + "choice", lambda: ConstraintSpec.choice(outputs.choice))
-    if outputs.grammar is not None:
-        yield _guarded(prefix + "grammar", lambda: ConstraintSpec.grammar(outputs.grammar))
 
 
 def _stray_whitespace_pattern(body: Any, found: list[tuple[ConstraintSpec, str]]) -> str | None:

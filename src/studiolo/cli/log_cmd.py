@@ -130,25 +130,24 @@ def _rate(value: Any) -> str:
     return f"{value:.1f} tok/s" if isinstance(value, (int, float)) else "n/a tok/s"
 
 
-def render_input(console: Console, event: dict[str, Any]) -> None:
+def _print_heading(console: Console, event: dict[str, Any], label: tuple[str, str], detail: str) -> None:
+    """One model event's heading line: time, input/output, request id, model, a detail."""
     console.print(
         Text.assemble(
-            (clock(event.get("timestamp")), "dim"), " ", ("input", "bold cyan"), " ",
+            (clock(event.get("timestamp")), "dim"), " ", label, " ",
             (str(event.get("request_id")), "magenta"), " ", (str(event.get("model")), "bold"), " ",
-            (f"({event.get('prompt_tokens')} prompt tokens)", "dim"),
+            (detail, "dim"),
         )
     )
+
+
+def render_input(console: Console, event: dict[str, Any]) -> None:
+    _print_heading(console, event, ("input", "bold cyan"), f"({event.get('prompt_tokens')} prompt tokens)")
     _write_verbatim(console, str(event.get("prompt", "")))
 
 
 def render_output(console: Console, event: dict[str, Any]) -> None:
-    console.print(
-        Text.assemble(
-            (clock(event.get("timestamp")), "dim"), " ", ("output", "bold green"), " ",
-            (str(event.get("request_id")), "magenta"), " ", (str(event.get("model")), "bold"), " ",
-            (f"choice {event.get('index')}", "dim"),
-        )
-    )
+    _print_heading(console, event, ("output", "bold green"), f"choice {event.get('index')}")
     _write_verbatim(console, str(event.get("text", "")))
     stats = (
         f"{event.get('completion_tokens')} tokens, {_rate(event.get('tokens_per_second'))}, "
