@@ -124,10 +124,12 @@ def test_openai_parse_helper_returns_the_pydantic_object(client):
 
 def test_json_object_response_format_gives_an_object(http):
     for response_format in ({"type": "json_object"}, "json_object"):  # OpenAI's, BladeLLM's
+        # LM Studio's default repeat penalty: an open object lets a greedy small model loop on keys
+        # (as it did once, when a cached prefix shifted rounding at a near-tie)
         body = {"model": SMOLLM, "messages": _messages("Give a person's name and age."), "response_format": response_format,
-                "max_tokens": MAX_TOKENS, **GREEDY}
+                "max_tokens": MAX_TOKENS, "temperature": 0}
         choice = http.post(CHAT, json=body).json()["choices"][0]
-        assert choice["finish_reason"] == "stop"
+        assert choice["finish_reason"] == "stop", choice["message"]["content"]
         assert isinstance(json.loads(choice["message"]["content"]), dict)
 
 
