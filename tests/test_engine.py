@@ -6,15 +6,17 @@ These tests drive ``Engine`` directly (no HTTP) so they can look at its slots an
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from studiolo.config import EngineSettings
 from studiolo.engine.engine import Engine
-from studiolo.engine.llama import LlamaModel
+from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.sampling import SamplingParams
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, TokenEvent
-from studiolo.engine.prompt_cache import common_prefix_length
+from studiolo.engine.prompt_cache import PromptCache, common_prefix_length
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import SMOLLM
 
@@ -218,3 +220,17 @@ def test_an_idle_slot_moves_to_ram_and_comes_back(model):
         assert_same_or_parted_at_a_near_tie("restored", alone, again)
     finally:
         small.close()
+
+
+def test_prompt_cache_entries_serve_only_the_adapter_they_were_computed_with():
+    cache = PromptCache(1 << 20)
+    state = np.zeros(64, dtype=np.uint8)
+    adapter = LoraAdapter(Path("tint.gguf"), handle=None)
+    tokens = list(range(20))
+    cache.put(tokens, state)
+    assert cache.best_match(tokens + [7], adapter) == (None, 0)
+    assert cache.wants(tokens, adapter) and not cache.wants(tokens)
+    cache.put(tokens, state, adapter)  # beside the bare model's entry, not instead of it
+    assert len(cache.entries) == 2
+    entry, length = cache.best_match(tokens + [7], adapter)
+    assert entry.adapter is adapter and length == 20

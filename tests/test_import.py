@@ -23,6 +23,7 @@ from studiolo.models.catalog import Catalog
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.importer import ImportRefused, default_user_repo, import_model, parse_user_repo
 from tests.conftest import SMOLLM
+from tests.lora import write_lora_adapter
 from tests.test_gguf_info import write_tiny_gguf
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -151,6 +152,13 @@ def test_invalid_file_is_refused_and_nothing_placed(tmp_path, root, smollm_maste
         import_model(path, root)
     assert path.exists()
     assert not root.exists()
+
+
+def test_a_lora_adapter_is_not_imported_as_a_model(tmp_path, root, default_models):
+    adapter = write_lora_adapter(default_models[SMOLLM], tmp_path / "tint.gguf")
+    with pytest.raises(InvalidModelFile, match="a LoRA adapter, not a model"):
+        import_model(adapter, root)
+    assert adapter.exists() and not root.exists()
 
 
 @pytest.mark.parametrize(

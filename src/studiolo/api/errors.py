@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from studiolo.chat.templates import TemplateError
 from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
 from studiolo.engine.llama import ModelClosed, ModelLoadError
+from studiolo.models.adapters import AdapterLoadFailed
 from studiolo.models.catalog import AmbiguousModelName, ModelNotFound
 from studiolo.models.manager import (
+    AdapterNotLoadable,
     IdentifierTaken,
     InstanceNotFound,
     ModelBusy,
@@ -88,6 +90,8 @@ DOMAIN_ERRORS = (
     IdentifierTaken,
     ModelBusy,
     ModelLoadFailed,
+    AdapterLoadFailed,
+    AdapterNotLoadable,
     InsufficientMemory,
 )
 
@@ -110,7 +114,9 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
-    if isinstance(exc, (ModelLoadError, ModelLoadFailed)):
+    if isinstance(exc, AdapterNotLoadable):
+        return APIError(400, str(exc), param="model", code="model_is_adapter")
+    if isinstance(exc, (ModelLoadError, ModelLoadFailed, AdapterLoadFailed)):
         return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")
     if isinstance(exc, InstanceNotFound):
         return APIError(404, str(exc), param="instance_id", code="model_not_found")

@@ -32,8 +32,11 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     for body in models:
         if body["id"] == wanted or body["id"] == model_id:
             return body
-    key = manager.catalog.resolve(model_id).key  # a short name; unknown ones raise 404 here
-    found = next((body for body in models if body["id"] == key), None)
+    entry = manager.catalog.resolve(model_id)  # a short name; unknown ones raise 404 here
+    if entry.base is not None:
+        raise APIError(404, f"'{entry.key}' is a LoRA adapter of '{entry.base.key}'; LM Studio's model lists "
+                       "show models only (adapters are listed by /v1/models)", param="model", code="model_not_found")
+    found = next((body for body in models if body["id"] == entry.key), None)
     if found is None:
         raise APIError(404, f"model '{model_id}' cannot be read (see the server log)", param="model",
                        code="model_not_found")

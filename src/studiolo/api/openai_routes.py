@@ -31,18 +31,24 @@ def _service(request: Request) -> GenerationService:
 
 
 def _model_object(entry: CatalogEntry) -> dict[str, Any]:
-    return {"id": entry.key, "object": "model", "created": int(entry.path.stat().st_mtime), "owned_by": entry.publisher}
+    body = {"id": entry.key, "object": "model", "created": int(entry.path.stat().st_mtime), "owned_by": entry.publisher}
+    if entry.base is not None:
+        body["parent"] = entry.base.key  # vLLM's field for a LoRA adapter's base model
+    return body
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """Every model on disk while JIT loading is on (it can be used at once); else the loaded ones."""
+    """Every model on disk while JIT loading is on (it can be used at once); else the loaded ones.
+    LoRA adapters follow, each usable whenever its base model is."""
     manager = _service(request).manager
     if manager.jit_loading:
         entries = manager.catalog.entries()
     else:
         entries = [loaded.entry for loaded in manager.loaded()]
-    return {"object": "list", "data": [_model_object(entry) for entry in entries]}
+    keys = {entry.key for entry in entries}
+    adapters = [adapter for adapter in manager.catalog.adapters() if adapter.base.key in keys]
+    return {"object": "list", "data": [_model_object(entry) for entry in entries + adapters]}
 
 
 @router.get("/models/{model_id:path}")

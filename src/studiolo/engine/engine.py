@@ -209,6 +209,7 @@ class Engine:
         batch.clear()
         for chunk in chunks:
             chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.slot.seq_id, chunk.logits_from)
+        self.context.use_adapter(self.scheduler.adapter)
         status = self.context.decode()
         if status != 0:
             self._decode_failed(chunks, status)

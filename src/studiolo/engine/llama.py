@@ -79,8 +79,9 @@ class LlamaModel:
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
         self._pieces: dict[bool, dict[int, bytes]] = {False: {}, True: {}}
         # held by other threads that read the vocabulary at length (llguidance's tokenizer
-        # build, grammar compiles), so that close() waits for them
+        # build, grammar compiles) or load adapters onto the model, so that close() waits for them
         self.vocabulary_lock = threading.RLock()
+        self._adapters: dict[Path, LoraAdapter] = {}
 
     @property
     def handle(self):
@@ -95,6 +96,24 @@ class LlamaModel:
             if self._handle:
                 llama.llama_model_free(self._handle)
                 self._handle = None
+
+    def loaded_adapter(self, path: Path) -> LoraAdapter | None:
+        return self._adapters.get(path)
+
+    def load_adapter(self, path: Path) -> LoraAdapter:
+        """The LoRA adapter in ``path``, loaded onto this model once (llama.cpp frees it with the model)."""
+        with self.vocabulary_lock:
+            self.require_open()
+            adapter = self._adapters.get(path)
+            if adapter is None:
+                handle = llama.llama_adapter_lora_init(self._handle, str(path).encode())
+                if not handle:
+                    raise ModelLoadError(
+                        f"llama.cpp could not load the LoRA adapter {path.name} onto {self.path.name} "
+                        "(another architecture or tensor shapes, or a corrupt file)"
+                    )
+                adapter = self._adapters[path] = LoraAdapter(path, handle)
+            return adapter
 
     # --- metadata -------------------------------------------------------------------
 
@@ -164,6 +183,15 @@ class LlamaModel:
         return 0 <= token < self.n_vocab
 
 
+@dataclass(eq=False)  # compared by identity: it names the weights a KV cell was computed with
+class LoraAdapter:
+    """A LoRA adapter loaded onto a model; a context applies it to the batches it decodes."""
+
+    path: Path
+    handle: object  # llama_adapter_lora *
+    scale: float = 1.0
+
+
 @dataclass
 class ContextParams:
     n_ctx: int
@@ -202,6 +230,21 @@ class LlamaContext:
         self.n_ctx: int = llama.llama_n_ctx(handle)
         self.n_batch = params.n_batch
         self.batch = Batch(params.n_batch)
+        self._adapter: LoraAdapter | None = None
+
+    def use_adapter(self, adapter: LoraAdapter | None) -> None:
+        """Decode the next batches with ``adapter`` applied (None: the bare model)."""
+        if adapter is self._adapter:
+            return
+        if adapter is None:
+            status = llama.llama_set_adapters_lora(self._handle, None, 0, None)
+        else:
+            handles = (llama.llama_adapter_lora_p_ctypes * 1)(adapter.handle)
+            scales = (ctypes.c_float * 1)(adapter.scale)
+            status = llama.llama_set_adapters_lora(self._handle, handles, 1, scales)
+        if status != 0:
+            raise RuntimeError(f"llama_set_adapters_lora returned {status}")
+        self._adapter = adapter
 
     def close(self) -> None:
         if self._handle:

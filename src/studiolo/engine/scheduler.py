@@ -4,6 +4,12 @@ Every step decodes one batch: the pending token of every decoding sequence, then
 of prompt for sequences still prefilling, oldest first, until ``batch_size`` tokens.
 Decoding sequences go first so that a long prompt arriving never stalls running streams
 for more than one step.
+
+A llama.cpp context applies one set of LoRA adapters to a whole batch, so a batch only holds
+sequences of one adapter (or of none). When sequences of several adapters run, the groups
+take turns of ``ADAPTER_TURN_STEPS`` steps: switching the context's adapter costs about as
+much as a decode step of SmolLM2 (llama.cpp rebuilds its graph), so switching at every step
+would halve the speed.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
 
 SCORED_TOKENS_PER_STEP = 64
+ADAPTER_TURN_STEPS = 4
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Scheduler:
         self.batch_size = batch_size
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.adapter: LoraAdapter | None = None  # the adapter of the last planned batch
+        self._turn_steps = 0  # steps the current adapter has had in its turn
 
     def has_work(self) -> bool:
         return bool(self.running) or (bool(self.waiting) and self.slots.has_free())
@@ -60,7 +70,9 @@ class Scheduler:
         while self.waiting and self.slots.has_free():
             seq = self.waiting.popleft()
             # Scoring the prompt needs logits at every position: nothing can be reused.
-            seq.slot, reused = self.slots.acquire(seq.prompt, reuse=not seq.request.prompt_logprobs)
+            seq.slot, reused = self.slots.acquire(
+                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs
+            )
             seq.cached_tokens = seq.n_past = reused
             seq.state = SequenceState.PREFILLING
             self.running.append(seq)
@@ -68,13 +80,12 @@ class Scheduler:
         return admitted
 
     def plan(self) -> list[Chunk]:
-        chunks = [
-            Chunk(seq, [seq.pending], seq.n_past, 0)
-            for seq in self.running
-            if seq.state is SequenceState.DECODING
-        ]
+        """The next batch; ``self.adapter`` says which adapter it must be decoded with."""
+        self.adapter = self._next_adapter()
+        group = [seq for seq in self.running if seq.request.adapter is self.adapter]
+        chunks = [Chunk(seq, [seq.pending], seq.n_past, 0) for seq in group if seq.state is SequenceState.DECODING]
         budget = self.batch_size - len(chunks)
-        for seq in self.running:
+        for seq in group:
             if budget <= 0:
                 break
             if seq.state is not SequenceState.PREFILLING:
@@ -93,3 +104,18 @@ class Scheduler:
             chunks.append(chunk)
             budget -= take
         return chunks
+
+    def _next_adapter(self) -> LoraAdapter | None:
+        """The adapter whose sequences get this step: the last step's until its turn is over,
+        then the next one that has sequences running."""
+        adapters: list[LoraAdapter | None] = []
+        for seq in self.running:
+            if not any(seq.request.adapter is known for known in adapters):
+                adapters.append(seq.request.adapter)
+        current = next((i for i, a in enumerate(adapters) if a is self.adapter), None)
+        if current is not None and (len(adapters) == 1 or self._turn_steps < ADAPTER_TURN_STEPS):
+            self._turn_steps += 1
+            return self.adapter
+        self._turn_steps = 1
+        following = 0 if current is None else current + 1
+        return adapters[following % len(adapters)] if adapters else None

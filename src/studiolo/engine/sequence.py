@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from studiolo.engine.constraints import CompiledConstraint, ConstraintState
+from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sampling import SamplingParams, TokenLogprob, TokenSampler
 
 
@@ -23,6 +24,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's, plus the top k
     prompt_logprobs: bool = False  # also score every prompt token after the first
     constraint: CompiledConstraint | None = None  # what the output must match (JSON schema, regex, ...)
+    adapter: LoraAdapter | None = None  # a LoRA adapter to decode with (None: the bare model)
 
 
 class SequenceState(enum.Enum):

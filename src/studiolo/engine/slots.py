@@ -15,6 +15,9 @@ Cells of finished sequences slow every running sequence down (attention walks al
 when a sequence is admitted, the other idle slots move their cells to the RAM prompt cache.
 A single conversation going on turn after turn keeps its slot and never copies anything.
 
+A slot also remembers the LoRA adapter its cells were computed with (None: the bare model);
+only a prompt decoded with the same adapter can reuse them.
+
 Each slot holds at most ``context_length`` tokens, so all slots together never need more
 cells than the context has: ``parallel * context_length``.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from studiolo.engine.llama import LlamaContext
+from studiolo.engine.llama import LlamaContext, LoraAdapter
 from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_prefix_length
 
 
@@ -32,6 +35,7 @@ from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_
 class Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # what the KV cells of seq_id hold, by position
+    adapter: LoraAdapter | None = None  # what those cells were computed with
     busy: bool = False
     last_used: float = 0.0
 
@@ -46,8 +50,11 @@ class SlotPool:
     def has_free(self) -> bool:
         return any(not slot.busy for slot in self.slots)
 
-    def acquire(self, prompt: list[int], reuse: bool = True) -> tuple[Slot, int]:
-        """Take a free slot for ``prompt``; return it and how many prompt tokens it reuses.
+    def acquire(
+        self, prompt: list[int], adapter: LoraAdapter | None = None, reuse: bool = True
+    ) -> tuple[Slot, int]:
+        """Take a free slot for ``prompt`` decoded with ``adapter``; return it and how many
+        prompt tokens it reuses.
 
         At least one prompt token is always left to prefill, since sampling needs the
         logits of the last prompt position.
@@ -56,27 +63,33 @@ class SlotPool:
         if not free:
             raise RuntimeError("no free KV slot")  # the scheduler checks has_free() first
         if reuse:
-            target, reused = self._place_longest_prefix(prompt, free)
+            target, reused = self._place_longest_prefix(prompt, adapter, free)
             reused = self._check_window(target, min(reused, len(prompt) - 1))
         else:  # scoring a prompt: nothing is reused; take the least recently used slot
             target, reused = min(free, key=lambda slot: slot.last_used), 0
         if len(target.tokens) - reused >= MIN_CACHED_TOKENS:
             self._save(target)  # what is about to be cut off may serve another request later
         reused = self._truncate(target, reused)
+        target.adapter = adapter  # what it keeps was computed with it; what follows will be
         target.busy = True
         for slot in free:
             if slot is not target:
                 self._offload(slot)
         return target, reused
 
-    def _place_longest_prefix(self, prompt: list[int], free: list[Slot]) -> tuple[Slot, int]:
+    def _place_longest_prefix(
+        self, prompt: list[int], adapter: LoraAdapter | None, free: list[Slot]
+    ) -> tuple[Slot, int]:
         """Choose the slot for ``prompt`` and bring the longest known prefix of it there."""
-        matches = {slot.seq_id: common_prefix_length(slot.tokens, prompt) for slot in self.slots}
+        matches = {
+            slot.seq_id: common_prefix_length(slot.tokens, prompt) if slot.adapter is adapter else 0
+            for slot in self.slots
+        }
         source = max(self.slots, key=lambda slot: (matches[slot.seq_id], not slot.busy))
         # the free slot matching best; on a tie, an empty one, else the least recently used
         target = max(free, key=lambda slot: (matches[slot.seq_id], not slot.tokens, -slot.last_used))
         reused = matches[target.seq_id]
-        entry, cached = self.cache.best_match(prompt)
+        entry, cached = self.cache.best_match(prompt, adapter)
         if entry is not None and cached > max(matches[source.seq_id], reused):
             self._offload(target)
             if self._context.load_sequence(target.seq_id, entry.state):
@@ -93,8 +106,8 @@ class SlotPool:
 
     def _save(self, slot: Slot) -> None:
         """Copy the slot's cells to the RAM prompt cache, if they are worth keeping."""
-        if self.cache.wants(slot.tokens):
-            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id))
+        if self.cache.wants(slot.tokens, slot.adapter):
+            self.cache.put(slot.tokens, self._context.save_sequence(slot.seq_id), slot.adapter)
 
     def _offload(self, slot: Slot) -> None:
         """Move an idle slot's cells to the RAM prompt cache and free them."""

@@ -2,6 +2,11 @@
 
 A model's key is ``publisher/repo`` in lower case, as LM Studio names models. A request
 may also name a model by its repo alone, or by its file name, when that is unambiguous.
+
+LoRA adapters sit in an ``adapters`` folder beside their base model's file:
+``models/<publisher>/<repo>/adapters/<name>.gguf``. An adapter's key is
+``publisher/repo/name``; a request may name it by ``name`` alone (as vLLM and BladeLLM
+select a LoRA by its name in ``model``), and gets the base model with the adapter applied.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ class AmbiguousModelName(LookupError):
         self.name = name
 
 
+ADAPTERS_FOLDER = "adapters"
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     key: str
     publisher: str
     repo: str
     path: Path
+    base: CatalogEntry | None = None  # for a LoRA adapter: the model it adapts
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.base is not None
 
     @property
     def size_bytes(self) -> int:
@@ -37,7 +50,8 @@ class CatalogEntry:
     def names(self) -> set[str]:
         """Every name that may refer to this model, lower case."""
         stem = self.path.name.lower()
-        return {self.key, self.repo, stem, stem.removesuffix(".gguf")}
+        names = {self.key, stem, stem.removesuffix(".gguf")}
+        return names if self.is_adapter else names | {self.repo}
 
 
 def _is_weights_file(path: Path) -> bool:
@@ -63,9 +77,21 @@ class Catalog:
                     found.append(CatalogEntry(f"{publisher}/{repo}", publisher, repo, files[0]))
         return found
 
+    def adapters(self) -> list[CatalogEntry]:
+        """The LoRA adapters of every model on disk."""
+        found: list[CatalogEntry] = []
+        for model in self.entries():
+            folder = model.path.parent / ADAPTERS_FOLDER
+            if folder.is_dir():
+                for path in sorted(p for p in folder.iterdir() if p.is_file() and _is_weights_file(p)):
+                    name = path.name.lower().removesuffix(".gguf")
+                    found.append(CatalogEntry(f"{model.key}/{name}", model.publisher, model.repo, path, model))
+        return found
+
     def resolve(self, name: str) -> CatalogEntry:
+        """The model or adapter ``name`` refers to."""
         wanted = name.strip().lower()
-        entries = self.entries()
+        entries = self.entries() + self.adapters()
         for entry in entries:
             if entry.key == wanted:
                 return entry

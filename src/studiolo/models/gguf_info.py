@@ -321,6 +321,10 @@ def model_info_from_header(header: GGUFHeader, path: Path, size_bytes: int) -> M
     architecture = str(metadata.get("general.architecture", "")).strip()
     if not architecture:
         raise InvalidModelFile(path, "GGUF metadata has no general.architecture")
+    if metadata.get("general.type") == "adapter":
+        raise InvalidModelFile(
+            path, "a LoRA adapter, not a model: it goes in an 'adapters' folder beside its base model's file"
+        )
     parameter_count = sum(tensor.n_elements for tensor in header.tensors)
     template = metadata.get("tokenizer.chat_template")
     template = template if isinstance(template, str) and template.strip() else None

@@ -9,6 +9,8 @@
   a generation off); if it stays busy too long, the new load is refused. Explicit loads are never
   evicted.
 - A memory guard refuses a load that would not fit in RAM (models/memory.py).
+- A request naming a LoRA adapter gets its base model's instance (loaded as above) with the
+  adapter loaded onto it (models/adapters.py); adapters themselves are never instances.
 
 Everything here runs on the event loop; the slow parts (loading, closing) in worker threads.
 """
@@ -18,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from studiolo.config import EngineSettings
 from studiolo.engine.engine import Engine
-from studiolo.engine.llama import LlamaModel, ModelLoadError
+from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
+from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
@@ -58,6 +61,30 @@ class ModelBusy(RuntimeError):
 
 class ModelLoadFailed(RuntimeError):
     pass
+
+
+class AdapterNotLoadable(ValueError):
+    """An explicit load named a LoRA adapter: adapters ride on their base model's instance."""
+
+    def __init__(self, entry: CatalogEntry):
+        super().__init__(
+            f"'{entry.key}' is a LoRA adapter of '{entry.base.key}', not a model: load '{entry.base.key}' "
+            f"and name the adapter in requests' model field"
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's ``model`` names: a loaded instance, and the LoRA adapter to apply, if any."""
+
+    instance: Instance
+    adapter: LoraAdapter | None = None
+    adapter_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The model as responses name it: the adapter when there is one."""
+        return self.adapter_key or self.instance.id
 
 
 class ModelManager:
@@ -98,18 +125,24 @@ class ModelManager:
             raise InstanceNotFound(instance_id, list(self._instances))
         return found
 
-    async def get(self, name: str, *, ttl: float | None = None) -> Instance:
-        """The instance a request's ``model`` names, JIT-loading it if allowed; resets its idle timer."""
+    async def get(self, name: str, *, ttl: float | None = None) -> Target:
+        """The instance (and adapter) a request's ``model`` names, JIT-loading the model if
+        allowed; resets its idle timer."""
         instance = self._named(name)
+        if instance is not None:
+            instance.touch()
+            return Target(instance)
+        entry = self.catalog.resolve(name)
+        model = entry.base or entry
+        instance = self._least_busy(model.key)
         if instance is None:
-            entry = self.catalog.resolve(name)
-            instance = self._least_busy(entry.key)
-            if instance is None:
-                if not self.jit_loading:
-                    raise ModelNotLoaded(entry.key)
-                instance = await self._jit_load(entry, ttl)
+            if not self.jit_loading:
+                raise ModelNotLoaded(model.key)
+            instance = await self._jit_load(model, ttl)
         instance.touch()
-        return instance
+        if entry.is_adapter:
+            return Target(instance, await load_adapter(instance, entry), entry.key)
+        return Target(instance)
 
     def _least_busy(self, key: str) -> Instance | None:
         candidates = self.instances_of(key)
@@ -129,6 +162,8 @@ class ModelManager:
 
     async def load(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool = False) -> Instance:
         """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
+        if entry.is_adapter:
+            raise AdapterNotLoadable(entry)
         async with self._load_lock:
             instance_id = self._new_instance_id(entry.key, config.identifier)
             settings = replace(
@@ -235,6 +270,6 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
 
 
 __all__ = [
-    "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy", "ModelLoadFailed",
-    "ModelManager", "ModelNotFound", "ModelNotLoaded",
+    "AdapterNotLoadable", "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy", "ModelLoadFailed",
+    "ModelManager", "ModelNotFound", "ModelNotLoaded", "Target",
 ]

@@ -19,12 +19,12 @@ from studiolo.chat.templates import ChatTemplate, builtin_template_for
 from studiolo.engine.constraints import CompiledConstraint, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
 from studiolo.engine.engine import ContextLengthExceeded
-from studiolo.engine.llama import LlamaModel
+from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, PromptLogprobsEvent, TokenEvent
 from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
-from studiolo.models.manager import ModelManager
+from studiolo.models.manager import ModelManager, Target
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.text import TextAssembler
 from studiolo.service.types import (
@@ -242,18 +242,19 @@ class GenerationService:
 
     async def chat(self, request: ChatRequest) -> Generation:
         _check_constraint(request.options)  # a bad schema is refused before any model loads
-        loaded = await self.manager.get(request.model, ttl=request.ttl)
+        target = await self.manager.get(request.model, ttl=request.ttl)
+        loaded = target.instance
         text = self.chat_prompt_text(loaded, request)
         prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
         constraint = await _compiled_constraint(loaded, request.options)
-        return self._start(loaded, "chatcmpl", [prompt], request.options, "messages", constraint)
+        return self._start(target, "chatcmpl", [prompt], request.options, "messages", constraint)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         _check_constraint(request.options)
-        loaded = await self.manager.get(request.model, ttl=request.ttl)
-        prompts = [self._completion_prompt(loaded.model, p) for p in request.prompts]
-        constraint = await _compiled_constraint(loaded, request.options)
-        return self._start(loaded, "cmpl", prompts, request.options, "prompt", constraint)
+        target = await self.manager.get(request.model, ttl=request.ttl)
+        prompts = [self._completion_prompt(target.instance.model, p) for p in request.prompts]
+        constraint = await _compiled_constraint(target.instance, request.options)
+        return self._start(target, "cmpl", prompts, request.options, "prompt", constraint)
 
     def chat_prompt_text(self, loaded: Instance, request: ChatRequest) -> str:
         """The conversation as the model's template formats it, ready to tokenize.
@@ -287,19 +288,20 @@ class GenerationService:
 
     def _start(
         self,
-        loaded: Instance,
+        target: Target,
         id_prefix: str,
         prompts: list[Prompt],
         options: GenerationOptions,
         prompt_field: str,
         constraint: CompiledConstraint | None,
     ) -> Generation:
+        loaded = target.instance
         requests, per_choice = [], []
         for prompt in prompts:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy, constraint))
+                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter))
                 per_choice.append(prompt)
         try:
             streams = loaded.engine.submit_many(requests)  # all choices start in the same step
@@ -307,16 +309,20 @@ class GenerationService:
             exc.param = prompt_field
             raise
         choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
-        generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", loaded.id, int(time.time()), loaded, options,
+        generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
-                self.log_hub.publish("model", model_input_event(generation.id, loaded.id, prompt.text, len(prompt.tokens)))
+                self.log_hub.publish("model", model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens)))
         return generation
 
     @staticmethod
     def _engine_request(
-        tokens: list[int], options: GenerationOptions, copy: int, constraint: CompiledConstraint | None
+        tokens: list[int],
+        options: GenerationOptions,
+        copy: int,
+        constraint: CompiledConstraint | None,
+        adapter: LoraAdapter | None,
     ) -> GenerationRequest:
         sampling = options.sampling
         if copy and sampling.seed is not None:  # n > 1 with a seed: distinct but reproducible draws
@@ -330,6 +336,7 @@ class GenerationService:
             logprobs=options.logprobs,
             prompt_logprobs=options.echo and options.logprobs is not None,
             constraint=constraint,
+            adapter=adapter,
         )
 
 
