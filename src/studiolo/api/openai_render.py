@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from studiolo.service.generation import Generation
-from studiolo.service.types import TokenInfo, Usage
+from studiolo.service.types import TokenInfo, ToolCallDelta, Usage
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
@@ -63,17 +63,36 @@ def chat_logprobs(tokens: list[TokenInfo] | tuple[TokenInfo, ...]) -> dict[str, 
     return {"content": [chat_token_logprob(t) for t in tokens], "refusal": None}
 
 
+def tool_calls_body(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """A choice's streamed call pieces joined into OpenAI's ``message.tool_calls``."""
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        if delta.name is not None:
+            calls[delta.call] = {"id": delta.id, "type": "function", "function": {"name": delta.name, "arguments": ""}}
+        calls[delta.call]["function"]["arguments"] += delta.arguments
+    return [calls[index] for index in sorted(calls)]
+
+
+def _message(text: str, calls: list[ToolCallDelta]) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None, "annotations": []}
+    if calls:
+        message["tool_calls"] = tool_calls_body(calls)
+    return message
+
+
 def chat_completion(
     generation: Generation,
     texts: dict[int, str],
     tokens: dict[int, list[TokenInfo]],
     finish_reasons: dict[int, str],
     with_logprobs: bool,
+    calls: dict[int, list[ToolCallDelta]] | None = None,
 ) -> dict[str, Any]:
+    calls = calls or {}
     choices = [
         {
             "index": index,
-            "message": {"role": "assistant", "content": texts[index], "refusal": None, "annotations": []},
+            "message": _message(texts[index], calls.get(index, [])),
             "logprobs": chat_logprobs(tokens[index]) if with_logprobs else None,
             "finish_reason": finish_reasons[index],
         }
@@ -131,6 +150,16 @@ class ChatChunks(_Chunks):
         return self._event(
             f'[{{"index":{index},"delta":{{"content":{_json(text)}}},"logprobs":{logprobs},"finish_reason":null}}]'
         )
+
+    def tool_call(self, delta: ToolCallDelta) -> str:
+        """A call's id, type and name first (arguments empty), then pieces of its arguments."""
+        piece: dict[str, Any] = {"index": delta.call}
+        if delta.name is not None:
+            piece.update(id=delta.id, type="function", function={"name": delta.name, "arguments": delta.arguments})
+        else:
+            piece["function"] = {"arguments": delta.arguments}
+        choice = {"index": delta.index, "delta": {"tool_calls": [piece]}, "logprobs": None, "finish_reason": None}
+        return self._event(_json([choice]))
 
     def finish(self, index: int, reason: str, extras: dict[str, Any] | None = None) -> str:
         return self._event(_json([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]), extras)

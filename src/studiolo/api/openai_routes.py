@@ -7,6 +7,7 @@ the events back; no generation logic lives here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -17,7 +18,7 @@ from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
-from studiolo.service.types import Finished, TextDelta, TokenInfo
+from studiolo.service.types import Finished, TextDelta, TokenInfo, ToolCallDelta
 
 router = APIRouter(prefix="/v1")
 
@@ -87,19 +88,30 @@ async def _respond(request: Request, generation: Generation, collect) -> Any:
         generation.cancel()
 
 
-async def _gather(generation: Generation) -> tuple[dict[int, str], dict[int, list[TokenInfo]], dict[int, str]]:
-    texts: dict[int, str] = {}
-    tokens: dict[int, list[TokenInfo]] = {}
-    reasons: dict[int, str] = {}
+@dataclass
+class Gathered:
+    """A generation's events joined per choice."""
+
+    texts: dict[int, str] = field(default_factory=dict)
+    tokens: dict[int, list[TokenInfo]] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)
+
+
+async def _gather(generation: Generation) -> Gathered:
+    gathered = Gathered()
+    texts, tokens, reasons = gathered.texts, gathered.tokens, gathered.reasons
     async for event in generation.events():
         if isinstance(event, TextDelta):
             texts[event.index] = texts.get(event.index, "") + event.text
             tokens.setdefault(event.index, []).extend(event.tokens)
+        elif isinstance(event, ToolCallDelta):
+            gathered.calls.setdefault(event.index, []).append(event)
         elif isinstance(event, Finished):
             texts.setdefault(event.index, "")
             tokens.setdefault(event.index, [])
             reasons[event.index] = event.reason
-    return texts, tokens, reasons
+    return gathered
 
 
 @router.post("/chat/completions")
@@ -116,6 +128,8 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
         def render_event(event):
             if isinstance(event, TextDelta):
                 return chunks.content(event.index, event.text, event.tokens)
+            if isinstance(event, ToolCallDelta):
+                return chunks.tool_call(event)
             return chunks.finish(event.index, event.reason, extras(generation) if extras else None)
 
         roles = [chunks.role(index) for index in range(body.n)]
@@ -123,8 +137,8 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
         return sse_response(_stream(generation, roles, render_event, last))
 
     async def collect(generation: Generation) -> dict[str, Any]:
-        texts, tokens, reasons = await _gather(generation)
-        result = render.chat_completion(generation, texts, tokens, reasons, body.wants_logprobs)
+        got = await _gather(generation)
+        result = render.chat_completion(generation, got.texts, got.tokens, got.reasons, body.wants_logprobs, got.calls)
         return {**result, **extras(generation)} if extras else result
 
     return await _respond(request, generation, collect)
@@ -150,7 +164,8 @@ async def run_completion(body: CompletionBody, request: Request, extras: Extras 
         return sse_response(_stream(generation, [], render_event, last))
 
     async def collect(generation: Generation) -> dict[str, Any]:
-        texts, tokens, reasons = await _gather(generation)
+        got = await _gather(generation)
+        texts, tokens, reasons = got.texts, got.tokens, got.reasons
         logprobs = None
         if with_logprobs:
             logprobs = {index: render.CompletionLogprobs().render(tokens[index]) for index in texts}

@@ -16,6 +16,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from studiolo.api.structured import ResponseFormat, StructuredOutputs, constraint_of
+from studiolo.api.tool_schemas import (
+    MessageToolCall,
+    ToolChoice,
+    ToolDefinition,
+    check_no_other_constraint,
+    check_tool_results,
+    history_calls,
+    tools_of,
+)
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
@@ -56,6 +65,8 @@ class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class _GenerationBody(_Body):
@@ -156,6 +167,9 @@ class ChatCompletionBody(_GenerationBody):
     logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     resume_response: str | None = None  # BladeLLM: carry on from an interrupted assistant reply
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @property
     def wants_logprobs(self) -> bool:
@@ -171,9 +185,11 @@ class ChatCompletionBody(_GenerationBody):
         if self.wants_logprobs:
             count = 0 if isinstance(self.logprobs, bool) else self.logprobs
             logprobs = self.top_logprobs if self.top_logprobs is not None else count
-        messages = [_message_to_domain(i, m) for i, m in enumerate(self.messages)]
+        messages = check_tool_results([_message_to_domain(i, m) for i, m in enumerate(self.messages)])
         options = self.options(max_tokens=max_tokens, logprobs=logprobs)
-        return ChatRequest(self.model, messages, options, self.ttl, self.resume_response)
+        tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
+        check_no_other_constraint(tools, options.constraint_param)
+        return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools)
 
 
 def _message_to_domain(index: int, message: Message) -> ChatMessage:
@@ -189,7 +205,10 @@ def _message_to_domain(index: int, message: Message) -> ChatMessage:
                 )
             texts.append(part.text)
         content = "\n".join(texts)
-    return ChatMessage(role, content)
+    tool_calls = history_calls(index, message.tool_calls) if message.role == "assistant" else ()
+    tool_call_id = message.tool_call_id if message.role == "tool" else None
+    name = message.name if message.role == "tool" else None
+    return ChatMessage(role, content, tool_calls, tool_call_id, name)
 
 
 class CompletionBody(_GenerationBody):

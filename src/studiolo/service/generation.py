@@ -10,13 +10,17 @@ choice, and cancels its sequences if it is closed early (client gone).
 from __future__ import annotations
 
 import asyncio
+import secrets
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from studiolo.chat.templates import ChatTemplate, builtin_template_for
-from studiolo.engine.constraints import CompiledConstraint, InvalidConstraint, compiler_for
+from studiolo.chat.tool_formats import format_for, template_messages, tool_grammar
+from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ParsedEvent, ToolCallParser
+from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
 from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel, LoraAdapter
@@ -37,6 +41,7 @@ from studiolo.service.types import (
     InvalidRequest,
     TextDelta,
     TokenInfo,
+    ToolCallDelta,
     Usage,
 )
 
@@ -124,6 +129,7 @@ class Generation:
     timing: Timing = field(default_factory=Timing)
     _log: LogHub | None = None
     causes: dict[int, str] = field(default_factory=dict)  # why each choice ended (Finished.cause)
+    _tool_syntax: CallSyntax | None = None  # how tool calls look in the output, when tools are offered
 
     @property
     def instance(self) -> Instance:
@@ -172,6 +178,7 @@ class Generation:
         if options.echo and not scoring:
             yield TextDelta(choice.index, choice.prompt.text)
         assembler = TextAssembler(options.stop)
+        calls = _CallReader(choice.index, self._tool_syntax) if self._tool_syntax is not None else None
         logged: list[str] | None = [] if self._log is not None and self._log.has_subscribers("model") else None
         consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
         async for event in choice.stream:
@@ -184,18 +191,24 @@ class Generation:
                 info = None
                 if options.logprobs is not None:
                     info = _token_info(self._loaded.model, event.token, event.piece, event.logprob)
-                text, tokens = assembler.feed(event.piece, info)
+                # a call may open with a control token (Mistral's [TOOL_CALLS]): the parser reads its name
+                piece = event.piece if calls is None else self._loaded.model.token_bytes(event.token, special=True)
+                text, tokens = assembler.feed(piece, info)
                 if assembler.stopped:
                     choice.stream.cancel()  # a stop string ended it; free the sequence now
                 if text or tokens:
                     if logged is not None:
                         logged.append(text)
-                    yield TextDelta(choice.index, text, tuple(tokens))
+                    for delta in calls.feed(text, tokens) if calls is not None else (TextDelta(choice.index, text, tuple(tokens)),):
+                        yield delta
             elif isinstance(event, FinishEvent):
                 if event.reason == "error":
                     raise GenerationFailed(event.error or "generation failed")
                 text, tokens = assembler.finish()
-                if text or tokens:
+                if calls is not None:
+                    for delta in calls.feed(text, tokens) + calls.finish():
+                        yield delta
+                elif text or tokens:
                     yield TextDelta(choice.index, text, tuple(tokens))
                 self._count(choice, event, consumed if assembler.stopped else event.completion_tokens)
                 self.timing.finished(event)
@@ -204,7 +217,10 @@ class Generation:
                 if logged is not None:
                     logged.append(text)
                     self._log_output(choice.index, "".join(logged), consumed, cause)
-                yield Finished(choice.index, "length" if cause in ("max_tokens", "context_length") else "stop", cause)
+                reason = "length" if cause in ("max_tokens", "context_length") else "stop"
+                if calls is not None and calls.count and reason == "stop":
+                    reason = "tool_calls"
+                yield Finished(choice.index, reason, cause)
                 return
 
     def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
@@ -234,6 +250,45 @@ class Generation:
         )
 
 
+class _CallReader:
+    """One choice's output split into content and tool calls (chat/tool_parser.py), as events."""
+
+    def __init__(self, index: int, syntax: CallSyntax):
+        self.index = index
+        self._parser = ToolCallParser(syntax)
+
+    @property
+    def count(self) -> int:
+        return self._parser.calls
+
+    def feed(self, text: str, tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
+        return self._events(self._parser.feed(text) if text else [], tokens)
+
+    def finish(self) -> list[TextDelta | ToolCallDelta]:
+        return self._events(self._parser.finish(), [])
+
+    def _events(self, parsed: list[ParsedEvent], tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
+        """Logprobs ride with the content the tokens were fed with (a call's tokens have none)."""
+        events: list[TextDelta | ToolCallDelta] = []
+        for item in parsed:
+            if isinstance(item, CallStart):
+                events.append(ToolCallDelta(self.index, item.call, new_call_id(), item.name))
+            elif isinstance(item, CallArguments):
+                events.append(ToolCallDelta(self.index, item.call, arguments=item.text))
+            else:
+                events.append(TextDelta(self.index, item.text, tuple(tokens)))
+                tokens = []
+        return events
+
+
+_CALL_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_call_id() -> str:
+    """Nine letters and digits: what Mistral's templates demand of ids sent back to them."""
+    return "".join(secrets.choice(_CALL_ID_ALPHABET) for _ in range(9))
+
+
 class GenerationService:
     def __init__(self, manager: ModelManager, log_hub: LogHub | None = None):
         self.manager = manager
@@ -246,8 +301,14 @@ class GenerationService:
         loaded = target.instance
         text = self.chat_prompt_text(loaded, request)
         prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
-        constraint = await _compiled_constraint(loaded, request.options)
-        return self._start(target, "chatcmpl", [prompt], request.options, "messages", constraint)
+        options, syntax = request.options, None
+        if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
+            fmt = format_for(self._template(loaded).source)
+            options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools)),
+                              constraint_param="tools")
+            syntax = fmt.syntax
+        constraint = await _compiled_constraint(loaded, options)
+        return self._start(target, "chatcmpl", [prompt], options, "messages", constraint, syntax)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         _check_constraint(request.options)
@@ -262,8 +323,8 @@ class GenerationService:
         With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
         """
         template = self._template(loaded)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        text = template.render(messages, add_generation_prompt=True)
+        messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
+        text = template.render(messages, add_generation_prompt=True, **variables)
         model = loaded.model
         if model.add_bos and template.bos_token and text.startswith(template.bos_token):
             text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
@@ -294,6 +355,7 @@ class GenerationService:
         options: GenerationOptions,
         prompt_field: str,
         constraint: CompiledConstraint | None,
+        tool_syntax: CallSyntax | None = None,
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
@@ -310,7 +372,7 @@ class GenerationService:
             raise
         choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
-                                choices, _log=self.log_hub)
+                                choices, _log=self.log_hub, _tool_syntax=tool_syntax)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 self.log_hub.publish("model", model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens)))

@@ -34,9 +34,44 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the assistant made (in a conversation's history, or in an output)."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text (OpenAI's function.arguments)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    name: str
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema for the arguments; None: takes none
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str  # system | user | assistant | tool ("developer" arrives here as "system")
     content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None  # a tool message: the function's name
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What a chat request offers the model to call, and how it may call it."""
+
+    specs: tuple[ToolSpec, ...]
+    choice: str = "auto"  # "auto" | "required" | "none" | a tool's name (OpenAI's named choice)
+    parallel: bool = True  # several calls in one reply
+
+    @property
+    def active(self) -> bool:
+        return bool(self.specs) and self.choice != "none"
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,7 @@ class ChatRequest:
     # BladeLLM: an interrupted assistant reply to carry on from (placed after the assistant
     # turn's opening, with no end of turn); the output is only what comes after it
     resume_response: str | None = None
+    tools: Tools | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +134,22 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """Part of a tool call in a choice's output: first its id and name, then argument text."""
+
+    index: int  # which choice
+    call: int  # which call of the choice, from 0
+    id: str | None = None  # given on the call's first delta only
+    name: str | None = None  # likewise
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Finished:
     index: int
-    reason: str  # OpenAI's finish_reason: "stop" | "length"
+    reason: str  # OpenAI's finish_reason: "stop" | "length" | "tool_calls"
     # why, in full: "eos" | "stop_string" | "max_tokens" | "context_length" | "cancelled"
     cause: str = "eos"
 
 
-GenerationEvent = TextDelta | Finished
+GenerationEvent = TextDelta | ToolCallDelta | Finished

@@ -1,0 +1,247 @@
+"""Tool-call formats per model family: how tools reach the prompt, how calls look in the output,
+and the grammar that keeps a model's calls well formed.
+
+The format is chosen from the chat template, as LM Studio does:
+
+- Hermes/Qwen: the template knows ``<tool_call>``; a call is ``<tool_call>\\n{"name": ..., "arguments":
+  {...}}\\n</tool_call>``, several in a row.
+- Mistral: the template knows ``[TOOL_CALLS]``; the calls are one JSON array after it. Its templates
+  require 9-character call ids, so other ids are shortened (consistently) for them.
+- Llama 3.x: the template speaks ``<|start_header_id|>`` and takes ``tools``; a call is the whole reply,
+  ``{"name": ..., "parameters": {...}}``, one at a time (the templates refuse several).
+- Generic, for every other template (LM Studio's default): the tools are described in the system
+  prompt, a call is ``[TOOL_REQUEST]{"name": ..., "arguments": {...}}[END_TOOL_REQUEST]``; tool results
+  go back as user messages and earlier calls are written out in that form.
+
+Native templates get the tools and the messages' ``tool_calls`` (arguments as objects, as the
+templates expect) and render them their own way.
+
+The grammar (llguidance Lark) lets ``auto`` write free text, and constrains a call from the moment
+its opening appears (a lazy lexeme ends the text there); ``required`` and a named tool start with a
+call. Each call's JSON must name one of the offered tools and give arguments that validate against
+its schema. The JSON is written as the templates' ``tojson`` writes it (``", "`` and ``": "``), the
+spacing the models saw in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from studiolo.chat.tool_parser import CallSyntax
+from studiolo.engine.json_schema import closed_objects
+from studiolo.service.types import ChatMessage, Tools, ToolSpec
+
+
+@dataclass(frozen=True)
+class ToolFormat:
+    name: str
+    syntax: CallSyntax
+    native: bool  # the chat template renders tools, calls and results itself
+    parallel: bool  # several calls fit in one reply
+    call_prefix: str = ""  # between the opening and the JSON
+    call_suffix: str = ""  # between the JSON and the closing
+    between: str = ""  # between two calls
+
+
+HERMES = ToolFormat("hermes", CallSyntax("<tool_call>", "</tool_call>"), native=True, parallel=True,
+                    call_prefix="\n", call_suffix="\n", between="\n")
+MISTRAL = ToolFormat("mistral", CallSyntax("[TOOL_CALLS]", array=True), native=True, parallel=True, between=", ")
+LLAMA3 = ToolFormat("llama3", CallSyntax("<|python_tag|>", arguments_key="parameters", bare_json=True, separator=";"),
+                    native=True, parallel=False)
+GENERIC = ToolFormat("generic", CallSyntax("[TOOL_REQUEST]", "[END_TOOL_REQUEST]"), native=False, parallel=True,
+                     between="\n")
+
+
+def format_for(template_source: str) -> ToolFormat:
+    if "<tool_call>" in template_source:
+        return HERMES
+    if "[TOOL_CALLS]" in template_source:
+        return MISTRAL
+    if "<|start_header_id|>" in template_source and "tools" in template_source:
+        return LLAMA3
+    return GENERIC
+
+
+# --- the prompt ------------------------------------------------------------------------------
+
+
+def template_messages(fmt: ToolFormat, messages: list[ChatMessage], tools: Tools | None) -> tuple[list[dict], dict]:
+    """The messages as the chat template takes them, and the extra template variables."""
+    offered = tools.specs if tools is not None and tools.active else ()
+    if fmt.native:
+        rename = _short_id if fmt is MISTRAL else (lambda call_id: call_id)
+        rendered = [_native_message(m, rename) for m in messages]
+        return rendered, ({"tools": [_tool_object(spec) for spec in offered]} if offered else {})
+    rendered = [_generic_message(m, fmt) for m in messages]
+    if offered:
+        _add_system_text(rendered, generic_system_prompt(offered, parallel=tools.parallel))
+    return rendered, {}
+
+
+def _tool_object(spec: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        function["description"] = spec.description
+    function["parameters"] = spec.parameters if spec.parameters is not None else {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _arguments_object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments  # checked at the API; kept as text if it ever gets here
+
+
+def _native_message(message: ChatMessage, rename) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        rendered["tool_calls"] = [
+            {"id": rename(call.id), "type": "function",
+             "function": {"name": call.name, "arguments": _arguments_object(call.arguments)}}
+            for call in message.tool_calls
+        ]
+    if message.role == "tool":
+        rendered["tool_call_id"] = rename(message.tool_call_id or "")
+        if message.name:
+            rendered["name"] = message.name
+    return rendered
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def _short_id(call_id: str) -> str:
+    """A 9-character alphanumeric id, as Mistral's templates demand; stable for a given id."""
+    if len(call_id) == 9 and call_id.isalnum():
+        return call_id
+    digest = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    return "".join(_ID_ALPHABET[(digest >> (6 * i)) % len(_ID_ALPHABET)] for i in range(9))
+
+
+def _generic_message(message: ChatMessage, fmt: ToolFormat) -> dict[str, Any]:
+    if message.role == "tool":
+        name = f" {message.name}" if message.name else ""
+        return {"role": "user", "content": f"Result of the tool call{name} (id {message.tool_call_id}):\n"
+                                           f"{message.content or ''}"}
+    content = message.content or ""
+    if message.tool_calls:
+        calls = fmt.between.join(call_text(fmt, call.name, call.arguments) for call in message.tool_calls)
+        content = f"{content}\n{calls}" if content else calls
+    return {"role": message.role, "content": content}
+
+
+def call_text(fmt: ToolFormat, name: str, arguments: str) -> str:
+    """A call, alone in a reply, as the format writes it in the output."""
+    body = json.dumps({"name": name, fmt.syntax.arguments_key: _arguments_object(arguments)}, ensure_ascii=False)
+    if fmt.syntax.bare_json:
+        return body
+    if fmt.syntax.array:
+        return f"{fmt.syntax.open}[{body}]"
+    return f"{fmt.syntax.open}{fmt.call_prefix}{body}{fmt.call_suffix}{fmt.syntax.close}"
+
+
+def _add_system_text(messages: list[dict], text: str) -> None:
+    if messages and messages[0]["role"] == "system":
+        first = messages[0]["content"]
+        messages[0] = {"role": "system", "content": f"{first}\n\n{text}" if first else text}
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+
+
+def generic_system_prompt(specs: tuple[ToolSpec, ...], *, parallel: bool) -> str:
+    listing = "\n".join(json.dumps(_tool_object(spec)["function"], ensure_ascii=False) for spec in specs)
+    example = call_text(GENERIC, "tool_name", '{"argument": "value"}')
+    several = " You may make several calls, one after the other." if parallel else ""
+    return (
+        "You can call the following tools (functions) to help with the request. Each is described in JSON "
+        f"Schema:\n{listing}\n\nTo call a tool, reply with a tool request in exactly this form:\n{example}\n"
+        f"Write the arguments as JSON that follows the tool's schema.{several} The results will come back "
+        "in the next message. Answer directly, without a tool request, when no tool is needed."
+    )
+
+
+# --- the grammar -----------------------------------------------------------------------------
+
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def call_schema(fmt: ToolFormat, specs: tuple[ToolSpec, ...]) -> dict[str, Any]:
+    """A JSON schema for one call of any of ``specs``: its name, and arguments valid for that tool."""
+    options, definitions = [], {}
+    for index, spec in enumerate(specs):
+        parameters = spec.parameters if spec.parameters is not None else {"type": "object", "properties": {}}
+        parameters, defs = _hoisted_definitions(parameters, f"tool{index}_")
+        definitions.update(defs)
+        properties = {"name": {"const": spec.name}, fmt.syntax.arguments_key: parameters}
+        if fmt is MISTRAL:  # its templates write each call's id after the arguments; models may too
+            properties["id"] = {"type": "string", "pattern": "^[A-Za-z0-9]{9}$"}
+        options.append({"type": "object", "properties": properties, "required": ["name", fmt.syntax.arguments_key]})
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    if definitions:
+        schema = {**schema, "$defs": definitions}
+    return {**closed_objects(schema), "x-guidance": _JSON_STYLE}
+
+
+def _hoisted_definitions(schema: Any, prefix: str) -> tuple[Any, dict[str, Any]]:
+    """A tool schema's root ``$defs`` (or ``definitions``) renamed with ``prefix`` for the combined
+    schema's root, and the schema with its references rewritten to match."""
+    if not isinstance(schema, dict):
+        return schema, {}
+    definitions: dict[str, Any] = {}
+    for key in ("$defs", "definitions"):
+        for name, value in (schema.get(key) or {}).items():
+            definitions[prefix + name] = value
+    if not definitions:
+        return schema, {}
+    renames = {f"#/{key}/{name}": f"#/$defs/{prefix}{name}"
+               for key in ("$defs", "definitions") for name in (schema.get(key) or {})}
+    body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
+    return _rewrite_refs(body, renames), {k: _rewrite_refs(v, renames) for k, v in definitions.items()}
+
+
+def _rewrite_refs(value: Any, renames: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        rewritten = {k: _rewrite_refs(v, renames) for k, v in value.items()}
+        ref = rewritten.get("$ref")
+        if isinstance(ref, str):
+            for old, new in renames.items():
+                if ref == old or ref.startswith(old + "/"):
+                    rewritten["$ref"] = new + ref[len(old):]
+        return rewritten
+    if isinstance(value, list):
+        return [_rewrite_refs(v, renames) for v in value]
+    return value
+
+
+def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:
+    """The Lark grammar the output must follow for ``tools`` (whose choice is not "none")."""
+    specs = tools.specs if tools.choice in ("auto", "required") else tuple(s for s in tools.specs if s.name == tools.choice)
+    several = tools.parallel and fmt.parallel
+    syntax = fmt.syntax
+    lines = ["%llguidance {}", f"call: %json {json.dumps(call_schema(fmt, specs), ensure_ascii=False)}",
+             "TEXT: /(.|\\n)*/"]
+    if syntax.bare_json:  # Llama 3: a call is the whole reply; text must not start like one
+        lines.append("start: call" if tools.choice != "auto" else "start: PROSE | call")
+        lines.append("PROSE: /([^{ \\t\\n](.|\\n)*)?/")
+        return "\n".join(lines) + "\n"
+    opening, closing = _lark_string(syntax.open), _lark_string(syntax.close)
+    if syntax.array:
+        item = "call"
+        calls = f'"[" call ({_lark_string(fmt.between)} call)* "]"' if several else '"[" call "]"'
+    else:
+        item = " ".join(p for p in (_lark_string(fmt.call_prefix), "call", _lark_string(fmt.call_suffix), closing) if p)
+        calls = f"{item} ({_lark_string(fmt.between)} {opening} {item})*" if several else item
+    if tools.choice == "auto":
+        lines += [f"start: TEXT | head {calls}", f"head[lazy]: TEXT {opening}"]
+    else:
+        lines.append(f"start: {opening} {calls}")
+    return "\n".join(lines) + "\n"
+
+
+def _lark_string(text: str) -> str:
+    return json.dumps(text) if text else ""

@@ -1,0 +1,251 @@
+"""Tool calling on /v1/chat/completions, end to end with the default models (LM Studio's generic
+``[TOOL_REQUEST]`` format: neither default model's template knows tools).
+
+Calls are constrained, so even SmolLM2 (135M) makes calls whose arguments validate, over every
+object schema of tests/schemas.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import GEMMA, GREEDY, NO_PENALTY, SMOLLM
+from tests.schemas import SCHEMAS
+
+CHAT = "/v1/chat/completions"
+MAX_TOKENS = 400
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                                        "unit": {"enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city"]},
+    },
+}
+WEATHER_SCHEMA = WEATHER["function"]["parameters"]
+CLOCK = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time now in a city",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                                "required": ["city"]}},
+}
+NO_ARGUMENTS = {"type": "function", "function": {"name": "roll_die", "description": "A random number from 1 to 6"}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+# tool parameters must describe an object: every such schema of the structured-output set
+OBJECT_SCHEMAS = {key: value for key, value in SCHEMAS.items() if value[1].get("type", "object") == "object"}
+
+
+def _validator(schema: dict) -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _tool(key: str) -> dict:
+    prompt, schema = OBJECT_SCHEMAS[key]
+    return {"type": "function", "function": {"name": f"record_{key}", "description": prompt, "parameters": schema}}
+
+
+async def _schema_call(client: openai.AsyncOpenAI, key: str, index: int):
+    """Half the schemas with "required", half with the tool named; both ways every other one streamed."""
+    choice = "required" if index % 2 else {"type": "function", "function": {"name": f"record_{key}"}}
+    body = dict(model=SMOLLM, messages=[{"role": "user", "content": OBJECT_SCHEMAS[key][0]}],
+                tools=[_tool(key), WEATHER], tool_choice=choice, parallel_tool_calls=False,
+                temperature=0, max_tokens=MAX_TOKENS, extra_body=NO_PENALTY)
+    if index % 4 < 2:
+        response = await client.chat.completions.create(**body)
+        choice = response.choices[0]
+        return choice.finish_reason, [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+    calls: dict[int, list[str]] = {}
+    reason = None
+    async for chunk in await client.chat.completions.create(**body, stream=True):
+        for choice in chunk.choices:
+            reason = choice.finish_reason or reason
+            for piece in choice.delta.tool_calls or []:
+                if piece.function.name is not None:
+                    calls[piece.index] = [piece.function.name, ""]
+                calls[piece.index][1] += piece.function.arguments or ""
+    return reason, [tuple(calls[i]) for i in sorted(calls)]
+
+
+@pytest.fixture(scope="module")
+def schema_calls(server) -> dict[str, tuple]:
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=600)
+        results = await asyncio.gather(*(_schema_call(client, key, i) for i, key in enumerate(OBJECT_SCHEMAS)))
+        await client.close()
+        return dict(zip(OBJECT_SCHEMAS, results))
+
+    return asyncio.run(run())
+
+
+def test_there_are_at_least_twenty_tool_schemas():
+    assert len(OBJECT_SCHEMAS) >= 20
+
+
+@pytest.mark.parametrize("key", list(OBJECT_SCHEMAS))
+def test_required_and_named_calls_have_arguments_that_validate(schema_calls, key):
+    reason, calls = schema_calls[key]
+    assert reason == "tool_calls", calls
+    named = list(OBJECT_SCHEMAS).index(key) % 2 == 0  # else "required": either tool may be called
+    schemas = {f"record_{key}": OBJECT_SCHEMAS[key][1], **({} if named else {"get_weather": WEATHER_SCHEMA})}
+    assert len(calls) == 1 and calls[0][0] in schemas
+    arguments = json.loads(calls[0][1])
+    errors = [error.message for error in _validator(schemas[calls[0][0]]).iter_errors(arguments)]
+    assert not errors, f"{calls[0][1]}: {errors}"
+
+
+def test_required_calls_chose_each_tool_sometimes(schema_calls):
+    assert {calls[0][0] for _, calls in schema_calls.values()} > {"get_weather"}
+
+
+def _joined_stream(client: openai.OpenAI, **body) -> tuple[str, list[tuple], str, list]:
+    content, calls, reason, pieces = "", {}, None, []
+    for chunk in client.chat.completions.create(**body, stream=True):
+        for choice in chunk.choices:
+            reason = choice.finish_reason or reason
+            content += choice.delta.content or ""
+            for piece in choice.delta.tool_calls or []:
+                pieces.append(piece)
+                if piece.id is not None:
+                    calls[piece.index] = [piece.id, piece.function.name, ""]
+                calls[piece.index][2] += piece.function.arguments or ""
+    return content, [tuple(calls[i]) for i in sorted(calls)], reason, pieces
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_stream_reassembles_to_exactly_the_answer_sent_whole(client, choice):
+    body = dict(model=SMOLLM, messages=[{"role": "user", "content": "What is the weather and the time in Paris?"}],
+                tools=[WEATHER, CLOCK], tool_choice=choice, temperature=0, max_tokens=120, extra_body=NO_PENALTY)
+    client.chat.completions.create(**body)  # first: so that both runs below reuse the cached prompt alike
+    whole = client.chat.completions.create(**body).choices[0]
+    content, calls, reason, _ = _joined_stream(client, **body)
+    assert reason == whole.finish_reason
+    assert content == (whole.message.content or "")
+    expected = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []]
+    assert [(name, arguments) for _, name, arguments in calls] == expected
+    if choice == "required":
+        assert reason == "tool_calls" and len(calls) >= 1
+
+
+def test_parallel_calls_stream_with_distinct_indexes_and_ids(client):
+    _, calls, reason, pieces = _joined_stream(
+        client, model=SMOLLM, messages=[{"role": "user", "content": "Weather in Paris, and the time in Tokyo?"}],
+        tools=[WEATHER, CLOCK], tool_choice="required", temperature=0, max_tokens=150, extra_body=NO_PENALTY)
+    assert reason == "tool_calls" and len(calls) >= 2
+    assert [piece.index for piece in pieces if piece.id is not None] == list(range(len(calls)))
+    assert len({call_id for call_id, _, _ in calls}) == len(calls)
+    first_of_each = {piece.index: piece for piece in reversed(pieces)}
+    assert all(p.type == "function" and p.function.name and p.function.arguments == "" for p in first_of_each.values())
+    for _, name, arguments in calls:
+        assert name in ("get_weather", "get_time") and isinstance(json.loads(arguments), dict)
+
+
+def test_one_call_when_parallel_calls_are_off(client):
+    response = client.chat.completions.create(
+        model=SMOLLM, messages=[{"role": "user", "content": "Weather in Paris, and the time in Tokyo?"}],
+        tools=[WEATHER, CLOCK], tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=150,
+        extra_body=NO_PENALTY)
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert len(response.choices[0].message.tool_calls) == 1
+
+
+def test_a_tool_without_parameters_is_called_with_empty_arguments(client):
+    response = client.chat.completions.create(
+        model=SMOLLM, messages=[{"role": "user", "content": "Roll a die."}], tools=[NO_ARGUMENTS],
+        tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=60, extra_body=NO_PENALTY)
+    call = response.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("roll_die", {})
+
+
+def test_a_full_round_trip_with_the_openai_client(client, http):
+    messages = list(ASK)
+    first = client.chat.completions.create(model=SMOLLM, messages=messages, tools=[WEATHER], tool_choice="required",
+                                           parallel_tool_calls=False, temperature=0, max_tokens=80,
+                                           extra_body=NO_PENALTY)
+    call = first.choices[0].message.tool_calls[0]
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "22 degrees celsius, sunny"})
+    final = client.chat.completions.create(model=SMOLLM, messages=messages, tools=[WEATHER], tool_choice="none",
+                                           temperature=0, max_tokens=60, extra_body=NO_PENALTY)
+    assert final.choices[0].finish_reason in ("stop", "length")
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+    # the prompt the model saw holds the call and its result (chat echo returns the templated prompt)
+    echoed = http.post(CHAT, json={"model": SMOLLM, "messages": messages, "max_tokens": 1, "echo": True, **GREEDY})
+    prompt = echoed.json()["choices"][0]["message"]["content"]
+    assert f'[TOOL_REQUEST]{{"name": "get_weather", "arguments": {call.function.arguments}}}[END_TOOL_REQUEST]' in prompt
+    assert "22 degrees celsius, sunny" in prompt
+
+
+def test_usage_counts_the_tool_definitions_and_none_hides_them(http):
+    def prompt_tokens(**extra) -> int:
+        body = {"model": SMOLLM, "messages": ASK, "max_tokens": 1, **GREEDY, **extra}
+        return http.post(CHAT, json=body).json()["usage"]["prompt_tokens"]
+
+    bare = prompt_tokens()
+    assert prompt_tokens(tools=[WEATHER]) > bare + 40
+    assert prompt_tokens(tools=[WEATHER, CLOCK]) > prompt_tokens(tools=[WEATHER])
+    assert prompt_tokens(tools=[WEATHER], tool_choice="none") == bare
+
+
+def test_auto_may_answer_in_text(http):
+    body = {"model": SMOLLM, "messages": [{"role": "user", "content": "Say hello."}], "tools": [WEATHER],
+            "max_tokens": 40, **GREEDY}
+    choice = http.post(CHAT, json=body).json()["choices"][0]
+    assert choice["finish_reason"] in ("stop", "length", "tool_calls")
+    if choice["finish_reason"] != "tool_calls":
+        assert choice["message"]["content"] and "tool_calls" not in choice["message"]
+
+
+def test_include_usage_still_ends_a_tool_call_stream(http):
+    body = {"model": SMOLLM, "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+            "parallel_tool_calls": False, "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": 80, **GREEDY}
+    with http.stream("POST", CHAT, json=body) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_gemma_calls_through_its_builtin_template(client):
+    response = client.chat.completions.create(model=GEMMA, messages=ASK, tools=[WEATHER], tool_choice="required",
+                                              parallel_tool_calls=False, temperature=0, max_tokens=80,
+                                              extra_body=NO_PENALTY)
+    call = response.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+
+
+BAD = [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
+     "names the tool 'nope'"),
+    ({"tool_choice": "required"}, "tool_choice", "has no 'tools'"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "nonsense"}}}}}]}, "tools[0].function.parameters", "JSON schema"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
+     "tools[0].function.parameters", "object"),
+    ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name", "two tools"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name", ""),
+    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format", "cannot be combined"),
+    ({"messages": ASK + [{"role": "tool", "tool_call_id": "abc", "content": "x"}]}, "messages[1].tool_call_id",
+     "no earlier assistant message"),
+    ({"messages": ASK + [{"role": "tool", "content": "x"}]}, "messages[1].tool_call_id", "needs the 'tool_call_id'"),
+    ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{not json"}}]}]}, "messages[1].tool_calls[0].function.arguments",
+     "JSON object"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param", "words"), BAD)
+def test_bad_tool_input_is_a_400_naming_the_field(http, extra, param, words):
+    response = http.post(CHAT, json={"model": SMOLLM, "messages": ASK, "max_tokens": 5, **extra})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"]
