@@ -8,6 +8,8 @@ otherwise ramble: the test is whether the output is valid, not whether a 135M mo
 
 from __future__ import annotations
 
+import jsonschema
+
 NAME = {"type": "string", "minLength": 1, "maxLength": 24}
 SHORT = {"type": "string", "maxLength": 40}
 
@@ -214,3 +216,9 @@ SCHEMAS: dict[str, tuple[str, dict]] = {
         {"type": "object", "properties": {"person": True}, "required": ["person"]},
     ),
 }
+
+
+def validator_for(schema: dict) -> jsonschema.protocols.Validator:
+    """A validator of the schema's own draft (2020-12 if it names none), checking string formats."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)

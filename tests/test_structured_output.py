@@ -17,7 +17,7 @@ import pytest
 
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, GREEDY, NO_PENALTY, SMOLLM
-from tests.schemas import SCHEMAS
+from tests.schemas import SCHEMAS, validator_for
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -28,11 +28,6 @@ MODES = {
     "streamed": {"temperature": 0, "stream": True},
     "sampled": {"temperature": 0.9, "seed": 11},
 }
-
-
-def _validator(schema: dict) -> jsonschema.protocols.Validator:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def _messages(prompt: str) -> list[dict]:
@@ -92,7 +87,7 @@ def test_there_are_at_least_thirty_schemas():
 
 @pytest.mark.parametrize("key", list(SCHEMAS))
 def test_schema_output_parses_and_validates(schema_runs, key):
-    validator = _validator(SCHEMAS[key][1])
+    validator = validator_for(SCHEMAS[key][1])
     for mode in MODES:
         content, reason = schema_runs[key, mode]
         assert reason == "stop", f"{mode}: {content!r}"
@@ -156,7 +151,7 @@ def test_gemma_large_vocabulary_schemas(http):
         body = {"model": GEMMA, "prompt": f"{prompt} JSON:\n", "guided_json": schema, "max_tokens": MAX_TOKENS, **GREEDY}
         choice = http.post(COMPLETIONS, json=body).json()["choices"][0]
         assert choice["finish_reason"] == "stop", choice["text"]
-        _validator(schema).validate(json.loads(choice["text"]))
+        validator_for(schema).validate(json.loads(choice["text"]))
 
 
 def test_whitespace_pattern_controls_the_space_between_tokens(http):
@@ -339,7 +334,7 @@ def test_constrained_and_free_requests_share_batches_and_stay_correct(async_clie
         assert_same_or_parted_at_a_near_tie(prompt, solo, batched)
     for key, (content, reason) in zip(list(SCHEMAS)[:8], constrained):
         assert reason == "stop"
-        _validator(SCHEMAS[key][1]).validate(json.loads(content))
+        validator_for(SCHEMAS[key][1]).validate(json.loads(content))
 
 
 # --- refusals ----------------------------------------------------------------------------------

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import jsonschema
 import openai
 import pytest
 
 from tests.conftest import GEMMA, GREEDY, NO_PENALTY, SMOLLM
-from tests.schemas import SCHEMAS
+from tests.schemas import SCHEMAS, validator_for
 
 CHAT = "/v1/chat/completions"
 MAX_TOKENS = 400
@@ -42,11 +41,6 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 # tool parameters must describe an object: every such schema of the structured-output set
 OBJECT_SCHEMAS = {key: value for key, value in SCHEMAS.items() if value[1].get("type", "object") == "object"}
-
-
-def _validator(schema: dict) -> jsonschema.protocols.Validator:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def _tool(key: str) -> dict:
@@ -99,7 +93,7 @@ def test_required_and_named_calls_have_arguments_that_validate(schema_calls, key
     schemas = {f"record_{key}": OBJECT_SCHEMAS[key][1], **({} if named else {"get_weather": WEATHER_SCHEMA})}
     assert len(calls) == 1 and calls[0][0] in schemas
     arguments = json.loads(calls[0][1])
-    errors = [error.message for error in _validator(schemas[calls[0][0]]).iter_errors(arguments)]
+    errors = [error.message for error in validator_for(schemas[calls[0][0]]).iter_errors(arguments)]
     assert not errors, f"{calls[0][1]}: {errors}"
 
 
