@@ -234,3 +234,26 @@ def test_prompt_cache_entries_serve_only_the_adapter_they_were_computed_with():
     assert len(cache.entries) == 2
     entry, length = cache.best_match(tokens + [7], adapter)
     assert entry.adapter is adapter and length == 20
+
+
+def test_a_saved_sequence_offered_to_a_fresh_engine_spares_the_prefill(model):
+    """What a stored conversation does after a restart: the state saved at a turn's end, offered to
+    another engine, serves the next turn's prompt as if the conversation had run there."""
+    first = request(model, "Alice asks about the history of the telescope and its makers. " * 4, save_state=True)
+    before = Engine(model, EngineSettings(context_length=1024, parallel=2))
+    try:
+        tokens, finish = run(_generate_one(before, first))
+    finally:
+        before.close()
+    saved = finish.saved
+    assert saved.tokens == first.prompt + [token for token, _ in tokens][:-1]  # the last one was never decoded
+    follow_up = first.prompt + [token for token, _ in tokens] + model.tokenize(" And then?", add_special=False)
+    after = Engine(model, EngineSettings(context_length=1024, parallel=2))
+    try:
+        assert after.cached_prefix_length(follow_up) == 0
+        after.offer_prefix(saved)
+        _, warm = run(_generate_one(after, GenerationRequest(follow_up, GREEDY, max_tokens=8)))
+        assert warm.cached_tokens == len(saved.tokens)
+        assert after.cached_prefix_length(follow_up) >= len(saved.tokens)
+    finally:
+        after.close()

@@ -12,13 +12,16 @@ from studiolo import __version__
 from studiolo.api.download_routes import router as download_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.health import router as health_router
+from studiolo.api.lmstudio_chat import router as v1_chat_router
 from studiolo.api.lmstudio_v0 import router as v0_router
 from studiolo.api.lmstudio_v1 import router as v1_router
 from studiolo.api.log_routes import router as log_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.config import ServerSettings, models_dir
+from studiolo.store.responses import ResponseStore
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
+from studiolo.service.conversations import Conversations
 from studiolo.service.generation import GenerationService
 from studiolo.service.model_log import LogHub, install_server_log_handler, remove_server_log_handler
 
@@ -33,6 +36,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.log_hub = LogHub()
         app.state.service = GenerationService(manager, app.state.log_hub)
+        store = ResponseStore()  # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses
+        app.state.conversations = Conversations(app.state.service, store)
         log_handler = install_server_log_handler(app.state.log_hub)
         try:
             yield
@@ -41,6 +46,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if downloads is not None:
                 await asyncio.to_thread(downloads.close)  # partial files stay, to resume
             await manager.close()
+            store.close()
             remove_server_log_handler(log_handler)
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
@@ -51,6 +57,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(v0_router)
     app.include_router(v1_router)
+    app.include_router(v1_chat_router)
     app.include_router(download_router)
     app.include_router(log_router)
     return app

@@ -31,6 +31,7 @@ from studiolo.models.manager import (
     ModelNotLoaded,
 )
 from studiolo.models.memory import InsufficientMemory
+from studiolo.store.responses import InvalidResponseId, ResponseNotFound
 from studiolo.service.types import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ DOMAIN_ERRORS = (
     AdapterLoadFailed,
     AdapterNotLoadable,
     InsufficientMemory,
+    ResponseNotFound,
+    InvalidResponseId,
 )
 
 
@@ -114,6 +117,10 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
+    if isinstance(exc, ResponseNotFound):
+        return APIError(404, str(exc), param="previous_response_id", code="response_not_found")
+    if isinstance(exc, InvalidResponseId):
+        return APIError(400, str(exc), param="previous_response_id", code="invalid_response_id")
     if isinstance(exc, AdapterNotLoadable):
         return APIError(400, str(exc), param="model", code="model_is_adapter")
     if isinstance(exc, (ModelLoadError, ModelLoadFailed, AdapterLoadFailed)):

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from studiolo.config import EngineSettings
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
-from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
 from studiolo.engine.sequence import (
     GenerationRequest,
+    PrefillProgressEvent,
     PromptLogprobsEvent,
+    SavedSequence,
     Sequence,
     SequenceState,
     TokenEvent,
@@ -79,6 +81,12 @@ class _Cancel:
     seq: Sequence
 
 
+@dataclass
+class _Offer:
+    saved: SavedSequence
+    adapter: LoraAdapter | None
+
+
 class Engine:
     def __init__(self, model: LlamaModel, settings: EngineSettings):
         self.model = model
@@ -97,7 +105,7 @@ class Engine:
         self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self._outbox = Outbox()
-        self._inbox: deque[_Submit | _Cancel] = deque()
+        self._inbox: deque[_Submit | _Cancel | _Offer] = deque()
         self._wake = COMPUTE.wake
         self._closing = False
         self._closed = threading.Event()
@@ -120,6 +128,16 @@ class Engine:
             seq.sink.cancel = lambda seq=seq: self._post(_Cancel(seq))
         self._post(_Submit(seqs))
         return [seq.sink for seq in seqs]
+
+    def offer_prefix(self, saved: SavedSequence, adapter: LoraAdapter | None = None) -> None:
+        """Make a saved sequence (a stored conversation's cells) available for prefix reuse, as if it
+        had just run here; ignored if the cache already holds as much of it. Sequences submitted
+        after this call see it."""
+        self._post(_Offer(saved, adapter))
+
+    def cached_prefix_length(self, tokens: list[int], adapter: LoraAdapter | None = None) -> int:
+        """How much of ``tokens`` the slots or the RAM prompt cache hold (a snapshot, from any thread)."""
+        return self.slots.cached_prefix_length(tokens, adapter)
 
     def busy(self) -> bool:
         """Whether any sequence is queued or running (read from other threads: a snapshot)."""
@@ -153,7 +171,7 @@ class Engine:
             if bad is not None:
                 raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})", param)
 
-    def _post(self, command: _Submit | _Cancel) -> None:
+    def _post(self, command: _Submit | _Cancel | _Offer) -> None:
         with self._wake:
             if self._closing:
                 if isinstance(command, _Submit):  # nobody would ever run it
@@ -187,11 +205,13 @@ class Engine:
             self._fail_all(f"internal engine error: {exc}")
         self._outbox.flush()
 
-    def _apply(self, commands: list[_Submit | _Cancel]) -> None:
+    def _apply(self, commands: list[_Submit | _Cancel | _Offer]) -> None:
         for command in commands:
             if isinstance(command, _Submit):
                 for seq in command.seqs:
                     self.scheduler.add(seq)
+            elif isinstance(command, _Offer):
+                self.slots.offer(command.saved.tokens, command.saved.state, command.adapter)
             elif command.seq.state is not SequenceState.FINISHED:
                 self._finish(command.seq, "cancelled")
             # a cancel for a finished sequence (it ended, or failed) has nothing left to do
@@ -224,6 +244,8 @@ class Engine:
         if seq.state is SequenceState.PREFILLING:
             if seq.request.prompt_logprobs:
                 self._score_prompt(chunk)
+            if seq.request.report_progress:
+                self._outbox.put(seq.sink, PrefillProgressEvent(seq.n_past, len(seq.prompt)))
             if seq.prompt_remaining() > 0:
                 return
             seq.state = SequenceState.DECODING
@@ -277,12 +299,16 @@ class Engine:
         seq.pending = token
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        saved = None
+        if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
+            # before the slot is released: another sequence may take its cells
+            saved = SavedSequence(list(seq.slot.tokens), self.context.save_sequence(seq.slot.seq_id).tobytes())
         self.scheduler.remove(seq)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
         seq.constraint = None
-        self._outbox.put(seq.sink, seq.finish_event(reason, error))
+        self._outbox.put(seq.sink, seq.finish_event(reason, error, saved))
 
     def _decode_failed(self, chunks: list[Chunk], status: int) -> None:
         """Drop what the failed batch may have left in the cache; fail its sequences."""

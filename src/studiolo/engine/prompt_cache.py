@@ -47,14 +47,16 @@ class PromptCache:
     def used_bytes(self) -> int:
         return sum(entry.state.nbytes for entry in self.entries)
 
-    def best_match(self, prompt: list[int], adapter: LoraAdapter | None = None) -> tuple[CachedPrompt | None, int]:
+    def best_match(
+        self, prompt: list[int], adapter: LoraAdapter | None = None, *, touch: bool = True
+    ) -> tuple[CachedPrompt | None, int]:
         """The entry of ``adapter`` sharing the longest prefix with ``prompt``, and that length."""
         best, length = None, 0
         for entry in self._of(adapter):
             shared = common_prefix_length(entry.tokens, prompt)
             if shared > length:
                 best, length = entry, shared
-        if best is not None:
+        if best is not None and touch:
             best.last_used = time.monotonic()
         return best, length
 

@@ -25,6 +25,8 @@ class GenerationRequest:
     prompt_logprobs: bool = False  # also score every prompt token after the first
     constraint: CompiledConstraint | None = None  # what the output must match (JSON schema, regex, ...)
     adapter: LoraAdapter | None = None  # a LoRA adapter to decode with (None: the bare model)
+    report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt
+    save_state: bool = False  # hand the sequence's KV state back with its FinishEvent
 
 
 class SequenceState(enum.Enum):
@@ -39,6 +41,14 @@ class TokenEvent:
     token: int
     piece: bytes  # the token's UTF-8 bytes; a character may span several tokens
     logprob: TokenLogprob | None = None
+
+
+@dataclass(frozen=True)
+class PrefillProgressEvent:
+    """How much of the prompt is in the KV cache (cached tokens count as done)."""
+
+    done: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,15 @@ class FinishEvent:
     prefill_seconds: float
     decode_seconds: float
     error: str | None = None
+    saved: SavedSequence | None = None  # with GenerationRequest.save_state, when it ended well
+
+
+@dataclass(frozen=True)
+class SavedSequence:
+    """A sequence's KV cells as llama.cpp saves them, and the tokens they hold (by position)."""
+
+    tokens: list[int]
+    state: bytes
 
 
 EngineEvent = TokenEvent | PromptLogprobsEvent | FinishEvent
@@ -92,7 +111,7 @@ class Sequence:
     def prompt_remaining(self) -> int:
         return len(self.prompt) - self.n_past
 
-    def finish_event(self, reason: str, error: str | None = None) -> FinishEvent:
+    def finish_event(self, reason: str, error: str | None = None, saved: SavedSequence | None = None) -> FinishEvent:
         now = time.perf_counter()
         first = self.first_token_at or now
         return FinishEvent(
@@ -103,4 +122,5 @@ class Sequence:
             prefill_seconds=first - (self.prefill_started_at or first),
             decode_seconds=now - first,
             error=error,
+            saved=saved,
         )

@@ -27,6 +27,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from studiolo.engine.llama import LlamaContext, LoraAdapter
 from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_prefix_length
 
@@ -134,6 +136,18 @@ class SlotPool:
         needed_from = max(0, reuse - self._n_swa)
         lowest = self._context.min_position(slot.seq_id)
         return reuse if 0 <= lowest <= needed_from else 0
+
+    def cached_prefix_length(self, tokens: list[int], adapter: LoraAdapter | None) -> int:
+        """The longest prefix of ``tokens`` held by a slot or the RAM cache (read from any thread:
+        a snapshot that may be a step old)."""
+        in_slots = max((common_prefix_length(slot.tokens, tokens) for slot in list(self.slots)
+                        if slot.adapter is adapter), default=0)
+        return max(in_slots, self.cache.best_match(tokens, adapter, touch=False)[1])
+
+    def offer(self, tokens: list[int], state: bytes, adapter: LoraAdapter | None) -> None:
+        """Keep a sequence saved elsewhere in the RAM cache, unless as much of it is here already."""
+        if self.cached_prefix_length(tokens, adapter) < len(tokens):
+            self.cache.put(list(tokens), np.frombuffer(state, dtype=np.uint8), adapter)
 
     def release(self, slot: Slot) -> None:
         slot.busy = False

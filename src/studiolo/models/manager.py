@@ -80,6 +80,7 @@ class Target:
     instance: Instance
     adapter: LoraAdapter | None = None
     adapter_key: str | None = None
+    load_seconds: float | None = None  # how long this request's JIT load took, if it loaded the model
 
     @property
     def name(self) -> str:
@@ -125,24 +126,43 @@ class ModelManager:
             raise InstanceNotFound(instance_id, list(self._instances))
         return found
 
-    async def get(self, name: str, *, ttl: float | None = None) -> Target:
+    def instance_id_for(self, name: str) -> str:
+        """The id of the instance ``get(name)`` would use now, or give the model it would load."""
+        named = self._named(name)
+        if named is not None:
+            return named.id
+        entry = self.catalog.resolve(name)
+        key = (entry.base or entry).key
+        existing = self._least_busy(key)
+        return existing.id if existing is not None else self._new_instance_id(key, None)
+
+    def needs_load(self, name: str) -> bool:
+        """Whether ``get(name)`` would load a model (raises as ``get`` does for unknown names)."""
+        if self._named(name) is not None:
+            return False
+        entry = self.catalog.resolve(name)
+        return self._least_busy((entry.base or entry).key) is None
+
+    async def get(self, name: str, *, ttl: float | None = None, context_length: int | None = None) -> Target:
         """The instance (and adapter) a request's ``model`` names, JIT-loading the model if
-        allowed; resets its idle timer."""
+        allowed (with ``ttl`` and ``context_length``); resets its idle timer."""
         instance = self._named(name)
         if instance is not None:
             instance.touch()
             return Target(instance)
         entry = self.catalog.resolve(name)
         model = entry.base or entry
-        instance = self._least_busy(model.key)
+        instance, load_seconds = self._least_busy(model.key), None
         if instance is None:
             if not self.jit_loading:
                 raise ModelNotLoaded(model.key)
-            instance = await self._jit_load(model, ttl)
+            started = time.time()
+            instance = await self._jit_load(model, LoadConfig(context_length, ttl=ttl if ttl is not None else JIT_DEFAULT_TTL))
+            load_seconds = instance.load_seconds if instance.loaded_at >= started else None
         instance.touch()
         if entry.is_adapter:
-            return Target(instance, await load_adapter(instance, entry), entry.key)
-        return Target(instance)
+            return Target(instance, await load_adapter(instance, entry), entry.key, load_seconds)
+        return Target(instance, load_seconds=load_seconds)
 
     def _least_busy(self, key: str) -> Instance | None:
         candidates = self.instances_of(key)
@@ -150,7 +170,7 @@ class ModelManager:
 
     # --- loading ---------------------------------------------------------------------
 
-    async def _jit_load(self, entry: CatalogEntry, ttl: float | None) -> Instance:
+    async def _jit_load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
         lock = self._jit_locks.setdefault(entry.key, asyncio.Lock())
         async with lock:  # concurrent first requests: one load, the others wait for it
             existing = self._least_busy(entry.key)
@@ -158,7 +178,7 @@ class ModelManager:
                 return existing
             if self.auto_evict:
                 await self._evict_jit_models(except_key=entry.key)
-            return await self.load(entry, LoadConfig(ttl=ttl if ttl is not None else JIT_DEFAULT_TTL), jit=True)
+            return await self.load(entry, config, jit=True)
 
     async def load(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool = False) -> Instance:
         """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""

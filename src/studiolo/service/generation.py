@@ -25,7 +25,14 @@ from studiolo.engine.constraints import validate as validate_constraint
 from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.sampling import TokenLogprob
-from studiolo.engine.sequence import FinishEvent, GenerationRequest, PromptLogprobsEvent, TokenEvent
+from studiolo.engine.sequence import (
+    FinishEvent,
+    GenerationRequest,
+    PrefillProgressEvent,
+    PromptLogprobsEvent,
+    SavedSequence,
+    TokenEvent,
+)
 from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
@@ -39,6 +46,7 @@ from studiolo.service.types import (
     GenerationEvent,
     GenerationOptions,
     InvalidRequest,
+    PromptProgress,
     TextDelta,
     TokenInfo,
     ToolCallDelta,
@@ -130,6 +138,9 @@ class Generation:
     _log: LogHub | None = None
     causes: dict[int, str] = field(default_factory=dict)  # why each choice ended (Finished.cause)
     _tool_syntax: CallSyntax | None = None  # how tool calls look in the output, when tools are offered
+    load_seconds: float | None = None  # this request loaded the model, in so many seconds
+    adapter_key: str | None = None  # the LoRA adapter applied, if any
+    saved: dict[int, SavedSequence] = field(default_factory=dict)  # per choice, with options.save_state
 
     @property
     def instance(self) -> Instance:
@@ -182,7 +193,9 @@ class Generation:
         logged: list[str] | None = [] if self._log is not None and self._log.has_subscribers("model") else None
         consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
         async for event in choice.stream:
-            if isinstance(event, PromptLogprobsEvent):
+            if isinstance(event, PrefillProgressEvent):
+                yield PromptProgress(choice.index, event.done / event.total)
+            elif isinstance(event, PromptLogprobsEvent):
                 yield TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
             elif isinstance(event, TokenEvent):
                 if assembler.stopped:
@@ -204,6 +217,8 @@ class Generation:
             elif isinstance(event, FinishEvent):
                 if event.reason == "error":
                     raise GenerationFailed(event.error or "generation failed")
+                if event.saved is not None:
+                    self.saved[choice.index] = event.saved
                 text, tokens = assembler.finish()
                 if calls is not None:
                     for delta in calls.feed(text, tokens) + calls.finish():
@@ -297,10 +312,12 @@ class GenerationService:
 
     async def chat(self, request: ChatRequest) -> Generation:
         _check_constraint(request.options)  # a bad schema is refused before any model loads
-        target = await self.manager.get(request.model, ttl=request.ttl)
+        target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
         loaded = target.instance
         text = self.chat_prompt_text(loaded, request)
         prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
+        if request.restore is not None:
+            await _restore_prefix(target, prompt.tokens, request.restore)
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
@@ -372,7 +389,8 @@ class GenerationService:
             raise
         choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
-                                choices, _log=self.log_hub, _tool_syntax=tool_syntax)
+                                choices, _log=self.log_hub, _tool_syntax=tool_syntax,
+                                load_seconds=target.load_seconds, adapter_key=target.adapter_key)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 self.log_hub.publish("model", model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens)))
@@ -399,7 +417,24 @@ class GenerationService:
             prompt_logprobs=options.echo and options.logprobs is not None,
             constraint=constraint,
             adapter=adapter,
+            report_progress=options.report_progress,
+            save_state=options.save_state,
         )
+
+
+async def _restore_prefix(target: Target, tokens: list[int], restore) -> None:
+    """Give the engine a stored conversation's KV state when it holds less than half of the prompt
+    (the conversation's cells were evicted, or the server restarted): the prefill is then only the
+    new turn. The state is read (from disk) only then."""
+    engine = target.instance.engine
+    if engine.cached_prefix_length(tokens, target.adapter) * 2 >= len(tokens):
+        return
+    found = await restore()
+    if found is None:
+        return
+    model_key, adapter_key, saved = found
+    if model_key == target.instance.key and adapter_key == target.adapter_key:
+        engine.offer_prefix(saved, target.adapter)
 
 
 def _check_constraint(options: GenerationOptions) -> None:

@@ -31,6 +31,8 @@ class GenerationOptions:
     n: int = 1
     constraint: ConstraintSpec | None = None  # what every choice's output must match
     constraint_param: str | None = None  # the request field the constraint came from, for errors
+    report_progress: bool = False  # PromptProgress events while the prompt is processed
+    save_state: bool = False  # keep each choice's KV state at its end (Generation.saved)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class ChatRequest:
     # turn's opening, with no end of turn); the output is only what comes after it
     resume_response: str | None = None
     tools: Tools | None = None
+    context_length: int | None = None  # LM Studio's /api/v1/chat: the context if this request loads the model
+    # a stored conversation's saved KV state, fetched only if the engine lacks the prompt's prefix:
+    # an async callable returning (model key, adapter key, SavedSequence) or None
+    restore: object | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,14 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class PromptProgress:
+    """How far prompt processing has got (0..1), for LM Studio's prompt_processing events."""
+
+    index: int
+    fraction: float
+
+
+@dataclass(frozen=True)
 class ToolCallDelta:
     """Part of a tool call in a choice's output: first its id and name, then argument text."""
 
@@ -152,4 +166,4 @@ class Finished:
     cause: str = "eos"
 
 
-GenerationEvent = TextDelta | ToolCallDelta | Finished
+GenerationEvent = TextDelta | ToolCallDelta | PromptProgress | Finished

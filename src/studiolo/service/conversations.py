@@ -1,0 +1,122 @@
+"""Stateful chats: a turn continues a stored response, and the finished turn is stored in its turn.
+
+Both stateful APIs (LM Studio's ``/api/v1/chat`` and OpenAI's ``/v1/responses``) go through here:
+
+1. ``start``: the conversation so far (the chain of stored responses ending at
+   ``previous_response_id``) and the turn's new items become chat messages, after the turn's own
+   instructions (a system message; instructions are not carried over from earlier turns, as in
+   OpenAI's Responses API). The generation runs like any chat completion, so the engine reuses the
+   cached prefix of the conversation and prefills only the new turn.
+2. ``save``: once the output is complete, the response is written (committed before the client
+   hears of its end) with the items this turn added, its output items and its usage. A turn sent
+   with ``store: false`` is not written; a turn the client abandoned is not either.
+
+Continuing from any earlier response branches the conversation: responses form a tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+from studiolo.service.generation import Generation, GenerationService
+from studiolo.service import saved_state
+from studiolo.service.items import Item, chat_messages, new_id
+from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, Tools, Usage
+from studiolo.store.responses import ResponseStore, StoredResponse
+
+
+@dataclass(frozen=True)
+class Turn:
+    model: str
+    items: list[Item]  # what this turn adds to the conversation
+    options: GenerationOptions
+    instructions: str | None = None  # a system message for this turn only
+    previous_response_id: str | None = None
+    store: bool = True
+    tools: Tools | None = None
+    ttl: float | None = None
+    context_length: int | None = None  # if this turn loads the model
+
+
+@dataclass
+class ConversationRun:
+    id: str  # the response's id, known from the start (streams announce it first)
+    turn: Turn
+    generation: Generation
+    history: list[StoredResponse] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.generation.model
+
+
+STATE_BUDGET_BYTES = 2 * 2**30  # saved KV states on disk; the oldest go first
+
+
+class Conversations:
+    def __init__(self, service: GenerationService, store: ResponseStore, state_budget: int = STATE_BUDGET_BYTES):
+        self.service = service
+        self.store = store
+        self.state_budget = state_budget
+
+    async def start(self, turn: Turn) -> ConversationRun:
+        history: list[StoredResponse] = []
+        if turn.previous_response_id is not None:
+            history = await asyncio.to_thread(self.store.conversation, turn.previous_response_id)
+        messages = _messages(turn, history)
+        options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
+        request = ChatRequest(turn.model, messages, options, turn.ttl, tools=turn.tools,
+                              context_length=turn.context_length, restore=self._restorer(turn.previous_response_id))
+        generation = await self.service.chat(request)
+        return ConversationRun(new_id("resp"), turn, generation, history)
+
+    def _restorer(self, response_id: str | None):
+        if response_id is None:
+            return None
+
+        async def restore():
+            return saved_state.decode(await asyncio.to_thread(self.store.load_state, response_id))
+
+        return restore
+
+    async def check_exists(self, response_id: str) -> None:
+        """Raise as a continuation of ``response_id`` would (unknown or malformed id)."""
+        await asyncio.to_thread(self.store.get, response_id)
+
+    async def save(self, run: ConversationRun, output: list[Item], status: str = "completed") -> StoredResponse | None:
+        """Store the finished turn (unless ``store`` was false); returns what was stored."""
+        if not run.turn.store:
+            return None
+        generation = run.generation
+        stored = await asyncio.to_thread(
+            self.store.create, run.model, run.turn.items, output, _usage_record(generation.usage),
+            previous_response_id=run.turn.previous_response_id, status=status,
+            instructions=run.turn.instructions, response_id=run.id,
+        )
+        saved = generation.saved.get(0)
+        if saved is not None:
+            blob = saved_state.encode(generation.instance.key, generation.adapter_key, saved)
+            await asyncio.to_thread(self._keep_state, run.id, blob)
+        return stored
+
+    def _keep_state(self, response_id: str, blob: bytes) -> None:
+        self.store.save_state(response_id, blob)
+        self.store.trim_states(self.state_budget)
+
+
+def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
+    items: list[Item] = []
+    for response in history:
+        items.extend(response.input_items)
+        items.extend(response.output_items)
+    items.extend(turn.items)
+    messages = chat_messages(items)
+    if turn.instructions:
+        messages.insert(0, ChatMessage("system", turn.instructions))
+    return messages
+
+
+def _usage_record(usage: Usage) -> dict:
+    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens}

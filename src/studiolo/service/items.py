@@ -1,0 +1,79 @@
+"""Conversation items: what a stored response keeps of its turn, and how they become chat messages.
+
+Stored responses hold their input and output as items in the shape of OpenAI's Responses API, the
+one format both stateful APIs (``/v1/responses`` and LM Studio's ``/api/v1/chat``) translate to and
+from, so that either can continue a conversation the other began:
+
+- ``{"type": "message", "role": "user" | "system" | "developer" | "assistant", "content": [parts]}``
+  with ``input_text`` parts (input) or ``output_text`` parts (the assistant's output);
+- ``{"type": "function_call", "call_id", "name", "arguments"}`` (a call the model made);
+- ``{"type": "function_call_output", "call_id", "output"}`` (the result the client sent back).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from studiolo.service.types import ChatMessage, InvalidRequest, ToolCall
+
+Item = dict[str, Any]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def user_message(text: str, role: str = "user") -> Item:
+    return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+
+
+def assistant_message(text: str) -> Item:
+    return {
+        "type": "message", "id": new_id("msg"), "role": "assistant", "status": "completed",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+
+
+def function_call(call_id: str, name: str, arguments: str) -> Item:
+    return {"type": "function_call", "id": new_id("fc"), "call_id": call_id, "name": name,
+            "arguments": arguments, "status": "completed"}
+
+
+def message_text(item: Item) -> str:
+    """A message item's text: its content string, or its text parts joined."""
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or () if isinstance(part, dict))
+
+
+def chat_messages(items: list[Item]) -> list[ChatMessage]:
+    """Items, in order, as the chat messages a template renders: consecutive function calls join
+    one assistant message (after its text, if the message item came just before)."""
+    messages: list[ChatMessage] = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = "system" if item.get("role") == "developer" else item.get("role", "user")
+            messages.append(ChatMessage(role, message_text(item)))
+        elif kind == "function_call":
+            call = ToolCall(item["call_id"], item["name"], item["arguments"])
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                messages[-1] = ChatMessage("assistant", last.content, last.tool_calls + (call,))
+            else:
+                messages.append(ChatMessage("assistant", None, (call,)))
+        elif kind == "function_call_output":
+            messages.append(ChatMessage("tool", _output_text(item.get("output")), (), item["call_id"]))
+        else:
+            raise InvalidRequest(f"conversation items of type '{kind}' are not supported", "input")
+    return messages
+
+
+def _output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):  # Responses API: a list of content parts
+        return "".join(part.get("text", "") for part in output if isinstance(part, dict))
+    return "" if output is None else str(output)

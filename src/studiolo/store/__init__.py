@@ -1,0 +1,1 @@
+"""Durable storage: stored responses for stateful chats."""
