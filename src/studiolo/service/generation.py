@@ -10,8 +10,6 @@ choice, and cancels its sequences if it is closed early (client gone).
 from __future__ import annotations
 
 import asyncio
-import secrets
-import string
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from studiolo.chat.templates import ChatTemplate, builtin_template_for
 from studiolo.chat.tool_formats import format_for, template_messages, tool_grammar
-from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ParsedEvent, ToolCallParser
+from studiolo.chat.tool_parser import CallSyntax
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
 from studiolo.engine.engine import ContextLengthExceeded
@@ -38,6 +36,7 @@ from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.text import TextAssembler
+from studiolo.service.tool_calls import CallReader
 from studiolo.service.types import (
     Alternative,
     ChatRequest,
@@ -47,9 +46,9 @@ from studiolo.service.types import (
     GenerationOptions,
     InvalidRequest,
     PromptProgress,
+    Restorer,
     TextDelta,
     TokenInfo,
-    ToolCallDelta,
     Usage,
 )
 
@@ -189,7 +188,7 @@ class Generation:
         if options.echo and not scoring:
             yield TextDelta(choice.index, choice.prompt.text)
         assembler = TextAssembler(options.stop)
-        calls = _CallReader(choice.index, self._tool_syntax) if self._tool_syntax is not None else None
+        calls = CallReader(choice.index, self._tool_syntax) if self._tool_syntax is not None else None
         logged: list[str] | None = [] if self._log is not None and self._log.has_subscribers("model") else None
         consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
         async for event in choice.stream:
@@ -263,45 +262,6 @@ class Generation:
             completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
         )
-
-
-class _CallReader:
-    """One choice's output split into content and tool calls (chat/tool_parser.py), as events."""
-
-    def __init__(self, index: int, syntax: CallSyntax):
-        self.index = index
-        self._parser = ToolCallParser(syntax)
-
-    @property
-    def count(self) -> int:
-        return self._parser.calls
-
-    def feed(self, text: str, tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
-        return self._events(self._parser.feed(text) if text else [], tokens)
-
-    def finish(self) -> list[TextDelta | ToolCallDelta]:
-        return self._events(self._parser.finish(), [])
-
-    def _events(self, parsed: list[ParsedEvent], tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
-        """Logprobs ride with the content the tokens were fed with (a call's tokens have none)."""
-        events: list[TextDelta | ToolCallDelta] = []
-        for item in parsed:
-            if isinstance(item, CallStart):
-                events.append(ToolCallDelta(self.index, item.call, new_call_id(), item.name))
-            elif isinstance(item, CallArguments):
-                events.append(ToolCallDelta(self.index, item.call, arguments=item.text))
-            else:
-                events.append(TextDelta(self.index, item.text, tuple(tokens)))
-                tokens = []
-        return events
-
-
-_CALL_ID_ALPHABET = string.ascii_letters + string.digits
-
-
-def new_call_id() -> str:
-    """Nine letters and digits: what Mistral's templates demand of ids sent back to them."""
-    return "".join(secrets.choice(_CALL_ID_ALPHABET) for _ in range(9))
 
 
 class GenerationService:
@@ -422,7 +382,7 @@ class GenerationService:
         )
 
 
-async def _restore_prefix(target: Target, tokens: list[int], restore) -> None:
+async def _restore_prefix(target: Target, tokens: list[int], restore: Restorer) -> None:
     """Give the engine a stored conversation's KV state when it holds less than half of the prompt
     (the conversation's cells were evicted, or the server restarted): the prefill is then only the
     new turn. The state is read (from disk) only then."""

@@ -5,10 +5,18 @@ No wire format here; each API family translates its JSON to and from these.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from studiolo.engine.constraints import ConstraintSpec
 from studiolo.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from studiolo.engine.sequence import SavedSequence
+
+# (model key, adapter key, state) of a stored conversation, or None when it has none
+Restorer = Callable[[], Awaitable["tuple[str, str | None, SavedSequence] | None"]]
 
 
 class InvalidRequest(ValueError):
@@ -87,9 +95,8 @@ class ChatRequest:
     resume_response: str | None = None
     tools: Tools | None = None
     context_length: int | None = None  # LM Studio's /api/v1/chat: the context if this request loads the model
-    # a stored conversation's saved KV state, fetched only if the engine lacks the prompt's prefix:
-    # an async callable returning (model key, adapter key, SavedSequence) or None
-    restore: object | None = None
+    # a stored conversation's saved KV state, fetched only if the engine lacks the prompt's prefix
+    restore: Restorer | None = None
 
 
 @dataclass(frozen=True)
