@@ -227,14 +227,20 @@ def test_conversations_survive_a_sigkill_of_the_server(tmp_path, default_models)
         first_server.process.wait()
     second_server = RunningServer(home, free_port(), [])
     try:
-        log = PromptLog(second_server.base_url)
         with httpx.Client(base_url=second_server.base_url, timeout=120) as session:
+            # first, through the Responses API (one store for both): its usage shows the history came
+            # back from the KV state saved with the response, not from a prefill
+            again = session.post("/v1/responses", json={"model": SMOLLM, "input": "And which colour?",
+                                                         "previous_response_id": second["response_id"],
+                                                         "max_output_tokens": 4, "temperature": 0}).json()
+            assert again["usage"]["input_tokens_details"]["cached_tokens"] >= second["stats"]["input_tokens"]
+            log = PromptLog(second_server.base_url)
             for _ in range(100):
                 say(session, "ping", max_output_tokens=1)
                 if log.prompts:
                     break
             prompt = log.prompt_after(lambda: say(session, "What fruit do I like?", second["response_id"]))
-        log.close()
+            log.close()
         assert "My favorite fruit is a mango." in prompt and "I also like plums." in prompt
     finally:
         second_server.stop()

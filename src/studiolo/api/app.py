@@ -17,6 +17,7 @@ from studiolo.api.lmstudio_v0 import router as v0_router
 from studiolo.api.lmstudio_v1 import router as v1_router
 from studiolo.api.log_routes import router as log_router
 from studiolo.api.openai_routes import router as openai_router
+from studiolo.api.responses_routes import router as responses_router
 from studiolo.config import ServerSettings, models_dir
 from studiolo.store.responses import ResponseStore
 from studiolo.models.catalog import Catalog
@@ -55,6 +56,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(responses_router)
     app.include_router(v0_router)
     app.include_router(v1_router)
     app.include_router(v1_chat_router)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from studiolo.service.generation import Generation, GenerationService
 from studiolo.service import saved_state
 from studiolo.service.items import Item, chat_messages, new_id
-from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, Tools, Usage
+from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, InvalidRequest, Tools, Usage
 from studiolo.store.responses import ResponseStore, StoredResponse
 
 
@@ -84,15 +84,18 @@ class Conversations:
         """Raise as a continuation of ``response_id`` would (unknown or malformed id)."""
         await asyncio.to_thread(self.store.get, response_id)
 
-    async def save(self, run: ConversationRun, output: list[Item], status: str = "completed") -> StoredResponse | None:
-        """Store the finished turn (unless ``store`` was false); returns what was stored."""
+    async def save(
+        self, run: ConversationRun, output: list[Item], status: str = "completed", details: dict | None = None
+    ) -> StoredResponse | None:
+        """Store the finished turn (unless ``store`` was false); returns what was stored. ``details``:
+        what the API wants back when it shows the response again (its request's settings)."""
         if not run.turn.store:
             return None
         generation = run.generation
         stored = await asyncio.to_thread(
             self.store.create, run.model, run.turn.items, output, _usage_record(generation.usage),
             previous_response_id=run.turn.previous_response_id, status=status,
-            instructions=run.turn.instructions, response_id=run.id,
+            instructions=run.turn.instructions, metadata=details, response_id=run.id,
         )
         saved = generation.saved.get(0)
         if saved is not None:
@@ -112,9 +115,19 @@ def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
         items.extend(response.output_items)
     items.extend(turn.items)
     messages = chat_messages(items)
+    _check_tool_results(messages)
     if turn.instructions:
         messages.insert(0, ChatMessage("system", turn.instructions))
     return messages
+
+
+def _check_tool_results(messages: list[ChatMessage]) -> None:
+    """Every function_call_output answers a call made earlier in the conversation."""
+    calls: set[str] = set()
+    for message in messages:
+        calls.update(call.id for call in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise InvalidRequest(f"no earlier function_call has the call_id '{message.tool_call_id}'", "input")
 
 
 def _usage_record(usage: Usage) -> dict:

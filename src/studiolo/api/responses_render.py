@@ -1,0 +1,264 @@
+"""Response bodies of OpenAI's Responses API: the response object, its output items and the
+streaming events, field for field as OpenAI publishes them.
+
+``OutputItems`` turns a generation's events into output items and the events that announce them;
+streamed and non-streamed responses both go through it, so both end with the same items. Text
+before a tool call is its own message item; each call is a ``function_call`` item after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from studiolo.api.openai_render import chat_token_logprob
+from studiolo.service.items import Item, assistant_message, function_call, new_id
+from studiolo.service.types import Finished, GenerationEvent, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta, Usage
+from studiolo.store.responses import StoredResponse
+
+# What a stored response shows for the request's settings: the store keeps its items and usage only.
+STORED_SETTINGS: dict[str, Any] = {
+    "max_output_tokens": None, "parallel_tool_calls": True, "store": True, "temperature": None,
+    "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_logprobs": None,
+    "top_p": None, "metadata": {},
+}
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
+
+@dataclass(frozen=True)
+class ResponseInfo:
+    """What a response object says of its request, known before any output."""
+
+    id: str
+    model: str
+    created_at: int
+    instructions: str | None
+    previous_response_id: str | None
+    settings: dict[str, Any]  # the request's settings, as ResponseBody.settings() gives them
+
+
+def usage_body(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def generation_usage(usage: Usage) -> dict[str, Any]:
+    return usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+
+def response_object(
+    info: ResponseInfo,
+    status: str,
+    output: list[Item],
+    usage: dict[str, Any] | None = None,
+    *,
+    completed_at: int | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    settings = info.settings
+    return {
+        "id": info.id, "object": "response", "created_at": info.created_at, "status": status,
+        "background": False, "completed_at": completed_at, "error": error,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": info.instructions, "max_output_tokens": settings["max_output_tokens"],
+        "max_tool_calls": None, "model": info.model, "output": output,
+        "parallel_tool_calls": settings["parallel_tool_calls"], "previous_response_id": info.previous_response_id,
+        "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
+        "service_tier": "default", "store": settings["store"], "temperature": settings["temperature"],
+        "text": settings["text"], "tool_choice": settings["tool_choice"], "tools": settings["tools"],
+        "top_logprobs": settings["top_logprobs"], "top_p": settings["top_p"], "truncation": "disabled",
+        "usage": usage, "user": None, "metadata": settings["metadata"],
+    }
+
+
+def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
+    completed = int(stored.created_at)  # stored when the turn ended
+    details = stored.metadata or {}  # what POST recorded of its request (responses_routes._save)
+    settings = details.get("settings") or {**STORED_SETTINGS, "metadata": {}}
+    info = ResponseInfo(stored.id, stored.model, details.get("created_at", completed), stored.instructions,
+                        stored.previous_response_id, settings)
+    usage = stored.usage
+    body = usage_body(usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cached_tokens", 0))
+    return response_object(info, stored.status, stored.output_items, body, completed_at=completed)
+
+
+def input_item_list(stored: StoredResponse, order: str, limit: int, after: str | None) -> dict[str, Any]:
+    """OpenAI's list of a response's input items (newest first unless ``order`` is "asc")."""
+    items = [_with_id(stored.id, index, item) for index, item in enumerate(stored.input_items)]
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"response {stored.id} has no input item with id '{after}'", "after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
+
+def _with_id(response_id: str, index: int, item: Item) -> Item:
+    """Items keep the id the client gave; others get one derived from their place, stable across listings."""
+    if item.get("id"):
+        return item
+    digest = hashlib.sha256(f"{response_id}/{index}".encode()).hexdigest()[:32]
+    return {"id": f"{_ID_PREFIXES.get(item.get('type', 'message'), 'item')}_{digest}", **item}
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --- output items and their events ------------------------------------------------------
+
+
+def _event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields}
+
+
+def _text_part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
+class _Message:
+    def __init__(self, output_index: int, with_logprobs: bool):
+        self.id = new_id("msg")
+        self.output_index = output_index
+        self._with_logprobs = with_logprobs
+        self._texts: list[str] = []
+        self._logprobs: list[dict[str, Any]] = []
+        self._unsent: list[dict[str, Any]] = []  # entries of tokens that added no text yet
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.id, "output_index": self.output_index, "content_index": 0}
+
+    def opening(self) -> list[dict[str, Any]]:
+        item = {"id": self.id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
+        return [_event("response.output_item.added", output_index=self.output_index, item=item),
+                _event("response.content_part.added", **self._where(), part=_text_part("", []))]
+
+    def add(self, text: str, tokens: tuple[TokenInfo, ...]) -> list[dict[str, Any]]:
+        if self._with_logprobs:
+            entries = [chat_token_logprob(token) for token in tokens]
+            self._logprobs.extend(entries)
+            self._unsent.extend(entries)
+        if not text:
+            return []
+        self._texts.append(text)
+        logprobs, self._unsent = self._unsent, []
+        return [_event("response.output_text.delta", **self._where(), delta=text, logprobs=logprobs)]
+
+    def closing(self, status: str) -> list[dict[str, Any]]:
+        text = "".join(self._texts)
+        return [_event("response.output_text.done", **self._where(), text=text, logprobs=self._logprobs),
+                _event("response.content_part.done", **self._where(), part=_text_part(text, self._logprobs)),
+                _event("response.output_item.done", output_index=self.output_index, item=self.item(status))]
+
+    def item(self, status: str) -> Item:
+        item = {**assistant_message("".join(self._texts)), "id": self.id, "status": status}
+        item["content"][0]["logprobs"] = self._logprobs
+        return item
+
+
+class _Call:
+    def __init__(self, output_index: int, number: int, call_id: str, name: str):
+        self.id = new_id("fc")
+        self.output_index = output_index
+        self.number = number  # which call of the output (ToolCallDelta.call)
+        self.call_id = call_id
+        self.name = name
+        self._arguments: list[str] = []
+
+    def opening(self) -> list[dict[str, Any]]:
+        item = {"id": self.id, "type": "function_call", "status": "in_progress", "arguments": "",
+                "call_id": self.call_id, "name": self.name}
+        return [_event("response.output_item.added", output_index=self.output_index, item=item)]
+
+    def add(self, arguments: str) -> list[dict[str, Any]]:
+        if not arguments:
+            return []
+        self._arguments.append(arguments)
+        return [_event("response.function_call_arguments.delta", item_id=self.id, output_index=self.output_index,
+                       delta=arguments)]
+
+    def closing(self, status: str) -> list[dict[str, Any]]:
+        return [_event("response.function_call_arguments.done", item_id=self.id, output_index=self.output_index,
+                       name=self.name, arguments="".join(self._arguments)),
+                _event("response.output_item.done", output_index=self.output_index, item=self.item(status))]
+
+    def item(self, status: str) -> Item:
+        return {**function_call(self.call_id, self.name, "".join(self._arguments)), "id": self.id, "status": status}
+
+
+class OutputItems:
+    """One generation's output as Responses items, and the events announcing them as they grow."""
+
+    def __init__(self, with_logprobs: bool):
+        self.items: list[Item] = []  # the finished items, in output order
+        self.status = "in_progress"
+        self._with_logprobs = with_logprobs
+        self._open: _Message | _Call | None = None
+
+    def feed(self, event: GenerationEvent) -> list[dict[str, Any]]:
+        """The events (without sequence numbers) this generation event makes."""
+        if isinstance(event, TextDelta):
+            return self._text(event)
+        if isinstance(event, ToolCallDelta):
+            return self._call(event)
+        if isinstance(event, Finished):
+            return self._finish("incomplete" if event.reason == "length" else "completed")
+        return []  # prompt progress: Responses streams have no such event
+
+    def _text(self, delta: TextDelta) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if not isinstance(self._open, _Message):
+            if not delta.text and (self._open is not None or not delta.tokens):
+                return []  # nothing to show, and no reason to end a call for it
+            events += self._close("completed") + self._start(_Message(len(self.items), self._with_logprobs))
+        return events + self._open.add(delta.text, delta.tokens)
+
+    def _call(self, delta: ToolCallDelta) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if delta.name is not None:  # a call's first delta: its id and name
+            events += self._close("completed") + self._start(_Call(len(self.items), delta.call, delta.id, delta.name))
+        return events + self._open.add(delta.arguments)
+
+    def _finish(self, status: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self._open is None and not self.items:  # an empty answer is still an (empty) message
+            events += self._start(_Message(0, self._with_logprobs))
+        self.status = status
+        return events + self._close(status)
+
+    def _start(self, item: _Message | _Call) -> list[dict[str, Any]]:
+        self._open = item
+        return item.opening()
+
+    def _close(self, status: str) -> list[dict[str, Any]]:
+        if self._open is None:
+            return []
+        events = self._open.closing(status)
+        self.items.append(self._open.item(status))
+        self._open = None
+        return events
+
+
+class EventStream:
+    """SSE for a response stream: ``event: <type>`` and ``data:`` lines, numbered from 0 in order."""
+
+    def __init__(self):
+        self._next = 0
+
+    def sse(self, event: dict[str, Any]) -> str:
+        payload = {**event, "sequence_number": self._next}
+        self._next += 1
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {event['type']}\ndata: {data}\n\n"

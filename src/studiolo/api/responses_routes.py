@@ -1,0 +1,153 @@
+"""OpenAI's Responses API: ``POST /v1/responses``, ``GET /v1/responses/{id}``,
+``GET /v1/responses/{id}/input_items`` and ``DELETE /v1/responses/{id}``.
+
+A response is one turn of a stateful chat (service/conversations.py): ``previous_response_id``
+continues (or branches) a stored conversation, and the finished turn is stored before the client
+hears of its end, so an id it is given can be continued at once. With ``store: false`` nothing is
+stored, though the response still has an id.
+
+Streamed, the events are OpenAI's, each ``event: <type>`` with its ``data``: ``response.created``,
+``response.in_progress``, the output items' events (responses_render.OutputItems), then
+``response.completed``, ``response.incomplete`` or ``response.failed`` carrying the whole response.
+There is no ``[DONE]`` line (OpenAI's Responses streams have none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+
+from studiolo.api import responses_render as render
+from studiolo.api.errors import APIError
+from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
+from studiolo.api.responses_render import OutputItems, ResponseInfo
+from studiolo.api.responses_schemas import ResponseBody
+from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.service.conversations import ConversationRun, Conversations, Turn
+from studiolo.service.generation import GenerationFailed
+from studiolo.service.types import InvalidRequest
+from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
+
+router = APIRouter(prefix="/v1")
+
+T = TypeVar("T")
+MAX_LIST_LIMIT = 100
+
+
+def _conversations(request: Request) -> Conversations:
+    return request.app.state.conversations
+
+
+def _previous_not_found(exc: ResponseNotFound) -> APIError:
+    # OpenAI answers an unknown previous_response_id with a 400 (the request is wrong), not a 404
+    return APIError(400, f"Previous response with id '{exc.response_id}' not found.",
+                    param="previous_response_id", code="previous_response_not_found")
+
+
+@router.post("/responses")
+async def create_response(body: ResponseBody, request: Request):
+    conversations = _conversations(request)
+    run = await _start(conversations, body.turn())  # every 4xx comes before any streaming
+    info = ResponseInfo(run.id, run.model, run.generation.created, run.turn.instructions,
+                        run.turn.previous_response_id, body.settings())
+    with_logprobs = body.logprobs is not None
+    if body.stream:
+        return sse_response(_events(conversations, run, info, with_logprobs))
+    try:
+        return await until_disconnected(request, _complete(conversations, run, info, with_logprobs))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        run.generation.cancel()
+
+
+async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
+    try:
+        return await conversations.start(turn)
+    except ResponseNotFound as exc:
+        raise _previous_not_found(exc) from None
+
+
+async def _save(conversations: Conversations, run: ConversationRun, output: OutputItems, info: ResponseInfo) -> None:
+    details = {"settings": info.settings, "created_at": info.created_at}  # shown again by GET
+    try:
+        await conversations.save(run, output.items, output.status, details)
+    except ResponseNotFound as exc:  # the previous response was deleted while this turn ran
+        raise _previous_not_found(exc) from None
+
+
+def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> dict[str, Any]:
+    usage = render.generation_usage(run.generation.usage)
+    return render.response_object(info, output.status, output.items, usage, completed_at=render.now())
+
+
+async def _complete(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
+                    with_logprobs: bool) -> dict[str, Any]:
+    output = OutputItems(with_logprobs)
+    try:
+        async for event in run.generation.events():
+            output.feed(event)  # the same items a stream would show; its events are not needed here
+    except GenerationFailed as exc:
+        raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
+    await _save(conversations, run, output, info)
+    return _finished(run, info, output)
+
+
+async def _events(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
+                  with_logprobs: bool) -> AsyncIterator[str]:
+    """The stream; closing it (client gone) cancels the generation, and nothing is stored."""
+    stream, output = render.EventStream(), OutputItems(with_logprobs)
+    try:
+        started = render.response_object(info, "in_progress", [])
+        yield stream.sse({"type": "response.created", "response": started})
+        yield stream.sse({"type": "response.in_progress", "response": started})
+        async for event in run.generation.events():
+            for item_event in output.feed(event):
+                yield stream.sse(item_event)
+        await _save(conversations, run, output, info)
+        yield stream.sse({"type": f"response.{output.status}", "response": _finished(run, info, output)})
+    except (GenerationFailed, APIError) as exc:
+        # nothing was stored: a failed turn cannot be continued
+        error = {"code": getattr(exc, "code", None) or "server_error", "message": str(exc)}
+        usage = render.generation_usage(run.generation.usage)
+        failed = render.response_object(info, "failed", output.items, usage, error=error)
+        yield stream.sse({"type": "response.failed", "response": failed})
+    finally:
+        run.generation.cancel()
+
+
+async def _in_store(request: Request, response_id: str, action: Callable[[ResponseStore, str], T]) -> T:
+    """``action`` on the store, off the event loop; unknown and malformed ids as OpenAI answers them."""
+    store = _conversations(request).store
+    try:
+        return await asyncio.to_thread(action, store, response_id)
+    except ResponseNotFound:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found") from None
+    except InvalidResponseId as exc:
+        raise APIError(400, str(exc), param="response_id", code="invalid_response_id") from None
+
+
+@router.get("/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> dict[str, Any]:
+    return render.stored_response_object(await _in_store(request, response_id, ResponseStore.get))
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request, order: str = "desc", limit: int = 20,
+                           after: str | None = None) -> dict[str, Any]:
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(f"'order' must be 'asc' or 'desc', not '{order}'", "order")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequest(f"'limit' must be from 1 to {MAX_LIST_LIMIT}", "limit")
+    stored = await _in_store(request, response_id, ResponseStore.get)
+    return render.input_item_list(stored, order, limit, after)
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    await _in_store(request, response_id, ResponseStore.delete)
+    return {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -1,0 +1,282 @@
+"""Request bodies of OpenAI's Responses API (``POST /v1/responses``) and their translation to a
+``Turn`` of the stateful-chat service (service/conversations.py).
+
+Unknown fields are ignored, as OpenAI clients send many (``reasoning``, ``truncation``, ``user``,
+...). Input items are checked and normalized to the stored item format (service/items.py) before
+they reach the service, so a stored conversation looks the same whichever API wrote it. Responses'
+flat function tools go through chat completions' checks (tool_schemas.tools_of), with errors
+naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from studiolo.api.errors import describe_validation
+from studiolo.api.tool_schemas import (
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    ToolDefinition,
+    check_no_other_constraint,
+    tools_of,
+)
+from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
+from studiolo.engine.sampling import SamplingParams
+from studiolo.service.conversations import Turn
+from studiolo.service.items import Item, user_message
+from studiolo.service.types import GenerationOptions, InvalidRequest, Tools
+from studiolo.store.responses import check_response_id
+
+MAX_LOGPROBS = 20
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+IMAGES_UNSUPPORTED = "Model does not support images. Please use a model that does."  # chat completions' words
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
+
+
+class ContentPart(_Body):
+    type: Literal["input_text", "output_text", "input_image", "input_file"]
+    text: str | None = None
+
+
+class MessageInput(_Body):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[ContentPart]
+    id: str | None = None
+
+    def normalized(self, where: str) -> Item:
+        texts = [self.content] if isinstance(self.content, str) else _part_texts(self.content, where)
+        # the stored format (items.py): input_text parts, or an assistant's output_text parts
+        if self.role == "assistant":
+            parts = [{"type": "output_text", "text": text, "annotations": []} for text in texts]
+        else:
+            parts = [{"type": "input_text", "text": text} for text in texts]
+        item = {"type": "message", "role": self.role, "content": parts}
+        return _with_given_id(item, self.id)
+
+
+def _part_texts(parts: list[ContentPart], where: str) -> list[str]:
+    texts = []
+    for index, part in enumerate(parts):
+        param = f"{where}.content[{index}]"
+        if part.type == "input_image":
+            raise InvalidRequest(IMAGES_UNSUPPORTED, param)
+        if part.type == "input_file":
+            raise InvalidRequest("file inputs are not supported by this server", param)
+        if part.text is None:
+            raise InvalidRequest(f"'{param}.text' is required", f"{param}.text")
+        texts.append(part.text)
+    return texts
+
+
+class FunctionCallInput(_Body):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+    id: str | None = None
+
+    def normalized(self, where: str) -> Item:
+        try:
+            arguments = json.loads(self.arguments)
+        except json.JSONDecodeError as exc:
+            arguments = exc
+        if not isinstance(arguments, dict):  # templates write calls back as objects
+            raise InvalidRequest("a function call's arguments must be a JSON object (as text)", f"{where}.arguments")
+        item = {"type": "function_call", "call_id": self.call_id, "name": self.name, "arguments": self.arguments}
+        return _with_given_id(item, self.id)
+
+
+class FunctionCallOutputInput(_Body):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+    id: str | None = None
+
+    def normalized(self, where: str) -> Item:
+        item = {"type": "function_call_output", "call_id": self.call_id, "output": self.output}
+        return _with_given_id(item, self.id)
+
+
+_INPUT_ITEMS: dict[str, type[_Body]] = {
+    "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
+}
+
+
+def _with_given_id(item: Item, item_id: str | None) -> Item:
+    return {"id": item_id, **item} if item_id else item
+
+
+def _input_item(index: int, raw: dict[str, Any]) -> Item:
+    kind = raw.get("type", "message")  # a message may leave its type out (OpenAI's "easy" input message)
+    model = _INPUT_ITEMS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InvalidRequest(f"input items of type {kind!r} are not supported; expected one of "
+                             f"{', '.join(_INPUT_ITEMS)}", f"input[{index}].type")
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as exc:
+        # the same message and param as a body error, with the item's place in front
+        first = exc.errors()[0]
+        raise describe_validation([{**first, "loc": ("body", "input", index, *first["loc"])}]) from None
+    return parsed.normalized(f"input[{index}]")
+
+
+class FunctionTool(_Body):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def echo(self) -> dict[str, Any]:
+        # Responses' function tools are strict unless told otherwise; calls here always follow the schema
+        strict = True if self.strict is None else self.strict
+        return {"type": "function", "name": self.name, "description": self.description,
+                "parameters": self.parameters, "strict": strict}
+
+
+class NamedFunctionChoice(_Body):
+    type: Literal["function"]
+    name: str
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedFunctionChoice
+
+
+class TextFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")  # 'schema' would shadow BaseModel's
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextConfig(_Body):
+    format: TextFormat | None = None
+
+
+class ResponseBody(_Body):
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: bool = True
+    stream: bool = False
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    # llama.cpp's controls, as LM Studio's /api/v1/chat takes them
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    seed: int | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    text: TextConfig | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    metadata: dict[str, str] | None = None
+    conversation: Any = None
+    ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
+
+    @property
+    def logprobs(self) -> int | None:
+        """GenerationOptions.logprobs: on only when ``include`` asks for them (OpenAI's switch)."""
+        if LOGPROBS_INCLUDE not in (self.include or ()):
+            return None
+        return self.top_logprobs or 0
+
+    def turn(self) -> Turn:
+        if self.conversation is not None:  # silently ignoring it would lose the conversation
+            raise InvalidRequest("the Conversations API is not served; continue with 'previous_response_id'",
+                                 "conversation")
+        if self.previous_response_id is not None:
+            check_response_id(self.previous_response_id)  # a 400 before any model loads
+        constraint = self._constraint()
+        options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
+                                    logprobs=self.logprobs, constraint=constraint,
+                                    constraint_param="text.format" if constraint else None)
+        tools = self._tools()
+        check_no_other_constraint(tools, options.constraint_param)
+        return Turn(self.model, self._items(), options, self.instructions or None, self.previous_response_id,
+                    self.store, tools, ttl=self.ttl)
+
+    def sampling(self) -> SamplingParams:
+        defaults = SamplingParams()
+        return SamplingParams(
+            temperature=_pick(self.temperature, defaults.temperature), top_p=_pick(self.top_p, defaults.top_p),
+            top_k=_pick(self.top_k, defaults.top_k), min_p=_pick(self.min_p, defaults.min_p),
+            repeat_penalty=_pick(self.repeat_penalty, defaults.repeat_penalty), seed=self.seed,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The request's settings as the response object repeats them (sampling values as used)."""
+        sampling = self.sampling()
+        choice = self.tool_choice
+        return {
+            "max_output_tokens": self.max_output_tokens,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "store": self.store,
+            "temperature": sampling.temperature,
+            "text": {"format": self._format_echo()},
+            "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice) else choice or "auto",
+            "tools": [tool.echo() for tool in self.tools or ()],
+            "top_logprobs": self.top_logprobs,
+            "top_p": sampling.top_p,
+            "metadata": dict(self.metadata or {}),
+        }
+
+    def _items(self) -> list[Item]:
+        if isinstance(self.input, str):
+            return [user_message(self.input)]
+        if not self.input:
+            raise InvalidRequest("'input' is empty", "input")
+        return [_input_item(index, raw) for index, raw in enumerate(self.input)]
+
+    def _tools(self) -> Tools | None:
+        definitions = [
+            ToolDefinition(type="function", function=FunctionDefinition(
+                name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
+            for tool in self.tools or ()
+        ]
+        choice = self.tool_choice
+        if isinstance(choice, NamedFunctionChoice):
+            choice = NamedToolChoice(type="function", function=NamedFunction(name=choice.name))
+        try:
+            return tools_of(definitions, choice, self.parallel_tool_calls)
+        except InvalidRequest as exc:
+            # tools_of names chat completions' nested fields; Responses' tools are flat
+            param = exc.param.replace(".function.", ".") if exc.param else None
+            raise InvalidRequest(str(exc), param) from None
+
+    def _constraint(self) -> ConstraintSpec | None:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return ConstraintSpec.json_object()
+        if fmt.schema_ is None:
+            raise InvalidRequest("'text.format.schema' is required for a json_schema format", "text.format.schema")
+        try:
+            return ConstraintSpec.json_schema(fmt.schema_)
+        except InvalidConstraint as exc:
+            raise InvalidRequest(str(exc), "text.format.schema") from None
+
+    def _format_echo(self) -> dict[str, Any]:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None:
+            return {"type": "text"}
+        return fmt.model_dump(by_alias=True, exclude_none=True)
+
+
+def _pick(value, default):
+    return default if value is None else value
