@@ -22,6 +22,10 @@ class BenchConfig:
     long_prompt_tokens: int = 1000
     chat_turns: int = 10
     chat_reply_tokens: int = 32
+    stateful_turns: int = 10  # the stateful chat (bench/stateful.py): turns per conversation,
+    stateful_message_tokens: int = 60  # tokens per user message (as Prompts counts them),
+    stateful_reply_tokens: int = 64  # longest answer,
+    stateful_measured: tuple[int, ...] = (1, 5, 10)  # and the turns whose time to first token is kept
     repeats: int = 3  # figures are medians over this many runs
     decode_repeats: int = 5  # single-stream decode: the noisiest figure, and the headline
 

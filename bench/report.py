@@ -102,6 +102,11 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
             checks.append((f"{key}: JSON-schema-constrained decode >= 0.9x free decode", f"{ratio:.2f}x", ratio >= 0.9))
         compile_ms = model["constraints"]["compile_typical_ms"]
         checks.append((f"{key}: compile a typical schema < 50 ms", f"{compile_ms:.1f} ms", compile_ms < 50))
+        if "stateful_ttft_s" in ours:
+            first, last = _turns(ours)[0], _turns(ours)[-1]
+            ratio = last[1] / first[1]
+            checks.append((f"{key}: stateful chat: turn {last[0]} time to first token within 1.5x turn {first[0]}",
+                           f"{last[1] * 1000:.0f} ms vs {first[1] * 1000:.0f} ms ({ratio:.2f}x)", ratio <= 1.5))
     return checks
 
 
@@ -119,6 +124,47 @@ def _constrained_lines(model: dict) -> list[str]:
               f"a typical schema {times['compile_typical_ms']:.1f} ms, the benchmark's schema "
               f"{times['compile_bench_ms']:.1f} ms; the model's vocabulary for llguidance, built once per model: "
               f"{times['tokenizer_build_s']:.2f} s.", ""]
+    return lines
+
+
+def _turns(figures: dict) -> list[tuple[int, float]]:
+    """(turn, time to first token in seconds) of the stateful chat, in turn order."""
+    return sorted((int(turn), seconds) for turn, seconds in figures["stateful_ttft_s"].items())
+
+
+def _stateful_lines(model: dict, config: dict) -> list[str]:
+    """Time to first token of a long chat's turns, studiolo continuing a stored response and
+    llama-server given the whole history (its prompt cache on)."""
+    servers = {name: figures for name, figures in model["servers"].items() if "stateful_ttft_s" in figures}
+    if "studiolo" not in servers:
+        return []
+    peers = [name for name in servers if name != "studiolo"]
+    run = model.get("stateful_run")
+    when = (f" Measured {run['date']} by `python -m bench.stateful`, apart from the rest of this report "
+            f"(median of {run['repeats']} conversations)." if run else "")
+    lines = [f"Stateful chat (bench/stateful.py: a {config.get('stateful_turns', 10)}-turn conversation, each user "
+             f"message {config.get('stateful_message_tokens', 60)} tokens, answers of at most "
+             f"{config.get('stateful_reply_tokens', 64)} tokens, greedy; time to first streamed text, ms). "
+             "studiolo is sent only the new message and `previous_response_id` (`POST /api/v1/chat`); "
+             "llama-server is sent the whole history, its own answers included (`/v1/chat/completions`), "
+             "with its prompt cache on (`cache_prompt`, its default), so each slot keeps the conversation "
+             "and it too prefills only the new turn: the fair comparison." + when, "",
+             "| turn | studiolo | " + " | ".join(f"{p} | vs {p}" for p in peers) + " |",
+             "|" + " --- |" * (2 + 2 * len(peers))]
+    ours = dict(_turns(servers["studiolo"]))
+    for turn, seconds in ours.items():
+        cells = [str(turn), f"{seconds * 1000:,.0f}"]
+        for p in peers:
+            theirs = dict(_turns(servers[p])).get(turn)
+            cells += [f"{theirs * 1000:,.0f}", _ratio(seconds, theirs, False)] if theirs else ["n/a", "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    last = max(ours)
+    cells = [f"prompt at turn {last}, tokens", f"{servers['studiolo']['stateful_prompt_tokens']:,}"]
+    for p in peers:
+        cached = servers[p].get("stateful_cached_tokens")
+        from_cache = f" ({cached:,} from cache)" if cached is not None else ""
+        cells += [f"{servers[p]['stateful_prompt_tokens']:,}{from_cache}", ""]
+    lines += ["| " + " | ".join(cells) + " |", ""]
     return lines
 
 
@@ -192,6 +238,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
         ]
         out += _overhead_table(model, concurrency) + [""]
         out += _constrained_lines(model)
+        out += _stateful_lines(model, config)
     out += [f"![aggregate decode against concurrency]({plot_name})", "", "## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(results)]

@@ -2,6 +2,9 @@
 on each default model, then write bench/results/latest.json and docs/BENCHMARKS.md.
 
     python -m bench.run [--quick] [--models KEY ...] [--servers NAME ...]
+
+The figures are bench/workloads.py's, the stateful chat (bench/stateful.py) among them; that one
+alone, on studiolo and llama-server, into the same results and report: ``python -m bench.stateful``.
 """
 
 from __future__ import annotations

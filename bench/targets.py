@@ -56,7 +56,7 @@ class HTTPTarget:
 
     async def generate(self, prompt: str, max_tokens: int, extra: dict | None = None) -> Timing:
         """One streamed completion; ``extra`` adds fields to the request (a JSON schema, say)."""
-        body = json.dumps({
+        timing, _ = await self.stream("/v1/completions", {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": max_tokens,
@@ -66,8 +66,14 @@ class HTTPTarget:
             "logit_bias": self._bias,
             "stream": True,
             **(extra or {}),
-        }).encode()
-        head = (f"POST /v1/completions HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+        }, _SSEReader)
+        return Timing(timing.sent, timing.first, timing.last, max_tokens, timing.text)
+
+    async def stream(self, path: str, payload: dict, parser: type[_SSEReader]) -> tuple[Timing, _SSEReader]:
+        """POST ``payload`` to ``path`` and read its event stream with ``parser`` (an ``_SSEReader``
+        kind, made once the head says whether the body is chunked); the timing counts text events."""
+        body = json.dumps(payload).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n").encode()
         sent = time.perf_counter()
@@ -77,7 +83,7 @@ class HTTPTarget:
             status, chunked, rest = await _read_head(reader)
             if status != 200:
                 raise RuntimeError(f"{self.name}: HTTP {status}: {(rest + await reader.read())[:300]!r}")
-            events = _SSEReader(chunked)
+            events = parser(chunked)
             first = last = 0.0
             pieces: list[str] = []
             data = rest
@@ -92,7 +98,7 @@ class HTTPTarget:
                     break
         finally:
             writer.close()
-        return Timing(sent, first, last, max_tokens, "".join(pieces))
+        return Timing(sent, first, last, len(pieces), "".join(pieces)), events
 
     async def close(self) -> None:
         pass
@@ -127,13 +133,15 @@ class _SSEReader:
             data = self._dechunk()
         self._body += data
         *events, self._body = self._body.replace(b"\r\n", b"\n").split(b"\n\n")
-        texts = []
-        for event in events:
-            if event.startswith(b"data: {"):
-                choices = json.loads(event[6:]).get("choices") or []
-                if choices and choices[0].get("text"):
-                    texts.append(choices[0]["text"])
-        return texts
+        return [text for text in map(self._text, events) if text]
+
+    def _text(self, event: bytes) -> str | None:
+        """The text an event carries (a completion chunk's); other readers override this."""
+        if event.startswith(b"data: {"):
+            choices = json.loads(event[6:]).get("choices") or []
+            if choices:
+                return choices[0].get("text")
+        return None
 
     def _dechunk(self) -> bytes:
         out = []

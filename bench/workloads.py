@@ -12,6 +12,7 @@ import time
 
 from bench.config import BenchConfig, Prompts
 from bench.constrained import SCHEMA_FIELDS, free_and_constrained
+from bench.stateful import STATEFUL_SERVERS, conversation, summarise as summarise_stateful
 from bench.targets import Timing
 
 
@@ -61,6 +62,7 @@ def figures(config: BenchConfig) -> list[tuple[str, callable, int]]:
                      config.repeats))
     runs.append(("chat", lambda t, p: chat_follow_up(t, p, config), config.repeats))
     runs.append(("constrained", lambda t, p: free_and_constrained(t, p, config), config.decode_repeats))
+    runs.append(("stateful", lambda t, p: conversation(t, p, config), config.repeats))
     return runs
 
 
@@ -80,6 +82,8 @@ async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], c
         turn = everyone if figure == "decode_tps" else targets
         if figure == "constrained":  # only the servers that take a JSON schema
             turn = {name: target for name, target in targets.items() if name in SCHEMA_FIELDS}
+        if figure == "stateful":  # only the servers that keep a chat (bench/stateful.py)
+            turn = {name: target for name, target in targets.items() if name in STATEFUL_SERVERS}
         for _ in range(repeats):
             for name, target in turn.items():
                 samples[name].setdefault(figure, []).append(await run(target, prompts[name]))
@@ -92,6 +96,7 @@ def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
     median = statistics.median
     chats = samples.pop("chat")
     pairs = samples.pop("constrained", [])
+    conversations = samples.pop("stateful", [])
     results = {figure: median(values) for figure, values in samples.items() if "/" not in figure}
     results["prefill_tps"] = config.long_prompt_tokens / results["ttft_long_s"]
     results["aggregate_tps"] = {k: median(samples[f"aggregate_tps/{k}"]) for k in config.concurrency}
@@ -101,4 +106,6 @@ def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
     if pairs:
         results["json_free_tps"] = median(free for free, _ in pairs)
         results["json_constrained_tps"] = median(constrained for _, constrained in pairs)
+    if conversations:
+        results.update(summarise_stateful(conversations))
     return results
