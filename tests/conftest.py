@@ -18,10 +18,11 @@ import openai
 import pytest
 
 from studiolo.config import models_dir
-from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+from studiolo.models.defaults import GEMMA3, MINILM as MINILM_MODEL, SMOLLM2, target_path
 
 SMOLLM = SMOLLM2.key  # the default chat model: ChatML template, exact under batching
 GEMMA = GEMMA3.key  # base model without a chat template, 262k vocabulary
+MINILM = MINILM_MODEL.key  # the embedding model: all-MiniLM-L6-v2 converted to GGUF by `make setup`
 
 SERVER_START_TIMEOUT = 120.0
 
@@ -34,11 +35,17 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def default_models() -> dict[str, Path]:
-    paths = {SMOLLM: target_path(SMOLLM2), GEMMA: target_path(GEMMA3)}
+    """Every default model's file; homes built from ``chat_models`` leave the embedding model out."""
+    paths = {SMOLLM: target_path(SMOLLM2), GEMMA: target_path(GEMMA3), MINILM: target_path(MINILM_MODEL)}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         pytest.fail(f"default models missing ({', '.join(missing)}); run `make setup`")
     return paths
+
+
+@pytest.fixture(scope="session")
+def chat_models(default_models) -> dict[str, Path]:
+    return {key: path for key, path in default_models.items() if key != MINILM}
 
 
 def home_with_models(home: Path, models: dict[str, Path]) -> Path:

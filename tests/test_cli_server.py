@@ -104,11 +104,11 @@ def test_cors_is_off_unless_asked(tmp_path, server):
         studiolo(tmp_path, "server", "stop")
 
 
-def test_stop_ends_a_server_busy_with_an_endless_stream(tmp_path, default_models):
+def test_stop_ends_a_server_busy_with_an_endless_stream(tmp_path, chat_models):
     """Running requests are cut after a short grace period; the models unload and the process exits cleanly."""
     import threading
 
-    home = home_with_models(tmp_path, default_models)
+    home = home_with_models(tmp_path, chat_models)
     port = free_port()
     assert studiolo(home, "server", "start", "--port", str(port)).returncode == 0
     first_chunk = threading.Event()

@@ -27,8 +27,8 @@ TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def adapters_home(tmp_path_factory, default_models):
-    home = home_with_models(tmp_path_factory.mktemp("lora-home"), default_models)
+def adapters_home(tmp_path_factory, default_models, chat_models):
+    home = home_with_models(tmp_path_factory.mktemp("lora-home"), chat_models)
     base = default_models[SMOLLM]
     folder = home / "models" / base.relative_to(models_dir()).parent / "adapters"
     folder.mkdir()

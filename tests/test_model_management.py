@@ -15,8 +15,8 @@ from tests.conftest import GEMMA, GREEDY, SMOLLM, RunningServer, free_port, home
 
 
 @pytest.fixture(scope="module")
-def managed(tmp_path_factory, default_models):
-    home = home_with_models(tmp_path_factory.mktemp("managed-home"), default_models)
+def managed(tmp_path_factory, default_models, chat_models):
+    home = home_with_models(tmp_path_factory.mktemp("managed-home"), chat_models)
     broken = home / "models" / "broken" / "cut-model" / "cut-model-Q4_1.gguf"
     broken.parent.mkdir(parents=True)
     with default_models[SMOLLM].open("rb") as source, broken.open("wb") as target:
@@ -257,8 +257,8 @@ def test_log_stream_shows_the_exact_prompt(managed):
     assert last["type"] == "output" and last["text"] == reply["choices"][0]["message"]["content"]
 
 
-def test_with_jit_off_only_loaded_models_serve(tmp_path, default_models):
-    server = RunningServer(home_with_models(tmp_path, default_models), free_port(), ["--no-jit", "--parallel", "1"])
+def test_with_jit_off_only_loaded_models_serve(tmp_path, chat_models):
+    server = RunningServer(home_with_models(tmp_path, chat_models), free_port(), ["--no-jit", "--parallel", "1"])
     try:
         with httpx.Client(base_url=server.base_url, timeout=120) as http:
             assert http.get("/v1/models").json()["data"] == []

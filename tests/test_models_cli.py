@@ -195,8 +195,8 @@ def studiolo(home, *args: str, timeout: float = 120) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def own_server(tmp_path_factory, default_models):
-    home = home_with_models(tmp_path_factory.mktemp("models-cli-home"), default_models)
+def own_server(tmp_path_factory, chat_models):
+    home = home_with_models(tmp_path_factory.mktemp("models-cli-home"), chat_models)
     running = RunningServer(home, free_port(), [])
     yield running
     running.stop()

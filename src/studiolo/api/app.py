@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
 from studiolo.api.download_routes import router as download_router
+from studiolo.api.embeddings_routes import router as embeddings_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.health import router as health_router
 from studiolo.api.lmstudio_chat import router as v1_chat_router
@@ -23,6 +24,7 @@ from studiolo.store.responses import ResponseStore
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
 from studiolo.service.conversations import Conversations
+from studiolo.service.embeddings import EmbeddingService
 from studiolo.service.generation import GenerationService
 from studiolo.service.model_log import LogHub, install_server_log_handler, remove_server_log_handler
 
@@ -37,6 +39,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.log_hub = LogHub()
         app.state.service = GenerationService(manager, app.state.log_hub)
+        app.state.embeddings = EmbeddingService(manager)
         store = ResponseStore()  # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses
         app.state.conversations = Conversations(app.state.service, store)
         log_handler = install_server_log_handler(app.state.log_hub)
@@ -56,6 +59,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(embeddings_router)
     app.include_router(responses_router)
     app.include_router(v0_router)
     app.include_router(v1_router)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studiolo.chat.templates import TemplateError
+from studiolo.engine.embedding import InputTooLong
 from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
 from studiolo.engine.llama import ModelClosed, ModelLoadError
 from studiolo.models.adapters import AdapterLoadFailed
@@ -96,6 +97,7 @@ DOMAIN_ERRORS = (
     InsufficientMemory,
     ResponseNotFound,
     InvalidResponseId,
+    InputTooLong,
 )
 
 
@@ -117,6 +119,8 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
+    if isinstance(exc, InputTooLong):
+        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, ResponseNotFound):
         return APIError(404, str(exc), param="previous_response_id", code="response_not_found")
     if isinstance(exc, InvalidResponseId):

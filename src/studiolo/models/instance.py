@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from studiolo.config import EngineSettings
 from studiolo.engine.constraints import forget as forget_constraints
+from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
 from studiolo.models.catalog import CatalogEntry
@@ -30,7 +31,7 @@ class Instance:
     entry: CatalogEntry
     info: ModelInfo
     model: LlamaModel
-    engine: Engine
+    engine: Engine | EmbeddingEngine  # an embedding model gets the latter
     settings: EngineSettings
     jit: bool  # loaded by a request (auto-evict applies) rather than explicitly
     ttl: float | None

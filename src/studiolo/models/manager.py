@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 
 from studiolo.config import EngineSettings
+from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
 from studiolo.models.adapters import load_adapter
@@ -135,6 +136,17 @@ class ModelManager:
         key = (entry.base or entry).key
         existing = self._least_busy(key)
         return existing.id if existing is not None else self._new_instance_id(key, None)
+
+    def is_embedding_model(self, name: str) -> bool:
+        """Whether ``name`` is an embedding model (read from its file's header; raises for unknown names)."""
+        named = self._named(name)
+        if named is not None:
+            return named.info.is_embedding
+        entry = self.catalog.resolve(name)
+        try:
+            return read_model_info((entry.base or entry).path).is_embedding
+        except (InvalidModelFile, OSError):
+            return False  # loading it will say what is wrong
 
     def needs_load(self, name: str) -> bool:
         """Whether ``get(name)`` would load a model (raises as ``get`` does for unknown names)."""
@@ -279,7 +291,7 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
     try:
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
-        engine = Engine(model, settings)
+        engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings)
     except ModelLoadError as exc:
         model.close()
         raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc

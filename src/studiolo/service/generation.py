@@ -34,6 +34,7 @@ from studiolo.engine.sequence import (
 from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
+from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.text import TextAssembler
 from studiolo.service.tool_calls import CallReader
@@ -272,6 +273,7 @@ class GenerationService:
 
     async def chat(self, request: ChatRequest) -> Generation:
         _check_constraint(request.options)  # a bad schema is refused before any model loads
+        check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
         loaded = target.instance
         text = self.chat_prompt_text(loaded, request)
@@ -289,6 +291,7 @@ class GenerationService:
 
     async def complete(self, request: CompletionRequest) -> Generation:
         _check_constraint(request.options)
+        check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl)
         prompts = [self._completion_prompt(target.instance.model, p) for p in request.prompts]
         constraint = await _compiled_constraint(target.instance, request.options)

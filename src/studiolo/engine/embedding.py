@@ -1,0 +1,187 @@
+"""One engine per loaded embedding model: inputs in, pooled vectors out, many inputs per batch.
+
+An embedding needs one forward pass over its input and the model's pooling (mean, CLS or last,
+set by the GGUF), so there is no decoding loop: each step packs waiting inputs into one batch,
+each input its own sequence, and reads every sequence's pooled vector when it is done. Inputs of
+several requests are taken in turn, one from each request per round, so a request of a thousand
+inputs does not hold up a request of one. Steps run on the process's compute thread
+(engine/compute.py), between the chat engines' steps.
+
+Vectors are L2-normalized, as OpenAI's are and as sentence-transformers' are when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from studiolo.config import EngineSettings
+from studiolo.engine.compute import COMPUTE
+from studiolo.engine.engine import EngineClosed, InvalidTokens
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+
+BATCH_TOKENS = 2048  # tokens per forward pass; an input must fit whole (non-causal attention)
+MAX_SEQUENCES = 64  # inputs per forward pass
+
+
+class InputTooLong(ValueError):
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"input {index} is {tokens} tokens long, more than the model's context of {limit} tokens")
+        self.index = index
+        self.param = f"input[{index}]"
+
+
+@dataclass(eq=False)
+class _Job:
+    inputs: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    results: list[np.ndarray | None] = field(default_factory=list)
+    scheduled: int = 0  # inputs handed to a batch so far
+    done: int = 0
+    cancelled: bool = False
+
+
+class EmbeddingEngine:
+    def __init__(self, model: LlamaModel, settings: EngineSettings):
+        self.model = model
+        self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length,
+                                  BATCH_TOKENS)
+        self.context = LlamaContext(model, ContextParams(
+            n_ctx=BATCH_TOKENS, n_batch=BATCH_TOKENS, n_seq_max=MAX_SEQUENCES, n_threads=settings.threads,
+            embeddings=True))
+        self._jobs: deque[_Job] = deque()
+        self._wake = COMPUTE.wake
+        self._closing = False
+        self._closed = threading.Event()
+        COMPUTE.attach(self)
+
+    # --- called from the event loop ---------------------------------------------------
+
+    async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        """The normalized vectors of ``inputs`` (token lists), in order."""
+        self._check(inputs)
+        loop = asyncio.get_running_loop()
+        job = _Job(inputs, loop, loop.create_future(), [None] * len(inputs))
+        with self._wake:
+            if self._closing:
+                raise EngineClosed("the model was unloaded; send the request again to load it")
+            self._jobs.append(job)
+            self._wake.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # the client left: its inputs not yet embedded are skipped
+            raise
+
+    def _check(self, inputs: list[list[int]]) -> None:
+        for index, tokens in enumerate(inputs):
+            if not tokens:
+                raise InvalidTokens(f"input {index} is empty", f"input[{index}]")
+            if len(tokens) > self.context_length:
+                raise InputTooLong(index, len(tokens), self.context_length)
+            bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
+            if bad is not None:
+                raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})",
+                                    f"input[{index}]")
+
+    def busy(self) -> bool:
+        return bool(self._jobs)
+
+    def request_counts(self) -> tuple[int, int]:
+        jobs = list(self._jobs)
+        return (1 if jobs else 0), max(0, len(jobs) - 1)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._closed.wait()
+        self.context.close()
+
+    # --- on the compute thread --------------------------------------------------------
+
+    def ready(self) -> bool:
+        return bool(self._jobs) or (self._closing and not self._closed.is_set())
+
+    def run_step(self) -> None:
+        if self._closing:
+            self._fail_all(EngineClosed("the model was unloaded; send the request again to load it"))
+            COMPUTE.detach(self)
+            self._closed.set()
+            return
+        picked = self._pick()
+        if not picked:
+            return
+        try:
+            vectors = self._forward([job.inputs[index] for job, index in picked])
+        except Exception as exc:  # a failed pass fails the requests it carried, not the server
+            for job in {job for job, _ in picked}:
+                self._settle(job, exc)
+            return
+        for (job, index), vector in zip(picked, vectors):
+            job.results[index] = vector
+            job.done += 1
+            if job.done == len(job.inputs):
+                self._settle(job, None)
+
+    def _pick(self) -> list[tuple[_Job, int]]:
+        """Inputs for one pass, one per request in turn, until the batch is full."""
+        with self._wake:
+            for job in [job for job in self._jobs if job.cancelled]:
+                self._jobs.remove(job)
+            jobs = [job for job in self._jobs if job.scheduled < len(job.inputs)]
+        picked, tokens = [], 0
+        while jobs and len(picked) < MAX_SEQUENCES:
+            for job in list(jobs):
+                size = len(job.inputs[job.scheduled])
+                if tokens + size > BATCH_TOKENS or len(picked) == MAX_SEQUENCES:
+                    return picked
+                picked.append((job, job.scheduled))
+                tokens += size
+                job.scheduled += 1
+                if job.scheduled == len(job.inputs):
+                    jobs.remove(job)
+        return picked
+
+    def _forward(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        batch = self.context.batch
+        batch.clear()
+        for seq_id, tokens in enumerate(inputs):
+            batch.add(tokens, 0, seq_id, 0)  # every token's output feeds the pooling
+        status = self.context.encode() if self.model.has_encoder else self.context.decode()
+        if status != 0:
+            raise RuntimeError(f"llama.cpp failed to embed a batch (status {status})")
+        vectors = [self.context.sequence_embedding(seq_id) for seq_id in range(len(inputs))]
+        self.context.clear()  # decoder-based embedding models keep cells: drop them
+        return [_normalized(vector) for vector in vectors]
+
+    def _settle(self, job: _Job, error: BaseException | None) -> None:
+        with self._wake:
+            if job in self._jobs:
+                self._jobs.remove(job)
+        job.loop.call_soon_threadsafe(_resolve, job.future, job.results, error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._wake:
+            jobs, self._jobs = list(self._jobs), deque()
+        for job in jobs:
+            job.loop.call_soon_threadsafe(_resolve, job.future, job.results, error)
+
+
+def _resolve(future: asyncio.Future, results: list, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(results)
+
+
+def _normalized(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
