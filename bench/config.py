@@ -26,6 +26,12 @@ class BenchConfig:
     stateful_message_tokens: int = 60  # tokens per user message (as Prompts counts them),
     stateful_reply_tokens: int = 64  # longest answer,
     stateful_measured: tuple[int, ...] = (1, 5, 10)  # and the turns whose time to first token is kept
+    embedding_batches: tuple[int, ...] = (1, 16, 64)  # embeddings (bench/embeddings.py): inputs per request,
+    embedding_inputs: int = 512  # inputs sent per batch size and run,
+    embedding_words: tuple[int, int] = (30, 60)  # words per input, drawn in this range;
+    embedding_slots: int = 64  # llama-server's slots and batch there: studiolo's EmbeddingEngine packs up
+    embedding_batch_tokens: int = 2048  # to 64 inputs and 2,048 tokens per pass (engine/embedding.py),
+    embedding_context: int = 512  # and each input up to the model's context (all-MiniLM-L6-v2: 512)
     repeats: int = 3  # figures are medians over this many runs
     decode_repeats: int = 5  # single-stream decode: the noisiest figure, and the headline
 
@@ -38,6 +44,7 @@ class BenchConfig:
             long_prompt_tokens=200,
             chat_turns=3,
             chat_reply_tokens=8,
+            embedding_inputs=128,
             repeats=1,
             decode_repeats=1,
         )
@@ -88,6 +95,13 @@ _FILLER = (
 def end_of_generation_tokens(model: LlamaModel) -> list[int]:
     """Tokens that end generation; every request bans them so all servers generate max_tokens."""
     return [token for token in range(model.n_vocab) if model.is_eog(token)]
+
+
+def embedding_model() -> tuple[str, Path]:
+    """The default embedding model's key and GGUF (all-MiniLM-L6-v2)."""
+    from studiolo.models.defaults import MINILM, target_path
+
+    return MINILM.key, target_path(MINILM)
 
 
 def model_paths() -> dict[str, Path]:

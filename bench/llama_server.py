@@ -1,7 +1,8 @@
 """Run llama.cpp's own server (embedded in the ``xllamacpp`` package) until terminated.
 
 Configured as `llama-server -m MODEL --port P -np N -c N*CTX -t T -tb T -b B` would be: N slots
-of CTX tokens each, continuous batching on, prompt cache on (its defaults).
+of CTX tokens each, continuous batching on, prompt cache on (its defaults). ``--embedding
+--pooling mean --ubatch U`` as `--embedding --pooling mean -ub U` would: embeddings only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, required=True, help="tokens per slot")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--ubatch", type=int, default=None, help="physical batch (llama.cpp's default: 512)")
+    parser.add_argument("--embedding", action="store_true", help="serve embeddings (/v1/embeddings)")
+    parser.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None)
     args = parser.parse_args()
 
     params = xllamacpp.CommonParams()
@@ -30,6 +34,11 @@ def main() -> None:
     params.n_parallel = args.parallel
     params.n_ctx = args.context * args.parallel
     params.n_batch = args.batch
+    if args.ubatch is not None:
+        params.n_ubatch = args.ubatch
+    params.embedding = args.embedding
+    if args.pooling is not None:
+        params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     server = xllamacpp.Server(params)  # serves from its own threads until deleted

@@ -107,7 +107,55 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
             ratio = last[1] / first[1]
             checks.append((f"{key}: stateful chat: turn {last[0]} time to first token within 1.5x turn {first[0]}",
                            f"{last[1] * 1000:.0f} ms vs {first[1] * 1000:.0f} ms ({ratio:.2f}x)", ratio <= 1.5))
+    embeddings = results.get("embeddings")
+    if embeddings and {"studiolo", "llama-server"} <= set(embeddings["servers"]):
+        ratios = embedding_ratios(embeddings)
+        batches = sorted(ratios)
+        checks.append(("embeddings: throughput >= 1.0x llama-server at batch "
+                       + ", ".join(map(str, batches[:-1])) + f" and {batches[-1]}",
+                       ", ".join(f"{b}: {ratios[b]:.2f}x" for b in batches), min(ratios.values()) >= 1.0))
     return checks
+
+
+def embedding_ratios(embeddings: dict) -> dict[int, float]:
+    """studiolo's inputs per second over llama-server's, per inputs per request."""
+    ours = embeddings["servers"]["studiolo"]["embedding_inputs_per_s"]
+    theirs = embeddings["servers"]["llama-server"]["embedding_inputs_per_s"]
+    return {int(batch): ours[batch] / theirs[batch] for batch in ours}
+
+
+def _embedding_lines(embeddings: dict | None) -> list[str]:
+    """Inputs per second at each request size, studiolo against llama-server, on the embedding model."""
+    if not embeddings or "studiolo" not in embeddings["servers"]:
+        return []
+    servers = embeddings["servers"]
+    peers = [name for name in servers if name != "studiolo"]
+    run = embeddings.get("run") or {}
+    when = (f" Measured {run['date']} by `{run['by']}`, apart from the rest of this report."
+            if run.get("by") and run["by"] != "make bench" else "")
+    tokens = ", ".join(f"{name} {count:.1f}" for name, count in embeddings.get("mean_tokens", {}).items())
+    low, high = embeddings["words"]
+    slots, batch = embeddings["llama_server_slots"], embeddings["batch_tokens"]
+    lines = [f"## Embeddings: {embeddings['model']} ({embeddings['file_bytes'] / 1e6:.0f} MB)", "",
+             f"bench/embeddings.py: {embeddings['inputs']} sentences of {low}-{high} words (mean "
+             f"{embeddings['mean_words']:.1f} words; tokens per input as each server counts them: {tokens}) sent "
+             "to `POST /v1/embeddings` (`encoding_format` float) so many inputs per request, one request at a "
+             "time; inputs per second over the requests' summed time, each to the last byte of its body, median "
+             f"of {embeddings['repeats']} runs. studiolo's EmbeddingEngine packs up to {slots} inputs and "
+             f"{batch:,} tokens into one forward pass; llama-server runs the same GGUF with `--embedding --pooling "
+             f"mean`, {slots} slots and a batch and ubatch of {batch:,} tokens, so it can do the same. Every "
+             "response is checked (one 384-dimension unit vector per input), and both servers' vectors for every "
+             f"input, at every request size, agree: least cosine {embeddings['min_cosine']:.6f}." + when, "",
+             "| inputs per request | studiolo, inputs/s | " + " | ".join(f"{p}, inputs/s | vs {p}" for p in peers)
+             + " |", "|" + " --- |" * (2 + 2 * len(peers))]
+    ours = servers["studiolo"]["embedding_inputs_per_s"]
+    for size, rate in sorted(ours.items(), key=lambda item: int(item[0])):
+        cells = [size, f"{rate:,.1f}"]
+        for p in peers:
+            theirs = servers[p]["embedding_inputs_per_s"].get(size)
+            cells += [f"{theirs:,.1f}", _ratio(rate, theirs, True)] if theirs else ["n/a", "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _constrained_lines(model: dict) -> list[str]:
@@ -239,7 +287,9 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
         out += _overhead_table(model, concurrency) + [""]
         out += _constrained_lines(model)
         out += _stateful_lines(model, config)
-    out += [f"![aggregate decode against concurrency]({plot_name})", "", "## Targets", ""]
+    out += [f"![aggregate decode against concurrency]({plot_name})", ""]
+    out += _embedding_lines(results.get("embeddings"))
+    out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(results)]
     out += ["", "## Reproduce", "", "```sh", "make bench            # the full run (about 16 minutes on 2 cores)",

@@ -5,6 +5,8 @@ on each default model, then write bench/results/latest.json and docs/BENCHMARKS.
 
 The figures are bench/workloads.py's, the stateful chat (bench/stateful.py) among them; that one
 alone, on studiolo and llama-server, into the same results and report: ``python -m bench.stateful``.
+Then, once and on the embedding model rather than per chat model, embeddings throughput on studiolo
+and llama-server (bench/embeddings.py; alone: ``python -m bench.embeddings``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bench import report
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.constrained import compile_times
+from bench.embeddings import EMBEDDING_SERVERS, bench_embeddings
 from bench.config import BenchConfig, Prompts, end_of_generation_tokens, model_paths
 from bench.servers import SERVERS
 from bench.targets import EngineTarget, HTTPTarget
@@ -109,6 +112,10 @@ def main() -> None:
         print(f"{key}:", flush=True)
         results["models"][key] = bench_model(key, paths[key], config, args.servers, RESULTS)
         results["models"][key]["decode_limit_tps"] = decode_limit_tps(bandwidth, paths[key])
+    if set(EMBEDDING_SERVERS) <= set(args.servers):
+        print("embeddings:", flush=True)
+        results["embeddings"] = bench_embeddings(config, RESULTS)
+        results["embeddings"]["run"] = {"date": results["date"], "by": "make bench"}
     results["seconds"] = round(time.time() - started)
 
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))

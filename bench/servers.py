@@ -87,6 +87,19 @@ def llama_server(model_key: str, model_path: Path, config: BenchConfig, logs: Pa
 
 
 @contextmanager
+def llama_server_embeddings(model_key: str, model_path: Path, config: BenchConfig, logs: Path):
+    """llama-server serving embeddings (bench/embeddings.py) as studiolo's EmbeddingEngine does: as many
+    slots as studiolo packs inputs into one pass, a batch as large as its pass, mean pooling."""
+    port = _free_port()
+    command = [sys.executable, str(BENCH_DIR / "llama_server.py"), "--model", str(model_path), "--port", str(port)]
+    command += ["--parallel", str(config.embedding_slots), "--context", str(config.embedding_context)]
+    command += ["--threads", str(config.threads), "--batch", str(config.embedding_batch_tokens)]
+    command += ["--ubatch", str(config.embedding_batch_tokens), "--embedding", "--pooling", "mean"]
+    with _running(command, "/health", port, logs / f"llama-server-{model_path.stem}.log") as url:
+        yield url, "bench"
+
+
+@contextmanager
 def llama_cpp_python(model_key: str, model_path: Path, config: BenchConfig, logs: Path):
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--port", str(port)]
