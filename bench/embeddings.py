@@ -230,15 +230,8 @@ def main() -> None:
     ratios = report.embedding_ratios(embeddings)
     print("  studiolo / llama-server: " + ", ".join(f"batch {b} {r:.2f}x" for b, r in ratios.items()), flush=True)
 
-    latest = RESULTS / "latest.json"
-    if args.print_only or not latest.exists():
-        return
-    results = json.loads(latest.read_text())
-    results["embeddings"] = embeddings  # measured apart from the rest of the report
-    latest.write_text(json.dumps(results, indent=2))
-    quick = results["config"]["decode_tokens"] == BenchConfig().quick().decode_tokens
-    report.write(results, args.report, quick=quick)
-    print(f"updated {latest} and {args.report}", flush=True)
+    if not args.print_only:  # measured apart from the rest of the report
+        report.merge_into_latest(RESULTS, args.report, lambda results: results.update(embeddings=embeddings))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ is appended as it is.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 PEERS = ("llama-server", "llama-cpp-python")
@@ -302,3 +303,20 @@ def write(results: dict, path: Path, quick: bool = False) -> None:
     plot(results, path.parent / plot_name)
     notes = NOTES.read_text() if NOTES.exists() else ""
     path.write_text(render(results, plot_name, quick) + ("\n" + notes if notes else ""))
+
+
+def merge_into_latest(results_dir: Path, report_path: Path, update) -> bool:
+    """Apply ``update`` to bench/results/latest.json (a section measured on its own) and rewrite the
+    report from it; False when there is no full run to merge into."""
+    from bench.config import BenchConfig
+
+    latest = results_dir / "latest.json"
+    if not latest.exists():
+        return False
+    results = json.loads(latest.read_text())
+    update(results)
+    latest.write_text(json.dumps(results, indent=2))
+    quick = results["config"]["decode_tokens"] == BenchConfig().quick().decode_tokens
+    write(results, report_path, quick=quick)
+    print(f"updated {latest} and {report_path}", flush=True)
+    return True

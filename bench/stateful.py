@@ -202,21 +202,18 @@ def main() -> None:
             ttft = ", ".join(f"turn {t} {s * 1000:.0f} ms" for t, s in figures["stateful_ttft_s"].items())
             print(f"  {name} (median of {args.repeats}): {ttft}", flush=True)
 
-    latest = RESULTS / "latest.json"
-    if args.print_only or not latest.exists():
-        return
-    results = json.loads(latest.read_text())
     run = {"date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats}
-    for key, servers in measured.items():
-        if key not in results["models"]:
-            continue
-        for name, figures in servers.items():
-            results["models"][key]["servers"].setdefault(name, {}).update(figures)
-        results["models"][key]["stateful_run"] = run  # measured apart from the rest of the report
-    latest.write_text(json.dumps(results, indent=2))
-    quick = results["config"]["decode_tokens"] == BenchConfig().quick().decode_tokens
-    report.write(results, args.report, quick=quick)
-    print(f"updated {latest} and {args.report}", flush=True)
+
+    def merge(results: dict) -> None:
+        for key, servers in measured.items():
+            if key not in results["models"]:
+                continue
+            for name, figures in servers.items():
+                results["models"][key]["servers"].setdefault(name, {}).update(figures)
+            results["models"][key]["stateful_run"] = run  # measured apart from the rest of the report
+
+    if not args.print_only:
+        report.merge_into_latest(RESULTS, args.report, merge)
 
 
 if __name__ == "__main__":
