@@ -69,12 +69,8 @@ class ChatBody(_Body):
             raise InvalidRequest("MCP integrations are not supported by this server", "integrations")
         if self.previous_response_id is not None and not self.previous_response_id.startswith("resp_"):
             raise InvalidRequest("'previous_response_id' must start with 'resp_'", "previous_response_id")
-        defaults = SamplingParams()
-        sampling = SamplingParams(
-            temperature=_pick(self.temperature, defaults.temperature), top_p=_pick(self.top_p, defaults.top_p),
-            top_k=_pick(self.top_k, defaults.top_k), min_p=_pick(self.min_p, defaults.min_p),
-            repeat_penalty=_pick(self.repeat_penalty, defaults.repeat_penalty),
-        )
+        sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                        min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
                                     report_progress=report_progress)
         return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
@@ -94,9 +90,6 @@ class ChatBody(_Body):
             raise InvalidRequest("'input' is empty", "input")
         return items
 
-
-def _pick(value, default):
-    return default if value is None else value
 
 
 def _conversations(request: Request) -> Conversations:
@@ -147,13 +140,12 @@ async def _result(conversations: Conversations, run: ConversationRun, text: str)
 
 def _stats(generation: Generation) -> dict[str, Any]:
     usage, timing = generation.usage, generation.timing
-    seconds = timing.generation_time
     generated = usage.completion_tokens
     stats = {
         "input_tokens": usage.prompt_tokens,
         "total_output_tokens": generated,
         "reasoning_output_tokens": 0,
-        "tokens_per_second": round((generated - 1) / seconds, 2) if generated > 1 and seconds > 0 else 0.0,
+        "tokens_per_second": round(timing.decode_rate(generated), 2),
         "time_to_first_token_seconds": round(timing.time_to_first_token, 3),
     }
     if generation.load_seconds is not None:

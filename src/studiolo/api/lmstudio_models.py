@@ -141,7 +141,7 @@ def v0_extras(generation: Generation) -> dict[str, Any]:
     return {
         "stats": {
             # tokens after the first, over the time after the first: the decode rate
-            "tokens_per_second": round((generated - 1) / seconds, 2) if generated > 1 and seconds > 0 else 0.0,
+            "tokens_per_second": round(timing.decode_rate(generated), 2),
             "time_to_first_token": round(timing.time_to_first_token, 3),
             "generation_time": round(seconds, 3),
             "stop_reason": STOP_REASONS.get(cause, "eosFound"),

@@ -21,11 +21,11 @@ from studiolo.api.tool_schemas import (
     ToolChoice,
     ToolDefinition,
     check_no_other_constraint,
-    check_tool_results,
     history_calls,
     tools_of,
 )
 from studiolo.engine.sampling import SamplingParams
+from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
 MAX_LOGPROBS = 20
@@ -123,18 +123,11 @@ class _GenerationBody(_Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def sampling(self) -> SamplingParams:
-        defaults = SamplingParams()
         repeat = self.repeat_penalty if self.repeat_penalty is not None else self.repetition_penalty
-        return SamplingParams(
-            temperature=_pick(self.temperature, defaults.temperature),
-            top_p=_pick(self.top_p, defaults.top_p),
-            top_k=_pick(self.top_k, defaults.top_k),
-            min_p=_pick(self.min_p, defaults.min_p),
-            repeat_penalty=_pick(repeat, defaults.repeat_penalty),
-            presence_penalty=_pick(self.presence_penalty, defaults.presence_penalty),
-            frequency_penalty=_pick(self.frequency_penalty, defaults.frequency_penalty),
-            logit_bias=dict(self.logit_bias or {}),
-            seed=self.seed,
+        return SamplingParams.given(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            repeat_penalty=repeat, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, logit_bias=dict(self.logit_bias or {}), seed=self.seed,
         )
 
     def options(self, *, max_tokens: int | None, logprobs: int | None) -> GenerationOptions:
@@ -155,9 +148,6 @@ class _GenerationBody(_Body):
             constraint_param=constraint[1] if constraint else None,
         )
 
-
-def _pick(value, default):
-    return default if value is None else value
 
 
 class ChatCompletionBody(_GenerationBody):

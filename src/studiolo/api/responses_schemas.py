@@ -211,12 +211,8 @@ class ResponseBody(_Body):
                     self.store, tools, ttl=self.ttl)
 
     def sampling(self) -> SamplingParams:
-        defaults = SamplingParams()
-        return SamplingParams(
-            temperature=_pick(self.temperature, defaults.temperature), top_p=_pick(self.top_p, defaults.top_p),
-            top_k=_pick(self.top_k, defaults.top_k), min_p=_pick(self.min_p, defaults.min_p),
-            repeat_penalty=_pick(self.repeat_penalty, defaults.repeat_penalty), seed=self.seed,
-        )
+        return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                    min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
@@ -277,6 +273,3 @@ class ResponseBody(_Body):
             return {"type": "text"}
         return fmt.model_dump(by_alias=True, exclude_none=True)
 
-
-def _pick(value, default):
-    return default if value is None else value

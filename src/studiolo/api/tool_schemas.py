@@ -3,8 +3,9 @@ messages that carry calls and results, checked and turned into domain values.
 
 Every problem is a 400 naming the field: a duplicate tool name, a parameters schema llguidance
 cannot compile, a ``tool_choice`` naming no offered tool (or ``required`` with none offered), a
-tool result answering no earlier call, a call whose arguments are not a JSON object, and a
-structured-output constraint next to tools the model may call (one grammar per output).
+call whose arguments are not a JSON object, and a
+structured-output constraint next to tools the model may call (one grammar per output). A tool
+result must answer an earlier call: service/tool_calls.py checks that, for both chat APIs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, validate
-from studiolo.service.types import ChatMessage, InvalidRequest, ToolCall, Tools, ToolSpec
+from studiolo.service.types import InvalidRequest, ToolCall, Tools, ToolSpec
 
 
 class _Body(BaseModel):
@@ -106,23 +107,3 @@ def history_calls(index: int, calls: list[MessageToolCall] | None) -> tuple[Tool
                                  f"messages[{index}].tool_calls[{call_index}].function.arguments")
         result.append(ToolCall(call.id, call.function.name, call.function.arguments))
     return tuple(result)
-
-
-def check_tool_results(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """Every tool message answers a call made earlier; it gets that call's function name."""
-    calls: dict[str, str] = {}
-    checked = []
-    for index, message in enumerate(messages):
-        calls.update((call.id, call.name) for call in message.tool_calls)
-        if message.role == "tool":
-            if not message.tool_call_id:
-                raise InvalidRequest("a tool message needs the 'tool_call_id' of the call it answers",
-                                     f"messages[{index}].tool_call_id")
-            if message.tool_call_id not in calls:
-                raise InvalidRequest(f"no earlier assistant message made a tool call with id '{message.tool_call_id}'",
-                                     f"messages[{index}].tool_call_id")
-            if message.name is None:
-                message = ChatMessage(message.role, message.content, (), message.tool_call_id,
-                                      calls[message.tool_call_id])
-        checked.append(message)
-    return checked

@@ -41,6 +41,11 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
 
+    @classmethod
+    def given(cls, **values) -> SamplingParams:
+        """LM Studio's defaults, with each value a request gave (None: not given)."""
+        return cls(**{name: value for name, value in values.items() if value is not None})
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0

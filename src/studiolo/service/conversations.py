@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from studiolo.service.generation import Generation, GenerationService
 from studiolo.service import saved_state
 from studiolo.service.items import Item, chat_messages, new_id
-from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, InvalidRequest, Tools, Usage
+from studiolo.service.tool_calls import check_tool_results
+from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, Tools, Usage
 from studiolo.store.responses import ResponseStore, StoredResponse
 
 
@@ -115,19 +116,10 @@ def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
         items.extend(response.output_items)
     items.extend(turn.items)
     messages = chat_messages(items)
-    _check_tool_results(messages)
+    messages = check_tool_results(messages, lambda index: "input")  # results answer earlier calls
     if turn.instructions:
         messages.insert(0, ChatMessage("system", turn.instructions))
     return messages
-
-
-def _check_tool_results(messages: list[ChatMessage]) -> None:
-    """Every function_call_output answers a call made earlier in the conversation."""
-    calls: set[str] = set()
-    for message in messages:
-        calls.update(call.id for call in message.tool_calls)
-        if message.role == "tool" and message.tool_call_id not in calls:
-            raise InvalidRequest(f"no earlier function_call has the call_id '{message.tool_call_id}'", "input")
 
 
 def _usage_record(usage: Usage) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,21 +43,10 @@ class EmbeddingService:
             raise InvalidRequest(f"'dimensions' is {request.dimensions}, more than the model's {model.n_embd_out}",
                                  "dimensions")
         # a text gets the model's special tokens ([CLS] ... [SEP] for BERT); token ids are taken as given
-        wordpiece = model.meta("tokenizer.ggml.model") == "bert"
-        inputs = [model.tokenize(bert_normalized(item) if wordpiece else item, add_special=True, parse_special=False)
-                  if isinstance(item, str) else item for item in request.inputs]
+        inputs = [model.tokenize(item, add_special=True, parse_special=False) if isinstance(item, str) else item
+                  for item in request.inputs]
         vectors = await engine.embed(inputs)
         return Embeddings(target.name, vectors, sum(len(tokens) for tokens in inputs), model.n_embd_out)
-
-
-def bert_normalized(text: str) -> str:
-    """Text as an uncased BERT tokenizer normalizes it before WordPiece: decomposed (NFD), accents
-    (combining marks) removed, lower case. llama.cpp lowercases and drops accents itself, but its
-    decomposition misses Hangul syllables, which BERT splits into jamo: '서울' was 2 tokens instead
-    of 6, and the vector far off (cosine 0.61 with sentence-transformers'); normalized first, the
-    two tokenizers agree."""
-    decomposed = unicodedata.normalize("NFD", text)
-    return "".join(char for char in decomposed if unicodedata.category(char) != "Mn").lower()
 
 
 def check_generation_model(manager: ModelManager, name: str) -> None:

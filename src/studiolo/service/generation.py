@@ -83,6 +83,11 @@ class Timing:
         """From the first token to the end."""
         return self.ended - (self.first_token or self.ended)
 
+    def decode_rate(self, tokens: int) -> float:
+        """Tokens after the first over the time after the first (0 when there is none)."""
+        seconds = self.generation_time
+        return (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
+
 
 class GenerationFailed(RuntimeError):
     """The engine could not finish a sequence (not the client's fault)."""
@@ -240,7 +245,7 @@ class Generation:
 
     def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
         timing = self.timing
-        rate = (tokens - 1) / timing.generation_time if tokens > 1 and timing.generation_time > 0 else 0.0
+        rate = timing.decode_rate(tokens)
         self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
                                                       timing.time_to_first_token))
 

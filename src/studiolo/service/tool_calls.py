@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Callable
 
 from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ParsedEvent, ToolCallParser
-from studiolo.service.types import TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import ChatMessage, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta
 
 
 class CallReader:
@@ -46,3 +47,26 @@ _CALL_ID_ALPHABET = string.ascii_letters + string.digits
 def new_call_id() -> str:
     """Nine letters and digits: what Mistral's templates demand of ids sent back to them."""
     return "".join(secrets.choice(_CALL_ID_ALPHABET) for _ in range(9))
+
+
+def check_tool_results(
+    messages: list[ChatMessage], param: Callable[[int], str] = lambda index: f"messages[{index}].tool_call_id"
+) -> list[ChatMessage]:
+    """Every tool message answers a call made earlier; it gets that call's function name. ``param``
+    names the field of the message at an index, for the 400."""
+    calls: dict[str, str] = {}
+    checked = []
+    for index, message in enumerate(messages):
+        calls.update((call.id, call.name) for call in message.tool_calls)
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise InvalidRequest("a tool message needs the 'tool_call_id' of the call it answers",
+                                     param(index))
+            if message.tool_call_id not in calls:
+                raise InvalidRequest(f"no earlier assistant message made a tool call with id '{message.tool_call_id}'",
+                                     param(index))
+            if message.name is None:
+                message = ChatMessage(message.role, message.content, (), message.tool_call_id,
+                                      calls[message.tool_call_id])
+        checked.append(message)
+    return checked
