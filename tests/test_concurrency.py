@@ -10,6 +10,8 @@ see another's words is shown bit for bit in test_engine.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -101,4 +103,24 @@ def test_disconnect_during_a_long_prefill(server, http):
                     pass
         except httpx.TimeoutException:
             pass
+    _follow_up_finishes_promptly(http)
+
+
+def _send_and_hang_up(base_url: str, path: str, body: dict) -> None:
+    """Send a whole request on a raw socket and close it at once, before any byte of the answer."""
+    url = httpx.URL(base_url)
+    payload = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\n\r\n").encode()
+    with socket.create_connection((url.host, url.port)) as connection:
+        connection.sendall(head + payload)
+
+
+def test_streams_abandoned_before_their_first_chunk_are_cancelled(server, http):
+    for i in range(6):  # more than the 4 parallel slots
+        _send_and_hang_up(server.base_url, "/v1/completions", {**ENDLESS, "prompt": f"Saga {i}:", "stream": True})
+        chat = {**ENDLESS, "messages": [{"role": "user", "content": f"Tell saga {i}"}], "stream": True}
+        _send_and_hang_up(server.base_url, "/v1/chat/completions", chat)
+        response = {"model": SMOLLM, "input": f"Tell saga {i}", "stream": True, "temperature": 0, "store": False}
+        _send_and_hang_up(server.base_url, "/v1/responses", response)
     _follow_up_finishes_promptly(http)

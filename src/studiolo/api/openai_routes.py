@@ -134,7 +134,7 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
 
         roles = [chunks.role(index) for index in range(body.n)]
         last = [chunks.usage] if body.include_usage else []
-        return sse_response(_stream(generation, roles, render_event, last))
+        return sse_response(_stream(generation, roles, render_event, last), on_close=generation.cancel)
 
     async def collect(generation: Generation) -> dict[str, Any]:
         got = await _gather(generation)
@@ -161,7 +161,7 @@ async def run_completion(body: CompletionBody, request: Request, extras: Extras 
             return chunks.finish(event.index, event.reason, extras(generation) if extras else None)
 
         last = [chunks.usage] if body.include_usage else []
-        return sse_response(_stream(generation, [], render_event, last))
+        return sse_response(_stream(generation, [], render_event, last), on_close=generation.cancel)
 
     async def collect(generation: Generation) -> dict[str, Any]:
         got = await _gather(generation)

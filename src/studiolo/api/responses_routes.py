@@ -55,7 +55,7 @@ async def create_response(body: ResponseBody, request: Request):
                         run.turn.previous_response_id, body.settings())
     with_logprobs = body.logprobs is not None
     if body.stream:
-        return sse_response(_events(conversations, run, info, with_logprobs))
+        return sse_response(_events(conversations, run, info, with_logprobs), on_close=run.generation.cancel)
     try:
         return await until_disconnected(request, _complete(conversations, run, info, with_logprobs))
     except ClientDisconnected:

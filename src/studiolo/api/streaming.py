@@ -1,7 +1,11 @@
 """Server-sent events, and cancelling work when the client goes away.
 
 Streaming responses are cancelled by Starlette itself when the client disconnects (the
-generator is closed, and closing it cancels the engine sequences). A non-streaming
+generator is closed, and closing it cancels the engine sequences). A generation submitted
+before its stream starts is also cancelled by the response itself when it ends, however it
+ends: a client gone before Starlette first pulls the generator would otherwise leave the
+sequence running to its token limit, since a generator never started has no ``finally``
+to run. A non-streaming
 request has no such hook, so ``until_disconnected`` races the work against the ASGI
 ``http.disconnect`` message and cancels the work if the client leaves first.
 """
@@ -10,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -28,8 +33,24 @@ def sse_data(payload: dict[str, Any]) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+class _EventStreamResponse(StreamingResponse):
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None] | None):
+        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()  # its own finally now, not at garbage collection
+            if self._on_close is not None:
+                self._on_close()
+
+
+def sse_response(events: AsyncIterator[str], on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    """``events`` as server-sent events; ``on_close`` runs when the response ends, however it ends."""
+    return _EventStreamResponse(events, on_close)
 
 
 class ClientDisconnected(Exception):
