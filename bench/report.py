@@ -293,7 +293,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
     out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(results)]
-    out += ["", "## Reproduce", "", "```sh", "make bench            # the full run (about 16 minutes on 2 cores)",
+    out += ["", "## Reproduce", "", "```sh", "make bench            # the full run (about 23 minutes on 2 cores)",
             "make bench QUICK=1    # a smoke run of the harness", "```", ""]
     return "\n".join(out)
 
