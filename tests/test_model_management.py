@@ -66,6 +66,21 @@ def test_concurrent_first_requests_load_one_instance(managed):
     assert list(instances(managed)) == [GEMMA]
 
 
+def test_a_load_whose_client_left_is_registered_not_lost(managed):
+    unload_all(managed)
+    body = {"model": SMOLLM, "input": "Hello", "stream": True, "store": False}
+    with managed.stream("POST", "/api/v1/chat", json=body) as response:
+        for line in response.iter_lines():
+            if line == "event: model_load.start":
+                break  # hang up while the model loads
+    deadline = time.monotonic() + 30
+    while SMOLLM not in instances(managed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    loaded = instances(managed)
+    assert list(loaded) == [SMOLLM]  # the load went on, and its model is in the list (TTL and all)
+    assert loaded[SMOLLM]["status"]["jit_loaded"] is True
+
+
 def test_idle_ttl_unloads_and_the_next_request_reloads(managed):
     unload_all(managed)
     assert complete(managed, GEMMA, ttl=2).status_code == 200

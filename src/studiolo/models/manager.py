@@ -105,7 +105,8 @@ class ModelManager:
         self.auto_evict = auto_evict
         self.evict_wait_seconds = evict_wait_seconds
         self._instances: dict[str, Instance] = {}
-        self._jit_locks: dict[str, asyncio.Lock] = {}
+        self._jit_loads: dict[str, asyncio.Task[Instance]] = {}  # per model key, while it loads
+        self._loads: set[asyncio.Task[Instance]] = set()  # explicit loads under way (strong refs)
         self._load_lock = asyncio.Lock()  # one load at a time: memory checks see the truth
         self._ttl_task: asyncio.Task | None = None
 
@@ -182,20 +183,42 @@ class ModelManager:
 
     # --- loading ---------------------------------------------------------------------
 
-    async def _jit_load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
-        lock = self._jit_locks.setdefault(entry.key, asyncio.Lock())
-        async with lock:  # concurrent first requests: one load, the others wait for it
-            existing = self._least_busy(entry.key)
-            if existing is not None:
-                return existing
-            if self.auto_evict:
-                await self._evict_jit_models(except_key=entry.key)
-            return await self.load(entry, config, jit=True)
+    # A load runs to its end in a task of its own, even when the request that asked for it goes
+    # away (a client gone mid-load cancels the request's task, not the load): the model it maps is
+    # then registered like any other, TTL and all, rather than left in memory where nothing sees it.
 
-    async def load(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool = False) -> Instance:
+    async def _jit_load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
+        loading = self._jit_loads.get(entry.key)
+        if loading is None:  # concurrent first requests: one load, the others wait for it
+            loading = self._jit_loads[entry.key] = asyncio.ensure_future(self._jit_load_now(entry, config))
+            loading.add_done_callback(lambda done: self._load_done(done, entry.key))
+        return await asyncio.shield(loading)
+
+    async def _jit_load_now(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
+        existing = self._least_busy(entry.key)
+        if existing is not None:
+            return existing
+        if self.auto_evict:
+            await self._evict_jit_models(except_key=entry.key)
+        return await self._load_now(entry, config, jit=True)
+
+    async def load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
         """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
         if entry.is_adapter:
             raise AdapterNotLoadable(entry)
+        loading = asyncio.ensure_future(self._load_now(entry, config, jit=False))
+        self._loads.add(loading)
+        loading.add_done_callback(lambda done: self._load_done(done, None))
+        return await asyncio.shield(loading)
+
+    def _load_done(self, loading: asyncio.Task[Instance], jit_key: str | None) -> None:
+        self._loads.discard(loading)
+        if jit_key is not None and self._jit_loads.get(jit_key) is loading:
+            del self._jit_loads[jit_key]
+        if not loading.cancelled():
+            loading.exception()  # retrieved: a failure nobody waited for any more is not an asyncio warning
+
+    async def _load_now(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool) -> Instance:
         async with self._load_lock:
             instance_id = self._new_instance_id(entry.key, config.identifier)
             settings = replace(
