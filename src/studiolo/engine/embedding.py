@@ -83,14 +83,18 @@ class EmbeddingEngine:
 
     def _check(self, inputs: list[list[int]]) -> None:
         for index, tokens in enumerate(inputs):
-            if not tokens:
-                raise InvalidTokens(f"input {index} is empty", f"input[{index}]")
-            if len(tokens) > self.context_length:
-                raise InputTooLong(index, len(tokens), self.context_length)
-            bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
-            if bad is not None:
-                raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})",
-                                    f"input[{index}]")
+            self.check_input(index, tokens)
+
+    def check_input(self, index: int, tokens: list[int]) -> None:
+        """Refuse input ``index`` if it is empty, longer than the context or holds a foreign token id."""
+        if not tokens:
+            raise InvalidTokens(f"input {index} is empty", f"input[{index}]")
+        if len(tokens) > self.context_length:
+            raise InputTooLong(index, len(tokens), self.context_length)
+        bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
+        if bad is not None:
+            raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})",
+                                f"input[{index}]")
 
     def busy(self) -> bool:
         return bool(self._jobs)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 
 from studiolo.engine.embedding import EmbeddingEngine
+from studiolo.engine.llama import LlamaModel
 from studiolo.models.manager import ModelManager
 from studiolo.service.types import InvalidRequest
 
@@ -36,17 +38,30 @@ class EmbeddingService:
             raise InvalidRequest(f"'{request.model}' is not an embedding model; load one (type embeddings) "
                                  "to get embeddings", "model")
         target = await self.manager.get(request.model, ttl=request.ttl)
+        if target.adapter is not None:
+            raise InvalidRequest(f"'{request.model}' is a LoRA adapter of an embedding model; adapters apply to "
+                                 "chat and completions only", "model")
         engine = target.instance.engine
         assert isinstance(engine, EmbeddingEngine)
         model = target.instance.model
         if request.dimensions is not None and request.dimensions > model.n_embd_out:
             raise InvalidRequest(f"'dimensions' is {request.dimensions}, more than the model's {model.n_embd_out}",
                                  "dimensions")
-        # a text gets the model's special tokens ([CLS] ... [SEP] for BERT); token ids are taken as given
-        inputs = [model.tokenize(item, add_special=True, parse_special=False) if isinstance(item, str) else item
-                  for item in request.inputs]
+        # off the event loop: 2,048 long texts take seconds to tokenize, and other clients wait meanwhile
+        inputs = await asyncio.to_thread(_tokenized, engine, model, request.inputs)
         vectors = await engine.embed(inputs)
         return Embeddings(target.name, vectors, sum(len(tokens) for tokens in inputs), model.n_embd_out)
+
+
+def _tokenized(engine: EmbeddingEngine, model: LlamaModel, items: list[str | list[int]]) -> list[list[int]]:
+    """Token lists for the inputs, each checked as soon as it is made: the first bad one ends the work."""
+    inputs = []
+    for index, item in enumerate(items):
+        # a text gets the model's special tokens ([CLS] ... [SEP] for BERT); token ids are taken as given
+        tokens = model.tokenize(item, add_special=True, parse_special=False) if isinstance(item, str) else item
+        engine.check_input(index, tokens)
+        inputs.append(tokens)
+    return inputs
 
 
 def check_generation_model(manager: ModelManager, name: str) -> None:
