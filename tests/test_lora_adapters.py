@@ -17,7 +17,7 @@ import pytest
 from studiolo.config import models_dir
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from tests.batching import assert_same_or_parted_at_a_near_tie
-from tests.conftest import GREEDY, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import GREEDY, MINILM, SMOLLM, RunningServer, free_port, home_with_models
 from tests.lora import write_lora_adapter
 
 TINT = f"{SMOLLM}/tint"
@@ -36,6 +36,11 @@ def adapters_home(tmp_path_factory, default_models, chat_models):
     write_lora_adapter(base, folder / "bold.gguf", seed=1)
     write_lora_adapter(base, folder / "f64.gguf", dtype=np.float64)
     write_lora_adapter(base, folder / "misshapen.gguf", wrong_shape=True)
+    home_with_models(home, {MINILM: default_models[MINILM]})
+    embedder = default_models[MINILM]
+    embedder_adapters = home / "models" / embedder.relative_to(models_dir()).parent / "adapters"
+    embedder_adapters.mkdir()
+    write_lora_adapter(embedder, embedder_adapters / "sharpen.gguf")
     return home
 
 
@@ -181,3 +186,11 @@ def test_an_adapter_cannot_be_loaded_as_a_model(lora_http):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "model_is_adapter" and SMOLLM in error["message"]
+
+
+def test_an_adapter_of_an_embedding_model_is_refused(lora_http):
+    # llama.cpp would apply it, but the embedding engine takes no adapters: a 400, not a silent base vector
+    response = lora_http.post("/v1/embeddings", json={"model": f"{MINILM}/sharpen", "input": "Hi"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "model" and "adapter" in error["message"]
