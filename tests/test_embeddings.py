@@ -137,9 +137,14 @@ def test_a_small_request_is_not_held_up_by_a_large_one(server):
     ({"input": "x", "encoding_format": "int8"}, "encoding_format", ""),
     ({"input": [[1, 2], [99999999]]}, "input[1]", "outside the vocabulary"),
     ({"model": SMOLLM, "input": "x"}, "model", "not an embedding model"),
+    ({"input": ["ok", "x\udc80y"]}, "input[1]", "surrogate"),
+    ({"input": [True, False]}, "input[0]", "boolean"),
+    ({"input": "x", "dimensions": True}, "dimensions", "boolean"),
 ])
 def test_bad_input_is_a_400_naming_the_field(http, body, param, words):
-    response = http.post(EMBEDDINGS, json={"model": MINILM, **body})
+    # json.dumps escapes a lone surrogate, as a client's JSON encoder would; httpx's own refuses to send it
+    response = http.post(EMBEDDINGS, content=json.dumps({"model": MINILM, **body}),
+                         headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import SMOLLM
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Hi"}]
+JSON = {"content-type": "application/json"}
 
 
 def error_of(response, status: int) -> dict:
@@ -59,6 +62,9 @@ def test_empty_messages(http):
         ("logit_bias", {"dog": 1}, "logit_bias"),
         ("logit_bias", {"5": 500}, "logit_bias.5"),
         ("stream", "sometimes", "stream"),
+        ("max_tokens", True, "max_tokens"),
+        ("seed", False, "seed"),
+        ("stop_tokens", [True], "stop_tokens[0]"),
     ],
 )
 def test_wrong_field_values_name_the_field(http, field, value, param):
@@ -148,3 +154,26 @@ def test_infinity_in_the_body_is_refused(http):
 def test_context_error_names_the_prompt_on_completions(http):
     response = http.post("/v1/completions", json={"model": SMOLLM, "prompt": "word " * 5000})
     assert error_of(response, 400)["param"] == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, {"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
+        ("/v1/completions", {"prompt": ["fine", "\udfff"]}, "prompt[1]"),
+        ("/v1/responses", {"input": [{"role": "user", "content": [{"type": "input_text", "text": "\ud83d"}]}]},
+         "input[0].content[0].text"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_where_it_is(http, path, body, param):
+    # json.dumps escapes it (\\ud800), as a client's JSON encoder would; httpx's own refuses to send it
+    response = http.post(path, content=json.dumps({"model": SMOLLM, **body}), headers=JSON)
+    error = error_of(response, 400)
+    assert error["param"] == param and "surrogate" in error["message"]
+
+
+def test_escaped_surrogate_pairs_are_text(http):
+    # an emoji sent as a JSON surrogate pair (json.dumps' default) is one character, not an error
+    body = '{"model": "%s", "prompt": "Smile \\ud83d\\ude00", "max_tokens": 1}' % SMOLLM
+    response = http.post("/v1/completions", content=body, headers=JSON)
+    assert response.status_code == 200, response.text

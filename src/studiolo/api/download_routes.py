@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from studiolo.api.errors import APIError
+from studiolo.api.routing import make_router
 from studiolo.models.download import (
     AmbiguousChoice,
     DownloadError,
@@ -26,7 +27,7 @@ from studiolo.models.download import (
 )
 from studiolo.models.download_jobs import DownloadJobs, JobNotFound
 
-router = APIRouter()
+router = make_router()
 
 # (HTTP status, v1 error type) for each way resolving a model can fail; anything else is the hub's fault
 _DOWNLOAD_ERRORS: dict[type[DownloadError], tuple[int, str]] = {

@@ -14,15 +14,17 @@ import json
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
+from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, until_disconnected
+from studiolo.api.wire_types import Int
 from studiolo.service.embeddings import EmbeddingRequest, EmbeddingService
 from studiolo.service.types import InvalidRequest
 
-router = APIRouter()
+router = make_router()
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
@@ -30,9 +32,9 @@ class EmbeddingBody(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[Int] | list[list[Int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Int | None = Field(None, ge=1)
     ttl: float | None = Field(None, gt=0)
 
     def inputs(self) -> list[str | list[int]]:

@@ -158,7 +158,8 @@ def _is_union_branch(part: Any) -> bool:
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> APIError:
-    first = errors[0]
+    # a union field gives one error per member; a rule of ours (value_error) says best what is wrong
+    first = next((error for error in errors if error.get("type") == "value_error"), errors[0])
     if first.get("type") == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": ")
         return APIError(400, message, code="invalid_json")

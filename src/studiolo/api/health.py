@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter
-
 from studiolo import __version__
+from studiolo.api.routing import make_router
 
-router = APIRouter()
+router = make_router()
 
 
 @router.get("/health")

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from studiolo.api.errors import APIError
 from studiolo.api.lmstudio_models import models_v0, v0_extras
 from studiolo.api.openai_routes import run_chat, run_completion
 from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+from studiolo.api.routing import make_router
 
-router = APIRouter(prefix="/api/v0")
+router = make_router(prefix="/api/v0")
 
 
 def _manager(request: Request):

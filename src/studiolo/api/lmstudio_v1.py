@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from studiolo.api.lmstudio_models import models_v1
+from studiolo.api.routing import make_router
+from studiolo.api.wire_types import Int
 from studiolo.config import MAX_PARALLEL, MIN_CONTEXT
 from studiolo.models.instance import LoadConfig
 
-router = APIRouter(prefix="/api/v1")
+router = make_router(prefix="/api/v1")
 
 
 
@@ -26,9 +28,9 @@ class LoadBody(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    context_length: int | None = Field(default=None, ge=MIN_CONTEXT)
-    eval_batch_size: int | None = Field(default=None, ge=1, le=8192)
-    parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    context_length: Int | None = Field(default=None, ge=MIN_CONTEXT)
+    eval_batch_size: Int | None = Field(default=None, ge=1, le=8192)
+    parallel: Int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
     ttl: float | None = Field(default=None, gt=0)
     identifier: str | None = Field(default=None, min_length=1, max_length=200)
     echo_load_config: bool = False

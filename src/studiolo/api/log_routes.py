@@ -14,14 +14,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from studiolo.api.errors import APIError
+from studiolo.api.routing import make_router
 from studiolo.api.streaming import sse_response
 from studiolo.service.model_log import SOURCES, LogHub
 
-router = APIRouter()
+router = make_router()
 
 KEEPALIVE_SECONDS = 15.0  # read at each wait, so tests can shorten it
 KEEPALIVE = ": keep-alive\n\n"

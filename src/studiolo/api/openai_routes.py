@@ -10,17 +10,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from studiolo.api import openai_render as render
 from studiolo.api.errors import APIError
 from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+from studiolo.api.routing import make_router
 from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
 from studiolo.service.types import Finished, TextDelta, TokenInfo, ToolCallDelta
 
-router = APIRouter(prefix="/v1")
+router = make_router(prefix="/v1")
 
 Extras = Callable[[Generation], dict[str, Any]]
 

@@ -24,6 +24,7 @@ from studiolo.api.tool_schemas import (
     history_calls,
     tools_of,
 )
+from studiolo.api.wire_types import Int
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
@@ -75,21 +76,21 @@ class _GenerationBody(_Body):
     ttl: int | None = Field(default=None, gt=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
-    max_tokens: int | None = Field(None, ge=-1)
+    n: Int = Field(1, ge=1, le=MAX_CHOICES)
+    max_tokens: Int | None = Field(None, ge=-1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: Int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
     repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     stop: str | list[str] | None = None
     stop_sequences: str | list[str] | None = None  # BladeLLM's name for stop
-    stop_tokens: list[int] | None = None
+    stop_tokens: list[Int] | None = None
     ignore_eos: bool = False
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
     # structured output (api/structured.py): one of these per request
@@ -152,10 +153,10 @@ class _GenerationBody(_Body):
 
 class ChatCompletionBody(_GenerationBody):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=-1)
+    max_completion_tokens: Int | None = Field(None, ge=-1)
     # OpenAI: a boolean; BladeLLM also sends a count, which then sets top_logprobs unless given
     logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     resume_response: str | None = None  # BladeLLM: carry on from an interrupted assistant reply
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
@@ -202,10 +203,10 @@ def _message_to_domain(index: int, message: Message) -> ChatMessage:
 
 
 class CompletionBody(_GenerationBody):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[Int] | list[list[Int]]
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: Int | None = Field(None, ge=1)
 
     def to_domain(self) -> CompletionRequest:
         if self.suffix:
