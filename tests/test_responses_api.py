@@ -311,3 +311,81 @@ def test_text_before_a_call_is_its_own_message_item():
     ]
     assert [item["type"] for item in output.items] == ["message", "function_call"] and output.status == "completed"
     assert output.items[1]["call_id"] == "call1" and output.items[1]["arguments"] == '{"city": "Paris"}'
+
+
+@pytest.mark.parametrize("arguments", ["[" * 100_000, '{"a":' + "1" * 5000 + "}"], ids=["deep", "long-number"])
+def test_arguments_json_cannot_read_are_a_400(http, arguments):
+    # json.loads raises RecursionError and ValueError here, not JSONDecodeError
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": arguments}
+    body = {"model": SMOLLM, "input": [call]}
+    assert error_of(http.post(RESPONSES, json=body), 400)["param"] == "input[0].arguments"
+
+
+NAN_CASES = [
+    ('"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}, '
+     '{"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "ok", '
+     '"score": NaN}]}]', "input[1].output"),
+    ('"input": "Hi", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", '
+     '"properties": {"x": {"type": "number", "maximum": Infinity}}}}]', "tools[0].parameters"),
+    ('"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "number", '
+     '"maximum": NaN}}}', "text.format.schema"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("fields", "param"), NAN_CASES, ids=["output", "tool", "format"])
+def test_nan_that_could_not_be_stored_is_a_400_before_generating(http, fields, param, stream):
+    # Python's JSON parser takes NaN and Infinity; the store (rightly) does not, so they are refused up front
+    body = f'{{"model": "{SMOLLM}", "stream": {json.dumps(stream)}, {fields}}}'
+    response = http.post(RESPONSES, content=body, headers={"content-type": "application/json"})
+    assert error_of(response, 400)["param"] == param
+
+
+def test_a_store_failure_after_a_stream_began_ends_it_with_response_failed():
+    # no request can make the store fail any more, so the route's stream runs against a failing store
+    import asyncio
+    import sqlite3
+    from types import SimpleNamespace
+
+    from studiolo.api import responses_routes
+    from studiolo.api.responses_render import ResponseInfo
+    from studiolo.api.responses_schemas import ResponseBody
+    from studiolo.service.types import Usage
+
+    class Generation:
+        usage = Usage(prompt_tokens=5, completion_tokens=1)
+
+        async def events(self):
+            yield TextDelta(0, "Hi")
+            yield Finished(0, "stop")
+
+        def cancel(self):
+            pass
+
+    class Conversations:
+        async def save(self, *args):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    body = ResponseBody(model=SMOLLM, input="Hi")
+    info = ResponseInfo("resp_1", SMOLLM, 0, None, None, body.settings())
+    run = SimpleNamespace(id="resp_1", generation=Generation())
+
+    async def collect():
+        return [chunk async for chunk in responses_routes._events(Conversations(), run, info, False)]
+
+    events = [json.loads(chunk.split("data: ", 1)[1]) for chunk in asyncio.run(collect())]
+    assert [event["type"] for event in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+        "response.output_item.done", "response.failed",
+    ]
+    assert [event["sequence_number"] for event in events] == list(range(9))
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"] == {"code": "server_error", "message": "disk I/O error"}
+    assert failed["output"][0]["content"][0]["text"] == "Hi" and failed["usage"]["output_tokens"] == 1
+
+
+@pytest.mark.parametrize("field", ["max_output_tokens", "top_k", "seed", "top_logprobs"])
+def test_booleans_are_not_integers(http, field):
+    body = {"model": SMOLLM, "input": "Hi", field: True}
+    assert error_of(http.post(RESPONSES, json=body), 400)["param"] == field

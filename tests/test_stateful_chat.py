@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import GEMMA, MINILM, SMOLLM, RunningServer, free_port, home_with_models
 
 CHAT = "/api/v1/chat"
 
@@ -156,7 +156,8 @@ def test_bad_fields_are_refused(api):
         assert response.status_code == 400 and response.json()["error"]["param"] == param, extra
 
 
-def _stream_events(api: httpx.Client, body: dict) -> list[tuple[str, dict]]:
+def _stream_events(api: httpx.Client, body: dict, on_event=None) -> list[tuple[str, dict]]:
+    """The stream's events; ``on_event(name)`` runs as each arrives, the stream still open."""
     events, name = [], None
     with api.stream("POST", CHAT, json={**body, "stream": True}) as response:
         assert response.status_code == 200
@@ -167,6 +168,8 @@ def _stream_events(api: httpx.Client, body: dict) -> list[tuple[str, dict]]:
                 data = json.loads(line[6:])
                 assert data["type"] == name
                 events.append((name, data))
+                if on_event is not None:
+                    on_event(name)
     return events
 
 
@@ -244,3 +247,90 @@ def test_conversations_survive_a_sigkill_of_the_server(tmp_path, default_models)
         assert "My favorite fruit is a mango." in prompt and "I also like plums." in prompt
     finally:
         second_server.stop()
+
+
+def _instances(api: httpx.Client, key: str) -> list[dict]:
+    models = api.get("/api/v1/models").json()["models"]
+    return [instance for model in models if model["key"] == key for instance in model["loaded_instances"]]
+
+
+def _unload(api: httpx.Client, key: str) -> None:
+    for instance in _instances(api, key):
+        api.post("/api/v1/models/unload", json={"instance_id": instance["id"]})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_cut_off_by_max_output_tokens_is_stored_incomplete(api, stream):
+    body = {"model": SMOLLM, "input": "Tell me a long story", "temperature": 0, "max_output_tokens": 3}
+    result = _stream_events(api, body)[-1][1]["result"] if stream else api.post(CHAT, json=body).json()
+    stored = api.get(f"/v1/responses/{result['response_id']}").json()
+    # as /v1/responses stores the same cut-off: the store is one for both APIs
+    same = api.post("/v1/responses", json=body).json()
+    for response in (stored, same):
+        assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert [item["status"] for item in response["output"]] == ["incomplete"]
+    ended = say(api, "Say hi.", max_output_tokens=200)  # ends by itself: completed, as before
+    assert ended["stats"]["total_output_tokens"] < 200
+    assert api.get(f"/v1/responses/{ended['response_id']}").json()["status"] == "completed"
+
+
+def test_a_stream_whose_previous_response_is_deleted_ends_with_error_then_chat_end(api):
+    first = say(api, "My favorite color is blue.")
+    deleted = []
+
+    def delete_once(name: str) -> None:  # while the continuation generates
+        if name == "message.delta" and not deleted:
+            deleted.append(api.delete(f"/v1/responses/{first['response_id']}").status_code)
+
+    body = {"model": SMOLLM, "input": "Tell me a long story about a dragon.", "temperature": 0,
+            "max_output_tokens": 200, "previous_response_id": first["response_id"]}
+    events = _stream_events(api, body, delete_once)
+    assert deleted == [200]
+    names = [name for name, _ in events]
+    assert names[-4:] == ["message.delta", "message.end", "error", "chat.end"]  # LM Studio: chat.end follows
+    error = events[-2][1]["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request", "response_not_found",
+                                                             "previous_response_id")
+    result = events[-1][1]["result"]  # whatever was generated, and no id: nothing was stored
+    text = "".join(data["content"] for name, data in events if name == "message.delta")
+    assert "response_id" not in result and result["output"] == [{"type": "message", "content": text}]
+    assert result["model_instance_id"] == SMOLLM and result["stats"]["total_output_tokens"] == 200
+
+
+def test_an_embedding_model_is_a_400_before_any_stream(api):
+    for stream in (False, True):
+        response = api.post(CHAT, json={"model": MINILM, "input": "hi", "stream": stream})
+        assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request", "model") and MINILM in error["message"]
+    assert _instances(api, MINILM) == []  # nothing was loaded for it
+
+
+def test_a_prompt_longer_than_a_loaded_models_context_is_a_400_before_any_stream(api):
+    say(api, "ping", max_output_tokens=1)  # loaded: the prompt can be measured before the stream
+    for stream in (False, True):
+        response = api.post(CHAT, json={"model": SMOLLM, "input": "word " * 20_000, "stream": stream})
+        assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request", "context_length_exceeded",
+                                                                  "input")
+
+
+def test_a_failure_once_the_stream_began_is_an_error_event_then_chat_end(api):
+    _unload(api, GEMMA)  # this request loads it, so the prompt is measured after the stream began
+    try:
+        events = _stream_events(api, {"model": GEMMA, "input": "word " * 2000, "context_length": 512})
+    finally:
+        _unload(api, GEMMA)  # not left with the small context
+    assert [name for name, _ in events] == ["chat.start", "model_load.start", "error", "chat.end"]
+    error = events[2][1]["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request", "context_length_exceeded", "input")
+    stats = {"input_tokens": 0, "total_output_tokens": 0, "reasoning_output_tokens": 0, "tokens_per_second": 0.0,
+             "time_to_first_token_seconds": 0.0}
+    assert events[3][1]["result"] == {"model_instance_id": GEMMA, "output": [], "stats": stats}
+
+
+def test_booleans_are_not_integers(api):
+    for field in ("max_output_tokens", "top_k", "context_length"):
+        response = api.post(CHAT, json={"model": SMOLLM, "input": "Hi", field: True})
+        assert response.status_code == 400 and response.json()["error"]["param"] == field, field

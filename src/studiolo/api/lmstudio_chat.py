@@ -4,7 +4,10 @@ and a ``response_id`` out; ``previous_response_id`` continues (or branches) a st
 Streamed, the events are LM Studio's named SSE events, each data object carrying its ``type``:
 ``chat.start``, ``model_load.start|progress|end`` (only when this request loads the model),
 ``prompt_processing.start|progress|end`` (progress after each chunk of prompt the engine takes in),
-``message.start|delta|end``, ``error`` and ``chat.end`` with the whole result.
+``message.start|delta|end``, ``error`` and ``chat.end`` with the whole result. As LM Studio's
+streaming docs say, an ``error`` is followed by ``chat.end`` carrying whatever was generated (not
+stored); what can be refused before any work (an embedding model, an unknown id, and, when the
+model is loaded, a prompt too long for it) is a 4xx before the stream, as unstreamed.
 
 Decisions where LM Studio's documentation is silent: ``system_prompt`` applies to its own turn
 only (like OpenAI's ``instructions``); ``context_length`` is the context the model gets if this
@@ -15,23 +18,30 @@ request loads it; ``reasoning`` other than "off" is a 400 (neither default model
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from studiolo.api.errors import APIError, from_domain
+from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
+from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
+from studiolo.service.embeddings import check_generation_model
 from studiolo.service.generation import Generation, GenerationFailed
 from studiolo.service.items import Item, assistant_message, message_text, user_message
 from studiolo.service.types import Finished, GenerationOptions, InvalidRequest, PromptProgress, TextDelta
 
-router = APIRouter(prefix="/api/v1")
+router = make_router(prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 
 class _Body(BaseModel):
@@ -51,12 +61,12 @@ class ChatBody(_Body):
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: Int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: Int | None = Field(None, ge=1)
     reasoning: Literal["off", "low", "medium", "high", "on"] | None = None
-    context_length: int | None = Field(None, ge=MIN_CONTEXT)
+    context_length: Int | None = Field(None, ge=MIN_CONTEXT)
     store: bool = True
     previous_response_id: str | None = None
     integrations: list[Any] | None = None
@@ -91,7 +101,6 @@ class ChatBody(_Body):
         return items
 
 
-
 def _conversations(request: Request) -> Conversations:
     return request.app.state.conversations
 
@@ -101,44 +110,85 @@ async def chat(body: ChatBody, request: Request):
     conversations = _conversations(request)
     turn = body.turn(report_progress=body.stream)
     if not body.stream:
-        run = await conversations.start(turn)
+        run = await _start(conversations, turn)
         try:
             return await until_disconnected(request, _complete(conversations, run))
         except ClientDisconnected:
             return None
         finally:
             run.generation.cancel()
-    if turn.previous_response_id is not None:  # an unknown id is a 404 before the stream starts
-        await conversations.check_exists(turn.previous_response_id)
-    loads = conversations.service.manager.needs_load(turn.model)
-    return sse_response(_events(conversations, turn, loads))
+    manager = conversations.service.manager
+    # the refusals that need no load are 4xx before the stream, as unstreamed: an HTTP 200 whose
+    # stream says "error" is for what goes wrong once work is under way
+    check_generation_model(manager, turn.model)
+    if manager.needs_load(turn.model):  # the stream shows the load, so it starts first
+        if turn.previous_response_id is not None:
+            await conversations.check_exists(turn.previous_response_id)
+        return sse_response(_loading_events(conversations, turn))
+    run = await _start(conversations, turn)  # the model is loaded: this refuses at once (context, ids)
+    return sse_response(_events(conversations, run), on_close=run.generation.cancel)
+
+
+async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
+    try:
+        return await conversations.start(turn)
+    except ContextLengthExceeded as exc:
+        exc.param = "input"  # the service names chat completions' field
+        raise
+
+
+@dataclass
+class _Reply:
+    """The message as it grows, and how its generation ended (Finished.reason)."""
+
+    texts: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def status(self) -> str:
+        # stored as /v1/responses stores a reply cut off by max_output_tokens (one store for both APIs)
+        return "incomplete" if self.reason == "length" else "completed"
+
+    def output(self) -> list[Item]:
+        return [{**assistant_message("".join(self.texts)), "status": self.status}]
 
 
 async def _complete(conversations: Conversations, run: ConversationRun) -> dict[str, Any]:
-    text = ""
+    reply = _Reply()
     try:
         async for event in run.generation.events():
-            if isinstance(event, TextDelta):
-                text += event.text
+            _follow(reply, event)
     except GenerationFailed as exc:
         raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
-    return await _result(conversations, run, text)
+    return await _result(conversations, run, reply)
 
 
-async def _result(conversations: Conversations, run: ConversationRun, text: str) -> dict[str, Any]:
-    output = [assistant_message(text)]
-    stored = await conversations.save(run, output)
-    result: dict[str, Any] = {
-        "model_instance_id": run.generation.instance.id,
-        "output": [{"type": "message", "content": message_text(item)} for item in output],
-        "stats": _stats(run.generation),
-    }
+def _follow(reply: _Reply, event: Any) -> None:
+    if isinstance(event, TextDelta):
+        reply.texts.append(event.text)
+    elif isinstance(event, Finished):
+        reply.reason = event.reason
+
+
+async def _result(conversations: Conversations, run: ConversationRun, reply: _Reply) -> dict[str, Any]:
+    output = reply.output()
+    stored = await conversations.save(run, output, reply.status)
+    result = _result_body(run.generation.instance.id, output, _stats(run.generation))
     if stored is not None:
         result["response_id"] = stored.id
     return result
 
 
-def _stats(generation: Generation) -> dict[str, Any]:
+def _result_body(instance_id: str, output: list[Item], stats: dict[str, Any]) -> dict[str, Any]:
+    return {"model_instance_id": instance_id,
+            "output": [{"type": "message", "content": message_text(item)} for item in output], "stats": stats}
+
+
+def _stats(generation: Generation | None) -> dict[str, Any]:
+    """LM Studio's stats; zeros for a turn that never started."""
+    if generation is None:
+        return {"input_tokens": 0, "total_output_tokens": 0, "reasoning_output_tokens": 0,
+                "tokens_per_second": 0.0, "time_to_first_token_seconds": 0.0}
     usage, timing = generation.usage, generation.timing
     generated = usage.completion_tokens
     stats = {
@@ -146,7 +196,8 @@ def _stats(generation: Generation) -> dict[str, Any]:
         "total_output_tokens": generated,
         "reasoning_output_tokens": 0,
         "tokens_per_second": round(timing.decode_rate(generated), 2),
-        "time_to_first_token_seconds": round(timing.time_to_first_token, 3),
+        # a generation that failed has no end: no negative time
+        "time_to_first_token_seconds": round(max(timing.time_to_first_token, 0.0), 3),
     }
     if generation.load_seconds is not None:
         stats["model_load_time_seconds"] = round(generation.load_seconds, 3)
@@ -158,40 +209,71 @@ def _event(kind: str, **data: Any) -> str:
     return f"event: {kind}\ndata: {payload}\n\n"
 
 
-async def _events(conversations: Conversations, turn: Turn, loads: bool) -> AsyncIterator[str]:
-    manager = conversations.service.manager
-    yield _event("chat.start", model_instance_id=manager.instance_id_for(turn.model))
-    if loads:
-        yield _event("model_load.start", model_instance_id=manager.instance_id_for(turn.model))
+def _error_event(exc: Exception) -> str:
+    """LM Studio's v1 error; the stream goes on to chat.end."""
+    error = from_domain(exc)
+    if error is None:
+        if not isinstance(exc, GenerationFailed):
+            log.error("/api/v1/chat failed after its stream began", exc_info=exc)  # a bug: keep its trace
+        code = "generation_failed" if isinstance(exc, GenerationFailed) else None
+        error = APIError(500, str(exc) or type(exc).__name__, type="server_error", code=code)
+    return _event("error", error=error.body_v1()["error"])
+
+
+async def _loading_events(conversations: Conversations, turn: Turn) -> AsyncIterator[str]:
+    """The stream of a turn whose model this request loads: the load's events, then the turn's."""
+    instance_id = conversations.service.manager.instance_id_for(turn.model)
+    yield _event("chat.start", model_instance_id=instance_id)
+    yield _event("model_load.start", model_instance_id=instance_id)
     started = time.perf_counter()
     try:
-        run = await conversations.start(turn)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the stream's error event
-        error = from_domain(exc) or APIError(500, str(exc), type="server_error")
-        yield _event("error", error=error.body_v1()["error"])
+        run = await _start(conversations, turn)
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
+        yield _error_event(exc)
+        yield _event("chat.end", result=_result_body(instance_id, [], _stats(None)))
         return
     generation = run.generation
     try:
-        if loads:
-            yield _event("model_load.progress", model_instance_id=generation.instance.id, progress=1.0)
-            seconds = generation.load_seconds if generation.load_seconds is not None else time.perf_counter() - started
-            yield _event("model_load.end", model_instance_id=generation.instance.id,
-                         load_time_seconds=round(seconds, 3))
-        texts: list[str] = []
-        async for event in _generation_events(generation, texts):
+        yield _event("model_load.progress", model_instance_id=generation.instance.id, progress=1.0)
+        seconds = generation.load_seconds if generation.load_seconds is not None else time.perf_counter() - started
+        yield _event("model_load.end", model_instance_id=generation.instance.id, load_time_seconds=round(seconds, 3))
+        async for event in _turn_events(conversations, run):
             yield event
-        yield _event("chat.end", result=await _result(conversations, run, "".join(texts)))
-    except GenerationFailed as exc:
-        yield _event("error", error={"type": "internal_error", "message": str(exc), "code": "generation_failed"})
     finally:
         generation.cancel()
 
 
-async def _generation_events(generation: Generation, texts: list[str]) -> AsyncIterator[str]:
-    """prompt_processing and message events; the message's text is kept in ``texts`` for chat.end."""
+async def _events(conversations: Conversations, run: ConversationRun) -> AsyncIterator[str]:
+    """The stream of a turn already started on a loaded model."""
+    yield _event("chat.start", model_instance_id=run.generation.instance.id)
+    try:
+        async for event in _turn_events(conversations, run):
+            yield event
+    finally:
+        run.generation.cancel()
+
+
+async def _turn_events(conversations: Conversations, run: ConversationRun) -> AsyncIterator[str]:
+    """Generation events, then chat.end; a failure is an error event, and chat.end still follows with
+    whatever was generated (LM Studio's streaming docs), unstored."""
+    reply = _Reply()
+    try:
+        async for event in _generation_events(run.generation, reply):
+            yield event
+        result = await _result(conversations, run, reply)
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
+        yield _error_event(exc)
+        output = reply.output() if reply.texts else []
+        result = _result_body(run.generation.instance.id, output, _stats(run.generation))
+    yield _event("chat.end", result=result)
+
+
+async def _generation_events(generation: Generation, reply: _Reply) -> AsyncIterator[str]:
+    """prompt_processing and message events; the message is kept in ``reply`` for chat.end."""
     yield _event("prompt_processing.start")
     processing, message_started = True, False
     async for event in generation.events():
+        _follow(reply, event)
         if isinstance(event, PromptProgress) and processing:
             yield _event("prompt_processing.progress", progress=round(event.fraction, 4))
         elif isinstance(event, TextDelta):
@@ -201,7 +283,6 @@ async def _generation_events(generation: Generation, texts: list[str]) -> AsyncI
             if not message_started:
                 message_started = True
                 yield _event("message.start")
-            texts.append(event.text)
             yield _event("message.delta", content=event.text)
         elif isinstance(event, Finished):
             if processing:

@@ -15,23 +15,27 @@ There is no ``[DONE]`` line (OpenAI's Responses streams have none).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from studiolo.api import responses_render as render
-from studiolo.api.errors import APIError
+from studiolo.api.errors import APIError, from_domain
 from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.responses_render import OutputItems, ResponseInfo
 from studiolo.api.responses_schemas import ResponseBody
+from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.generation import GenerationFailed
 from studiolo.service.types import InvalidRequest
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
 
-router = APIRouter(prefix="/v1")
+router = make_router(prefix="/v1")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_LIST_LIMIT = 100
@@ -69,6 +73,9 @@ async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
         return await conversations.start(turn)
     except ResponseNotFound as exc:
         raise _previous_not_found(exc) from None
+    except ContextLengthExceeded as exc:
+        exc.param = "input"  # the service names chat completions' field
+        raise
 
 
 async def _save(conversations: Conversations, run: ConversationRun, output: OutputItems, info: ResponseInfo) -> None:
@@ -109,14 +116,21 @@ async def _events(conversations: Conversations, run: ConversationRun, info: Resp
                 yield stream.sse(item_event)
         await _save(conversations, run, output, info)
         yield stream.sse({"type": f"response.{output.status}", "response": _finished(run, info, output)})
-    except (GenerationFailed, APIError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure ends it with response.failed
         # nothing was stored: a failed turn cannot be continued
-        error = {"code": getattr(exc, "code", None) or "server_error", "message": str(exc)}
-        usage = render.generation_usage(run.generation.usage)
-        failed = render.response_object(info, "failed", output.items, usage, error=error)
-        yield stream.sse({"type": "response.failed", "response": failed})
+        yield stream.sse({"type": "response.failed", "response": _failed(run, info, output, exc)})
     finally:
         run.generation.cancel()
+
+
+def _failed(run: ConversationRun, info: ResponseInfo, output: OutputItems, exc: Exception) -> dict[str, Any]:
+    """The failed response, its error in OpenAI's shape (``code`` and ``message``)."""
+    known = from_domain(exc)
+    if known is None and not isinstance(exc, GenerationFailed):
+        log.error("response %s failed after its stream began", run.id, exc_info=exc)  # a bug: keep its trace
+    error = {"code": (known.code if known else None) or "server_error", "message": str(exc) or type(exc).__name__}
+    usage = render.generation_usage(run.generation.usage)
+    return render.response_object(info, "failed", output.items, usage, error=error)
 
 
 async def _in_store(request: Request, response_id: str, action: Callable[[ResponseStore, str], T]) -> T:

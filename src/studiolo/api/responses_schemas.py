@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studiolo.api.errors import describe_validation
+from studiolo.api.wire_types import Int
 from studiolo.api.tool_schemas import (
     FunctionDefinition,
     NamedFunction,
@@ -86,7 +87,7 @@ class FunctionCallInput(_Body):
     def normalized(self, where: str) -> Item:
         try:
             arguments = json.loads(self.arguments)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON; deep nesting; a number past int's digit limit
             arguments = exc
         if not isinstance(arguments, dict):  # templates write calls back as objects
             raise InvalidRequest("a function call's arguments must be a JSON object (as text)", f"{where}.arguments")
@@ -101,8 +102,18 @@ class FunctionCallOutputInput(_Body):
     id: str | None = None
 
     def normalized(self, where: str) -> Item:
+        check_json(self.output, f"{where}.output")  # it is stored as it is
         item = {"type": "function_call_output", "call_id": self.call_id, "output": self.output}
         return _with_given_id(item, self.id)
+
+
+def check_json(value: Any, param: str) -> None:
+    """Refuse what the store could not write back as JSON: Python's parser takes NaN and Infinity,
+    and ``Any`` fields let them through, so a turn would run and then fail to be stored."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(f"'{param}' holds a value that is not JSON (NaN or Infinity)", param) from None
 
 
 _INPUT_ITEMS: dict[str, type[_Body]] = {
@@ -170,20 +181,20 @@ class ResponseBody(_Body):
     previous_response_id: str | None = None
     store: bool = True
     stream: bool = False
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: Int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     # llama.cpp's controls, as LM Studio's /api/v1/chat takes them
-    top_k: int | None = Field(None, ge=-1)
+    top_k: Int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
-    seed: int | None = None
+    seed: Int | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
     include: list[str] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     metadata: dict[str, str] | None = None
     conversation: Any = None
     ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
@@ -201,6 +212,7 @@ class ResponseBody(_Body):
                                  "conversation")
         if self.previous_response_id is not None:
             check_response_id(self.previous_response_id)  # a 400 before any model loads
+        self._check_stored_settings()
         constraint = self._constraint()
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
                                     logprobs=self.logprobs, constraint=constraint,
@@ -230,6 +242,14 @@ class ResponseBody(_Body):
             "top_p": sampling.top_p,
             "metadata": dict(self.metadata or {}),
         }
+
+    def _check_stored_settings(self) -> None:
+        """The settings stored with the response (settings()) must be JSON, as its items must."""
+        for index, tool in enumerate(self.tools or ()):
+            check_json(tool.parameters, f"tools[{index}].parameters")
+        fmt = self.text.format if self.text is not None else None
+        if fmt is not None:
+            check_json(fmt.schema_, "text.format.schema")
 
     def _items(self) -> list[Item]:
         if isinstance(self.input, str):
