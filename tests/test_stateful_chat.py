@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 import time
 
 import httpx
 import pytest
 
+from studiolo.service.conversations import Conversations
+from studiolo.service.items import assistant_message, user_message
+from studiolo.store.responses import ResponseStore
 from tests.conftest import GEMMA, MINILM, SMOLLM, RunningServer, free_port, home_with_models
 
 CHAT = "/api/v1/chat"
@@ -334,3 +338,17 @@ def test_booleans_are_not_integers(api):
     for field in ("max_output_tokens", "top_k", "context_length"):
         response = api.post(CHAT, json={"model": SMOLLM, "input": "Hi", field: True})
         assert response.status_code == 400 and response.json()["error"]["param"] == field, field
+
+
+@pytest.mark.parametrize("failure", [sqlite3.OperationalError("database is locked"), OSError(28, "No space left")])
+def test_a_kv_state_that_cannot_be_kept_does_not_fail_the_stored_turn(tmp_path, failure):
+    # the response row is committed first; the state only spares a later prefill
+    store = ResponseStore(tmp_path / "responses.sqlite3")
+    stored = store.create(SMOLLM, [user_message("Hi")], [assistant_message("Hello")], {})
+
+    def fail(*args):
+        raise failure
+
+    store.save_state = fail
+    Conversations(service=None, store=store)._keep_state(stored.id, b"state")
+    assert store.get(stored.id).output_items[0]["content"][0]["text"] == "Hello"

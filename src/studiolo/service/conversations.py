@@ -17,14 +17,18 @@ Continuing from any earlier response branches the conversation: responses form a
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from dataclasses import dataclass, field, replace
 
-from studiolo.service.generation import Generation, GenerationService
 from studiolo.service import saved_state
+from studiolo.service.generation import Generation, GenerationService
 from studiolo.service.items import Item, chat_messages, new_id
 from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, Tools, Usage
-from studiolo.store.responses import ResponseStore, StoredResponse
+from studiolo.store.responses import ResponseNotFound, ResponseStore, StoredResponse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,13 @@ class Conversations:
         return stored
 
     def _keep_state(self, response_id: str, blob: bytes) -> None:
-        self.store.save_state(response_id, blob)
-        self.store.trim_states(self.state_budget)
+        # the response is stored by now; its KV state only spares a later prefill, so failing to
+        # keep it (a locked or full disk, a blob over SQLite's limit) must not fail the request
+        try:
+            self.store.save_state(response_id, blob)
+            self.store.trim_states(self.state_budget)
+        except (sqlite3.Error, OSError, ResponseNotFound) as exc:  # not found: deleted meanwhile
+            log.warning("could not keep the KV state of %s (its continuation will prefill): %s", response_id, exc)
 
 
 def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
