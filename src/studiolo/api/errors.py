@@ -32,8 +32,9 @@ from studiolo.models.manager import (
     ModelNotLoaded,
 )
 from studiolo.models.memory import InsufficientMemory
-from studiolo.store.responses import InvalidResponseId, ResponseNotFound
+from studiolo.service.generation import GenerationFailed, UnloadedWhileGenerating
 from studiolo.service.types import InvalidRequest
+from studiolo.store.responses import InvalidResponseId, ResponseNotFound
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ DOMAIN_ERRORS = (
     ResponseNotFound,
     InvalidResponseId,
     InputTooLong,
+    GenerationFailed,
 )
 
 
@@ -117,8 +119,10 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param="messages", code="chat_template_error")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=exc.param)
-    if isinstance(exc, (EngineClosed, ModelClosed)):
+    if isinstance(exc, (EngineClosed, ModelClosed, UnloadedWhileGenerating)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
+    if isinstance(exc, GenerationFailed):
+        return APIError(500, str(exc), type="server_error", code="generation_failed")
     if isinstance(exc, InputTooLong):
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, ResponseNotFound):

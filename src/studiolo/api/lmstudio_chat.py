@@ -159,7 +159,7 @@ async def _complete(conversations: Conversations, run: ConversationRun) -> dict[
         async for event in run.generation.events():
             _follow(reply, event)
     except GenerationFailed as exc:
-        raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
+        raise from_domain(exc) from exc
     return await _result(conversations, run, reply)
 
 

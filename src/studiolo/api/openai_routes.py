@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from studiolo.api import openai_render as render
-from studiolo.api.errors import APIError
+from studiolo.api.errors import from_domain
 from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import make_router
 from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
@@ -59,7 +59,7 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 
 def _failure_event(exc: GenerationFailed) -> str:
-    return sse_data(APIError(500, str(exc), type="server_error", code="generation_failed").body())
+    return sse_data(from_domain(exc).body())
 
 
 async def _stream(generation: Generation, first: list[str], render_event, last: list) -> AsyncIterator[str]:
@@ -83,8 +83,8 @@ async def _respond(request: Request, generation: Generation, collect) -> Any:
         return await until_disconnected(request, collect(generation))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except GenerationFailed as exc:
-        raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
+    except GenerationFailed as exc:  # a 500, or a 503 when the model was unloaded under it
+        raise from_domain(exc) from exc
     finally:
         generation.cancel()
 

@@ -98,7 +98,7 @@ async def _complete(conversations: Conversations, run: ConversationRun, info: Re
         async for event in run.generation.events():
             output.feed(event)  # the same items a stream would show; its events are not needed here
     except GenerationFailed as exc:
-        raise APIError(500, str(exc), type="server_error", code="generation_failed") from exc
+        raise from_domain(exc) from exc
     await _save(conversations, run, output, info)
     return _finished(run, info, output)
 

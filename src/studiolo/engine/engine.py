@@ -192,7 +192,7 @@ class Engine:
             self._inbox.clear()
             closing = self._closing
         if closing:
-            self._fail_all("the model was unloaded")
+            self._fail_all("the model was unloaded while generating; send the request again to load it", "unloaded")
             self._outbox.flush()
             COMPUTE.detach(self)
             self._closed.set()
@@ -202,7 +202,7 @@ class Engine:
             self._step()
         except Exception as exc:  # a bug must not leave clients waiting forever
             log.exception("engine step failed")
-            self._fail_all(f"internal engine error: {exc}")
+            self._fail_all(f"internal engine error: {exc}", "error")
         self._outbox.flush()
 
     def _apply(self, commands: list[_Submit | _Cancel | _Offer]) -> None:
@@ -318,14 +318,14 @@ class Engine:
             self.slots.forget(seq.slot)  # what the failed batch left in its cells is unknown
             self._finish(seq, "error", f"llama_decode failed with status {status}")
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, reason: str) -> None:
         for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
             if seq.slot is not None:
                 self.slots.forget(seq.slot)
-            self._finish(seq, "error", message)
+            self._finish(seq, reason, message)
         with self._wake:
             orphans, self._inbox = list(self._inbox), deque()
         for command in orphans:
             for seq in command.seqs if isinstance(command, _Submit) else ():
                 seq.state = SequenceState.FINISHED
-                self._outbox.put(seq.sink, seq.finish_event("error", message))
+                self._outbox.put(seq.sink, seq.finish_event(reason, message))

@@ -60,7 +60,7 @@ class PromptLogprobsEvent:
 
 @dataclass(frozen=True)
 class FinishEvent:
-    reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error"
+    reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error" | "unloaded"
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int

@@ -93,6 +93,10 @@ class GenerationFailed(RuntimeError):
     """The engine could not finish a sequence (not the client's fault)."""
 
 
+class UnloadedWhileGenerating(GenerationFailed):
+    """The model was unloaded under a running sequence: a 503, as an unload before it started."""
+
+
 def token_text(piece: bytes) -> str:
     """A token's text for logprobs; bytes that are not whole UTF-8 characters are spelled out."""
     try:
@@ -220,6 +224,8 @@ class Generation:
                     for delta in calls.feed(text, tokens) if calls is not None else (TextDelta(choice.index, text, tuple(tokens)),):
                         yield delta
             elif isinstance(event, FinishEvent):
+                if event.reason == "unloaded":
+                    raise UnloadedWhileGenerating(event.error or "the model was unloaded")
                 if event.reason == "error":
                     raise GenerationFailed(event.error or "generation failed")
                 if event.saved is not None:
