@@ -64,6 +64,7 @@ def test_empty_messages(http):
         ("stream", "sometimes", "stream"),
         ("max_tokens", True, "max_tokens"),
         ("seed", False, "seed"),
+        ("ttl", True, "ttl"),
         ("stop_tokens", [True], "stop_tokens[0]"),
     ],
 )

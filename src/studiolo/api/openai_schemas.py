@@ -73,7 +73,7 @@ class Message(_Body):
 class _GenerationBody(_Body):
     model: str = Field(min_length=1)
     # LM Studio: idle seconds before a model this request JIT-loads is unloaded
-    ttl: int | None = Field(default=None, gt=0)
+    ttl: Int | None = Field(default=None, gt=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Int = Field(1, ge=1, le=MAX_CHOICES)
