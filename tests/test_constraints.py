@@ -288,6 +288,13 @@ def test_rollback_past_an_accepted_end(smollm, compiler):
         (lambda: ConstraintSpec.choice(["a", 1]), "every choice must be a string"),
         (lambda: ConstraintSpec("regex", "a", whitespace_pattern=" "), "JSON constraints only"),
         (lambda: ConstraintSpec("yaml", "a"), "unknown constraint kind 'yaml'"),
+        # valid syntax, but no first token can be found: refused at compile, not failed in the engine
+        (lambda: ConstraintSpec.regex(r"[^\s\S]"), "invalid regex"),
+        (lambda: ConstraintSpec.json_schema({"$ref": "#"}), "invalid JSON schema"),
+        (lambda: ConstraintSpec.json_schema({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                             "$ref": "#/$defs/a"}), "invalid JSON schema"),
+        (lambda: ConstraintSpec.gbnf("root ::= x\nx ::= x"), "invalid GBNF grammar"),
+        (lambda: ConstraintSpec.lark("start: foo\nfoo: foo"), "invalid Lark grammar"),
     ],
 )
 def test_bad_definitions_raise_before_generation(compiler, spec, message):

@@ -314,10 +314,24 @@ class ConstraintCompiler:
         template = LLMatcher(tokenizer, grammar, log_level=_QUIET, limits=_LIMITS)
         if template.is_error():  # validation passed, so only resource limits land here
             raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: {_clean(spec.kind, template.get_error())}")
+        _check_first_mask(spec, template, tokenizer)
         return CompiledConstraint(spec, grammar, tokenizer, template)
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def _check_first_mask(spec: ConstraintSpec, template: LLMatcher, tokenizer: LLTokenizer) -> None:
+    """Refuse a grammar whose first token mask fails or allows nothing (a rule defined only by
+    itself, ``$ref: "#"``, an empty character class, a lexer past llguidance's limits): found
+    here, it is the request's 400; found in the engine, it would be that sequence's failure."""
+    probe = template.deep_copy()
+    bitmask = llg_numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
+    llg_numpy.fill_next_token_bitmask(probe, bitmask)
+    if probe.is_error():
+        raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: {_clean(spec.kind, probe.get_error())}")
+    if not bitmask.any():
+        raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: it matches no text at all")
 
 
 _compilers: weakref.WeakKeyDictionary[LlamaModel, ConstraintCompiler] = weakref.WeakKeyDictionary()

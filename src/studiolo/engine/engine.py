@@ -272,7 +272,11 @@ class Engine:
         raw = logits.copy() if request.logprobs is not None else None
         seq.sampler.adjust(logits)
         if seq.constraint is not None:
-            seq.constraint.apply(logits, allow_end=not request.ignore_eos)
+            try:
+                seq.constraint.apply(logits, allow_end=not request.ignore_eos)
+            except ConstraintError as exc:  # this sequence's grammar failed: it alone ends
+                self._finish(seq, "error", f"constrained decoding failed: {exc}")
+                return
         token = seq.sampler.choose(self.context, batch_index, logits)
         seq.sampler.accept(token)
         seq.generated.append(token)
