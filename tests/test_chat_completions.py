@@ -38,6 +38,13 @@ def test_greedy_runs_are_identical(client):
     assert first == second
 
 
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, 1e-6])
+def test_a_vanishing_temperature_is_greedy(client, temperature):
+    # logits divided by 1e-38 overflow float32: the draw was random text, not the top token
+    greedy = chat(client, temperature=0, max_tokens=24).choices[0].message.content
+    assert chat(client, temperature=temperature, seed=1, max_tokens=24).choices[0].message.content == greedy
+
+
 def test_same_seed_same_output_and_seeds_vary(client):
     def sample(seed):
         return chat(client, temperature=1.0, seed=seed, max_tokens=24).choices[0].message.content

@@ -178,3 +178,11 @@ def test_escaped_surrogate_pairs_are_text(http):
     body = '{"model": "%s", "prompt": "Smile \\ud83d\\ude00", "max_tokens": 1}' % SMOLLM
     response = http.post("/v1/completions", content=body, headers=JSON)
     assert response.status_code == 200, response.text
+
+
+def test_resume_response_with_callable_tools_is_refused(http):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    body = {"model": SMOLLM, "messages": MESSAGES, "tools": [tool], "resume_response": "The weather"}
+    assert error_of(http.post(CHAT, json=body), 400)["param"] == "resume_response"
+    body["tool_choice"] = "none"  # the tools are not offered: a text reply resumes as usual
+    assert http.post(CHAT, json={**body, "max_tokens": 2}).status_code == 200

@@ -180,6 +180,10 @@ class ChatCompletionBody(_GenerationBody):
         options = self.options(max_tokens=max_tokens, logprobs=logprobs)
         tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         check_no_other_constraint(tools, options.constraint_param)
+        if self.resume_response is not None and tools is not None and tools.choice != "none":
+            # the reply to resume is plain text: an interrupted call would be read as content
+            raise InvalidRequest("'resume_response' continues a text reply and cannot be combined with callable "
+                                 "'tools' (send tool_choice \"none\")", "resume_response")
         return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools)
 
 

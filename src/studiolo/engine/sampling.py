@@ -27,6 +27,9 @@ from studiolo.engine.llama import LlamaContext
 PENALTY_LAST_N = 64  # llama.cpp's default repetition window
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Defaults are LM Studio's for llama.cpp models."""
@@ -48,7 +51,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # below this, logits / temperature overflow float32 (30 / 1e-38 is inf) and the draw turns
+        # random; well above it a temperature already picks the top token every time
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalizes(self) -> bool:
