@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -39,6 +41,23 @@ def test_start_status_stop_in_the_background(tmp_path):
     assert stopped.returncode == 0 and "Stopped" in stopped.stdout
     assert json.loads(studiolo(tmp_path, "server", "status", "--json").stdout) == {"running": False}
     assert "not running" in studiolo(tmp_path, "server", "stop").stdout
+
+
+def test_a_terminated_foreground_server_removes_its_record(tmp_path):
+    port = free_port()
+    env = {**os.environ, "STUDIOLO_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and studiolo(tmp_path, "server", "status", "--json").stdout.find("true") < 0:
+            time.sleep(0.2)
+        assert (tmp_path / "server.json").exists()
+        server.send_signal(signal.SIGTERM)  # what `kill <pid>` and service managers send
+        assert server.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        server.kill()
+    assert not (tmp_path / "server.json").exists()
 
 
 def test_start_fails_clearly_when_the_port_is_taken(tmp_path):

@@ -91,12 +91,20 @@ def _recorded(host: str, port: int):
             pass
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_foreground(settings: ServerSettings) -> None:
     import uvicorn
 
     from studiolo.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn shuts down on SIGTERM, restores the handler it found and raises the signal again;
+    # with this handler (not the default, which ends the process at once) the raise unwinds
+    # through _recorded, so server.json goes with the server
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _recorded(settings.host, settings.port):
         uvicorn.run(
             create_app(settings),
