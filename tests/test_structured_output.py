@@ -357,7 +357,11 @@ BAD_CONSTRAINTS = [
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "only one"),
     ({"guided_json": {"type": "object"}, "response_format": {"type": "json_object"}}, "guided_json", "only one"),
     ({"guided_regex": "a+", "guided_whitespace_pattern": " "}, "guided_whitespace_pattern", "JSON"),
-    ({"guided_json": {"type": "object"}, "guided_whitespace_pattern": "[ "}, "guided_json", "unclosed"),
+    ({"guided_json": {"type": "object"}, "guided_whitespace_pattern": "[ "}, "guided_whitespace_pattern", "unclosed"),
+    ({"structured_outputs": {"json": {"type": "object"}, "whitespace_pattern": "( "}},
+     "structured_outputs.whitespace_pattern", "unclosed"),
+    ({"guided_regex": r"[^\s\S]"}, "guided_regex", "matches no text"),
+    ({"guided_json": {"$ref": "#"}}, "guided_json", "invalid JSON schema"),
 ]
 
 

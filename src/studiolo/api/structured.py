@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
+from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, grammar_of
 from studiolo.service.types import InvalidRequest
 
 
@@ -65,13 +65,24 @@ _SPEC_OF = {
 
 def _candidates(body: Any):
     whitespace = body.guided_whitespace_pattern
+    _check_whitespace(whitespace, "guided_whitespace_pattern")
     yield _guarded("response_format", lambda: _response_format(body.response_format, whitespace))
     guided = {kind: getattr(body, f"guided_{kind}", None) for kind in _SPEC_OF}
     yield from _named_fields(guided, "guided_", whitespace)
     outputs: StructuredOutputs | None = body.structured_outputs
     if outputs is not None:
+        _check_whitespace(outputs.whitespace_pattern, "structured_outputs.whitespace_pattern")
         values = {kind: getattr(outputs, "json_" if kind == "json" else kind) for kind in _SPEC_OF}
         yield from _named_fields(values, "structured_outputs.", outputs.whitespace_pattern)
+
+
+def _check_whitespace(pattern: str | None, param: str) -> None:
+    """A bad pattern is its own field's error, not the constraint's it would be used in."""
+    if pattern is not None:
+        try:
+            grammar_of(ConstraintSpec.json_object(pattern))
+        except InvalidConstraint as exc:
+            raise InvalidRequest(str(exc), param) from None
 
 
 def _named_fields(values: dict[str, Any], prefix: str, whitespace: str | None):

@@ -328,10 +328,11 @@ def _check_first_mask(spec: ConstraintSpec, template: LLMatcher, tokenizer: LLTo
     probe = template.deep_copy()
     bitmask = llg_numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
     llg_numpy.fill_next_token_bitmask(probe, bitmask)
-    if probe.is_error():
-        raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: {_clean(spec.kind, probe.get_error())}")
-    if not bitmask.any():
-        raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: it matches no text at all")
+    error = _clean(spec.kind, probe.get_error()) if probe.is_error() else None
+    if (error is None and not bitmask.any()) or (error is not None and "NoExtensionBias" in error):
+        error = "it matches no text at all (no token can start it)"  # llguidance says "NoExtensionBias"
+    if error is not None:
+        raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: {error}")
 
 
 _compilers: weakref.WeakKeyDictionary[LlamaModel, ConstraintCompiler] = weakref.WeakKeyDictionary()
