@@ -152,6 +152,14 @@ def test_one_call_when_parallel_calls_are_off(client):
     assert len(response.choices[0].message.tool_calls) == 1
 
 
+def test_a_stop_string_that_cuts_a_call_says_stop(client):
+    # OpenAI's finish_reason for a stop sequence; "tool_calls" would promise arguments that parse
+    response = client.chat.completions.create(
+        model=SMOLLM, messages=[{"role": "user", "content": "Weather in New York?"}], tools=[WEATHER],
+        tool_choice="required", stop=['"}'], temperature=0, max_tokens=60, extra_body=NO_PENALTY)
+    assert response.choices[0].finish_reason == "stop"
+
+
 def test_a_tool_without_parameters_is_called_with_empty_arguments(client):
     response = client.chat.completions.create(
         model=SMOLLM, messages=[{"role": "user", "content": "Roll a die."}], tools=[NO_ARGUMENTS],

@@ -244,7 +244,7 @@ class Generation:
                     logged.append(text)
                     self._log_output(choice.index, "".join(logged), consumed, cause)
                 reason = "length" if cause in ("max_tokens", "context_length") else "stop"
-                if calls is not None and calls.count and reason == "stop":
+                if calls is not None and calls.count and cause == "eos":  # not a stop string: it may cut a call
                     reason = "tool_calls"
                 yield Finished(choice.index, reason, cause)
                 return
