@@ -14,7 +14,8 @@ Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound), w
 huggingface_hub turns into its typed exceptions. Knobs for tests: ``cut_next`` (send part
 of the body, then close), ``corrupt`` (serve altered bytes under the listed sha256),
 ``fail_next`` (answer the next content GET with an HTTP error), ``pause_at`` (stop after that
-many body bytes until ``release()``). Every request is logged in ``requests``.
+many body bytes until ``release()``), ``listed_sha256`` and ``listed_commit`` (what a hostile
+listing claims instead of the real values). Every request is logged in ``requests``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class FakeHub:
         self.corrupt: set[str] = set()  # file names served with altered bytes
         self.fail_next: int | None = None  # HTTP status for the next content GET
         self.pause_at: int | None = None  # body bytes sent before waiting for release()
+        self.listed_sha256: dict[str, str] = {}  # file name -> the lfs.sha256 the listing claims
+        self.listed_commit: str | None = None  # the "sha" the listing claims
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._hub = self._server()
@@ -151,6 +154,15 @@ class FakeHub:
                     return file
         return None
 
+    def listing(self, repo: FakeRepo) -> dict:
+        info = repo.info()
+        if self.listed_commit is not None:
+            info["sha"] = self.listed_commit
+        for sibling in info["siblings"]:
+            if sibling["rfilename"] in self.listed_sha256 and "lfs" in sibling:
+                sibling["lfs"]["sha256"] = self.listed_sha256[sibling["rfilename"]]
+        return info
+
     def cdn_url(self, file: FakeFile) -> str:
         return f"{_origin(self._cdn)}/cdn/{file.sha256}"
 
@@ -212,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RepoNotFound", "Repository not found")
         if len(rest) == 4 and rest[2] == "revision" and rest[3] not in ("main", repo.commit):
             return self._error(404, "RevisionNotFound", "Invalid rev id")
-        self._json(repo.info())
+        self._json(self.fake.listing(repo))
 
     def _resolve(self, segments: list[str], *, head: bool) -> None:
         repo = self.fake.find_repo("/".join(segments[:2]))

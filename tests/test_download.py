@@ -103,6 +103,8 @@ def test_repo_ids_and_urls_parse(hub):
         "https://huggingface.co/datasets/owner/repo",
         "https://huggingface.co/owner",
         "ftp://huggingface.co/owner/repo",
+        "http://[::1",
+        "https://[huggingface.co/owner/repo",
     ],
 )
 def test_bad_references_are_refused(text):
@@ -190,6 +192,18 @@ def test_resolve_errors_name_the_problem(hub):
         dl.resolve(f"https://huggingface.co/{REPO}/tree/v9")
     with pytest.raises(dl.QuantizationNotFound, match="tiny-Q8_0.gguf"):
         dl.resolve(REPO, "IQ1_S")
+
+
+def test_a_listing_cannot_name_files_outside_the_staging_folder(hub, tmp_path):
+    hub.listed_sha256["tiny-Q4_K_M.gguf"] = "../../escape"
+    hub.listed_commit = "../../rev"
+    plan = dl.resolve(REPO)
+    assert plan.sha256 is None and plan.revision == "main"  # not hex: taken as absent
+    assert dl.download(plan).read_bytes() == TINY_FILES["tiny-Q4_K_M.gguf"]  # checked against the ETag
+    assert not (tmp_path / "escape.part").exists() and staged_files() == []
+    # a revision from a URL goes into a staging name as hex only
+    odd = dl.DownloadPlan(REPO, "../../x", "tiny-Q4_K_M.gguf", None, None)
+    assert "/" not in dl._staging_name(odd, None) and ".." not in dl._staging_name(odd, None)
 
 
 def test_no_network_is_reported_as_such(hub, monkeypatch):
@@ -296,6 +310,34 @@ def test_one_model_per_folder(hub, api):
     assert sorted(path.name for path in first.target.parent.iterdir()) == ["mmproj-tiny-F16.gguf", "tiny-Q4_K_M.gguf"]
 
 
+def test_another_file_of_the_same_name_is_kept_not_replaced(hub, api):
+    plan = dl.resolve(REPO)
+    plan.target.parent.mkdir(parents=True)
+    plan.target.write_bytes(TINY_FILES["tiny-Q8_0.gguf"])
+    with pytest.raises(dl.FolderTaken, match="already exists"):
+        dl.download(plan)
+    refused = api.post("/api/v1/models/download", json={"model": REPO})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_file_exists"
+    result = run_get("-y", REPO)
+    assert result.returncode == 1 and result.stdout == "" and "already exists" in result.stderr
+    assert plan.target.read_bytes() == TINY_FILES["tiny-Q8_0.gguf"] and hub.content_gets() == []
+
+
+def test_a_file_that_appears_during_the_download_is_kept(hub):
+    hub.pause_at = HALF
+    plan = dl.resolve(REPO)
+    failure = []
+    worker = threading.Thread(target=lambda: failure.append(pytest.raises(dl.FolderTaken, dl.download, plan)))
+    worker.start()
+    wait_for(lambda: len(hub.content_gets()) == 1)
+    plan.target.parent.mkdir(parents=True)
+    plan.target.write_bytes(b"another model")
+    hub.release()
+    worker.join(30)
+    assert failure and "already exists" in str(failure[0].value)
+    assert plan.target.read_bytes() == b"another model"
+
+
 def test_jobs_for_one_folder_join_or_refuse(hub):
     hub.pause_at = HALF
     jobs = DownloadJobs()
@@ -358,6 +400,8 @@ def test_cli_get_errors_are_one_line(hub):
     assert result.stdout == ""
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("error: Hugging Face repo 'nobody/nothing' not found")
+    malformed = run_get("http://[::1")
+    assert malformed.returncode == 1 and malformed.stderr == "error: 'http://[::1' is not a valid URL (Invalid IPv6 URL)\n"
 
 
 def test_cli_get_asks_first_on_a_terminal(hub, monkeypatch):
@@ -488,6 +532,9 @@ def test_hub_errors_map_to_v1_errors(api):
     assert no_quant.status_code == 404 and no_quant.json()["error"]["param"] == "quantization"
     bad = api.post("/api/v1/models/download", json={"model": "not a repo"})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request"
+    malformed = api.post("/api/v1/models/download", json={"model": "http://[::1"})
+    assert malformed.status_code == 400 and malformed.json()["error"]["param"] == "model"
+    assert malformed.json()["error"]["code"] == "invalid_model_reference"
 
 
 def test_times_are_iso_utc_with_milliseconds():

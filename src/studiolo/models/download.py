@@ -132,13 +132,19 @@ def resolve(model: str, quantization: str | None = None) -> DownloadPlan:
     else:
         name = choose_gguf(list(siblings), quantization, ref.repo_id)
     sibling = siblings[name]
+    # The listing's strings end up in file names: take them only in the shapes the hub uses.
     return DownloadPlan(
-        repo_id=info.id or ref.repo_id,
-        revision=info.sha or ref.revision or "main",
+        repo_id=info.id if _REPO_ID.fullmatch(info.id or "") else ref.repo_id,
+        revision=info.sha if _is_hex(info.sha, 40) else ref.revision or "main",
         filename=name,
         size=sibling.lfs.size if sibling.lfs else sibling.size,
-        sha256=sibling.lfs.sha256 if sibling.lfs else None,
+        sha256=sibling.lfs.sha256 if sibling.lfs and _is_hex(sibling.lfs.sha256, 64) else None,
     )
+
+
+def _is_hex(text: object, length: int) -> bool:
+    """A lower-case hex digest of ``length`` digits (a git commit: 40, a sha256: 64)."""
+    return isinstance(text, str) and re.fullmatch(f"[0-9a-f]{{{length}}}", text) is not None
 
 
 def _merge_quantization(ref: ModelReference, quantization: str | None) -> str | None:
@@ -221,16 +227,34 @@ def is_downloaded(plan: DownloadPlan, cancel: threading.Event | None = None) -> 
 
 def check_folder_free(plan: DownloadPlan) -> None:
     """Refuse a second model in the plan's folder: the catalog shows one model per folder, and
-    the key printed after the download would then name the other file."""
+    the key printed after the download would then name the other file. Call it once
+    ``is_downloaded`` said no: a file at the target is then another model, never replaced."""
     folder = plan.target.parent
+    if os.path.lexists(plan.target):
+        raise _target_taken(plan)
     if not folder.is_dir():
         return
-    others = sorted(path.name for path in folder.iterdir() if _is_weights(path.name) and path != plan.target)
+    others = sorted(_shown(path.name) for path in folder.iterdir() if _is_weights(path.name) and path != plan.target)
     if others:
         raise FolderTaken(
             f"{folder} already holds the model {', '.join(others)} (key '{plan.key}'); one model per folder:"
             " remove it to download another file of this repo"
         )
+
+
+def _target_taken(plan: DownloadPlan) -> FolderTaken:
+    what = "sha256" if plan.sha256 else "size"
+    taken = FolderTaken(
+        f"{plan.target} already exists and is not the file '{plan.filename}' of '{plan.repo_id}' (its {what}"
+        f" differs from the hub's); it is kept: move it away to download this one"
+    )
+    taken.code = "model_file_exists"  # still a FolderTaken, so every caller answers it as one (409)
+    return taken
+
+
+def _shown(name: str) -> str:
+    """A file name as messages show it: one not in UTF-8 keeps its odd bytes escaped."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def download(
@@ -252,12 +276,12 @@ def download(
     _check_cancel(cancel)
     url, size, etag, headers = _locate(plan)
     size = plan.size if plan.size is not None else size
-    sha256 = plan.sha256 or (etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+    sha256 = plan.sha256 or (etag if _is_hex(etag, 64) else None)
     partial = staging_dir() / _staging_name(plan, sha256)
     with _locked_partial(partial, plan) as part:
         _fetch_rest(plan, url, part, size, headers, on_progress, cancel)
         _verify(partial, plan, sha256, cancel)
-        _place(partial, plan.target)
+        _place(partial, plan)
     return plan.target
 
 
@@ -282,7 +306,13 @@ def _staging_name(plan: DownloadPlan, sha256: str | None) -> str:
     if sha256:
         return f"{sha256}.part"  # named by content: a partial is only ever resumed with the same bytes
     owner, repo = plan.key.split("/")
-    return f"{owner}--{repo}--{plan.revision}--{_basename(plan.filename)}.part"
+    # a revision from a URL can be any text ("../x"): only hex goes into a file name as it is
+    revision = plan.revision if re.fullmatch(r"[0-9a-f]{1,64}", plan.revision) else _digest(plan.revision)
+    return f"{owner}--{repo}--{revision}--{_basename(plan.filename)}.part"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @contextmanager
@@ -378,19 +408,43 @@ def _verify(partial: Path, plan: DownloadPlan, sha256: str | None, cancel: threa
         )
 
 
-def _place(partial: Path, target: Path) -> None:
-    """Rename into the catalog folder: the file appears whole or not at all."""
+def _place(partial: Path, plan: DownloadPlan) -> None:
+    """Move into the catalog folder: the file appears whole or not at all, and never over
+    another file (one may have appeared there while this one downloaded)."""
+    target = plan.target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(partial, target)
+            _link_then_unlink(partial, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            # models/ is on another filesystem: copy beside the target under a name the catalog ignores, then rename
+            # models/ is on another filesystem: copy beside the target under a name the catalog ignores, then link
             beside = target.with_name(target.name + ".part")
             shutil.copyfile(partial, beside)
-            os.replace(beside, target)
+            try:
+                _link_then_unlink(beside, target)
+            finally:
+                beside.unlink(missing_ok=True)
             partial.unlink()
+    except FileExistsError:
+        raise _target_taken(plan) from None
     except OSError as exc:
         raise DownloadError(f"cannot place the download at {target}: {_first_line(exc)}") from exc
+
+
+def _link_then_unlink(source: Path, target: Path) -> None:
+    """A rename that refuses an existing target (os.replace would overwrite it)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from exc
+        # a filesystem without hard links: a rename, checked just before (a small window, no better offered)
+        os.replace(source, target)
+        return
+    source.unlink()
