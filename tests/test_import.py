@@ -141,6 +141,20 @@ def test_a_key_that_holds_another_model_is_refused(source, root, tmp_path):
     assert other.exists()
 
 
+def test_a_file_already_in_the_models_folder_is_refused(source, root, tmp_path):
+    placed = import_model(source, root, user_repo="me/smol").target
+    link = tmp_path / "elsewhere.gguf"
+    link.symlink_to(placed)
+    for path, user_repo in [(placed, None), (placed, "me/smol"), (placed, "me/other"), (link, None)]:
+        with pytest.raises(ImportRefused, match="already in the models folder .*under key 'me/smol'; nothing"):
+            import_model(path, root, user_repo=user_repo)
+    stray = root / "stray.gguf"
+    os.link(placed, stray)
+    with pytest.raises(ImportRefused, match="at stray.gguf, where the catalog does not look"):
+        import_model(stray, root, mode="copy")
+    assert files_under(root) == [placed.parent / MODEL_NAME, stray]
+
+
 @pytest.mark.parametrize("broken", ["text", "truncated"])
 def test_invalid_file_is_refused_and_nothing_placed(tmp_path, root, smollm_master, broken):
     path = tmp_path / "broken.gguf"
@@ -320,6 +334,14 @@ def test_cli_invalid_file_is_one_line_on_stderr(tmp_path, cli_home):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(fake) in lines[0] and "not a GGUF file" in lines[0]
     assert fake.exists()
+
+
+def test_cli_refuses_a_model_already_in_the_models_folder(source, cli_home):
+    assert run_cli("-y", str(source)).exit_code == 0
+    placed = cli_home / "models" / DEFAULT_KEY / MODEL_NAME
+    result = run_cli("-y", "--user-repo", DEFAULT_KEY, str(placed))
+    assert result.exit_code == 1 and f"under key '{DEFAULT_KEY}'" in result.stderr and "remove" not in result.stderr
+    assert placed.is_file()
 
 
 def test_cli_bad_user_repo(source, cli_home):

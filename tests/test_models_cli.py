@@ -285,6 +285,22 @@ def test_unload_all(nothing_loaded):
     assert run(nothing_loaded, "unload", "--all").stdout == "No models are loaded.\n"
 
 
+def test_a_loaded_model_whose_file_left_the_catalog_is_still_listed(nothing_loaded):
+    assert run(nothing_loaded, "load", GEMMA, "--identifier", "g").returncode == 0
+    publisher = nothing_loaded.home / "models" / "google"
+    publisher.rename(nothing_loaded.home / "google-moved")  # as a move or a delete leaves it
+    try:
+        [instance] = ps_json(nothing_loaded)
+        assert instance["identifier"] == "g" and instance["model_key"] == GEMMA
+        v0 = {m["id"]: m for m in httpx.get(f"{nothing_loaded.base_url}/api/v0/models").json()["data"]}
+        assert v0["g"]["state"] == "loaded" and v0["g"]["arch"] == "gemma3"
+        result = run(nothing_loaded, "unload", "--all")
+        assert result.returncode == 0 and result.stdout == "Unloaded g\n", result.stderr
+        assert ps_json(nothing_loaded) == []
+    finally:
+        (nothing_loaded.home / "google-moved").rename(publisher)
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [(["load", "no-such-model"], "not found"), (["unload", "no-such-instance"], "no-such-instance")],

@@ -70,6 +70,7 @@ def import_model(
     if mode not in MODES:
         raise ImportRefused(f"unknown import mode '{mode}'; use one of {', '.join(MODES)}")
     source = _checked_source(Path(source))
+    _refuse_from_models_folder(source, Path(models_root))
     info = read_model_info(source)
     publisher, repo = parse_user_repo(user_repo) if user_repo is not None else default_user_repo(source)
     repo_dir = _repo_dir(Path(models_root), publisher, repo)
@@ -128,6 +129,24 @@ def _checked_source(source: Path) -> Path:
     if is_vision_projector(source):
         raise ImportRefused(f"{source} is a vision projector, not a model; import the model beside it")
     return source.absolute()
+
+
+def _refuse_from_models_folder(source: Path, models_root: Path) -> None:
+    """A file already in the catalog is a model of its own: moving it would change its key and
+    leave its adapters behind, and "remove it first" would name the model itself."""
+    root = Path(os.path.normpath(models_root.absolute()))
+    for path, base in ((Path(os.path.normpath(source)), root), (source.resolve(), root.resolve())):
+        if path.is_relative_to(base):
+            raise ImportRefused(f"{source} is already in the models folder {base}, {_place_in(path.relative_to(base))}")
+
+
+def _place_in(relative: Path) -> str:
+    parts = [part.lower() for part in relative.parts]
+    if len(parts) == 3:
+        return f"under key '{parts[0]}/{parts[1]}'; nothing to import"
+    if len(parts) == 4 and parts[2] == "adapters":
+        return f"as an adapter of '{parts[0]}/{parts[1]}'; nothing to import"
+    return f"at {relative}, where the catalog does not look: move it out of that folder, then import it"
 
 
 def parse_user_repo(user_repo: str) -> tuple[str, str]:
