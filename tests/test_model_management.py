@@ -114,6 +114,15 @@ def test_auto_evict_swaps_jit_models_but_keeps_explicit_ones(managed):
     assert loaded[SMOLLM]["status"]["jit_loaded"] is False and loaded[SMOLLM]["status"]["ttl_seconds"] is None
 
 
+def test_two_jit_loads_at_once_keep_one_jit_model(managed):
+    unload_all(managed)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda model: complete(managed, model).status_code, [SMOLLM, GEMMA]))
+    assert codes == [200, 200]  # the second load waited for the first model's request, then evicted it
+    loaded = instances(managed)
+    assert len(loaded) == 1 and set(loaded) <= {SMOLLM, GEMMA}
+
+
 def test_auto_evict_never_cuts_a_generation_off(managed):
     unload_all(managed)
     assert complete(managed, SMOLLM).status_code == 200
@@ -158,6 +167,18 @@ def test_explicit_loads_identifiers_and_unload(managed):
     assert managed.post("/api/v1/models/unload", json={"instance_id": "tiny"}).json() == {"instance_id": "tiny"}
     missing = managed.post("/api/v1/models/unload", json={"instance_id": "tiny"})
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "model_not_found"
+    unload_all(managed)
+
+
+def test_an_identifier_cannot_name_another_model(managed):
+    unload_all(managed)
+    for identifier in (GEMMA, "gemma-3-270m", "Google/Gemma-3-270M", "gemma-3-270m-Q4_K_M.gguf"):
+        taken = managed.post("/api/v1/models/load", json={"model": SMOLLM, "identifier": identifier})
+        assert taken.status_code == 400, (identifier, taken.text)
+        assert taken.json()["error"]["code"] == "identifier_taken" and "google/gemma-3-270m" in taken.text
+    assert instances(managed) == {}
+    own = managed.post("/api/v1/models/load", json={"model": SMOLLM, "identifier": "smollm2-135m-instruct"})
+    assert own.status_code == 200  # its own short name misleads no request
     unload_all(managed)
 
 

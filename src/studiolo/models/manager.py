@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 JIT_DEFAULT_TTL = 3600.0  # LM Studio's default idle TTL for JIT-loaded models
 EVICT_WAIT_SECONDS = 60.0  # how long a JIT load waits for the model it evicts to go idle
+# A model handed to a request counts as in use this long: the request may not have queued its work
+# yet (it awaits a grammar, an adapter), and evicting the model then would fail it.
+EVICT_GRACE_SECONDS = 1.0
 TTL_CHECK_SECONDS = 0.5
 
 
@@ -108,6 +111,9 @@ class ModelManager:
         self._jit_loads: dict[str, asyncio.Task[Instance]] = {}  # per model key, while it loads
         self._loads: set[asyncio.Task[Instance]] = set()  # explicit loads under way (strong refs)
         self._load_lock = asyncio.Lock()  # one load at a time: memory checks see the truth
+        # A JIT load evicts and loads as one step, so a second JIT load sees the first one's model
+        # (LM Studio keeps at most one); explicit loads need not wait behind an eviction's wait.
+        self._jit_lock = asyncio.Lock()
         self._ttl_task: asyncio.Task | None = None
 
     # --- lookups ---------------------------------------------------------------------
@@ -195,12 +201,13 @@ class ModelManager:
         return await asyncio.shield(loading)
 
     async def _jit_load_now(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
-        existing = self._least_busy(entry.key)
-        if existing is not None:
-            return existing
-        if self.auto_evict:
-            await self._evict_jit_models(except_key=entry.key)
-        return await self._load_now(entry, config, jit=True)
+        async with self._jit_lock:
+            existing = self._least_busy(entry.key)
+            if existing is not None:
+                return existing
+            if self.auto_evict:
+                await self._evict_jit_models(except_key=entry.key)
+            return await self._load_now(entry, config, jit=True)
 
     async def load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
         """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
@@ -244,6 +251,7 @@ class ModelManager:
                 raise IdentifierTaken("identifier must not be empty")
             if identifier in self._instances:
                 raise IdentifierTaken(f"identifier '{identifier}' is already used by a loaded instance")
+            self._check_names_no_other_model(identifier, key)
             return identifier
         if key not in self._instances:
             return key
@@ -251,6 +259,18 @@ class ModelManager:
         while f"{key}:{n}" in self._instances:
             n += 1
         return f"{key}:{n}"
+
+    def _check_names_no_other_model(self, identifier: str, key: str) -> None:
+        """Requests look instances up before the catalog: an identifier that names another model
+        (or adapter) would take that model's requests."""
+        wanted = identifier.lower()
+        entries = self.catalog.entries() + self.catalog.adapters()
+        others = sorted(e.key for e in entries if e.key != key and wanted in e.names())
+        if others:
+            raise IdentifierTaken(
+                f"identifier '{identifier}' names the model '{others[0]}': its requests would reach this instance;"
+                " choose another identifier"
+            )
 
     # --- unloading -------------------------------------------------------------------
 
@@ -264,7 +284,7 @@ class ModelManager:
     async def _evict_jit_models(self, except_key: str) -> None:
         for instance in [i for i in self._instances.values() if i.jit and i.key != except_key]:
             deadline = time.monotonic() + self.evict_wait_seconds
-            while instance.busy():
+            while instance.busy() or time.monotonic() - instance.last_active < EVICT_GRACE_SECONDS:
                 if time.monotonic() >= deadline:
                     raise ModelBusy(
                         f"cannot load '{except_key}': just-in-time loading keeps one model at a time and "
