@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import numpy as np
 import pytest
 
@@ -44,6 +45,20 @@ def test_ambiguous_and_unknown_names(catalog):
         catalog.resolve("vision-7b")
     with pytest.raises(ModelNotFound, match="google/gemma-3-270m"):
         catalog.resolve("llama-70b")
+
+
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(catalog, caplog):
+    odd = os.fsdecode(b"bad\xff")  # as a folder from another system's encoding reads
+    for relative in [f"test/{odd}/m.gguf", f"{odd}/repo/m.gguf", f"google/gemma-3-270m/adapters/{odd}.gguf"]:
+        path = catalog.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"GGUF")
+    keys = [entry.key for entry in catalog.entries() + catalog.adapters()]
+    assert keys == ["acme/vision-7b", "google/gemma-3-270m", "huggingfacetb/smollm2-135m-instruct", "other/vision-7b"]
+    with pytest.raises(ModelNotFound) as caught:
+        catalog.resolve("llama-70b")
+    str(caught.value).encode("utf-8")  # the message goes into a JSON body
+    assert "not valid UTF-8" in caplog.text
 
 
 def test_logit_bias_and_penalties_apply_in_place():

@@ -4,6 +4,7 @@ here with the gguf package for the cases those two do not cover, and broken file
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,22 @@ def test_a_file_repaired_in_place_is_read_again(default_models, tmp_path):
         read_model_info(path)
     shutil.copyfile(default_models[SMOLLM], path)
     assert read_model_info(path).architecture == "llama"
+
+
+def _nested_arrays_gguf(path: Path, depth: int) -> Path:
+    """A GGUF whose one key holds an array of an array of ... (``depth`` levels) of no bytes."""
+    array, uint8 = 9, 0  # GGUFValueType.ARRAY, UINT8
+    key = b"deep"
+    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<I", array)
+    body += struct.pack("<IQ", array, 1) * (depth - 1) + struct.pack("<IQ", uint8, 0)
+    path.write_bytes(body)
+    return path
+
+
+def test_deeply_nested_arrays_are_refused_not_a_recursion_error(tmp_path):
+    deep = _nested_arrays_gguf(tmp_path / "deep.gguf", 5000)
+    with pytest.raises(InvalidModelFile, match="nested more than 64 deep") as caught:
+        read_model_info(deep)
+    assert str(deep) in str(caught.value)
+    # nesting a few levels is allowed by the format, and skipped like any array
+    assert gguf_info.read_header(_nested_arrays_gguf(tmp_path / "shallow.gguf", 3)).metadata == {}

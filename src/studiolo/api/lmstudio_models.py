@@ -73,11 +73,25 @@ def model_v0(entry: CatalogEntry, info: ModelInfo, instance: Instance | None, mo
     return body
 
 
+def listed_models(manager: ModelManager) -> list[tuple[CatalogEntry, ModelInfo, list[Instance]]]:
+    """Every readable model on disk with its instances, then the loaded models no longer on disk.
+
+    A loaded model whose file left the catalog (moved, deleted, unreadable now) still serves: it is
+    listed, with what it was loaded from, so that `studiolo ps` shows it and it can be unloaded.
+    """
+    listed = [(entry, info, manager.instances_of(entry.key)) for entry, info in readable_models(manager)]
+    keys = {entry.key for entry, _, _ in listed}
+    gone: dict[str, list[Instance]] = {}
+    for instance in manager.loaded():
+        if instance.key not in keys:
+            gone.setdefault(instance.key, []).append(instance)
+    return listed + [(group[0].entry, group[0].info, group) for group in gone.values()]
+
+
 def models_v0(manager: ModelManager) -> list[dict]:
     """Every model on disk; a second instance of a model (``key:2``, an identifier) is listed too."""
     out = []
-    for entry, info in readable_models(manager):
-        instances = manager.instances_of(entry.key)
+    for entry, info, instances in listed_models(manager):
         out.append(model_v0(entry, info, instances[0] if instances else None))
         out += [model_v0(entry, info, i, i.id) for i in instances if i.id != entry.key]
     return out
@@ -129,7 +143,7 @@ def model_v1(entry: CatalogEntry, info: ModelInfo, instances: list[Instance]) ->
 
 
 def models_v1(manager: ModelManager) -> list[dict]:
-    return [model_v1(entry, info, manager.instances_of(entry.key)) for entry, info in readable_models(manager)]
+    return [model_v1(entry, info, instances) for entry, info, instances in listed_models(manager)]
 
 
 def v0_extras(generation: Generation) -> dict[str, Any]:

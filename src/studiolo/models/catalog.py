@@ -11,8 +11,12 @@ select a LoRA by its name in ``model``), and gets the base model with the adapte
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(LookupError):
@@ -60,6 +64,31 @@ def _is_weights_file(path: Path) -> bool:
     return name.endswith(".gguf") and not name.startswith("mmproj") and not name.endswith(".part")
 
 
+_warned_names: set[bytes] = set()  # the catalog is scanned per request: say it once per name
+
+
+def _has_utf8_name(path: Path) -> bool:
+    """Keys and paths go into JSON and messages as UTF-8; a name that is not (odd bytes from
+    another system) is skipped rather than failing every model list and lookup."""
+    try:
+        path.name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        if raw not in _warned_names:
+            _warned_names.add(raw)
+            log.warning("skipping %r under the models folder: its name is not valid UTF-8; rename it", raw)
+        return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _has_utf8_name(p))
+
+
+def _weights_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_weights_file(p) and _has_utf8_name(p))
+
+
 class Catalog:
     def __init__(self, root: Path):
         self.root = root
@@ -69,9 +98,9 @@ class Catalog:
         found: list[CatalogEntry] = []
         if not self.root.is_dir():
             return found
-        for publisher_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for repo_dir in sorted(p for p in publisher_dir.iterdir() if p.is_dir()):
-                files = sorted(p for p in repo_dir.iterdir() if p.is_file() and _is_weights_file(p))
+        for publisher_dir in _subfolders(self.root):
+            for repo_dir in _subfolders(publisher_dir):
+                files = _weights_files(repo_dir)
                 if files:
                     publisher, repo = publisher_dir.name.lower(), repo_dir.name.lower()
                     found.append(CatalogEntry(f"{publisher}/{repo}", publisher, repo, files[0]))
@@ -83,7 +112,7 @@ class Catalog:
         for model in self.entries():
             folder = model.path.parent / ADAPTERS_FOLDER
             if folder.is_dir():
-                for path in sorted(p for p in folder.iterdir() if p.is_file() and _is_weights_file(p)):
+                for path in _weights_files(folder):
                     name = path.name.lower().removesuffix(".gguf")
                     found.append(CatalogEntry(f"{model.key}/{name}", model.publisher, model.repo, path, model))
         return found

@@ -41,6 +41,9 @@ from gguf import (
 
 SUPPORTED_VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long gone
 MAX_TENSOR_DIMS = 4  # GGML_MAX_DIMS
+# The format lets arrays hold arrays (llama.cpp's reader refuses them; real files have none). The
+# cap keeps a crafted file from exhausting Python's recursion limit.
+MAX_ARRAY_DEPTH = 64
 
 ENCODER_ARCHITECTURES = frozenset(
     {
@@ -165,15 +168,17 @@ class _HeaderScanner:
         start = self._take(length)
         return self.buffer[start : start + length].decode("utf-8", errors="replace")
 
-    def value(self, value_type: GGUFValueType) -> object:
+    def value(self, value_type: GGUFValueType, depth: int = 0) -> object:
         if value_type == GGUFValueType.STRING:
             return self.string()
         if value_type == GGUFValueType.ARRAY:
-            self.skip_array()
+            self.skip_array(depth + 1)
             return None
         return self.unpack(_SCALAR_FORMATS[value_type])
 
-    def skip_array(self) -> None:
+    def skip_array(self, depth: int = 1) -> None:
+        if depth > MAX_ARRAY_DEPTH:
+            raise ValueError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
         item_type = GGUFValueType(self.unpack("I"))
         count = self.unpack("Q")
         if item_type in _SCALAR_FORMATS:
@@ -182,7 +187,7 @@ class _HeaderScanner:
             self._skip_strings(count)
         else:
             for _ in range(count):
-                self.value(item_type)
+                self.value(item_type, depth)
 
     def _skip_strings(self, count: int) -> None:
         # The hot loop for a vocabulary: every string is a u64 length and its bytes.

@@ -105,7 +105,10 @@ def parse_reference(model: str) -> ModelReference:
 
 def _parse_url(text: str) -> ModelReference:
     url = text if "://" in text else f"https://{text}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL" for an unclosed '[', and the like
+        raise InvalidModelReference(f"'{text}' is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not _is_hub_host(parts.netloc):
         raise InvalidModelReference(f"'{text}' is not a Hugging Face URL (expected https://huggingface.co/owner/repo)")
     segments = [unquote(segment) for segment in parts.path.split("/") if segment]
