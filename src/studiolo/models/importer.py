@@ -136,7 +136,8 @@ def _refuse_from_models_folder(source: Path, models_root: Path) -> None:
     leave its adapters behind, and "remove it first" would name the model itself."""
     root = Path(os.path.normpath(models_root.absolute()))
     for path, base in ((Path(os.path.normpath(source)), root), (source.resolve(), root.resolve())):
-        if path.is_relative_to(base):
+        # a hidden folder (``studiolo convert`` writes in ``.convert-*``) holds no catalog model
+        if path.is_relative_to(base) and not path.relative_to(base).parts[0].startswith("."):
             raise ImportRefused(f"{source} is already in the models folder {base}, {_place_in(path.relative_to(base))}")
 
 
