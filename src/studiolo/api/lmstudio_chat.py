@@ -32,11 +32,10 @@ from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
-from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.embeddings import check_generation_model
-from studiolo.service.generation import Generation, GenerationFailed
+from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, message_text, user_message
 from studiolo.service.types import Finished, GenerationOptions, InvalidRequest, PromptProgress, TextDelta
 
@@ -110,7 +109,7 @@ async def chat(body: ChatBody, request: Request):
     conversations = _conversations(request)
     turn = body.turn(report_progress=body.stream)
     if not body.stream:
-        run = await _start(conversations, turn)
+        run = await conversations.start(turn)
         try:
             return await until_disconnected(request, _complete(conversations, run))
         except ClientDisconnected:
@@ -125,16 +124,8 @@ async def chat(body: ChatBody, request: Request):
         if turn.previous_response_id is not None:
             await conversations.check_exists(turn.previous_response_id)
         return sse_response(_loading_events(conversations, turn))
-    run = await _start(conversations, turn)  # the model is loaded: this refuses at once (context, ids)
+    run = await conversations.start(turn)  # the model is loaded: this refuses at once (context, ids)
     return sse_response(_events(conversations, run), on_close=run.generation.cancel)
-
-
-async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
-    try:
-        return await conversations.start(turn)
-    except ContextLengthExceeded as exc:
-        exc.param = "input"  # the service names chat completions' field
-        raise
 
 
 @dataclass
@@ -155,11 +146,8 @@ class _Reply:
 
 async def _complete(conversations: Conversations, run: ConversationRun) -> dict[str, Any]:
     reply = _Reply()
-    try:
-        async for event in run.generation.events():
-            _follow(reply, event)
-    except GenerationFailed as exc:
-        raise from_domain(exc) from exc
+    async for event in run.generation.events():  # a failure is the app's error response (errors.from_domain)
+        _follow(reply, event)
     return await _result(conversations, run, reply)
 
 
@@ -213,10 +201,8 @@ def _error_event(exc: Exception) -> str:
     """LM Studio's v1 error; the stream goes on to chat.end."""
     error = from_domain(exc)
     if error is None:
-        if not isinstance(exc, GenerationFailed):
-            log.error("/api/v1/chat failed after its stream began", exc_info=exc)  # a bug: keep its trace
-        code = "generation_failed" if isinstance(exc, GenerationFailed) else None
-        error = APIError(500, str(exc) or type(exc).__name__, type="server_error", code=code)
+        log.error("/api/v1/chat failed after its stream began", exc_info=exc)  # a bug: keep its trace
+        error = APIError(500, str(exc) or type(exc).__name__, type="server_error")
     return _event("error", error=error.body_v1()["error"])
 
 
@@ -227,7 +213,7 @@ async def _loading_events(conversations: Conversations, turn: Turn) -> AsyncIter
     yield _event("model_load.start", model_instance_id=instance_id)
     started = time.perf_counter()
     try:
-        run = await _start(conversations, turn)
+        run = await conversations.start(turn)
     except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
         yield _error_event(exc)
         yield _event("chat.end", result=_result_body(instance_id, [], _stats(None)))

@@ -83,9 +83,7 @@ async def _respond(request: Request, generation: Generation, collect) -> Any:
         return await until_disconnected(request, collect(generation))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except GenerationFailed as exc:  # a 500, or a 503 when the model was unloaded under it
-        raise from_domain(exc) from exc
-    finally:
+    finally:  # a GenerationFailed goes on to the app's error response (errors.from_domain)
         generation.cancel()
 
 

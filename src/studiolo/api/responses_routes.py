@@ -28,9 +28,7 @@ from studiolo.api.responses_render import OutputItems, ResponseInfo
 from studiolo.api.responses_schemas import ResponseBody
 from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
-from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
-from studiolo.service.generation import GenerationFailed
 from studiolo.service.types import InvalidRequest
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
 
@@ -73,9 +71,6 @@ async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
         return await conversations.start(turn)
     except ResponseNotFound as exc:
         raise _previous_not_found(exc) from None
-    except ContextLengthExceeded as exc:
-        exc.param = "input"  # the service names chat completions' field
-        raise
 
 
 async def _save(conversations: Conversations, run: ConversationRun, output: OutputItems, info: ResponseInfo) -> None:
@@ -94,11 +89,8 @@ def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> 
 async def _complete(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
                     with_logprobs: bool) -> dict[str, Any]:
     output = OutputItems(with_logprobs)
-    try:
-        async for event in run.generation.events():
-            output.feed(event)  # the same items a stream would show; its events are not needed here
-    except GenerationFailed as exc:
-        raise from_domain(exc) from exc
+    async for event in run.generation.events():  # a failure is the app's error response (errors.from_domain)
+        output.feed(event)  # the same items a stream would show; its events are not needed here
     await _save(conversations, run, output, info)
     return _finished(run, info, output)
 
@@ -126,7 +118,7 @@ async def _events(conversations: Conversations, run: ConversationRun, info: Resp
 def _failed(run: ConversationRun, info: ResponseInfo, output: OutputItems, exc: Exception) -> dict[str, Any]:
     """The failed response, its error in OpenAI's shape (``code`` and ``message``)."""
     known = from_domain(exc)
-    if known is None and not isinstance(exc, GenerationFailed):
+    if known is None:
         log.error("response %s failed after its stream began", run.id, exc_info=exc)  # a bug: keep its trace
     error = {"code": (known.code if known else None) or "server_error", "message": str(exc) or type(exc).__name__}
     usage = render.generation_usage(run.generation.usage)

@@ -72,7 +72,8 @@ class Conversations:
         messages = _messages(turn, history)
         options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
         request = ChatRequest(turn.model, messages, options, turn.ttl, tools=turn.tools,
-                              context_length=turn.context_length, restore=self._restorer(turn.previous_response_id))
+                              context_length=turn.context_length, restore=self._restorer(turn.previous_response_id),
+                              prompt_field="input")
         generation = await self.service.chat(request)
         return ConversationRun(new_id("resp"), turn, generation, history)
 

@@ -298,7 +298,7 @@ class GenerationService:
                               constraint_param="tools")
             syntax = fmt.syntax
         constraint = await _compiled_constraint(loaded, options)
-        return self._start(target, "chatcmpl", [prompt], options, "messages", constraint, syntax)
+        return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         _check_constraint(request.options)

@@ -97,6 +97,7 @@ class ChatRequest:
     context_length: int | None = None  # LM Studio's /api/v1/chat: the context if this request loads the model
     # a stored conversation's saved KV state, fetched only if the engine lacks the prompt's prefix
     restore: Restorer | None = None
+    prompt_field: str = "messages"  # the request field a too-long prompt is blamed on
 
 
 @dataclass(frozen=True)
