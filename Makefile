@@ -7,6 +7,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# llama.cpp builds for the CPU it is on (-march=native). On CPUs with AMX (Sapphire Rapids and
+# later) that brings in its AMX kernels, and with them 0.3.36 segfaults in the first llama_decode
+# of every model here: build without AMX (AVX-512 and VNNI stay). No pip wheel cache either, so a
+# wheel built earlier with other flags is never reused.
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
 .PHONY: setup models serve test bench clean
@@ -17,7 +22,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --disable-pip-version-check --no-cache-dir -e '.[test]'
 	touch $(INSTALLED)
 
 models: $(INSTALLED)
