@@ -392,7 +392,8 @@ def test_a_store_failure_after_a_stream_began_ends_it_with_response_failed():
     ]
     assert [event["sequence_number"] for event in events] == list(range(9))
     failed = events[-1]["response"]
-    assert failed["status"] == "failed" and failed["error"] == {"code": "server_error", "message": "disk I/O error"}
+    assert failed["status"] == "failed" and failed["error"] == {
+        "code": "server_error", "message": "disk I/O error", "type": "server_error", "param": None}
     assert failed["output"][0]["content"][0]["text"] == "Hi" and failed["usage"]["output_tokens"] == 1
 
 

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from studiolo.api.openai_render import chat_token_logprob
+from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id
 from studiolo.service.types import Finished, GenerationEvent, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta, Usage
 from studiolo.store.responses import StoredResponse
 
-# What a stored response shows for the request's settings: the store keeps its items and usage only.
+# What a stored response shows for a setting its turn did not keep: one stored by /api/v1/chat keeps
+# only its generation settings (conversations.settings_record), one stored before those were kept
+# none (their defaults are shown: the response object requires numbers there).
 STORED_SETTINGS: dict[str, Any] = {
-    "max_output_tokens": None, "parallel_tool_calls": True, "store": True, "temperature": None,
-    "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_logprobs": None,
-    "top_p": None, "metadata": {},
+    "parallel_tool_calls": True, "store": True, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+    "tools": [], "metadata": {}, **DEFAULT_SETTINGS,
 }
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
 
@@ -41,9 +43,12 @@ class ResponseInfo:
 
 
 def usage_body(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    # every prompt token not read from the prefix cache was computed and stays there for later
+    # requests (until evicted): those are the cache's writes
+    details = {"cached_tokens": cached_tokens, "cache_write_tokens": input_tokens - cached_tokens}
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "input_tokens_details": details,
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
@@ -74,15 +79,19 @@ def response_object(
         "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
         "service_tier": "default", "store": settings["store"], "temperature": settings["temperature"],
         "text": settings["text"], "tool_choice": settings["tool_choice"], "tools": settings["tools"],
-        "top_logprobs": settings["top_logprobs"], "top_p": settings["top_p"], "truncation": "disabled",
+        "top_logprobs": settings["top_logprobs"], "top_p": settings["top_p"],
+        "presence_penalty": settings["presence_penalty"], "frequency_penalty": settings["frequency_penalty"],
+        "truncation": "disabled",
         "usage": usage, "user": None, "metadata": settings["metadata"],
     }
 
 
 def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
     completed = int(stored.created_at)  # stored when the turn ended
-    details = stored.metadata or {}  # what POST recorded of its request (responses_routes._save)
-    settings = details.get("settings") or {**STORED_SETTINGS, "metadata": {}}
+    details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses_routes._save)
+    settings = {**STORED_SETTINGS, "metadata": {}, **details.get("generation", {}), **details.get("settings", {})}
+    if settings["top_logprobs"] is None:  # stored by an earlier studiolo, which showed null for none asked
+        settings["top_logprobs"] = 0
     info = ResponseInfo(stored.id, stored.model, details.get("created_at", completed), stored.instructions,
                         stored.previous_response_id, settings)
     usage = stored.usage
@@ -106,11 +115,13 @@ def input_item_list(stored: StoredResponse, order: str, limit: int, after: str |
 
 
 def _with_id(response_id: str, index: int, item: Item) -> Item:
-    """Items keep the id the client gave; others get one derived from their place, stable across listings."""
+    """Items keep the id the client gave; others get one derived from their place, stable across listings.
+    Items the client sent have no status; as listed they are complete (OpenAI's types require one)."""
+    listed = {"status": "completed", **item}
     if item.get("id"):
-        return item
+        return listed
     digest = hashlib.sha256(f"{response_id}/{index}".encode()).hexdigest()[:32]
-    return {"id": f"{_ID_PREFIXES.get(item.get('type', 'message'), 'item')}_{digest}", **item}
+    return {"id": f"{_ID_PREFIXES.get(item.get('type', 'message'), 'item')}_{digest}", **listed}
 
 
 def now() -> int:

@@ -116,11 +116,16 @@ async def _events(conversations: Conversations, run: ConversationRun, info: Resp
 
 
 def _failed(run: ConversationRun, info: ResponseInfo, output: OutputItems, exc: Exception) -> dict[str, Any]:
-    """The failed response, its error in OpenAI's shape (``code`` and ``message``)."""
+    """The failed response, its error in OpenAI's shape: ``code`` is one of OpenAI's (its types list
+    them): ``invalid_prompt`` for what the request caused, ``server_error`` for the rest; ``type``
+    and ``param`` are what a response before the stream would have said (the message names the cause)."""
     known = from_domain(exc)
     if known is None:
         log.error("response %s failed after its stream began", run.id, exc_info=exc)  # a bug: keep its trace
-    error = {"code": (known.code if known else None) or "server_error", "message": str(exc) or type(exc).__name__}
+    client_fault = known is not None and known.status < 500
+    error = {"code": "invalid_prompt" if client_fault else "server_error",
+             "message": str(exc) or type(exc).__name__,
+             "type": known.type if known else "server_error", "param": known.param if known else None}
     usage = render.generation_usage(run.generation.usage)
     return render.response_object(info, "failed", output.items, usage, error=error)
 

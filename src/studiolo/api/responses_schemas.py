@@ -34,6 +34,7 @@ from studiolo.store.responses import check_response_id
 
 MAX_LOGPROBS = 20
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+UNNAMED_FORMAT = "response"  # the name a json_schema format given without one shows (OpenAI requires one)
 IMAGES_UNSUPPORTED = "Model does not support images. Please use a model that does."  # chat completions' words
 
 
@@ -188,6 +189,8 @@ class ResponseBody(_Body):
     top_k: Int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)  # Open Responses' fields, as chat completions'
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: Int | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
@@ -224,7 +227,9 @@ class ResponseBody(_Body):
 
     def sampling(self) -> SamplingParams:
         return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                    min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
+                                    min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                                    presence_penalty=self.presence_penalty,
+                                    frequency_penalty=self.frequency_penalty, seed=self.seed)
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
@@ -238,8 +243,10 @@ class ResponseBody(_Body):
             "text": {"format": self._format_echo()},
             "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice) else choice or "auto",
             "tools": [tool.echo() for tool in self.tools or ()],
-            "top_logprobs": self.top_logprobs,
+            "top_logprobs": self.top_logprobs or 0,  # an integer in Open Responses' schema: 0 when none asked
             "top_p": sampling.top_p,
+            "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty,
             "metadata": dict(self.metadata or {}),
         }
 
@@ -289,7 +296,9 @@ class ResponseBody(_Body):
 
     def _format_echo(self) -> dict[str, Any]:
         fmt = self.text.format if self.text is not None else None
-        if fmt is None:
-            return {"type": "text"}
-        return fmt.model_dump(by_alias=True, exclude_none=True)
+        if fmt is None or fmt.type != "json_schema":
+            return {"type": fmt.type if fmt is not None else "text"}
+        # every field present, as both the openai package's types and Open Responses' schema require
+        return {"type": "json_schema", "name": fmt.name or UNNAMED_FORMAT, "description": fmt.description,
+                "schema": fmt.schema_, "strict": bool(fmt.strict)}
 

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import sqlite3
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from studiolo.service import saved_state
 from studiolo.service.generation import Generation, GenerationService
@@ -98,10 +99,11 @@ class Conversations:
         if not run.turn.store:
             return None
         generation = run.generation
+        record = {"generation": settings_record(run.turn.options), **(details or {})}
         stored = await asyncio.to_thread(
             self.store.create, run.model, run.turn.items, output, _usage_record(generation.usage),
             previous_response_id=run.turn.previous_response_id, status=status,
-            instructions=run.turn.instructions, metadata=details, response_id=run.id,
+            instructions=run.turn.instructions, metadata=record, response_id=run.id,
         )
         saved = generation.saved.get(0)
         if saved is not None:
@@ -130,6 +132,20 @@ def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
     if turn.instructions:
         messages.insert(0, ChatMessage("system", turn.instructions))
     return messages
+
+
+def settings_record(options: GenerationOptions) -> dict[str, Any]:
+    """The generation settings a stored turn keeps (whichever API ran it), so that retrieving it
+    later can say which values were used: the Responses object requires them as numbers."""
+    sampling = options.sampling
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p,
+            "presence_penalty": sampling.presence_penalty, "frequency_penalty": sampling.frequency_penalty,
+            "max_output_tokens": options.max_tokens, "top_logprobs": options.logprobs or 0}
+
+
+# what a response stored before turns kept their settings shows: LM Studio's defaults (its request
+# may have given others, which were not kept)
+DEFAULT_SETTINGS = settings_record(GenerationOptions())
 
 
 def _usage_record(usage: Usage) -> dict:
