@@ -114,3 +114,18 @@ def item_list_errors(body: dict[str, Any]) -> list[str]:
     for index, item in enumerate(body.get("data", ())):
         errors += [f"open responses: data.{index}: {error}" for error in spec_errors("ItemField", item)]
     return errors
+
+
+def compacted_errors(body: dict[str, Any]) -> list[str]:
+    """A compacted response (POST /v1/responses/compact, or GET of its id) against both references.
+
+    The openai type's ``output: List[ResponseOutputItem]`` cannot hold the user messages its own
+    docstring says the output starts with (a ResponseOutputMessage is the assistant's), so each item
+    is checked as the package types it elsewhere: a user message as ResponseInputMessageItem (an
+    input item listed), the compaction item as ResponseCompactionItem."""
+    errors = openai_errors(oa.CompactedResponse, {**body, "output": []})
+    for index, item in enumerate(body.get("output", ())):
+        kind = oa.ResponseCompactionItem if item.get("type") == "compaction" else oa.ResponseInputMessageItem
+        errors += [f"output.{index}.{error}" for error in openai_errors(kind, item)]
+    return [f"openai: {error}" for error in errors] + [
+        f"open responses: {error}" for error in spec_errors("CompactResource", body)]

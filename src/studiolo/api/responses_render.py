@@ -27,7 +27,7 @@ STORED_SETTINGS: dict[str, Any] = {
     "parallel_tool_calls": True, "store": True, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
     "tools": [], "metadata": {}, **DEFAULT_SETTINGS,
 }
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "compaction": "cmp"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,22 @@ def response_object(
     }
 
 
+def stored_usage(stored: StoredResponse) -> dict[str, Any]:
+    usage = stored.usage
+    return usage_body(usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cached_tokens", 0))
+
+
+def is_compaction(stored: StoredResponse) -> bool:
+    return "compaction" in (stored.metadata or {})  # what service/compaction.py records
+
+
+def compacted_object(stored: StoredResponse) -> dict[str, Any]:
+    """OpenAI's compacted response: the compacted window as ``output`` (its user messages, then the
+    compaction item), the same at POST /v1/responses/compact and at every GET."""
+    return {"id": stored.id, "object": "response.compaction", "created_at": int(stored.created_at),
+            "output": stored.output_items, "usage": stored_usage(stored)}
+
+
 def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
     completed = int(stored.created_at)  # stored when the turn ended
     details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses_routes._save)
@@ -94,9 +110,7 @@ def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
         settings["top_logprobs"] = 0
     info = ResponseInfo(stored.id, stored.model, details.get("created_at", completed), stored.instructions,
                         stored.previous_response_id, settings)
-    usage = stored.usage
-    body = usage_body(usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cached_tokens", 0))
-    return response_object(info, stored.status, stored.output_items, body, completed_at=completed)
+    return response_object(info, stored.status, stored.output_items, stored_usage(stored), completed_at=completed)
 
 
 def input_item_list(stored: StoredResponse, order: str, limit: int, after: str | None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""OpenAI's Responses API: ``POST /v1/responses``, ``GET /v1/responses/{id}``,
-``GET /v1/responses/{id}/input_items`` and ``DELETE /v1/responses/{id}``.
+"""OpenAI's Responses API: ``POST /v1/responses``, ``POST /v1/responses/compact``,
+``GET /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items`` and ``DELETE /v1/responses/{id}``.
 
 A response is one turn of a stateful chat (service/conversations.py): ``previous_response_id``
 continues (or branches) a stored conversation, and the finished turn is stored before the client
@@ -25,9 +25,10 @@ from studiolo.api import responses_render as render
 from studiolo.api.errors import APIError, from_domain
 from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.responses_render import OutputItems, ResponseInfo
-from studiolo.api.responses_schemas import ResponseBody
+from studiolo.api.responses_schemas import CompactBody, ResponseBody
 from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.types import InvalidRequest
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
@@ -142,9 +143,29 @@ async def _in_store(request: Request, response_id: str, action: Callable[[Respon
         raise APIError(400, str(exc), param="response_id", code="invalid_response_id") from None
 
 
+@router.post("/responses/compact")
+async def compact(body: CompactBody, request: Request) -> Any:
+    """The conversation compacted by the model (service/compaction.py); always stored."""
+    compactions = Compactions(_conversations(request))
+    try:
+        run = await compactions.start(body.compaction())  # every 4xx comes before the model writes
+    except ResponseNotFound as exc:
+        raise _previous_not_found(exc) from None
+    try:
+        stored = await until_disconnected(request, compactions.finish(run))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nothing was stored
+    finally:
+        run.generation.cancel()
+    return render.compacted_object(stored)
+
+
 @router.get("/responses/{response_id}")
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
-    return render.stored_response_object(await _in_store(request, response_id, ResponseStore.get))
+    stored = await _in_store(request, response_id, ResponseStore.get)
+    if render.is_compaction(stored):  # shown as POST /v1/responses/compact returned it
+        return render.compacted_object(stored)
+    return render.stored_response_object(stored)
 
 
 @router.get("/responses/{response_id}/input_items")

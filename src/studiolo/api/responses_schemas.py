@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studiolo.api.errors import describe_validation
-from studiolo.api.wire_types import Int
 from studiolo.api.tool_schemas import (
     FunctionDefinition,
     NamedFunction,
@@ -25,8 +24,10 @@ from studiolo.api.tool_schemas import (
     check_no_other_constraint,
     tools_of,
 )
+from studiolo.api.wire_types import Int
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
 from studiolo.engine.sampling import SamplingParams
+from studiolo.service.compaction import CompactRequest
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.types import GenerationOptions, InvalidRequest, Tools
@@ -108,6 +109,17 @@ class FunctionCallOutputInput(_Body):
         return _with_given_id(item, self.id)
 
 
+class CompactionInput(_Body):
+    """A compaction item passed back (POST /v1/responses/compact made it): its summary, as text."""
+
+    type: Literal["compaction"]
+    encrypted_content: str = Field(min_length=1)
+    id: str | None = None
+
+    def normalized(self, where: str) -> Item:
+        return _with_given_id({"type": "compaction", "encrypted_content": self.encrypted_content}, self.id)
+
+
 def check_json(value: Any, param: str) -> None:
     """Refuse what the store could not write back as JSON: Python's parser takes NaN and Infinity,
     and ``Any`` fields let them through, so a turn would run and then fail to be stored."""
@@ -119,6 +131,7 @@ def check_json(value: Any, param: str) -> None:
 
 _INPUT_ITEMS: dict[str, type[_Body]] = {
     "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
+    "compaction": CompactionInput,
 }
 
 
@@ -175,13 +188,12 @@ class TextConfig(_Body):
     format: TextFormat | None = None
 
 
-class ResponseBody(_Body):
+class _Turn(_Body):
+    """What both POST bodies take: the conversation to continue, and how to sample."""
+
     model: str = Field(min_length=1)
-    input: str | list[dict[str, Any]]
     instructions: str | None = None
     previous_response_id: str | None = None
-    store: bool = True
-    stream: bool = False
     max_output_tokens: Int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -192,6 +204,27 @@ class ResponseBody(_Body):
     presence_penalty: float | None = Field(None, ge=-2, le=2)  # Open Responses' fields, as chat completions'
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: Int | None = None
+    conversation: Any = None
+    ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                    min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                                    presence_penalty=self.presence_penalty,
+                                    frequency_penalty=self.frequency_penalty, seed=self.seed)
+
+    def _check_continuation(self) -> None:
+        if self.conversation is not None:  # silently ignoring it would lose the conversation
+            raise InvalidRequest("the Conversations API is not served; continue with 'previous_response_id'",
+                                 "conversation")
+        if self.previous_response_id is not None:
+            check_response_id(self.previous_response_id)  # a 400 before any model loads
+
+
+class ResponseBody(_Turn):
+    input: str | list[dict[str, Any]]
+    store: bool = True
+    stream: bool = False
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -199,8 +232,6 @@ class ResponseBody(_Body):
     include: list[str] | None = None
     top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     metadata: dict[str, str] | None = None
-    conversation: Any = None
-    ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
 
     @property
     def logprobs(self) -> int | None:
@@ -210,11 +241,7 @@ class ResponseBody(_Body):
         return self.top_logprobs or 0
 
     def turn(self) -> Turn:
-        if self.conversation is not None:  # silently ignoring it would lose the conversation
-            raise InvalidRequest("the Conversations API is not served; continue with 'previous_response_id'",
-                                 "conversation")
-        if self.previous_response_id is not None:
-            check_response_id(self.previous_response_id)  # a 400 before any model loads
+        self._check_continuation()
         self._check_stored_settings()
         constraint = self._constraint()
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
@@ -224,12 +251,6 @@ class ResponseBody(_Body):
         check_no_other_constraint(tools, options.constraint_param)
         return Turn(self.model, self._items(), options, self.instructions or None, self.previous_response_id,
                     self.store, tools, ttl=self.ttl)
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                    min_p=self.min_p, repeat_penalty=self.repeat_penalty,
-                                    presence_penalty=self.presence_penalty,
-                                    frequency_penalty=self.frequency_penalty, seed=self.seed)
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
@@ -259,11 +280,9 @@ class ResponseBody(_Body):
             check_json(fmt.schema_, "text.format.schema")
 
     def _items(self) -> list[Item]:
-        if isinstance(self.input, str):
-            return [user_message(self.input)]
-        if not self.input:
+        if isinstance(self.input, list) and not self.input:
             raise InvalidRequest("'input' is empty", "input")
-        return [_input_item(index, raw) for index, raw in enumerate(self.input)]
+        return input_items(self.input)
 
     def _tools(self) -> Tools | None:
         definitions = [
@@ -302,3 +321,25 @@ class ResponseBody(_Body):
         return {"type": "json_schema", "name": fmt.name or UNNAMED_FORMAT, "description": fmt.description,
                 "schema": fmt.schema_, "strict": bool(fmt.strict)}
 
+
+
+class CompactBody(_Turn):
+    """``POST /v1/responses/compact``: OpenAI's fields (``model``, ``input``, ``instructions``,
+    ``previous_response_id``; the rest, such as ``prompt_cache_key``, ignored) and studiolo's
+    sampling fields, ``max_output_tokens`` bounding the summary."""
+
+    input: str | list[dict[str, Any]] | None = None
+
+    def compaction(self) -> CompactRequest:
+        self._check_continuation()
+        options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens)
+        items = input_items(self.input) if self.input is not None else []
+        return CompactRequest(self.model, items, options, self.instructions or None, self.previous_response_id,
+                              self.ttl)
+
+
+def input_items(given: str | list[dict[str, Any]]) -> list[Item]:
+    """A request's ``input`` as stored items: a string is one user message."""
+    if isinstance(given, str):
+        return [user_message(given)]
+    return [_input_item(index, raw) for index, raw in enumerate(given)]

@@ -73,12 +73,13 @@ class Conversations:
         messages = _messages(turn, history)
         options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
         request = ChatRequest(turn.model, messages, options, turn.ttl, tools=turn.tools,
-                              context_length=turn.context_length, restore=self._restorer(turn.previous_response_id),
+                              context_length=turn.context_length, restore=self.restorer(turn.previous_response_id),
                               prompt_field="input")
         generation = await self.service.chat(request)
         return ConversationRun(new_id("resp"), turn, generation, history)
 
-    def _restorer(self, response_id: str | None):
+    def restorer(self, response_id: str | None):
+        """Loads the saved KV state of ``response_id``'s conversation, if the engine needs it."""
         if response_id is None:
             return None
 
@@ -101,7 +102,7 @@ class Conversations:
         generation = run.generation
         record = {"generation": settings_record(run.turn.options), **(details or {})}
         stored = await asyncio.to_thread(
-            self.store.create, run.model, run.turn.items, output, _usage_record(generation.usage),
+            self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
             previous_response_id=run.turn.previous_response_id, status=status,
             instructions=run.turn.instructions, metadata=record, response_id=run.id,
         )
@@ -121,13 +122,17 @@ class Conversations:
             log.warning("could not keep the KV state of %s (its continuation will prefill): %s", response_id, exc)
 
 
-def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
+def conversation_items(history: list[StoredResponse]) -> list[Item]:
+    """A stored conversation's items in order: each turn's input, then its output."""
     items: list[Item] = []
     for response in history:
         items.extend(response.input_items)
         items.extend(response.output_items)
-    items.extend(turn.items)
-    messages = chat_messages(items)
+    return items
+
+
+def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
+    messages = chat_messages(conversation_items(history) + turn.items)
     messages = check_tool_results(messages, lambda index: "input")  # results answer earlier calls
     if turn.instructions:
         messages.insert(0, ChatMessage("system", turn.instructions))
@@ -148,6 +153,6 @@ def settings_record(options: GenerationOptions) -> dict[str, Any]:
 DEFAULT_SETTINGS = settings_record(GenerationOptions())
 
 
-def _usage_record(usage: Usage) -> dict:
+def usage_record(usage: Usage) -> dict:
     return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens}

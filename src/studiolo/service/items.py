@@ -7,7 +7,9 @@ from, so that either can continue a conversation the other began:
 - ``{"type": "message", "role": "user" | "system" | "developer" | "assistant", "content": [parts]}``
   with ``input_text`` parts (input) or ``output_text`` parts (the assistant's output);
 - ``{"type": "function_call", "call_id", "name", "arguments"}`` (a call the model made);
-- ``{"type": "function_call_output", "call_id", "output"}`` (the result the client sent back).
+- ``{"type": "function_call_output", "call_id", "output"}`` (the result the client sent back);
+- ``{"type": "compaction", "id", "encrypted_content"}``: the summary of a compacted conversation
+  (service/compaction.py), in plain text; the model sees it as its own message.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def function_call(call_id: str, name: str, arguments: str) -> Item:
             "arguments": arguments, "status": "completed"}
 
 
+def compaction_item(summary: str) -> Item:
+    return {"type": "compaction", "id": new_id("cmp"), "encrypted_content": summary}
+
+
+# how the model sees a compaction item: as its own words, after the user messages it kept
+SUMMARY_HEADING = "Summary of our conversation so far:\n"
+
+
 def message_text(item: Item) -> str:
     """A message item's text: its content string, or its text parts joined."""
     content = item.get("content")
@@ -66,6 +76,8 @@ def chat_messages(items: list[Item]) -> list[ChatMessage]:
                 messages.append(ChatMessage("assistant", None, (call,)))
         elif kind == "function_call_output":
             messages.append(ChatMessage("tool", _output_text(item.get("output")), (), item["call_id"]))
+        elif kind == "compaction":
+            messages.append(ChatMessage("assistant", SUMMARY_HEADING + item["encrypted_content"]))
         else:
             raise InvalidRequest(f"conversation items of type '{kind}' are not supported", "input")
     return messages

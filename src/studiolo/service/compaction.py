@@ -1,0 +1,103 @@
+"""Compaction: a conversation made shorter by the model itself (OpenAI's ``POST /v1/responses/compact``).
+
+The window to compact is the conversation so far (the stored chain ending at
+``previous_response_id``) followed by the request's own items. The model reads the window as the
+conversation it is, then one more user turn asks it for a summary; since the window is the
+conversation's own prompt, the engine reuses its cached prefix and prefills only that request.
+
+The compacted window has OpenAI's shape: every user message of the window, verbatim and in order,
+then one ``compaction`` item whose ``encrypted_content`` is the summary (plain text here: nothing
+is encrypted). It replaces everything else: the assistant's messages, tool calls and results,
+system and developer messages, and any earlier compaction item. It is stored as a response that
+starts a conversation of its own (its ancestors are not part of it), so a later turn continues from
+it by ``previous_response_id``; a client may as well pass the window back as input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+
+from studiolo.service.conversations import Conversations, conversation_items, settings_record, usage_record
+from studiolo.service.generation import Generation
+from studiolo.service.items import Item, chat_messages, compaction_item, message_text, new_id
+from studiolo.service.tool_calls import check_tool_results
+from studiolo.service.types import ChatMessage, ChatRequest, Finished, GenerationOptions, InvalidRequest, TextDelta
+from studiolo.store.responses import StoredResponse
+
+# a summary longer than this would hardly shorten a conversation a small local context can hold
+DEFAULT_MAX_TOKENS = 512
+SUMMARY_REQUEST = (
+    "Summarize our conversation so far for your own later use. Keep every fact, name, number, "
+    "decision and open question it holds; leave out greetings and repetition. Write only the summary."
+)
+
+
+@dataclass(frozen=True)
+class CompactRequest:
+    model: str
+    items: list[Item]  # added to the conversation before it is compacted
+    options: GenerationOptions  # max_tokens None: DEFAULT_MAX_TOKENS
+    instructions: str | None = None  # a system message for the summarizing pass only
+    previous_response_id: str | None = None
+    ttl: float | None = None
+
+
+@dataclass
+class CompactRun:
+    id: str  # the compacted response's id
+    request: CompactRequest
+    window: list[Item]
+    options: GenerationOptions  # as used (the default max_tokens filled in)
+    generation: Generation
+
+
+class Compactions:
+    def __init__(self, conversations: Conversations):
+        self.conversations = conversations
+
+    async def start(self, request: CompactRequest) -> CompactRun:
+        """Begin the summarizing pass; what cannot be done is refused here, before any output."""
+        history: list[StoredResponse] = []
+        if request.previous_response_id is not None:
+            history = await asyncio.to_thread(self.conversations.store.conversation, request.previous_response_id)
+        window = conversation_items(history) + request.items
+        if not window:
+            raise InvalidRequest("there is nothing to compact: give 'input' or 'previous_response_id'", "input")
+        options = request.options
+        if options.max_tokens is None:
+            options = replace(options, max_tokens=DEFAULT_MAX_TOKENS)
+        chat = ChatRequest(request.model, _summary_messages(window, request.instructions), options, request.ttl,
+                           restore=self.conversations.restorer(request.previous_response_id), prompt_field="input")
+        generation = await self.conversations.service.chat(chat)
+        return CompactRun(new_id("resp"), request, window, options, generation)
+
+    async def finish(self, run: CompactRun) -> StoredResponse:
+        """The summary, as the compacted window, stored (always: that is how it is continued)."""
+        texts: list[str] = []
+        status = "completed"
+        async for event in run.generation.events():  # a failure is the caller's error response
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            elif isinstance(event, Finished) and event.reason == "length":
+                status = "incomplete"  # cut by max_tokens or the context: still a (shorter) summary
+        output = _user_messages(run.window) + [compaction_item("".join(texts).strip())]
+        details = {"generation": settings_record(run.options),
+                   "compaction": {"previous_response_id": run.request.previous_response_id}}
+        return await asyncio.to_thread(
+            self.conversations.store.create, run.generation.model, [], output, usage_record(run.generation.usage),
+            status=status, metadata=details, response_id=run.id)
+
+
+def _summary_messages(window: list[Item], instructions: str | None) -> list[ChatMessage]:
+    messages = check_tool_results(chat_messages(window), lambda index: "input")  # results answer earlier calls
+    if instructions:
+        messages.insert(0, ChatMessage("system", instructions))
+    return messages + [ChatMessage("user", SUMMARY_REQUEST)]
+
+
+def _user_messages(window: list[Item]) -> list[Item]:
+    """The window's user messages as output items (OpenAI's compacted output keeps them verbatim)."""
+    return [{"id": item.get("id") or new_id("msg"), "type": "message", "status": "completed", "role": "user",
+             "content": [{"type": "input_text", "text": message_text(item)}]}
+            for item in window if item.get("type", "message") == "message" and item.get("role") == "user"]
