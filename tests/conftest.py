@@ -125,6 +125,21 @@ def http(server) -> httpx.Client:
         yield session
 
 
+def loaded_instances(http: httpx.Client) -> dict[str, dict]:
+    """instance id -> its v1 instance object, with the model key added."""
+    found = {}
+    for model in http.get("/api/v1/models").json()["models"]:
+        for instance in model["loaded_instances"]:
+            found[instance["id"]] = {**instance, "key": model["key"]}
+    return found
+
+
+def unload_all(http: httpx.Client) -> None:
+    """Unload every instance: the next request loads its model afresh, with empty caches."""
+    for instance_id in loaded_instances(http):
+        assert http.post("/api/v1/models/unload", json={"instance_id": instance_id}).status_code == 200
+
+
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0}  # plain argmax: deterministic and exact
 NO_PENALTY = {"repeat_penalty": 1.0}  # for the openai client's extra_body (temperature goes as an argument)
 

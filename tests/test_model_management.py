@@ -11,7 +11,16 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import GEMMA, GREEDY, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import (
+    GEMMA,
+    GREEDY,
+    SMOLLM,
+    RunningServer,
+    free_port,
+    home_with_models,
+    unload_all,
+)
+from tests.conftest import loaded_instances as instances
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +34,6 @@ def managed(tmp_path_factory, default_models, chat_models):
     with httpx.Client(base_url=running.base_url, timeout=120) as http:
         yield http
     running.stop()
-
-
-def instances(http: httpx.Client) -> dict[str, dict]:
-    """instance id -> its v1 instance object, with the model key added."""
-    found = {}
-    for model in http.get("/api/v1/models").json()["models"]:
-        for instance in model["loaded_instances"]:
-            found[instance["id"]] = {**instance, "key": model["key"]}
-    return found
-
-
-def unload_all(http: httpx.Client) -> None:
-    for instance_id in instances(http):
-        assert http.post("/api/v1/models/unload", json={"instance_id": instance_id}).status_code == 200
 
 
 def complete(http: httpx.Client, model: str, max_tokens: int = 4, **extra) -> httpx.Response:

@@ -10,6 +10,12 @@ sequences of one adapter (or of none). When sequences of several adapters run, t
 take turns of ``ADAPTER_TURN_STEPS`` steps: switching the context's adapter costs about as
 much as a decode step of SmolLM2 (llama.cpp rebuilds its graph), so switching at every step
 would halve the speed.
+
+The last token of a prompt is always decoded in a step after the rest of it, as a row of its
+own. Its logits decide the first generated token, and CPU kernels round differently by batch
+shape (Gemma 3's Q4_K ones do): a prompt resumed from the prefix cache prefills only that last
+token, alone, so a cold prompt must compute it the same way, or a seeded request would give
+another answer once its prompt was cached. It costs one decode step per request.
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ class Scheduler:
                 # scoring costs a full-vocabulary softmax per token on the worker thread:
                 # a few per step, so that other sequences keep streaming meanwhile
                 take = min(take, SCORED_TOKENS_PER_STEP)
+            elif 1 < take == seq.prompt_remaining():
+                take -= 1  # the last prompt token goes in a step of its own (module docstring)
             tokens = seq.prompt[seq.n_past : seq.n_past + take]
             chunk = Chunk(seq, tokens, seq.n_past, take)
             if seq.request.prompt_logprobs:
