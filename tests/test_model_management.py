@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import (
@@ -204,6 +205,33 @@ def test_a_corrupt_file_fails_its_load_and_the_server_keeps_serving(managed):
     jit = complete(managed, "broken/cut-model")
     assert jit.status_code == 500 and jit.json()["error"]["code"] == "model_load_failed"
     assert complete(managed, SMOLLM).status_code == 200
+
+
+def test_a_file_that_failed_to_load_is_refused_at_once_until_it_changes(tmp_path, default_models, chat_models):
+    """OpenAI's client retries a 5xx twice: a broken file answers with x-should-retry: false, is
+    not tried again for later requests, and is tried again once it changes on disk."""
+    home = home_with_models(tmp_path, chat_models)
+    broken = home / "models" / "broken" / "cut-model" / "cut-model-Q4_1.gguf"
+    broken.parent.mkdir(parents=True)
+    good = default_models[SMOLLM].read_bytes()
+    broken.write_bytes(good[: 4 * 2**20])
+    running = RunningServer(home, free_port(), ["--context-length", "512", "--parallel", "1"])
+    try:
+        client = openai.OpenAI(base_url=f"{running.base_url}/v1", api_key="none", max_retries=2, timeout=120)
+        with pytest.raises(openai.InternalServerError) as first:
+            client.completions.create(model="broken/cut-model", prompt="Hi", max_tokens=2)
+        assert first.value.response.headers["x-should-retry"] == "false"
+        assert first.value.body["code"] == "model_load_failed" and "cut-model" in first.value.body["message"]
+        with httpx.Client(base_url=running.base_url, timeout=120) as http:
+            again = complete(http, "broken/cut-model")
+            assert again.status_code == 500 and "has not changed since" in again.json()["error"]["message"]
+            loaded = http.post("/api/v1/models/load", json={"model": "broken/cut-model"})
+            assert loaded.status_code == 500 and "has not changed since" in loaded.text
+            assert running.log().count("POST /v1/completions") == 2  # the client did not retry
+            broken.write_bytes(good)  # repaired: loaded this time
+            assert complete(http, "broken/cut-model").status_code == 200
+    finally:
+        running.stop()
 
 
 def test_v0_models_field_by_field(managed):

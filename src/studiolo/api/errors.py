@@ -28,6 +28,7 @@ from studiolo.models.manager import (
     IdentifierTaken,
     InstanceNotFound,
     ModelBusy,
+    ModelFileUnloadable,
     ModelLoadFailed,
     ModelNotLoaded,
 )
@@ -49,6 +50,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         v1_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -57,6 +59,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.v1_type = v1_type  # LM Studio's v1 error type, when the status and code do not tell it
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         """OpenAI's error, with BladeLLM's ``error_info`` beside it (its code: the HTTP status)."""
@@ -75,7 +78,7 @@ class APIError(Exception):
 
     def response(self, request: Request) -> JSONResponse:
         v1 = request.url.path.startswith("/api/v1/")
-        return JSONResponse(self.body_v1() if v1 else self.body(), status_code=self.status)
+        return JSONResponse(self.body_v1() if v1 else self.body(), status_code=self.status, headers=self.headers)
 
 
 DOMAIN_ERRORS = (
@@ -131,6 +134,10 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param="previous_response_id", code="invalid_response_id")
     if isinstance(exc, AdapterNotLoadable):
         return APIError(400, str(exc), param="model", code="model_is_adapter")
+    if isinstance(exc, ModelFileUnloadable):
+        # OpenAI's and Anthropic's clients retry a 5xx unless told not to: the file will fail again
+        return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed",
+                        headers={"x-should-retry": "false"})
     if isinstance(exc, (ModelLoadError, ModelLoadFailed, AdapterLoadFailed)):
         return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")
     if isinstance(exc, InstanceNotFound):

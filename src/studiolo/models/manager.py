@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from studiolo.config import EngineSettings
 from studiolo.engine.embedding import EmbeddingEngine
@@ -65,6 +67,11 @@ class ModelBusy(RuntimeError):
 
 class ModelLoadFailed(RuntimeError):
     pass
+
+
+class ModelFileUnloadable(ModelLoadFailed):
+    """The file itself cannot be loaded (corrupt, truncated, unsupported): trying again cannot help
+    until it changes on disk."""
 
 
 class AdapterNotLoadable(ValueError):
@@ -115,6 +122,9 @@ class ModelManager:
         # (LM Studio keeps at most one); explicit loads need not wait behind an eviction's wait.
         self._jit_lock = asyncio.Lock()
         self._ttl_task: asyncio.Task | None = None
+        # Files that failed to load, by path: the file's stamp then, and the failure. Clients retry
+        # a 5xx (OpenAI's, twice): such a file is refused at once until it changes on disk.
+        self._unloadable: dict[Path, tuple[tuple[int, int, int], ModelFileUnloadable]] = {}
 
     # --- lookups ---------------------------------------------------------------------
 
@@ -194,6 +204,7 @@ class ModelManager:
     # then registered like any other, TTL and all, rather than left in memory where nothing sees it.
 
     async def _jit_load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
+        self._refuse_known_unloadable(entry)  # before evicting a model for it
         loading = self._jit_loads.get(entry.key)
         if loading is None:  # concurrent first requests: one load, the others wait for it
             loading = self._jit_loads[entry.key] = asyncio.ensure_future(self._jit_load_now(entry, config))
@@ -213,6 +224,7 @@ class ModelManager:
         """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
         if entry.is_adapter:
             raise AdapterNotLoadable(entry)
+        self._refuse_known_unloadable(entry)
         loading = asyncio.ensure_future(self._load_now(entry, config, jit=False))
         self._loads.add(loading)
         loading.add_done_callback(lambda done: self._load_done(done, None))
@@ -235,7 +247,11 @@ class ModelManager:
                 batch_size=config.eval_batch_size or self.settings.batch_size,
             )
             started = time.perf_counter()
-            model, engine, info = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
+            try:
+                model, engine, info = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
+            except ModelFileUnloadable as exc:
+                self._remember_unloadable(entry.path, exc)
+                raise
             instance = Instance(instance_id, entry, info, model, engine, settings, jit, config.ttl,
                                 load_seconds=time.perf_counter() - started)
             self._instances[instance_id] = instance
@@ -243,6 +259,21 @@ class ModelManager:
                  f" (ttl {config.ttl:g}s)" if config.ttl is not None else "")
         self._ensure_ttl_task()
         return instance
+
+    def _remember_unloadable(self, path: Path, failure: ModelFileUnloadable) -> None:
+        stamp = _file_stamp(path)
+        if stamp is not None:
+            self._unloadable[path] = (stamp, failure)
+
+    def _refuse_known_unloadable(self, entry: CatalogEntry) -> None:
+        known = self._unloadable.get(entry.path)
+        if known is None:
+            return
+        stamp, failure = known
+        if _file_stamp(entry.path) != stamp:  # replaced or repaired: try it again
+            del self._unloadable[entry.path]
+            return
+        raise ModelFileUnloadable(f"{failure} (the file failed to load before and has not changed since)")
 
     def _new_instance_id(self, key: str, identifier: str | None) -> str:
         if identifier is not None:
@@ -321,16 +352,25 @@ class ModelManager:
             await asyncio.to_thread(instance.close)
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten: its inode, size and modification time."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: str):
     """Check the file, the memory, then load; any failure leaves nothing behind."""
     try:
         info = read_model_info(entry.path)
     except (InvalidModelFile, OSError) as exc:
-        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+        raise ModelFileUnloadable(f"cannot load '{entry.key}': {exc}") from exc
     try:
         model = LlamaModel(entry.path)
     except ModelLoadError as exc:
-        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+        raise ModelFileUnloadable(f"cannot load '{entry.key}': {exc}") from exc
     try:
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
@@ -345,6 +385,7 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
 
 
 __all__ = [
-    "AdapterNotLoadable", "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy", "ModelLoadFailed",
+    "AdapterNotLoadable", "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy",
+    "ModelFileUnloadable", "ModelLoadFailed",
     "ModelManager", "ModelNotFound", "ModelNotLoaded", "Target",
 ]
