@@ -131,6 +131,19 @@ def test_gemma_base_model_completion(client):
     assert result.usage.prompt_tokens == 6  # <bos> and five words
 
 
+def test_echo_logprobs_leave_out_the_bos_the_tokenizer_added(client):
+    """Gemma's tokenizer puts <bos> before the prompt: not text the client sent, so not echoed; the
+    first word is scored given it."""
+    prompt = "The capital of France is"
+    result = complete(client, model=GEMMA, prompt=prompt, max_tokens=2, echo=True, logprobs=1)
+    logprobs = result.choices[0].logprobs
+    n_echoed = result.usage.prompt_tokens - 1  # the <bos> counts as a prompt token the model read
+    assert "".join(logprobs.tokens[:n_echoed]) == prompt
+    assert len(logprobs.tokens) == n_echoed + result.usage.completion_tokens
+    assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs)
+    assert logprobs.text_offset[0] == 0 and "<bos>" not in "".join(logprobs.top_logprobs[0])
+
+
 def test_text_offsets_count_characters_split_over_tokens(client):
     """漢 is three tokens in SmolLM2's vocabulary: offsets still index the returned text."""
     prompt = "The character 漢 means Han, and 漢字 means"

@@ -256,15 +256,20 @@ class Generation:
                                                       timing.time_to_first_token))
 
     def _echo_tokens(self, prompt: Prompt, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
-        """The prompt's tokens as they spell its text; the first is unscored (nothing predicts it)."""
+        """The prompt's tokens as they spell its text, each scored given the tokens before it.
+
+        A BOS the tokenizer added is not part of the text the client sent: it is left out, and the
+        first text token is scored given it. Otherwise the first token is unscored (nothing predicts it).
+        """
         model = self._loaded.model
-        pieces = [model.token_bytes(t, special=True) for t in prompt.tokens]  # a typed <|im_end|> shows
-        if prompt.added_bos:
-            pieces[0] = b""
         tokens = prompt.tokens
-        first = TokenInfo(tokens[0], token_text(pieces[0]), pieces[0], None, special=model.is_special(tokens[0]))
-        rest = zip(tokens[1:], pieces[1:], event.logprobs)
-        return (first, *(_token_info(model, t, p, lp) for t, p, lp in rest))
+        scored = (_token_info(model, t, model.token_bytes(t, special=True), lp)  # a typed <|im_end|> shows
+                  for t, lp in zip(tokens[1:], event.logprobs))
+        if prompt.added_bos:
+            return tuple(scored)
+        piece = model.token_bytes(tokens[0], special=True)
+        first = TokenInfo(tokens[0], token_text(piece), piece, None, special=model.is_special(tokens[0]))
+        return (first, *scored)
 
     def _count(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
         # Choices of one prompt share it: count its tokens once per prompt, as OpenAI does.
