@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models serve test bench clean
+.PHONY: setup models serve test test-stress bench clean
 
 setup: $(INSTALLED) models
 
@@ -33,6 +33,11 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The whole suite RUNS times (3) in a row while one CPU-bound process per core keeps the machine
+# busy: what a loaded CI machine does to timing. Logs in build/stress/.
+test-stress: setup
+	$(PY) -m tests.stress --runs $(or $(RUNS),3)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

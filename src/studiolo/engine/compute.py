@@ -22,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol, TypeVar
 
+from studiolo.engine.cpu_share import CpuShare
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ class ComputeThread:
         self._engines: list[Steppable] = []
         self._calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._thread: threading.Thread | None = None
+        self._cpu_share = CpuShare()
+
+    def threads(self, configured: int) -> int:
+        """How many threads a step should compute with now (engine/cpu_share.py); compute thread only."""
+        return self._cpu_share.threads(configured)
 
     def attach(self, engine: Steppable) -> None:
         with self.wake:

@@ -57,6 +57,7 @@ class EmbeddingEngine:
         self.context = LlamaContext(model, ContextParams(
             n_ctx=BATCH_TOKENS, n_batch=BATCH_TOKENS, n_seq_max=MAX_SEQUENCES, n_threads=settings.threads,
             embeddings=True))
+        self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
         self._jobs: deque[_Job] = deque()
         self._wake = COMPUTE.wake
         self._closing = False
@@ -160,6 +161,7 @@ class EmbeddingEngine:
         batch.clear()
         for seq_id, tokens in enumerate(inputs):
             batch.add(tokens, 0, seq_id, 0)  # every token's output feeds the pooling
+        self.context.set_threads(COMPUTE.threads(self.threads))
         status = self.context.encode() if self.model.has_encoder else self.context.decode()
         if status != 0:
             raise RuntimeError(f"llama.cpp failed to embed a batch (status {status})")

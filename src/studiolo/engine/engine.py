@@ -92,6 +92,7 @@ class Engine:
         self.model = model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         self.parallel = settings.parallel
+        self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
         self.context = LlamaContext(
             model,
             ContextParams(
@@ -230,6 +231,7 @@ class Engine:
         for chunk in chunks:
             chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.slot.seq_id, chunk.logits_from)
         self.context.use_adapter(self.scheduler.adapter)
+        self.context.set_threads(COMPUTE.threads(self.threads))
         status = self.context.decode()
         if status != 0:
             self._decode_failed(chunks, status)

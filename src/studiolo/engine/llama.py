@@ -247,8 +247,15 @@ class LlamaContext:
         self._memory = llama.llama_get_memory(handle)
         self.n_ctx: int = llama.llama_n_ctx(handle)
         self.n_batch = params.n_batch
+        self.n_threads = params.n_threads
         self.batch = Batch(params.n_batch)
         self._adapter: LoraAdapter | None = None
+
+    def set_threads(self, n_threads: int) -> None:
+        """Compute the next batches with ``n_threads`` threads (the results do not depend on it)."""
+        if n_threads != self.n_threads:
+            llama.llama_set_n_threads(self._handle, n_threads, n_threads)
+            self.n_threads = n_threads
 
     def use_adapter(self, adapter: LoraAdapter | None) -> None:
         """Decode the next batches with ``adapter`` applied (None: the bare model)."""
