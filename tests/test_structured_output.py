@@ -28,6 +28,14 @@ MODES = {
     "streamed": {"temperature": 0, "stream": True},
     "sampled": {"temperature": 0.9, "seed": 11},
 }
+# Schemas that admit values of any length ("age": true). Sampled output must be bounded by its
+# schema, not by max_tokens: beside other requests a seeded draw is not reproducible, and such a
+# run once wrote a string until the limit. These run in the greedy modes only.
+UNBOUNDED = {"boolean_schema_true"}
+
+
+def _modes(key: str) -> list[str]:
+    return [mode for mode in MODES if not (mode == "sampled" and key in UNBOUNDED)]
 
 
 def _messages(prompt: str) -> list[dict]:
@@ -73,7 +81,7 @@ def schema_runs(server) -> dict[tuple[str, str], tuple[str, str]]:
 
     async def run():
         client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=600)
-        keys = [(key, mode) for key in SCHEMAS for mode in MODES]
+        keys = [(key, mode) for key in SCHEMAS for mode in _modes(key)]
         results = await asyncio.gather(*(_chat(client, _schema_request(*key)) for key in keys))
         await client.close()
         return dict(zip(keys, results))
@@ -88,7 +96,7 @@ def test_there_are_at_least_thirty_schemas():
 @pytest.mark.parametrize("key", list(SCHEMAS))
 def test_schema_output_parses_and_validates(schema_runs, key):
     validator = validator_for(SCHEMAS[key][1])
-    for mode in MODES:
+    for mode in _modes(key):
         content, reason = schema_runs[key, mode]
         assert reason == "stop", f"{mode}: {content!r}"
         errors = [error.message for error in validator.iter_errors(json.loads(content))]
@@ -97,7 +105,8 @@ def test_schema_output_parses_and_validates(schema_runs, key):
 
 def test_sampled_outputs_differ_from_greedy(schema_runs):
     """The sampled mode really sampled (so validity was not just the greedy path's)."""
-    differing = [key for key in SCHEMAS if schema_runs[key, "sampled"][0] != schema_runs[key, "greedy"][0]]
+    sampled = [key for key in SCHEMAS if key not in UNBOUNDED]
+    differing = [key for key in sampled if schema_runs[key, "sampled"][0] != schema_runs[key, "greedy"][0]]
     assert len(differing) >= len(SCHEMAS) // 2
 
 
