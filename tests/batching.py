@@ -4,7 +4,8 @@ Batching changes where a sequence's cells sit and which kernel paths a batch tak
 shape), so logprobs move by rounding: up to 0.27 nats measured over 64 concurrent SmolLM2
 streams with the default f16 KV cache, and every parting happened where the solo run's two
 best tokens were within 0.18 nats. A run may therefore part from its solo run only at such a
-near-tie, by taking one of the two; a swapped or mixed sequence differs where the model is sure.
+near-tie, by taking one of the tokens within that gap of the best (two or more); a swapped or
+mixed sequence differs where the model is sure.
 The bounds leave room for other CPUs.
 """
 
@@ -33,9 +34,15 @@ def assert_same_or_parted_at_a_near_tie(label: str, solo: list[Step], batched: l
         gap = _gap(longer[parted][1])
         assert gap < NEAR_TIE_LOGPROB_GAP, f"{label}: one run ended at token {parted} where the model was sure"
         return
-    gap = _gap(solo[parted][1])
-    assert gap < NEAR_TIE_LOGPROB_GAP, f"{label}: parted at token {parted} where the model was sure (gap {gap})"
-    assert batched[parted][0] in solo[parted][1], f"{label}: took a token outside the solo run's top two"
+    # a near-tie may hold more than two candidates: the batched run may take any of them
+    token, alternatives = batched[parted][0], solo[parted][1]
+    assert token in alternatives, (
+        f"{label}: at token {parted} took {token!r}, outside the solo run's top {len(alternatives)}"
+    )
+    behind = max(alternatives.values()) - alternatives[token]
+    assert behind < NEAR_TIE_LOGPROB_GAP, (
+        f"{label}: parted at token {parted} where the model was sure ({token!r} {behind:.3f} nats behind)"
+    )
 
 
 def _gap(alternatives: dict[object, float]) -> float:

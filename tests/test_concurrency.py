@@ -36,9 +36,9 @@ FOLLOW_UP_LIMIT_SECONDS = 60.0
 
 
 async def _stream_tokens(client, prompt: str) -> list[tuple[str, dict[str, float]]]:
-    """The streamed tokens, each with its top-2 alternatives."""
+    """The streamed tokens, each with its top-5 alternatives (a near-tie may hold more than two)."""
     stream = await client.completions.create(
-        model=SMOLLM, prompt=prompt, max_tokens=48, temperature=0, stream=True, logprobs=2, extra_body=NO_PENALTY
+        model=SMOLLM, prompt=prompt, max_tokens=48, temperature=0, stream=True, logprobs=5, extra_body=NO_PENALTY
     )
     tokens = []
     async for chunk in stream:
