@@ -23,6 +23,7 @@ from studiolo.engine.constraints import (
     forget,
     grammar_of,
     mask_logits,
+    validate,
 )
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
@@ -306,6 +307,23 @@ def test_validation_needs_no_model():
     with pytest.raises(InvalidConstraint, match="unclosed group"):
         grammar_of(ConstraintSpec.regex("(a|b"))
     assert grammar_of(ConstraintSpec.regex("a|b"))
+
+
+@pytest.mark.parametrize("spec", [
+    ConstraintSpec.json_schema({"$ref": "#"}),
+    ConstraintSpec.json_schema({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}),
+    ConstraintSpec.regex(r"[^\s\S]"),
+])
+def test_definitions_that_never_start_are_refused_without_a_model(spec):
+    """Before any model loads (a tool's parameters are checked at the API): over single bytes."""
+    with pytest.raises(InvalidConstraint, match="matches no text at all"):
+        validate(spec)
+
+
+def test_validation_without_a_model_takes_definitions_that_start():
+    validate(ConstraintSpec.json_schema({"type": "object", "properties": {"child": {"$ref": "#"}}}))
+    validate(ConstraintSpec.choice(["a", "b"]))
+    validate(ConstraintSpec.lark('start: <|im_end|> | "a"'))  # grammars may name a model's tokens: checked at compile
 
 
 def test_invalid_constraint_is_a_value_error():

@@ -351,3 +351,41 @@ def test_whitespace_around_calls_is_not_content(fmt):
     text = "Let me look.\n" + call_text(fmt, "get_weather", '{"city": "Paris"}') + "\n\nDone.  "
     for label, chunks in [("whole", [text]), *all_chunkings(text)]:
         assert parse(fmt, chunks) == ("Let me look.Done.", ["get_weather"], ['{"city": "Paris"}']), label
+
+
+# --- 7. references inside a tool's parameters ------------------------------------------------
+
+TREE = ToolSpec("add_node", "Add a node to a tree.", {
+    "type": "object", "properties": {"label": {"type": "string"}, "child": {"$ref": "#"}}, "required": ["label"]})
+RENAME = ToolSpec("rename", "Rename a file.", {
+    "type": "object", "properties": {"old": {"type": "string"}, "new": {"$ref": "#/properties/old"}},
+    "required": ["old", "new"]})
+COUNT = ToolSpec("count", "Count things.", {  # "#/properties/old" here names an integer
+    "type": "object", "properties": {"old": {"type": "integer"}, "new": {"$ref": "#/properties/old"}},
+    "required": ["old", "new"]})
+OWN_ID = "https://example.com/tools/rename.json"
+NAMED_BY_ID = ToolSpec("rename_by_id", "Rename a file.", {  # its references name its own $id
+    "$id": OWN_ID, "type": "object", "required": ["old", "new"],
+    "properties": {"old": {"type": "string"}, "new": {"$ref": f"{OWN_ID}#/properties/old"}}})
+SAME_ID_COUNT = ToolSpec("count_same_id", "Count things.", {**COUNT.parameters, "$id": "urn:same"})
+SAME_ID_RENAME = ToolSpec("rename_same_id", "Rename a file.", {**RENAME.parameters, "$id": "urn:same"})
+# (tools offered, call name, arguments accepted, arguments refused)
+REFERENCES = {
+    "root": ((TREE,), "add_node", {"label": "a", "child": {"label": "b", "child": {"label": "c"}}},
+             {"label": "a", "child": {"name": "add_node", "arguments": {"label": "b"}}}),
+    "pointer": ((RENAME,), "rename", {"old": "a.txt", "new": "b.txt"}, {"old": "a.txt", "new": 1}),
+    "pointer-of-each-tool": ((RENAME, COUNT), "count", {"old": 1, "new": 2}, {"old": 1, "new": "2"}),
+    "own-id": ((NAMED_BY_ID, COUNT), "rename_by_id", {"old": "a", "new": "b"}, {"old": "a", "new": 2}),
+    "shared-id": ((SAME_ID_COUNT, SAME_ID_RENAME), "count_same_id", {"old": 1, "new": 2}, {"old": 1, "new": "2"}),
+}
+
+
+@pytest.mark.parametrize("key", REFERENCES)
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_references_resolve_against_the_tools_own_parameters(smollm, key, choice):
+    """``#`` and ``#/properties/...`` in a tool's parameters mean that schema, as they would alone,
+    not the call object around the arguments (a call nested in a call, or a pointer that is missing)."""
+    specs, name, good, bad = REFERENCES[key]
+    grammar = tool_grammar(GENERIC, Tools(specs, choice))
+    assert refusal(smollm, grammar, generic_text([(name, good)])) is None
+    assert refusal(smollm, grammar, generic_text([(name, bad)])) is not None

@@ -225,7 +225,51 @@ def test_gemma_calls_through_its_builtin_template(client):
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
 
 
+# references inside parameters mean that schema (the old name's type), not the call around them
+RENAME = {"type": "function", "function": {"name": "rename_file", "description": "Rename a file", "parameters": {
+    "type": "object", "properties": {"old": {"type": "string", "maxLength": 30}, "new": {"$ref": "#/properties/old"}},
+    "required": ["old", "new"]}}}
+TREE = {"type": "function", "function": {"name": "add_node", "description": "Add a node to a tree", "parameters": {
+    "type": "object", "properties": {"label": {"type": "string", "maxLength": 20}, "child": {"$ref": "#"}},
+    "required": ["label"]}}}
+NEVER_STARTS = {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#"}}}
+
+
+@pytest.mark.parametrize(("tool", "ask", "expected"), [
+    (RENAME, "Rename notes.txt to todo.txt.", {"old": "file_name", "new": "new_file_name"}),
+    (TREE, "Add a node 'root' with a child 'leaf'.", {"label": "add_node", "child": {"label": "leaf"}}),
+], ids=["pointer", "root"])
+def test_references_in_parameters_resolve_against_them(client, tool, ask, expected):
+    response = client.chat.completions.create(
+        model=SMOLLM, messages=[{"role": "user", "content": ask}], tools=[tool],
+        tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=120, extra_body=NO_PENALTY)
+    assert response.choices[0].finish_reason == "tool_calls"
+    call = response.choices[0].message.tool_calls[0]
+    arguments = json.loads(call.function.arguments)
+    assert not list(validator_for(tool["function"]["parameters"]).iter_errors(arguments)), arguments
+    assert arguments == expected  # greedy; for the tree, a child node (not a call nested in the call)
+
+
+def test_references_in_responses_tools_resolve_against_them(client):
+    tool = {"type": "function", **RENAME["function"]}
+    response = client.responses.create(model=SMOLLM, input="Rename notes.txt to todo.txt.", tools=[tool],
+                                       tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                       max_output_tokens=120, extra_body=NO_PENALTY)
+    assert response.status == "completed" and [item.type for item in response.output] == ["function_call"]
+    assert json.loads(response.output[0].arguments) == {"old": "file_name", "new": "new_file_name"}
+
+
+def test_parameters_that_never_start_are_a_400_in_responses_too(http):
+    body = {"model": SMOLLM, "input": "Hi", "tools": [{"type": "function", **NEVER_STARTS["function"]}],
+            "max_output_tokens": 5}
+    response = http.post("/v1/responses", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "tools[0].parameters" and "matches no text" in error["message"]
+
+
 BAD = [
+    ({"tools": [NEVER_STARTS]}, "tools[0].function.parameters", "matches no text"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "names the tool 'nope'"),
     ({"tool_choice": "required"}, "tool_choice", "has no 'tools'"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,51 +172,31 @@ _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 
 
 def call_schema(fmt: ToolFormat, specs: tuple[ToolSpec, ...]) -> dict[str, Any]:
-    """A JSON schema for one call of any of ``specs``: its name, and arguments valid for that tool."""
-    options, definitions = [], {}
+    """A JSON schema for one call of any of ``specs``: its name, and arguments valid for that tool.
+
+    Each tool's parameters are a schema resource of their own (a ``$id``), so that their references
+    (``#``, ``#/properties/a``, ``#/$defs/x``) resolve against them, as they do when the schema is
+    read alone, not against the call around them. A tool keeps its own ``$id`` (its references may
+    name it) unless another tool has it too: two resources of one id would resolve to either.
+    """
+    ids = Counter(_own_id(spec.parameters) for spec in specs)
+    options = []
     for index, spec in enumerate(specs):
         parameters = spec.parameters if spec.parameters is not None else {"type": "object", "properties": {}}
-        parameters, defs = _hoisted_definitions(parameters, f"tool{index}_")
-        definitions.update(defs)
+        own = _own_id(parameters)
+        if own is None or ids[own] > 1:
+            parameters = {**parameters, "$id": f"urn:studiolo:tool:{index}"}
         properties = {"name": {"const": spec.name}, fmt.syntax.arguments_key: parameters}
         if fmt is MISTRAL:  # its templates write each call's id after the arguments; models may too
             properties["id"] = {"type": "string", "pattern": "^[A-Za-z0-9]{9}$"}
         options.append({"type": "object", "properties": properties, "required": ["name", fmt.syntax.arguments_key]})
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    if definitions:
-        schema = {**schema, "$defs": definitions}
     return {**closed_objects(schema), "x-guidance": _JSON_STYLE}
 
 
-def _hoisted_definitions(schema: Any, prefix: str) -> tuple[Any, dict[str, Any]]:
-    """A tool schema's root ``$defs`` (or ``definitions``) renamed with ``prefix`` for the combined
-    schema's root, and the schema with its references rewritten to match."""
-    if not isinstance(schema, dict):
-        return schema, {}
-    definitions: dict[str, Any] = {}
-    for key in ("$defs", "definitions"):
-        for name, value in (schema.get(key) or {}).items():
-            definitions[prefix + name] = value
-    if not definitions:
-        return schema, {}
-    renames = {f"#/{key}/{name}": f"#/$defs/{prefix}{name}"
-               for key in ("$defs", "definitions") for name in (schema.get(key) or {})}
-    body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
-    return _rewrite_refs(body, renames), {k: _rewrite_refs(v, renames) for k, v in definitions.items()}
-
-
-def _rewrite_refs(value: Any, renames: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        rewritten = {k: _rewrite_refs(v, renames) for k, v in value.items()}
-        ref = rewritten.get("$ref")
-        if isinstance(ref, str):
-            for old, new in renames.items():
-                if ref == old or ref.startswith(old + "/"):
-                    rewritten["$ref"] = new + ref[len(old):]
-        return rewritten
-    if isinstance(value, list):
-        return [_rewrite_refs(v, renames) for v in value]
-    return value
+def _own_id(parameters: Any) -> str | None:
+    identifier = parameters.get("$id") if isinstance(parameters, dict) else None
+    return identifier if isinstance(identifier, str) else None
 
 
 def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:

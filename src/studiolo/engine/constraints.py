@@ -50,7 +50,13 @@ from dataclasses import dataclass
 
 import llguidance.numpy as llg_numpy
 import numpy as np
-from llguidance import LLMatcher, LLParserLimits, LLTokenizer, grammar_from
+from llguidance import (
+    LLMatcher,
+    LLParserLimits,
+    LLTokenizer,
+    TokenizerWrapper,
+    grammar_from,
+)
 from llguidance.gbnf_to_lark import gbnf_to_lark, is_lark_syntax
 from llguidance.llamacpp import lltokenizer_from_vocab
 
@@ -172,8 +178,37 @@ def grammar_of(spec: ConstraintSpec, tokenizer: LLTokenizer | None = None) -> st
 
 @functools.lru_cache(maxsize=256)
 def validate(spec: ConstraintSpec) -> None:
-    """``grammar_of(spec)`` without a tokenizer, remembered: repeated requests check once."""
-    grammar_of(spec)
+    """``grammar_of(spec)`` without a model's tokenizer, remembered: repeated requests check once.
+
+    A definition that cannot name a model's tokens (all but grammars) also gets its first mask
+    computed over single bytes: one that can never start (``{"$ref": "#"}``) is refused here,
+    before any model loads. Any text starts with some byte, so this refuses nothing the model's
+    own tokens could start; grammars are checked at compile, with the model's tokenizer.
+    """
+    grammar = grammar_of(spec)
+    if spec.kind in _BYTE_CHECKED:
+        tokenizer = _byte_tokenizer()
+        _check_first_mask(spec, LLMatcher(tokenizer, grammar, log_level=_QUIET, limits=_LIMITS), tokenizer)
+
+
+_BYTE_CHECKED = JSON_KINDS | {"regex", "choice"}
+
+
+class _ByteVocabulary:
+    """256 one-byte tokens and an end token, as llguidance's TokenizerWrapper reads a vocabulary."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = (*(bytes([value]) for value in range(256)), b"<end>")
+    special_token_ids = (256,)
+
+    def __call__(self, data: bytes) -> list[int]:
+        return list(data)
+
+
+@functools.cache
+def _byte_tokenizer() -> LLTokenizer:
+    return LLTokenizer(TokenizerWrapper(_ByteVocabulary()))
 
 
 _NAMES = {
