@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-SUMMARY = re.compile(r"^=+ (.*(?:passed|failed|error).*) in [\d.]+s", re.MULTILINE)
+SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|errors?)\b.*?) in [\d.]+s", re.MULTILINE)
 
 
 def burn() -> None:
