@@ -16,7 +16,7 @@ from studiolo.service.items import SUMMARY_HEADING
 from tests.conftest import NO_PENALTY, SMOLLM
 from tests.responses_spec import compacted_errors, item_list_errors
 from tests.test_errors import error_of
-from tests.test_responses_api import PromptLog
+from tests.test_responses_api import PromptLog, prompt_log  # noqa: F401 - the fixture
 
 COMPACT = "/v1/responses/compact"
 SUMMARY_TOKENS = 24
@@ -33,18 +33,6 @@ def create(client, prompt, **fields):
 def compact(client, **fields):
     return client.responses.compact(model=SMOLLM, extra_body={**GREEDY, "max_output_tokens": SUMMARY_TOKENS},
                                     **fields)
-
-
-@pytest.fixture
-def prompt_log(server, client):
-    log = PromptLog(server.base_url)
-    for _ in range(100):  # subscribed once a probe's prompt shows up
-        create(client, "ping", max_output_tokens=1)
-        log.wait_for(1, seconds=0.1)
-        if log.prompts:
-            break
-    yield log
-    log.close()
 
 
 def _last_prompt(log: PromptLog, seen: int) -> str:
