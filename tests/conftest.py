@@ -6,10 +6,12 @@ STUDIOLO_HOME whose models folder links to the default models `make setup` place
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import openai
 import pytest
 
 from studiolo.config import models_dir
-from studiolo.models.defaults import GEMMA3, MINILM as MINILM_MODEL, SMOLLM2, target_path
+from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+from studiolo.models.defaults import MINILM as MINILM_MODEL
 
 SMOLLM = SMOLLM2.key  # the default chat model: ChatML template, exact under batching
 GEMMA = GEMMA3.key  # base model without a chat template, 262k vocabulary
@@ -123,6 +126,45 @@ def async_client(server) -> openai.AsyncOpenAI:
 def http(server) -> httpx.Client:
     with httpx.Client(base_url=server.base_url, timeout=120) as session:
         yield session
+
+
+class PromptLog:
+    """The prompts the server formats, read from its model log (/studiolo/log/stream)."""
+
+    def __init__(self, base_url: str):
+        self.prompts: list[str] = []
+        self._client = httpx.Client(base_url=base_url, timeout=None)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            with self._client.stream("GET", "/studiolo/log/stream") as response:
+                for line in response.iter_lines():
+                    event = json.loads(line[6:]) if line.startswith("data: ") else {}
+                    if event.get("type") == "input":
+                        self.prompts.append(event["prompt"])
+        except httpx.HTTPError:
+            pass  # closed
+
+    def wait_for(self, count: int, seconds: float = 10) -> None:
+        deadline = time.monotonic() + seconds
+        while len(self.prompts) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@pytest.fixture
+def prompt_log(server, client):
+    log = PromptLog(server.base_url)
+    for _ in range(100):  # subscribed once a probe's prompt shows up
+        client.responses.create(model=SMOLLM, input="ping", max_output_tokens=1, temperature=0)
+        log.wait_for(1, seconds=0.1)
+        if log.prompts:
+            break
+    yield log
+    log.close()
 
 
 def loaded_instances(http: httpx.Client) -> dict[str, dict]:

@@ -7,8 +7,6 @@ What the model saw is read from the server's prompt log, not inferred from its a
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
@@ -50,45 +48,6 @@ def stream_events(http: httpx.Client, body: dict) -> list[dict]:
                 assert events[-1]["type"] == kind
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
     return events
-
-
-class PromptLog:
-    """The prompts the server formats, read from its model log (/studiolo/log/stream)."""
-
-    def __init__(self, base_url: str):
-        self.prompts: list[str] = []
-        self._client = httpx.Client(base_url=base_url, timeout=None)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            with self._client.stream("GET", "/studiolo/log/stream") as response:
-                for line in response.iter_lines():
-                    event = json.loads(line[6:]) if line.startswith("data: ") else {}
-                    if event.get("type") == "input":
-                        self.prompts.append(event["prompt"])
-        except httpx.HTTPError:
-            pass  # closed
-
-    def wait_for(self, count: int, seconds: float = 10) -> None:
-        deadline = time.monotonic() + seconds
-        while len(self.prompts) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self._client.close()
-
-
-@pytest.fixture
-def prompt_log(server, client):
-    log = PromptLog(server.base_url)
-    for _ in range(100):  # subscribed once a probe's prompt shows up
-        create(client, "ping", max_output_tokens=1)
-        log.wait_for(1, seconds=0.1)
-        if log.prompts:
-            break
-    yield log
-    log.close()
 
 
 def test_response_object_has_openai_shape(client):

@@ -13,10 +13,9 @@ import pytest
 
 from studiolo.service.compaction import SUMMARY_REQUEST
 from studiolo.service.items import SUMMARY_HEADING
-from tests.conftest import NO_PENALTY, SMOLLM
+from tests.conftest import NO_PENALTY, SMOLLM, PromptLog
 from tests.responses_spec import compacted_errors, item_list_errors
 from tests.test_errors import error_of
-from tests.test_responses_api import PromptLog, prompt_log  # noqa: F401 - the fixture
 
 COMPACT = "/v1/responses/compact"
 SUMMARY_TOKENS = 24
