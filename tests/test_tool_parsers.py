@@ -389,3 +389,35 @@ def test_references_resolve_against_the_tools_own_parameters(smollm, key, choice
     grammar = tool_grammar(GENERIC, Tools(specs, choice))
     assert refusal(smollm, grammar, generic_text([(name, good)])) is None
     assert refusal(smollm, grammar, generic_text([(name, bad)])) is not None
+
+
+# --- 8. how many calls a reply may hold -------------------------------------------------------
+
+TWICE = [("get_weather", PARIS), ("get_weather", TRICKY_CITY)]
+
+
+def reply(family: str, calls: list[tuple[str, object]]) -> tuple[ToolFormat, str]:
+    if family == "generic":
+        return GENERIC, generic_text(calls)
+    return FAMILIES[family][3], MISTRAL_ID.sub("", assistant_turn(family, calls))
+
+
+def finished_after(model: LlamaModel, grammar: str, text: str) -> bool:
+    """The grammar accepts ``text`` and nothing may follow it but the end."""
+    state = compiler_for(model).compile(ConstraintSpec.lark(grammar)).new_state()
+    tokens = model.tokenize(text, add_special=False)
+    assert state.valid_prefix(tokens) == len(tokens)
+    for token in tokens:
+        state.accept(token)
+    return state.finished
+
+
+@pytest.mark.parametrize("family", ("qwen", "mistral", "generic"))
+def test_a_named_tool_is_called_exactly_once_even_with_parallel_calls(smollm, family):
+    """OpenAI's named tool_choice asks for one call of it: parallel_tool_calls (true by default)
+    must not let a model write it again and again until max_tokens."""
+    grammar = tool_grammar(reply(family, TWICE)[0], Tools(SPECS, "get_weather", parallel=True))
+    fmt, once = reply(family, TWICE[:1])
+    assert finished_after(smollm, grammar, once)
+    assert refusal(smollm, grammar, reply(family, TWICE)[1]) is not None
+    assert refusal(smollm, tool_grammar(fmt, Tools(SPECS, "required", parallel=True)), reply(family, TWICE)[1]) is None

@@ -49,11 +49,12 @@ def _tool(key: str) -> dict:
 
 
 async def _schema_call(client: openai.AsyncOpenAI, key: str, index: int):
-    """Half the schemas with "required", half with the tool named; both ways every other one streamed."""
-    choice = "required" if index % 2 else {"type": "function", "function": {"name": f"record_{key}"}}
+    """Half the schemas with "required" (one call: parallel_tool_calls off), half with the tool named
+    (one call, parallel_tool_calls left at its default, true); both ways every other one streamed."""
+    named = {"type": "function", "function": {"name": f"record_{key}"}}
+    single = {"tool_choice": "required", "parallel_tool_calls": False} if index % 2 else {"tool_choice": named}
     body = dict(model=SMOLLM, messages=[{"role": "user", "content": OBJECT_SCHEMAS[key][0]}],
-                tools=[_tool(key), WEATHER], tool_choice=choice, parallel_tool_calls=False,
-                temperature=0, max_tokens=MAX_TOKENS, extra_body=NO_PENALTY)
+                tools=[_tool(key), WEATHER], **single, temperature=0, max_tokens=MAX_TOKENS, extra_body=NO_PENALTY)
     if index % 4 < 2:
         response = await client.chat.completions.create(**body)
         choice = response.choices[0]
@@ -150,6 +151,35 @@ def test_one_call_when_parallel_calls_are_off(client):
         extra_body=NO_PENALTY)
     assert response.choices[0].finish_reason == "tool_calls"
     assert len(response.choices[0].message.tool_calls) == 1
+
+
+NAMED_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_named_tool_is_called_once_with_parallel_calls_on(client, stream):
+    """With parallel_tool_calls at its default (true), SmolLM2 wrote the named call again and again."""
+    body = dict(model=SMOLLM, messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED_WEATHER, temperature=0,
+                max_tokens=150, extra_body=NO_PENALTY)
+    if stream:
+        _, calls, reason, _ = _joined_stream(client, **body)
+        calls = [(name, arguments) for _, name, arguments in calls]
+    else:
+        choice = client.chat.completions.create(**body).choices[0]
+        reason, calls = choice.finish_reason, [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    # one call; its arguments are not compared exactly: greedy output still varies with what the
+    # prefix cache held (a near-tie between '"}' and '", "unit"' here; issue 14, first part)
+    assert reason == "tool_calls" and [name for name, _ in calls] == ["get_weather"]
+    assert json.loads(calls[0][1])["city"] == "Paris"
+
+
+def test_a_named_tool_is_called_once_in_responses_too(client):
+    response = client.responses.create(model=SMOLLM, input=ASK[0]["content"], temperature=0, max_output_tokens=150,
+                                       tools=[{"type": "function", **WEATHER["function"]}, {"type": "function", **CLOCK["function"]}],
+                                       tool_choice={"type": "function", "name": "get_weather"}, extra_body=NO_PENALTY)
+    assert response.status == "completed"
+    assert [(item.type, item.name) for item in response.output] == [("function_call", "get_weather")]
+    assert json.loads(response.output[0].arguments)["city"] == "Paris"
 
 
 def test_a_stop_string_that_cuts_a_call_says_stop(client):

@@ -79,8 +79,15 @@ def template_messages(fmt: ToolFormat, messages: list[ChatMessage], tools: Tools
         return rendered, ({"tools": [_tool_object(spec) for spec in offered]} if offered else {})
     rendered = [_generic_message(m, fmt) for m in messages]
     if offered:
-        _add_system_text(rendered, generic_system_prompt(offered, parallel=tools.parallel))
+        _add_system_text(rendered, generic_system_prompt(offered, parallel=several_calls(tools)))
     return rendered, {}
+
+
+def several_calls(tools: Tools) -> bool:
+    """Whether one reply may hold several calls: ``parallel_tool_calls``, unless ``tool_choice``
+    names a tool, which asks for exactly one call of it (as OpenAI's named choice does); with
+    parallel calls allowed, a small model told to call one function repeats that call."""
+    return tools.parallel and tools.choice in ("auto", "required")
 
 
 def _tool_object(spec: ToolSpec) -> dict[str, Any]:
@@ -202,7 +209,7 @@ def _own_id(parameters: Any) -> str | None:
 def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:
     """The Lark grammar the output must follow for ``tools`` (whose choice is not "none")."""
     specs = tools.specs if tools.choice in ("auto", "required") else tuple(s for s in tools.specs if s.name == tools.choice)
-    several = tools.parallel and fmt.parallel
+    several = several_calls(tools) and fmt.parallel
     syntax = fmt.syntax
     lines = ["%llguidance {}", f"call: %json {json.dumps(call_schema(fmt, specs), ensure_ascii=False)}",
              "TEXT: /(.|\\n)*/"]
