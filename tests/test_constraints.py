@@ -27,6 +27,7 @@ from studiolo.engine.constraints import (
 )
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+from studiolo.engine.masks import forbidden_log_mass
 from studiolo.engine.sampling import SamplingParams, TokenSampler
 from tests.conftest import GEMMA, SMOLLM
 
@@ -374,6 +375,42 @@ def test_mask_logits_matches_llguidance_reference(density, n_vocab):
     mask_logits(logits, bitmask[0])
     np.testing.assert_array_equal(logits, expected)
     np.testing.assert_array_equal(np.isfinite(logits), bits)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.0005, 0.05, 0.5, 0.98, 0.9999, 1.0])
+@pytest.mark.parametrize("n_vocab", [1000, 49152])
+def test_forbidden_mass_adds_up_what_the_mask_takes(density, n_vocab):
+    rng = np.random.default_rng(int(density * 10000) + n_vocab)
+    bits = rng.random(n_vocab) < density
+    bitmask = llg_numpy.allocate_token_bitmask(1, n_vocab)
+    bitmask[0] = 0
+    bitmask.view(np.uint8)[0, : (n_vocab + 7) // 8] = np.packbits(bits, bitorder="little")
+    logits = (rng.standard_normal(n_vocab) * 4).astype(np.float32)
+    expected = np.logaddexp.reduce(logits[~bits].astype(np.float64)) if (~bits).any() else -np.inf
+    assert forbidden_log_mass(logits, bitmask[0]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_where_the_grammar_may_end_what_it_forbids_goes_to_the_end_token(smollm, compiler, smollm_vocab):
+    """``end_outside`` (tool calls): after "Hi" the grammar may end or add "!"; the probability of
+    everything else (the model meant to write on) is the end's, not spread over "!" and the end."""
+    grammar = 'start: "Hi" "!"?'
+    bang, im_end = smollm_vocab["!"], smollm_vocab["<|im_end|>"]
+    logits = np.random.default_rng(3).standard_normal(smollm.n_vocab).astype(np.float32)
+    ends = sorted(compiler.compile(ConstraintSpec.lark(grammar)).new_state().eos_tokens)
+    logits[ends] = -1.0
+    logits[[bang, im_end]] = [2.0, 1.0]
+    others = np.delete(logits, [bang, *ends]).astype(np.float64)
+    for end_outside in (False, True):
+        state = compiler.compile(ConstraintSpec.lark(grammar, end_outside=end_outside)).new_state()
+        state.accept(smollm_vocab["Hi"])
+        masked = logits.copy()
+        state.apply(masked)
+        assert set(np.flatnonzero(np.isfinite(masked))) == {bang, *ends}
+        expected = np.logaddexp(1.0, np.logaddexp.reduce(others)) if end_outside else 1.0
+        assert masked[im_end] == pytest.approx(expected, rel=1e-5)  # the likeliest end token takes it
+        assert masked[bang] == 2.0 and all(masked[end] == -1.0 for end in ends if end != im_end)
+    state.apply(masked := logits.copy(), allow_end=False)  # ignore_eos: nothing goes to an end
+    assert not np.isfinite(masked[ends]).any() and masked[bang] == 2.0
 
 
 def test_a_schema_as_text_or_object_is_one_cache_key():

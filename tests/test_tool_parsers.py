@@ -421,3 +421,20 @@ def test_a_named_tool_is_called_exactly_once_even_with_parallel_calls(smollm, fa
     assert finished_after(smollm, grammar, once)
     assert refusal(smollm, grammar, reply(family, TWICE)[1]) is not None
     assert refusal(smollm, tool_grammar(fmt, Tools(SPECS, "required", parallel=True)), reply(family, TWICE)[1]) is None
+
+
+@pytest.mark.parametrize("gap", ["", "\n", "\n\n", " \n"], ids=["closing", "line-break", "blank-line", "space-break"])
+@pytest.mark.parametrize("choice", ["required", "auto"])
+@pytest.mark.parametrize("family", ("qwen", "generic"))
+def test_a_reply_may_end_after_any_complete_call(smollm, family, choice, gap):
+    """After a call's closing, the line break a model writes must leave it free to end: it used to
+    be the separator that forced another call, and SmolLM2 repeated its call until max_tokens."""
+    for calls in (TWICE[:1], TWICE):
+        fmt, text = reply(family, calls)
+        assert refusal(smollm, tool_grammar(fmt, Tools(SPECS, choice)), text + gap) is None
+
+
+@pytest.mark.parametrize("family", ("qwen", "generic"))
+def test_whitespace_after_calls_is_bounded(smollm, family):
+    fmt, text = reply(family, TWICE[:1])
+    assert refusal(smollm, tool_grammar(fmt, Tools(SPECS, "required")), text + "\n" * 5) is not None

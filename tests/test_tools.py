@@ -49,12 +49,12 @@ def _tool(key: str) -> dict:
 
 
 async def _schema_call(client: openai.AsyncOpenAI, key: str, index: int):
-    """Half the schemas with "required" (one call: parallel_tool_calls off), half with the tool named
-    (one call, parallel_tool_calls left at its default, true); both ways every other one streamed."""
-    named = {"type": "function", "function": {"name": f"record_{key}"}}
-    single = {"tool_choice": "required", "parallel_tool_calls": False} if index % 2 else {"tool_choice": named}
+    """Half the schemas with "required", half with the tool named, parallel_tool_calls left at its
+    default (true); both ways every other one streamed."""
+    choice = "required" if index % 2 else {"type": "function", "function": {"name": f"record_{key}"}}
     body = dict(model=SMOLLM, messages=[{"role": "user", "content": OBJECT_SCHEMAS[key][0]}],
-                tools=[_tool(key), WEATHER], **single, temperature=0, max_tokens=MAX_TOKENS, extra_body=NO_PENALTY)
+                tools=[_tool(key), WEATHER], tool_choice=choice, temperature=0, max_tokens=MAX_TOKENS,
+                extra_body=NO_PENALTY)
     if index % 4 < 2:
         response = await client.chat.completions.create(**body)
         choice = response.choices[0]
@@ -88,14 +88,17 @@ def test_there_are_at_least_twenty_tool_schemas():
 
 @pytest.mark.parametrize("key", list(OBJECT_SCHEMAS))
 def test_required_and_named_calls_have_arguments_that_validate(schema_calls, key):
+    """Each reply ends after its calls (SmolLM2 repeated its call, often up to max_tokens, while the
+    line break after a call forced another): a named tool once; under "required" the model may
+    write another call, never the same one again."""
     reason, calls = schema_calls[key]
     assert reason == "tool_calls", calls
     named = list(OBJECT_SCHEMAS).index(key) % 2 == 0  # else "required": either tool may be called
     schemas = {f"record_{key}": OBJECT_SCHEMAS[key][1], **({} if named else {"get_weather": WEATHER_SCHEMA})}
-    assert len(calls) == 1 and calls[0][0] in schemas
-    arguments = json.loads(calls[0][1])
-    errors = [error.message for error in validator_for(schemas[calls[0][0]]).iter_errors(arguments)]
-    assert not errors, f"{calls[0][1]}: {errors}"
+    assert calls and len(set(calls)) == len(calls) and (len(calls) == 1 or not named), calls
+    for name, text in calls:
+        errors = [error.message for error in validator_for(schemas[name]).iter_errors(json.loads(text))]
+        assert not errors, f"{text}: {errors}"
 
 
 def test_required_calls_chose_each_tool_sometimes(schema_calls):
@@ -131,17 +134,50 @@ def test_a_stream_reassembles_to_exactly_the_answer_sent_whole(client, choice):
         assert reason == "tool_calls" and len(calls) >= 1
 
 
+# an earlier turn with two calls: the model then makes two of its own accord (asked alone, SmolLM2
+# ends after one; it wrote two only while the line break after a call forced another)
+TWO_CALLS_BEFORE = [
+    {"role": "user", "content": "Weather in Rome, and the time in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "a1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+        {"id": "a2", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "a1", "content": "sunny, 24 C"},
+    {"role": "tool", "tool_call_id": "a2", "content": "10:00"},
+    {"role": "assistant", "content": "It is sunny in Rome (24 C) and 10:00 in Oslo."},
+    {"role": "user", "content": "Weather in Paris, and the time in Tokyo?"},
+]
+
+
 def test_parallel_calls_stream_with_distinct_indexes_and_ids(client):
     _, calls, reason, pieces = _joined_stream(
-        client, model=SMOLLM, messages=[{"role": "user", "content": "Weather in Paris, and the time in Tokyo?"}],
-        tools=[WEATHER, CLOCK], tool_choice="required", temperature=0, max_tokens=150, extra_body=NO_PENALTY)
-    assert reason == "tool_calls" and len(calls) >= 2
+        client, model=SMOLLM, messages=TWO_CALLS_BEFORE, tools=[WEATHER, CLOCK], tool_choice="required",
+        temperature=0, max_tokens=150, extra_body=NO_PENALTY)
+    assert reason == "tool_calls" and [name for _, name, _ in calls] == ["get_weather", "get_time"]
     assert [piece.index for piece in pieces if piece.id is not None] == list(range(len(calls)))
     assert len({call_id for call_id, _, _ in calls}) == len(calls)
     first_of_each = {piece.index: piece for piece in reversed(pieces)}
     assert all(p.type == "function" and p.function.name and p.function.arguments == "" for p in first_of_each.values())
     for _, name, arguments in calls:
         assert name in ("get_weather", "get_time") and isinstance(json.loads(arguments), dict)
+
+
+def test_gemma_base_model_ends_after_its_call_under_required(client):
+    """The base model, two tools, max_tokens 200: it wrote calls until the limit (the line break
+    it writes after a call forced another, and the text it meant to write went to a call)."""
+    choice = client.chat.completions.create(model=GEMMA, messages=ASK, tools=[WEATHER, CLOCK], tool_choice="required",
+                                            temperature=0, max_tokens=200, extra_body=NO_PENALTY).choices[0]
+    calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert choice.finish_reason == "tool_calls" and len(set(calls)) == len(calls) >= 1, calls
+    assert calls[0][0] == "get_weather" and json.loads(calls[0][1])["city"] == "Paris"
+
+
+def test_a_required_reply_ends_after_its_calls_in_responses_too(client):
+    response = client.responses.create(model=SMOLLM, input=ASK[0]["content"], temperature=0, max_output_tokens=200,
+                                       tools=[{"type": "function", **WEATHER["function"]}, {"type": "function", **CLOCK["function"]}],
+                                       tool_choice="required", extra_body=NO_PENALTY)
+    calls = [(item.type, item.name, item.arguments) for item in response.output]
+    assert response.status == "completed" and len(set(calls)) == len(calls) >= 1, calls
+    assert {kind for kind, _, _ in calls} == {"function_call"}
 
 
 def test_one_call_when_parallel_calls_are_off(client):

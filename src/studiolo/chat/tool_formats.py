@@ -78,7 +78,7 @@ def template_messages(fmt: ToolFormat, messages: list[ChatMessage], tools: Tools
         rendered = [_native_message(m, rename) for m in messages]
         return rendered, ({"tools": [_tool_object(spec) for spec in offered]} if offered else {})
     rendered = [_generic_message(m, fmt) for m in messages]
-    if offered:
+    if offered and tools is not None:
         _add_system_text(rendered, generic_system_prompt(offered, parallel=several_calls(tools)))
     return rendered, {}
 
@@ -223,12 +223,18 @@ def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:
         calls = f'"[" call ({_lark_string(fmt.between)} call)* "]"' if several else '"[" call "]"'
     else:
         item = " ".join(p for p in (_lark_string(fmt.call_prefix), "call", _lark_string(fmt.call_suffix), closing) if p)
-        calls = f"{item} ({_lark_string(fmt.between)} {opening} {item})*" if several else item
+        # After each call, some whitespace, then another call or the end: the line break models
+        # write after a closing must not commit them to another call (it did, and they repeated it).
+        calls = f"{item} (GAP? {opening} {item})* GAP?" if several else item
+        lines += [f"GAP: /{_GAP}/"] if several else []
     if tools.choice == "auto":
         lines += [f"start: TEXT | head {calls}", f"head[lazy]: TEXT {opening}"]
     else:
         lines.append(f"start: {opening} {calls}")
     return "\n".join(lines) + "\n"
+
+
+_GAP = "[ \\t\\r\\n]{1,4}"  # between and after calls; bounded, so it cannot run until max_tokens
 
 
 def _lark_string(text: str) -> str:

@@ -27,7 +27,8 @@ schema of 5 fields with an enum, a nested object and an array; several runs, ran
 ``apply`` is not llguidance.numpy's helper, which expands the bitmask 32-fold and takes 2 ms on
 Gemma. JSON masks are either sparse (structure: a few hundred tokens allowed) or nearly full
 (string content: all but a few thousand), so the sparse case gathers the allowed logits, fills
-the buffer with -inf and scatters them back, and the dense case does one vectorised copy.
+the buffer with -inf and scatters them back, and the dense case does one vectorised copy
+(engine/masks.py).
 
 Computing the next mask while the model decodes: ``compute_mask`` releases the GIL, so it may run
 on another thread during ``llama_decode``, and ``apply`` then uses the mask already computed. On
@@ -62,6 +63,7 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import LlamaModel
+from studiolo.engine.masks import forbidden_log_mass, mask_logits
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,14 @@ class ConstraintSpec:
     pattern (regex), a tuple of strings (choice), the grammar text (lark, gbnf). Build specs
     with the class methods, which accept a schema as a dict and choices as any iterable.
     ``whitespace_pattern`` (JSON kinds only) is the regex allowed between JSON tokens; None
-    means ``JSON_WHITESPACE``.
+    means ``JSON_WHITESPACE``. ``end_outside``: wherever the grammar may end, what the model would
+    write outside it counts as ending (see ``ConstraintState.apply``).
     """
 
     kind: str
     definition: str | tuple[str, ...] | None = None
     whitespace_pattern: str | None = None
+    end_outside: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -142,8 +146,8 @@ class ConstraintSpec:
         return cls("choice", choices)
 
     @classmethod
-    def lark(cls, grammar: str) -> ConstraintSpec:
-        return cls("lark", grammar)
+    def lark(cls, grammar: str, *, end_outside: bool = False) -> ConstraintSpec:
+        return cls("lark", grammar, end_outside=end_outside)
 
     @classmethod
     def gbnf(cls, grammar: str) -> ConstraintSpec:
@@ -293,7 +297,7 @@ class CompiledConstraint:
     _template: LLMatcher  # never advanced: each sequence gets a deep copy
 
     def new_state(self) -> ConstraintState:
-        return ConstraintState(self._template.deep_copy(), self.tokenizer)
+        return ConstraintState(self._template.deep_copy(), self.tokenizer, end_outside=self.spec.end_outside)
 
 
 class ConstraintCompiler:
@@ -403,8 +407,9 @@ class ConstraintState:
     ``rollback`` undoes accepted tokens (speculative decoding's rejected drafts).
     """
 
-    def __init__(self, matcher: LLMatcher, tokenizer: LLTokenizer):
+    def __init__(self, matcher: LLMatcher, tokenizer: LLTokenizer, *, end_outside: bool = False):
         self._matcher = matcher
+        self._end_outside = end_outside
         self._eos = frozenset(tokenizer.eos_tokens)
         self._eos_ids = np.fromiter(self._eos, dtype=np.int64)
         self._bitmask = llg_numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
@@ -441,10 +446,21 @@ class ConstraintState:
 
         ``allow_end=False`` (a request with ``ignore_eos``) also forbids EOS wherever the grammar
         could go on, so the output ends only where the grammar cannot be extended.
+
+        With ``end_outside``, where the grammar may end but could go on, the probability the model
+        gives to tokens the grammar forbids goes to its end token, not, through the mask's
+        renormalisation, to whatever the grammar allows. After a tool call the model that meant to
+        write text is done calling; spread over what is allowed, that text's probability made
+        small models open another call, again and again.
         """
         if not self._mask_ready:
             self.compute_mask()
+        fold = allow_end and self._end_outside and self._matcher.is_accepting() and not self._matcher.is_stopped()
+        removed = forbidden_log_mass(logits, self._bitmask[0]) if fold else -np.inf
         mask_logits(logits, self._bitmask[0])
+        if removed > -np.inf:  # to the end token the model likes best
+            end = self._eos_ids[np.argmax(logits[self._eos_ids])]
+            logits[end] = np.logaddexp(logits[end], removed)
         if not allow_end and not self._matcher.is_stopped():
             logits[self._eos_ids] = -np.inf
 
@@ -478,31 +494,3 @@ class ConstraintState:
 
     def _error(self) -> str:
         return _clean("", self._matcher.get_error())
-
-
-# --- applying a bitmask ------------------------------------------------------------------------
-
-_SPARSE_WORDS = 1024  # at most 32k candidate tokens: gather/scatter beats a full masked copy
-_LANES = np.arange(32, dtype=np.int64)
-
-
-def mask_logits(logits: np.ndarray, bitmask: np.ndarray) -> None:
-    """Set ``logits[i] = -inf`` wherever bit i of ``bitmask`` (int32 words, LSB first) is 0."""
-    n_vocab = logits.shape[0]
-    words = np.flatnonzero(bitmask)
-    if words.size <= _SPARSE_WORDS:
-        allowed = _set_bits(bitmask, words)
-        allowed = allowed[allowed < n_vocab]
-        kept = logits[allowed]
-        logits.fill(-np.inf)
-        logits[allowed] = kept
-        return
-    bits = np.unpackbits(bitmask.view(np.uint8), count=n_vocab, bitorder="little")
-    np.copyto(logits, -np.inf, where=bits == 0)
-
-
-def _set_bits(bitmask: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """Indices of the set bits of the given (non-zero) words of the bitmask."""
-    bits = np.unpackbits(bitmask[words].view(np.uint8), bitorder="little").view(bool)
-    return (words[:, None] * 32 + _LANES).ravel()[bits]
-

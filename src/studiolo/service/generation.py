@@ -299,7 +299,7 @@ class GenerationService:
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
-            options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools)),
+            options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True),
                               constraint_param="tools")
             syntax = fmt.syntax
         constraint = await _compiled_constraint(loaded, options)
