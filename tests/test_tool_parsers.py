@@ -7,6 +7,7 @@ renders for a conversation ending in an assistant message with tool calls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -438,3 +439,35 @@ def test_a_reply_may_end_after_any_complete_call(smollm, family, choice, gap):
 def test_whitespace_after_calls_is_bounded(smollm, family):
     fmt, text = reply(family, TWICE[:1])
     assert refusal(smollm, tool_grammar(fmt, Tools(SPECS, "required")), text + "\n" * 5) is not None
+
+
+# --- 9. calls cut short under the grammar ------------------------------------------------------
+
+
+def cut_events(fmt: ToolFormat, text: str, *, forced: bool) -> tuple[list, list]:
+    """The events a constrained parser streams for ``text`` (an output cut there), and then at its end."""
+    parser = ToolCallParser(dataclasses.replace(fmt.syntax, forced=forced), constrained=True)
+    return parser.feed(text), parser.finish()
+
+
+@pytest.mark.parametrize("forced", [True, False], ids=["forced", "auto"])
+@pytest.mark.parametrize("family", ("generic", "qwen", "mistral", "llama31"))
+def test_a_call_cut_short_is_never_content_and_its_arguments_still_stream(family, forced):
+    """max_tokens may end the output anywhere in a call: what was cut is never content (it was
+    "[TOOL_REQUEST" leaking), and the arguments written so far have streamed already."""
+    calls = TWICE[:1] if family == "llama31" else TWICE
+    fmt, text = reply(family, calls)
+    content = "" if forced or family == "llama31" else "I'll look both up."
+    if content:
+        text = generic_text(calls, content) if family == "generic" else f"{content}\n{text}"
+    start = text.index(f'"{fmt.syntax.arguments_key}": ') + len(fmt.syntax.arguments_key) + 4
+    end = start + len(json.dumps(calls[0][1], ensure_ascii=False))
+    opened = text.index(fmt.syntax.open) + len(fmt.syntax.open) if fmt.syntax.open in text else 0
+    for cut in range(len(text) + 1):
+        streamed, final = cut_events(fmt, text[:cut], forced=forced)
+        said = "".join(event.text for event in streamed + final if isinstance(event, Text))
+        if forced or cut >= opened:  # (auto: a partial opening at the very end may be text)
+            assert said == content[:cut].rstrip() if cut < len(content) else said == content, (cut, said)
+        if start < cut <= end:
+            assert CallStart(0, calls[0][0]) in streamed
+            assert "".join(e.text for e in streamed if isinstance(e, CallArguments) and e.call == 0) == text[start:cut]

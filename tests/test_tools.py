@@ -218,6 +218,42 @@ def test_a_named_tool_is_called_once_in_responses_too(client):
     assert json.loads(response.output[0].arguments)["city"] == "Paris"
 
 
+@pytest.mark.parametrize("max_tokens", [2, 4, 7, 12, 20])
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_call_cut_by_max_tokens_is_never_content(client, choice, max_tokens):
+    """Cut anywhere (in the opening, before the name, in the arguments), a call under a forced choice
+    is no content ("[TOOL_REQUEST" leaked into it); streamed and whole answers agree."""
+    body = {"model": SMOLLM, "messages": ASK, "tools": [WEATHER, CLOCK], "temperature": 0, "max_tokens": max_tokens,
+            "tool_choice": NAMED_WEATHER if choice == "named" else "required", "extra_body": NO_PENALTY}
+    client.chat.completions.create(**body)  # first: so that both runs below reuse the cached prompt alike
+    whole = client.chat.completions.create(**body).choices[0]
+    content, calls, reason, _ = _joined_stream(client, **body)
+    assert (whole.finish_reason, whole.message.content or "", reason, content) == ("length", "", "length", "")
+    expected = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []]
+    assert [(name, arguments) for _, name, arguments in calls] == expected
+    assert all(name in ("get_weather", "get_time") for name, _ in expected)
+
+
+def test_a_cut_call_streams_its_arguments_as_they_come(client):
+    """Holding a call back until it is complete would hide a cut one: nothing is held back."""
+    body = {"model": SMOLLM, "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "temperature": 0,
+            "max_tokens": 24, "extra_body": NO_PENALTY}
+    client.chat.completions.create(**body)
+    _, calls, reason, pieces = _joined_stream(client, **body)
+    fragments = [piece.function.arguments for piece in pieces if piece.function.arguments]
+    assert reason == "length" and len(calls) == 1 and len(fragments) >= 3, fragments
+    assert calls[0][2] == "".join(fragments) and calls[0][2].startswith('{"city": ')
+
+
+def test_a_call_cut_short_in_responses_is_no_message(http):
+    body = {"model": SMOLLM, "input": ASK[0]["content"], "tools": [{"type": "function", **WEATHER["function"]}],
+            "tool_choice": "required", "max_output_tokens": 4, **GREEDY}
+    response = http.post("/v1/responses", json=body).json()
+    # an answer with neither text nor calls is one empty message item (responses_render.py)
+    texts = [part["text"] for item in response["output"] if item["type"] == "message" for part in item["content"]]
+    assert response["status"] == "incomplete" and not "".join(texts), response["output"]
+
+
 def test_a_stop_string_that_cuts_a_call_says_stop(client):
     # OpenAI's finish_reason for a stop sequence; "tool_calls" would promise arguments that parse
     response = client.chat.completions.create(

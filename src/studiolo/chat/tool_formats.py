@@ -29,7 +29,7 @@ import hashlib
 import json
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from studiolo.chat.tool_parser import CallSyntax
@@ -88,6 +88,11 @@ def several_calls(tools: Tools) -> bool:
     names a tool, which asks for exactly one call of it (as OpenAI's named choice does); with
     parallel calls allowed, a small model told to call one function repeats that call."""
     return tools.parallel and tools.choice in ("auto", "required")
+
+
+def output_syntax(fmt: ToolFormat, tools: Tools) -> CallSyntax:
+    """How calls look in an output that follows ``tool_grammar(fmt, tools)``."""
+    return replace(fmt.syntax, forced=tools.choice != "auto")
 
 
 def _tool_object(spec: ToolSpec) -> dict[str, Any]:

@@ -13,7 +13,10 @@ whitespace between and around calls is not content.
 
 Output under a tool constraint always parses. Should a call be malformed anyway (no constraint
 was active), its text is given back as content, as LM Studio does, unless its name was already
-reported; then the call stays, with the arguments it got.
+reported; then the call stays, with the arguments it got. Under the constraint (``constrained``),
+a call cut short (``max_tokens``, a stop string) is never content: before its name is known it
+is dropped, as is the start of an opening where only a call may come (at the start of a forced
+choice's output, after a call). Nothing is held back for that: arguments still stream as written.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class CallSyntax:
     array: bool = False  # after ``open``, a JSON array of calls (Mistral)
     bare_json: bool = False  # a reply starting with "{" is a call without ``open`` (Llama 3)
     separator: str = ""  # between calls of a bare reply (Llama 3: ";")
+    forced: bool = False  # the output starts with a call (tool_choice "required" or a named tool)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class _ObjectScanner:
 @dataclass
 class ToolCallParser:
     syntax: CallSyntax
+    constrained: bool = False  # the output follows the tool grammar (chat/tool_formats.py)
     calls: int = 0  # calls started so far
     _state: str = "text"  # text | open | body | between | close
     _pending: str = ""  # text held back (maybe the start of an opening, or whitespace)
@@ -144,12 +149,15 @@ class ToolCallParser:
         return _merged(events)
 
     def finish(self) -> list[ParsedEvent]:
-        """The end of the output: held-back text that opened nothing is content after all."""
+        """The end of the output: held-back text that opened nothing is content after all, unless
+        the grammar allowed only a call there; a call cut short before its name is content only
+        without the grammar (then it may have been text all along)."""
         events: list[ParsedEvent] = []
-        if self._state == "text" and self._pending and not self._pending.isspace():
+        only_calls = self.constrained and (self.syntax.forced or self.calls > 0)
+        if self._state == "text" and self._pending and not self._pending.isspace() and not only_calls:
             self._text(self._pending, events)
-        elif self._state != "text" and (self._scanner is None or self._scanner.name is None):
-            self._text(self._raw, events)  # a call cut short before its name: text after all
+        elif self._state != "text" and (self._scanner is None or self._scanner.name is None) and not self.constrained:
+            self._text(self._raw, events)
         self._pending = ""
         return _merged(events)
 

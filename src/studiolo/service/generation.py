@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from studiolo.chat.templates import ChatTemplate, builtin_template_for
-from studiolo.chat.tool_formats import format_for, template_messages, tool_grammar
+from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
@@ -301,7 +301,7 @@ class GenerationService:
             fmt = format_for(self._template(loaded).source)
             options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True),
                               constraint_param="tools")
-            syntax = fmt.syntax
+            syntax = output_syntax(fmt, request.tools)
         constraint = await _compiled_constraint(loaded, options)
         return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
 

@@ -11,11 +11,12 @@ from studiolo.service.types import ChatMessage, InvalidRequest, TextDelta, Token
 
 
 class CallReader:
-    """One choice's output split into content and tool calls (chat/tool_parser.py), as events."""
+    """One choice's output split into content and tool calls (chat/tool_parser.py), as events;
+    the output follows the tool grammar, so a call cut short is never content."""
 
     def __init__(self, index: int, syntax: CallSyntax):
         self.index = index
-        self._parser = ToolCallParser(syntax)
+        self._parser = ToolCallParser(syntax, constrained=True)
 
     @property
     def count(self) -> int:
