@@ -7,8 +7,9 @@ pid file and logs.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_PORT = 1234
@@ -31,6 +32,11 @@ def logs_dir() -> Path:
     return studiolo_home() / "logs"
 
 
+def settings_file() -> Path:
+    """Optional JSON with a ``limits`` and a ``budgets`` section overriding the defaults below."""
+    return studiolo_home() / "settings.json"
+
+
 def server_state_file() -> Path:
     """Where a background server writes its pid and port."""
     return studiolo_home() / "server.json"
@@ -48,6 +54,56 @@ class EngineSettings:
 
 
 @dataclass
+class RequestLimits:
+    """Bounds checked before any large work starts; a request over one gets a 400 naming the field
+    and the limit. Each can be set in ``settings.json`` under ``"limits"`` (docs/API.md, "Limits")."""
+
+    max_body_mib: int = 64  # a request body, before it is parsed
+    max_json_depth: int = 200  # nesting of the body and of any JSON inside it (arguments, schemas)
+    max_messages: int = 10_000  # chat messages or Responses input items
+    max_prompt_chars: int = 4_000_000  # all the text of one request's prompt(s), before tokenizing
+    max_sequences: int = 256  # prompts x n of one request
+    max_schema_bytes: int = 1_000_000  # a JSON schema, as JSON text
+    max_schema_refs: int = 1_000  # $ref uses in one schema
+    max_grammar_bytes: int = 1_000_000  # a regex, GBNF or Lark grammar
+    max_grammar_rules: int = 2_000  # rules of a GBNF or Lark grammar
+    max_choices: int = 10_000  # guided_choice strings
+
+
+@dataclass
+class Budgets:
+    """Bytes each cache that grows with traffic may hold; set in ``settings.json`` under ``"budgets"``."""
+
+    prompt_cache_mib: int = 2048  # RAM for cached prompt prefixes moved out of the KV cache
+    stored_state_mib: int = 2048  # KV states kept with stored responses, further bounded by free disk
+    grammar_cache_mib: int = 256  # compiled grammars kept for reuse
+
+
+def _overridden(section: str, value):
+    """``value`` with the fields named in ``settings.json``'s ``section``; unknown names are an error."""
+    try:
+        overrides = json.loads(settings_file().read_text()).get(section, {})
+    except FileNotFoundError:
+        return value
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{settings_file()} is not a JSON object: {exc}") from exc
+    known = {f.name for f in fields(value)}
+    for name, number in overrides.items():
+        if name not in known or not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValueError(f"{settings_file()}: '{section}.{name}' is not a known non-negative integer setting")
+        setattr(value, name, number)
+    return value
+
+
+def load_limits() -> RequestLimits:
+    return _overridden("limits", RequestLimits())
+
+
+def load_budgets() -> Budgets:
+    return _overridden("budgets", Budgets())
+
+
+@dataclass
 class ServerSettings:
     host: str = DEFAULT_BIND
     port: int = DEFAULT_PORT
@@ -55,3 +111,5 @@ class ServerSettings:
     jit_loading: bool = True
     auto_evict: bool = True  # at most one JIT-loaded model at a time
     engine: EngineSettings = field(default_factory=EngineSettings)
+    limits: RequestLimits = field(default_factory=load_limits)
+    budgets: Budgets = field(default_factory=load_budgets)
