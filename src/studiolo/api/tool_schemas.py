@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studiolo.engine.constraint_limits import check_tool_schemas
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, validate
 from studiolo.service.types import InvalidRequest, ToolCall, Tools, ToolSpec
 
@@ -66,6 +67,10 @@ def tools_of(definitions: list[ToolDefinition] | None, choice: ToolChoice | None
         if named is not None or choice == "required":
             raise InvalidRequest("'tool_choice' asks for a tool call but the request has no 'tools'", "tool_choice")
         return None
+    try:  # together they become one grammar: their sizes add up
+        check_tool_schemas(definition.function.parameters for definition in definitions)
+    except InvalidConstraint as exc:
+        raise InvalidRequest(str(exc), "tools") from None
     specs = []
     for index, definition in enumerate(definitions):
         function = definition.function

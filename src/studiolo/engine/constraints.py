@@ -38,14 +38,12 @@ because the extra thread competes with llama.cpp's OpenMP workers (see docs/ENGI
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -55,12 +53,16 @@ from llguidance import (
     LLMatcher,
     LLParserLimits,
     LLTokenizer,
-    TokenizerWrapper,
     grammar_from,
 )
-from llguidance.gbnf_to_lark import gbnf_to_lark, is_lark_syntax
+from llguidance.gbnf_to_lark import is_lark_syntax
 from llguidance.llamacpp import lltokenizer_from_vocab
 
+from studiolo.engine import constraint_limits as bounds
+from studiolo.engine.byte_vocabulary import byte_tokenizer as _byte_tokenizer
+from studiolo.engine.constraint_limits import InvalidConstraint
+from studiolo.engine.gbnf import gbnf_to_lark
+from studiolo.engine.grammar_cache import GRAMMAR_CACHE, heap_in_use
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.masks import forbidden_log_mass, mask_logits
@@ -74,10 +76,6 @@ KINDS = JSON_KINDS | {"regex", "choice", "lark", "gbnf"}
 # and the whole grammar to them.
 _LIMITS = LLParserLimits(verbose_errors=False)
 _QUIET = 0  # llguidance log level: problems surface through is_error / get_error instead
-
-
-class InvalidConstraint(ValueError):
-    """A schema, regex, choice list or grammar that cannot be compiled; the message says why."""
 
 
 class ConstraintError(RuntimeError):
@@ -114,31 +112,36 @@ class ConstraintSpec:
     def json_schema(cls, schema: Mapping | str, whitespace_pattern: str | None = None) -> ConstraintSpec:
         """A JSON schema, as a dict or as JSON text (BladeLLM's guided_json takes either)."""
         if isinstance(schema, str):
-            try:
-                schema = json.loads(schema)
-            except json.JSONDecodeError as error:
-                raise InvalidConstraint(f"the JSON schema is not valid JSON: {error}") from None
+            schema = bounds.schema_from_text(schema)
         if not isinstance(schema, (Mapping, bool)):
             raise InvalidConstraint(f"invalid JSON schema: a schema must be an object or boolean, not {schema!r:.40}")
+        bounds.check_schema(schema)  # before anything recurses over it, here or in llguidance
         # Canonical text, keys in the schema's order: llguidance emits properties in that order.
         try:
             text = json.dumps(closed_objects(schema), ensure_ascii=False, separators=(",", ":"))
         except (TypeError, ValueError) as error:  # a value JSON cannot hold, a circular reference
             raise InvalidConstraint(f"the JSON schema cannot be written as JSON: {error}") from None
+        bounds.check_schema_text(text)
+        if whitespace_pattern is not None:
+            bounds.check_text("whitespace pattern", whitespace_pattern)
         return cls("json_schema", text, whitespace_pattern)
 
     @classmethod
     def json_object(cls, whitespace_pattern: str | None = None) -> ConstraintSpec:
         """Any JSON object (OpenAI's ``response_format: {"type": "json_object"}``)."""
+        if whitespace_pattern is not None:
+            bounds.check_text("whitespace pattern", whitespace_pattern)
         return cls("json_object", None, whitespace_pattern)
 
     @classmethod
     def regex(cls, pattern: str) -> ConstraintSpec:
+        if isinstance(pattern, str):
+            bounds.check_text("regex", pattern)
         return cls("regex", pattern)
 
     @classmethod
     def choice(cls, choices: Iterable[str]) -> ConstraintSpec:
-        choices = tuple(choices)
+        choices = bounds.check_choices(choices)
         if not choices:
             raise InvalidConstraint("the list of choices is empty")
         if not all(isinstance(choice, str) for choice in choices):
@@ -155,8 +158,11 @@ class ConstraintSpec:
 
     @classmethod
     def grammar(cls, text: str) -> ConstraintSpec:
-        """An EBNF grammar in either syntax (guided_grammar): Lark if it says so, GBNF otherwise."""
-        return cls.lark(text) if is_lark_syntax(text) else cls.gbnf(text)
+        """An EBNF grammar in either syntax (guided_grammar): Lark if it says so, GBNF otherwise;
+        bounded (the constructors above are for the server's own grammars)."""
+        syntax = "lark" if is_lark_syntax(text) else "gbnf"
+        bounds.check_grammar(text, syntax)
+        return cls.lark(text) if syntax == "lark" else cls.gbnf(text)
 
 
 # Between JSON tokens: nothing, one space, or a line break and up to 20 characters of indentation,
@@ -172,7 +178,10 @@ def grammar_of(spec: ConstraintSpec, tokenizer: LLTokenizer | None = None) -> st
     so an API can reject a bad definition before the model is even loaded.
     """
     grammar = _raw_grammar(spec)
-    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer, limits=_LIMITS)
+    try:
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer, limits=_LIMITS)
+    except (ValueError, RuntimeError) as error:  # a panic in llguidance, reported as an exception
+        is_error, messages = True, [str(error)]
     if is_error:
         raise InvalidConstraint(f"invalid {_NAMES[spec.kind]}: {_clean(spec.kind, messages[0])}")
     for message in messages:
@@ -180,7 +189,6 @@ def grammar_of(spec: ConstraintSpec, tokenizer: LLTokenizer | None = None) -> st
     return grammar
 
 
-@functools.lru_cache(maxsize=256)
 def validate(spec: ConstraintSpec) -> None:
     """``grammar_of(spec)`` without a model's tokenizer, remembered: repeated requests check once.
 
@@ -189,30 +197,25 @@ def validate(spec: ConstraintSpec) -> None:
     before any model loads. Any text starts with some byte, so this refuses nothing the model's
     own tokens could start; grammars are checked at compile, with the model's tokenizer.
     """
+    key = ("valid", spec)
+    if GRAMMAR_CACHE.get(key) is not None:
+        return
     grammar = grammar_of(spec)
     if spec.kind in _BYTE_CHECKED:
         tokenizer = _byte_tokenizer()
         _check_first_mask(spec, LLMatcher(tokenizer, grammar, log_level=_QUIET, limits=_LIMITS), tokenizer)
+    GRAMMAR_CACHE.put(key, True, _definition_size(spec))
+
+
+def _definition_size(spec: ConstraintSpec) -> int:
+    """What a spec kept as a cache key holds: its definition's text."""
+    definition = spec.definition
+    if isinstance(definition, tuple):
+        return sum(len(choice) + 64 for choice in definition)
+    return len(definition or "") + len(spec.whitespace_pattern or "")
 
 
 _BYTE_CHECKED = JSON_KINDS | {"regex", "choice"}
-
-
-class _ByteVocabulary:
-    """256 one-byte tokens and an end token, as llguidance's TokenizerWrapper reads a vocabulary."""
-
-    eos_token_id = 256
-    bos_token_id = None
-    tokens = (*(bytes([value]) for value in range(256)), b"<end>")
-    special_token_ids = (256,)
-
-    def __call__(self, data: bytes) -> list[int]:
-        return list(data)
-
-
-@functools.cache
-def _byte_tokenizer() -> LLTokenizer:
-    return LLTokenizer(TokenizerWrapper(_ByteVocabulary()))
 
 
 _NAMES = {
@@ -227,14 +230,14 @@ _NAMES = {
 
 # A regex becomes the one-line Lark grammar `start: /.../`, so llguidance reports its errors with
 # a Lark position and source excerpt the client never wrote; these strip them.
-_LARK_POSITION = re.compile(r'^at \d+\(\d+\): (invalid regex ".*?" \(in regex\): )?', re.DOTALL)
+_LARK_POSITION = re.compile(r'^(at )?\d+\(\d+\): (invalid regex ".*?" \(in regex\): )?', re.DOTALL)
 _LARK_EXCERPT_LINE = re.compile(r"^\s+\d+ \| ")
 
 
 def _clean(kind: str, message: str) -> str:
     """llguidance's message, minus its debugging residue."""
     message = message.replace("<non-verbose/>", "").strip()
-    if kind != "regex":
+    if kind not in ("regex", "gbnf", "choice"):  # these reach llguidance as Lark the client never wrote
         return message
     lines = _LARK_POSITION.sub("", message).splitlines()
     excerpt = next((i for i, line in enumerate(lines) if _LARK_EXCERPT_LINE.match(line)), len(lines))
@@ -260,6 +263,8 @@ def _raw_grammar(spec: ConstraintSpec) -> str:
         return LLMatcher.grammar_from_lark(spec.definition)
     try:
         lark = gbnf_to_lark(spec.definition)
+    except RecursionError:
+        raise InvalidConstraint("invalid GBNF grammar: it nests too deeply") from None
     except Exception as error:  # the converter raises bare Exceptions for unknown rules
         raise InvalidConstraint(f"invalid GBNF grammar: {error}") from None
     return LLMatcher.grammar_from_lark(lark)
@@ -301,18 +306,15 @@ class CompiledConstraint:
 
 
 class ConstraintCompiler:
-    """One model's LLTokenizer (built on first use) and its last ``capacity`` compiled constraints.
+    """One model's LLTokenizer (built on first use) and its compiled constraints, kept in the
+    process's byte-bounded ``GRAMMAR_CACHE`` under ``(compiler, spec)``.
 
-    Thread-safe: the HTTP side compiles (to reject bad definitions before queueing a request),
-    while the compute thread only uses the compiled results.
+    Thread-safe: compiles run on worker threads, while the compute thread only uses the results.
     """
 
-    def __init__(self, model: LlamaModel, capacity: int = 64, tokenizer: LLTokenizer | None = None):
+    def __init__(self, model: LlamaModel, tokenizer: LLTokenizer | None = None):
         self.model = model
-        self.capacity = capacity
         self._tokenizer = tokenizer  # one already built for this model, or None to build it
-        self._cache: OrderedDict[ConstraintSpec, CompiledConstraint] = OrderedDict()
-        self._cache_lock = threading.Lock()
 
     @property
     def tokenizer(self) -> LLTokenizer:
@@ -326,29 +328,24 @@ class ConstraintCompiler:
 
     def cached(self, spec: ConstraintSpec) -> CompiledConstraint | None:
         """The compiled constraint if it is in the cache (cheap: no tokenizer, no compiling)."""
-        with self._cache_lock:
-            compiled = self._cache.get(spec)
-            if compiled is not None:
-                self._cache.move_to_end(spec)
-            return compiled
+        return GRAMMAR_CACHE.get((self, spec))
 
     def compile(self, spec: ConstraintSpec) -> CompiledConstraint:
         """The compiled constraint for spec: from the cache, or validated and compiled now."""
         compiled = self.cached(spec)
         if compiled is not None:
             return compiled
-        with self.model.vocabulary_lock:  # not the cache lock: a slow grammar must not block hits
+        tokenizer = self.tokenizer  # built (once) outside the measure below
+        with self.model.vocabulary_lock:  # not the cache's lock: a slow grammar must not block hits
             self.model.require_open()
-            compiled = self._compile(spec)
-        with self._cache_lock:
-            compiled = self._cache.setdefault(spec, compiled)  # a racing thread's copy wins
-            self._cache.move_to_end(spec)
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
-        return compiled
+            before = heap_in_use() if heap_in_use is not None else 0
+            compiled = self._compile(spec, tokenizer)
+            grown = heap_in_use() - before if heap_in_use is not None else 0
+        # at least 32 bytes of compiled state per byte of grammar (measured: 20-120) and a bitmask
+        size = max(grown, 32 * len(compiled.grammar) + tokenizer.vocab_size // 8)
+        return GRAMMAR_CACHE.put((self, spec), compiled, size)  # a racing thread's copy wins
 
-    def _compile(self, spec: ConstraintSpec) -> CompiledConstraint:
-        tokenizer = self.tokenizer
+    def _compile(self, spec: ConstraintSpec, tokenizer: LLTokenizer) -> CompiledConstraint:
         grammar = grammar_of(spec, tokenizer)
         template = LLMatcher(tokenizer, grammar, log_level=_QUIET, limits=_LIMITS)
         if template.is_error():  # validation passed, so only resource limits land here
@@ -357,7 +354,8 @@ class ConstraintCompiler:
         return CompiledConstraint(spec, grammar, tokenizer, template)
 
     def __len__(self) -> int:
-        return len(self._cache)
+        """How many compiled constraints of this model the cache holds."""
+        return GRAMMAR_CACHE.count_where(lambda key: key[0] is self)
 
 
 def _check_first_mask(spec: ConstraintSpec, template: LLMatcher, tokenizer: LLTokenizer) -> None:
@@ -394,7 +392,9 @@ def forget(model: LlamaModel) -> None:
     not outlive the model.
     """
     with _compilers_lock:
-        _compilers.pop(model, None)
+        compiler = _compilers.pop(model, None)
+    if compiler is not None:
+        GRAMMAR_CACHE.discard_where(lambda key: key[0] is compiler)
 
 
 # --- per sequence ------------------------------------------------------------------------------
