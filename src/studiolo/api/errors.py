@@ -33,7 +33,7 @@ from studiolo.models.manager import (
     ModelNotLoaded,
 )
 from studiolo.models.memory import InsufficientMemory
-from studiolo.service.generation import GenerationFailed, UnloadedWhileGenerating
+from studiolo.service.generation import ConstraintFailed, GenerationFailed, UnloadedWhileGenerating
 from studiolo.service.types import InvalidRequest
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound
 
@@ -124,6 +124,8 @@ def from_domain(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed, UnloadedWhileGenerating)):
         return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
+    if isinstance(exc, ConstraintFailed):  # the client's grammar, too complex to follow to the end
+        return APIError(400, str(exc), param=exc.param, code="constraint_too_complex")
     if isinstance(exc, GenerationFailed):
         return APIError(500, str(exc), type="server_error", code="generation_failed")
     if isinstance(exc, InputTooLong):

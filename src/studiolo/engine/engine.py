@@ -276,8 +276,8 @@ class Engine:
         if seq.constraint is not None:
             try:
                 seq.constraint.apply(logits, allow_end=not request.ignore_eos)
-            except ConstraintError as exc:  # this sequence's grammar failed: it alone ends
-                self._finish(seq, "error", f"constrained decoding failed: {exc}")
+            except ConstraintError as exc:  # its grammar hit a limit of llguidance's: it alone ends
+                self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
         token = seq.sampler.choose(self.context, batch_index, logits)
         seq.sampler.accept(token)

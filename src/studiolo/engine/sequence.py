@@ -61,6 +61,7 @@ class PromptLogprobsEvent:
 @dataclass(frozen=True)
 class FinishEvent:
     reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error" | "unloaded"
+    # | "constraint" (the grammar reached one of llguidance's limits)
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int

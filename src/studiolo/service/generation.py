@@ -93,6 +93,15 @@ class GenerationFailed(RuntimeError):
     """The engine could not finish a sequence (not the client's fault)."""
 
 
+class ConstraintFailed(GenerationFailed):
+    """The output's grammar reached one of llguidance's limits mid-generation: the client's
+    definition is too complex to follow; ``param`` names the field it came from."""
+
+    def __init__(self, message: str, param: str | None):
+        super().__init__(message)
+        self.param = param
+
+
 class UnloadedWhileGenerating(GenerationFailed):
     """The model was unloaded under a running sequence: a 503, as an unload before it started."""
 
@@ -226,6 +235,8 @@ class Generation:
             elif isinstance(event, FinishEvent):
                 if event.reason == "unloaded":
                     raise UnloadedWhileGenerating(event.error or "the model was unloaded")
+                if event.reason == "constraint":
+                    raise ConstraintFailed(event.error or "constrained decoding failed", options.constraint_param)
                 if event.reason == "error":
                     raise GenerationFailed(event.error or "generation failed")
                 if event.saved is not None:
@@ -288,7 +299,7 @@ class GenerationService:
         self._templates: dict[str, ChatTemplate] = {}
 
     async def chat(self, request: ChatRequest) -> Generation:
-        _check_constraint(request.options)  # a bad schema is refused before any model loads
+        await _check_constraint(request.options)  # a bad schema is refused before any model loads
         check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
         loaded = target.instance
@@ -306,7 +317,7 @@ class GenerationService:
         return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
 
     async def complete(self, request: CompletionRequest) -> Generation:
-        _check_constraint(request.options)
+        await _check_constraint(request.options)
         check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl)
         prompts = [self._completion_prompt(target.instance.model, p) for p in request.prompts]
@@ -416,11 +427,12 @@ async def _restore_prefix(target: Target, tokens: list[int], restore: Restorer) 
         engine.offer_prefix(saved, target.adapter)
 
 
-def _check_constraint(options: GenerationOptions) -> None:
-    """Refuse a schema, regex or grammar that cannot compile, naming the field it came from."""
+async def _check_constraint(options: GenerationOptions) -> None:
+    """Refuse a schema, regex or grammar that cannot compile, naming the field it came from;
+    compiling is never done on the event loop (bounded, it can still take a second)."""
     if options.constraint is not None:
         try:
-            validate_constraint(options.constraint)
+            await asyncio.to_thread(validate_constraint, options.constraint)
         except InvalidConstraint as exc:
             raise InvalidRequest(str(exc), options.constraint_param) from None
 
