@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from llguidance.gbnf_to_lark import gbnf_to_lark as llguidance_gbnf_to_lark
 
-from studiolo.engine.constraint_limits import InvalidConstraint, check_grammar, check_schema
+from studiolo.engine.constraint_limits import (
+    InvalidConstraint,
+    check_grammar,
+    check_schema,
+)
 from studiolo.engine.gbnf import gbnf_to_lark
 from studiolo.engine.grammar_cache import ENTRY_OVERHEAD, ByteBoundedCache
 
