@@ -67,7 +67,7 @@ class RequestLimits:
     max_schema_refs: int = 1_000  # $ref uses in one schema
     max_grammar_bytes: int = 100_000  # a regex, GBNF or Lark grammar, or all choices (0.3-0.6 s to compile)
     max_grammar_rules: int = 1_000  # rules of a GBNF or Lark grammar (a chain of 3,000 crashed llguidance)
-    max_choices: int = 10_000  # guided_choice strings
+    max_choices: int = 1_000  # guided_choice strings: llguidance follows at most 2,000 alternatives at once
     # entries of any one list or map in a JSON schema (properties, required, anyOf, enum, ...):
     # llguidance's time grows faster than their number, and 42,500 required names crashed it
     max_schema_entries: int = 1_000

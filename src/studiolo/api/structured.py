@@ -109,7 +109,8 @@ def _response_format(value: ResponseFormat | None, whitespace: str | None) -> Co
     if kind == "json_object":
         schema = None if isinstance(value, str) else value.get("schema")
         if schema is not None:  # llama-server's {"type": "json_object", "schema": {...}}
-            return ConstraintSpec.json_schema(_schema_object(schema, "response_format.schema"), whitespace)
+            param = "response_format.schema"
+            return _spec_named(param, lambda: ConstraintSpec.json_schema(_schema_object(schema, param), whitespace))
         return ConstraintSpec.json_object(whitespace)
     if kind == "json_schema" and isinstance(value, dict):
         wrapper = value.get("json_schema")
@@ -118,12 +119,20 @@ def _response_format(value: ResponseFormat | None, whitespace: str | None) -> Co
                 "a json_schema response format needs 'json_schema': {\"name\": ..., \"schema\": {...}}",
                 "response_format.json_schema.schema",
             )
-        schema = _schema_object(wrapper["schema"], "response_format.json_schema.schema")
-        return ConstraintSpec.json_schema(schema, whitespace)
+        param = "response_format.json_schema.schema"
+        return _spec_named(param, lambda: ConstraintSpec.json_schema(_schema_object(wrapper["schema"], param), whitespace))
     raise InvalidRequest(
         f"unknown response format type {kind!r}; expected 'text', 'json_object' or 'json_schema'",
         "response_format.type" if isinstance(value, dict) else "response_format",
     )
+
+
+def _spec_named(param: str, make) -> ConstraintSpec:
+    """A schema's own errors name the schema's field, finer than the response format's."""
+    try:
+        return make()
+    except InvalidConstraint as exc:
+        raise InvalidRequest(str(exc), param) from None
 
 
 def _schema_object(schema: Any, param: str) -> dict[str, Any] | bool:

@@ -290,8 +290,8 @@ class Engine:
         if seq.constraint is not None:
             try:
                 seq.constraint.accept(token)
-            except ConstraintError as exc:  # masked out, so only a matcher bug lands here
-                self._finish(seq, "error", f"constrained decoding failed: {exc}")
+            except ConstraintError as exc:  # a limit of llguidance's reached while advancing (fast-forward)
+                self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
         logprob = logprobs_of(raw, token, request.logprobs) if raw is not None else None
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
