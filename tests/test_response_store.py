@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from studiolo.store import responses
+from studiolo.store import responses, schema
 from studiolo.store.responses import (
     CorruptConversation,
     InvalidResponseId,
@@ -259,7 +259,7 @@ def test_version_1_database_is_reopened_and_migrated_with_its_data(tmp_path, mon
     with ResponseStore(path) as s:
         assert s.get(a.id) == a
     step = ("ALTER TABLE responses ADD COLUMN note TEXT",)
-    monkeypatch.setattr(responses, "MIGRATIONS", [*responses.MIGRATIONS, step])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, step])
     with ResponseStore(path) as s:
         assert s.get(a.id) == a
         assert s._conn.execute("PRAGMA user_version").fetchone() == (2,)
