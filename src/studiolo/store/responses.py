@@ -127,6 +127,7 @@ class ResponseStore:
         self._conn: sqlite3.Connection | None = None
         self._next_open = 0.0
         self._state_bytes = 0
+        self._index_in_heap = False  # opened on a full disk: the WAL index could not be a -shm file
         try:
             self._open()
         except StorageUnavailable as fault:
@@ -373,6 +374,11 @@ class ResponseStore:
     def _connection(self) -> sqlite3.Connection:
         """The open connection; a store that could not be opened tries again (at most every
         REOPEN_SECONDS) and raises why it is still closed. Call with the lock held."""
+        if self._index_in_heap and time.monotonic() >= self._next_open and not space.disk_full(self.path):
+            # room again: reopen as usual, so that other processes (studiolo store check) can read too
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._index_in_heap = None, False
         if self._conn is None:
             if time.monotonic() < self._next_open and self.faults.current is not None:
                 raise self.faults.current
@@ -390,13 +396,35 @@ class ResponseStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path, self.cap_bytes)
-            self._state_bytes = _state_bytes(conn)
         except (sqlite3.Error, OSError) as exc:
             fault = classify(exc, self.path)
             if fault is None:
                 raise
-            raise fault from exc
+            if not space.disk_full(self.path):
+                raise fault from exc
+            conn = self._open_on_full_disk(fault)
+        try:
+            self._state_bytes = _state_bytes(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise classify(exc, self.path) or exc from exc
         self._conn = conn
+
+    def _open_on_full_disk(self, fault: StorageUnavailable) -> sqlite3.Connection:
+        """On a full disk SQLite cannot size the -shm file that WAL readers share: open with the WAL
+        index in this process's memory (exclusive locking), so stored responses still read; writes fail
+        as a full disk makes them, and the store reopens as usual once there is room."""
+        try:
+            conn = _connect(self.path, self.cap_bytes, exclusive=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageFull(f"the disk holding {self.path} is full ({fault.reason}): stored responses cannot be "
+                              "read or written until space is freed; requests with store: false still work",
+                              fault.reason) from exc
+        self._index_in_heap = True
+        full = StorageFull(f"the disk holding {self.path} is full: stored responses are read, but storing is off "
+                           "until space is freed; requests with store: false still work", "disk full at open")
+        self.faults.failed(full)
+        return conn
 
 
 # Walks up from the given id; the final join drops a missing id (and a missing ancestor,

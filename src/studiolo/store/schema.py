@@ -51,12 +51,16 @@ class StoreVersionError(StoreError, StorageUnavailable):
     """The file was written by a newer studiolo; it is left untouched."""
 
 
-def connect(path: Path, cap_bytes: int = 0) -> sqlite3.Connection:
+def connect(path: Path, cap_bytes: int = 0, exclusive: bool = False) -> sqlite3.Connection:
+    """``exclusive``: no other process may use the file meanwhile, and SQLite keeps the WAL index in
+    memory instead of a -shm file (which a full disk cannot hold)."""
     # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
     try:
+        if exclusive:  # before the first read: only then does SQLite skip the shared-memory index
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         schema_version(conn, path)  # before any pragma that could write to the file
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":

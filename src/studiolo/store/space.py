@@ -47,6 +47,14 @@ def measure(conn: sqlite3.Connection, path: Path, cap_bytes: int) -> Room:
     return Room(disk_free, free_pages, cap_left)
 
 
+def disk_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` has less than a write's margin free."""
+    try:
+        return shutil.disk_usage(path.parent).free < WRITE_MARGIN_BYTES
+    except OSError:
+        return False
+
+
 def state_allowance(room: Room, state_bytes: int, budget_bytes: int) -> int:
     """Bytes KV states may hold in all: the configured budget, and STATE_SHARE of the room."""
     return max(0, min(budget_bytes, int((room.bytes + state_bytes) * STATE_SHARE)))
