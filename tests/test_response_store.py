@@ -409,10 +409,9 @@ def test_opening_on_a_full_disk_still_reads(tmp_path):
     try:
         with ResponseStore(disk / "r.sqlite3") as s:
             a = turn(s, "a")
-        with (disk / "filler").open("wb") as filler:
-            with pytest.raises(OSError):
-                while True:
-                    filler.write(bytes(2**16))
+        with (disk / "filler").open("wb") as filler, pytest.raises(OSError):
+            while True:
+                filler.write(bytes(2**16))
         with ResponseStore(disk / "r.sqlite3", tolerate_faults=True) as s:
             assert s.get(a.id) == a
             with pytest.raises(StorageFull):
