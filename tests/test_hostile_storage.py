@@ -283,10 +283,13 @@ def state_sizes(path: Path) -> dict[str, int]:
     return dict(rows)
 
 
-def stream_while_filling(http: httpx.Client, path: Path, filler_id: str) -> dict:
+def stream_while_filling(http: httpx.Client, path: Path, filler_id: str, filler_mib: int) -> dict:
     """A stored, streamed turn during which the database is filled past its cap by another writer:
-    it takes the write lock as soon as the stream starts, so the turn's own write comes after."""
-    body = {**QUICK, "input": "Count from 1 to 100, separated by commas.", "max_output_tokens": 60, "stream": True}
+    it takes the write lock as soon as the stream starts, so the turn's own write comes after. The
+    turn's input (5 kB) is more than a page holds: storing it must take new pages."""
+    notes = "Notes: " + "apple banana cherry " * 250
+    body = {**QUICK, "input": f"{notes}\n\nCount from 1 to 100, separated by commas.", "max_output_tokens": 60,
+            "stream": True}
     final: dict = {}
     with http.stream("POST", "/v1/responses", json=body) as response:
         assert response.status_code == 200
@@ -295,18 +298,18 @@ def stream_while_filling(http: httpx.Client, path: Path, filler_id: str) -> dict
                 continue
             event = json.loads(line[6:])
             if event["type"] == "response.created":
-                fill(path, filler_id)
+                fill(path, filler_id, filler_mib)
             elif event["type"] in ("response.completed", "response.incomplete", "response.failed"):
                 final = event["response"]
     return final
 
 
-def fill(path: Path, filler_id: str) -> None:
-    """Another program's data, bringing the file past the server's cap."""
+def fill(path: Path, filler_id: str, mib: int) -> None:
+    """Another program's data (``mib`` of it), bringing the file past the server's cap."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        items = json.dumps([user_message("x" * CAP_MIB * 2**20)])
+        items = json.dumps([user_message("x" * mib * 2**20)])
         conn.execute("INSERT INTO responses (id, model, created_at, status, input_items, output_items, usage, "
                      "metadata) VALUES (?, 'filler', 0, 'completed', ?, '[]', '{}', '{}')", (filler_id, items))
         conn.execute("COMMIT")
@@ -330,7 +333,7 @@ def test_no_room_drops_states_first_keeps_answers_and_refuses_before_generating(
         continued = stored_turn(http, "And then?", previous_response_id=turns[0])  # its state was dropped
 
         # filled by another writer mid-turn: the states go, and the turn is still stored
-        first = stream_while_filling(http, home / DB, "resp_filler1")
+        first = stream_while_filling(http, home / DB, "resp_filler1", CAP_MIB)
         assert first["store"] is True and "storage_error" not in first, first
         assert state_sizes(home / DB) == {}
         assert http.get(f"/v1/responses/{first['id']}").status_code == 200
@@ -342,7 +345,8 @@ def test_no_room_drops_states_first_keeps_answers_and_refuses_before_generating(
         # room again, filled mid-turn with no state left to drop: the answer is still the client's
         with ResponseStore(home / DB) as other:
             other.delete("resp_filler1")
-        second = stream_while_filling(http, home / DB, "resp_filler2")
+        # (larger than the first filler: it takes all the pages that one freed, and more)
+        second = stream_while_filling(http, home / DB, "resp_filler2", CAP_MIB + 1)
         assert second["status"] == "completed" and second["output"][0]["content"][0]["text"], second
         assert second["store"] is False and second["storage_error"]["code"] == "storage_full", second
         assert http.get(f"/v1/responses/{second['id']}").status_code == 404  # said so: not stored
