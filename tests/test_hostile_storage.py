@@ -4,7 +4,8 @@
 that do not exist); ``make soak`` replays them. The fault tests each run a server of their own on a
 broken database: not SQLite, damaged pages, read-only, no room (``budgets.stored_file_mib`` caps the
 file: SQLite then answers SQLITE_FULL, as a full disk does), and a disk too full to write server.json
-(a link to /dev/full, which answers ENOSPC to every write). Each checks the status and code in both
+(a directory in its place: the write fails with an OSError, as on a full disk; a real full disk is
+tested at the store's level in test_response_store.py, where a tmpfs can be mounted). Each checks the status and code in both
 API families, that generation which does not store still works, that earlier responses still read,
 and that the server names the cause in its log once.
 """
@@ -319,7 +320,7 @@ def fill(path: Path, filler_id: str, mib: int) -> None:
 
 def test_no_room_drops_states_first_keeps_answers_and_refuses_before_generating(tmp_path, default_models):
     home = new_home(tmp_path, default_models, {"budgets": {"stored_file_mib": CAP_MIB}})
-    (home / "server.json").symlink_to("/dev/full")  # every write to it: ENOSPC
+    (home / "server.json").mkdir()  # writing it fails, as on a full disk
     ids = seeded(home, turns=2)
     server, http = serving(home)  # it starts although it cannot record itself
     try:
@@ -345,8 +346,8 @@ def test_no_room_drops_states_first_keeps_answers_and_refuses_before_generating(
         # room again, filled mid-turn with no state left to drop: the answer is still the client's
         with ResponseStore(home / DB) as other:
             other.delete("resp_filler1")
-        # (larger than the first filler: it takes all the pages that one freed, and more)
-        second = stream_while_filling(http, home / DB, "resp_filler2", CAP_MIB + 1)
+        # (as large as the whole cap: it takes every page freed so far, the states' and the first filler's)
+        second = stream_while_filling(http, home / DB, "resp_filler2", 2 * CAP_MIB)
         assert second["status"] == "completed" and second["output"][0]["content"][0]["text"], second
         assert second["store"] is False and second["storage_error"]["code"] == "storage_full", second
         assert http.get(f"/v1/responses/{second['id']}").status_code == 404  # said so: not stored
