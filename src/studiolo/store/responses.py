@@ -310,7 +310,18 @@ class ResponseStore:
             _drop_oldest_states(conn, allowance - len(data))
             conn.execute("INSERT INTO response_states (response_id, data) VALUES (?, ?)", (response_id, bytes(data)))
             self._state_bytes = _state_bytes(conn)
+        if len(data) > space.WAL_KEEP_BYTES:
+            self._shrink_wal()
         return True
+
+    def _shrink_wal(self) -> None:
+        """Copies the WAL into the file and cuts it to nothing: a big state would otherwise leave a WAL as
+        large as itself on the disk until the next write. Best effort: a reader may hold it (BUSY)."""
+        with self._lock:
+            try:
+                self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, StorageUnavailable) as exc:
+                log.debug("could not truncate the WAL of %s: %s", self.path, exc)
 
     def load_state(self, response_id: str) -> bytes | None:
         """The saved blob, or None if the response has none."""
