@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from studiolo.store import responses
+from studiolo.store import responses, schema
 from studiolo.store.responses import (
     CorruptConversation,
     InvalidResponseId,
@@ -259,7 +259,7 @@ def test_version_1_database_is_reopened_and_migrated_with_its_data(tmp_path, mon
     with ResponseStore(path) as s:
         assert s.get(a.id) == a
     step = ("ALTER TABLE responses ADD COLUMN note TEXT",)
-    monkeypatch.setattr(responses, "MIGRATIONS", [*responses.MIGRATIONS, step])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, step])
     with ResponseStore(path) as s:
         assert s.get(a.id) == a
         assert s._conn.execute("PRAGMA user_version").fetchone() == (2,)
@@ -311,3 +311,113 @@ def test_corrupt_chains_raise(store, monkeypatch):
     assert len(store.conversation(chain[4].id)) == 5
     with pytest.raises(CorruptConversation, match="exceeds 5"):
         store.conversation(chain[5].id)
+
+
+# ---- storage faults (store/faults.py, store/space.py, store/recovery.py) ----
+
+
+def big_items(size: int) -> list[dict]:
+    return user("x" * size)
+
+
+def test_kv_states_are_sized_against_the_room_newest_kept(tmp_path):
+    with ResponseStore(tmp_path / "r.sqlite3", file_cap_mib=4) as s:
+        ids = [turn(s, f"t{i}").id for i in range(6)]
+        kept = [s.keep_state(rid, bytes(600_000), 2**31) for rid in ids]
+        assert all(kept)
+        sizes = dict(s._conn.execute("SELECT response_id, length(data) FROM response_states").fetchall())
+        assert ids[-1] in sizes and ids[0] not in sizes  # the oldest went first
+        assert s.state_bytes == sum(sizes.values()) <= 2 * 2**20  # at most half the room
+        assert not s.keep_state(ids[0], bytes(3 * 2**20), 2**31)  # alone over the allowance: not kept
+        assert s.keep_state(ids[1], bytes(1000), 500) is False  # over the configured budget
+
+
+def test_no_room_drops_every_state_before_refusing_a_response(tmp_path, caplog):
+    from studiolo.store.faults import StorageFull
+
+    with ResponseStore(tmp_path / "r.sqlite3", file_cap_mib=2) as s:
+        first = turn(s, "first")
+        assert s.keep_state(first.id, bytes(500_000), 2**31)
+        created = []
+        with pytest.raises(StorageFull, match="caps the file at 2 MiB"):
+            for _ in range(100):
+                created.append(s.create("m", big_items(60_000), answer("ok"), {}).id)
+        assert s.state_bytes == 0 and len(created) > 8  # the state's room went to responses first
+        assert "dropped all 1 saved KV states" in caplog.text
+        with pytest.raises(StorageFull, match="no room to store this turn"):
+            s.check_writable(1000)
+        assert [s.get(rid).id for rid in [first.id, *created]] == [first.id, *created]
+
+
+def test_a_file_that_is_not_sqlite_is_reported_and_retried(tmp_path, monkeypatch):
+    from studiolo.store.faults import StorageUnavailable
+
+    path = tmp_path / "r.sqlite3"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StorageUnavailable, match="is not an SQLite database"):
+        ResponseStore(path)
+    store = ResponseStore(path, tolerate_faults=True)
+    with pytest.raises(StorageUnavailable, match="Move the file aside"):
+        store.check_writable()
+    path.rename(tmp_path / "aside")
+    monkeypatch.setattr(responses, "REOPEN_SECONDS", 0.0)
+    store._next_open = 0.0
+    assert store.get(turn(store, "back").id).input_items == user("back")
+    store.close()
+    assert (tmp_path / "aside").read_bytes() == b"not a database" * 100
+
+
+def test_recover_keeps_what_reads_and_the_old_file(tmp_path):
+    from studiolo.store import recovery
+
+    path = tmp_path / "r.sqlite3"
+    with ResponseStore(path) as s:
+        chain = [None]
+        for i in range(200):
+            chain.append(turn(s, f"turn {i} " + "y" * 300, chain[-1] if i % 10 else None))
+        s.keep_state(chain[-1].id, b"state", 2**31)
+    size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    with path.open("r+b") as file:  # two leaf pages of the responses table
+        for page in (8, 20):
+            file.seek((page - 1) * size)
+            file.write(b"\xff" * size)
+    damaged = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not recovery.check(path).ok
+    report = recovery.recover(path)
+    assert 150 < report.recovered < 200 and report.unreadable_regions >= 1 and report.states_dropped == 1
+    assert hashlib.sha256(report.kept_as.read_bytes()).hexdigest() == damaged
+    assert recovery.check(path).ok
+    with ResponseStore(path) as s:
+        for response in chain[1:]:
+            try:
+                got = s.get(response.id)
+            except ResponseNotFound:
+                continue  # on a damaged page
+            assert got.input_items == response.input_items
+            s.conversation(response.id)  # every chain is whole: lost ancestors make new roots
+
+
+def test_opening_on_a_full_disk_still_reads(tmp_path):
+    """A real full disk (a 3 MB tmpfs): needs root to mount, skipped otherwise."""
+    from studiolo.store.faults import StorageFull
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                                           check=False, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with ResponseStore(disk / "r.sqlite3") as s:
+            a = turn(s, "a")
+        with (disk / "filler").open("wb") as filler, pytest.raises(OSError):
+            while True:
+                filler.write(bytes(2**16))
+        with ResponseStore(disk / "r.sqlite3", tolerate_faults=True) as s:
+            assert s.get(a.id) == a
+            with pytest.raises(StorageFull):
+                s.check_writable()
+            with pytest.raises(StorageFull):
+                turn(s, "b")
+            assert s.get(a.id) == a
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

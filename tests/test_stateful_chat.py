@@ -349,6 +349,6 @@ def test_a_kv_state_that_cannot_be_kept_does_not_fail_the_stored_turn(tmp_path, 
     def fail(*args):
         raise failure
 
-    store.save_state = fail
+    store.keep_state = fail
     Conversations(service=None, store=store)._keep_state(stored.id, b"state")
     assert store.get(stored.id).output_items[0]["content"][0]["text"] == "Hello"

@@ -80,6 +80,9 @@ class Budgets:
     prompt_cache_mib: int = 2048  # RAM for cached prompt prefixes moved out of the KV cache
     stored_state_mib: int = 2048  # KV states kept with stored responses, further bounded by free disk
     grammar_cache_mib: int = 256  # compiled grammars kept for reuse
+    # the response database file in all (responses and KV states); 0: no cap but the disk. Past it
+    # storing answers 507 storage_full, as on a full disk (a shared disk's quota; tests use it too)
+    stored_file_mib: int = 0
 
 
 def _overridden(section: str, value):

@@ -40,8 +40,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.log_hub = LogHub()
         app.state.service = GenerationService(manager, app.state.log_hub)
         app.state.embeddings = EmbeddingService(manager)
-        store = ResponseStore()  # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses
-        app.state.conversations = Conversations(app.state.service, store)
+        # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses. A file that cannot be opened (not
+        # SQLite, no room) does not stop the server: storing is off, each stored request says why
+        budgets = settings.budgets
+        store = ResponseStore(file_cap_mib=budgets.stored_file_mib, tolerate_faults=True)
+        app.state.conversations = Conversations(app.state.service, store, budgets.stored_state_mib * 2**20)
         log_handler = install_server_log_handler(app.state.log_hub)
         try:
             yield

@@ -35,6 +35,7 @@ from studiolo.models.manager import (
 from studiolo.models.memory import InsufficientMemory
 from studiolo.service.generation import ConstraintFailed, GenerationFailed, UnloadedWhileGenerating
 from studiolo.service.types import InvalidRequest
+from studiolo.store.faults import StorageFull, StorageUnavailable
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ DOMAIN_ERRORS = (
     InvalidResponseId,
     InputTooLong,
     GenerationFailed,
+    StorageUnavailable,
 )
 
 
@@ -151,6 +153,10 @@ def from_domain(exc: Exception) -> APIError | None:
     if isinstance(exc, InsufficientMemory):
         # the request can be made to fit (a shorter context, fewer parallel sequences)
         return APIError(400, str(exc), param="model", code="insufficient_memory")
+    if isinstance(exc, StorageUnavailable):
+        # the disk or the database, not the request (nor a bug); retrying at once would not help
+        return APIError(507 if isinstance(exc, StorageFull) else 503, str(exc), type="server_error", code=exc.code,
+                        v1_type=exc.code, headers={"x-should-retry": "false"})
     return None
 
 

@@ -121,8 +121,7 @@ async def chat(body: ChatBody, request: Request):
     # stream says "error" is for what goes wrong once work is under way
     check_generation_model(manager, turn.model)
     if manager.needs_load(turn.model):  # the stream shows the load, so it starts first
-        if turn.previous_response_id is not None:
-            await conversations.check_exists(turn.previous_response_id)
+        await conversations.check_ready(turn)  # unknown previous id, storage fault
         return sse_response(_loading_events(conversations, turn))
     run = await conversations.start(turn)  # the model is loaded: this refuses at once (context, ids)
     return sse_response(_events(conversations, run), on_close=run.generation.cancel)
@@ -164,6 +163,8 @@ async def _result(conversations: Conversations, run: ConversationRun, reply: _Re
     result = _result_body(run.generation.instance.id, output, _stats(run.generation))
     if stored is not None:
         result["response_id"] = stored.id
+    elif run.storage_error is not None:  # the answer stands, unstored (docs/API.md, "Storage faults")
+        result["storage_error"] = from_domain(run.storage_error).body_v1()["error"]
     return result
 
 

@@ -84,7 +84,17 @@ async def _save(conversations: Conversations, run: ConversationRun, output: Outp
 
 def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> dict[str, Any]:
     usage = render.generation_usage(run.generation.usage)
-    return render.response_object(info, output.status, output.items, usage, completed_at=render.now())
+    body = render.response_object(info, output.status, output.items, usage, completed_at=render.now())
+    return _with_storage_error(body, run.storage_error)
+
+
+def _with_storage_error(body: dict[str, Any], fault: Exception | None) -> dict[str, Any]:
+    """An answer whose storing failed once it was written stands, marked unstored, with the error
+    beside it (docs/API.md, "Storage faults")."""
+    if fault is not None:
+        body["store"] = False
+        body["storage_error"] = from_domain(fault).body()["error"]
+    return body
 
 
 async def _complete(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
@@ -157,7 +167,7 @@ async def compact(body: CompactBody, request: Request) -> Any:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nothing was stored
     finally:
         run.generation.cancel()
-    return render.compacted_object(stored)
+    return _with_storage_error(render.compacted_object(stored), run.storage_error)
 
 
 @router.get("/responses/{response_id}")

@@ -6,7 +6,9 @@ foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log
 returns once the child itself answers ``/health``, not merely something on the port.
 
 A record can outlive its server (killed, crashed), and pids get reused, so a recorded pid
-counts only while its process is still a studiolo server.
+counts only while its process is still a studiolo server. A record that cannot be written (a full
+disk) does not stop the server: it serves what needs no disk, and says that ``status`` and ``stop``
+will not find it.
 """
 
 from __future__ import annotations
@@ -79,8 +81,14 @@ def _answering_pid(host: str, port: int) -> int | None:
 @contextmanager
 def _recorded(host: str, port: int):
     path = server_state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+    except OSError as exc:
+        _forget_partial_record(path)
+        logging.getLogger("studiolo.server").error(
+            "could not record this server in %s (%s): it serves anyway, but `studiolo server status` and "
+            "`studiolo server stop` will not find it (stop it with Ctrl+C or kill %d)", path, exc, os.getpid())
     try:
         yield
     finally:
@@ -89,6 +97,15 @@ def _recorded(host: str, port: int):
                 path.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _forget_partial_record(path: Path) -> None:
+    # a write cut short by a full disk leaves an empty or partial file, which would read as no server
+    try:
+        if path.is_file() and not path.read_text().strip().endswith("}"):
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _exit_on_sigterm(signum: int, frame) -> None:

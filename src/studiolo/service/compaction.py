@@ -10,19 +10,41 @@ then one ``compaction`` item whose ``encrypted_content`` is the summary (plain t
 is encrypted). It replaces everything else: the assistant's messages, tool calls and results,
 system and developer messages, and any earlier compaction item. It is stored as a response that
 starts a conversation of its own (its ancestors are not part of it), so a later turn continues from
-it by ``previous_response_id``; a client may as well pass the window back as input.
+it by ``previous_response_id``; a client may as well pass the window back as input. If storing fails
+once the summary is written (a storage fault), the summary is still returned, unstored, with
+``run.storage_error`` saying why; a fault known before is refused before the model runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, replace
 
-from studiolo.service.conversations import Conversations, conversation_items, settings_record, usage_record
+from studiolo.service.conversations import (
+    Conversations,
+    conversation_items,
+    settings_record,
+    usage_record,
+)
 from studiolo.service.generation import Generation
-from studiolo.service.items import Item, chat_messages, compaction_item, message_text, new_id
+from studiolo.service.items import (
+    Item,
+    chat_messages,
+    compaction_item,
+    message_text,
+    new_id,
+)
 from studiolo.service.tool_calls import check_tool_results
-from studiolo.service.types import ChatMessage, ChatRequest, Finished, GenerationOptions, InvalidRequest, TextDelta
+from studiolo.service.types import (
+    ChatMessage,
+    ChatRequest,
+    Finished,
+    GenerationOptions,
+    InvalidRequest,
+    TextDelta,
+)
+from studiolo.store.faults import StorageUnavailable
 from studiolo.store.responses import StoredResponse
 
 # a summary longer than this would hardly shorten a conversation a small local context can hold
@@ -50,6 +72,7 @@ class CompactRun:
     window: list[Item]
     options: GenerationOptions  # as used (the default max_tokens filled in)
     generation: Generation
+    storage_error: StorageUnavailable | None = None  # why the compacted window could not be stored
 
 
 class Compactions:
@@ -64,6 +87,7 @@ class Compactions:
         window = conversation_items(history) + request.items
         if not window:
             raise InvalidRequest("there is nothing to compact: give 'input' or 'previous_response_id'", "input")
+        await asyncio.to_thread(self.conversations.check_can_store, request.items, request.instructions)
         options = request.options
         if options.max_tokens is None:
             options = replace(options, max_tokens=DEFAULT_MAX_TOKENS)
@@ -84,9 +108,15 @@ class Compactions:
         output = _user_messages(run.window) + [compaction_item("".join(texts).strip())]
         details = {"generation": settings_record(run.options),
                    "compaction": {"previous_response_id": run.request.previous_response_id}}
-        return await asyncio.to_thread(
-            self.conversations.store.create, run.generation.model, [], output, usage_record(run.generation.usage),
-            status=status, metadata=details, response_id=run.id)
+        usage = usage_record(run.generation.usage)
+        try:
+            return await asyncio.to_thread(
+                self.conversations.store.create, run.generation.model, [], output, usage,
+                status=status, metadata=details, response_id=run.id)
+        except StorageUnavailable as fault:  # logged by the store; the summary is still the client's
+            run.storage_error = fault
+            return StoredResponse(run.id, run.generation.model, time.time(), None, [], output, usage, status,
+                                  None, details)
 
 
 def _summary_messages(window: list[Item], instructions: str | None) -> list[ChatMessage]:

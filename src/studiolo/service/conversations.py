@@ -11,22 +11,37 @@ Both stateful APIs (LM Studio's ``/api/v1/chat`` and OpenAI's ``/v1/responses``)
    hears of its end) with the items this turn added, its output items and its usage. A turn sent
    with ``store: false`` is not written; a turn the client abandoned is not either.
 
+Storage faults (a full disk, a read-only or damaged database: store/faults.py): a turn to be stored
+is refused before it is generated if the store already knows it cannot write (``StorageUnavailable``,
+``StorageFull``). If storing fails only once the answer is written, the answer is not thrown away:
+``save`` returns None as for ``store: false`` and ``run.storage_error`` says why, for the API to
+show beside the answer (docs/API.md, "Storage faults").
+
 Continuing from any earlier response branches the conversation: responses form a tree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from studiolo.config import Budgets
 from studiolo.service import saved_state
 from studiolo.service.generation import Generation, GenerationService
 from studiolo.service.items import Item, chat_messages, new_id
 from studiolo.service.tool_calls import check_tool_results
-from studiolo.service.types import ChatMessage, ChatRequest, GenerationOptions, Tools, Usage
+from studiolo.service.types import (
+    ChatMessage,
+    ChatRequest,
+    GenerationOptions,
+    Tools,
+    Usage,
+)
+from studiolo.store.faults import StorageUnavailable
 from studiolo.store.responses import ResponseNotFound, ResponseStore, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -51,13 +66,14 @@ class ConversationRun:
     turn: Turn
     generation: Generation
     history: list[StoredResponse] = field(default_factory=list)
+    storage_error: StorageUnavailable | None = None  # why the finished turn could not be stored
 
     @property
     def model(self) -> str:
         return self.generation.model
 
 
-STATE_BUDGET_BYTES = 2 * 2**30  # saved KV states on disk; the oldest go first
+STATE_BUDGET_BYTES = Budgets.stored_state_mib * 2**20  # saved KV states on disk, also bounded by free disk
 
 
 class Conversations:
@@ -70,6 +86,8 @@ class Conversations:
         history: list[StoredResponse] = []
         if turn.previous_response_id is not None:
             history = await asyncio.to_thread(self.store.conversation, turn.previous_response_id)
+        if turn.store:
+            await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
         messages = _messages(turn, history)
         options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
         request = ChatRequest(turn.model, messages, options, turn.ttl, tools=turn.tools,
@@ -92,6 +110,19 @@ class Conversations:
         """Raise as a continuation of ``response_id`` would (unknown or malformed id)."""
         await asyncio.to_thread(self.store.get, response_id)
 
+    async def check_ready(self, turn: Turn) -> None:
+        """Raise what ``start`` would for the store (unknown previous id, storage fault), before a load."""
+        if turn.previous_response_id is not None:
+            await self.check_exists(turn.previous_response_id)
+        if turn.store:
+            await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
+
+    def check_can_store(self, items: list[Item], instructions: str | None = None) -> None:
+        """StorageUnavailable (StorageFull) if a turn adding ``items`` could not be stored now: known
+        before it is generated, so no answer is computed only to be lost. Blocking: run it in a thread."""
+        need = len(json.dumps(items, ensure_ascii=False)) + len(instructions or "")
+        self.store.check_writable(need)
+
     async def save(
         self, run: ConversationRun, output: list[Item], status: str = "completed", details: dict | None = None
     ) -> StoredResponse | None:
@@ -101,11 +132,15 @@ class Conversations:
             return None
         generation = run.generation
         record = {"generation": settings_record(run.turn.options), **(details or {})}
-        stored = await asyncio.to_thread(
-            self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
-            previous_response_id=run.turn.previous_response_id, status=status,
-            instructions=run.turn.instructions, metadata=record, response_id=run.id,
-        )
+        try:
+            stored = await asyncio.to_thread(
+                self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
+                previous_response_id=run.turn.previous_response_id, status=status,
+                instructions=run.turn.instructions, metadata=record, response_id=run.id,
+            )
+        except StorageUnavailable as fault:  # logged by the store; the answer is still the client's
+            run.storage_error = fault
+            return None
         saved = generation.saved.get(0)
         if saved is not None:
             blob = saved_state.encode(generation.instance.key, generation.adapter_key, saved)
@@ -116,9 +151,8 @@ class Conversations:
         # the response is stored by now; its KV state only spares a later prefill, so failing to
         # keep it (a locked or full disk, a blob over SQLite's limit) must not fail the request
         try:
-            self.store.save_state(response_id, blob)
-            self.store.trim_states(self.state_budget)
-        except (sqlite3.Error, OSError, ResponseNotFound) as exc:  # not found: deleted meanwhile
+            self.store.keep_state(response_id, blob, self.state_budget)
+        except (StorageUnavailable, sqlite3.Error, OSError, ResponseNotFound) as exc:  # not found: deleted meanwhile
             log.warning("could not keep the KV state of %s (its continuation will prefill): %s", response_id, exc)
 
 

@@ -19,6 +19,12 @@ as long as a live response's history needs it. Children are never rewritten: the
 Durability: ``create`` commits before it returns (WAL, ``synchronous=FULL``), so a response
 whose id was handed out survives SIGKILL of the server and power loss.
 
+Faults (store/faults.py): a full disk, a read-only or damaged file, a file that is not SQLite raise
+``StorageUnavailable`` (``StorageFull``), logged once; with ``tolerate_faults`` (the server) a file
+that cannot be opened leaves the store closed, and it tries again at most every REOPEN_SECONDS, so
+moving a broken file aside brings storing back without a restart. Saved KV states are caches: they
+are sized against the free disk (store/space.py) and dropped before a response would be refused.
+
 Threads: one connection per store, shared by all threads under a lock. Every write is one
 small transaction (a row or a few) and one fsync: about 0.5 ms per ``create`` on the dev VM's
 disk, more on a slow one, so the server should call it through ``asyncio.to_thread``.
@@ -27,6 +33,7 @@ disk, more on a slow one, so the server should call it through ``asyncio.to_thre
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -35,46 +42,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from studiolo import config
+from studiolo.store import space
+from studiolo.store.faults import FaultLog, StorageFull, StorageUnavailable, classify
+from studiolo.store.schema import MIGRATIONS, StoreError, StoreVersionError  # noqa: F401 - the store's API
+from studiolo.store.schema import connect as _connect
+from studiolo.store.schema import write_transaction as _write_transaction
+
+log = logging.getLogger(__name__)
 
 ID_PREFIX = "resp_"
-BUSY_TIMEOUT_S = 10.0  # another process (a second server, a CLI) may hold the write lock
 MAX_CONVERSATION_LENGTH = 10_000  # longer chains mean a corrupt file, not a real chat
-
-# Step i brings the schema from version i to i + 1 (PRAGMA user_version). Append new steps;
-# never edit a released one, since files already at its version will not run it again.
-# STRICT tables (SQLite 3.37+) refuse a value of the wrong type instead of storing it.
-# Steps run with foreign keys on (the pragma cannot change inside a transaction).
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE responses (
-            id TEXT PRIMARY KEY,
-            previous_response_id TEXT REFERENCES responses(id),
-            model TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            status TEXT NOT NULL,
-            instructions TEXT,
-            input_items TEXT NOT NULL,
-            output_items TEXT NOT NULL,
-            usage TEXT NOT NULL,
-            metadata TEXT NOT NULL,
-            deleted_at REAL
-        ) STRICT""",
-        # Finding children: the foreign key check on delete, and tombstone removal.
-        "CREATE INDEX responses_by_previous ON responses(previous_response_id)",
-        """CREATE TABLE response_states (
-            response_id TEXT PRIMARY KEY REFERENCES responses(id) ON DELETE CASCADE,
-            data BLOB NOT NULL
-        ) STRICT""",
-    ),
-]
-
-
-class StoreError(Exception):
-    """Base of the response store's errors."""
-
+REOPEN_SECONDS = 5.0  # a store that could not be opened tries again at most this often
+PROBE_ID = ID_PREFIX + "probe"  # the row a writability probe inserts and rolls back
+_PROBE_INSERT = """INSERT INTO responses (id, model, created_at, status, input_items, output_items, usage, metadata)
+VALUES (?, '', 0, '', '[]', '[]', '{}', '{}')"""
 
 class ResponseNotFound(StoreError, LookupError):
     def __init__(self, response_id: str):
@@ -92,10 +76,6 @@ class ResponseIdTaken(StoreError, ValueError):
     def __init__(self, response_id: str):
         super().__init__(f"response id already used: {response_id}")
         self.response_id = response_id
-
-
-class StoreVersionError(StoreError):
-    """The file was written by a newer studiolo; it is left untouched."""
 
 
 class CorruptConversation(StoreError):
@@ -136,17 +116,38 @@ def check_response_id(response_id: object) -> str:
 
 
 class ResponseStore:
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, *, file_cap_mib: int = 0, tolerate_faults: bool = False):
+        """``file_cap_mib``: the most the database file may hold (0: what the disk has). ``tolerate_faults``:
+        a file that cannot be opened (not SQLite, unreadable, no room to create) leaves the store closed,
+        each use raising why, instead of raising here."""
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cap_bytes = file_cap_mib * space.MIB
+        self.faults = FaultLog()
         self._lock = threading.Lock()
-        self._conn = _connect(self.path)
+        self._conn: sqlite3.Connection | None = None
+        self._next_open = 0.0
+        self._state_bytes = 0
+        self._index_in_heap = False  # opened on a full disk: the WAL index could not be a -shm file
+        try:
+            self._open()
+        except StorageUnavailable as fault:
+            if not tolerate_faults:
+                raise
+            self.faults.failed(fault)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of saved KV states in the database now (for the server's memory and disk figures)."""
+        return self._state_bytes
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self._next_open = float("inf")  # closed on purpose: never reopened
 
-    def __enter__(self) -> ResponseStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -180,18 +181,63 @@ class ResponseStore:
             usage, status, instructions, {} if metadata is None else metadata,
         )
         row = _to_row(response)  # serialize before taking the lock: bad input writes nothing
-        with self._transaction() as conn:
+        try:
+            self._insert(row, report=False)
+        except StorageFull as fault:
+            # saved KV states are caches: all of them go before a response is refused for want of room
+            if not self._drop_states():
+                self.faults.failed(fault)
+                raise
+            self._insert(row)
+        return _from_row(row)  # a copy of what was stored: the caller's lists may change later
+
+    def _insert(self, row: tuple[Any, ...], report: bool = True) -> None:
+        rid, previous_response_id = row[0], row[_FIELDS.index("previous_response_id")]
+        with self._transaction(report) as conn:
             if previous_response_id is not None and not _is_live(conn, previous_response_id):
                 raise ResponseNotFound(previous_response_id)
             if conn.execute("SELECT 1 FROM responses WHERE id = ?", (rid,)).fetchone():
                 raise ResponseIdTaken(rid)  # tombstones too: an id names one response only
             conn.execute(f"INSERT INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-        return _from_row(row)  # a copy of what was stored: the caller's lists may change later
+
+    def _drop_states(self) -> int:
+        """Drops every saved KV state; how many there were."""
+        with self._transaction() as conn:
+            dropped = conn.execute("DELETE FROM response_states").rowcount
+            self._state_bytes = 0
+        if dropped:
+            log.warning("dropped all %d saved KV states to make room in %s (their conversations will prefill)",
+                        dropped, self.path)
+        return dropped
+
+    def check_writable(self, need_bytes: int = 0) -> None:
+        """Raise StorageUnavailable (StorageFull) if storing ``need_bytes`` more would fail for a reason
+        known now, before any work is spent on what is to be stored. A probe row is inserted and rolled
+        back (no fsync): that finds a read-only or damaged file; free disk and the size cap find no room."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn, commit=False):
+                    conn.execute(_PROBE_INSERT, (PROBE_ID,))
+                room = space.measure(conn, self.path, self.cap_bytes)
+            except (sqlite3.Error, OSError) as exc:
+                raise self._fault(exc) from exc
+            # the states can be dropped to make room (create does it)
+            if room.bytes + self._state_bytes < need_bytes + space.WRITE_MARGIN_BYTES:
+                raise self._no_room(room, need_bytes)
+
+    def _no_room(self, room: space.Room, need_bytes: int) -> StorageFull:
+        fault = StorageFull(
+            f"no room to store this turn in {self.path}: {room.bytes / space.MIB:.1f} MiB are left{self._cap_note()}, "
+            f"{(need_bytes + space.WRITE_MARGIN_BYTES) / space.MIB:.1f} MiB are needed; storing is off until space is "
+            "freed; requests with store: false still work", "no room left")
+        self.faults.failed(fault)
+        return fault
 
     def get(self, response_id: str) -> StoredResponse:
         check_response_id(response_id)
-        with self._lock:
-            row = self._conn.execute(
+        with self._reading() as conn:
+            row = conn.execute(
                 f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND deleted_at IS NULL",
                 (response_id,),
             ).fetchone()
@@ -207,8 +253,8 @@ class ResponseStore:
         """The chain from the root to response_id, oldest first; deleted ancestors included."""
         check_response_id(response_id)
         limit = MAX_CONVERSATION_LENGTH
-        with self._lock:
-            rows = self._conn.execute(_CHAIN_QUERY, (response_id, limit)).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(_CHAIN_QUERY, (response_id, limit)).fetchall()
         if not rows or rows[-1][0] is not None:  # rows[-1] is response_id's own row
             raise ResponseNotFound(response_id)
         chain = [_from_row(row[1:]) for row in rows]
@@ -230,6 +276,7 @@ class ResponseStore:
                 "UPDATE responses SET deleted_at = ? WHERE id = ?", (time.time(), response_id)
             )
             _remove_unneeded_tombstones(conn, response_id)
+            self._state_bytes = _state_bytes(conn)
 
     def save_state(self, response_id: str, data: bytes) -> None:
         """Keeps an opaque blob (a saved KV-cache state) with the response, replacing any other.
@@ -244,12 +291,43 @@ class ResponseStore:
                 "INSERT OR REPLACE INTO response_states (response_id, data) VALUES (?, ?)",
                 (response_id, bytes(data)),
             )
+            self._state_bytes = _state_bytes(conn)
+
+    def keep_state(self, response_id: str, data: bytes, budget_bytes: int) -> bool:
+        """Saves a KV state if it fits what states may take (``budget_bytes``, and a share of the room
+        left: store/space.py), dropping the oldest others to make it fit; False if it alone does not."""
+        check_response_id(response_id)
+        with self._transaction() as conn:
+            if not _is_live(conn, response_id):
+                raise ResponseNotFound(response_id)
+            room = space.measure(conn, self.path, self.cap_bytes)
+            allowance = space.state_allowance(room, self._state_bytes, budget_bytes)
+            if len(data) > allowance:
+                log.info("the KV state of %s (%.1f MiB) is over what states may take (%.1f MiB); its "
+                         "continuation will prefill", response_id, len(data) / space.MIB, allowance / space.MIB)
+                return False
+            conn.execute("DELETE FROM response_states WHERE response_id = ?", (response_id,))
+            _drop_oldest_states(conn, allowance - len(data))
+            conn.execute("INSERT INTO response_states (response_id, data) VALUES (?, ?)", (response_id, bytes(data)))
+            self._state_bytes = _state_bytes(conn)
+        if len(data) > space.WAL_KEEP_BYTES:
+            self._shrink_wal()
+        return True
+
+    def _shrink_wal(self) -> None:
+        """Copies the WAL into the file and cuts it to nothing: a big state would otherwise leave a WAL as
+        large as itself on the disk until the next write. Best effort: a reader may hold it (BUSY)."""
+        with self._lock:
+            try:
+                self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, StorageUnavailable) as exc:
+                log.debug("could not truncate the WAL of %s: %s", self.path, exc)
 
     def load_state(self, response_id: str) -> bytes | None:
         """The saved blob, or None if the response has none."""
         check_response_id(response_id)
-        with self._lock:
-            row = self._conn.execute(
+        with self._reading() as conn:
+            row = conn.execute(
                 "SELECT r.deleted_at IS NULL, s.data FROM responses r "
                 "LEFT JOIN response_states s ON s.response_id = r.id WHERE r.id = ?",
                 (response_id,),
@@ -262,23 +340,102 @@ class ResponseStore:
         """Drop the oldest responses' saved states until the rest fit in ``budget_bytes``; returns
         how many were dropped. (States are caches: a conversation without one is prefilled again.)"""
         with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT s.response_id, length(s.data) FROM response_states s "
-                "JOIN responses r ON r.id = s.response_id ORDER BY r.created_at DESC"
-            ).fetchall()
-            kept, dropped = 0, []
-            for response_id, size in rows:
-                kept += size
-                if kept > budget_bytes:
-                    dropped.append((response_id,))
-            conn.executemany("DELETE FROM response_states WHERE response_id = ?", dropped)
-        return len(dropped)
+            dropped = _drop_oldest_states(conn, budget_bytes)
+            self._state_bytes = _state_bytes(conn)
+        return dropped
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            with _write_transaction(self._conn) as conn:
+            conn = self._connection()
+            try:
                 yield conn
+            except (sqlite3.Error, OSError) as exc:
+                raise self._fault(exc) from exc
+
+    @contextmanager
+    def _transaction(self, report: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction; ``report``: False when the caller handles a fault itself (it is then
+        neither logged nor counted as storage working again)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn):
+                    yield conn
+            except (sqlite3.Error, OSError) as exc:
+                raise self._fault(exc, report) from exc
+            if report:
+                self.faults.worked()
+
+    def _fault(self, exc: BaseException, report: bool = True) -> BaseException:
+        """The storage fault ``exc`` stands for (logged once), or ``exc`` itself if it is a bug."""
+        fault = classify(exc, self.path)
+        if fault is None:
+            return exc
+        if isinstance(fault, StorageFull) and self.cap_bytes:
+            fault = StorageFull(f"{fault}{self._cap_note()}", fault.reason)
+        if report:
+            self.faults.failed(fault)
+        return fault
+
+    def _cap_note(self) -> str:
+        cap = self.cap_bytes // space.MIB
+        return f" (budgets.stored_file_mib caps the file at {cap} MiB)" if cap else ""
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection; a store that could not be opened tries again (at most every
+        REOPEN_SECONDS) and raises why it is still closed. Call with the lock held."""
+        if self._index_in_heap and time.monotonic() >= self._next_open and not space.disk_full(self.path):
+            # room again: reopen as usual, so that other processes (studiolo store check) can read too
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._index_in_heap = None, False
+        if self._conn is None:
+            if time.monotonic() < self._next_open and self.faults.current is not None:
+                raise self.faults.current
+            try:
+                self._open()
+            except StorageUnavailable as fault:
+                self.faults.failed(fault)
+                raise
+            log.warning("the response store %s is open", self.path)
+        assert self._conn is not None
+        return self._conn
+
+    def _open(self) -> None:
+        self._next_open = time.monotonic() + REOPEN_SECONDS
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(self.path, self.cap_bytes)
+        except (sqlite3.Error, OSError) as exc:
+            fault = classify(exc, self.path)
+            if fault is None:
+                raise
+            if not space.disk_full(self.path):
+                raise fault from exc
+            conn = self._open_on_full_disk(fault)
+        try:
+            self._state_bytes = _state_bytes(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise classify(exc, self.path) or exc from exc
+        self._conn = conn
+
+    def _open_on_full_disk(self, fault: StorageUnavailable) -> sqlite3.Connection:
+        """On a full disk SQLite cannot size the -shm file that WAL readers share: open with the WAL
+        index in this process's memory (exclusive locking), so stored responses still read; writes fail
+        as a full disk makes them, and the store reopens as usual once there is room."""
+        try:
+            conn = _connect(self.path, self.cap_bytes, exclusive=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageFull(f"the disk holding {self.path} is full ({fault.reason}): stored responses cannot be "
+                              "read or written until space is freed; requests with store: false still work",
+                              fault.reason) from exc
+        self._index_in_heap = True
+        full = StorageFull(f"the disk holding {self.path} is full: stored responses are read, but storing is off "
+                           "until space is freed; requests with store: false still work", "disk full at open")
+        self.faults.failed(full)
+        return conn
 
 
 # Walks up from the given id; the final join drops a missing id (and a missing ancestor,
@@ -295,60 +452,24 @@ FROM chain JOIN responses r ON r.id = chain.id ORDER BY chain.depth DESC
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    try:
-        _schema_version(conn, path)  # before any pragma that could write to the file
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(f"{path}: cannot use WAL journal mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
-        conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+def _state_bytes(conn: sqlite3.Connection) -> int:
+    # length() of a blob reads its size from the record header, not its pages
+    return conn.execute("SELECT coalesce(sum(length(data)), 0) FROM response_states").fetchone()[0]
 
 
-def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
-    """The file's version; StoreVersionError if newer than the migrations this code has."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StoreVersionError(
-            f"{path} has schema version {version}, newer than this studiolo knows "
-            f"({len(MIGRATIONS)}); upgrade studiolo or use another file. The file was not changed."
-        )
-    return version
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Applies the missing steps, each in its own transaction with its new version number."""
-    while True:
-        with _write_transaction(conn):
-            # Read again under the write lock: another process may have migrated meanwhile.
-            version = _schema_version(conn, path)
-            if version == len(MIGRATIONS):
-                return
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-
-
-@contextmanager
-def _write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE takes the write lock at once, so the checks inside see what the write will.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def _drop_oldest_states(conn: sqlite3.Connection, keep_bytes: int) -> int:
+    """Deletes the oldest responses' states until the rest hold at most ``keep_bytes``; how many went."""
+    rows = conn.execute(
+        "SELECT s.response_id, length(s.data) FROM response_states s "
+        "JOIN responses r ON r.id = s.response_id ORDER BY r.created_at DESC"
+    ).fetchall()
+    kept, dropped = 0, []
+    for response_id, size in rows:
+        kept += size
+        if kept > keep_bytes:
+            dropped.append((response_id,))
+    conn.executemany("DELETE FROM response_states WHERE response_id = ?", dropped)
+    return len(dropped)
 
 
 def _is_live(conn: sqlite3.Connection, response_id: str) -> bool:
