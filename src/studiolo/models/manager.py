@@ -397,10 +397,10 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
 
 def _footprint(model: LlamaModel, engine: Engine | EmbeddingEngine) -> LoadEstimate:
     """The memory an instance holds at most: its weights (mapped from the file), its KV cells (every
-    sequence's: resident as they fill up), llama.cpp's compute buffer, and the output buffer at its
-    largest (a row of logits per token of a batch, when a request scores every prompt token).
-    Sizes are what llama.cpp logged when it created the context; models/memory.py's estimate
-    where it logged none."""
+    sequence's; llama.cpp clears them at creation, so they are resident from the load on), its
+    compute buffer, and its output buffer at its largest (a row of logits per token of a batch,
+    when a request scores every prompt token). Sizes are what llama.cpp logged when it created the
+    context; models/memory.py's estimate where it logged none."""
     context = engine.context
     logged = context.buffer_bytes
     estimated = estimate(model, context.n_ctx if context.has_memory else 0, context.n_batch)
