@@ -28,6 +28,7 @@ from studiolo.cli.models_cmd import (
     with_memory,
 )
 from studiolo.engine import process_memory
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.prompt_cache import PromptCache, PromptCachePool
 from studiolo.service.model_log import LogHub, event_bytes, model_input_event
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
@@ -117,6 +118,21 @@ def test_resident_memory_is_read_from_the_kernel(tmp_path):
     assert isinstance(process_memory.trim(), bool)
 
 
+SMOLLM_KV_BYTES_PER_CELL = 30 * 3 * (64 + 64) * 2  # layers x KV heads x (key + value dims) x f16
+
+
+def test_a_context_knows_the_buffers_llama_cpp_allocated_for_it(default_models):
+    model = LlamaModel(default_models[SMOLLM])
+    context = LlamaContext(model, ContextParams(n_ctx=512, n_batch=64, n_seq_max=1, n_threads=1))
+    try:
+        sizes = context.buffer_bytes
+        assert sizes["kv"] == 512 * SMOLLM_KV_BYTES_PER_CELL
+        assert sizes["compute"] > 0 and sizes["output"] >= model.n_vocab * 4  # a row of logits at least
+    finally:
+        context.close()
+        model.close()
+
+
 def test_ps_memory_tables_read_like_the_figures():
     assert [human_memory(n) for n in (0, 1023, 4 * MIB, 3 * 2**30 // 2, None, True, -1)] == [
         "0 B", "1023 B", "4.0 MiB", "1.5 GiB", "—", "—", "—"]
@@ -189,8 +205,7 @@ def test_the_prompt_cache_stays_within_its_budget_and_keeps_the_newest(budget_ht
     assert MIB < cache["used_bytes"] <= PROMPT_CACHE_MIB * MIB  # one entry (~3 MB) of the five offered
     [instance] = report["instances"]
     assert instance["id"] == SMOLLM and instance["weights_bytes"] == default_models[SMOLLM].stat().st_size
-    # 2 sequences x 1024 cells x 30 layers x 3 KV heads x (64 + 64) x 2 bytes
-    assert instance["kv_cache_bytes"] == 2 * 1024 * 30 * 3 * 128 * 2
+    assert instance["kv_cache_bytes"] == 2 * 1024 * SMOLLM_KV_BYTES_PER_CELL  # 2 sequences of 1024 cells
     assert instance["compute_bytes"] > 0 and instance["running_sequences"] == instance["queued_sequences"] == 0
     assert report["accounted_bytes"] >= (instance["weights_bytes"] + instance["kv_cache_bytes"]
                                          + instance["compute_bytes"] + cache["used_bytes"])
@@ -231,4 +246,4 @@ def test_ps_prints_each_instances_memory_and_the_caches(budget_server, budget_ht
     assert any(line.startswith("Resident memory: ") and "(peak " in line for line in lines)
 
     [instance] = json.loads(studiolo(budget_server, "ps", "--json").stdout)
-    assert instance["memory"]["kv_cache_bytes"] == 2 * 1024 * 30 * 3 * 128 * 2
+    assert instance["memory"]["kv_cache_bytes"] == 2 * 1024 * SMOLLM_KV_BYTES_PER_CELL
