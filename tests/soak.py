@@ -288,7 +288,9 @@ def soak(options: argparse.Namespace) -> list[str]:
             phase.seconds = time.monotonic() - started
             phase.peak_rss, phase.end_rss = sampler.peak_since(mark), sampler.rss()
             phases.append(phase)
-        if background.requests:
+        if background.requests:  # it ran beside the hostile round
+            background.seconds, background.peak_rss, background.end_rss = (
+                phases[-1].seconds, phases[-1].peak_rss, phases[-1].end_rss)
             phases.append(background)
         mark, started = sampler.mark(), time.monotonic()
         end = wait_for_idle(server.base_url, options.idle)
