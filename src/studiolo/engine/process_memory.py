@@ -20,6 +20,7 @@ import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
 
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
