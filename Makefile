@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models serve test test-stress bench clean
+.PHONY: setup models serve test test-stress soak bench clean
 
 setup: $(INSTALLED) models
 
@@ -38,6 +38,12 @@ test: setup
 # busy: what a loaded CI machine does to timing. Logs in build/stress/.
 test-stress: setup
 	$(PY) -m tests.stress --runs $(or $(RUNS),3)
+
+# A real server on loopback under 64 concurrent streams, 500 aborted ones and every hostile case
+# of tests/test_hostile_*.py, its memory sampled; fails on any error, 5xx, leaked sequence, or
+# memory not back under its budgets after a short idle (tests/soak.py). 3-5 minutes on 2 cores.
+soak: setup
+	$(PY) -m tests.soak
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

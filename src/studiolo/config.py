@@ -50,7 +50,9 @@ class EngineSettings:
     parallel: int = 4  # sequences decoded together ("Max Concurrent Predictions")
     batch_size: int = 512  # tokens per llama_decode: bounds chunked prefill
     threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    prompt_cache_mib: int = 2048  # RAM for cached prompt prefixes moved out of the KV cache
+    # each engine's cap on its RAM prompt cache; a server's manager sets it from the one setting,
+    # Budgets.prompt_cache_mib (which also bounds all engines' caches together)
+    prompt_cache_mib: int = field(default_factory=lambda: Budgets().prompt_cache_mib)
 
 
 @dataclass
@@ -83,6 +85,9 @@ class Budgets:
     # the response database file in all (responses and KV states); 0: no cap but the disk. Past it
     # storing answers 507 storage_full, as on a full disk (a shared disk's quota; tests use it too)
     stored_file_mib: int = 0
+    # `studiolo log stream` events not read yet, all readers together (a
+    # reader that falls behind loses its oldest ones); a model input event carries the whole prompt
+    log_queue_mib: int = 64
 
 
 def _overridden(section: str, value):

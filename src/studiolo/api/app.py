@@ -17,6 +17,7 @@ from studiolo.api.lmstudio_chat import router as v1_chat_router
 from studiolo.api.lmstudio_v0 import router as v0_router
 from studiolo.api.lmstudio_v1 import router as v1_router
 from studiolo.api.log_routes import router as log_router
+from studiolo.api.memory_routes import router as memory_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.api.responses_routes import router as responses_router
 from studiolo.config import ServerSettings, models_dir
@@ -25,6 +26,7 @@ from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
 from studiolo.service.conversations import Conversations
 from studiolo.service.embeddings import EmbeddingService
+from studiolo.service.memory import MIB, MemoryMonitor
 from studiolo.service.generation import GenerationService
 from studiolo.service.model_log import LogHub, install_server_log_handler, remove_server_log_handler
 
@@ -35,9 +37,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         manager = ModelManager(Catalog(models_dir()), settings.engine, jit_loading=settings.jit_loading,
-                               auto_evict=settings.auto_evict)
+                               auto_evict=settings.auto_evict, budgets=settings.budgets)
         app.state.settings = settings
-        app.state.log_hub = LogHub()
+        app.state.log_hub = LogHub(budget_bytes=settings.budgets.log_queue_mib * MIB)
         app.state.service = GenerationService(manager, app.state.log_hub)
         app.state.embeddings = EmbeddingService(manager)
         # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses. A file that cannot be opened (not
@@ -46,12 +48,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         store = ResponseStore(file_cap_mib=budgets.stored_file_mib, tolerate_faults=True)
         app.state.conversations = Conversations(app.state.service, store, budgets.stored_state_mib * 2**20)
         log_handler = install_server_log_handler(app.state.log_hub)
+        app.state.memory = MemoryMonitor(manager, app.state.log_hub)  # other caches register here
+        app.state.memory.start()
         try:
             yield
         finally:
             downloads = getattr(app.state, "downloads", None)
             if downloads is not None:
                 await asyncio.to_thread(downloads.close)  # partial files stay, to resume
+            await app.state.memory.close()
             await manager.close()
             store.close()
             remove_server_log_handler(log_handler)
@@ -69,4 +74,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(v1_chat_router)
     app.include_router(download_router)
     app.include_router(log_router)
+    app.include_router(memory_router)
     return app

@@ -2,6 +2,7 @@
 
 Each command calls a running server's LM Studio REST API (``/api/v1/models``, ``.../load``,
 ``.../unload``) through ``cli.client``, which starts a local server first when none answers.
+``ps`` also reads studiolo's memory figures (``/studiolo/memory``), when the server has them.
 Tables are for people (rich); ``--json`` prints one plain JSON document for scripts, and
 notices (such as a server being started) go to stderr so that stdout stays parseable.
 """
@@ -123,6 +124,56 @@ def instances_table(instances: list[dict]) -> Table:
     return table
 
 
+MEMORY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_memory(size_bytes: Any) -> str:
+    """Bytes of memory in binary units, as budgets are set (``prompt_cache_mib``): ``2.0 GiB``."""
+    if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes < 0:
+        return NONE
+    size, unit = float(size_bytes), 0
+    while size >= 1024 and unit < len(MEMORY_UNITS) - 1:
+        size, unit = size / 1024, unit + 1
+    return f"{size_bytes} B" if unit == 0 else f"{size:.1f} {MEMORY_UNITS[unit]}"
+
+
+def with_memory(instances: list[dict], figures: dict | None) -> list[dict]:
+    """Each instance with its memory figures (weights, KV cache, compute, live sequences) added."""
+    by_id = {figure.get("id"): {name: value for name, value in figure.items() if name not in ("id", "model_key")}
+             for figure in (figures or {}).get("instances", [])}
+    return [{**instance, "memory": by_id[instance["identifier"]]} if instance["identifier"] in by_id else instance
+            for instance in instances]
+
+
+def instance_memory_table(instances: list[dict]) -> Table:
+    table = Table(title="Memory", title_justify="left", title_style="bold")
+    for header in ("Identifier", "Weights", "KV cache", "Compute", "Sequences"):
+        table.add_column(header, justify="left" if header == "Identifier" else "right")
+    for instance in instances:
+        memory = instance.get("memory") or {}
+        sequences = [memory.get("running_sequences"), memory.get("queued_sequences")]
+        table.add_row(
+            cell(instance["identifier"]), human_memory(memory.get("weights_bytes")),
+            human_memory(memory.get("kv_cache_bytes")), human_memory(memory.get("compute_bytes")),
+            NONE if None in sequences else f"{sequences[0]} running, {sequences[1]} queued",
+        )
+    return table
+
+
+def caches_table(caches: dict[str, dict]) -> Table:
+    table = Table()
+    for header in ("Cache", "Used", "Budget"):
+        table.add_column(header, justify="left" if header == "Cache" else "right")
+    for name, figure in caches.items():
+        table.add_row(name, human_memory(figure.get("used_bytes")), human_memory(figure.get("budget_bytes")))
+    return table
+
+
+def resident_line(figures: dict) -> str:
+    return (f"Resident memory: {human_memory(figures.get('resident_bytes'))} "
+            f"(peak {human_memory(figures.get('peak_resident_bytes'))})")
+
+
 def models_summary(models: list[dict]) -> str:
     total = sum(model["size_bytes"] for model in models if isinstance(model.get("size_bytes"), int))
     noun = "model" if len(models) == 1 else "models"
@@ -146,6 +197,16 @@ def print_json(document: Any) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def memory_figures(server: StudioloClient) -> dict | None:
+    """``GET /studiolo/memory``, or None from a server that has no such route or fails to answer it:
+    the figures are extra, ``ps`` shows the instances without them."""
+    try:
+        answer = server.request("GET", "/studiolo/memory")
+    except ServerError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def server_for(host: str, port: int | None) -> StudioloClient:
@@ -202,12 +263,25 @@ def ps_command(
             instances = instances_of(server.list_models())
         except ServerError as error:
             fail(str(error))
+        figures = memory_figures(server) if instances else None
+    instances = with_memory(instances, figures)
     if as_json:
         print_json(instances)
     elif not instances:
         typer.echo("No models are loaded. Load one with `studiolo load <model>`.")
     else:
-        table_console().print(instances_table(instances))
+        print_instances(instances, figures)
+
+
+def print_instances(instances: list[dict], figures: dict | None) -> None:
+    console = table_console()
+    console.print(instances_table(instances))
+    if figures is None:  # a server without studiolo's memory figures (LM Studio, an older studiolo)
+        return
+    console.print()
+    console.print(instance_memory_table(instances))
+    console.print(caches_table(figures.get("caches") or {}))
+    console.print(resident_line(figures))
 
 
 def load_command(

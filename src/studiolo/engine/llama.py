@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -38,14 +39,23 @@ def _init_backend() -> None:
 _LLAMA_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _llama_logger = logging.getLogger("studiolo.llama")
 _last_llama_level = [0]
+# What llama.cpp says it allocated while a context is created ("CPU KV buffer size = 45.00 MiB",
+# "CPU compute buffer size = ...", "CPU  output buffer size = ..."): the C API has no call for it.
+_BUFFER_SIZE = re.compile(rb"\b(KV|RS|compute|output) buffer size =\s*([0-9.]+) MiB")
+_buffer_sizes = threading.local()  # .sizes: a dict while this thread creates a context
 
 
 @llama.llama_log_callback
 def _forward_llama_log(level, text, user_data):  # noqa: ANN001 - ctypes signature
-    """llama.cpp narrates every load on stderr; keep its warnings and errors, in our log."""
+    """llama.cpp narrates every load on stderr; keep its warnings and errors, in our log, and the
+    sizes of the buffers a context allocates."""
     if level == 5:
         level = _last_llama_level[0]
     _last_llama_level[0] = level
+    sizes = getattr(_buffer_sizes, "sizes", None)
+    if sizes is not None and (found := _BUFFER_SIZE.search(text)):
+        kind = found.group(1).decode().lower()
+        sizes[kind] = sizes.get(kind, 0) + round(float(found.group(2)) * 2**20)
     python_level = _LLAMA_LOG_LEVELS.get(level)
     if python_level is not None:
         _llama_logger.log(python_level, text.decode("utf-8", errors="replace").rstrip())
@@ -62,6 +72,10 @@ def bert_normalized(text: str) -> str:
     two tokenizers agree."""
     decomposed = unicodedata.normalize("NFD", text)
     return "".join(char for char in decomposed if unicodedata.category(char) != "Mn").lower()
+
+
+# a bytes object (33 bytes and its text), an int key, and a slot of the dict (about 2 x 3 words)
+PIECE_ENTRY_BYTES = 33 + 28 + 48
 
 
 class ModelClosed(RuntimeError):
@@ -92,6 +106,7 @@ class LlamaModel:
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
         self._pieces: dict[bool, dict[int, bytes]] = {False: {}, True: {}}
+        self.pieces_bytes = 0  # what _pieces holds, roughly: bounded by the vocabulary, reported as a figure
         # held by other threads that read the vocabulary at length (llguidance's tokenizer
         # build, grammar compiles) or load adapters onto the model, so that close() waits for them
         self.vocabulary_lock = threading.RLock()
@@ -178,6 +193,7 @@ class LlamaModel:
                 buf = ctypes.create_string_buffer(-n)
                 n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
             piece = cache[token] = buf.raw[:n]
+            self.pieces_bytes += PIECE_ENTRY_BYTES + len(piece)
         return piece
 
     def token_text_special(self, token: int) -> str:
@@ -239,7 +255,14 @@ class LlamaContext:
         cparams.swa_full = True
         cparams.no_perf = True
         cparams.embeddings = params.embeddings
-        handle = llama.llama_init_from_model(model.handle, cparams)
+        _buffer_sizes.sizes = {}
+        try:
+            handle = llama.llama_init_from_model(model.handle, cparams)
+            # bytes per kind ("kv", "rs" for recurrent state, "compute", "output") as llama.cpp logged
+            # them at creation; empty if it did not
+            self.buffer_bytes: dict[str, int] = _buffer_sizes.sizes
+        finally:
+            _buffer_sizes.sizes = None
         if not handle:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.model = model
@@ -247,6 +270,7 @@ class LlamaContext:
         self._memory = llama.llama_get_memory(handle)
         self.n_ctx: int = llama.llama_n_ctx(handle)
         self.n_batch = params.n_batch
+        self.embeddings = params.embeddings
         self.n_threads = params.n_threads
         self.batch = Batch(params.n_batch)
         self._adapter: LoraAdapter | None = None
@@ -300,6 +324,11 @@ class LlamaContext:
     @property
     def handle(self):
         return self._handle
+
+    @property
+    def has_memory(self) -> bool:
+        """Whether the context keeps a KV cache (BERT-like embedding models have none)."""
+        return bool(self._memory)
 
     # --- KV cache -------------------------------------------------------------------
 

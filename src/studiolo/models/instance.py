@@ -12,6 +12,7 @@ from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
 from studiolo.models.catalog import CatalogEntry
 from studiolo.models.gguf_info import ModelInfo
+from studiolo.models.memory import LoadEstimate
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Instance:
     jit: bool  # loaded by a request (auto-evict applies) rather than explicitly
     ttl: float | None
     load_seconds: float
+    footprint: LoadEstimate  # weights, KV cache and compute buffers of this instance, in bytes
     loaded_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.monotonic)
 
@@ -63,5 +65,7 @@ class Instance:
 
     def close(self) -> None:
         self.engine.close()
+        if isinstance(self.engine, Engine):
+            self.engine.slots.cache.clear()  # its states count against the process's budget until freed
         forget_constraints(self.model)  # its llguidance tokenizer points into the model's vocabulary
         self.model.close()

@@ -24,15 +24,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from studiolo.config import EngineSettings
+from studiolo.config import Budgets, EngineSettings
 from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
+from studiolo.engine.prompt_cache import POOL as PROMPT_CACHE
 from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
-from studiolo.models.memory import check_fits, estimate
+from studiolo.models.memory import LoadEstimate, check_fits, estimate
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,14 @@ class ModelManager:
         jit_loading: bool = True,
         auto_evict: bool = True,
         evict_wait_seconds: float = EVICT_WAIT_SECONDS,
+        budgets: Budgets | None = None,
     ):
         self.catalog = catalog
-        self.settings = settings
+        budgets = budgets or Budgets()
+        # The budget is the one setting: every engine's prompt cache takes it as its own cap, and
+        # all of them together are held to it (engine/prompt_cache.py).
+        PROMPT_CACHE.budget_bytes = budgets.prompt_cache_mib * 2**20
+        self.settings = replace(settings, prompt_cache_mib=budgets.prompt_cache_mib)
         self.jit_loading = jit_loading
         self.auto_evict = auto_evict
         self.evict_wait_seconds = evict_wait_seconds
@@ -130,6 +136,10 @@ class ModelManager:
 
     def loaded(self) -> list[Instance]:
         return list(self._instances.values())
+
+    def prompt_cache_usage(self) -> tuple[int, int | None]:
+        """Bytes the RAM prompt caches of all loaded models hold, and their budget together."""
+        return PROMPT_CACHE.used_bytes, PROMPT_CACHE.budget_bytes
 
     def instances_of(self, key: str) -> list[Instance]:
         return [i for i in self._instances.values() if i.key == key]
@@ -248,12 +258,12 @@ class ModelManager:
             )
             started = time.perf_counter()
             try:
-                model, engine, info = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
+                model, engine, info, footprint = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
             except ModelFileUnloadable as exc:
                 self._remember_unloadable(entry.path, exc)
                 raise
             instance = Instance(instance_id, entry, info, model, engine, settings, jit, config.ttl,
-                                load_seconds=time.perf_counter() - started)
+                                load_seconds=time.perf_counter() - started, footprint=footprint)
             self._instances[instance_id] = instance
         log.info("loaded %s as %s in %.2fs%s", entry.key, instance_id, instance.load_seconds,
                  f" (ttl {config.ttl:g}s)" if config.ttl is not None else "")
@@ -375,13 +385,31 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
         engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings)
+        footprint = _footprint(model, engine)
     except ModelLoadError as exc:
         model.close()
         raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
     except BaseException:
         model.close()
         raise
-    return model, engine, info
+    return model, engine, info, footprint
+
+
+def _footprint(model: LlamaModel, engine: Engine | EmbeddingEngine) -> LoadEstimate:
+    """The memory an instance holds at most: its weights (mapped from the file), its KV cells (every
+    sequence's; llama.cpp clears them at creation, so they are resident from the load on), its
+    compute buffer, and its output buffer at its largest (a row of logits per token of a batch,
+    when a request scores every prompt token). Sizes are what llama.cpp logged when it created the
+    context; models/memory.py's estimate where it logged none."""
+    context = engine.context
+    logged = context.buffer_bytes
+    estimated = estimate(model, context.n_ctx if context.has_memory else 0, context.n_batch)
+    row = model.n_embd_out if context.embeddings else model.n_vocab  # float32 values per output row
+    largest_outputs = context.n_batch * row * 4
+    if "compute" not in logged:
+        return estimated
+    return LoadEstimate(estimated.weights, logged.get("kv", 0) + logged.get("rs", 0),
+                        logged["compute"] + max(largest_outputs, logged.get("output", 0)))
 
 
 __all__ = [

@@ -8,13 +8,18 @@ Publishing sits on every request's path and on every log call, from the event lo
 engine or library threads alike, so it never blocks and never raises, and with nobody listening
 it costs one dictionary lookup. Each subscriber has its own bounded queue: a reader that falls
 behind loses its oldest events (and is told how many) rather than slowing the server or growing
-its memory.
+its memory. Queues are bounded in events and in bytes: a model input event carries the whole
+prompt (megabytes, for a long one), so 256 of them could hold a gigabyte. The hub's
+``budget_bytes`` (``Budgets.log_queue_mib``) is shared by its readers in equal parts; an event
+counts what its strings take (``sys.getsizeof``) once per reader that holds it, an upper bound
+since readers share it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -24,6 +29,7 @@ from typing import Any
 
 SOURCES = ("model", "server")
 DEFAULT_MAX_PENDING = 256  # events a subscriber may fall behind by before the oldest are dropped
+DEFAULT_BUDGET_BYTES = 64 * 2**20  # Budgets.log_queue_mib's default
 
 # uvicorn's loggers, parents first so a child that propagates to an attached parent is skipped
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -41,7 +47,8 @@ class Subscription:
         self.source = source
         self._hub = hub
         self._max_pending = max_pending
-        self._events: deque[dict[str, Any]] = deque()
+        self._events: deque[tuple[dict[str, Any], int]] = deque()  # with each event's size
+        self.pending_bytes = 0
         self._dropped = 0
         self._lock = threading.Lock()  # publishers on other threads touch the queue too
         self._loop = asyncio.get_running_loop()
@@ -49,13 +56,16 @@ class Subscription:
         self._ready = asyncio.Event()
         self._wake_scheduled = False  # one pending wake-up is enough, however many events arrive
 
-    def offer(self, event: dict[str, Any]) -> None:
-        """Queue an event, dropping the oldest if full; safe from any thread, never blocks."""
+    def offer(self, event: dict[str, Any], size: int = 0, max_bytes: int | None = None) -> None:
+        """Queue an event of ``size`` bytes, dropping the oldest while the queue is full (in events,
+        or past ``max_bytes`` with it); the newest is always kept. Safe from any thread, never blocks."""
         with self._lock:
-            if len(self._events) >= self._max_pending:
-                self._events.popleft()
+            while self._events and (len(self._events) >= self._max_pending
+                                    or (max_bytes is not None and self.pending_bytes + size > max_bytes)):
+                self.pending_bytes -= self._events.popleft()[1]
                 self._dropped += 1
-            self._events.append(event)
+            self._events.append((event, size))
+            self.pending_bytes += size
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
@@ -76,7 +86,9 @@ class Subscription:
                 count, self._dropped = self._dropped, 0
                 return self._hub.stamp(self.source, {"type": "dropped", "count": count})
             if self._events:
-                return self._events.popleft()
+                event, size = self._events.popleft()
+                self.pending_bytes -= size
+                return event
             self._ready.clear()
             return None
 
@@ -96,10 +108,11 @@ class Subscription:
 class LogHub:
     """Fans events out to the subscribers of each source. One per server."""
 
-    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING):
+    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING, budget_bytes: int = DEFAULT_BUDGET_BYTES):
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.max_pending = max_pending
+        self.budget_bytes = budget_bytes  # all readers' queues together
         # replaced, never mutated, under the lock: publish reads it without locking
         self._subscribers: dict[str, tuple[Subscription, ...]] = {source: () for source in SOURCES}
         self._lock = threading.Lock()
@@ -110,6 +123,10 @@ class LogHub:
 
     def subscriber_count(self, source: str) -> int:
         return len(self._subscribers.get(source, ()))
+
+    def pending_bytes(self) -> int:
+        """What every reader's queue holds, in bytes (a snapshot)."""
+        return sum(s.pending_bytes for subscribers in list(self._subscribers.values()) for s in subscribers)
 
     @staticmethod
     def stamp(source: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -125,11 +142,14 @@ class LogHub:
             return
         try:
             stamped = self.stamp(source, event)
+            size = event_bytes(stamped)
         except Exception:  # noqa: BLE001 - a bad event must not break the request publishing it
             return
+        readers = sum(len(group) for group in self._subscribers.values())
+        share = self.budget_bytes // max(1, readers)
         for subscription in subscribers:
             try:
-                subscription.offer(stamped)
+                subscription.offer(stamped, size, share)
             except Exception:  # noqa: BLE001 - e.g. the subscriber's loop has just closed
                 pass
 
@@ -149,6 +169,11 @@ class LogHub:
         finally:
             with self._lock:
                 self._subscribers[source] = tuple(s for s in self._subscribers[source] if s is not subscription)
+
+
+def event_bytes(event: dict[str, Any]) -> int:
+    """What an event holds in memory: the dict and its values (strings, numbers; not deeper)."""
+    return sys.getsizeof(event) + sum(sys.getsizeof(value) for value in event.values())
 
 
 def model_input_event(request_id: str, model: str, prompt_text: str, prompt_tokens: int) -> dict[str, Any]:
