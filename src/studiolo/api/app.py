@@ -48,7 +48,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         store = ResponseStore(file_cap_mib=budgets.stored_file_mib, tolerate_faults=True)
         app.state.conversations = Conversations(app.state.service, store, budgets.stored_state_mib * 2**20)
         log_handler = install_server_log_handler(app.state.log_hub)
-        app.state.memory = MemoryMonitor(manager, app.state.log_hub)  # other caches register here
+        app.state.memory = MemoryMonitor(manager, app.state.log_hub)
+        # on disk, not in memory, but it grows with traffic under a budget like the others
+        conversations = app.state.conversations
+        app.state.memory.register("stored_states", lambda: (store.state_bytes, conversations.state_budget))
         app.state.memory.start()
         try:
             yield

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from studiolo.engine import process_memory
+from studiolo.engine.grammar_cache import GRAMMAR_CACHE
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager
 from studiolo.service.model_log import LogHub
@@ -50,6 +51,7 @@ class MemoryMonitor:
         self.manager = manager
         self._providers: dict[str, CacheProvider] = {}
         self.register("prompt_cache", manager.prompt_cache_usage)
+        self.register("grammar_cache", lambda: (GRAMMAR_CACHE.bytes, GRAMMAR_CACHE.budget))
         if log_hub is not None:
             self.register("log_queues", lambda: (log_hub.pending_bytes(), log_hub.budget_bytes))
         self.last_trim: Trim | None = None
