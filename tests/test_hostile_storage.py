@@ -163,6 +163,8 @@ def test_a_file_that_is_not_sqlite_turns_storing_off_until_it_is_moved_aside(tmp
         assert_unstored_generation_works(http)
         assert server.log().count("is not an SQLite database") == 1  # logged once, not per request
         assert digest(home / DB) == before  # never written to
+        health = http.get("/health").json()
+        assert health["status"] == "ok" and health["storage"]["code"] == "storage_unavailable", health
 
         (home / DB).rename(home / "notes.txt")  # what the message says to do; no restart needed
         deadline = time.monotonic() + 15
@@ -170,6 +172,7 @@ def test_a_file_that_is_not_sqlite_turns_storing_off_until_it_is_moved_aside(tmp
             assert stored.status_code == 503 and time.monotonic() < deadline, stored.text
             time.sleep(0.5)
         assert http.get(f"/v1/responses/{stored.json()['id']}").status_code == 200
+        assert http.get("/health").json()["storage"] == "ok"
     finally:
         http.close()
         server.stop()

@@ -117,6 +117,10 @@ class Conversations:
         if turn.store:
             await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
 
+    def storage_fault(self) -> StorageUnavailable | None:
+        """Why storing is off, as last seen (no probe: cheap enough for every health check)."""
+        return self.store.faults.current
+
     def check_can_store(self, items: list[Item], instructions: str | None = None) -> None:
         """StorageUnavailable (StorageFull) if a turn adding ``items`` could not be stored now: known
         before it is generated, so no answer is computed only to be lost. Blocking: run it in a thread."""
