@@ -15,7 +15,7 @@ from fastapi import Request, Response
 from studiolo.api import openai_render as render
 from studiolo.api.errors import from_domain
 from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
-from studiolo.api.routing import make_router
+from studiolo.api.routing import make_router, request_limits
 from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
@@ -120,7 +120,7 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
 
 async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | None = None):
     """A chat completion; ``extras`` adds fields to the body (LM Studio's v0 stats) when it is done."""
-    generation = await _service(request).chat(body.to_domain())
+    generation = await _service(request).chat(body.to_domain(request_limits(request).max_json_depth))
     if body.stream:
         chunks = render.ChatChunks(generation, with_logprobs=body.wants_logprobs, include_usage=body.include_usage)
 

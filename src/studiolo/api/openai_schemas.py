@@ -26,7 +26,8 @@ from studiolo.api.tool_schemas import (
 )
 from studiolo.api.wire_types import Int
 from studiolo.engine.sampling import SamplingParams
-from studiolo.service.tool_calls import check_tool_results
+from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.tool_calls import check_arguments, check_tool_results
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
 MAX_LOGPROBS = 20
@@ -166,7 +167,7 @@ class ChatCompletionBody(_GenerationBody):
     def wants_logprobs(self) -> bool:
         return self.logprobs is not False
 
-    def to_domain(self) -> ChatRequest:
+    def to_domain(self, max_json_depth: int = DEFAULT_MAX_DEPTH) -> ChatRequest:
         if self.top_logprobs is not None and not self.wants_logprobs:
             raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -176,7 +177,8 @@ class ChatCompletionBody(_GenerationBody):
         if self.wants_logprobs:
             count = 0 if isinstance(self.logprobs, bool) else self.logprobs
             logprobs = self.top_logprobs if self.top_logprobs is not None else count
-        messages = check_tool_results([_message_to_domain(i, m) for i, m in enumerate(self.messages)])
+        messages = [_message_to_domain(i, m, max_json_depth) for i, m in enumerate(self.messages)]
+        messages = check_tool_results(messages)
         options = self.options(max_tokens=max_tokens, logprobs=logprobs)
         tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         check_no_other_constraint(tools, options.constraint_param)
@@ -187,7 +189,7 @@ class ChatCompletionBody(_GenerationBody):
         return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools)
 
 
-def _message_to_domain(index: int, message: Message) -> ChatMessage:
+def _message_to_domain(index: int, message: Message, max_json_depth: int) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
     content = message.content
     if isinstance(content, list):
@@ -200,7 +202,12 @@ def _message_to_domain(index: int, message: Message) -> ChatMessage:
                 )
             texts.append(part.text)
         content = "\n".join(texts)
-    tool_calls = history_calls(index, message.tool_calls) if message.role == "assistant" else ()
+    tool_calls: tuple = ()
+    if message.role == "assistant":
+        for call_index, call in enumerate(message.tool_calls or ()):
+            where = f"messages[{index}].tool_calls[{call_index}].function.arguments"
+            check_arguments(call.function.arguments, where, max_json_depth)
+        tool_calls = history_calls(index, message.tool_calls)
     tool_call_id = message.tool_call_id if message.role == "tool" else None
     name = message.name if message.role == "tool" else None
     return ChatMessage(role, content, tool_calls, tool_call_id, name)
