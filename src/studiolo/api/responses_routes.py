@@ -53,7 +53,10 @@ def _previous_not_found(exc: ResponseNotFound) -> APIError:
 @router.post("/responses")
 async def create_response(body: ResponseBody, request: Request):
     conversations = _conversations(request)
-    run = await _start(conversations, body.turn(request_limits(request).max_json_depth))  # every 4xx comes before any streaming
+    try:  # every 4xx comes before any streaming
+        run = await until_disconnected(request, _start(conversations, body.turn(request_limits(request).max_json_depth)))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     info = ResponseInfo(run.id, run.model, run.generation.created, run.turn.instructions,
                         run.turn.previous_response_id, body.settings())
     with_logprobs = body.logprobs is not None
