@@ -10,6 +10,7 @@ tokenizing what passes still take time in proportion to it, so they run off the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,6 +21,7 @@ from studiolo.engine.long_text import TokenizingStopped
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, InvalidRequest
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class WorkStopped(Exception):
@@ -36,6 +38,7 @@ async def off_loop(work: Callable[[Callable[[], bool]], T]) -> T:
         try:
             return work(stopped.is_set)
         except (RenderStopped, TokenizingStopped):
+            log.info("stopped preparing a prompt: its client left")
             raise WorkStopped() from None
 
     try:
