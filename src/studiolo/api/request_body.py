@@ -4,6 +4,8 @@ What a body can cost is bounded here, in this order:
 
 - its size: a body over ``max_body_mib`` is a 413 before it is read whole (a declared
   ``Content-Length`` over the limit is refused before any of it is read);
+- its objects and arrays: counted (outside strings) before it is parsed, past
+  ``max_json_containers`` a 400: each costs parsing and validation time on the event loop;
 - its JSON: parsed one top-level member at a time, so that what cannot be read (a syntax error,
   nesting past the parser's recursion limit, an integer literal past Python's digit limit, NaN)
   is a 400 naming the member's field, not FastAPI's "There was an error parsing the body";
@@ -21,6 +23,7 @@ import json
 from json.decoder import WHITESPACE, scanstring  # type: ignore[attr-defined]
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 
 from studiolo.api.errors import APIError
@@ -74,8 +77,30 @@ def is_json_request(request: Request) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def containers_in(body: bytes) -> int:
+    """Objects and arrays in a JSON text: its ``{`` and ``[`` outside strings (an upper bound if it
+    is not valid JSON). Escaped backslashes and quotes are blanked first (same length), so that
+    the quotes left delimit strings; a bracket is in a string when an odd number precede it."""
+    neutral = body.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    octets = np.frombuffer(neutral, dtype=np.uint8)
+    quotes = np.flatnonzero(octets == ord('"'))
+    opens = np.flatnonzero((octets == ord("{")) | (octets == ord("[")))
+    return int(np.count_nonzero(np.searchsorted(quotes, opens) % 2 == 0))
+
+
+def check_containers(body: bytes, limits: RequestLimits) -> None:
+    limit = limits.max_json_containers
+    if body.count(b"{") + body.count(b"[") <= limit:  # the common case: one pass, no strings to tell apart
+        return
+    count = containers_in(body)
+    if count > limit:
+        raise APIError(400, f"the request body holds {count} JSON objects and arrays, more than the server's limit "
+                       f"of {limit} (setting limits.max_json_containers)", param="body", code="too_many_items")
+
+
 def parse_bounded(body: bytes, limits: RequestLimits) -> Any:
     """The body's JSON, each failure a 400 naming the top-level field it is in (or ``body``)."""
+    check_containers(body, limits)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
