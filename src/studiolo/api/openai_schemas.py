@@ -32,6 +32,7 @@ from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, 
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
+MAX_TOKEN_LIST = 1024  # stop_tokens, logit_bias: each entry is validated in Python, on the event loop
 MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
@@ -87,11 +88,11 @@ class _GenerationBody(_Body):
     repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=MAX_TOKEN_LIST)
     seed: Int | None = None
     stop: str | list[str] | None = None
     stop_sequences: str | list[str] | None = None  # BladeLLM's name for stop
-    stop_tokens: list[Int] | None = None
+    stop_tokens: list[Int] | None = Field(None, max_length=MAX_TOKEN_LIST)
     ignore_eos: bool = False
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
     # structured output (api/structured.py): one of these per request
