@@ -151,6 +151,10 @@ CASES: list[HostileCase] = [
                 lambda: raw('{{"model":"{m}","input":[{d}]}}', m=MINILM, d=LONG_DIGITS), param="input"),
     HostileCase("embeddings_3000_inputs", "POST", "/v1/embeddings", {"model": MINILM, "input": ["a"] * 3000},
                 param="input"),
+    HostileCase("embeddings_input_past_max_prompt_chars", "POST", "/v1/embeddings",
+                lambda: {"model": MINILM, "input": [BIG_TEXT[:1000]] * 2000 + [BIG_TEXT[: 3_000_000]]}, param="input"),
+    HostileCase("embeddings_1m_inputs", "POST", "/v1/embeddings", lambda: {"model": MINILM, "input": ["a"] * 1_000_000},
+                param="input", code="too_many_items"),
     HostileCase("embeddings_body_past_max_body_mib", "POST", "/v1/embeddings",
                 lambda: json.dumps({"model": MINILM, "input": "x" * OVER_BODY}).encode(), status=413, param="body"),
     # --- /v1/responses ---------------------------------------------------------------------

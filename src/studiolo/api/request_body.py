@@ -204,11 +204,17 @@ COUNTED_LISTS: dict[str, tuple[str, str]] = {
 # Completions' prompts: a list of texts or of token lists is that many prompts (a list of token ids
 # is one prompt); each prompt is at least one sequence, so they are bounded by max_sequences.
 COUNTED_PROMPTS = frozenset({"/v1/completions", "/api/v0/completions"})
+# Embeddings' inputs: their text is tokenized whole (in a worker thread, but on a core for as long as
+# it takes), so it is bounded as a prompt's is; the number of inputs as OpenAI bounds it.
+EMBEDDINGS = frozenset({"/v1/embeddings", "/api/v0/embeddings"})
 
 
 def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
     """Refuse a list past its limit before pydantic validates its items (a 400 naming the field)."""
     if not isinstance(value, dict):
+        return
+    if path in EMBEDDINGS:
+        _check_embedding_inputs(value.get("input"), limits)
         return
     if path in COUNTED_PROMPTS:
         prompts = value.get("prompt")
@@ -218,6 +224,19 @@ def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
     counted = COUNTED_LISTS.get(path)
     if counted is not None and isinstance(value.get(counted[0]), list):
         _check_count(counted[0], len(value[counted[0]]), counted[1], limits)
+
+
+def _check_embedding_inputs(inputs: Any, limits: RequestLimits) -> None:
+    from studiolo.api.embeddings_routes import MAX_INPUTS  # imported here: that module imports this one
+
+    texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
+    if texts and not isinstance(texts[0], int) and len(texts) > MAX_INPUTS:
+        raise APIError(400, f"'input' has {len(texts)} items, more than {MAX_INPUTS} (OpenAI's limit)", param="input",
+                       code="too_many_items")
+    chars = sum(len(text) for text in texts if isinstance(text, (str, list)))
+    if chars > limits.max_prompt_chars:
+        raise APIError(400, f"'input' is {chars} characters (or token ids), more than the server's limit of "
+                       f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", param="input")
 
 
 def _check_count(field: str, count: int, limit_name: str, limits: RequestLimits) -> None:
