@@ -119,7 +119,7 @@ def from_domain(exc: Exception) -> APIError | None:
     if isinstance(exc, InvalidTokens):
         return APIError(400, str(exc), param=exc.param, code="invalid_token")
     if isinstance(exc, TemplateError):
-        return APIError(400, str(exc), param="messages", code="chat_template_error")
+        return APIError(400, str(exc), param=exc.param, code="chat_template_error")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed, UnloadedWhileGenerating)):

@@ -23,6 +23,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 class TemplateError(ValueError):
     """The template refused the conversation (e.g. ``raise_exception``) or failed to render."""
 
+    param = "messages"  # the request field the conversation came from; the service may say "input"
+
 
 class RenderTooLong(ValueError):
     """The rendered prompt passed ``max_chars``: rendering stopped there."""

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from studiolo.chat.templates import ChatTemplate, RenderTooLong, builtin_template_for
+from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
 from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
@@ -336,6 +336,9 @@ class GenerationService:
         try:
             text = template.render(messages, add_generation_prompt=True, max_chars=limit, should_stop=stop,
                                    **variables)
+        except TemplateError as exc:
+            exc.param = request.prompt_field  # Responses and /api/v1/chat send "input"
+            raise
         except RenderTooLong:
             raise InvalidRequest(f"the prompt as the model's chat template formats it is longer than {limit} "
                                  "characters, the server's limit (setting limits.max_prompt_chars)",
