@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from studiolo.config import RequestLimits
-from tests.conftest import MINILM, SMOLLM
+from tests.conftest import GEMMA, MINILM, SMOLLM
 from tests.hostile import HostileCase, assert_healthy, check, error_of
 
 LIMITS = RequestLimits()
@@ -312,3 +312,27 @@ def test_a_client_gone_while_its_prompt_is_prepared_stops_that_work(server, http
         time.sleep(0.1)
     assert "stopped preparing a prompt: its client left" in server.log()
     assert_healthy(http)
+
+
+# --- tokenizing long prompts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [SMOLLM, GEMMA])
+def test_long_text_gives_the_tokens_one_llama_tokenize_call_gives(default_models, key):
+    """Chunks cut before special tokens tokenize to exactly what the whole text does (markers side by
+    side, whitespace around them, text that only looks like a marker), BOS once at the start."""
+    from studiolo.engine.llama import LlamaModel
+    from studiolo.engine.long_text import MARKERS_PER_CHUNK, tokenize_long
+
+    turns = []
+    for i in range(MARKERS_PER_CHUNK * 12):
+        turns.append(f"<|im_start|>user\n  question {i} <b>?</b>\n<|im_end|><|im_start|>assistant\n\n"
+                     f"<start_of_turn>model answer {i}<end_of_turn>\n <eos>  <|endoftext|>é漢字 <|im_end|  \n")
+    text = "".join(turns)
+    model = LlamaModel(default_models[key])
+    try:
+        whole = model.tokenize(text, add_special=True, parse_special=True)
+        assert tokenize_long(model, text, add_special=True) == whole
+        assert tokenize_long(model, text, add_special=False) == model.tokenize(text, add_special=False)
+    finally:
+        model.close()
