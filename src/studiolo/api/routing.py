@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from studiolo.api.errors import APIError
 from studiolo.api.request_body import MIB, check_counts, is_json_request, parse_bounded, read_bounded
@@ -26,6 +27,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Bodies past this are parsed in a worker thread: the parser itself holds the GIL, but the walks
 # over the result (nesting, surrogates) let the event loop run between their steps.
 PARSE_IN_THREAD_BYTES = MIB
+CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
 
 def lone_surrogate_path(value: Any, path: str = "") -> str | None:
@@ -55,7 +57,10 @@ class TextCheckedRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             limits = request_limits(request)
-            body = await read_bounded(request, limits)  # kept by the request: the handler reads it there
+            try:
+                body = await read_bounded(request, limits)  # kept by the request: the handler reads it there
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
             if body and is_json_request(request):
                 if len(body) > PARSE_IN_THREAD_BYTES:
                     decoded = await asyncio.to_thread(_decoded, body, limits)
