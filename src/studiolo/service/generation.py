@@ -297,8 +297,9 @@ class GenerationService:
         check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
         loaded = target.instance
+        template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
         # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
-        prompt = await off_loop(lambda stop: self._chat_prompt(loaded, request, stop))
+        prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
         if request.restore is not None:
             await _restore_prefix(target, prompt.tokens, request.restore)
         options, syntax = request.options, None
@@ -320,17 +321,19 @@ class GenerationService:
         constraint = await _compiled_constraint(target.instance, request.options)
         return self._start(target, "cmpl", prompts, request.options, "prompt", constraint)
 
-    def _chat_prompt(self, loaded: Instance, request: ChatRequest, stop: Callable[[], bool]) -> Prompt:
-        """The chat's prompt, rendered and tokenized (in a worker thread: ``stop`` says the client left)."""
-        text = self.chat_prompt_text(loaded, request, stop)
+    def _chat_prompt(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
+                     stop: Callable[[], bool]) -> Prompt:
+        """The chat's prompt, rendered and tokenized (in a worker thread: ``stop`` says the client left;
+        the tokenizer holds the model's vocabulary lock, so an unload waits for it or ends it)."""
+        text = self.chat_prompt_text(loaded, template, request, stop)
         return Prompt(tokenize_long(loaded.model, text, add_special=True, should_stop=stop), text)
 
-    def chat_prompt_text(self, loaded: Instance, request: ChatRequest, stop: Callable[[], bool] | None = None) -> str:
+    def chat_prompt_text(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
+                         stop: Callable[[], bool] | None = None) -> str:
         """The conversation as the model's template formats it, ready to tokenize.
 
         With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
         """
-        template = self._template(loaded)
         messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
         limit = self.limits.max_prompt_chars
         try:
