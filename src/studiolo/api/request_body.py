@@ -28,21 +28,18 @@ from fastapi import Request
 
 from studiolo.api.errors import APIError
 from studiolo.config import RequestLimits
-from studiolo.service.json_bounds import deeper_than, depth_message, long_number_message
+from studiolo.service.json_bounds import (
+    JSONTextError,
+    deeper_than,
+    depth_message,
+    long_number_message,
+    refuse_constant,
+)
 
 MIB = 2**20
 
 
-class _NotJSON(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    # Python's parser takes NaN and Infinity; JSON has neither, and the store could not write them back
-    raise _NotJSON(f"holds {name}, which is not a JSON value")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=refuse_constant)
 
 
 def too_large(limits: RequestLimits, size: int | None = None) -> APIError:
@@ -55,7 +52,7 @@ async def read_bounded(request: Request, limits: RequestLimits) -> bytes:
     """The whole body, refused (413) as soon as it is known to pass ``max_body_mib``."""
     limit = limits.max_body_mib * MIB
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise too_large(limits, int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -163,7 +160,7 @@ def _decoded_member(text: str, at: int, param: str, max_depth: int) -> tuple[Any
         raise _syntax_error(exc.msg, exc.pos, param) from None
     except RecursionError:
         raise _too_deep(param, max_depth) from None
-    except _NotJSON as exc:
+    except JSONTextError as exc:
         raise APIError(400, f"{_named(param)} {exc}", param=param, code="invalid_json") from None
     except ValueError:  # the only other: an integer literal past int's digit limit
         raise APIError(400, f"{_named(param)} {long_number_message()}", param=param,

@@ -23,7 +23,9 @@ class JSONTextError(ValueError):
     """Why a JSON text was not read, in words that can follow "'field' ..."."""
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
+    """For ``parse_constant``: Python's parser takes NaN and Infinity, which JSON has not (and which
+    the store could not write back)."""
     raise JSONTextError(f"holds {name}, which is not a JSON value")
 
 
@@ -60,7 +62,7 @@ def long_number_message() -> str:
 def loads_bounded(text: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """``text`` as JSON, or JSONTextError saying why not."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise JSONTextError(f"is not valid JSON: {exc.msg} (at character {exc.pos})") from None
     except RecursionError:
