@@ -249,9 +249,9 @@ LONG_STORY = {"model": UNLOAD_ID, "messages": [{"role": "user", "content": "Tell
 
 def _stream_events(base_url: str, results: list, index: int) -> None:
     try:
-        with httpx.Client(base_url=base_url, timeout=30) as session:
-            with session.stream("POST", CHAT, json={**LONG_STORY, "stream": True}) as response:
-                results[index] = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        with httpx.Client(base_url=base_url, timeout=30) as session, \
+                session.stream("POST", CHAT, json={**LONG_STORY, "stream": True}) as response:
+            results[index] = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     except httpx.HTTPError as exc:  # a stream left hanging times out here
         results[index] = exc
 

@@ -224,7 +224,9 @@ def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
 
 
 def _check_embedding_inputs(inputs: Any, limits: RequestLimits) -> None:
-    from studiolo.api.embeddings_routes import MAX_INPUTS  # imported here: that module imports this one
+    from studiolo.api.embeddings_routes import (
+        MAX_INPUTS,  # imported here: that module imports this one
+    )
 
     texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
     if texts and not isinstance(texts[0], int) and len(texts) > MAX_INPUTS:

@@ -18,7 +18,12 @@ from typing import TypeVar
 from studiolo.chat.templates import RenderStopped
 from studiolo.config import RequestLimits
 from studiolo.engine.long_text import TokenizingStopped
-from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, InvalidRequest
+from studiolo.service.types import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    InvalidRequest,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
