@@ -217,6 +217,10 @@ def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
         prompts = value.get("prompt")
         if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int):
             _check_count("prompt", len(prompts), "max_sequences", limits)
+        elif isinstance(prompts, list) and len(prompts) > limits.max_prompt_chars:  # one prompt of token ids
+            raise APIError(400, f"'prompt' has {len(prompts)} token ids, more than the server's limit of "
+                           f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", param="prompt",
+                           code="too_many_items")
         return
     counted = COUNTED_LISTS.get(path)
     if counted is not None and isinstance(value.get(counted[0]), list):
