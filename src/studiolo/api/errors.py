@@ -180,7 +180,7 @@ def describe_validation(errors: list[dict[str, Any]]) -> APIError:
         return APIError(400, message, param="body", code="invalid_json")
     param = field_path(tuple(first.get("loc", ())))
     if not param:
-        return APIError(400, "the request body must be a JSON object", param="body", code="invalid_value")
+        return APIError(400, "the request body ('body') must be a JSON object", param="body", code="invalid_value")
     message = first.get("msg", "invalid value")
     if first.get("type") == "missing":
         return APIError(400, f"'{param}' is required", param=param, code="missing_required_parameter")
