@@ -58,7 +58,7 @@ def check_arguments(text: str, param: str, max_depth: int = DEFAULT_MAX_DEPTH) -
     try:
         value = loads_bounded(text, max_depth)
     except JSONTextError as exc:
-        raise InvalidRequest(f"'{param}' {exc}", param) from None
+        raise InvalidRequest(f"'{param}' must be a JSON object (as text); it {exc}", param) from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"'{param}' must be a JSON object (as text): a tool call's arguments", param)
 
