@@ -7,7 +7,7 @@ What a body can cost is bounded here, in this order:
 - its objects and arrays: counted (outside strings) before it is parsed, past
   ``max_json_containers`` a 400: each costs parsing and validation time on the event loop;
 - its JSON: parsed one top-level member at a time, so that what cannot be read (a syntax error,
-  nesting past the parser's recursion limit, an integer literal past Python's digit limit, NaN)
+  nesting past the parser's recursion limit, an integer literal past Python's digit limit)
   is a 400 naming the member's field, not FastAPI's "There was an error parsing the body";
 - its nesting: deeper than ``max_json_depth`` is a 400 naming the field, before validation
   walks it (pydantic, the surrogate check and the store all recurse);
@@ -28,18 +28,14 @@ from fastapi import Request
 
 from studiolo.api.errors import APIError
 from studiolo.config import RequestLimits
-from studiolo.service.json_bounds import (
-    JSONTextError,
-    deeper_than,
-    depth_message,
-    long_number_message,
-    refuse_constant,
-)
+from studiolo.service.json_bounds import deeper_than, depth_message, long_number_message
 
 MIB = 2**20
 
 
-_DECODER = json.JSONDecoder(parse_constant=refuse_constant)
+# NaN and Infinity are read as Python reads them: the fields that take numbers refuse them (allow_inf_nan),
+# and those that keep any JSON check it where they name the exact field (responses_schemas.check_json)
+_DECODER = json.JSONDecoder()
 
 
 def too_large(limits: RequestLimits, size: int | None = None) -> APIError:
@@ -160,8 +156,6 @@ def _decoded_member(text: str, at: int, param: str, max_depth: int) -> tuple[Any
         raise _syntax_error(exc.msg, exc.pos, param) from None
     except RecursionError:
         raise _too_deep(param, max_depth) from None
-    except JSONTextError as exc:
-        raise APIError(400, f"{_named(param)} {exc}", param=param, code="invalid_json") from None
     except ValueError:  # the only other: an integer literal past int's digit limit
         raise APIError(400, f"{_named(param)} {long_number_message()}", param=param,
                        code="number_too_long") from None
