@@ -20,7 +20,13 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
 from studiolo.api.errors import APIError
-from studiolo.api.request_body import MIB, check_counts, is_json_request, parse_bounded, read_bounded
+from studiolo.api.request_body import (
+    MIB,
+    check_counts,
+    is_json_request,
+    parse_bounded,
+    read_bounded,
+)
 from studiolo.config import RequestLimits
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

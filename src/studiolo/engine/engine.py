@@ -21,6 +21,7 @@ from studiolo.config import EngineSettings
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
+from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
 from studiolo.engine.sequence import (
@@ -32,7 +33,6 @@ from studiolo.engine.sequence import (
     SequenceState,
     TokenEvent,
 )
-from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.stream import Outbox, TokenStream
 
