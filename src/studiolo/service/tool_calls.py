@@ -6,9 +6,21 @@ import secrets
 import string
 from collections.abc import Callable
 
-from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ParsedEvent, ToolCallParser
+from studiolo.chat.tool_parser import (
+    CallArguments,
+    CallStart,
+    CallSyntax,
+    ParsedEvent,
+    ToolCallParser,
+)
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH, JSONTextError, loads_bounded
-from studiolo.service.types import ChatMessage, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import (
+    ChatMessage,
+    InvalidRequest,
+    TextDelta,
+    TokenInfo,
+    ToolCallDelta,
+)
 
 
 class CallReader:
