@@ -505,7 +505,7 @@ def test_unknown_job_is_404_in_the_v1_shape(api):
         ({"model": 5}, "model"),
         ({"model": "  "}, "model"),
         ({"model": REPO, "quantization": 4}, "quantization"),
-        ([REPO], None),
+        ([REPO], "body"),  # not an object: the error names the body
     ],
 )
 def test_a_bad_body_is_400_naming_the_field(api, body, param):

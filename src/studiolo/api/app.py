@@ -40,7 +40,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                                auto_evict=settings.auto_evict, budgets=settings.budgets)
         app.state.settings = settings
         app.state.log_hub = LogHub(budget_bytes=settings.budgets.log_queue_mib * MIB)
-        app.state.service = GenerationService(manager, app.state.log_hub)
+        app.state.service = GenerationService(manager, app.state.log_hub, settings.limits)
         app.state.embeddings = EmbeddingService(manager)
         # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses. A file that cannot be opened (not
         # SQLite, no room) does not stop the server: storing is off, each stored request says why

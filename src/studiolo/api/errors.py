@@ -121,7 +121,7 @@ def from_domain(exc: Exception) -> APIError | None:
     if isinstance(exc, InvalidTokens):
         return APIError(400, str(exc), param=exc.param, code="invalid_token")
     if isinstance(exc, TemplateError):
-        return APIError(400, str(exc), param="messages", code="chat_template_error")
+        return APIError(400, str(exc), param=exc.param, code="chat_template_error")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, (EngineClosed, ModelClosed, UnloadedWhileGenerating)):
@@ -160,10 +160,14 @@ def from_domain(exc: Exception) -> APIError | None:
     return None
 
 
+# where FastAPI says a request value came from: the field's own name is what a client sent
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
-    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'; ('query', 'limit') -> 'limit'."""
     path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in loc[1:] if loc and loc[0] in _SOURCES else loc:
         if isinstance(part, int):
             path += f"[{part}]"
         elif not _is_union_branch(part):
@@ -181,10 +185,10 @@ def describe_validation(errors: list[dict[str, Any]]) -> APIError:
     first = next((error for error in errors if error.get("type") == "value_error"), errors[0])
     if first.get("type") == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": ")
-        return APIError(400, message, code="invalid_json")
+        return APIError(400, message, param="body", code="invalid_json")
     param = field_path(tuple(first.get("loc", ())))
     if not param:
-        return APIError(400, "the request body must be a JSON object")
+        return APIError(400, "the request body ('body') must be a JSON object", param="body", code="invalid_value")
     message = first.get("msg", "invalid value")
     if first.get("type") == "missing":
         return APIError(400, f"'{param}' is required", param=param, code="missing_required_parameter")

@@ -109,7 +109,10 @@ async def chat(body: ChatBody, request: Request):
     conversations = _conversations(request)
     turn = body.turn(report_progress=body.stream)
     if not body.stream:
-        run = await conversations.start(turn)
+        try:
+            run = await until_disconnected(request, conversations.start(turn))
+        except ClientDisconnected:
+            return None
         try:
             return await until_disconnected(request, _complete(conversations, run))
         except ClientDisconnected:
@@ -123,7 +126,10 @@ async def chat(body: ChatBody, request: Request):
     if manager.needs_load(turn.model):  # the stream shows the load, so it starts first
         await conversations.check_ready(turn)  # unknown previous id, storage fault
         return sse_response(_loading_events(conversations, turn))
-    run = await conversations.start(turn)  # the model is loaded: this refuses at once (context, ids)
+    try:  # the model is loaded: this refuses at once (context, ids)
+        run = await until_disconnected(request, conversations.start(turn))
+    except ClientDisconnected:
+        return None
     return sse_response(_events(conversations, run), on_close=run.generation.cancel)
 
 

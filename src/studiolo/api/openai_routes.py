@@ -6,16 +6,16 @@ the events back; no generation logic lives here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
 from studiolo.api import openai_render as render
 from studiolo.api.errors import from_domain
 from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
-from studiolo.api.routing import make_router
+from studiolo.api.routing import make_router, request_limits
 from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
@@ -24,6 +24,7 @@ from studiolo.service.types import Finished, TextDelta, TokenInfo, ToolCallDelta
 router = make_router(prefix="/v1")
 
 Extras = Callable[[Generation], dict[str, Any]]
+T = TypeVar("T")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
@@ -78,6 +79,13 @@ async def _stream(generation: Generation, first: list[str], render_event, last: 
         generation.cancel()
 
 
+async def started(request: Request, work: Awaitable[T]) -> T:
+    """The service's start of a request (a load, rendering and tokenizing the prompt), cancelled if the
+    client leaves meanwhile: raises ClientDisconnected then. The work in a worker thread stops too
+    (service/bounds.py)."""
+    return await until_disconnected(request, work)
+
+
 async def _respond(request: Request, generation: Generation, collect) -> Any:
     try:
         return await until_disconnected(request, collect(generation))
@@ -120,7 +128,10 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
 
 async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | None = None):
     """A chat completion; ``extras`` adds fields to the body (LM Studio's v0 stats) when it is done."""
-    generation = await _service(request).chat(body.to_domain())
+    try:
+        generation = await started(request, _service(request).chat(body.to_domain(request_limits(request).max_json_depth)))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.stream:
         chunks = render.ChatChunks(generation, with_logprobs=body.wants_logprobs, include_usage=body.include_usage)
 
@@ -149,7 +160,10 @@ async def completions(body: CompletionBody, request: Request):
 
 
 async def run_completion(body: CompletionBody, request: Request, extras: Extras | None = None):
-    generation = await _service(request).complete(body.to_domain())
+    try:
+        generation = await started(request, _service(request).complete(body.to_domain()))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     with_logprobs = body.logprobs is not None
     if body.stream:
         chunks = render.CompletionChunks(generation, with_logprobs=with_logprobs, include_usage=body.include_usage)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
 
 from studiolo.api.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.tool_schemas import (
@@ -26,11 +26,13 @@ from studiolo.api.tool_schemas import (
 )
 from studiolo.api.wire_types import Int
 from studiolo.engine.sampling import SamplingParams
-from studiolo.service.tool_calls import check_tool_results
+from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.tool_calls import check_arguments, check_tool_results
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
+MAX_TOKEN_LIST = 1024  # stop_tokens, logit_bias: each entry is validated in Python, on the event loop
 MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
@@ -86,11 +88,11 @@ class _GenerationBody(_Body):
     repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=MAX_TOKEN_LIST)
     seed: Int | None = None
     stop: str | list[str] | None = None
     stop_sequences: str | list[str] | None = None  # BladeLLM's name for stop
-    stop_tokens: list[Int] | None = None
+    stop_tokens: list[Int] | None = Field(None, max_length=MAX_TOKEN_LIST)
     ignore_eos: bool = False
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
     # structured output (api/structured.py): one of these per request
@@ -166,7 +168,7 @@ class ChatCompletionBody(_GenerationBody):
     def wants_logprobs(self) -> bool:
         return self.logprobs is not False
 
-    def to_domain(self) -> ChatRequest:
+    def to_domain(self, max_json_depth: int = DEFAULT_MAX_DEPTH) -> ChatRequest:
         if self.top_logprobs is not None and not self.wants_logprobs:
             raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -176,7 +178,8 @@ class ChatCompletionBody(_GenerationBody):
         if self.wants_logprobs:
             count = 0 if isinstance(self.logprobs, bool) else self.logprobs
             logprobs = self.top_logprobs if self.top_logprobs is not None else count
-        messages = check_tool_results([_message_to_domain(i, m) for i, m in enumerate(self.messages)])
+        messages = [_message_to_domain(i, m, max_json_depth) for i, m in enumerate(self.messages)]
+        messages = check_tool_results(messages)
         options = self.options(max_tokens=max_tokens, logprobs=logprobs)
         tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         check_no_other_constraint(tools, options.constraint_param)
@@ -187,7 +190,7 @@ class ChatCompletionBody(_GenerationBody):
         return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools)
 
 
-def _message_to_domain(index: int, message: Message) -> ChatMessage:
+def _message_to_domain(index: int, message: Message, max_json_depth: int) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
     content = message.content
     if isinstance(content, list):
@@ -200,14 +203,43 @@ def _message_to_domain(index: int, message: Message) -> ChatMessage:
                 )
             texts.append(part.text)
         content = "\n".join(texts)
-    tool_calls = history_calls(index, message.tool_calls) if message.role == "assistant" else ()
+    tool_calls: tuple = ()
+    if message.role == "assistant":
+        for call_index, call in enumerate(message.tool_calls or ()):
+            where = f"messages[{index}].tool_calls[{call_index}].function.arguments"
+            check_arguments(call.function.arguments, where, max_json_depth)
+        tool_calls = history_calls(index, message.tool_calls)
     tool_call_id = message.tool_call_id if message.role == "tool" else None
     name = message.name if message.role == "tool" else None
     return ChatMessage(role, content, tool_calls, tool_call_id, name)
 
 
+# Token ids are strict integers (no booleans, floats or numeric strings, as OpenAI): validated in
+# Rust, whereas ``Int``'s Python check per item took seconds on the event loop for a long token list.
+TokenIds = list[StrictInt]
+
+
+def _prompt_form(value: Any) -> str:
+    """Which of the four forms a prompt is, told by its first item: a plain union would try each
+    form on every item (2.6 s for 3.9 million token ids). Tags are type-like so that errors name
+    ``prompt[0]``, not the form (api/errors.field_path)."""
+    if isinstance(value, str):
+        return "str"
+    first = value[0] if isinstance(value, list) and value else None
+    if isinstance(first, str):
+        return "list[str]"
+    return "list[list[int]]" if isinstance(first, list) else "list[int]"
+
+
+Prompt = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[str], Tag("list[str]")] | Annotated[TokenIds, Tag("list[int]")]
+    | Annotated[list[TokenIds], Tag("list[list[int]]")],
+    Discriminator(_prompt_form),
+]
+
+
 class CompletionBody(_GenerationBody):
-    prompt: str | list[str] | list[Int] | list[list[Int]]
+    prompt: Prompt
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: Int | None = Field(None, ge=1)

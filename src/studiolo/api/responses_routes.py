@@ -26,7 +26,7 @@ from studiolo.api.errors import APIError, from_domain
 from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.responses_render import OutputItems, ResponseInfo
 from studiolo.api.responses_schemas import CompactBody, ResponseBody
-from studiolo.api.routing import make_router
+from studiolo.api.routing import make_router, request_limits
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
@@ -53,7 +53,10 @@ def _previous_not_found(exc: ResponseNotFound) -> APIError:
 @router.post("/responses")
 async def create_response(body: ResponseBody, request: Request):
     conversations = _conversations(request)
-    run = await _start(conversations, body.turn())  # every 4xx comes before any streaming
+    try:  # every 4xx comes before any streaming
+        run = await until_disconnected(request, _start(conversations, body.turn(request_limits(request).max_json_depth)))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     info = ResponseInfo(run.id, run.model, run.generation.created, run.turn.instructions,
                         run.turn.previous_response_id, body.settings())
     with_logprobs = body.logprobs is not None
@@ -158,7 +161,7 @@ async def compact(body: CompactBody, request: Request) -> Any:
     """The conversation compacted by the model (service/compaction.py); always stored."""
     compactions = Compactions(_conversations(request))
     try:
-        run = await compactions.start(body.compaction())  # every 4xx comes before the model writes
+        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))  # every 4xx comes before the model writes
     except ResponseNotFound as exc:
         raise _previous_not_found(exc) from None
     try:

@@ -30,6 +30,8 @@ from studiolo.engine.sampling import SamplingParams
 from studiolo.service.compaction import CompactRequest
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
+from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.tool_calls import check_arguments
 from studiolo.service.types import GenerationOptions, InvalidRequest, Tools
 from studiolo.store.responses import check_response_id
 
@@ -86,13 +88,7 @@ class FunctionCallInput(_Body):
     arguments: str
     id: str | None = None
 
-    def normalized(self, where: str) -> Item:
-        try:
-            arguments = json.loads(self.arguments)
-        except (ValueError, RecursionError) as exc:  # not JSON; deep nesting; a number past int's digit limit
-            arguments = exc
-        if not isinstance(arguments, dict):  # templates write calls back as objects
-            raise InvalidRequest("a function call's arguments must be a JSON object (as text)", f"{where}.arguments")
+    def normalized(self, where: str) -> Item:  # its arguments are checked by _input_item
         item = {"type": "function_call", "call_id": self.call_id, "name": self.name, "arguments": self.arguments}
         return _with_given_id(item, self.id)
 
@@ -139,7 +135,7 @@ def _with_given_id(item: Item, item_id: str | None) -> Item:
     return {"id": item_id, **item} if item_id else item
 
 
-def _input_item(index: int, raw: dict[str, Any]) -> Item:
+def _input_item(index: int, raw: dict[str, Any], max_json_depth: int) -> Item:
     kind = raw.get("type", "message")  # a message may leave its type out (OpenAI's "easy" input message)
     model = _INPUT_ITEMS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -151,6 +147,8 @@ def _input_item(index: int, raw: dict[str, Any]) -> Item:
         # the same message and param as a body error, with the item's place in front
         first = exc.errors()[0]
         raise describe_validation([{**first, "loc": ("body", "input", index, *first["loc"])}]) from None
+    if isinstance(parsed, FunctionCallInput):  # not JSON; deep nesting; a number past int's digit limit
+        check_arguments(parsed.arguments, f"input[{index}].arguments", max_json_depth)
     return parsed.normalized(f"input[{index}]")
 
 
@@ -240,7 +238,7 @@ class ResponseBody(_Turn):
             return None
         return self.top_logprobs or 0
 
-    def turn(self) -> Turn:
+    def turn(self, max_json_depth: int = DEFAULT_MAX_DEPTH) -> Turn:
         self._check_continuation()
         self._check_stored_settings()
         constraint = self._constraint()
@@ -249,7 +247,7 @@ class ResponseBody(_Turn):
                                     constraint_param="text.format" if constraint else None)
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
-        return Turn(self.model, self._items(), options, self.instructions or None, self.previous_response_id,
+        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None, self.previous_response_id,
                     self.store, tools, ttl=self.ttl)
 
     def settings(self) -> dict[str, Any]:
@@ -279,10 +277,10 @@ class ResponseBody(_Turn):
         if fmt is not None:
             check_json(fmt.schema_, "text.format.schema")
 
-    def _items(self) -> list[Item]:
+    def _items(self, max_json_depth: int) -> list[Item]:
         if isinstance(self.input, list) and not self.input:
             raise InvalidRequest("'input' is empty", "input")
-        return input_items(self.input)
+        return input_items(self.input, max_json_depth)
 
     def _tools(self) -> Tools | None:
         definitions = [
@@ -330,16 +328,16 @@ class CompactBody(_Turn):
 
     input: str | list[dict[str, Any]] | None = None
 
-    def compaction(self) -> CompactRequest:
+    def compaction(self, max_json_depth: int = DEFAULT_MAX_DEPTH) -> CompactRequest:
         self._check_continuation()
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens)
-        items = input_items(self.input) if self.input is not None else []
+        items = input_items(self.input, max_json_depth) if self.input is not None else []
         return CompactRequest(self.model, items, options, self.instructions or None, self.previous_response_id,
                               self.ttl)
 
 
-def input_items(given: str | list[dict[str, Any]]) -> list[Item]:
+def input_items(given: str | list[dict[str, Any]], max_json_depth: int = DEFAULT_MAX_DEPTH) -> list[Item]:
     """A request's ``input`` as stored items: a string is one user message."""
     if isinstance(given, str):
         return [user_message(given)]
-    return [_input_item(index, raw) for index, raw in enumerate(given)]
+    return [_input_item(index, raw, max_json_depth) for index, raw in enumerate(given)]

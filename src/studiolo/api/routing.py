@@ -1,25 +1,39 @@
-"""The routers' one route class: request bodies are checked for text that no model can read.
+"""The routers' one route class: request bodies are read and parsed within the server's limits
+(api/request_body.py), and checked for text that no model can read.
 
 JSON may carry a lone UTF-16 surrogate as an escape (``"\\ud800"``); Python decodes it into a
 ``str`` that cannot be encoded as UTF-8, so it would fail deep inside tokenization as a 500.
 It is refused here instead, with a 400 naming the field. Only bodies holding such an escape
 at all (``\\ud8``-``\\udf``, which valid surrogate pairs such as escaped emoji also use) are
-parsed a second time to find it: every other request pays one byte search.
+walked to find it: every other request pays one byte search.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from studiolo.api.errors import APIError
+from studiolo.api.request_body import (
+    MIB,
+    check_counts,
+    is_json_request,
+    parse_bounded,
+    read_bounded,
+)
+from studiolo.config import RequestLimits
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Bodies past this are parsed in a worker thread: the parser itself holds the GIL, but the walks
+# over the result (nesting, surrogates) let the event loop run between their steps.
+PARSE_IN_THREAD_BYTES = MIB
+CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
 
 def lone_surrogate_path(value: Any, path: str = "") -> str | None:
@@ -48,18 +62,37 @@ class TextCheckedRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def checked(request: Request) -> Response:
-            body = await request.body()  # kept by the request: the handler does not read it again
-            if _SURROGATE_ESCAPE.search(body):
-                try:
-                    decoded = json.loads(body)
-                except (ValueError, RecursionError):
-                    decoded = None  # not JSON: the handler says so
-                path = lone_surrogate_path(decoded)
-                if path is not None:
-                    raise APIError(400, f"'{path}' holds a lone UTF-16 surrogate, which is not text", param=path)
+            limits = request_limits(request)
+            try:
+                body = await read_bounded(request, limits)  # kept by the request: the handler reads it there
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            if body and is_json_request(request):
+                if len(body) > PARSE_IN_THREAD_BYTES:
+                    decoded = await asyncio.to_thread(_decoded, body, limits)
+                else:
+                    decoded = _decoded(body, limits)
+                check_counts(self.path, decoded, limits)
+                request._json = decoded  # Starlette's cache: FastAPI validates this, without parsing again
             return await handle(request)
 
         return checked
+
+
+def request_limits(request: Request) -> RequestLimits:
+    settings = getattr(request.app.state, "settings", None)
+    return settings.limits if settings is not None else RequestLimits()
+
+
+def _decoded(body: bytes, limits: RequestLimits) -> Any:
+    """The body's JSON within the limits, with no lone surrogate in its text."""
+    decoded = parse_bounded(body, limits)
+    if _SURROGATE_ESCAPE.search(body):
+        path = lone_surrogate_path(decoded)
+        if path is not None:
+            raise APIError(400, f"'{path}' holds a lone UTF-16 surrogate, which is not text", param=path,
+                           code="invalid_value")
+    return decoded
 
 
 def make_router(**options: Any) -> APIRouter:

@@ -9,6 +9,7 @@ has no template, its family's built-in one is used (Gemma), and ChatML as the la
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -21,6 +22,23 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 class TemplateError(ValueError):
     """The template refused the conversation (e.g. ``raise_exception``) or failed to render."""
+
+    param = "messages"  # the request field the conversation came from; the service may say "input"
+
+
+class RenderTooLong(ValueError):
+    """The rendered prompt passed ``max_chars``: rendering stopped there."""
+
+    def __init__(self, max_chars: int):
+        super().__init__(f"the prompt as the chat template formats it is longer than {max_chars} characters")
+        self.max_chars = max_chars
+
+
+class RenderStopped(Exception):
+    """``should_stop`` said so (the client left) while the template was rendering."""
+
+
+PIECES_PER_CHECK = 256  # rendered pieces between two checks of the bounds
 
 
 # Gemma folds system text into the first user turn and calls the assistant "model".
@@ -89,22 +107,40 @@ class ChatTemplate:
     bos_token: str
     eos_token: str
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **variables: Any) -> str:
+    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+               max_chars: int | None = None, should_stop: Callable[[], bool] | None = None,
+               **variables: Any) -> str:
+        """The prompt text; a template is a program, so its output is bounded (``max_chars``) and
+        the rendering can be stopped (``should_stop``) as it goes, piece by piece."""
         try:
             template = _compile(self.source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"the model's chat template does not compile: {exc}") from exc
         try:
-            return template.render(
+            pieces = template.generate(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 **variables,
             )
-        except TemplateError:
+            return _joined(pieces, max_chars, should_stop)
+        except (TemplateError, RenderTooLong, RenderStopped):
             raise
         except jinja2.TemplateError as exc:
             raise TemplateError(f"the model's chat template failed: {exc}") from exc
         except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
             raise TemplateError(f"the model's chat template failed on these messages: {exc}") from exc
+
+
+def _joined(pieces: Iterator[str], max_chars: int | None, should_stop: Callable[[], bool] | None) -> str:
+    out: list[str] = []
+    length = 0
+    for count, piece in enumerate(pieces, start=1):
+        out.append(piece)
+        length += len(piece)
+        if max_chars is not None and length > max_chars:
+            raise RenderTooLong(max_chars)
+        if should_stop is not None and count % PIECES_PER_CHECK == 0 and should_stop():
+            raise RenderStopped()
+    return "".join(out)

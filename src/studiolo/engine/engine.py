@@ -21,6 +21,7 @@ from studiolo.config import EngineSettings
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
+from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
 from studiolo.engine.sequence import (
@@ -32,7 +33,6 @@ from studiolo.engine.sequence import (
     SequenceState,
     TokenEvent,
 )
-from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.stream import Outbox, TokenStream
 
@@ -193,7 +193,10 @@ class Engine:
             self._inbox.clear()
             closing = self._closing
         if closing:
-            self._fail_all("the model was unloaded while generating; send the request again to load it", "unloaded")
+            # the submits just taken from the inbox are failed too: dropped here, their streams would
+            # wait forever (a request submitted just before an unload got its first chunk, then nothing)
+            self._fail_all("the model was unloaded while generating; send the request again to load it", "unloaded",
+                           commands)
             self._outbox.flush()
             COMPUTE.detach(self)
             self._closed.set()
@@ -203,7 +206,7 @@ class Engine:
             self._step()
         except Exception as exc:  # a bug must not leave clients waiting forever
             log.exception("engine step failed")
-            self._fail_all(f"internal engine error: {exc}", "error")
+            self._fail_all(f"internal engine error: {exc}", "error", commands)
         self._outbox.flush()
 
     def _apply(self, commands: list[_Submit | _Cancel | _Offer]) -> None:
@@ -324,14 +327,17 @@ class Engine:
             self.slots.forget(seq.slot)  # what the failed batch left in its cells is unknown
             self._finish(seq, "error", f"llama_decode failed with status {status}")
 
-    def _fail_all(self, message: str, reason: str) -> None:
+    def _fail_all(self, message: str, reason: str, taken: list[_Submit | _Cancel | _Offer] = ()) -> None:
+        """End every sequence the engine knows of with ``reason``: queued, running, and submitted but not
+        yet applied (``taken`` from the inbox by this step, or still in it)."""
         for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
             if seq.slot is not None:
                 self.slots.forget(seq.slot)
             self._finish(seq, reason, message)
         with self._wake:
-            orphans, self._inbox = list(self._inbox), deque()
+            orphans, self._inbox = list(taken) + list(self._inbox), deque()
         for command in orphans:
             for seq in command.seqs if isinstance(command, _Submit) else ():
-                seq.state = SequenceState.FINISHED
-                self._outbox.put(seq.sink, seq.finish_event(reason, message))
+                if seq.state is not SequenceState.FINISHED:  # not already ended above
+                    seq.state = SequenceState.FINISHED
+                    self._outbox.put(seq.sink, seq.finish_event(reason, message))

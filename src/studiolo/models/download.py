@@ -78,6 +78,7 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     _is_weights,
     _listing,
     _matching,
+    check_quantization,
     _name_tokens,
     _parse_url,
     _refuse_split,
@@ -149,6 +150,7 @@ def _is_hex(text: object, length: int) -> bool:
 
 def _merge_quantization(ref: ModelReference, quantization: str | None) -> str | None:
     quantization = quantization.strip() if quantization and quantization.strip() else None
+    check_quantization(quantization)  # before asking the hub anything
     if ref.quantization and quantization and ref.quantization.lower() != quantization.lower():
         raise InvalidModelReference(
             f"the model names quantization '{ref.quantization}' but quantization '{quantization}' was asked for"

@@ -87,6 +87,31 @@ class ModelReference:
     quantization: str | None = None  # from an ``owner/repo@Q4_K_M`` suffix
 
 
+# A quantization is matched against file names, and a file name and revision go into the hub's URLs
+# and (the file's base name) into a path on disk: refused before any network unless plainly a name.
+_QUANTIZATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_PATH_SEGMENT = re.compile(r"[^\\/\x00-\x1f]{1,255}")
+
+
+def check_quantization(quantization: str | None, param: str = "quantization") -> None:
+    """A quantization is a short name (Q4_K_M, IQ2_XXS, F16, bf16): letters, digits, ``_.+-``."""
+    if quantization is None:
+        return
+    if not _QUANTIZATION.fullmatch(quantization) or ".." in quantization:
+        error = InvalidModelReference(f"'{quantization[:100]}' is not a quantization name (such as Q4_K_M: letters, "
+                                      "digits, '_', '.', '+' and '-', at most 64)")
+        error.param = param
+        raise error
+
+
+def _check_file_path(filename: str, text: str) -> None:
+    """A file inside a repo: segments that are names, none of them '.' or '..'."""
+    segments = filename.split("/")
+    if any(segment in (".", "..") or not _PATH_SEGMENT.fullmatch(segment) for segment in segments):
+        raise InvalidModelReference(f"'{text[:200]}' names the file '{filename[:200]}', which is not a path inside "
+                                    "the repo ('..', '.', empty or control characters)")
+
+
 def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
@@ -100,6 +125,7 @@ def parse_reference(model: str) -> ModelReference:
     repo_id, _, quantization = text.partition("@")
     if not _REPO_ID.fullmatch(repo_id):
         raise InvalidModelReference(f"'{model}' is not a Hugging Face repo id (owner/repo) or huggingface.co URL")
+    check_quantization(quantization or None, param="model")
     return ModelReference(repo_id, quantization=quantization or None)
 
 
@@ -118,8 +144,11 @@ def _parse_url(text: str) -> ModelReference:
         if not rest:
             return ModelReference(repo_id)
         if rest[0] in ("blob", "resolve") and len(rest) >= 3:
+            _check_file_path(rest[1], text)  # the revision too goes into the hub's URLs
+            _check_file_path("/".join(rest[2:]), text)
             return ModelReference(repo_id, revision=rest[1], filename="/".join(rest[2:]))
         if rest[0] == "tree" and len(rest) == 2:
+            _check_file_path(rest[1], text)
             return ModelReference(repo_id, revision=rest[1])
     raise InvalidModelReference(
         f"'{text}' is not the URL of a model repo or file (expected .../owner/repo or .../owner/repo/blob/main/file.gguf)"

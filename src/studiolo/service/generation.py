@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from studiolo.chat.templates import ChatTemplate, builtin_template_for
+from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
 from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
+from studiolo.config import RequestLimits
 from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel, LoraAdapter
+from studiolo.engine.long_text import tokenize_long
 from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import (
     FinishEvent,
@@ -34,6 +36,7 @@ from studiolo.engine.sequence import (
 from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
+from studiolo.service.bounds import check_chat_bounds, check_completion_bounds, off_loop
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.text import TextAssembler
@@ -293,18 +296,21 @@ class Generation:
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager, log_hub: LogHub | None = None):
+    def __init__(self, manager: ModelManager, log_hub: LogHub | None = None, limits: RequestLimits | None = None):
         self.manager = manager
         self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
+        self.limits = limits or RequestLimits()
         self._templates: dict[str, ChatTemplate] = {}
 
     async def chat(self, request: ChatRequest) -> Generation:
         await _check_constraint(request.options)  # a bad schema is refused before any model loads
+        check_chat_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
         loaded = target.instance
-        text = self.chat_prompt_text(loaded, request)
-        prompt = Prompt(loaded.model.tokenize(text, add_special=True, parse_special=True), text)
+        template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
+        # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
+        prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
         if request.restore is not None:
             await _restore_prefix(target, prompt.tokens, request.restore)
         options, syntax = request.options, None
@@ -318,20 +324,39 @@ class GenerationService:
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await _check_constraint(request.options)
+        check_completion_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
         target = await self.manager.get(request.model, ttl=request.ttl)
-        prompts = [self._completion_prompt(target.instance.model, p) for p in request.prompts]
+        model = target.instance.model
+        prompts = await off_loop(lambda stop: [self._completion_prompt(model, p, stop) for p in request.prompts])
         constraint = await _compiled_constraint(target.instance, request.options)
         return self._start(target, "cmpl", prompts, request.options, "prompt", constraint)
 
-    def chat_prompt_text(self, loaded: Instance, request: ChatRequest) -> str:
+    def _chat_prompt(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
+                     stop: Callable[[], bool]) -> Prompt:
+        """The chat's prompt, rendered and tokenized (in a worker thread: ``stop`` says the client left;
+        the tokenizer holds the model's vocabulary lock, so an unload waits for it or ends it)."""
+        text = self.chat_prompt_text(loaded, template, request, stop)
+        return Prompt(tokenize_long(loaded.model, text, add_special=True, should_stop=stop), text)
+
+    def chat_prompt_text(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
+                         stop: Callable[[], bool] | None = None) -> str:
         """The conversation as the model's template formats it, ready to tokenize.
 
         With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
         """
-        template = self._template(loaded)
         messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
-        text = template.render(messages, add_generation_prompt=True, **variables)
+        limit = self.limits.max_prompt_chars
+        try:
+            text = template.render(messages, add_generation_prompt=True, max_chars=limit, should_stop=stop,
+                                   **variables)
+        except TemplateError as exc:
+            exc.param = request.prompt_field  # Responses and /api/v1/chat send "input"
+            raise
+        except RenderTooLong:
+            raise InvalidRequest(f"the prompt as the model's chat template formats it is longer than {limit} "
+                                 "characters, the server's limit (setting limits.max_prompt_chars)",
+                                 request.prompt_field) from None
         model = loaded.model
         if model.add_bos and template.bos_token and text.startswith(template.bos_token):
             text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
@@ -347,10 +372,11 @@ class GenerationService:
         return template
 
     @staticmethod
-    def _completion_prompt(model: LlamaModel, prompt: str | list[int]) -> Prompt:
+    def _completion_prompt(model: LlamaModel, prompt: str | list[int], stop: Callable[[], bool]) -> Prompt:
         """Text prompts get the model's BOS, as llama-server does; token prompts are taken as they are."""
         if isinstance(prompt, str):
-            return Prompt(model.tokenize(prompt, add_special=True, parse_special=True), prompt, added_bos=model.add_bos)
+            tokens = tokenize_long(model, prompt, add_special=True, should_stop=stop)
+            return Prompt(tokens, prompt, added_bos=model.add_bos)
         pieces = b"".join(model.token_bytes(t, special=True) for t in prompt if model.is_valid_token(t))
         return Prompt(list(prompt), pieces.decode("utf-8", errors="replace"))
 

@@ -6,8 +6,21 @@ import secrets
 import string
 from collections.abc import Callable
 
-from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ParsedEvent, ToolCallParser
-from studiolo.service.types import ChatMessage, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta
+from studiolo.chat.tool_parser import (
+    CallArguments,
+    CallStart,
+    CallSyntax,
+    ParsedEvent,
+    ToolCallParser,
+)
+from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH, JSONTextError, loads_bounded
+from studiolo.service.types import (
+    ChatMessage,
+    InvalidRequest,
+    TextDelta,
+    TokenInfo,
+    ToolCallDelta,
+)
 
 
 class CallReader:
@@ -48,6 +61,18 @@ _CALL_ID_ALPHABET = string.ascii_letters + string.digits
 def new_call_id() -> str:
     """Nine letters and digits: what Mistral's templates demand of ids sent back to them."""
     return "".join(secrets.choice(_CALL_ID_ALPHABET) for _ in range(9))
+
+
+def check_arguments(text: str, param: str, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    """A call sent back in a conversation must carry its arguments as a JSON object (as text), since
+    templates write calls back as objects; anything else is a 400 naming ``param`` (chat completions'
+    and Responses' fields both come here)."""
+    try:
+        value = loads_bounded(text, max_depth)
+    except JSONTextError as exc:
+        raise InvalidRequest(f"'{param}' must be a JSON object (as text); it {exc}", param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{param}' must be a JSON object (as text): a tool call's arguments", param)
 
 
 def check_tool_results(
