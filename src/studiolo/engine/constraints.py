@@ -315,6 +315,7 @@ class ConstraintCompiler:
     def __init__(self, model: LlamaModel, tokenizer: LLTokenizer | None = None):
         self.model = model
         self._tokenizer = tokenizer  # one already built for this model, or None to build it
+        self.tokenizer_bytes = 0  # what building it took from the heap (Gemma 3's 262k tokens: ~110 MiB)
 
     @property
     def tokenizer(self) -> LLTokenizer:
@@ -323,7 +324,9 @@ class ConstraintCompiler:
             with self.model.vocabulary_lock:  # the model must not close while this reads it
                 self.model.require_open()
                 if self._tokenizer is None:
+                    before = heap_in_use() if heap_in_use is not None else 0
                     self._tokenizer = build_tokenizer(self.model)
+                    self.tokenizer_bytes = heap_in_use() - before if heap_in_use is not None else 0
         return self._tokenizer
 
     def cached(self, spec: ConstraintSpec) -> CompiledConstraint | None:
@@ -383,6 +386,13 @@ def compiler_for(model: LlamaModel) -> ConstraintCompiler:
         if compiler is None:
             compiler = _compilers[model] = ConstraintCompiler(model)
         return compiler
+
+
+def tokenizer_bytes(model: LlamaModel) -> int:
+    """Memory the model's llguidance tokenizer holds (0 until a constraint first needs it)."""
+    with _compilers_lock:
+        compiler = _compilers.get(model)
+    return compiler.tokenizer_bytes if compiler is not None else 0
 
 
 def forget(model: LlamaModel) -> None:

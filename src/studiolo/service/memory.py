@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from studiolo.engine import process_memory
+from studiolo.engine.constraints import tokenizer_bytes as constraint_tokenizer_bytes
 from studiolo.engine.grammar_cache import GRAMMAR_CACHE
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager
@@ -33,6 +34,7 @@ from studiolo.service.model_log import LogHub
 log = logging.getLogger(__name__)
 
 MIB = 2**20
+MALLOC_ARENAS = 2  # the event loop's and the compute thread's; worker threads share them
 JANITOR_SECONDS = 1.0  # how often the janitor looks
 IDLE_TRIM_SECONDS = 2.0  # idle this long after work, the models' freed memory goes back
 GROWTH_TRIM_BYTES = 32 * MIB  # allocated memory grown this much while idle: trim again
@@ -49,6 +51,7 @@ class Trim:
 class MemoryMonitor:
     def __init__(self, manager: ModelManager, log_hub: LogHub | None = None):
         self.manager = manager
+        process_memory.limit_arenas(MALLOC_ARENAS)
         self._providers: dict[str, CacheProvider] = {}
         self.register("prompt_cache", manager.prompt_cache_usage)
         self.register("grammar_cache", lambda: (GRAMMAR_CACHE.bytes, GRAMMAR_CACHE.budget))
@@ -79,7 +82,8 @@ class MemoryMonitor:
         memory = process_memory.resident()
         instances = [instance_figures(instance) for instance in self.manager.loaded()]
         caches = self.caches()
-        held = sum(i["weights_bytes"] + i["kv_cache_bytes"] + i["compute_bytes"] for i in instances)
+        held = sum(i["weights_bytes"] + i["kv_cache_bytes"] + i["compute_bytes"] + i["token_pieces_bytes"]
+                   + i["constraint_tokenizer_bytes"] for i in instances)
         return {
             "resident_bytes": memory.rss,
             "resident_anonymous_bytes": memory.anonymous,
@@ -148,6 +152,7 @@ def instance_figures(instance: Instance) -> dict[str, Any]:
         "kv_cache_bytes": footprint.kv_cache,
         "compute_bytes": footprint.compute,
         "token_pieces_bytes": instance.model.pieces_bytes,
+        "constraint_tokenizer_bytes": constraint_tokenizer_bytes(instance.model),
         "running_sequences": running,
         "queued_sequences": queued,
     }
