@@ -157,7 +157,10 @@ def test_health_answers_during_a_slow_compile(http: httpx.Client) -> None:
     import concurrent.futures
 
     heavy = [chat({"guided_choice": [f"{i:09d}" for i in range(1_000)]}),
-             chat({"guided_regex": "a{1000}{1000}"})]
+             chat({"guided_regex": "a{1000}{1000}"}),
+             chat({"tools": [{"type": "function", "function": {"name": "wide", "parameters": {
+                 "type": "object", "properties": {f"p{i}": {"type": "string", "pattern": f"^[a-z]{{1,{i % 50 + 1}}}$"}
+                                                  for i in range(900)}}}}]})]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         sent = [pool.submit(http.post, "/v1/chat/completions", json=body, timeout=60) for body in heavy]
         for _ in range(5):

@@ -6,6 +6,7 @@ the events back; no generation logic lives here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -129,7 +130,9 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
 async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | None = None):
     """A chat completion; ``extras`` adds fields to the body (LM Studio's v0 stats) when it is done."""
     try:
-        generation = await started(request, _service(request).chat(body.to_domain(request_limits(request).max_json_depth)))
+        # reading the request checks its tools' schemas with llguidance: bounded, but up to a second
+        chat = await asyncio.to_thread(body.to_domain, request_limits(request).max_json_depth)
+        generation = await started(request, _service(request).chat(chat))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.stream:
@@ -161,7 +164,8 @@ async def completions(body: CompletionBody, request: Request):
 
 async def run_completion(body: CompletionBody, request: Request, extras: Extras | None = None):
     try:
-        generation = await started(request, _service(request).complete(body.to_domain()))
+        completion = await asyncio.to_thread(body.to_domain)  # its whitespace pattern compiles
+        generation = await started(request, _service(request).complete(completion))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     with_logprobs = body.logprobs is not None

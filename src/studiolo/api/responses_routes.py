@@ -54,7 +54,8 @@ def _previous_not_found(exc: ResponseNotFound) -> APIError:
 async def create_response(body: ResponseBody, request: Request):
     conversations = _conversations(request)
     try:  # every 4xx comes before any streaming
-        run = await until_disconnected(request, _start(conversations, body.turn(request_limits(request).max_json_depth)))
+        turn = await asyncio.to_thread(body.turn, request_limits(request).max_json_depth)  # tools' schemas compile
+        run = await until_disconnected(request, _start(conversations, turn))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     info = ResponseInfo(run.id, run.model, run.generation.created, run.turn.instructions,
