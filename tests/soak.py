@@ -101,14 +101,21 @@ def chat_body(index: int, phase: str, max_tokens: int) -> dict:
             "max_tokens": max_tokens, "temperature": 0.7, "seed": index, "stream": True}
 
 
+async def refused(response: httpx.Response, phase: Phase) -> bool:
+    """Whether the stream was refused (then counted as an error, and as a 5xx if it was one)."""
+    if response.status_code == 200:
+        return False
+    phase.server_errors += response.status_code >= 500
+    phase.errors.append(f"{response.status_code} {(await response.aread())[:200]!r}")
+    return True
+
+
 async def full_stream(http: httpx.AsyncClient, body: dict, phase: Phase) -> None:
     """One stream read to its end; anything but a 200 ending in a finish reason and [DONE] is an error."""
     phase.requests += 1
     try:
         async with http.stream("POST", CHAT, json=body) as response:
-            if response.status_code != 200:
-                phase.server_errors += response.status_code >= 500
-                phase.errors.append(f"{response.status_code} {(await response.aread())[:200]!r}")
+            if await refused(response, phase):
                 return
             lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
     except httpx.HTTPError as error:
@@ -124,9 +131,7 @@ async def aborted_stream(http: httpx.AsyncClient, body: dict, phase: Phase) -> N
     tokens = 0
     try:
         async with http.stream("POST", CHAT, json=body) as response:
-            if response.status_code != 200:
-                phase.server_errors += response.status_code >= 500
-                phase.errors.append(f"{response.status_code} {(await response.aread())[:200]!r}")
+            if await refused(response, phase):
                 return
             async for line in response.aiter_lines():
                 tokens += line.startswith("data: ") and '"content":"' in line.replace(" ", "")
