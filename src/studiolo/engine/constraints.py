@@ -62,10 +62,11 @@ from studiolo.engine import constraint_limits as bounds
 from studiolo.engine.byte_vocabulary import byte_tokenizer as _byte_tokenizer
 from studiolo.engine.constraint_limits import InvalidConstraint
 from studiolo.engine.gbnf import gbnf_to_lark
-from studiolo.engine.grammar_cache import GRAMMAR_CACHE, heap_in_use
+from studiolo.engine.grammar_cache import GRAMMAR_CACHE
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.masks import forbidden_log_mass, mask_logits
+from studiolo.engine.process_memory import allocated_bytes
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ def _raw_grammar(spec: ConstraintSpec) -> str:
         lark = gbnf_to_lark(spec.definition)
     except RecursionError:
         raise InvalidConstraint("invalid GBNF grammar: it nests too deeply") from None
-    except Exception as error:  # the converter raises bare Exceptions for unknown rules
+    except Exception as error:  # noqa: BLE001 - llguidance's GBNF parser raises bare Exceptions on bad input
         raise InvalidConstraint(f"invalid GBNF grammar: {error}") from None
     return LLMatcher.grammar_from_lark(lark)
 
@@ -324,9 +325,9 @@ class ConstraintCompiler:
             with self.model.vocabulary_lock:  # the model must not close while this reads it
                 self.model.require_open()
                 if self._tokenizer is None:
-                    before = heap_in_use() if heap_in_use is not None else 0
+                    before = allocated_bytes()
                     self._tokenizer = build_tokenizer(self.model)
-                    self.tokenizer_bytes = heap_in_use() - before if heap_in_use is not None else 0
+                    self.tokenizer_bytes = allocated_bytes() - before
         return self._tokenizer
 
     def cached(self, spec: ConstraintSpec) -> CompiledConstraint | None:
@@ -341,9 +342,9 @@ class ConstraintCompiler:
         tokenizer = self.tokenizer  # built (once) outside the measure below
         with self.model.vocabulary_lock:  # not the cache's lock: a slow grammar must not block hits
             self.model.require_open()
-            before = heap_in_use() if heap_in_use is not None else 0
+            before = allocated_bytes()
             compiled = self._compile(spec, tokenizer)
-            grown = heap_in_use() - before if heap_in_use is not None else 0
+            grown = allocated_bytes() - before
         # at least 32 bytes of compiled state per byte of grammar (measured: 20-120) and a bitmask
         size = max(grown, 32 * len(compiled.grammar) + tokenizer.vocab_size // 8)
         return GRAMMAR_CACHE.put((self, spec), compiled, size)  # a racing thread's copy wins

@@ -13,8 +13,6 @@ Measured with SmolLM2's vocabulary: a small schema 130 KiB, 5,000 enum values (6
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -84,32 +82,3 @@ class ByteBoundedCache:
 
 
 GRAMMAR_CACHE = ByteBoundedCache(load_budgets().grammar_cache_mib * MIB)
-
-
-def grammar_cache_bytes() -> int:
-    """Bytes the compiled-grammar cache holds now (for /metrics and ``studiolo ps``)."""
-    return GRAMMAR_CACHE.bytes
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def _mallinfo2() -> Callable[[], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        function = libc.mallinfo2  # glibc 2.33+
-    except (OSError, AttributeError):
-        return None
-    function.restype = _MallInfo2
-
-    def in_use() -> int:
-        info = function()
-        return info.uordblks + info.hblkhd
-
-    return in_use
-
-
-heap_in_use = _mallinfo2()  # None where glibc's counters are not available

@@ -70,6 +70,15 @@ def allocator_free_bytes() -> int | None:
     return int(info.fordblks)
 
 
+def allocated_bytes() -> int:
+    """Bytes malloc has handed out and not had back (0 off glibc): the difference across a call
+    is what that call kept on the heap, native libraries' allocations included."""
+    if _LIBC is None:
+        return 0
+    info = _LIBC.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
 M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
