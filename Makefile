@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models serve test test-stress soak bench clean
+.PHONY: setup models serve lint test test-stress soak bench clean
 
 setup: $(INSTALLED) models
 
@@ -31,7 +31,12 @@ models: $(INSTALLED)
 serve: setup
 	$(VENV)/bin/studiolo server start --foreground --port $(PORT)
 
-test: setup
+# ruff (pyflakes, import order, bugbear, complexity) and mypy over src/: clean, or no tests run
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest
 
 # The whole suite RUNS times (3) in a row while one CPU-bound process per core keeps the machine
