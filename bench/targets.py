@@ -15,7 +15,7 @@ import httpx
 
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
-from studiolo.engine.sampling import SamplingParams
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.sequence import GenerationRequest, TokenEvent
 
 

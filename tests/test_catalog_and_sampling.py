@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import pytest
 
 from studiolo.api.errors import field_path
-from studiolo.engine.sampling import SamplingParams, TokenSampler, logprobs_of
+from studiolo.domain.sampling import SamplingParams
+from studiolo.engine.sampling import TokenSampler, logprobs_of
 from studiolo.models.catalog import AmbiguousModelName, Catalog, ModelNotFound
 
 

@@ -14,6 +14,7 @@ import llguidance.numpy as llg_numpy
 import numpy as np
 import pytest
 
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import (
     ConstraintCompiler,
     ConstraintError,
@@ -28,7 +29,7 @@ from studiolo.engine.constraints import (
 from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.masks import forbidden_log_mass
-from studiolo.engine.sampling import SamplingParams, TokenSampler
+from studiolo.engine.sampling import TokenSampler
 from tests.conftest import GEMMA, SMOLLM
 
 PERSON_SCHEMA = {

@@ -14,11 +14,11 @@ import time
 import pytest
 
 from studiolo.config import EngineSettings
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine import cpu_share
 from studiolo.engine.cpu_share import SAMPLE_SECONDS, CpuShare
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
-from studiolo.engine.sampling import SamplingParams
 from studiolo.engine.sequence import GenerationRequest, TokenEvent
 from tests.conftest import SMOLLM
 from tests.stress import burn

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from studiolo.config import EngineSettings
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter
-from studiolo.engine.sampling import SamplingParams
-from studiolo.engine.sequence import FinishEvent, GenerationRequest, TokenEvent
 from studiolo.engine.prompt_cache import PromptCache, common_prefix_length
+from studiolo.engine.sequence import FinishEvent, GenerationRequest, TokenEvent
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import SMOLLM
 

@@ -27,8 +27,9 @@ from studiolo.api.responses_render import (
     usage_body,
 )
 from studiolo.api.responses_schemas import ResponseBody
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.generation import UnloadedWhileGenerating
-from studiolo.service.types import Alternative, Finished, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta, Usage
+from studiolo.service.types import Alternative, Finished, TextDelta, TokenInfo, ToolCallDelta, Usage
 from studiolo.store.responses import StoredResponse
 from tests.conftest import SMOLLM
 from tests.responses_spec import event_errors, item_list_errors, response_errors

@@ -28,9 +28,9 @@ from studiolo.chat.tool_formats import (
     tool_grammar,
 )
 from studiolo.chat.tool_parser import CallArguments, CallStart, Text, ToolCallParser
+from studiolo.domain.chat import ChatMessage, ToolCall, Tools, ToolSpec
 from studiolo.engine.constraints import ConstraintSpec, compiler_for
 from studiolo.engine.llama import LlamaModel
-from studiolo.service.types import ChatMessage, ToolCall, Tools, ToolSpec
 from tests.conftest import SMOLLM
 
 TEMPLATES = Path(__file__).parent / "chat_templates"

@@ -21,14 +21,14 @@ from studiolo.api.memory_routes import router as memory_router
 from studiolo.api.openai_routes import router as openai_router
 from studiolo.api.responses_routes import router as responses_router
 from studiolo.config import ServerSettings, models_dir
-from studiolo.store.responses import ResponseStore
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
 from studiolo.service.conversations import Conversations
 from studiolo.service.embeddings import EmbeddingService
-from studiolo.service.memory import MIB, MemoryMonitor
 from studiolo.service.generation import GenerationService
+from studiolo.service.memory import MIB, MemoryMonitor
 from studiolo.service.model_log import LogHub, install_server_log_handler, remove_server_log_handler
+from studiolo.store.responses import ResponseStore
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

@@ -21,8 +21,8 @@ from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.embeddings import EmbeddingRequest, EmbeddingService
-from studiolo.service.types import InvalidRequest
 
 router = make_router()
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request

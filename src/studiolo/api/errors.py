@@ -17,26 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from studiolo.chat.templates import TemplateError
-from studiolo.engine.embedding import InputTooLong
-from studiolo.engine.engine import ContextLengthExceeded, EngineClosed, InvalidTokens
-from studiolo.engine.llama import ModelClosed, ModelLoadError
-from studiolo.models.adapters import AdapterLoadFailed
-from studiolo.models.catalog import AmbiguousModelName, ModelNotFound
-from studiolo.models.manager import (
-    AdapterNotLoadable,
-    IdentifierTaken,
-    InstanceNotFound,
-    ModelBusy,
-    ModelFileUnloadable,
-    ModelLoadFailed,
-    ModelNotLoaded,
-)
-from studiolo.models.memory import InsufficientMemory
-from studiolo.service.generation import ConstraintFailed, GenerationFailed, UnloadedWhileGenerating
-from studiolo.service.types import InvalidRequest
-from studiolo.store.faults import StorageFull, StorageUnavailable
-from studiolo.store.responses import InvalidResponseId, ResponseNotFound
+from studiolo.domain.errors import Kind, StudioloError
 
 log = logging.getLogger(__name__)
 
@@ -82,82 +63,52 @@ class APIError(Exception):
         return JSONResponse(self.body_v1() if v1 else self.body(), status_code=self.status, headers=self.headers)
 
 
-DOMAIN_ERRORS = (
-    ModelNotFound,
-    ModelNotLoaded,
-    AmbiguousModelName,
-    ContextLengthExceeded,
-    InvalidTokens,
-    TemplateError,
-    InvalidRequest,
-    ModelLoadError,
-    EngineClosed,
-    ModelClosed,
-    InstanceNotFound,
-    IdentifierTaken,
-    ModelBusy,
-    ModelLoadFailed,
-    AdapterLoadFailed,
-    AdapterNotLoadable,
-    InsufficientMemory,
-    ResponseNotFound,
-    InvalidResponseId,
-    InputTooLong,
-    GenerationFailed,
-    StorageUnavailable,
-)
+# An error's kind decides its HTTP status, for every family (LM Studio's REST API answers with
+# OpenAI's statuses); its code and param go into the body as they are.
+STATUS_OF_KIND: dict[Kind, int] = {
+    "invalid": 400,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "internal": 500,
+    "not_implemented": 501,
+    "upstream": 502,
+    "unavailable": 503,
+    "insufficient_storage": 507,
+}
+# LM Studio's v1 error type, where the status alone does not say it
+V1_TYPE_OF_CODE = {
+    "model_not_found": "model_not_found",
+    "job_not_found": "job_not_found",
+    "repo_not_found": "model_not_found",
+    "file_not_found": "model_not_found",
+    "quantization_not_found": "model_not_found",
+    "storage_unavailable": "storage_unavailable",
+    "storage_full": "storage_full",
+}
+V1_TYPE_OF_KIND: dict[Kind, str] = {"not_implemented": "not_implemented", "upstream": "internal_error"}
 
 
-def from_domain(exc: Exception) -> APIError | None:
-    """The API error a domain exception stands for, or None for unexpected ones."""
+def from_domain(exc: BaseException) -> APIError | None:
+    """The API error an exception stands for, or None for unexpected ones (bugs)."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, (ModelNotFound, ModelNotLoaded)):
-        return APIError(404, str(exc), param="model", code="model_not_found")
-    if isinstance(exc, AmbiguousModelName):
-        return APIError(400, str(exc), param="model", code="ambiguous_model")
-    if isinstance(exc, ContextLengthExceeded):
-        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
-    if isinstance(exc, InvalidTokens):
-        return APIError(400, str(exc), param=exc.param, code="invalid_token")
-    if isinstance(exc, TemplateError):
-        return APIError(400, str(exc), param=exc.param, code="chat_template_error")
-    if isinstance(exc, InvalidRequest):
-        return APIError(400, str(exc), param=exc.param)
-    if isinstance(exc, (EngineClosed, ModelClosed, UnloadedWhileGenerating)):
-        return APIError(503, str(exc), type="server_error", param="model", code="model_unloaded")
-    if isinstance(exc, ConstraintFailed):  # the client's grammar, too complex to follow to the end
-        return APIError(400, str(exc), param=exc.param, code="constraint_too_complex")
-    if isinstance(exc, GenerationFailed):
-        return APIError(500, str(exc), type="server_error", code="generation_failed")
-    if isinstance(exc, InputTooLong):
-        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
-    if isinstance(exc, ResponseNotFound):
-        return APIError(404, str(exc), param="previous_response_id", code="response_not_found")
-    if isinstance(exc, InvalidResponseId):
-        return APIError(400, str(exc), param="previous_response_id", code="invalid_response_id")
-    if isinstance(exc, AdapterNotLoadable):
-        return APIError(400, str(exc), param="model", code="model_is_adapter")
-    if isinstance(exc, ModelFileUnloadable):
-        # OpenAI's and Anthropic's clients retry a 5xx unless told not to: the file will fail again
-        return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed",
-                        headers={"x-should-retry": "false"})
-    if isinstance(exc, (ModelLoadError, ModelLoadFailed, AdapterLoadFailed)):
-        return APIError(500, str(exc), type="server_error", param="model", code="model_load_failed")
-    if isinstance(exc, InstanceNotFound):
-        return APIError(404, str(exc), param="instance_id", code="model_not_found")
-    if isinstance(exc, IdentifierTaken):
-        return APIError(400, str(exc), param="identifier", code="identifier_taken")
-    if isinstance(exc, ModelBusy):
-        return APIError(503, str(exc), type="server_error", param="model", code="model_busy")
-    if isinstance(exc, InsufficientMemory):
-        # the request can be made to fit (a shorter context, fewer parallel sequences)
-        return APIError(400, str(exc), param="model", code="insufficient_memory")
-    if isinstance(exc, StorageUnavailable):
-        # the disk or the database, not the request (nor a bug); retrying at once would not help
-        return APIError(507 if isinstance(exc, StorageFull) else 503, str(exc), type="server_error", code=exc.code,
-                        v1_type=exc.code, headers={"x-should-retry": "false"})
-    return None
+    return api_error(exc) if isinstance(exc, StudioloError) else None
+
+
+def api_error(exc: StudioloError) -> APIError:
+    """The API error a domain error stands for: its kind gives the status, nothing else is decided here."""
+    status = STATUS_OF_KIND[exc.kind]
+    return APIError(
+        status,
+        str(exc),
+        type="invalid_request_error" if status < 500 else "server_error",
+        param=exc.param,
+        code=exc.code,
+        v1_type=V1_TYPE_OF_CODE.get(exc.code or "") or V1_TYPE_OF_KIND.get(exc.kind),
+        headers=None if exc.retry else {"x-should-retry": "false"},
+    )
 
 
 # where FastAPI says a request value came from: the field's own name is what a client sent
@@ -196,35 +147,35 @@ def describe_validation(errors: list[dict[str, Any]]) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response(request)
+    for handled in (APIError, StudioloError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(handled, _error_response)
 
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return describe_validation(list(exc.errors())).response(request)
 
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            message = f"unknown endpoint: {request.method} {request.url.path}"
-            error = APIError(404, message, code="unknown_url")
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-            error = APIError(405, message, code="method_not_allowed")
-        else:
-            error = APIError(exc.status_code, str(exc.detail))
-        response = error.response(request)
-        response.headers.update(getattr(exc, "headers", None) or {})
-        return response
+async def _error_response(request: Request, exc: Exception) -> JSONResponse:
+    error = _error_of(request, exc)
+    response = error.response(request)
+    if isinstance(exc, StarletteHTTPException):
+        response.headers.update(exc.headers or {})
+    return response
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return APIError(500, f"internal server error: {exc}", type="server_error").response(request)
 
-    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
-        return from_domain(exc).response(request)
+def _error_of(request: Request, exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, StudioloError):
+        return api_error(exc)
+    if isinstance(exc, RequestValidationError):
+        return describe_validation(list(exc.errors()))
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error(request, exc)
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return APIError(500, f"internal server error: {exc}", type="server_error")
 
-    app.add_exception_handler(APIError, on_api_error)
-    for domain_error in DOMAIN_ERRORS:
-        app.add_exception_handler(domain_error, on_domain_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    if exc.status_code == 404:
+        return APIError(404, f"unknown endpoint: {request.method} {request.url.path}", code="unknown_url")
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        return APIError(405, message, code="method_not_allowed")
+    return APIError(exc.status_code, str(exc.detail))

@@ -32,12 +32,13 @@ from studiolo.api.routing import make_router
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
-from studiolo.engine.sampling import SamplingParams
+from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, message_text, user_message
-from studiolo.service.types import Finished, GenerationOptions, InvalidRequest, PromptProgress, TextDelta
+from studiolo.service.types import Finished, GenerationOptions, PromptProgress, TextDelta
 
 router = make_router(prefix="/api/v1")
 log = logging.getLogger(__name__)

@@ -25,10 +25,12 @@ from studiolo.api.tool_schemas import (
     tools_of,
 )
 from studiolo.api.wire_types import Int
-from studiolo.engine.sampling import SamplingParams
+from studiolo.domain.chat import ChatMessage
+from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments, check_tool_results
-from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
+from studiolo.service.types import ChatRequest, CompletionRequest, GenerationOptions
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16

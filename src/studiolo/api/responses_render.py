@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from studiolo.api.openai_render import chat_token_logprob
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id
-from studiolo.service.types import Finished, GenerationEvent, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta, Usage
+from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta, Usage
 from studiolo.store.responses import StoredResponse
 
 # What a stored response shows for a setting its turn did not keep: one stored by /api/v1/chat keeps

@@ -28,9 +28,9 @@ from studiolo.api.responses_render import OutputItems, ResponseInfo
 from studiolo.api.responses_schemas import CompactBody, ResponseBody
 from studiolo.api.routing import make_router, request_limits
 from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
-from studiolo.service.types import InvalidRequest
 from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
 
 router = make_router(prefix="/v1")

@@ -25,14 +25,16 @@ from studiolo.api.tool_schemas import (
     tools_of,
 )
 from studiolo.api.wire_types import Int
+from studiolo.domain.chat import Tools
+from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
-from studiolo.engine.sampling import SamplingParams
 from studiolo.service.compaction import CompactRequest
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments
-from studiolo.service.types import GenerationOptions, InvalidRequest, Tools
+from studiolo.service.types import GenerationOptions
 from studiolo.store.responses import check_response_id
 
 MAX_LOGPROBS = 20

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, grammar_of
-from studiolo.service.types import InvalidRequest
 
 
 class StructuredOutputs(BaseModel):

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studiolo.domain.chat import ToolCall, Tools, ToolSpec
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.constraint_limits import check_tool_schemas
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, validate
-from studiolo.service.types import InvalidRequest, ToolCall, Tools, ToolSpec
 
 
 class _Body(BaseModel):

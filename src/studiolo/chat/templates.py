@@ -19,9 +19,12 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from studiolo.domain.errors import InvalidRequest
 
-class TemplateError(ValueError):
+
+class TemplateError(InvalidRequest):
     """The template refused the conversation (e.g. ``raise_exception``) or failed to render."""
+    code = "chat_template_error"
 
     param = "messages"  # the request field the conversation came from; the service may say "input"
 

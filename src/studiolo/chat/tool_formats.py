@@ -33,8 +33,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from studiolo.chat.tool_parser import CallSyntax
+from studiolo.domain.chat import ChatMessage, Tools, ToolSpec
 from studiolo.engine.json_schema import closed_objects
-from studiolo.service.types import ChatMessage, Tools, ToolSpec
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,16 @@ from pathlib import Path
 import httpx
 import typer
 
-from studiolo.config import DEFAULT_BIND, DEFAULT_PORT, MAX_PARALLEL, MIN_CONTEXT, EngineSettings, ServerSettings, logs_dir, server_state_file
+from studiolo.config import (
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    MAX_PARALLEL,
+    MIN_CONTEXT,
+    EngineSettings,
+    ServerSettings,
+    logs_dir,
+    server_state_file,
+)
 
 app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_help=True)
 

@@ -22,9 +22,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from studiolo.config import RequestLimits, load_limits
+from studiolo.domain.errors import InvalidRequest
 
 
-class InvalidConstraint(ValueError):
+class InvalidConstraint(InvalidRequest):
     """A schema, regex, choice list or grammar that cannot be compiled; the message says why."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from studiolo.config import EngineSettings
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.engine import EngineClosed, InvalidTokens
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
@@ -31,7 +32,9 @@ PASS_TOKENS = 1024  # inputs packed per pass: past this, attention across the pa
 MAX_SEQUENCES = 64  # inputs per forward pass
 
 
-class InputTooLong(ValueError):
+class InputTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
     def __init__(self, index: int, tokens: int, limit: int):
         super().__init__(f"input {index} is {tokens} tokens long, more than the model's context of {limit} tokens")
         self.index = index

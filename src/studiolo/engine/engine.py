@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from studiolo.config import EngineSettings
+from studiolo.domain.errors import InvalidRequest, Unavailable
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
@@ -49,7 +50,8 @@ def _close_open_engines() -> None:
         engine.close()
 
 
-class ContextLengthExceeded(ValueError):
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
     param = "prompt"  # the request field the prompt came from; the service may say "messages"
 
     def __init__(self, prompt_tokens: int, context_length: int):
@@ -61,14 +63,16 @@ class ContextLengthExceeded(ValueError):
         self.context_length = context_length
 
 
-class InvalidTokens(ValueError):
+class InvalidTokens(InvalidRequest):
+    code = "invalid_token"
+
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.param = param
 
 
-class EngineClosed(RuntimeError):
-    pass
+class EngineClosed(Unavailable):
+    code, param = "model_unloaded", "model"
 
 
 @dataclass

@@ -19,12 +19,15 @@ from pathlib import Path
 import llama_cpp as llama
 import numpy as np
 
+from studiolo.domain.errors import InternalError, Unavailable
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InternalError):
     """The GGUF could not be loaded (missing, truncated, corrupt or unsupported)."""
+    code, param = "model_load_failed", "model"
 
 
 def _init_backend() -> None:
@@ -78,8 +81,9 @@ def bert_normalized(text: str) -> str:
 PIECE_ENTRY_BYTES = 33 + 28 + 48
 
 
-class ModelClosed(RuntimeError):
+class ModelClosed(Unavailable):
     """The model was closed (unloaded) while a request was still getting ready to use it."""
+    code, param = "model_unloaded", "model"
 
 
 class LlamaModel:

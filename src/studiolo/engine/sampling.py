@@ -17,47 +17,15 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llama_cpp as llama
 import numpy as np
 
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.llama import LlamaContext
 
 PENALTY_LAST_N = 64  # llama.cpp's default repetition window
-
-
-GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Defaults are LM Studio's for llama.cpp models."""
-
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40  # <= 0 disables it
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    seed: int | None = None
-
-    @classmethod
-    def given(cls, **values) -> SamplingParams:
-        """LM Studio's defaults, with each value a request gave (None: not given)."""
-        return cls(**{name: value for name, value in values.items() if value is not None})
-
-    @property
-    def greedy(self) -> bool:
-        # below this, logits / temperature overflow float32 (30 / 1e-38 is inf) and the draw turns
-        # random; well above it a temperature already picks the top token every time
-        return self.temperature < GREEDY_BELOW
-
-    @property
-    def penalizes(self) -> bool:
-        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.llama import LoraAdapter
-from studiolo.engine.sampling import SamplingParams, TokenLogprob, TokenSampler
+from studiolo.engine.sampling import TokenLogprob, TokenSampler
 
 
 @dataclass(frozen=True)

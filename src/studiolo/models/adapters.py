@@ -17,6 +17,7 @@ import asyncio
 
 from gguf import GGMLQuantizationType
 
+from studiolo.domain.errors import InternalError
 from studiolo.engine.llama import LoraAdapter, ModelLoadError
 from studiolo.models.catalog import CatalogEntry
 from studiolo.models.gguf_info import InvalidModelFile, read_header
@@ -34,8 +35,8 @@ _UNUSABLE_TYPES = frozenset(
 )
 
 
-class AdapterLoadFailed(RuntimeError):
-    pass
+class AdapterLoadFailed(InternalError):
+    code, param = "model_load_failed", "model"
 
 
 def check_adapter_file(entry: CatalogEntry) -> None:

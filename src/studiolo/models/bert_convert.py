@@ -40,6 +40,8 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import load_file as load_safetensors_file
 
+from studiolo.domain.errors import InvalidRequest
+
 PHANTOM_SPACE = "\u2581"
 CLS_TOKEN_ID_KEY = "tokenizer.ggml.cls_token_id"  # older llama.cpp read CLS here; newer reads bos
 BERT_ARCHITECTURES = frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining"})
@@ -52,7 +54,7 @@ _DROPPED_NAMES = frozenset({"embeddings.position_ids"})
 _SPECIAL_DEFAULTS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"}
 
 
-class ConversionRefused(ValueError):
+class ConversionRefused(InvalidRequest):
     """A checkpoint that cannot be converted; the message says what is wrong with it."""
 
 

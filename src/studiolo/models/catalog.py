@@ -16,17 +16,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from studiolo.domain.errors import InvalidRequest, NotFound
+
 log = logging.getLogger(__name__)
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(NotFound):
+    code, param = "model_not_found", "model"
+
     def __init__(self, name: str, available: list[str]):
         listing = ", ".join(available) if available else "none (see `make setup` or `studiolo import`)"
         super().__init__(f"model '{name}' not found; available models: {listing}")
         self.name = name
 
 
-class AmbiguousModelName(LookupError):
+class AmbiguousModelName(InvalidRequest, LookupError):
+    code, param = "ambiguous_model", "model"
+
     def __init__(self, name: str, matches: list[str]):
         super().__init__(f"model name '{name}' matches several models ({', '.join(matches)}); use the full key")
         self.name = name

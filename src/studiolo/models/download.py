@@ -53,6 +53,12 @@ from huggingface_hub.utils import build_hf_headers
 
 from studiolo.config import models_dir, studiolo_home
 from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers import them from here
+    _NAME,
+    _REPO_ID,
+    _SPLIT_PART,
+    DEFAULT_ENDPOINT,
+    DEFAULT_QUANTIZATION,
+    HUB_HOSTS,
     AlreadyDownloading,
     AmbiguousChoice,
     ChecksumMismatch,
@@ -67,9 +73,6 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     RepoGated,
     RepoNotFound,
     SplitModelUnsupported,
-    _NAME,
-    _REPO_ID,
-    _SPLIT_PART,
     _basename,
     _choose_by_quantization,
     _choose_default,
@@ -78,16 +81,13 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     _is_weights,
     _listing,
     _matching,
-    check_quantization,
     _name_tokens,
     _parse_url,
     _refuse_split,
+    check_quantization,
     choose_gguf,
     hub_endpoint,
     parse_reference,
-    DEFAULT_ENDPOINT,
-    DEFAULT_QUANTIZATION,
-    HUB_HOSTS,
 )
 
 try:

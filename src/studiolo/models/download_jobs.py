@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from studiolo.domain.errors import NotFound
 from studiolo.models.download import (
     DownloadError,
     DownloadPlan,
@@ -49,7 +50,9 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(5)
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
+    code, param = "job_not_found", "job_id"
+
     def __init__(self, job_id: str):
         super().__init__(f"no download job '{job_id}'")
         self.job_id = job_id

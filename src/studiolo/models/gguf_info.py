@@ -39,6 +39,8 @@ from gguf import (
     PoolingType,
 )
 
+from studiolo.domain.errors import InvalidRequest
+
 SUPPORTED_VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long gone
 MAX_TENSOR_DIMS = 4  # GGML_MAX_DIMS
 # The format lets arrays hold arrays (llama.cpp's reader refuses them; real files have none). The
@@ -84,7 +86,9 @@ _TOOLS_IN_TEMPLATE = re.compile(r"\btools\b")
 _SIZE_LABEL = re.compile(r"^\d[\w.\-]{0,23}$")
 
 
-class InvalidModelFile(ValueError):
+class InvalidModelFile(InvalidRequest):
+    code = "invalid_model_file"
+
     def __init__(self, path: Path, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path = path

@@ -10,45 +10,56 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
+
+from studiolo.domain.errors import Kind, StudioloError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"  # HF_ENDPOINT overrides it (a mirror, a test's fake hub)
 DEFAULT_QUANTIZATION = "Q4_K_M"  # the usual size/quality trade-off, LM Studio's default pick too
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 
 
-class DownloadError(Exception):
-    """A download that cannot happen or did not finish; the message names the problem in one line."""
+class DownloadError(StudioloError):
+    """A download that cannot happen or did not finish; the message names the problem in one line.
+    Unless a subclass says otherwise it is the hub's failure (kind upstream: a 502)."""
 
+    kind: ClassVar[Kind] = "upstream"
     code = "download_failed"
-    param: str | None = None
 
 
 class InvalidModelReference(DownloadError):
+    kind = "invalid"
     code, param = "invalid_model_reference", "model"
 
 
 class RepoNotFound(DownloadError):
+    kind = "not_found"
     code, param = "repo_not_found", "model"
 
 
 class RepoGated(DownloadError):
+    kind = "forbidden"
     code, param = "repo_gated", "model"
 
 
 class FileNotFound(DownloadError):
+    kind = "not_found"
     code, param = "file_not_found", "model"
 
 
 class QuantizationNotFound(DownloadError):
+    kind = "not_found"
     code, param = "quantization_not_found", "quantization"
 
 
 class AmbiguousChoice(DownloadError):
+    kind = "invalid"
     code, param = "quantization_required", "quantization"
 
 
 class SplitModelUnsupported(DownloadError):
+    kind = "not_implemented"
     code, param = "split_model_unsupported", "model"
 
 
@@ -65,6 +76,7 @@ class AlreadyDownloading(DownloadError):
 
 
 class FolderTaken(DownloadError):
+    kind = "conflict"
     code, param = "model_folder_taken", "model"
 
 

@@ -31,6 +31,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from studiolo.domain.errors import InvalidRequest
 from studiolo.models.gguf_info import ModelInfo, is_vision_projector, read_model_info
 
 MODES = ("move", "copy", "hard-link", "symbolic-link")
@@ -43,7 +44,7 @@ _UNSAFE_CHARACTERS = re.compile(r"[^a-z0-9._-]+")
 _QUANT_SUFFIX = re.compile(r"[._-](?:i?q\d+(?:_[a-z0-9]+)*|t?q\d_\d|bf16|f16|f32|mxfp4(?:_moe)?)$", re.IGNORECASE)
 
 
-class ImportRefused(ValueError):
+class ImportRefused(InvalidRequest):
     """An import that cannot or must not be done; the message names the problem."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studiolo.config import Budgets, EngineSettings
+from studiolo.domain.errors import InternalError, InvalidRequest, NotFound, Unavailable
 from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
@@ -45,38 +46,46 @@ EVICT_GRACE_SECONDS = 1.0
 TTL_CHECK_SECONDS = 0.5
 
 
-class ModelNotLoaded(LookupError):
+class ModelNotLoaded(NotFound):
+    code, param = "model_not_found", "model"
+
     def __init__(self, key: str):
         super().__init__(
             f"model '{key}' is not loaded and just-in-time loading is off; load it first (studiolo load {key})"
         )
 
 
-class InstanceNotFound(LookupError):
+class InstanceNotFound(NotFound):
+    code, param = "model_not_found", "instance_id"
+
     def __init__(self, instance_id: str, loaded: list[str]):
         listing = ", ".join(loaded) if loaded else "none"
         super().__init__(f"no loaded model instance '{instance_id}'; loaded instances: {listing}")
 
 
-class IdentifierTaken(ValueError):
+class IdentifierTaken(InvalidRequest):
+    code = "identifier_taken"
     param = "identifier"
 
 
-class ModelBusy(RuntimeError):
+class ModelBusy(Unavailable):
     """A JIT load would evict a model that kept generating past the wait."""
+    code, param = "model_busy", "model"
 
 
-class ModelLoadFailed(RuntimeError):
-    pass
+class ModelLoadFailed(InternalError):
+    code, param = "model_load_failed", "model"
 
 
 class ModelFileUnloadable(ModelLoadFailed):
     """The file itself cannot be loaded (corrupt, truncated, unsupported): trying again cannot help
     until it changes on disk."""
+    retry = False  # OpenAI's and Anthropic's clients retry a 5xx unless told not to
 
 
-class AdapterNotLoadable(ValueError):
+class AdapterNotLoadable(InvalidRequest):
     """An explicit load named a LoRA adapter: adapters ride on their base model's instance."""
+    code, param = "model_is_adapter", "model"
 
     def __init__(self, entry: CatalogEntry):
         super().__init__(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.llama import LlamaModel
 
 F16_BYTES = 2
@@ -19,8 +20,9 @@ LOGIT_BYTES = 4
 GRAPH_SCRATCH_BYTES = 256 * 2**20  # measured compute buffers are 100-200 MiB for small models
 
 
-class InsufficientMemory(RuntimeError):
-    pass
+class InsufficientMemory(InvalidRequest):
+    # the request can be made to fit (a shorter context, fewer parallel sequences)
+    code, param = "insufficient_memory", "model"
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,10 @@ from typing import TypeVar
 
 from studiolo.chat.templates import RenderStopped
 from studiolo.config import RequestLimits
+from studiolo.domain.chat import ChatMessage
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.long_text import TokenizingStopped
-from studiolo.service.types import (
-    ChatMessage,
-    ChatRequest,
-    CompletionRequest,
-    InvalidRequest,
-)
+from studiolo.service.types import ChatRequest, CompletionRequest
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -21,6 +21,8 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 
+from studiolo.domain.chat import ChatMessage
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.conversations import (
     Conversations,
     conversation_items,
@@ -36,14 +38,7 @@ from studiolo.service.items import (
     new_id,
 )
 from studiolo.service.tool_calls import check_tool_results
-from studiolo.service.types import (
-    ChatMessage,
-    ChatRequest,
-    Finished,
-    GenerationOptions,
-    InvalidRequest,
-    TextDelta,
-)
+from studiolo.service.types import ChatRequest, Finished, GenerationOptions, TextDelta
 from studiolo.store.faults import StorageUnavailable
 from studiolo.store.responses import StoredResponse
 

@@ -30,17 +30,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from studiolo.config import Budgets
+from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.service import saved_state
 from studiolo.service.generation import Generation, GenerationService
 from studiolo.service.items import Item, chat_messages, new_id
 from studiolo.service.tool_calls import check_tool_results
-from studiolo.service.types import (
-    ChatMessage,
-    ChatRequest,
-    GenerationOptions,
-    Tools,
-    Usage,
-)
+from studiolo.service.types import ChatRequest, GenerationOptions, Usage
 from studiolo.store.faults import StorageUnavailable
 from studiolo.store.responses import ResponseNotFound, ResponseStore, StoredResponse
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.llama import LlamaModel
 from studiolo.models.manager import ModelManager
-from studiolo.service.types import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
 from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
+from studiolo.config import RequestLimits
+from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
-from studiolo.config import RequestLimits
 from studiolo.engine.engine import ContextLengthExceeded
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.long_text import tokenize_long
@@ -48,14 +49,12 @@ from studiolo.service.types import (
     Finished,
     GenerationEvent,
     GenerationOptions,
-    InvalidRequest,
     PromptProgress,
     Restorer,
     TextDelta,
     TokenInfo,
     Usage,
 )
-
 
 _CAUSES = {"stop": "eos", "length": "max_tokens", "context": "context_length", "cancelled": "cancelled"}
 
@@ -92,13 +91,16 @@ class Timing:
         return (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
 
 
-class GenerationFailed(RuntimeError):
+class GenerationFailed(InternalError):
     """The engine could not finish a sequence (not the client's fault)."""
+    code = "generation_failed"
 
 
 class ConstraintFailed(GenerationFailed):
     """The output's grammar reached one of llguidance's limits mid-generation: the client's
     definition is too complex to follow; ``param`` names the field it came from."""
+    kind = "invalid"  # the client's grammar, too complex to follow to the end
+    code = "constraint_too_complex"
 
     def __init__(self, message: str, param: str | None):
         super().__init__(message)
@@ -107,6 +109,8 @@ class ConstraintFailed(GenerationFailed):
 
 class UnloadedWhileGenerating(GenerationFailed):
     """The model was unloaded under a running sequence: a 503, as an unload before it started."""
+    kind = "unavailable"
+    code, param = "model_unloaded", "model"
 
 
 def token_text(piece: bytes) -> str:

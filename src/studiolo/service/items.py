@@ -17,7 +17,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from studiolo.service.types import ChatMessage, InvalidRequest, ToolCall
+from studiolo.domain.chat import ChatMessage, ToolCall
+from studiolo.domain.errors import InvalidRequest
 
 Item = dict[str, Any]
 

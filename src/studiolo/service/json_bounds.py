@@ -14,12 +14,13 @@ import sys
 from typing import Any
 
 from studiolo.config import RequestLimits
+from studiolo.domain.errors import InvalidRequest
 
 DEFAULT_MAX_DEPTH = RequestLimits().max_json_depth
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-class JSONTextError(ValueError):
+class JSONTextError(InvalidRequest):
     """Why a JSON text was not read, in words that can follow "'field' ..."."""
 
 

@@ -13,14 +13,10 @@ from studiolo.chat.tool_parser import (
     ParsedEvent,
     ToolCallParser,
 )
+from studiolo.domain.chat import ChatMessage
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH, JSONTextError, loads_bounded
-from studiolo.service.types import (
-    ChatMessage,
-    InvalidRequest,
-    TextDelta,
-    TokenInfo,
-    ToolCallDelta,
-)
+from studiolo.service.types import TextDelta, TokenInfo, ToolCallDelta
 
 
 class CallReader:

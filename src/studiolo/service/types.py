@@ -9,22 +9,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from studiolo.domain.chat import ChatMessage, Tools
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import ConstraintSpec
-from studiolo.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from studiolo.engine.sequence import SavedSequence
 
 # (model key, adapter key, state) of a stored conversation, or None when it has none
 Restorer = Callable[[], Awaitable["tuple[str, str | None, SavedSequence] | None"]]
-
-
-class InvalidRequest(ValueError):
-    """A request the service cannot carry out as asked; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -41,47 +34,6 @@ class GenerationOptions:
     constraint_param: str | None = None  # the request field the constraint came from, for errors
     report_progress: bool = False  # PromptProgress events while the prompt is processed
     save_state: bool = False  # keep each choice's KV state at its end (Generation.saved)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A call the assistant made (in a conversation's history, or in an output)."""
-
-    id: str
-    name: str
-    arguments: str  # a JSON object, as text (OpenAI's function.arguments)
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A function the model may call (OpenAI's ``tools[].function``)."""
-
-    name: str
-    description: str | None = None
-    parameters: dict | None = None  # a JSON schema for the arguments; None: takes none
-    strict: bool = False
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # system | user | assistant | tool ("developer" arrives here as "system")
-    content: str | None
-    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
-    tool_call_id: str | None = None  # a tool message: the call it answers
-    name: str | None = None  # a tool message: the function's name
-
-
-@dataclass(frozen=True)
-class Tools:
-    """What a chat request offers the model to call, and how it may call it."""
-
-    specs: tuple[ToolSpec, ...]
-    choice: str = "auto"  # "auto" | "required" | "none" | a tool's name (OpenAI's named choice)
-    parallel: bool = True  # several calls in one reply
-
-    @property
-    def active(self) -> bool:
-        return bool(self.specs) and self.choice != "none"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from studiolo.domain.errors import Unavailable
+
 log = logging.getLogger("studiolo.store")
 
 RECOVER_HINT = "run `studiolo store check` to see what is wrong and, with the server stopped, `studiolo store recover`"
@@ -29,9 +31,10 @@ _UNUSABLE = {_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLI
 _OS_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(Unavailable):
     """Stored responses cannot be read or written for a reason outside the request; the server keeps
     serving what does not store. ``reason`` is the short cause (SQLite's or the OS's words)."""
+    retry = False  # the disk or the database, not the request: retrying at once would not help
 
     code = "storage_unavailable"
 
@@ -42,6 +45,7 @@ class StorageUnavailable(Exception):
 
 class StorageFull(StorageUnavailable):
     """The disk (or the database's size cap) has no room for what is to be stored."""
+    kind = "insufficient_storage"
 
     code = "storage_full"
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from studiolo import config
+from studiolo.domain.errors import InvalidRequest, NotFound
 from studiolo.store import space
 from studiolo.store.faults import FaultLog, StorageFull, StorageUnavailable, classify
 from studiolo.store.schema import MIGRATIONS, StoreError, StoreVersionError  # noqa: F401 - the store's API
@@ -60,19 +61,25 @@ PROBE_ID = ID_PREFIX + "probe"  # the row a writability probe inserts and rolls 
 _PROBE_INSERT = """INSERT INTO responses (id, model, created_at, status, input_items, output_items, usage, metadata)
 VALUES (?, '', 0, '', '[]', '[]', '{}', '{}')"""
 
-class ResponseNotFound(StoreError, LookupError):
+class ResponseNotFound(StoreError, NotFound):
+    code, param = "response_not_found", "previous_response_id"
+
     def __init__(self, response_id: str):
         super().__init__(f"response not found: {response_id}")
         self.response_id = response_id
 
 
-class InvalidResponseId(StoreError, ValueError):
+class InvalidResponseId(StoreError, InvalidRequest):
+    code, param = "invalid_response_id", "previous_response_id"
+
     def __init__(self, response_id: object):
         super().__init__(f'invalid response id {response_id!r}: it must start with "{ID_PREFIX}"')
         self.response_id = response_id
 
 
-class ResponseIdTaken(StoreError, ValueError):
+class ResponseIdTaken(StoreError, InvalidRequest):
+    code = "response_id_taken"
+
     def __init__(self, response_id: str):
         super().__init__(f"response id already used: {response_id}")
         self.response_id = response_id

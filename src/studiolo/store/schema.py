@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from studiolo.domain.errors import StudioloError
 from studiolo.store import space
 from studiolo.store.faults import StorageUnavailable
 
@@ -43,7 +44,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(StudioloError):
     """Base of the response store's errors."""
 
 
