@@ -53,6 +53,12 @@ from huggingface_hub.utils import build_hf_headers
 
 from studiolo.config import models_dir, studiolo_home
 from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers import them from here
+    _NAME,
+    _REPO_ID,
+    _SPLIT_PART,
+    DEFAULT_ENDPOINT,
+    DEFAULT_QUANTIZATION,
+    HUB_HOSTS,
     AlreadyDownloading,
     AmbiguousChoice,
     ChecksumMismatch,
@@ -67,9 +73,6 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     RepoGated,
     RepoNotFound,
     SplitModelUnsupported,
-    _NAME,
-    _REPO_ID,
-    _SPLIT_PART,
     _basename,
     _choose_by_quantization,
     _choose_default,
@@ -78,22 +81,21 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     _is_weights,
     _listing,
     _matching,
-    check_quantization,
     _name_tokens,
     _parse_url,
     _refuse_split,
+    check_quantization,
     choose_gguf,
     hub_endpoint,
     parse_reference,
-    DEFAULT_ENDPOINT,
-    DEFAULT_QUANTIZATION,
-    HUB_HOSTS,
 )
 
 try:
     import fcntl
 except ImportError:  # Windows: no lock, two processes could then append to one partial file
-    fcntl = None
+    _CAN_LOCK = False
+else:
+    _CAN_LOCK = True
 
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -322,7 +324,7 @@ def _locked_partial(path: Path, plan: DownloadPlan) -> Iterator[BinaryIO]:
     """The partial file, open at its end, locked so a second download of it (any process) refuses."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as part:
-        if fcntl is not None:
+        if _CAN_LOCK:
             try:
                 fcntl.flock(part, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -351,7 +353,9 @@ def _fetch_rest(
     relay = functools.partial(_ProgressRelay, on_progress, cancel, size)
     try:
         with _hub_errors(plan.repo_id, plan.revision):
-            http_get(url, part, resume_size=resume, headers=headers, expected_size=size, tqdm_class=relay)
+            # http_get only calls tqdm_class(...) to make its bar, so a partial serves; it is typed as a class
+            http_get(url, part, resume_size=resume, headers=headers, expected_size=size,
+                     tqdm_class=relay)  # type: ignore[arg-type]
     except OSError as exc:  # http_get's size check, or the disk
         raise DownloadError(f"download of '{_basename(plan.filename)}' failed: {_first_line(exc)}") from exc
     part.flush()
