@@ -18,8 +18,7 @@ from rich.filesize import decimal
 from rich.table import Table
 
 from studiolo.cli.client import ServerError, StudioloClient, connect
-from studiolo.config import MIN_CONTEXT
-from studiolo.config import DEFAULT_BIND, MAX_PARALLEL
+from studiolo.config import DEFAULT_BIND, MAX_PARALLEL, MIN_CONTEXT
 
 NONE = "—"
 # piped output is for grep and awk: keep each row on one line instead of folding at 80 columns
