@@ -213,7 +213,9 @@ def _own_id(parameters: Any) -> str | None:
 
 def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:
     """The Lark grammar the output must follow for ``tools`` (whose choice is not "none")."""
-    specs = tools.specs if tools.choice in ("auto", "required") else tuple(s for s in tools.specs if s.name == tools.choice)
+    specs = tools.specs
+    if tools.choice not in ("auto", "required"):  # a named choice: that tool only
+        specs = tuple(spec for spec in specs if spec.name == tools.choice)
     several = several_calls(tools) and fmt.parallel
     syntax = fmt.syntax
     lines = ["%llguidance {}", f"call: %json {json.dumps(call_schema(fmt, specs), ensure_ascii=False)}",

@@ -75,25 +75,42 @@ class _ObjectScanner:
     def feed(self, char: str) -> tuple[str, bool]:
         """Take one character; return (the character if it belongs to the arguments, ok)."""
         if self.depth == 0:
-            if char.isspace():
-                return "", True
-            if char != "{" or self.done:
-                return "", False
-            self.depth = 1
-            return "", True
-        if self.in_arguments and not self.arguments_container and not self.in_string and self.depth == 1 \
-                and (char in ",}" or char.isspace()):
-            self.in_arguments = False  # a number, true, false or null ended
-        if self.expect_value and not char.isspace():
-            self.expect_value = False
-            if self.key == self.arguments_key:
-                self.in_arguments, self.arguments_container = True, char in "{["
+            return "", self._outside_object(char)
+        self._end_scalar_arguments(char)
+        self._start_value(char)
         argument = char if self.in_arguments else ""
         if self.in_string:
             self._string_char(char)
             if not self.in_string and self.in_arguments and not self.arguments_container and self.depth == 1:
                 self.in_arguments = False  # a string value ended
-            return argument, True
+        else:
+            self._structure_char(char)
+        return argument, True
+
+    def _outside_object(self, char: str) -> bool:
+        """Before the object (or after it): whitespace, or its opening brace; anything else is not a call."""
+        if char.isspace():
+            return True
+        if char != "{" or self.done:
+            return False
+        self.depth = 1
+        return True
+
+    def _end_scalar_arguments(self, char: str) -> None:
+        """A number, true, false or null as the arguments ends at the first character past it."""
+        if self.in_arguments and not self.arguments_container and not self.in_string and self.depth == 1 \
+                and (char in ",}" or char.isspace()):
+            self.in_arguments = False
+
+    def _start_value(self, char: str) -> None:
+        """The first character of a depth-1 value: the arguments begin there if its key is theirs."""
+        if self.expect_value and not char.isspace():
+            self.expect_value = False
+            if self.key == self.arguments_key:
+                self.in_arguments, self.arguments_container = True, char in "{["
+
+    def _structure_char(self, char: str) -> None:
+        """A character outside strings: quotes, brackets, and depth-1 colons and commas."""
         if char == '"':
             self.in_string = True
             if self.depth == 1 and not self.in_arguments:
@@ -109,7 +126,6 @@ class _ObjectScanner:
             self.expect_value = True
         elif self.depth == 1 and char == ",":
             self.key = None
-        return argument, True
 
     def _string_char(self, char: str) -> None:
         if self.depth == 1 and not self.in_arguments:
@@ -179,9 +195,8 @@ class ToolCallParser:
             self._start_call(pending.lstrip(), events)
             return
         if pending.endswith(syntax.open) and syntax.open:
-            before = pending[: -len(syntax.open)]
-            # what came before is whitespace (text goes out as soon as it is not): not content,
-            # unless the call turns out malformed
+            # what came before the opening is whitespace (text goes out as soon as it is not):
+            # not content, unless the call turns out malformed
             self._pending, self._raw = "", pending
             self._state = "open"
             return
@@ -222,6 +237,7 @@ class ToolCallParser:
 
     def _body_char(self, char: str, events: list[ParsedEvent]) -> None:
         scanner = self._scanner
+        assert scanner is not None, "a call's body is read only after _start_call made its scanner"
         had_name = scanner.name is not None
         argument, ok = scanner.feed(char)
         if not ok:

@@ -117,9 +117,9 @@ class StudioloClient:
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> Any:
         """The JSON answer to one request; ServerError for a refusal or a lost connection."""
-        options = {"timeout": timeout} if timeout is not None else {}
+        wait = timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
         try:
-            response = self.http.request(method, path, json=body, **options)
+            response = self.http.request(method, path, json=body, timeout=wait)
         except httpx.ConnectError as error:
             raise ServerError(f"No server answers at {self.url}; start one with `studiolo server start`.") from error
         except httpx.TimeoutException as error:

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TextIO
 
 import httpx
@@ -38,7 +38,7 @@ LEVEL_STYLES = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     model = "model"
     server = "server"
 
@@ -177,7 +177,7 @@ RENDERERS = {"input": render_input, "output": render_output, "log": render_log, 
 
 def render_event(console: Console, event: dict[str, Any]) -> None:
     """One event for people to read: rich styles for headers, prompt and output text verbatim."""
-    renderer = RENDERERS.get(event.get("type"))
+    renderer = RENDERERS.get(event.get("type", ""))  # "" (no renderer) for an event without a type
     if renderer:
         renderer(console, event)
     else:
@@ -225,9 +225,9 @@ def stream(
                 render_event(console, parse_event(payload))
     except StreamFailed as failure:
         typer.echo(str(failure), err=True)
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        raise typer.Exit(0)
-    except BrokenPipeError:
+        raise typer.Exit(1) from failure
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(0) from exc
+    except BrokenPipeError as exc:
         _quiet_stdout()
-        raise typer.Exit(0)
+        raise typer.Exit(0) from exc

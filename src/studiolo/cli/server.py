@@ -227,9 +227,9 @@ def stop() -> None:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # it ended on its own meanwhile
-    except PermissionError:
+    except PermissionError as exc:
         typer.echo(f"Not allowed to stop the server (pid {pid}): it belongs to another user.", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from exc
     server_state_file().unlink(missing_ok=True)
     typer.echo("Stopped the server.")
 
@@ -237,7 +237,7 @@ def stop() -> None:
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help='Print {"running": ..., "port": ...}.')) -> None:
     """Tell whether the server runs, and on which port."""
-    state = read_state()
+    state = read_state() or {}
     running = bool(state) and _answering_pid(state.get("host", DEFAULT_BIND), state["port"]) == state["pid"]
     if as_json:
         typer.echo(json.dumps({"running": True, "port": state["port"]} if running else {"running": False}))

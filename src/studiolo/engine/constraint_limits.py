@@ -23,6 +23,7 @@ from typing import Any
 
 from studiolo.config import RequestLimits, load_limits
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.json_text import JSONTooDeep, JSONTooLarge, NotJSON, NumberTooLong, read_json_text
 
 
 class InvalidConstraint(InvalidRequest):
@@ -176,15 +177,17 @@ def _unquote(text: str) -> str:
 
 def schema_from_text(text: str) -> Any:
     """A schema given as JSON text (BladeLLM's guided_json), parsed; sized first."""
-    check_schema_text(text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+    bounds = limits()
+    try:  # NaN and Infinity pass, as they always have here; depth is check_schema's, after $refs
+        return read_json_text(text, max_bytes=bounds.max_schema_bytes, allow_constants=True)
+    except JSONTooLarge as error:
+        raise _over("the JSON schema's size in bytes", error.size, error.limit, "max_schema_bytes") from None
+    except NotJSON as error:
         raise InvalidConstraint(f"the JSON schema is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InvalidConstraint(f"the JSON schema nests deeper than the limit of {limits().max_json_depth} levels "
+    except JSONTooDeep:
+        raise InvalidConstraint(f"the JSON schema nests deeper than the limit of {bounds.max_json_depth} levels "
                                 "(setting limits.max_json_depth)") from None
-    except ValueError as error:  # an integer literal past Python's 4,300 digits
+    except NumberTooLong as error:
         raise InvalidConstraint(f"the JSON schema holds a number that cannot be read: {error}") from None
 
 

@@ -31,7 +31,7 @@ import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -58,12 +58,12 @@ class ConversionRefused(InvalidRequest):
     """A checkpoint that cannot be converted; the message says what is wrong with it."""
 
 
-class FileType(str, Enum):
+class FileType(StrEnum):
     F16 = "f16"
     F32 = "f32"
 
 
-class Pooling(str, Enum):
+class Pooling(StrEnum):
     MEAN = "mean"
     CLS = "cls"
     LAST = "last"
@@ -275,16 +275,26 @@ def _pooling_config_path(checkpoint: _Checkpoint) -> str | None:
 
 def _vocab_of(checkpoint: _Checkpoint, config: dict[str, Any]) -> _Vocab:
     special_strings = _special_token_strings(checkpoint)
-    if checkpoint.has("tokenizer.json"):
-        by_id, special, prefix = _wordpiece_from_tokenizer_json(checkpoint)
-    elif checkpoint.has("vocab.txt"):
-        lines = checkpoint.read_bytes("vocab.txt").decode("utf-8").splitlines()
-        by_id = {i: token for i, token in enumerate(lines)}
-        special, prefix = set(special_strings.values()) & set(lines), "##"
-    else:
-        raise ConversionRefused(f"{checkpoint.source}: no tokenizer.json or vocab.txt")
-
+    by_id, special, prefix = _wordpiece_vocab(checkpoint, special_strings)
     size = max(int(config.get("vocab_size") or 0), max(by_id) + 1)
+    tokens, types = _llama_tokens(by_id, special, prefix, size)
+    _refuse_clashes(checkpoint, tokens)
+    return _Vocab(tokens=tokens, types=types, special_ids=_special_ids(checkpoint, tokens, special_strings))
+
+
+def _wordpiece_vocab(checkpoint: _Checkpoint, special_strings: dict[str, str]) -> tuple[dict[int, str], set[str], str]:
+    """Token by id, the special tokens and the continuation prefix, from tokenizer.json or else vocab.txt."""
+    if checkpoint.has("tokenizer.json"):
+        return _wordpiece_from_tokenizer_json(checkpoint)
+    if checkpoint.has("vocab.txt"):
+        lines = checkpoint.read_bytes("vocab.txt").decode("utf-8").splitlines()
+        return dict(enumerate(lines)), set(special_strings.values()) & set(lines), "##"
+    raise ConversionRefused(f"{checkpoint.source}: no tokenizer.json or vocab.txt")
+
+
+def _llama_tokens(by_id: dict[int, str], special: set[str], prefix: str, size: int) -> tuple[list[str], list[int]]:
+    """Every id's token in llama.cpp's form (a word's start marked by the phantom space instead of
+    its continuations by the prefix) and its token type."""
     tokens: list[str] = []
     types: list[int] = []
     for token_id in range(size):
@@ -298,21 +308,26 @@ def _vocab_of(checkpoint: _Checkpoint, config: dict[str, Any]) -> _Vocab:
         else:
             tokens.append(token[len(prefix) :] if token.startswith(prefix) else PHANTOM_SPACE + token)
             types.append(gguf.TokenType.NORMAL)
+    return tokens, types
 
+
+def _refuse_clashes(checkpoint: _Checkpoint, tokens: list[str]) -> None:
+    """Two ids with one text (or an empty one) could not be told apart by llama.cpp's tokenizer."""
     clashes = [token for token, count in Counter(tokens).items() if count > 1 or not token]
     if clashes:
         raise ConversionRefused(
             f"{checkpoint.source}: vocabulary entries clash in llama.cpp's form: {', '.join(map(repr, clashes[:5]))}"
         )
+
+
+def _special_ids(checkpoint: _Checkpoint, tokens: list[str], special_strings: dict[str, str]) -> dict[str, int]:
+    """The id of each special role the tokenizer names; CLS, SEP and UNK are required."""
     index = {token: i for i, token in enumerate(tokens)}
-    special_ids = {}
-    for role, text in special_strings.items():
-        if text in index:
-            special_ids[role] = index[text]
+    special_ids = {role: index[text] for role, text in special_strings.items() if text in index}
     for role in ("cls", "sep", "unk"):
         if role not in special_ids:
             raise ConversionRefused(f"{checkpoint.source}: the tokenizer has no {role.upper()} token")
-    return _Vocab(tokens=tokens, types=types, special_ids=special_ids)
+    return special_ids
 
 
 def _wordpiece_from_tokenizer_json(checkpoint: _Checkpoint) -> tuple[dict[int, str], set[str], str]:

@@ -93,7 +93,9 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
 try:
     import fcntl
 except ImportError:  # Windows: no lock, two processes could then append to one partial file
-    fcntl = None
+    _CAN_LOCK = False
+else:
+    _CAN_LOCK = True
 
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -322,7 +324,7 @@ def _locked_partial(path: Path, plan: DownloadPlan) -> Iterator[BinaryIO]:
     """The partial file, open at its end, locked so a second download of it (any process) refuses."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as part:
-        if fcntl is not None:
+        if _CAN_LOCK:
             try:
                 fcntl.flock(part, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -351,7 +353,9 @@ def _fetch_rest(
     relay = functools.partial(_ProgressRelay, on_progress, cancel, size)
     try:
         with _hub_errors(plan.repo_id, plan.revision):
-            http_get(url, part, resume_size=resume, headers=headers, expected_size=size, tqdm_class=relay)
+            # http_get only calls tqdm_class(...) to make its bar, so a partial serves; it is typed as a class
+            http_get(url, part, resume_size=resume, headers=headers, expected_size=size,
+                     tqdm_class=relay)  # type: ignore[arg-type]
     except OSError as exc:  # http_get's size check, or the disk
         raise DownloadError(f"download of '{_basename(plan.filename)}' failed: {_first_line(exc)}") from exc
     part.flush()

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from studiolo.domain.errors import NotFound
@@ -42,7 +42,7 @@ MAX_FINISHED_JOBS = 100  # finished jobs kept for status queries; the oldest go 
 
 def iso_utc(timestamp: float) -> str:
     """1759505603.4961 -> '2025-10-03T15:33:23.496Z'."""
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -163,7 +163,8 @@ def _parse_url(text: str) -> ModelReference:
             _check_file_path(rest[1], text)
             return ModelReference(repo_id, revision=rest[1])
     raise InvalidModelReference(
-        f"'{text}' is not the URL of a model repo or file (expected .../owner/repo or .../owner/repo/blob/main/file.gguf)"
+        f"'{text}' is not the URL of a model repo or file "
+        "(expected .../owner/repo or .../owner/repo/blob/main/file.gguf)"
     )
 
 

@@ -205,7 +205,8 @@ class ModelManager:
             if not self.jit_loading:
                 raise ModelNotLoaded(model.key)
             started = time.time()
-            instance = await self._jit_load(model, LoadConfig(context_length, ttl=ttl if ttl is not None else JIT_DEFAULT_TTL))
+            config = LoadConfig(context_length, ttl=ttl if ttl is not None else JIT_DEFAULT_TTL)
+            instance = await self._jit_load(model, config)
             load_seconds = instance.load_seconds if instance.loaded_at >= started else None
         instance.touch()
         if entry.is_adapter:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from studiolo.engine import process_memory
 from studiolo.engine.constraints import tokenizer_bytes as constraint_tokenizer_bytes
@@ -40,6 +40,11 @@ IDLE_TRIM_SECONDS = 2.0  # idle this long after work, the models' freed memory g
 GROWTH_TRIM_BYTES = 32 * MIB  # allocated memory grown this much while idle: trim again
 
 CacheProvider = Callable[[], tuple[int, int | None]]  # -> (used_bytes, budget_bytes or None)
+
+
+class CacheFigures(TypedDict):
+    used_bytes: int
+    budget_bytes: int | None  # None: the cache has no budget of its own
 
 
 @dataclass
@@ -67,8 +72,8 @@ class MemoryMonitor:
 
     # --- figures ----------------------------------------------------------------------
 
-    def caches(self) -> dict[str, dict[str, int | None]]:
-        figures = {}
+    def caches(self) -> dict[str, CacheFigures]:
+        figures: dict[str, CacheFigures] = {}
         for name, provider in self._providers.items():
             try:
                 used, budget = provider()

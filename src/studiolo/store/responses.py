@@ -516,5 +516,5 @@ def _to_row(response: StoredResponse) -> tuple[Any, ...]:
 
 
 def _from_row(row: tuple[Any, ...]) -> StoredResponse:
-    values = {n: json.loads(v) if n in _JSON_KINDS else v for n, v in zip(_FIELDS, row)}
+    values = {n: json.loads(v) if n in _JSON_KINDS else v for n, v in zip(_FIELDS, row, strict=True)}
     return StoredResponse(**values)
