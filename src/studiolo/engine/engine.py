@@ -201,7 +201,8 @@ class Engine(EngineLifecycle[_Command]):
         batch = self.context.batch
         batch.clear()
         for chunk in chunks:
-            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.slot.seq_id, chunk.logits_from)
+            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.admitted_slot.seq_id,
+                                          chunk.logits_from)
         self.context.use_adapter(self.scheduler.adapter)
         self.context.set_threads(COMPUTE.threads(self.threads))
         status = self.context.decode()
@@ -214,7 +215,7 @@ class Engine(EngineLifecycle[_Command]):
     def _advance(self, chunk: Chunk) -> None:
         seq = chunk.seq
         seq.n_past += len(chunk.tokens)
-        seq.slot.tokens.extend(chunk.tokens)
+        seq.admitted_slot.tokens.extend(chunk.tokens)
         if seq.state is SequenceState.PREFILLING:
             if seq.request.prompt_logprobs:
                 self._score_prompt(chunk)
@@ -243,16 +244,19 @@ class Engine(EngineLifecycle[_Command]):
     def _sample(self, seq: Sequence, batch_index: int) -> None:
         request = seq.request
         logits = self.context.logits(batch_index)
-        raw = logits.copy() if request.logprobs is not None else None
-        seq.sampler.adjust(logits)
+        top_k = request.logprobs
+        raw = logits.copy() if top_k is not None else None  # logprobs are the model's, before sampling adjusts them
+        sampler = seq.sampler
+        assert sampler is not None, "a sequence gets its sampler when admitted"
+        sampler.adjust(logits)
         if seq.constraint is not None:
             try:
                 seq.constraint.apply(logits, allow_end=not request.ignore_eos)
             except ConstraintError as exc:  # its grammar hit a limit of llguidance's: it alone ends
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
-        token = seq.sampler.choose(self.context, batch_index, logits)
-        seq.sampler.accept(token)
+        token = sampler.choose(self.context, batch_index, logits)
+        sampler.accept(token)
         seq.generated.append(token)
         if not seq.first_token_at:
             seq.first_token_at = time.perf_counter()
@@ -265,7 +269,7 @@ class Engine(EngineLifecycle[_Command]):
             except ConstraintError as exc:  # a limit of llguidance's reached while advancing (fast-forward)
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
-        logprob = logprobs_of(raw, token, request.logprobs) if raw is not None else None
+        logprob = logprobs_of(raw, token, top_k) if raw is not None and top_k is not None else None
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
         if seq.constraint is not None and seq.constraint.finished:
             self._finish(seq, "stop")  # the grammar cannot go on: only EOS could follow
@@ -293,7 +297,7 @@ class Engine(EngineLifecycle[_Command]):
         log.error("llama_decode returned %d for a batch of %d tokens", status, self.context.batch.size)
         for chunk in chunks:
             seq = chunk.seq
-            self.slots.forget(seq.slot)  # what the failed batch left in its cells is unknown
+            self.slots.forget(seq.admitted_slot)  # what the failed batch left in its cells is unknown
             self._finish(seq, "error", f"llama_decode failed with status {status}")
 
     def _fail_all(self, message: str, reason: str, taken: Iterable[_Command] = ()) -> None:
