@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
 from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
+from studiolo.config import RequestLimits
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
-from studiolo.config import RequestLimits
-from studiolo.engine.engine import ContextLengthExceeded
+from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.long_text import tokenize_long
 from studiolo.engine.sequence import (
@@ -233,6 +233,7 @@ class Generation:
     def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
         timing = self.timing
         rate = timing.decode_rate(tokens)
+        assert self._log is not None, "an output is logged only to a hub with readers"
         self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
                                                       timing.time_to_first_token))
 
@@ -245,7 +246,7 @@ class Generation:
         model = self._loaded.model
         tokens = prompt.tokens
         scored = (token_info(model, t, model.token_bytes(t, special=True), lp)  # a typed <|im_end|> shows
-                  for t, lp in zip(tokens[1:], event.logprobs))
+                  for t, lp in zip(tokens[1:], event.logprobs, strict=False))
         if prompt.added_bos:
             return tuple(scored)
         piece = model.token_bytes(tokens[0], special=True)
@@ -260,6 +261,13 @@ class Generation:
             completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
         )
+
+
+def _generation_engine(loaded: Instance) -> Engine:
+    """The instance's engine: a generation engine, as check_generation_model refused embedding models."""
+    engine = loaded.engine
+    assert isinstance(engine, Engine), "an embedding model got past check_generation_model"
+    return engine
 
 
 def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
@@ -293,8 +301,8 @@ class GenerationService:
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
-            options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True),
-                              constraint_param="tools")
+            grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True)
+            options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await _compiled_constraint(loaded, options)
         return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
@@ -344,7 +352,8 @@ class GenerationService:
         if template is None:
             model = loaded.model
             source = model.chat_template() or builtin_template_for(model.architecture())
-            template = ChatTemplate(source, model.token_text_special(model.bos_id), model.token_text_special(model.eos_id))
+            template = ChatTemplate(source, model.token_text_special(model.bos_id),
+                                    model.token_text_special(model.eos_id))
             self._templates[loaded.key] = template
         return template
 
@@ -376,17 +385,19 @@ class GenerationService:
                 requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter))
                 per_choice.append(prompt)
         try:
-            streams = loaded.engine.submit_many(requests)  # all choices start in the same step
+            streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
         except ContextLengthExceeded as exc:
             exc.param = prompt_field
             raise
-        choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
+        choices = [_Choice(index, prompt, stream)
+                   for index, (prompt, stream) in enumerate(zip(per_choice, streams, strict=True))]
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
                                 load_seconds=target.load_seconds, adapter_key=target.adapter_key)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
-                self.log_hub.publish("model", model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens)))
+                event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))
+                self.log_hub.publish("model", event)
         return generation
 
     @staticmethod
@@ -419,7 +430,7 @@ async def _restore_prefix(target: Target, tokens: list[int], restore: Restorer) 
     """Give the engine a stored conversation's KV state when it holds less than half of the prompt
     (the conversation's cells were evicted, or the server restarted): the prefill is then only the
     new turn. The state is read (from disk) only then."""
-    engine = target.instance.engine
+    engine = _generation_engine(target.instance)
     if engine.cached_prefix_length(tokens, target.adapter) * 2 >= len(tokens):
         return
     found = await restore()
