@@ -80,7 +80,8 @@ MAX_PATTERN_PROPERTIES = 32
 def _census(schema: Any, max_entries: int) -> tuple[int, dict[str, Any]]:
     """How many ``$ref`` the schema holds and its ``$anchor``s, refusing any list or map longer
     than ``max_entries`` on the way (without recursion)."""
-    refs, anchors, stack = 0, {}, [(schema, "")]
+    refs, stack = 0, [(schema, "")]
+    anchors: dict[str, Any] = {}
     while stack:
         node, key = stack.pop()
         if isinstance(node, (dict, list)) and len(node) > max_entries:

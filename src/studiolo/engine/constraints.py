@@ -46,6 +46,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import llguidance.numpy as llg_numpy
 import numpy as np
@@ -67,6 +68,9 @@ from studiolo.engine.json_schema import closed_objects
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.masks import forbidden_log_mass, mask_logits
 from studiolo.engine.process_memory import allocated_bytes
+
+if TYPE_CHECKING:  # declared in llguidance's type stubs only
+    from llguidance._lib import JsonCompileOptions
 
 log = logging.getLogger(__name__)
 
@@ -249,21 +253,22 @@ def _raw_grammar(spec: ConstraintSpec) -> str:
     """llguidance's grammar for the spec, not yet validated (llguidance validates separately)."""
     kind = spec.kind
     if kind in JSON_KINDS:
-        schema = spec.definition if kind == "json_schema" else {"type": "object"}
+        schema: str | dict[str, Any] = cast(str, spec.definition) if kind == "json_schema" else {"type": "object"}
         whitespace = JSON_WHITESPACE if spec.whitespace_pattern is None else spec.whitespace_pattern
-        options = {"whitespace_pattern": whitespace}
+        options: JsonCompileOptions = {"whitespace_pattern": whitespace}
         try:
             return LLMatcher.grammar_from_json_schema(schema, overrides=options)
         except ValueError as error:
             raise InvalidConstraint(f"invalid JSON schema: {error}") from None
+    if kind == "choice":  # as JSON text, the form llguidance documents (it reads it back as the list)
+        return grammar_from("choice", json.dumps(list(cast(tuple[str, ...], spec.definition))))
+    text = cast(str, spec.definition)  # the other kinds' definitions are text (ConstraintSpec checks)
     if kind == "regex":
-        return LLMatcher.grammar_from_regex(spec.definition)
-    if kind == "choice":
-        return grammar_from("choice", list(spec.definition))
+        return LLMatcher.grammar_from_regex(text)
     if kind == "lark":
-        return LLMatcher.grammar_from_lark(spec.definition)
+        return LLMatcher.grammar_from_lark(text)
     try:
-        lark = gbnf_to_lark(spec.definition)
+        lark = gbnf_to_lark(text)
     except RecursionError:
         raise InvalidConstraint("invalid GBNF grammar: it nests too deeply") from None
     except Exception as error:  # noqa: BLE001 - llguidance's GBNF parser raises bare Exceptions on bad input

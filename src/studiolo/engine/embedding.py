@@ -15,7 +15,6 @@ Vectors are L2-normalized, as OpenAI's are and as sentence-transformers' are whe
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.engine import EngineClosed, InvalidTokens
+from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 
 BATCH_TOKENS = 2048  # the context: an input must fit whole in one pass (non-causal attention)
@@ -52,7 +52,9 @@ class _Job:
     cancelled: bool = False
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(EngineLifecycle[_Job]):
+    """Its inbox holds the requests (``_Job``) being embedded: each stays there until settled."""
+
     def __init__(self, model: LlamaModel, settings: EngineSettings):
         self.model = model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length,
@@ -61,11 +63,7 @@ class EmbeddingEngine:
             n_ctx=BATCH_TOKENS, n_batch=BATCH_TOKENS, n_seq_max=MAX_SEQUENCES, n_threads=settings.threads,
             embeddings=True))
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
-        self._jobs: deque[_Job] = deque()
-        self._wake = COMPUTE.wake
-        self._closing = False
-        self._closed = threading.Event()
-        COMPUTE.attach(self)
+        super().__init__()  # last: the compute thread may step the engine from here on
 
     # --- called from the event loop ---------------------------------------------------
 
@@ -74,11 +72,8 @@ class EmbeddingEngine:
         self._check(inputs)
         loop = asyncio.get_running_loop()
         job = _Job(inputs, loop, loop.create_future(), [None] * len(inputs))
-        with self._wake:
-            if self._closing:
-                raise EngineClosed("the model was unloaded; send the request again to load it")
-            self._jobs.append(job)
-            self._wake.notify()
+        if not self._post(job):
+            raise EngineClosed(UNLOADED)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -101,30 +96,18 @@ class EmbeddingEngine:
                                 f"input[{index}]")
 
     def busy(self) -> bool:
-        return bool(self._jobs)
+        return bool(self._inbox)
 
     def request_counts(self) -> tuple[int, int]:
-        jobs = list(self._jobs)
+        jobs = list(self._inbox)
         return (1 if jobs else 0), max(0, len(jobs) - 1)
-
-    def close(self) -> None:
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        self._closed.wait()
-        self.context.close()
 
     # --- on the compute thread --------------------------------------------------------
 
-    def ready(self) -> bool:
-        return bool(self._jobs) or (self._closing and not self._closed.is_set())
+    def _shut_down(self) -> None:
+        self._fail_all(EngineClosed(UNLOADED))
 
-    def run_step(self) -> None:
-        if self._closing:
-            self._fail_all(EngineClosed("the model was unloaded; send the request again to load it"))
-            COMPUTE.detach(self)
-            self._closed.set()
-            return
+    def _work_step(self) -> None:
         picked = self._pick()
         if not picked:
             return
@@ -134,7 +117,7 @@ class EmbeddingEngine:
             for job in {job for job, _ in picked}:
                 self._settle(job, exc)
             return
-        for (job, index), vector in zip(picked, vectors):
+        for (job, index), vector in zip(picked, vectors, strict=True):
             job.results[index] = vector
             job.done += 1
             if job.done == len(job.inputs):
@@ -143,10 +126,11 @@ class EmbeddingEngine:
     def _pick(self) -> list[tuple[_Job, int]]:
         """Inputs for one pass, one per request in turn, until the batch is full."""
         with self._wake:
-            for job in [job for job in self._jobs if job.cancelled]:
-                self._jobs.remove(job)
-            jobs = [job for job in self._jobs if job.scheduled < len(job.inputs)]
-        picked, tokens = [], 0
+            for job in [job for job in self._inbox if job.cancelled]:
+                self._inbox.remove(job)
+            jobs = [job for job in self._inbox if job.scheduled < len(job.inputs)]
+        picked: list[tuple[_Job, int]] = []
+        tokens = 0
         while jobs and len(picked) < MAX_SEQUENCES:
             for job in list(jobs):
                 size = len(job.inputs[job.scheduled])
@@ -174,15 +158,23 @@ class EmbeddingEngine:
 
     def _settle(self, job: _Job, error: BaseException | None) -> None:
         with self._wake:
-            if job in self._jobs:
-                self._jobs.remove(job)
-        job.loop.call_soon_threadsafe(_resolve, job.future, job.results, error)
+            if job in self._inbox:
+                self._inbox.remove(job)
+        _hand_over(job, error)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._wake:
-            jobs, self._jobs = list(self._jobs), deque()
+            jobs, self._inbox = list(self._inbox), deque()
         for job in jobs:
-            job.loop.call_soon_threadsafe(_resolve, job.future, job.results, error)
+            _hand_over(job, error)
+
+
+def _hand_over(job: _Job, error: BaseException | None) -> None:
+    """Settle ``job``'s future on its event loop, if that loop still runs."""
+    try:
+        job.loop.call_soon_threadsafe(_resolve, job.future, job.results, error)
+    except RuntimeError:  # the loop closed (the process is exiting): nobody is waiting any more
+        pass
 
 
 def _resolve(future: asyncio.Future, results: list, error: BaseException | None) -> None:

@@ -9,18 +9,17 @@ one token for every sequence whose logits came out, and hand the step's events t
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import threading
 import time
-import weakref
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest, Unavailable
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
+from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.prompt_cache import PromptCache
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
@@ -38,16 +37,6 @@ from studiolo.engine.slots import SlotPool
 from studiolo.engine.stream import Outbox, TokenStream
 
 log = logging.getLogger(__name__)
-
-# Engines still open when the interpreter exits are closed first: the compute thread left inside
-# llama_decode while the process tears down its C++ state crashes it.
-_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_engines() -> None:
-    for engine in list(_open_engines):
-        engine.close()
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -91,7 +80,10 @@ class _Offer:
     adapter: LoraAdapter | None
 
 
-class Engine:
+_Command = _Submit | _Cancel | _Offer
+
+
+class Engine(EngineLifecycle[_Command]):
     def __init__(self, model: LlamaModel, settings: EngineSettings):
         self.model = model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
@@ -110,12 +102,7 @@ class Engine:
         self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self._outbox = Outbox()
-        self._inbox: deque[_Submit | _Cancel | _Offer] = deque()
-        self._wake = COMPUTE.wake
-        self._closing = False
-        self._closed = threading.Event()
-        COMPUTE.attach(self)
-        _open_engines.add(self)
+        super().__init__()  # last: the compute thread may step the engine from here on
 
     # --- called from other threads ----------------------------------------------------
 
@@ -130,15 +117,15 @@ class Engine:
         loop = asyncio.get_running_loop()
         seqs = [Sequence(request, TokenStream(loop)) for request in requests]
         for seq in seqs:
-            seq.sink.cancel = lambda seq=seq: self._post(_Cancel(seq))
-        self._post(_Submit(seqs))
+            seq.sink.cancel = lambda seq=seq: self._post_command(_Cancel(seq))
+        self._post_command(_Submit(seqs))
         return [seq.sink for seq in seqs]
 
     def offer_prefix(self, saved: SavedSequence, adapter: LoraAdapter | None = None) -> None:
         """Make a saved sequence (a stored conversation's cells) available for prefix reuse, as if it
         had just run here; ignored if the cache already holds as much of it. Sequences submitted
         after this call see it."""
-        self._post(_Offer(saved, adapter))
+        self._post_command(_Offer(saved, adapter))
 
     def cached_prefix_length(self, tokens: list[int], adapter: LoraAdapter | None = None) -> int:
         """How much of ``tokens`` the slots or the RAM prompt cache hold (a snapshot, from any thread)."""
@@ -152,15 +139,6 @@ class Engine:
         """(running, queued) sequences, a snapshot for status displays."""
         queued = sum(len(c.seqs) for c in list(self._inbox) if isinstance(c, _Submit))
         return len(self.scheduler.running), len(self.scheduler.waiting) + queued
-
-    def close(self) -> None:
-        """End its sequences with an error, leave the compute thread and free the context. Idempotent."""
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        self._closed.wait()
-        self.context.close()
-        _open_engines.discard(self)
 
     def _validate(self, request: GenerationRequest) -> None:
         if not request.prompt:
@@ -176,35 +154,26 @@ class Engine:
             if bad is not None:
                 raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})", param)
 
-    def _post(self, command: _Submit | _Cancel | _Offer) -> None:
-        with self._wake:
-            if self._closing:
-                if isinstance(command, _Submit):  # nobody would ever run it
-                    raise EngineClosed("the model was unloaded; send the request again to load it")
-                return
-            self._inbox.append(command)
-            self._wake.notify()
+    def _post_command(self, command: _Command) -> None:
+        if not self._post(command) and isinstance(command, _Submit):  # nobody would ever run it
+            raise EngineClosed(UNLOADED)
+        # a cancel or an offer to a closing engine has nothing left to act on
 
     # --- on the compute thread --------------------------------------------------------
 
-    def ready(self) -> bool:
-        """Whether a step has something to do; called with the compute lock held."""
-        return bool(self._inbox) or self.scheduler.has_work() or (self._closing and not self._closed.is_set())
+    def _has_work(self) -> bool:
+        return self.scheduler.has_work()
 
-    def run_step(self) -> None:
+    def _shut_down(self) -> None:
+        # the submits still in the inbox are failed too: dropped, their streams would wait forever
+        # (a request submitted just before an unload got its first chunk, then nothing)
+        self._fail_all("the model was unloaded while generating; send the request again to load it", "unloaded")
+        self._outbox.flush()
+
+    def _work_step(self) -> None:
         with self._wake:
             commands = list(self._inbox)
             self._inbox.clear()
-            closing = self._closing
-        if closing:
-            # the submits just taken from the inbox are failed too: dropped here, their streams would
-            # wait forever (a request submitted just before an unload got its first chunk, then nothing)
-            self._fail_all("the model was unloaded while generating; send the request again to load it", "unloaded",
-                           commands)
-            self._outbox.flush()
-            COMPUTE.detach(self)
-            self._closed.set()
-            return
         try:
             self._apply(commands)
             self._step()
@@ -213,7 +182,7 @@ class Engine:
             self._fail_all(f"internal engine error: {exc}", "error", commands)
         self._outbox.flush()
 
-    def _apply(self, commands: list[_Submit | _Cancel | _Offer]) -> None:
+    def _apply(self, commands: list[_Command]) -> None:
         for command in commands:
             if isinstance(command, _Submit):
                 for seq in command.seqs:
@@ -236,7 +205,8 @@ class Engine:
         batch = self.context.batch
         batch.clear()
         for chunk in chunks:
-            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.slot.seq_id, chunk.logits_from)
+            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.admitted_slot.seq_id,
+                                          chunk.logits_from)
         self.context.use_adapter(self.scheduler.adapter)
         self.context.set_threads(COMPUTE.threads(self.threads))
         status = self.context.decode()
@@ -249,7 +219,7 @@ class Engine:
     def _advance(self, chunk: Chunk) -> None:
         seq = chunk.seq
         seq.n_past += len(chunk.tokens)
-        seq.slot.tokens.extend(chunk.tokens)
+        seq.admitted_slot.tokens.extend(chunk.tokens)
         if seq.state is SequenceState.PREFILLING:
             if seq.request.prompt_logprobs:
                 self._score_prompt(chunk)
@@ -278,16 +248,19 @@ class Engine:
     def _sample(self, seq: Sequence, batch_index: int) -> None:
         request = seq.request
         logits = self.context.logits(batch_index)
-        raw = logits.copy() if request.logprobs is not None else None
-        seq.sampler.adjust(logits)
+        top_k = request.logprobs
+        raw = logits.copy() if top_k is not None else None  # logprobs are the model's, before sampling adjusts them
+        sampler = seq.sampler
+        assert sampler is not None, "a sequence gets its sampler when admitted"
+        sampler.adjust(logits)
         if seq.constraint is not None:
             try:
                 seq.constraint.apply(logits, allow_end=not request.ignore_eos)
             except ConstraintError as exc:  # its grammar hit a limit of llguidance's: it alone ends
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
-        token = seq.sampler.choose(self.context, batch_index, logits)
-        seq.sampler.accept(token)
+        token = sampler.choose(self.context, batch_index, logits)
+        sampler.accept(token)
         seq.generated.append(token)
         if not seq.first_token_at:
             seq.first_token_at = time.perf_counter()
@@ -300,7 +273,7 @@ class Engine:
             except ConstraintError as exc:  # a limit of llguidance's reached while advancing (fast-forward)
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
-        logprob = logprobs_of(raw, token, request.logprobs) if raw is not None else None
+        logprob = logprobs_of(raw, token, top_k) if raw is not None and top_k is not None else None
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
         if seq.constraint is not None and seq.constraint.finished:
             self._finish(seq, "stop")  # the grammar cannot go on: only EOS could follow
@@ -328,10 +301,10 @@ class Engine:
         log.error("llama_decode returned %d for a batch of %d tokens", status, self.context.batch.size)
         for chunk in chunks:
             seq = chunk.seq
-            self.slots.forget(seq.slot)  # what the failed batch left in its cells is unknown
+            self.slots.forget(seq.admitted_slot)  # what the failed batch left in its cells is unknown
             self._finish(seq, "error", f"llama_decode failed with status {status}")
 
-    def _fail_all(self, message: str, reason: str, taken: list[_Submit | _Cancel | _Offer] = ()) -> None:
+    def _fail_all(self, message: str, reason: str, taken: Iterable[_Command] = ()) -> None:
         """End every sequence the engine knows of with ``reason``: queued, running, and submitted but not
         yet applied (``taken`` from the inbox by this step, or still in it)."""
         for seq in list(self.scheduler.waiting) + list(self.scheduler.running):

@@ -16,15 +16,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from studiolo.config import load_budgets
 
 MIB = 2**20
 ENTRY_OVERHEAD = 512  # the key, the entry's bookkeeping
 
+Key = TypeVar("Key", bound=Hashable)
 
-class ByteBoundedCache:
+
+class ByteBoundedCache(Generic[Key]):
     """An LRU whose entries carry a size; the least recently used go once the total passes the budget.
 
     An entry larger than the whole budget is not kept. Thread-safe.
@@ -33,10 +35,10 @@ class ByteBoundedCache:
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self.bytes = 0
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._entries: OrderedDict[Key, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any | None:
+    def get(self, key: Key) -> Any | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -44,7 +46,7 @@ class ByteBoundedCache:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: Hashable, value: Any, size: int) -> Any:
+    def put(self, key: Key, value: Any, size: int) -> Any:
         """Keep ``value`` under ``key`` (unless an entry is already there: that one is returned)."""
         size += ENTRY_OVERHEAD
         with self._lock:
@@ -61,12 +63,12 @@ class ByteBoundedCache:
                 self.bytes -= freed
             return value
 
-    def discard_where(self, doomed: Callable[[Hashable], bool]) -> None:
+    def discard_where(self, doomed: Callable[[Key], bool]) -> None:
         with self._lock:
             for key in [key for key in self._entries if doomed(key)]:
                 self.bytes -= self._entries.pop(key)[1]
 
-    def count_where(self, chosen: Callable[[Hashable], bool]) -> int:
+    def count_where(self, chosen: Callable[[Key], bool]) -> int:
         with self._lock:
             return sum(1 for key in self._entries if chosen(key))
 
@@ -81,4 +83,5 @@ class ByteBoundedCache:
         return len(self._entries)
 
 
-GRAMMAR_CACHE = ByteBoundedCache(load_budgets().grammar_cache_mib * MIB)
+# keys: ("valid", spec) for a checked definition, (compiler, spec) for a compiled grammar
+GRAMMAR_CACHE: ByteBoundedCache[tuple[Any, ...]] = ByteBoundedCache(load_budgets().grammar_cache_mib * MIB)

@@ -8,6 +8,8 @@ grammars read it, so that small models finish (every output stays valid under th
 
 from __future__ import annotations
 
+from typing import Any
+
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 _SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "prefixItems"})
 _SCHEMAS = frozenset({"items", "additionalProperties", "not", "if", "then", "else", "contains",
@@ -25,7 +27,7 @@ def closed_objects(schema, *, close: bool = True):
     """
     if not isinstance(schema, dict):
         return schema  # true, false, or something the compiler will refuse
-    result = {}
+    result: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             result[key] = {name: closed_objects(sub) for name, sub in value.items()}

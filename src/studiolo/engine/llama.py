@@ -15,6 +15,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as llama
 import numpy as np
@@ -224,7 +225,7 @@ class LoraAdapter:
     """A LoRA adapter loaded onto a model; a context applies it to the batches it decodes."""
 
     path: Path
-    handle: object  # llama_adapter_lora *
+    handle: Any  # llama_adapter_lora * (llama_cpp's ctypes carry no types)
     scale: float = 1.0
 
 
@@ -353,7 +354,8 @@ class LlamaContext:
         """The sequence's KV state as bytes (for the RAM prompt cache)."""
         size = llama.llama_state_seq_get_size(self._handle, seq_id)
         state = np.empty(size, dtype=np.uint8)  # not zero-filled: it is written whole
-        written = llama.llama_state_seq_get_data(self._handle, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, seq_id)
+        buffer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        written = llama.llama_state_seq_get_data(self._handle, buffer, size, seq_id)
         return state[:written]
 
     def load_sequence(self, seq_id: int, state: np.ndarray) -> bool:

@@ -67,7 +67,7 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq in self.running:
             self.running.remove(seq)
-            self.slots.release(seq.slot)
+            self.slots.release(seq.admitted_slot)
         seq.state = SequenceState.FINISHED
 
     def admit(self) -> list[Sequence]:
@@ -89,7 +89,8 @@ class Scheduler:
         """The next batch; ``self.adapter`` says which adapter it must be decoded with."""
         self.adapter = self._next_adapter()
         group = [seq for seq in self.running if seq.request.adapter is self.adapter]
-        chunks = [Chunk(seq, [seq.pending], seq.n_past, 0) for seq in group if seq.state is SequenceState.DECODING]
+        decoding = [seq for seq in group if seq.state is SequenceState.DECODING]
+        chunks = [Chunk(seq, [seq.pending_token], seq.n_past, 0) for seq in decoding]
         budget = self.batch_size - len(chunks)
         for seq in group:
             if budget <= 0:

@@ -6,11 +6,15 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
+
+if TYPE_CHECKING:  # slots.py is the engine's; a sequence only points at its slot
+    from studiolo.engine.slots import Slot
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class SavedSequence:
     state: bytes
 
 
-EngineEvent = TokenEvent | PromptLogprobsEvent | FinishEvent
+EngineEvent = TokenEvent | PrefillProgressEvent | PromptLogprobsEvent | FinishEvent
 
 _ids = itertools.count(1)
 
@@ -93,7 +97,7 @@ class Sequence:
         self.request = request
         self.sink = sink  # where events go (engine.stream.TokenStream)
         self.state = SequenceState.WAITING
-        self.slot = None  # engine.slots.Slot once admitted
+        self.slot: Slot | None = None  # once admitted
         self.cached_tokens = 0  # prompt tokens whose KV was reused
         self.n_past = 0  # tokens with KV in the cache for this sequence
         self.pending: int | None = None  # sampled, not yet fed back
@@ -109,6 +113,18 @@ class Sequence:
     @property
     def prompt(self) -> list[int]:
         return self.request.prompt
+
+    @property
+    def admitted_slot(self) -> Slot:
+        """The slot of a running sequence (admitted, not finished): it holds one all along."""
+        assert self.slot is not None, "the sequence was not admitted"
+        return self.slot
+
+    @property
+    def pending_token(self) -> int:
+        """The token a decoding sequence sampled last, fed back in its next batch."""
+        assert self.pending is not None, "the sequence is not decoding"
+        return self.pending
 
     def prompt_remaining(self) -> int:
         return len(self.prompt) - self.n_past

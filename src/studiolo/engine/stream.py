@@ -53,7 +53,7 @@ def _deliver(batch: list[tuple[TokenStream, list[EngineEvent]]]) -> None:
 class Outbox:
     """Events gathered during one engine step, sent on when the step ends."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pending: dict[TokenStream, list[EngineEvent]] = {}
 
     def put(self, stream: TokenStream, event: EngineEvent) -> None:

@@ -22,10 +22,9 @@ from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
 from studiolo.engine.constraints import validate as validate_constraint
-from studiolo.engine.engine import ContextLengthExceeded
+from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.long_text import tokenize_long
-from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import (
     FinishEvent,
     GenerationRequest,
@@ -38,12 +37,18 @@ from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
 from studiolo.service.bounds import check_chat_bounds, check_completion_bounds, off_loop
+from studiolo.service.choice_stream import (
+    ChoiceOutput,
+    DeltaWriter,
+    OutputLog,
+    StopStrings,
+    TokenReader,
+    token_info,
+    token_text,
+)
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
-from studiolo.service.text import TextAssembler
-from studiolo.service.tool_calls import CallReader
 from studiolo.service.types import (
-    Alternative,
     ChatRequest,
     CompletionRequest,
     Finished,
@@ -55,8 +60,6 @@ from studiolo.service.types import (
     TokenInfo,
     Usage,
 )
-
-_CAUSES = {"stop": "eos", "length": "max_tokens", "context": "context_length", "cancelled": "cancelled"}
 
 
 @dataclass
@@ -111,27 +114,6 @@ class UnloadedWhileGenerating(GenerationFailed):
     """The model was unloaded under a running sequence: a 503, as an unload before it started."""
     kind = "unavailable"
     code, param = "model_unloaded", "model"
-
-
-def token_text(piece: bytes) -> str:
-    """A token's text for logprobs; bytes that are not whole UTF-8 characters are spelled out."""
-    try:
-        return piece.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
-
-
-def _token_info(model: LlamaModel, token: int, piece: bytes, logprob: TokenLogprob | None) -> TokenInfo:
-    special = model.is_special(token)
-    if logprob is None:
-        return TokenInfo(token, token_text(piece), piece, None, special=special)
-    # alternatives are not part of the text: control tokens show their names (<|im_end|>)
-    top = tuple(
-        Alternative(alt.token, token_text(p := model.token_bytes(alt.token, special=True)), p, alt.logprob,
-                    model.is_special(alt.token))
-        for alt in logprob.top
-    )
-    return TokenInfo(token, token_text(piece), piece, logprob.logprob, top, special)
 
 
 @dataclass(frozen=True)
@@ -210,66 +192,53 @@ class Generation:
 
     async def _choice_events(self, choice: _Choice) -> AsyncIterator[GenerationEvent]:
         options = self._options
-        scoring = options.echo and options.logprobs is not None
-        if options.echo and not scoring:
+        if options.echo and options.logprobs is None:  # with logprobs, the prompt comes scored
             yield TextDelta(choice.index, choice.prompt.text)
-        assembler = TextAssembler(options.stop)
-        calls = CallReader(choice.index, self._tool_syntax) if self._tool_syntax is not None else None
-        logged: list[str] | None = [] if self._log is not None and self._log.has_subscribers("model") else None
-        consumed = 0  # tokens fed to the assembler: usage stops counting at a stop string
+        output = self._output(choice)
         async for event in choice.stream:
-            if isinstance(event, PrefillProgressEvent):
-                yield PromptProgress(choice.index, event.done / event.total)
-            elif isinstance(event, PromptLogprobsEvent):
-                yield TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
-            elif isinstance(event, TokenEvent):
-                if assembler.stopped:
-                    continue  # generated before the cancel reached the engine
-                consumed += 1
-                info = None
-                if options.logprobs is not None:
-                    info = _token_info(self._loaded.model, event.token, event.piece, event.logprob)
-                # a call may open with a control token (Mistral's [TOOL_CALLS]): the parser reads its name
-                piece = event.piece if calls is None else self._loaded.model.token_bytes(event.token, special=True)
-                text, tokens = assembler.feed(piece, info)
-                if assembler.stopped:
-                    choice.stream.cancel()  # a stop string ended it; free the sequence now
-                if text or tokens:
-                    if logged is not None:
-                        logged.append(text)
-                    for delta in calls.feed(text, tokens) if calls is not None else (TextDelta(choice.index, text, tuple(tokens)),):
-                        yield delta
+            if isinstance(event, TokenEvent):
+                for delta in output.token(event):
+                    yield delta
             elif isinstance(event, FinishEvent):
-                if event.reason == "unloaded":
-                    raise UnloadedWhileGenerating(event.error or "the model was unloaded")
-                if event.reason == "constraint":
-                    raise ConstraintFailed(event.error or "constrained decoding failed", options.constraint_param)
-                if event.reason == "error":
-                    raise GenerationFailed(event.error or "generation failed")
+                _raise_if_failed(event, options.constraint_param)
                 if event.saved is not None:
                     self.saved[choice.index] = event.saved
-                text, tokens = assembler.finish()
-                if calls is not None:
-                    for delta in calls.feed(text, tokens) + calls.finish():
-                        yield delta
-                elif text or tokens:
-                    yield TextDelta(choice.index, text, tuple(tokens))
-                self._count(choice, event, consumed if assembler.stopped else event.completion_tokens)
-                self.timing.finished(event)
-                cause = "stop_string" if assembler.stopped else _CAUSES.get(event.reason, "eos")
-                self.causes[choice.index] = cause
-                if logged is not None:
-                    logged.append(text)
-                    self._log_output(choice.index, "".join(logged), consumed, cause)
-                reason = "length" if cause in ("max_tokens", "context_length") else "stop"
-                if calls is not None and calls.count and cause == "eos":  # not a stop string: it may cut a call
-                    reason = "tool_calls"
-                yield Finished(choice.index, reason, cause)
+                for delta in output.finish():
+                    yield delta
+                yield self._finished(choice, output, event)
                 return
+            else:
+                yield self._prompt_event(choice, event)
+
+    def _output(self, choice: _Choice) -> ChoiceOutput:
+        """The stages a choice's tokens go through (service/choice_stream.py)."""
+        syntax = self._tool_syntax
+        return ChoiceOutput(
+            TokenReader(self._loaded.model, self._options.logprobs is not None, control_text=syntax is not None),
+            StopStrings(self._options.stop, choice.stream),
+            DeltaWriter(choice.index, syntax),
+            OutputLog(self._log),
+        )
+
+    def _prompt_event(self, choice: _Choice, event: PrefillProgressEvent | PromptLogprobsEvent) -> GenerationEvent:
+        if isinstance(event, PrefillProgressEvent):
+            return PromptProgress(choice.index, event.done / event.total)
+        return TextDelta(choice.index, choice.prompt.text, self._echo_tokens(choice.prompt, event))
+
+    def _finished(self, choice: _Choice, output: ChoiceOutput, event: FinishEvent) -> Finished:
+        """Account for a choice that ended (usage, timing, cause, the model log); its last event."""
+        self._count(choice, event, output.completion_tokens(event))
+        self.timing.finished(event)
+        cause = output.cause(event)
+        self.causes[choice.index] = cause
+        if output.log.wanted:
+            self._log_output(choice.index, output.log.text, output.consumed, cause)
+        return Finished(choice.index, output.finish_reason(cause), cause)
 
     def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
         timing = self.timing
         rate = timing.decode_rate(tokens)
+        assert self._log is not None, "an output is logged only to a hub with readers"
         self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
                                                       timing.time_to_first_token))
 
@@ -281,8 +250,8 @@ class Generation:
         """
         model = self._loaded.model
         tokens = prompt.tokens
-        scored = (_token_info(model, t, model.token_bytes(t, special=True), lp)  # a typed <|im_end|> shows
-                  for t, lp in zip(tokens[1:], event.logprobs))
+        scored = (token_info(model, t, model.token_bytes(t, special=True), lp)  # a typed <|im_end|> shows
+                  for t, lp in zip(tokens[1:], event.logprobs, strict=False))
         if prompt.added_bos:
             return tuple(scored)
         piece = model.token_bytes(tokens[0], special=True)
@@ -297,6 +266,23 @@ class Generation:
             completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
         )
+
+
+def _generation_engine(loaded: Instance) -> Engine:
+    """The instance's engine: a generation engine, as check_generation_model refused embedding models."""
+    engine = loaded.engine
+    assert isinstance(engine, Engine), "an embedding model got past check_generation_model"
+    return engine
+
+
+def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
+    """A sequence the engine could not finish is the request's failure, not an end of its output."""
+    if event.reason == "unloaded":
+        raise UnloadedWhileGenerating(event.error or "the model was unloaded")
+    if event.reason == "constraint":
+        raise ConstraintFailed(event.error or "constrained decoding failed", constraint_param)
+    if event.reason == "error":
+        raise GenerationFailed(event.error or "generation failed")
 
 
 class GenerationService:
@@ -320,8 +306,8 @@ class GenerationService:
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
-            options = replace(options, constraint=ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True),
-                              constraint_param="tools")
+            grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True)
+            options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await _compiled_constraint(loaded, options)
         return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
@@ -371,7 +357,8 @@ class GenerationService:
         if template is None:
             model = loaded.model
             source = model.chat_template() or builtin_template_for(model.architecture())
-            template = ChatTemplate(source, model.token_text_special(model.bos_id), model.token_text_special(model.eos_id))
+            template = ChatTemplate(source, model.token_text_special(model.bos_id),
+                                    model.token_text_special(model.eos_id))
             self._templates[loaded.key] = template
         return template
 
@@ -403,17 +390,19 @@ class GenerationService:
                 requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter))
                 per_choice.append(prompt)
         try:
-            streams = loaded.engine.submit_many(requests)  # all choices start in the same step
+            streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
         except ContextLengthExceeded as exc:
             exc.param = prompt_field
             raise
-        choices = [_Choice(index, prompt, stream) for index, (prompt, stream) in enumerate(zip(per_choice, streams))]
+        choices = [_Choice(index, prompt, stream)
+                   for index, (prompt, stream) in enumerate(zip(per_choice, streams, strict=True))]
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
                                 load_seconds=target.load_seconds, adapter_key=target.adapter_key)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
-                self.log_hub.publish("model", model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens)))
+                event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))
+                self.log_hub.publish("model", event)
         return generation
 
     @staticmethod
@@ -446,7 +435,7 @@ async def _restore_prefix(target: Target, tokens: list[int], restore: Restorer) 
     """Give the engine a stored conversation's KV state when it holds less than half of the prompt
     (the conversation's cells were evicted, or the server restarted): the prefill is then only the
     new turn. The state is read (from disk) only then."""
-    engine = target.instance.engine
+    engine = _generation_engine(target.instance)
     if engine.cached_prefix_length(tokens, target.adapter) * 2 >= len(tokens):
         return
     found = await restore()
