@@ -23,8 +23,8 @@ import pytest
 import uvicorn
 import uvicorn.config
 
-from studiolo.api import log_routes
 from studiolo.api.app import create_app
+from studiolo.api.server import log as log_routes
 from studiolo.cli.log_cmd import human_console, render_event
 from studiolo.service.model_log import (
     LogHub,

@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 
-from studiolo.api.responses_render import OutputItems
+from studiolo.api.responses.render import OutputItems
 from studiolo.service.types import Finished, TextDelta, ToolCallDelta
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import NO_PENALTY, SMOLLM
@@ -317,9 +317,9 @@ def test_a_store_failure_after_a_stream_began_ends_it_with_response_failed():
     import sqlite3
     from types import SimpleNamespace
 
-    from studiolo.api import responses_routes
-    from studiolo.api.responses_render import ResponseInfo
-    from studiolo.api.responses_schemas import ResponseBody
+    from studiolo.api.responses import routes as responses_routes
+    from studiolo.api.responses.render import ResponseInfo
+    from studiolo.api.responses.schemas import ResponseBody
     from studiolo.service.types import Usage
 
     class Generation:

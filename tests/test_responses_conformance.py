@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from studiolo.api import responses_routes
-from studiolo.api.responses_render import (
+from studiolo.api.responses import routes as responses_routes
+from studiolo.api.responses.render import (
     EventStream,
     OutputItems,
     ResponseInfo,
@@ -26,7 +26,7 @@ from studiolo.api.responses_render import (
     stored_response_object,
     usage_body,
 )
-from studiolo.api.responses_schemas import ResponseBody
+from studiolo.api.responses.schemas import ResponseBody
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.generation import UnloadedWhileGenerating
 from studiolo.service.types import Alternative, Finished, TextDelta, TokenInfo, ToolCallDelta, Usage

@@ -9,17 +9,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
-from studiolo.api.download_routes import router as download_router
-from studiolo.api.embeddings_routes import router as embeddings_router
 from studiolo.api.errors import install_error_handlers
-from studiolo.api.health import router as health_router
-from studiolo.api.lmstudio_chat import router as v1_chat_router
-from studiolo.api.lmstudio_v0 import router as v0_router
-from studiolo.api.lmstudio_v1 import router as v1_router
-from studiolo.api.log_routes import router as log_router
-from studiolo.api.memory_routes import router as memory_router
-from studiolo.api.openai_routes import router as openai_router
-from studiolo.api.responses_routes import router as responses_router
+from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
+from studiolo.api.lmstudio.downloads import router as download_router
+from studiolo.api.lmstudio.v0 import router as v0_router
+from studiolo.api.lmstudio.v1 import router as v1_router
+from studiolo.api.openai.embeddings import router as embeddings_router
+from studiolo.api.openai.routes import router as openai_router
+from studiolo.api.responses.routes import router as responses_router
+from studiolo.api.server.health import router as health_router
+from studiolo.api.server.log import router as log_router
+from studiolo.api.server.memory import router as memory_router
 from studiolo.config import ServerSettings, models_dir
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager

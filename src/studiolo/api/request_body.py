@@ -222,7 +222,7 @@ def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
 
 
 def _check_embedding_inputs(inputs: Any, limits: RequestLimits) -> None:
-    from studiolo.api.embeddings_routes import (
+    from studiolo.api.openai.embeddings import (
         MAX_INPUTS,  # imported here: that module imports this one
     )
 

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
-from studiolo.api import openai_render as render
 from studiolo.api.errors import from_domain
-from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+from studiolo.api.openai import render
+from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import make_router, request_limits
-from studiolo.api.streaming import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
+from studiolo.api.sse import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
 from studiolo.service.types import Finished, TextDelta, TokenInfo, ToolCallDelta

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from studiolo.api.lmstudio_models import models_v1
+from studiolo.api.lmstudio.models import models_v1
 from studiolo.api.routing import make_router
 from studiolo.api.wire_types import Int
 from studiolo.config import MAX_PARALLEL, MIN_CONTEXT

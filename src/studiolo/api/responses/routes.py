@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
-from studiolo.api import responses_render as render
 from studiolo.api.errors import APIError, from_domain
-from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
-from studiolo.api.responses_render import OutputItems, ResponseInfo
-from studiolo.api.responses_schemas import CompactBody, ResponseBody
+from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
+from studiolo.api.responses import render
+from studiolo.api.responses.render import OutputItems, ResponseInfo
+from studiolo.api.responses.schemas import CompactBody, ResponseBody
 from studiolo.api.routing import make_router, request_limits
-from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations, Turn

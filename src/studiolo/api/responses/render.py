@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from studiolo.api.openai_render import chat_token_logprob
+from studiolo.api.openai.render import chat_token_logprob
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id

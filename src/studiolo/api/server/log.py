@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from studiolo.api.errors import APIError
 from studiolo.api.routing import make_router
-from studiolo.api.streaming import sse_response
+from studiolo.api.sse import sse_response
 from studiolo.service.model_log import SOURCES, LogHub
 
 router = make_router()

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
 
-from studiolo.api.structured import ResponseFormat, StructuredOutputs, constraint_of
-from studiolo.api.tool_schemas import (
+from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
+from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
     ToolChoice,
     ToolDefinition,

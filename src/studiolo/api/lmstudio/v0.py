@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import Request
 
 from studiolo.api.errors import APIError
-from studiolo.api.lmstudio_models import models_v0, v0_extras
-from studiolo.api.openai_routes import run_chat, run_completion
-from studiolo.api.openai_schemas import ChatCompletionBody, CompletionBody
+from studiolo.api.lmstudio.models import models_v0, v0_extras
+from studiolo.api.openai.routes import run_chat, run_completion
+from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import make_router
 
 router = make_router(prefix="/api/v0")

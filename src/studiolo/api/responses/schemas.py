@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studiolo.api.errors import describe_validation
-from studiolo.api.tool_schemas import (
+from studiolo.api.openai.tool_schemas import (
     FunctionDefinition,
     NamedFunction,
     NamedToolChoice,

@@ -17,9 +17,9 @@ import numpy as np
 from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from studiolo.api.openai_routes import CLIENT_CLOSED_REQUEST
+from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.routing import make_router
-from studiolo.api.streaming import ClientDisconnected, until_disconnected
+from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.embeddings import EmbeddingRequest, EmbeddingService

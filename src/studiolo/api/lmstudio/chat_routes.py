@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from studiolo.api.errors import APIError, from_domain
 from studiolo.api.routing import make_router
-from studiolo.api.streaming import ClientDisconnected, sse_response, until_disconnected
+from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
 from studiolo.domain.errors import InvalidRequest

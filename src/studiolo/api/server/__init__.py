@@ -1,0 +1,1 @@
+"""studiolo's own routes: health, the log stream and memory."""
