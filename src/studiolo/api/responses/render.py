@@ -9,12 +9,12 @@ before a tool call is its own message item; each call is a ``function_call`` ite
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from studiolo.api.openai.render import chat_token_logprob
+from studiolo.api.sse import named_event
 from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id
 from studiolo.service.types import Finished, GenerationEvent, InvalidRequest, TextDelta, TokenInfo, ToolCallDelta, Usage
@@ -285,5 +285,4 @@ class EventStream:
     def sse(self, event: dict[str, Any]) -> str:
         payload = {**event, "sequence_number": self._next}
         self._next += 1
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        return f"event: {event['type']}\ndata: {data}\n\n"
+        return named_event(event["type"], payload)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
@@ -111,7 +111,7 @@ async def _complete(conversations: Conversations, run: ConversationRun, info: Re
 
 
 async def _events(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
-                  with_logprobs: bool) -> AsyncIterator[str]:
+                  with_logprobs: bool) -> AsyncGenerator[str, None]:
     """The stream; closing it (client gone) cancels the generation, and nothing is stored."""
     stream, output = render.EventStream(), OutputItems(with_logprobs)
     try:
