@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.routing import make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
@@ -28,9 +29,7 @@ router = make_router()
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
-class EmbeddingBody(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class EmbeddingBody(Body):
     model: str = Field(min_length=1)
     input: str | list[str] | list[Int] | list[list[Int]]
     encoding_format: Literal["float", "base64"] = "float"

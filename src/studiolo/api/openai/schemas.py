@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
+from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
+from studiolo.api.body import Body
 from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
@@ -37,26 +38,21 @@ MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
 
-class _Body(BaseModel):
-    # JSON allows no NaN or Infinity, but Python's parser takes them: refuse them here
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class StreamOptions(_Body):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class TextPart(_Body):
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Body):
+class ImageURL(Body):
     url: str
     detail: str | None = None
 
 
-class ImagePart(_Body):
+class ImagePart(Body):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -64,7 +60,7 @@ class ImagePart(_Body):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class Message(_Body):
+class Message(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -72,7 +68,7 @@ class Message(_Body):
     tool_call_id: str | None = None  # a tool message: the call it answers
 
 
-class _GenerationBody(_Body):
+class _GenerationBody(Body):
     model: str = Field(min_length=1)
     # LM Studio: idle seconds before a model this request JIT-loads is unloaded
     ttl: Int | None = Field(default=None, gt=0)

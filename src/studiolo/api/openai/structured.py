@@ -18,15 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, grammar_of
 from studiolo.service.types import InvalidRequest
 
 
-class StructuredOutputs(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class StructuredOutputs(Body):
     json_: dict[str, Any] | str | None = Field(None, alias="json")  # 'json' would shadow BaseModel.json
     regex: str | None = None
     choice: list[str] | None = None

@@ -13,18 +13,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.engine.constraint_limits import check_tool_schemas
 from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, validate
 from studiolo.service.types import InvalidRequest, ToolCall, Tools, ToolSpec
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class FunctionDefinition(_Body):
+class FunctionDefinition(Body):
     # OpenAI: letters, digits, underscores and dashes, at most 64 characters (dots allowed too)
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
@@ -32,16 +29,16 @@ class FunctionDefinition(_Body):
     strict: bool | None = None
 
 
-class ToolDefinition(_Body):
+class ToolDefinition(Body):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Body):
+class NamedFunction(Body):
     name: str
 
 
-class NamedToolChoice(_Body):
+class NamedToolChoice(Body):
     type: Literal["function"]
     function: NamedFunction
 
@@ -49,12 +46,12 @@ class NamedToolChoice(_Body):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class CalledFunction(_Body):
+class CalledFunction(Body):
     name: str
     arguments: str  # a JSON object as text
 
 
-class MessageToolCall(_Body):
+class MessageToolCall(Body):
     id: str = Field(min_length=1)
     type: Literal["function"] = "function"
     function: CalledFunction

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from studiolo.api.body import Body
 from studiolo.api.errors import describe_validation
 from studiolo.api.openai.tool_schemas import (
     FunctionDefinition,
@@ -41,8 +42,9 @@ UNNAMED_FORMAT = "response"  # the name a json_schema format given without one s
 IMAGES_UNSUPPORTED = "Model does not support images. Please use a model that does."  # chat completions' words
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
+class _Body(Body):
+    # TextFormat.schema_ is given as "schema" on the wire and by name where it is built here
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class ContentPart(_Body):
