@@ -21,7 +21,6 @@ from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
     ToolChoice,
     ToolDefinition,
-    check_no_other_constraint,
     history_calls,
     tools_of,
 )
@@ -29,6 +28,7 @@ from studiolo.api.wire_types import Int
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments, check_tool_results
+from studiolo.service.tools import check_no_other_constraint
 from studiolo.service.types import ChatMessage, ChatRequest, CompletionRequest, GenerationOptions, InvalidRequest
 
 MAX_LOGPROBS = 20

@@ -4,8 +4,8 @@
 Unknown fields are ignored, as OpenAI clients send many (``reasoning``, ``truncation``, ``user``,
 ...). Input items are checked and normalized to the stored item format (service/items.py) before
 they reach the service, so a stored conversation looks the same whichever API wrote it. Responses'
-flat function tools go through chat completions' checks (tool_schemas.tools_of), with errors
-naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
+flat function tools go through the service's checks as chat completions' do (service/tools.py), with
+errors naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
 """
 
 from __future__ import annotations
@@ -17,23 +17,17 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from studiolo.api.body import Body
 from studiolo.api.errors import describe_validation
-from studiolo.api.openai.tool_schemas import (
-    FunctionDefinition,
-    NamedFunction,
-    NamedToolChoice,
-    ToolDefinition,
-    check_no_other_constraint,
-    tools_of,
-)
 from studiolo.api.wire_types import Int
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
+from studiolo.engine.constraints import ConstraintSpec
 from studiolo.engine.sampling import SamplingParams
 from studiolo.service.compaction import CompactRequest
+from studiolo.service.constraints import spec_of
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments
-from studiolo.service.types import GenerationOptions, InvalidRequest, Tools
+from studiolo.service.tools import check_no_other_constraint, offered_tools
+from studiolo.service.types import GenerationOptions, InvalidRequest, Tools, ToolSpec
 from studiolo.store.responses import check_response_id
 
 MAX_LOGPROBS = 20
@@ -285,33 +279,21 @@ class ResponseBody(_Turn):
         return input_items(self.input, max_json_depth)
 
     def _tools(self) -> Tools | None:
-        definitions = [
-            ToolDefinition(type="function", function=FunctionDefinition(
-                name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
-            for tool in self.tools or ()
-        ]
+        specs = [ToolSpec(tool.name, tool.description, tool.parameters, bool(tool.strict)) for tool in self.tools or ()]
         choice = self.tool_choice
-        if isinstance(choice, NamedFunctionChoice):
-            choice = NamedToolChoice(type="function", function=NamedFunction(name=choice.name))
-        try:
-            return tools_of(definitions, choice, self.parallel_tool_calls)
-        except InvalidRequest as exc:
-            # tools_of names chat completions' nested fields; Responses' tools are flat
-            param = exc.param.replace(".function.", ".") if exc.param else None
-            raise InvalidRequest(str(exc), param) from None
+        named = choice.name if isinstance(choice, NamedFunctionChoice) else None
+        plain = choice if isinstance(choice, str) else None
+        return offered_tools(specs, plain, named, self.parallel_tool_calls, _flat_field)
 
     def _constraint(self) -> ConstraintSpec | None:
         fmt = self.text.format if self.text is not None else None
         if fmt is None or fmt.type == "text":
             return None
         if fmt.type == "json_object":
-            return ConstraintSpec.json_object()
+            return spec_of("json_object", True, None, "text.format")
         if fmt.schema_ is None:
             raise InvalidRequest("'text.format.schema' is required for a json_schema format", "text.format.schema")
-        try:
-            return ConstraintSpec.json_schema(fmt.schema_)
-        except InvalidConstraint as exc:
-            raise InvalidRequest(str(exc), "text.format.schema") from None
+        return spec_of("json", fmt.schema_, None, "text.format.schema")
 
     def _format_echo(self) -> dict[str, Any]:
         fmt = self.text.format if self.text is not None else None
@@ -336,6 +318,11 @@ class CompactBody(_Turn):
         items = input_items(self.input, max_json_depth) if self.input is not None else []
         return CompactRequest(self.model, items, options, self.instructions or None, self.previous_response_id,
                               self.ttl)
+
+
+def _flat_field(index: int, name: str) -> str:
+    """Responses' function tools are flat: ``tools[0].parameters``, not chat's ``tools[0].function.parameters``."""
+    return f"tools[{index}].{name}"
 
 
 def input_items(given: str | list[dict[str, Any]], max_json_depth: int = DEFAULT_MAX_DEPTH) -> list[Item]:
