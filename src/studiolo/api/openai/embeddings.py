@@ -78,9 +78,9 @@ async def _embeddings(body: EmbeddingBody, request: Request):
     data = [{"object": "embedding", "index": index, "embedding": _encoded(vector, body)}
             for index, vector in enumerate(result.vectors)]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
-    body = {"object": "list", "data": data, "model": result.model, "usage": usage}
+    answer = {"object": "list", "data": data, "model": result.model, "usage": usage}
     # straight to JSON: FastAPI's jsonable_encoder walking 64 x 384 floats cost 20 ms a request
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
 
 def _encoded(vector: np.ndarray, body: EmbeddingBody) -> Any:

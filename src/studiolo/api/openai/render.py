@@ -75,7 +75,8 @@ def tool_calls_body(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
 
 
 def _message(text: str, calls: list[ToolCallDelta]) -> dict[str, Any]:
-    message = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None, "annotations": []}
+    content = text or (None if calls else "")
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     if calls:
         message["tool_calls"] = tool_calls_body(calls)
     return message

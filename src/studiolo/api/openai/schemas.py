@@ -11,7 +11,7 @@ fields of api/structured.py.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
@@ -259,5 +259,5 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if not prompt:
         raise InvalidRequest("'prompt' is empty", "prompt")
     if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    return list(prompt)
+        return [cast(list[int], list(prompt))]
+    return cast(list[str | list[int]], list(prompt))

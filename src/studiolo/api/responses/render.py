@@ -244,17 +244,25 @@ class OutputItems:
 
     def _text(self, delta: TextDelta) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        if not isinstance(self._open, _Message):
-            if not delta.text and (self._open is not None or not delta.tokens):
+        message = self._open
+        if not isinstance(message, _Message):
+            if not delta.text and (message is not None or not delta.tokens):
                 return []  # nothing to show, and no reason to end a call for it
-            events += self._close("completed") + self._start(_Message(len(self.items), self._with_logprobs))
-        return events + self._open.add(delta.text, delta.tokens)
+            events += self._close("completed")
+            message = _Message(len(self.items), self._with_logprobs)
+            events += self._start(message)
+        return events + message.add(delta.text, delta.tokens)
 
     def _call(self, delta: ToolCallDelta) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
+        call = self._open
         if delta.name is not None:  # a call's first delta: its id and name
-            events += self._close("completed") + self._start(_Call(len(self.items), delta.call, delta.id, delta.name))
-        return events + self._open.add(delta.arguments)
+            assert delta.id is not None  # given with the name (ToolCallDelta)
+            events += self._close("completed")
+            call = _Call(len(self.items), delta.call, delta.id, delta.name)
+            events += self._start(call)
+        assert isinstance(call, _Call)  # a call's later deltas follow its first
+        return events + call.add(delta.arguments)
 
     def _finish(self, status: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []

@@ -96,8 +96,10 @@ def _with_storage_error(body: dict[str, Any], fault: Exception | None) -> dict[s
     """An answer whose storing failed once it was written stands, marked unstored, with the error
     beside it (docs/API.md, "Storage faults")."""
     if fault is not None:
+        error = from_domain(fault)
+        assert error is not None  # a storage fault is one of the domain's errors
         body["store"] = False
-        body["storage_error"] = from_domain(fault).body()["error"]
+        body["storage_error"] = error.body()["error"]
     return body
 
 
@@ -162,7 +164,8 @@ async def compact(body: CompactBody, request: Request) -> Any:
     """The conversation compacted by the model (service/compaction.py); always stored."""
     compactions = Compactions(_conversations(request))
     try:
-        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))  # every 4xx comes before the model writes
+        # every 4xx comes before the model writes
+        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))
     except ResponseNotFound as exc:
         raise _previous_not_found(exc) from None
     try:

@@ -121,7 +121,7 @@ def check_json(value: Any, param: str) -> None:
         raise InvalidRequest(f"'{param}' holds a value that is not JSON (NaN or Infinity)", param) from None
 
 
-_INPUT_ITEMS: dict[str, type[_Body]] = {
+_INPUT_ITEMS: dict[str, type[MessageInput | FunctionCallInput | FunctionCallOutputInput | CompactionInput]] = {
     "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
     "compaction": CompactionInput,
 }
@@ -243,8 +243,8 @@ class ResponseBody(_Turn):
                                     constraint_param="text.format" if constraint else None)
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
-        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None, self.previous_response_id,
-                    self.store, tools, ttl=self.ttl)
+        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
+                    self.previous_response_id, self.store, tools, ttl=self.ttl)
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
