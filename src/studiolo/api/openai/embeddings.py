@@ -18,8 +18,7 @@ from fastapi import Request, Response
 from pydantic import Field
 
 from studiolo.api.body import Body
-from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
-from studiolo.api.routing import make_router
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.service.embeddings import EmbeddingRequest, EmbeddingService

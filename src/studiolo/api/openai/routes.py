@@ -16,7 +16,7 @@ from fastapi import Request, Response
 from studiolo.api.errors import from_domain
 from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
-from studiolo.api.routing import make_router, request_limits
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import DONE, ClientDisconnected, json_event, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
@@ -26,8 +26,6 @@ router = make_router(prefix="/v1")
 
 Extras = Callable[[Generation], dict[str, Any]]
 T = TypeVar("T")
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
 
 def _service(request: Request) -> GenerationService:

@@ -5,7 +5,7 @@ Unknown fields are accepted and ignored, as OpenAI clients send many (``user``,
 names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls are taken:
 ``top_k`` (-1 or 0: off), ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
 ``stop_sequences``, ``ignore_eos``, ``echo`` (chat too), ``resume_response``, and the structured-output
-fields of api/structured.py.
+fields of api/openai/structured.py.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class _GenerationBody(Body):
     stop_tokens: list[Int] | None = Field(None, max_length=MAX_TOKEN_LIST)
     ignore_eos: bool = False
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
-    # structured output (api/structured.py): one of these per request
+    # structured output (structured.py): one of these per request
     response_format: ResponseFormat | None = None
     guided_json: dict[str, Any] | bool | str | None = None
     guided_regex: str | None = None

@@ -104,7 +104,7 @@ def compacted_object(stored: StoredResponse) -> dict[str, Any]:
 
 def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
     completed = int(stored.created_at)  # stored when the turn ended
-    details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses_routes._save)
+    details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses/routes.py _save)
     settings = {**STORED_SETTINGS, "metadata": {}, **details.get("generation", {}), **details.get("settings", {})}
     if settings["top_logprobs"] is None:  # stored by an earlier studiolo, which showed null for none asked
         settings["top_logprobs"] = 0

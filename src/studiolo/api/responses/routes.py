@@ -7,7 +7,7 @@ hears of its end, so an id it is given can be continued at once. With ``store: f
 stored, though the response still has an id.
 
 Streamed, the events are OpenAI's, each ``event: <type>`` with its ``data``: ``response.created``,
-``response.in_progress``, the output items' events (responses_render.OutputItems), then
+``response.in_progress``, the output items' events (render.OutputItems), then
 ``response.completed``, ``response.incomplete`` or ``response.failed`` carrying the whole response.
 There is no ``[DONE]`` line (OpenAI's Responses streams have none).
 """
@@ -22,11 +22,10 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 
 from studiolo.api.errors import APIError, from_domain
-from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.responses import render
 from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
-from studiolo.api.routing import make_router, request_limits
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
