@@ -34,7 +34,7 @@ MIB = 2**20
 
 
 # NaN and Infinity are read as Python reads them: the fields that take numbers refuse them (allow_inf_nan),
-# and those that keep any JSON check it where they name the exact field (responses_schemas.check_json)
+# and those that keep any JSON check it where they name the exact field (responses/schemas.py, check_json)
 _DECODER = json.JSONDecoder()
 
 

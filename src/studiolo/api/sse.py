@@ -1,5 +1,10 @@
 """Server-sent events, and cancelling work when the client goes away.
 
+Every API family frames its streams here: data-only events (``data: <json>``, OpenAI's chunks and
+the log stream), named events (``event: <type>`` then ``data:``, Responses' and LM Studio's),
+OpenAI's closing ``data: [DONE]``, and a keep-alive comment. An event is its fields, each one line,
+then a blank line; the JSON is compact and keeps non-ASCII text as it is unless asked otherwise.
+
 Streaming responses are cancelled by Starlette itself when the client disconnects (the
 generator is closed, and closing it cancels the engine sequences). A generation submitted
 before its stream starts is also cancelled by the response itself when it ends, however it
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -25,16 +30,32 @@ T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+DATA_FIELD = "data: "
+EVENT_END = "\n\n"  # a blank line ends an event
+DONE = DATA_FIELD + "[DONE]" + EVENT_END  # OpenAI's last event of a completion stream
+KEEP_ALIVE = ": keep-alive" + EVENT_END  # a comment: clients skip it, but it shows the connection lives
 
-def sse_data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+def compact_json(value: Any, *, ascii_only: bool = False, default: Callable[[Any], Any] | None = None) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"), default=default)
 
 
-SSE_DONE = "data: [DONE]\n\n"
+def data_event(data: str) -> str:
+    """An unnamed event carrying ``data`` (one line: compact JSON has no newline)."""
+    return DATA_FIELD + data + EVENT_END
+
+
+def json_event(payload: Any) -> str:
+    return data_event(compact_json(payload))
+
+
+def named_event(name: str, payload: Any) -> str:
+    """An ``event: <name>`` event carrying ``payload`` as JSON."""
+    return f"event: {name}\n{DATA_FIELD}{compact_json(payload)}{EVENT_END}"
 
 
 class _EventStreamResponse(StreamingResponse):
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None] | None):
+    def __init__(self, events: AsyncGenerator[str, None], on_close: Callable[[], None] | None):
         super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._events = events
         self._on_close = on_close
@@ -48,7 +69,7 @@ class _EventStreamResponse(StreamingResponse):
                 self._on_close()
 
 
-def sse_response(events: AsyncIterator[str], on_close: Callable[[], None] | None = None) -> StreamingResponse:
+def sse_response(events: AsyncGenerator[str, None], on_close: Callable[[], None] | None = None) -> StreamingResponse:
     """``events`` as server-sent events; ``on_close`` runs when the response ends, however it ends."""
     return _EventStreamResponse(events, on_close)
 

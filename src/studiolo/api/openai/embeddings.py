@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
-from studiolo.api.routing import make_router
+from studiolo.api.body import Body
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.domain.errors import InvalidRequest
@@ -28,9 +28,7 @@ router = make_router()
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
-class EmbeddingBody(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class EmbeddingBody(Body):
     model: str = Field(min_length=1)
     input: str | list[str] | list[Int] | list[list[Int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -79,9 +77,9 @@ async def _embeddings(body: EmbeddingBody, request: Request):
     data = [{"object": "embedding", "index": index, "embedding": _encoded(vector, body)}
             for index, vector in enumerate(result.vectors)]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
-    body = {"object": "list", "data": data, "model": result.model, "usage": usage}
+    answer = {"object": "list", "data": data, "model": result.model, "usage": usage}
     # straight to JSON: FastAPI's jsonable_encoder walking 64 x 384 floats cost 20 ms a request
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
 
 def _encoded(vector: np.ndarray, body: EmbeddingBody) -> Any:

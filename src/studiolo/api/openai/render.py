@@ -11,6 +11,7 @@ import codecs
 import json
 from typing import Any
 
+from studiolo.api.sse import DATA_FIELD, EVENT_END
 from studiolo.service.generation import Generation
 from studiolo.service.types import TokenInfo, ToolCallDelta, Usage
 
@@ -74,7 +75,8 @@ def tool_calls_body(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
 
 
 def _message(text: str, calls: list[ToolCallDelta]) -> dict[str, Any]:
-    message = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None, "annotations": []}
+    content = text or (None if calls else "")
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     if calls:
         message["tool_calls"] = tool_calls_body(calls)
     return message
@@ -107,7 +109,7 @@ def _json(value: Any) -> str:
 
 
 class _Chunks:
-    """Streamed chunks as ready SSE events.
+    """Streamed chunks as ready SSE events (api/sse.py's data events, framed here by hand).
 
     Every chunk repeats the same header (id, object, created, model, fingerprint) and, when usage
     was asked, ends with ``"usage": null``: that text is encoded once per stream, so a token's
@@ -119,9 +121,9 @@ class _Chunks:
     def __init__(self, generation: Generation, *, include_usage: bool):
         self._generation = generation
         header = _json(_header(generation, self.object_name))
-        self._prefix = "data: " + header[:-1] + ',"choices":'
+        self._prefix = DATA_FIELD + header[:-1] + ',"choices":'
         # BladeLLM's error_info rides on every chunk, null unless the stream failed
-        self._suffix = (',"usage":null' if include_usage else "") + ',"error_info":null}\n\n'
+        self._suffix = (',"usage":null' if include_usage else "") + ',"error_info":null}' + EVENT_END
 
     def _event(self, choices_json: str, extras: dict[str, Any] | None = None) -> str:
         if extras:  # LM Studio's v0 stats ride on a choice's last chunk
@@ -129,7 +131,8 @@ class _Chunks:
         return self._prefix + choices_json + self._suffix
 
     def usage(self) -> str:
-        return self._prefix + '[],"usage":' + _json(usage_body(self._generation.usage)) + ',"error_info":null}\n\n'
+        usage = _json(usage_body(self._generation.usage))
+        return self._prefix + '[],"usage":' + usage + ',"error_info":null}' + EVENT_END
 
 
 class ChatChunks(_Chunks):

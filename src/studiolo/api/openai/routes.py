@@ -7,7 +7,7 @@ the events back; no generation logic lives here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,18 +16,16 @@ from fastapi import Request, Response
 from studiolo.api.errors import from_domain
 from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
-from studiolo.api.routing import make_router, request_limits
-from studiolo.api.sse import SSE_DONE, ClientDisconnected, sse_data, sse_response, until_disconnected
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
+from studiolo.api.sse import DONE, ClientDisconnected, json_event, sse_response, until_disconnected
 from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
-from studiolo.service.types import Finished, TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta
 
 router = make_router(prefix="/v1")
 
 Extras = Callable[[Generation], dict[str, Any]]
 T = TypeVar("T")
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it, the client is gone
 
 
 def _service(request: Request) -> GenerationService:
@@ -61,19 +59,22 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 
 def _failure_event(exc: GenerationFailed) -> str:
-    return sse_data(from_domain(exc).body())
+    error = from_domain(exc)
+    assert error is not None  # a GenerationFailed is one of the domain's errors
+    return json_event(error.body())
 
 
-async def _stream(generation: Generation, first: list[str], render_event, last: list) -> AsyncIterator[str]:
+async def _stream(generation: Generation, first: list[str], render_event: Callable[[GenerationEvent], str],
+                  last: list[Callable[[], str]]) -> AsyncGenerator[str, None]:
     """SSE for one generation (the renderers give ready events); closing it (client gone) cancels it."""
     try:
-        for event in first:
-            yield event
+        for ready in first:
+            yield ready
         async for event in generation.events():
             yield render_event(event)
         for make_event in last:
             yield make_event()
-        yield SSE_DONE
+        yield DONE
     except GenerationFailed as exc:
         yield _failure_event(exc)
     finally:

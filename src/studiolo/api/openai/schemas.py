@@ -5,22 +5,22 @@ Unknown fields are accepted and ignored, as OpenAI clients send many (``user``,
 names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls are taken:
 ``top_k`` (-1 or 0: off), ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
 ``stop_sequences``, ``ignore_eos``, ``echo`` (chat too), ``resume_response``, and the structured-output
-fields of api/structured.py.
+fields of api/openai/structured.py.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
+from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
+from studiolo.api.body import Body
 from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
     ToolChoice,
     ToolDefinition,
-    check_no_other_constraint,
     history_calls,
     tools_of,
 )
@@ -30,6 +30,7 @@ from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments, check_tool_results
+from studiolo.service.tools import check_no_other_constraint
 from studiolo.service.types import ChatRequest, CompletionRequest, GenerationOptions
 
 MAX_LOGPROBS = 20
@@ -39,26 +40,21 @@ MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
 
-class _Body(BaseModel):
-    # JSON allows no NaN or Infinity, but Python's parser takes them: refuse them here
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class StreamOptions(_Body):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class TextPart(_Body):
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Body):
+class ImageURL(Body):
     url: str
     detail: str | None = None
 
 
-class ImagePart(_Body):
+class ImagePart(Body):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -66,7 +62,7 @@ class ImagePart(_Body):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class Message(_Body):
+class Message(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -74,7 +70,7 @@ class Message(_Body):
     tool_call_id: str | None = None  # a tool message: the call it answers
 
 
-class _GenerationBody(_Body):
+class _GenerationBody(Body):
     model: str = Field(min_length=1)
     # LM Studio: idle seconds before a model this request JIT-loads is unloaded
     ttl: Int | None = Field(default=None, gt=0)
@@ -97,7 +93,7 @@ class _GenerationBody(_Body):
     stop_tokens: list[Int] | None = Field(None, max_length=MAX_TOKEN_LIST)
     ignore_eos: bool = False
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
-    # structured output (api/structured.py): one of these per request
+    # structured output (structured.py): one of these per request
     response_format: ResponseFormat | None = None
     guided_json: dict[str, Any] | bool | str | None = None
     guided_regex: str | None = None
@@ -265,5 +261,5 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if not prompt:
         raise InvalidRequest("'prompt' is empty", "prompt")
     if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    return list(prompt)
+        return [cast(list[int], list(prompt))]
+    return cast(list[str | list[int]], list(prompt))

@@ -10,23 +10,25 @@ Three families say the same thing in different words, and all are accepted on
   ``guided_grammar``, with ``guided_whitespace_pattern`` for the JSON ones.
 - vLLM 0.12+: ``structured_outputs: {json | regex | choice | grammar | json_object, whitespace_pattern}``.
 
-A request may carry one constraint: two (``guided_json`` with a ``json_schema`` response format,
-say) is a 400 naming the second, as vLLM refuses it, rather than a silent pick.
+Here the fields are read off the wire, in order; building and checking each constraint, and
+refusing more than one, is the service's (service/constraints.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.domain.errors import InvalidRequest
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, grammar_of
+from studiolo.engine.constraints import ConstraintSpec
+from studiolo.service import constraints
+from studiolo.service.constraints import AskedConstraint
 
 
-class StructuredOutputs(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class StructuredOutputs(Body):
     json_: dict[str, Any] | str | None = Field(None, alias="json")  # 'json' would shadow BaseModel.json
     regex: str | None = None
     choice: list[str] | None = None
@@ -40,67 +42,38 @@ ResponseFormat = str | dict[str, Any]
 
 def constraint_of(body: Any) -> tuple[ConstraintSpec, str] | None:
     """The request's one constraint and the field it came from, or None; InvalidRequest if bad."""
-    found = [item for item in _candidates(body) if item is not None]
-    if len(found) > 1:
-        (_, first), (_, second) = found[0], found[1]
-        raise InvalidRequest(
-            f"'{second}' and '{first}' both constrain the output; send only one of them", second
-        )
-    unused = _stray_whitespace_pattern(body, found)
-    if unused:
-        raise InvalidRequest(f"'{unused}' applies to JSON output only (a JSON schema or json_object)", unused)
-    return found[0] if found else None
+    asked = [item for item in _candidates(body) if item is not None]
+    return constraints.the_one_constraint(asked, _whitespace_fields(body))
 
 
-# What BladeLLM's guided_* fields and vLLM's structured_outputs name alike (the old guided set had
-# no json_object field), and how each becomes a spec; whitespace applies to JSON only.
-_SPEC_OF = {
-    "json": lambda value, whitespace: ConstraintSpec.json_schema(value, whitespace),
-    "json_object": lambda value, whitespace: ConstraintSpec.json_object(whitespace) if value else None,
-    "regex": lambda value, _: ConstraintSpec.regex(value),
-    "choice": lambda value, _: ConstraintSpec.choice(value),
-    "grammar": lambda value, _: ConstraintSpec.grammar(value),
-}
-
-
-def _candidates(body: Any):
+def _candidates(body: Any) -> Iterator[AskedConstraint | None]:
+    """Each field asking for a constraint, built as it is met (the first bad one is the error)."""
     whitespace = body.guided_whitespace_pattern
-    _check_whitespace(whitespace, "guided_whitespace_pattern")
-    yield _guarded("response_format", lambda: _response_format(body.response_format, whitespace))
-    guided = {kind: getattr(body, f"guided_{kind}", None) for kind in _SPEC_OF}
+    constraints.check_whitespace_pattern(whitespace, "guided_whitespace_pattern")
+    yield _response_format(body.response_format, whitespace)
+    # BladeLLM's guided_* fields and vLLM's structured_outputs name the same kinds (the old guided
+    # set had no json_object field)
+    guided = {kind: getattr(body, f"guided_{kind}", None) for kind in constraints.KINDS}
     yield from _named_fields(guided, "guided_", whitespace)
     outputs: StructuredOutputs | None = body.structured_outputs
     if outputs is not None:
-        _check_whitespace(outputs.whitespace_pattern, "structured_outputs.whitespace_pattern")
-        values = {kind: getattr(outputs, "json_" if kind == "json" else kind) for kind in _SPEC_OF}
+        constraints.check_whitespace_pattern(outputs.whitespace_pattern, "structured_outputs.whitespace_pattern")
+        values = {kind: getattr(outputs, "json_" if kind == "json" else kind) for kind in constraints.KINDS}
         yield from _named_fields(values, "structured_outputs.", outputs.whitespace_pattern)
 
 
-def _check_whitespace(pattern: str | None, param: str) -> None:
-    """A bad pattern is its own field's error, not the constraint's it would be used in."""
-    if pattern is not None:
-        try:
-            grammar_of(ConstraintSpec.json_object(pattern))
-        except InvalidConstraint as exc:
-            raise InvalidRequest(str(exc), param) from None
-
-
-def _named_fields(values: dict[str, Any], prefix: str, whitespace: str | None):
+def _named_fields(values: dict[str, Any], prefix: str, whitespace: str | None) -> Iterator[AskedConstraint | None]:
     """A spec for each kind given a value, named ``prefix + kind`` in errors."""
     for kind, value in values.items():
         if value is not None:
-            yield _guarded(prefix + kind, lambda make=_SPEC_OF[kind], value=value: make(value, whitespace))
+            yield _asked(constraints.spec_of(kind, value, whitespace, prefix + kind), prefix + kind)
 
 
-def _guarded(param: str, make) -> tuple[ConstraintSpec, str] | None:
-    try:
-        spec = make()
-    except InvalidConstraint as exc:
-        raise InvalidRequest(str(exc), param) from None
+def _asked(spec: ConstraintSpec | None, param: str) -> AskedConstraint | None:
     return None if spec is None else (spec, param)
 
 
-def _response_format(value: ResponseFormat | None, whitespace: str | None) -> ConstraintSpec | None:
+def _response_format(value: ResponseFormat | None, whitespace: str | None) -> AskedConstraint | None:
     if value is None:
         return None
     kind = value if isinstance(value, str) else value.get("type")
@@ -109,9 +82,8 @@ def _response_format(value: ResponseFormat | None, whitespace: str | None) -> Co
     if kind == "json_object":
         schema = None if isinstance(value, str) else value.get("schema")
         if schema is not None:  # llama-server's {"type": "json_object", "schema": {...}}
-            param = "response_format.schema"
-            return _spec_named(param, lambda: ConstraintSpec.json_schema(_schema_object(schema, param), whitespace))
-        return ConstraintSpec.json_object(whitespace)
+            return _json_schema(schema, "response_format.schema", whitespace)
+        return _asked(constraints.spec_of("json_object", True, whitespace, "response_format"), "response_format")
     if kind == "json_schema" and isinstance(value, dict):
         wrapper = value.get("json_schema")
         if not isinstance(wrapper, dict) or "schema" not in wrapper:
@@ -119,36 +91,27 @@ def _response_format(value: ResponseFormat | None, whitespace: str | None) -> Co
                 "a json_schema response format needs 'json_schema': {\"name\": ..., \"schema\": {...}}",
                 "response_format.json_schema.schema",
             )
-        param = "response_format.json_schema.schema"
-        return _spec_named(param, lambda: ConstraintSpec.json_schema(_schema_object(wrapper["schema"], param), whitespace))
+        return _json_schema(wrapper["schema"], "response_format.json_schema.schema", whitespace)
     raise InvalidRequest(
         f"unknown response format type {kind!r}; expected 'text', 'json_object' or 'json_schema'",
         "response_format.type" if isinstance(value, dict) else "response_format",
     )
 
 
-def _spec_named(param: str, make) -> ConstraintSpec:
-    """A schema's own errors name the schema's field, finer than the response format's."""
-    try:
-        return make()
-    except InvalidConstraint as exc:
-        raise InvalidRequest(str(exc), param) from None
-
-
-def _schema_object(schema: Any, param: str) -> dict[str, Any] | bool:
+def _json_schema(schema: Any, param: str, whitespace: str | None) -> AskedConstraint | None:
+    """A response format's schema: an object (or boolean), its errors naming the schema's own field,
+    finer than the response format's."""
     if not isinstance(schema, (dict, bool)):
         raise InvalidRequest("a JSON schema must be a JSON object", param)
-    return schema
+    return _asked(constraints.spec_of("json", schema, whitespace, param), "response_format")
 
 
-def _stray_whitespace_pattern(body: Any, found: list[tuple[ConstraintSpec, str]]) -> str | None:
-    """The whitespace-pattern field given without a JSON constraint to apply to, if any."""
-    is_json = bool(found) and found[0][0].kind in ("json_schema", "json_object")
-    if is_json:
-        return None
+def _whitespace_fields(body: Any) -> list[str]:
+    """The whitespace-pattern fields the request gave: they need a JSON constraint to apply to."""
+    given = []
     if body.guided_whitespace_pattern is not None:
-        return "guided_whitespace_pattern"
+        given.append("guided_whitespace_pattern")
     outputs = body.structured_outputs
     if outputs is not None and outputs.whitespace_pattern is not None:
-        return "structured_outputs.whitespace_pattern"
-    return None
+        given.append("structured_outputs.whitespace_pattern")
+    return given

@@ -1,11 +1,10 @@
 """Tool calling on the wire: OpenAI's ``tools``, ``tool_choice``, ``parallel_tool_calls`` and the
-messages that carry calls and results, checked and turned into domain values.
+messages that carry calls and results, turned into domain values.
 
-Every problem is a 400 naming the field: a duplicate tool name, a parameters schema llguidance
-cannot compile, a ``tool_choice`` naming no offered tool (or ``required`` with none offered), a
-call whose arguments are not a JSON object, and a
-structured-output constraint next to tools the model may call (one grammar per output). A tool
-result must answer an earlier call: service/tool_calls.py checks that, for both chat APIs.
+The service checks the tools (service/tools.py: names, parameter schemas, the choice) and that a
+tool result answers an earlier call (service/tool_calls.py), for both chat APIs; every problem is a
+400 naming the field, as chat completions name it. A call in the history whose arguments are not a
+JSON object is refused here, as it is read.
 """
 
 from __future__ import annotations
@@ -13,19 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.domain.chat import ToolCall, Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
-from studiolo.engine.constraint_limits import check_tool_schemas
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, validate
+from studiolo.service.tools import offered_tools
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class FunctionDefinition(_Body):
+class FunctionDefinition(Body):
     # OpenAI: letters, digits, underscores and dashes, at most 64 characters (dots allowed too)
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
@@ -33,16 +28,16 @@ class FunctionDefinition(_Body):
     strict: bool | None = None
 
 
-class ToolDefinition(_Body):
+class ToolDefinition(Body):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Body):
+class NamedFunction(Body):
     name: str
 
 
-class NamedToolChoice(_Body):
+class NamedToolChoice(Body):
     type: Literal["function"]
     function: NamedFunction
 
@@ -50,54 +45,31 @@ class NamedToolChoice(_Body):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class CalledFunction(_Body):
+class CalledFunction(Body):
     name: str
     arguments: str  # a JSON object as text
 
 
-class MessageToolCall(_Body):
+class MessageToolCall(Body):
     id: str = Field(min_length=1)
     type: Literal["function"] = "function"
     function: CalledFunction
 
 
 def tools_of(definitions: list[ToolDefinition] | None, choice: ToolChoice | None, parallel: bool) -> Tools | None:
-    """The request's tools, checked; None when it offers none (and names none)."""
+    """The request's tools, checked by the service; None when it offers none (and names none)."""
+    specs = [tool_spec(definition.function) for definition in definitions or ()]
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-    if not definitions:
-        if named is not None or choice == "required":
-            raise InvalidRequest("'tool_choice' asks for a tool call but the request has no 'tools'", "tool_choice")
-        return None
-    try:  # together they become one grammar: their sizes add up
-        check_tool_schemas(definition.function.parameters for definition in definitions)
-    except InvalidConstraint as exc:
-        raise InvalidRequest(str(exc), "tools") from None
-    specs = []
-    for index, definition in enumerate(definitions):
-        function = definition.function
-        if any(spec.name == function.name for spec in specs):
-            raise InvalidRequest(f"two tools are named '{function.name}'", f"tools[{index}].function.name")
-        if function.parameters is not None:
-            if function.parameters.get("type", "object") != "object":
-                raise InvalidRequest("a tool's parameters must be a JSON schema of an object (its arguments)",
-                                     f"tools[{index}].function.parameters")
-            try:
-                validate(ConstraintSpec.json_schema(function.parameters))
-            except InvalidConstraint as exc:
-                raise InvalidRequest(str(exc), f"tools[{index}].function.parameters") from None
-        specs.append(ToolSpec(function.name, function.description, function.parameters, bool(function.strict)))
-    if named is not None and all(spec.name != named for spec in specs):
-        offered = ", ".join(spec.name for spec in specs)
-        raise InvalidRequest(f"'tool_choice' names the tool '{named}', which is not in 'tools' ({offered})",
-                             "tool_choice")
-    return Tools(tuple(specs), named or choice or "auto", parallel)
+    plain = choice if isinstance(choice, str) else None
+    return offered_tools(specs, plain, named, parallel, _function_field)
 
 
-def check_no_other_constraint(tools: Tools | None, constraint_param: str | None) -> None:
-    if tools is not None and tools.active and constraint_param is not None:
-        raise InvalidRequest(
-            f"'{constraint_param}' cannot be combined with tools the model may call; send "
-            "\"tool_choice\": \"none\" to constrain a plain answer", constraint_param)
+def tool_spec(function: FunctionDefinition) -> ToolSpec:
+    return ToolSpec(function.name, function.description, function.parameters, bool(function.strict))
+
+
+def _function_field(index: int, name: str) -> str:
+    return f"tools[{index}].function.{name}"
 
 
 def history_calls(index: int, calls: list[MessageToolCall] | None) -> tuple[ToolCall, ...]:

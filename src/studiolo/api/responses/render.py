@@ -9,12 +9,12 @@ before a tool call is its own message item; each call is a ``function_call`` ite
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from studiolo.api.openai.render import chat_token_logprob
+from studiolo.api.sse import named_event
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id
@@ -105,7 +105,7 @@ def compacted_object(stored: StoredResponse) -> dict[str, Any]:
 
 def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
     completed = int(stored.created_at)  # stored when the turn ended
-    details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses_routes._save)
+    details = stored.metadata or {}  # what was recorded of its request (conversations.save, responses/routes.py _save)
     settings = {**STORED_SETTINGS, "metadata": {}, **details.get("generation", {}), **details.get("settings", {})}
     if settings["top_logprobs"] is None:  # stored by an earlier studiolo, which showed null for none asked
         settings["top_logprobs"] = 0
@@ -245,17 +245,25 @@ class OutputItems:
 
     def _text(self, delta: TextDelta) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        if not isinstance(self._open, _Message):
-            if not delta.text and (self._open is not None or not delta.tokens):
+        message = self._open
+        if not isinstance(message, _Message):
+            if not delta.text and (message is not None or not delta.tokens):
                 return []  # nothing to show, and no reason to end a call for it
-            events += self._close("completed") + self._start(_Message(len(self.items), self._with_logprobs))
-        return events + self._open.add(delta.text, delta.tokens)
+            events += self._close("completed")
+            message = _Message(len(self.items), self._with_logprobs)
+            events += self._start(message)
+        return events + message.add(delta.text, delta.tokens)
 
     def _call(self, delta: ToolCallDelta) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
+        call = self._open
         if delta.name is not None:  # a call's first delta: its id and name
-            events += self._close("completed") + self._start(_Call(len(self.items), delta.call, delta.id, delta.name))
-        return events + self._open.add(delta.arguments)
+            assert delta.id is not None  # given with the name (ToolCallDelta)
+            events += self._close("completed")
+            call = _Call(len(self.items), delta.call, delta.id, delta.name)
+            events += self._start(call)
+        assert isinstance(call, _Call)  # a call's later deltas follow its first
+        return events + call.add(delta.arguments)
 
     def _finish(self, status: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -286,5 +294,4 @@ class EventStream:
     def sse(self, event: dict[str, Any]) -> str:
         payload = {**event, "sequence_number": self._next}
         self._next += 1
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        return f"event: {event['type']}\ndata: {data}\n\n"
+        return named_event(event["type"], payload)

@@ -7,7 +7,7 @@ hears of its end, so an id it is given can be continued at once. With ``store: f
 stored, though the response still has an id.
 
 Streamed, the events are OpenAI's, each ``event: <type>`` with its ``data``: ``response.created``,
-``response.in_progress``, the output items' events (responses_render.OutputItems), then
+``response.in_progress``, the output items' events (render.OutputItems), then
 ``response.completed``, ``response.incomplete`` or ``response.failed`` carrying the whole response.
 There is no ``[DONE]`` line (OpenAI's Responses streams have none).
 """
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
 from studiolo.api.errors import APIError, from_domain
-from studiolo.api.openai.routes import CLIENT_CLOSED_REQUEST
 from studiolo.api.responses import render
 from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
-from studiolo.api.routing import make_router, request_limits
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.compaction import Compactions
@@ -96,8 +95,10 @@ def _with_storage_error(body: dict[str, Any], fault: Exception | None) -> dict[s
     """An answer whose storing failed once it was written stands, marked unstored, with the error
     beside it (docs/API.md, "Storage faults")."""
     if fault is not None:
+        error = from_domain(fault)
+        assert error is not None  # a storage fault is one of the domain's errors
         body["store"] = False
-        body["storage_error"] = from_domain(fault).body()["error"]
+        body["storage_error"] = error.body()["error"]
     return body
 
 
@@ -111,7 +112,7 @@ async def _complete(conversations: Conversations, run: ConversationRun, info: Re
 
 
 async def _events(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
-                  with_logprobs: bool) -> AsyncIterator[str]:
+                  with_logprobs: bool) -> AsyncGenerator[str, None]:
     """The stream; closing it (client gone) cancels the generation, and nothing is stored."""
     stream, output = render.EventStream(), OutputItems(with_logprobs)
     try:
@@ -162,7 +163,8 @@ async def compact(body: CompactBody, request: Request) -> Any:
     """The conversation compacted by the model (service/compaction.py); always stored."""
     compactions = Compactions(_conversations(request))
     try:
-        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))  # every 4xx comes before the model writes
+        # every 4xx comes before the model writes
+        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))
     except ResponseNotFound as exc:
         raise _previous_not_found(exc) from None
     try:

@@ -4,8 +4,8 @@
 Unknown fields are ignored, as OpenAI clients send many (``reasoning``, ``truncation``, ``user``,
 ...). Input items are checked and normalized to the stored item format (service/items.py) before
 they reach the service, so a stored conversation looks the same whichever API wrote it. Responses'
-flat function tools go through chat completions' checks (tool_schemas.tools_of), with errors
-naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
+flat function tools go through the service's checks as chat completions' do (service/tools.py), with
+errors naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
 """
 
 from __future__ import annotations
@@ -13,27 +13,22 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from studiolo.api.body import Body
 from studiolo.api.errors import describe_validation
-from studiolo.api.openai.tool_schemas import (
-    FunctionDefinition,
-    NamedFunction,
-    NamedToolChoice,
-    ToolDefinition,
-    check_no_other_constraint,
-    tools_of,
-)
 from studiolo.api.wire_types import Int
-from studiolo.domain.chat import Tools
+from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.sampling import SamplingParams
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint
+from studiolo.engine.constraints import ConstraintSpec
 from studiolo.service.compaction import CompactRequest
+from studiolo.service.constraints import spec_of
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments
+from studiolo.service.tools import check_no_other_constraint, offered_tools
 from studiolo.service.types import GenerationOptions
 from studiolo.store.responses import check_response_id
 
@@ -43,8 +38,9 @@ UNNAMED_FORMAT = "response"  # the name a json_schema format given without one s
 IMAGES_UNSUPPORTED = "Model does not support images. Please use a model that does."  # chat completions' words
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
+class _Body(Body):
+    # TextFormat.schema_ is given as "schema" on the wire and by name where it is built here
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class ContentPart(_Body):
@@ -127,7 +123,7 @@ def check_json(value: Any, param: str) -> None:
         raise InvalidRequest(f"'{param}' holds a value that is not JSON (NaN or Infinity)", param) from None
 
 
-_INPUT_ITEMS: dict[str, type[_Body]] = {
+_INPUT_ITEMS: dict[str, type[MessageInput | FunctionCallInput | FunctionCallOutputInput | CompactionInput]] = {
     "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
     "compaction": CompactionInput,
 }
@@ -249,8 +245,8 @@ class ResponseBody(_Turn):
                                     constraint_param="text.format" if constraint else None)
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
-        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None, self.previous_response_id,
-                    self.store, tools, ttl=self.ttl)
+        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
+                    self.previous_response_id, self.store, tools, ttl=self.ttl)
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
@@ -285,33 +281,21 @@ class ResponseBody(_Turn):
         return input_items(self.input, max_json_depth)
 
     def _tools(self) -> Tools | None:
-        definitions = [
-            ToolDefinition(type="function", function=FunctionDefinition(
-                name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
-            for tool in self.tools or ()
-        ]
+        specs = [ToolSpec(tool.name, tool.description, tool.parameters, bool(tool.strict)) for tool in self.tools or ()]
         choice = self.tool_choice
-        if isinstance(choice, NamedFunctionChoice):
-            choice = NamedToolChoice(type="function", function=NamedFunction(name=choice.name))
-        try:
-            return tools_of(definitions, choice, self.parallel_tool_calls)
-        except InvalidRequest as exc:
-            # tools_of names chat completions' nested fields; Responses' tools are flat
-            param = exc.param.replace(".function.", ".") if exc.param else None
-            raise InvalidRequest(str(exc), param) from None
+        named = choice.name if isinstance(choice, NamedFunctionChoice) else None
+        plain = choice if isinstance(choice, str) else None
+        return offered_tools(specs, plain, named, self.parallel_tool_calls, _flat_field)
 
     def _constraint(self) -> ConstraintSpec | None:
         fmt = self.text.format if self.text is not None else None
         if fmt is None or fmt.type == "text":
             return None
         if fmt.type == "json_object":
-            return ConstraintSpec.json_object()
+            return spec_of("json_object", True, None, "text.format")
         if fmt.schema_ is None:
             raise InvalidRequest("'text.format.schema' is required for a json_schema format", "text.format.schema")
-        try:
-            return ConstraintSpec.json_schema(fmt.schema_)
-        except InvalidConstraint as exc:
-            raise InvalidRequest(str(exc), "text.format.schema") from None
+        return spec_of("json", fmt.schema_, None, "text.format.schema")
 
     def _format_echo(self) -> dict[str, Any]:
         fmt = self.text.format if self.text is not None else None
@@ -336,6 +320,11 @@ class CompactBody(_Turn):
         items = input_items(self.input, max_json_depth) if self.input is not None else []
         return CompactRequest(self.model, items, options, self.instructions or None, self.previous_response_id,
                               self.ttl)
+
+
+def _flat_field(index: int, name: str) -> str:
+    """Responses' function tools are flat: ``tools[0].parameters``, not chat's ``tools[0].function.parameters``."""
+    return f"tools[{index}].{name}"
 
 
 def input_items(given: str | list[dict[str, Any]], max_json_depth: int = DEFAULT_MAX_DEPTH) -> list[Item]:

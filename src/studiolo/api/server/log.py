@@ -10,8 +10,7 @@ client leaves, Starlette cancels the stream and leaving the ``async with`` unsub
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
@@ -19,29 +18,28 @@ from fastapi.responses import StreamingResponse
 
 from studiolo.api.errors import APIError
 from studiolo.api.routing import make_router
-from studiolo.api.sse import sse_response
+from studiolo.api.sse import KEEP_ALIVE, compact_json, data_event, sse_response
 from studiolo.service.model_log import SOURCES, LogHub
 
 router = make_router()
 
 KEEPALIVE_SECONDS = 15.0  # read at each wait, so tests can shorten it
-KEEPALIVE = ": keep-alive\n\n"
 
 
 def log_event_data(event: dict[str, Any]) -> str:
     # ASCII escapes keep stray surrogates in a log message from breaking the UTF-8 encoding of
     # the stream, and default=str keeps an odd value a publisher put in an event from ending it
-    return f"data: {json.dumps(event, separators=(',', ':'), default=str)}\n\n"
+    return data_event(compact_json(event, ascii_only=True, default=str))
 
 
-async def log_events(hub: LogHub, source: str) -> AsyncIterator[str]:
+async def log_events(hub: LogHub, source: str) -> AsyncGenerator[str, None]:
     async with hub.subscribe(source) as subscription:
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_SECONDS):
                     event = await subscription.get()
             except TimeoutError:
-                yield KEEPALIVE
+                yield KEEP_ALIVE
                 continue
             yield log_event_data(event)
 

@@ -1,0 +1,75 @@
+"""The request body of LM Studio's stateful chat, ``POST /api/v1/chat``, and its translation to a
+``Turn`` of the conversation service (service/conversations.py).
+
+``system_prompt`` applies to its own turn only (like OpenAI's ``instructions``); ``context_length``
+is the context the model gets if this request loads it; ``reasoning`` other than "off" is a 400
+(neither default model reasons); MCP ``integrations`` are a 400 (not served).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from studiolo.api.body import Body
+from studiolo.api.wire_types import Int
+from studiolo.config import MIN_CONTEXT
+from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.sampling import SamplingParams
+from studiolo.service.conversations import Turn
+from studiolo.service.items import Item, user_message
+from studiolo.service.types import GenerationOptions
+
+
+class InputItem(Body):
+    type: Literal["message", "text", "image"]
+    content: str | None = None
+    data_url: str | None = None
+
+
+class ChatBody(Body):
+    model: str = Field(min_length=1)
+    input: str | list[InputItem]
+    system_prompt: str | None = None
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: Int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    max_output_tokens: Int | None = Field(None, ge=1)
+    reasoning: Literal["off", "low", "medium", "high", "on"] | None = None
+    context_length: Int | None = Field(None, ge=MIN_CONTEXT)
+    store: bool = True
+    previous_response_id: str | None = None
+    integrations: list[Any] | None = None
+    ttl: float | None = Field(None, gt=0)
+
+    def turn(self, report_progress: bool) -> Turn:
+        if self.reasoning not in (None, "off"):
+            raise InvalidRequest(f"reasoning '{self.reasoning}' is not supported by this model", "reasoning")
+        if self.integrations:
+            raise InvalidRequest("MCP integrations are not supported by this server", "integrations")
+        if self.previous_response_id is not None and not self.previous_response_id.startswith("resp_"):
+            raise InvalidRequest("'previous_response_id' must start with 'resp_'", "previous_response_id")
+        sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                        min_p=self.min_p, repeat_penalty=self.repeat_penalty)
+        options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
+                                    report_progress=report_progress)
+        return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
+                    self.store, ttl=self.ttl, context_length=self.context_length)
+
+    def _items(self) -> list[Item]:
+        if isinstance(self.input, str):
+            return [user_message(self.input)]
+        items = []
+        for index, item in enumerate(self.input):
+            if item.type == "image":
+                raise InvalidRequest("Model does not support images. Please use a model that does.", f"input[{index}]")
+            if item.content is None:
+                raise InvalidRequest("a text item needs its 'content'", f"input[{index}].content")
+            items.append(user_message(item.content))
+        if not items:
+            raise InvalidRequest("'input' is empty", "input")
+        return items
