@@ -73,28 +73,28 @@ class StudioloError(Exception):
 class InvalidRequest(StudioloError, ValueError):
     """A request that cannot be carried out as asked; ``param`` names the field."""
 
-    kind = "invalid"
+    kind: ClassVar[Kind] = "invalid"
 
 
 class Forbidden(StudioloError):
-    kind = "forbidden"
+    kind: ClassVar[Kind] = "forbidden"
 
 
 class NotFound(StudioloError, LookupError):
-    kind = "not_found"
+    kind: ClassVar[Kind] = "not_found"
 
 
 class Conflict(StudioloError):
-    kind = "conflict"
+    kind: ClassVar[Kind] = "conflict"
 
 
 class InternalError(StudioloError, RuntimeError):
     """The server failed at something it should have done (a load, a generation)."""
 
-    kind = "internal"
+    kind: ClassVar[Kind] = "internal"
 
 
 class Unavailable(StudioloError, RuntimeError):
     """What the request needs is not available now (a model unloading, a busy model, the disk)."""
 
-    kind = "unavailable"
+    kind: ClassVar[Kind] = "unavailable"
