@@ -174,6 +174,14 @@ class ModelService:
         """The model or adapter ``name`` refers to; raises ModelNotFound or AmbiguousModelName."""
         return _model_file(self.manager.catalog.resolve(name))
 
+    def needs_load(self, name: str) -> bool:
+        """Whether a request naming ``name`` would load a model first (raises for unknown names)."""
+        return self.manager.needs_load(name)
+
+    def instance_id_for(self, name: str) -> str:
+        """The instance a request naming ``name`` would run on, or the id the model it loads will get."""
+        return self.manager.instance_id_for(name)
+
     # --- loading ---------------------------------------------------------------------
 
     async def load(self, name: str, config: LoadConfig) -> InstanceStatus:
