@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from studiolo.models.download import DownloadPlan
+    from studiolo.service.downloads import DownloadPlan
 
 
 def get_command(
@@ -30,7 +30,7 @@ def get_command(
 ) -> None:
     """Download a GGUF model from Hugging Face into the models folder (no server needed)."""
     # imported here: huggingface_hub takes a noticeable time to import, other commands need not wait for it
-    from studiolo.models.download import DownloadError
+    from studiolo.service.downloads import DownloadError
 
     try:
         key = _get(model, quantization, ask=not yes and _can_ask())
@@ -53,7 +53,7 @@ def _fail(message: str) -> NoReturn:
 def _get(model: str, quantization: str | None, *, ask: bool) -> str:
     from rich.filesize import decimal
 
-    from studiolo.models.download import check_folder_free, is_downloaded, resolve
+    from studiolo.service.downloads import check_folder_free, is_downloaded, resolve
 
     plan = resolve(model, quantization)
     if is_downloaded(plan):
@@ -73,7 +73,7 @@ def _download_with_progress_bar(plan: DownloadPlan) -> Path:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from studiolo.models.download import download
+    from studiolo.service.downloads import download
 
     columns = (
         TextColumn("{task.description}"),

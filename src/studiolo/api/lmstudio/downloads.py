@@ -9,23 +9,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from studiolo.api.errors import APIError
 from studiolo.api.routing import make_router
-from studiolo.models.download import (
+from studiolo.service.downloads import (
     AmbiguousChoice,
     DownloadError,
+    DownloadService,
     FileNotFound,
     FolderTaken,
     InvalidModelReference,
+    JobNotFound,
     QuantizationNotFound,
     RepoGated,
     RepoNotFound,
     SplitModelUnsupported,
 )
-from studiolo.models.download_jobs import DownloadJobs, JobNotFound
 
 router = make_router()
 
@@ -57,20 +58,16 @@ class DownloadBody(BaseModel):
         return value
 
 
-def download_registry(app: FastAPI) -> DownloadJobs:
-    """The app's registry, made on first use (the lifespan may also set it up, and close it)."""
-    registry = getattr(app.state, "downloads", None)
-    if registry is None:
-        registry = app.state.downloads = DownloadJobs()
-    return registry
+def _downloads(request: Request) -> DownloadService:
+    return request.app.state.downloads
 
 
 @router.post("/api/v1/models/download")
 async def start_download(body: DownloadBody, request: Request) -> dict[str, Any]:
-    registry = download_registry(request.app)
+    downloads = _downloads(request)
     try:
         # asks the hub, and may hash a file already present: keep it off the event loop
-        return await asyncio.to_thread(registry.submit, body.model, body.quantization)
+        return await asyncio.to_thread(downloads.start, body.model, body.quantization)
     except DownloadError as exc:
         status, kind = _DOWNLOAD_ERRORS.get(type(exc), _HUB_FAILURE)
         raise APIError(status, str(exc), code=exc.code, param=exc.param, v1_type=kind) from exc
@@ -79,6 +76,6 @@ async def start_download(body: DownloadBody, request: Request) -> dict[str, Any]
 @router.get("/api/v1/models/download/status/{job_id}")
 async def download_status(job_id: str, request: Request) -> dict[str, Any]:
     try:
-        return download_registry(request.app).status(job_id)
+        return _downloads(request).status(job_id)
     except JobNotFound as exc:
         raise APIError(404, str(exc), code="job_not_found", param="job_id") from exc

@@ -1,34 +1,33 @@
-"""LM Studio's model objects (REST v0 and v1) and the v0 ``stats``/``model_info``/``runtime`` fields.
+"""LM Studio's model objects (REST v0 and v1) and the v0 ``stats``/``model_info``/``runtime`` fields,
+rendered from the model service's values (service/models.py).
 
-Every value is read from the file (models/gguf_info.py) or measured on the request; nothing is
-made up. Files whose header cannot be read are left out of the lists (with a warning in the
-log); loading one still gives a clear error naming the file.
+Every value is read from the file or measured on the request; nothing is made up. Files whose
+header cannot be read are left out of the lists (the service warns in the log); loading one still
+gives a clear error naming the file.
 """
 
 from __future__ import annotations
 
 import datetime
-import logging
-import platform
 import re
-import sys
 from typing import Any
 
-import llama_cpp
-
-from studiolo.models.catalog import CatalogEntry
-from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info
-from studiolo.models.instance import Instance
-from studiolo.models.manager import ModelManager
 from studiolo.service.generation import Generation
+from studiolo.service.models import (
+    MODEL_FORMAT,
+    RUNTIME,
+    InstanceStatus,
+    ListedModel,
+    ModelInfo,
+    ModelService,
+    served_model,
+)
 
-log = logging.getLogger(__name__)
-
-FORMAT = "gguf"
-RUNTIME = {
-    "name": f"llama.cpp-{sys.platform}-{platform.machine().lower()}-cpu",
-    "version": llama_cpp.__version__,  # the llama-cpp-python build studiolo runs on
-    "supported_formats": [FORMAT],
+FORMAT = MODEL_FORMAT
+RUNTIME_BODY = {
+    "name": RUNTIME.name,
+    "version": RUNTIME.version,
+    "supported_formats": list(RUNTIME.supported_formats),
 }
 STOP_REASONS = {  # Finished.cause -> LM Studio's LLMPredictionStopReason
     "eos": "eosFound",
@@ -39,28 +38,19 @@ STOP_REASONS = {  # Finished.cause -> LM Studio's LLMPredictionStopReason
 }
 
 
-def readable_models(manager: ModelManager) -> list[tuple[CatalogEntry, ModelInfo]]:
-    found = []
-    for entry in manager.catalog.entries():
-        try:
-            found.append((entry, read_model_info(entry.path)))
-        except (InvalidModelFile, OSError) as exc:
-            log.warning("leaving %s out of the model list: %s", entry.key, exc)
-    return found
-
-
 def model_type_v0(info: ModelInfo) -> str:
     if info.is_embedding:
         return "embeddings"
     return "vlm" if info.has_vision else "llm"
 
 
-def model_v0(entry: CatalogEntry, info: ModelInfo, instance: Instance | None, model_id: str | None = None) -> dict:
+def model_v0(model: ListedModel, instance: InstanceStatus | None, model_id: str | None = None) -> dict:
+    info = model.info
     body: dict[str, Any] = {
-        "id": model_id or entry.key,
+        "id": model_id or model.key,
         "object": "model",
         "type": model_type_v0(info),
-        "publisher": entry.publisher,
+        "publisher": model.publisher,
         "arch": info.architecture,
         "compatibility_type": FORMAT,
         "quantization": info.quantization,
@@ -73,57 +63,43 @@ def model_v0(entry: CatalogEntry, info: ModelInfo, instance: Instance | None, mo
     return body
 
 
-def listed_models(manager: ModelManager) -> list[tuple[CatalogEntry, ModelInfo, list[Instance]]]:
-    """Every readable model on disk with its instances, then the loaded models no longer on disk.
-
-    A loaded model whose file left the catalog (moved, deleted, unreadable now) still serves: it is
-    listed, with what it was loaded from, so that `studiolo ps` shows it and it can be unloaded.
-    """
-    listed = [(entry, info, manager.instances_of(entry.key)) for entry, info in readable_models(manager)]
-    keys = {entry.key for entry, _, _ in listed}
-    gone: dict[str, list[Instance]] = {}
-    for instance in manager.loaded():
-        if instance.key not in keys:
-            gone.setdefault(instance.key, []).append(instance)
-    return listed + [(group[0].entry, group[0].info, group) for group in gone.values()]
-
-
-def models_v0(manager: ModelManager) -> list[dict]:
+def models_v0(models: ModelService) -> list[dict]:
     """Every model on disk; a second instance of a model (``key:2``, an identifier) is listed too."""
     out = []
-    for entry, info, instances in listed_models(manager):
-        out.append(model_v0(entry, info, instances[0] if instances else None))
-        out += [model_v0(entry, info, i, i.id) for i in instances if i.id != entry.key]
+    for model in models.listed():
+        instances = model.instances
+        out.append(model_v0(model, instances[0] if instances else None))
+        out += [model_v0(model, i, i.id) for i in instances if i.id != model.key]
     return out
 
 
-def instance_v1(instance: Instance) -> dict:
-    running, queued = instance.engine.request_counts()
-    remaining = instance.ttl_remaining()
+def instance_v1(instance: InstanceStatus) -> dict:
+    remaining = instance.ttl_remaining
     return {
         "id": instance.id,
         "config": {
             "context_length": instance.context_length,
-            "eval_batch_size": instance.settings.batch_size,
-            "parallel": instance.settings.parallel,
+            "eval_batch_size": instance.eval_batch_size,
+            "parallel": instance.parallel,
         },
         # studiolo's own: what `studiolo ps` shows (LM Studio's CLI reads it over a private channel)
         "status": {
             "jit_loaded": instance.jit,
             "ttl_seconds": instance.ttl,
             "ttl_remaining_seconds": round(remaining, 1) if remaining is not None else None,
-            "running_requests": running,
-            "queued_requests": queued,
+            "running_requests": instance.running_requests,
+            "queued_requests": instance.queued_requests,
             "loaded_at": iso_time(instance.loaded_at),
         },
     }
 
 
-def model_v1(entry: CatalogEntry, info: ModelInfo, instances: list[Instance]) -> dict:
+def model_v1(model: ListedModel) -> dict:
+    info = model.info
     body: dict[str, Any] = {
         "type": "embedding" if info.is_embedding else "llm",
-        "publisher": entry.publisher,
-        "key": entry.key,
+        "publisher": model.publisher,
+        "key": model.key,
         "display_name": info.display_name,
     }
     if not info.is_embedding:
@@ -132,7 +108,7 @@ def model_v1(entry: CatalogEntry, info: ModelInfo, instances: list[Instance]) ->
         "quantization": {"name": info.quantization, "bits_per_weight": nominal_bits(info)},
         "size_bytes": info.size_bytes,
         "params_string": info.params_string,
-        "loaded_instances": [instance_v1(i) for i in instances],
+        "loaded_instances": [instance_v1(i) for i in model.instances],
         "max_context_length": info.context_length,
         "format": FORMAT,
     })
@@ -142,13 +118,13 @@ def model_v1(entry: CatalogEntry, info: ModelInfo, instances: list[Instance]) ->
     return body
 
 
-def models_v1(manager: ModelManager) -> list[dict]:
-    return [model_v1(entry, info, instances) for entry, info, instances in listed_models(manager)]
+def models_v1(models: ModelService) -> list[dict]:
+    return [model_v1(model) for model in models.listed()]
 
 
 def v0_extras(generation: Generation) -> dict[str, Any]:
     """``stats``, ``model_info`` and ``runtime`` for a finished v0 generation, measured."""
-    timing, usage, instance = generation.timing, generation.usage, generation.instance
+    timing, usage, served = generation.timing, generation.usage, served_model(generation)
     generated = usage.completion_tokens
     seconds = timing.generation_time
     cause = generation.causes.get(0, "eos")
@@ -161,12 +137,12 @@ def v0_extras(generation: Generation) -> dict[str, Any]:
             "stop_reason": STOP_REASONS.get(cause, "eosFound"),
         },
         "model_info": {
-            "arch": instance.info.architecture,
-            "quant": instance.info.quantization,
+            "arch": served.info.architecture,
+            "quant": served.info.quantization,
             "format": FORMAT,
-            "context_length": instance.context_length,
+            "context_length": served.context_length,
         },
-        "runtime": RUNTIME,
+        "runtime": RUNTIME_BODY,
     }
 
 
@@ -178,5 +154,5 @@ def nominal_bits(info: ModelInfo) -> float:
 
 
 def iso_time(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

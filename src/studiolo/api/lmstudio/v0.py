@@ -12,30 +12,31 @@ from studiolo.api.lmstudio.models import models_v0, v0_extras
 from studiolo.api.openai.routes import run_chat, run_completion
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import make_router
+from studiolo.service.models import ModelService
 
 router = make_router(prefix="/api/v0")
 
 
-def _manager(request: Request):
-    return request.app.state.service.manager
+def _models(request: Request) -> ModelService:
+    return request.app.state.models
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": models_v0(_manager(request))}
+    return {"object": "list", "data": models_v0(_models(request))}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    manager = _manager(request)
-    models = models_v0(manager)
+    service = _models(request)
+    models = models_v0(service)
     wanted = model_id.strip().lower()
     for body in models:
         if body["id"] == wanted or body["id"] == model_id:
             return body
-    entry = manager.catalog.resolve(model_id)  # a short name; unknown ones raise 404 here
-    if entry.base is not None:
-        raise APIError(404, f"'{entry.key}' is a LoRA adapter of '{entry.base.key}'; LM Studio's model lists "
+    entry = service.find(model_id)  # a short name; unknown ones raise 404 here
+    if entry.base_key is not None:
+        raise APIError(404, f"'{entry.key}' is a LoRA adapter of '{entry.base_key}'; LM Studio's model lists "
                        "show models only (adapters are listed by /v1/models)", param="model", code="model_not_found")
     found = next((body for body in models if body["id"] == entry.key), None)
     if found is None:

@@ -18,7 +18,7 @@ from studiolo.api.lmstudio.models import models_v1
 from studiolo.api.routing import make_router
 from studiolo.api.wire_types import Int
 from studiolo.config import MAX_PARALLEL, MIN_CONTEXT
-from studiolo.models.instance import LoadConfig
+from studiolo.service.models import LoadConfig, ModelService
 
 router = make_router(prefix="/api/v1")
 
@@ -42,21 +42,19 @@ class UnloadBody(BaseModel):
     instance_id: str = Field(min_length=1)
 
 
-def _manager(request: Request):
-    return request.app.state.service.manager
+def _models(request: Request) -> ModelService:
+    return request.app.state.models
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"models": models_v1(_manager(request))}
+    return {"models": models_v1(_models(request))}
 
 
 @router.post("/models/load")
 async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
-    manager = _manager(request)
-    entry = manager.catalog.resolve(body.model)
     config = LoadConfig(body.context_length, body.parallel, body.eval_batch_size, body.ttl, body.identifier)
-    instance = await manager.load(entry, config)
+    instance = await _models(request).load(body.model, config)
     result: dict[str, Any] = {
         "type": "embedding" if instance.info.is_embedding else "llm",
         "instance_id": instance.id,
@@ -66,8 +64,8 @@ async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
     if body.echo_load_config:
         result["load_config"] = {
             "context_length": instance.context_length,
-            "eval_batch_size": instance.settings.batch_size,
-            "parallel": instance.settings.parallel,
+            "eval_batch_size": instance.eval_batch_size,
+            "parallel": instance.parallel,
             "ttl": instance.ttl,
         }
     return result
@@ -75,5 +73,5 @@ async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
 
 @router.post("/models/unload")
 async def unload_model(body: UnloadBody, request: Request) -> dict[str, Any]:
-    instance = await _manager(request).unload(body.instance_id)
-    return {"instance_id": instance.id}
+    instance_id = await _models(request).unload(body.instance_id)
+    return {"instance_id": instance_id}

@@ -18,8 +18,8 @@ from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import DONE, ClientDisconnected, json_event, sse_response, until_disconnected
-from studiolo.models.catalog import CatalogEntry
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
+from studiolo.service.models import ModelFile, ModelService
 from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta
 
 router = make_router(prefix="/v1")
@@ -32,30 +32,28 @@ def _service(request: Request) -> GenerationService:
     return request.app.state.service
 
 
-def _model_object(entry: CatalogEntry) -> dict[str, Any]:
-    body = {"id": entry.key, "object": "model", "created": int(entry.path.stat().st_mtime), "owned_by": entry.publisher}
-    if entry.base is not None:
-        body["parent"] = entry.base.key  # vLLM's field for a LoRA adapter's base model
+def _models(request: Request) -> ModelService:
+    return request.app.state.models
+
+
+def _model_object(model: ModelFile) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": model.key, "object": "model", "created": model.modified_at, "owned_by": model.publisher,
+    }
+    if model.base_key is not None:
+        body["parent"] = model.base_key  # vLLM's field for a LoRA adapter's base model
     return body
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """Every model on disk while JIT loading is on (it can be used at once); else the loaded ones.
-    LoRA adapters follow, each usable whenever its base model is."""
-    manager = _service(request).manager
-    if manager.jit_loading:
-        entries = manager.catalog.entries()
-    else:
-        entries = [loaded.entry for loaded in manager.loaded()]
-    keys = {entry.key for entry in entries}
-    adapters = [adapter for adapter in manager.catalog.adapters() if adapter.base.key in keys]
-    return {"object": "list", "data": [_model_object(entry) for entry in entries + adapters]}
+    """Every model a request can name now (service/models.py: ModelService.usable)."""
+    return {"object": "list", "data": [_model_object(model) for model in _models(request).usable()]}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    return _model_object(_service(request).manager.catalog.resolve(model_id))
+    return _model_object(_models(request).find(model_id))
 
 
 def _failure_event(exc: GenerationFailed) -> str:
