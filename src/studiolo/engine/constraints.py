@@ -109,7 +109,8 @@ class ConstraintSpec:
             raise InvalidConstraint(f"unknown constraint kind {self.kind!r}; expected one of {sorted(KINDS)}")
         if self.whitespace_pattern is not None and self.kind not in JSON_KINDS:
             raise InvalidConstraint("a whitespace pattern applies to JSON constraints only")
-        expected = {"json_object": type(None), "choice": tuple}.get(self.kind, str)
+        definition_types: dict[str, type] = {"json_object": type(None), "choice": tuple}
+        expected = definition_types.get(self.kind, str)
         if not isinstance(self.definition, expected):
             raise InvalidConstraint(f"a {self.kind} constraint needs a {expected.__name__} definition")
 

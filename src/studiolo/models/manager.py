@@ -88,8 +88,9 @@ class AdapterNotLoadable(InvalidRequest):
     code, param = "model_is_adapter", "model"
 
     def __init__(self, entry: CatalogEntry):
+        base = entry.base.key if entry.base is not None else "its base model"
         super().__init__(
-            f"'{entry.key}' is a LoRA adapter of '{entry.base.key}', not a model: load '{entry.base.key}' "
+            f"'{entry.key}' is a LoRA adapter of '{base}', not a model: load '{base}' "
             f"and name the adapter in requests' model field"
         )
 

@@ -27,10 +27,14 @@ _SPEC_OF: dict[str, Callable[[Any, str | None], ConstraintSpec | None]] = {
 KINDS = tuple(_SPEC_OF)
 _JSON_KINDS = ("json_schema", "json_object")
 
-AskedConstraint = tuple[ConstraintSpec, str]  # a built spec and the field that asked for it
+# What the service takes as a request's output constraint: the engine's spec (the key its grammar
+# cache compiles by; its builders bound what reaches llguidance's native code, an engine concern),
+# built only here, from what an API family read off the wire.
+Constraint = ConstraintSpec
+AskedConstraint = tuple[Constraint, str]  # a built spec and the field that asked for it
 
 
-def spec_of(kind: str, definition: Any, whitespace: str | None, param: str) -> ConstraintSpec | None:
+def spec_of(kind: str, definition: Any, whitespace: str | None, param: str) -> Constraint | None:
     """The spec ``param`` asks for (a schema, pattern, choices or grammar text as ``definition``), or
     None when it asks for nothing (json_object false); InvalidRequest naming ``param`` if it is bad."""
     try:

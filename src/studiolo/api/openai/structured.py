@@ -23,9 +23,8 @@ from pydantic import Field
 
 from studiolo.api.body import Body
 from studiolo.domain.errors import InvalidRequest
-from studiolo.engine.constraints import ConstraintSpec
 from studiolo.service import constraints
-from studiolo.service.constraints import AskedConstraint
+from studiolo.service.constraints import AskedConstraint, Constraint
 
 
 class StructuredOutputs(Body):
@@ -40,7 +39,7 @@ class StructuredOutputs(Body):
 ResponseFormat = str | dict[str, Any]
 
 
-def constraint_of(body: Any) -> tuple[ConstraintSpec, str] | None:
+def constraint_of(body: Any) -> tuple[Constraint, str] | None:
     """The request's one constraint and the field it came from, or None; InvalidRequest if bad."""
     asked = [item for item in _candidates(body) if item is not None]
     return constraints.the_one_constraint(asked, _whitespace_fields(body))
@@ -69,7 +68,7 @@ def _named_fields(values: dict[str, Any], prefix: str, whitespace: str | None) -
             yield _asked(constraints.spec_of(kind, value, whitespace, prefix + kind), prefix + kind)
 
 
-def _asked(spec: ConstraintSpec | None, param: str) -> AskedConstraint | None:
+def _asked(spec: Constraint | None, param: str) -> AskedConstraint | None:
     return None if spec is None else (spec, param)
 
 

@@ -21,9 +21,8 @@ from studiolo.api.wire_types import Int
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.sampling import SamplingParams
-from studiolo.engine.constraints import ConstraintSpec
 from studiolo.service.compaction import CompactRequest
-from studiolo.service.constraints import spec_of
+from studiolo.service.constraints import Constraint, spec_of
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
@@ -287,7 +286,7 @@ class ResponseBody(_Turn):
         plain = choice if isinstance(choice, str) else None
         return offered_tools(specs, plain, named, self.parallel_tool_calls, _flat_field)
 
-    def _constraint(self) -> ConstraintSpec | None:
+    def _constraint(self) -> Constraint | None:
         fmt = self.text.format if self.text is not None else None
         if fmt is None or fmt.type == "text":
             return None
