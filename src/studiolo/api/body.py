@@ -7,8 +7,19 @@ parser takes them: a number field refuses them here, rather than letting them re
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from studiolo.domain.sampling import SAMPLING_RANGES
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+def sampling_field(name: str, **narrower: float) -> Any:
+    """An optional sampling value, bounded by the domain's one table of ranges (``SAMPLING_RANGES``);
+    a family's own documentation may narrow a bound (``narrower``), never widen it."""
+    bounds = {**SAMPLING_RANGES[name], **narrower}
+    return Field(None, ge=bounds.get("ge"), gt=bounds.get("gt"), le=bounds.get("le"))

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from studiolo.api.body import Body
+from studiolo.api.body import Body, sampling_field
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
 from studiolo.domain.errors import InvalidRequest
@@ -33,11 +33,11 @@ class ChatBody(Body):
     input: str | list[InputItem]
     system_prompt: str | None = None
     stream: bool = False
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: Int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    temperature: float | None = sampling_field("temperature", le=1)  # LM Studio documents [0, 1]
+    top_p: float | None = sampling_field("top_p")
+    top_k: Int | None = sampling_field("top_k")
+    min_p: float | None = sampling_field("min_p")
+    repeat_penalty: float | None = sampling_field("repeat_penalty")
     max_output_tokens: Int | None = Field(None, ge=1)
     reasoning: Literal["off", "low", "medium", "high", "on"] | None = None
     context_length: Int | None = Field(None, ge=MIN_CONTEXT)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from studiolo.api.body import Body
 from studiolo.api.lmstudio.models import models_v1
 from studiolo.api.routing import make_router
 from studiolo.api.wire_types import Int
@@ -23,10 +24,7 @@ from studiolo.service.models import LoadConfig, ModelService
 router = make_router(prefix="/api/v1")
 
 
-
-class LoadBody(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class LoadBody(Body):
     model: str = Field(min_length=1)
     context_length: Int | None = Field(default=None, ge=MIN_CONTEXT)
     eval_batch_size: Int | None = Field(default=None, ge=1, le=8192)
@@ -36,9 +34,7 @@ class LoadBody(BaseModel):
     echo_load_config: bool = False
 
 
-class UnloadBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class UnloadBody(Body):
     instance_id: str = Field(min_length=1)
 
 

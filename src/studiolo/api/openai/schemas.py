@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
-from studiolo.api.body import Body
+from studiolo.api.body import Body, sampling_field
 from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
@@ -36,7 +36,6 @@ from studiolo.service.types import ChatRequest, CompletionRequest, GenerationOpt
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
 MAX_TOKEN_LIST = 1024  # stop_tokens, logit_bias: each entry is validated in Python, on the event loop
-MAX_REPEAT_PENALTY = 10.0  # beyond this every repeated token is banned anyway
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
 
@@ -78,14 +77,14 @@ class _GenerationBody(Body):
     stream_options: StreamOptions | None = None
     n: Int = Field(1, ge=1, le=MAX_CHOICES)
     max_tokens: Int | None = Field(None, ge=-1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: Int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
-    repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPEAT_PENALTY)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    temperature: float | None = sampling_field("temperature")
+    top_p: float | None = sampling_field("top_p")
+    top_k: Int | None = sampling_field("top_k")
+    min_p: float | None = sampling_field("min_p")
+    repeat_penalty: float | None = sampling_field("repeat_penalty")
+    repetition_penalty: float | None = sampling_field("repeat_penalty")
+    presence_penalty: float | None = sampling_field("presence_penalty")
+    frequency_penalty: float | None = sampling_field("frequency_penalty")
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=MAX_TOKEN_LIST)
     seed: Int | None = None
     stop: str | list[str] | None = None

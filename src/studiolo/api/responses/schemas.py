@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
 
-from studiolo.api.body import Body
+from studiolo.api.body import Body, sampling_field
 from studiolo.api.errors import describe_validation
 from studiolo.api.wire_types import Int
 from studiolo.domain.chat import Tools, ToolSpec
@@ -190,14 +190,15 @@ class _Turn(_Body):
     instructions: str | None = None
     previous_response_id: str | None = None
     max_output_tokens: Int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = sampling_field("temperature")
+    top_p: float | None = sampling_field("top_p")
     # llama.cpp's controls, as LM Studio's /api/v1/chat takes them
-    top_k: Int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0, le=10)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)  # Open Responses' fields, as chat completions'
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    top_k: Int | None = sampling_field("top_k")
+    min_p: float | None = sampling_field("min_p")
+    repeat_penalty: float | None = sampling_field("repeat_penalty")
+    # Open Responses' fields, as chat completions'
+    presence_penalty: float | None = sampling_field("presence_penalty")
+    frequency_penalty: float | None = sampling_field("frequency_penalty")
     seed: Int | None = None
     conversation: Any = None
     ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
