@@ -23,9 +23,11 @@ from dataclasses import dataclass, replace
 
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.responses import StoredResponse, new_response_id
 from studiolo.service.conversations import (
     Conversations,
     conversation_items,
+    missing_previous,
     settings_record,
     usage_record,
 )
@@ -40,7 +42,6 @@ from studiolo.service.items import (
 from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatRequest, Finished, GenerationOptions, TextDelta
 from studiolo.store.faults import StorageUnavailable
-from studiolo.store.responses import StoredResponse
 
 # a summary longer than this would hardly shorten a conversation a small local context can hold
 DEFAULT_MAX_TOKENS = 512
@@ -76,20 +77,19 @@ class Compactions:
 
     async def start(self, request: CompactRequest) -> CompactRun:
         """Begin the summarizing pass; what cannot be done is refused here, before any output."""
-        history: list[StoredResponse] = []
-        if request.previous_response_id is not None:
-            history = await asyncio.to_thread(self.conversations.store.conversation, request.previous_response_id)
-        window = conversation_items(history) + request.items
-        if not window:
-            raise InvalidRequest("there is nothing to compact: give 'input' or 'previous_response_id'", "input")
-        await asyncio.to_thread(self.conversations.check_can_store, request.items, request.instructions)
-        options = request.options
-        if options.max_tokens is None:
-            options = replace(options, max_tokens=DEFAULT_MAX_TOKENS)
-        chat = ChatRequest(request.model, _summary_messages(window, request.instructions), options, request.ttl,
-                           restore=self.conversations.restorer(request.previous_response_id), prompt_field="input")
-        generation = await self.conversations.service.chat(chat)
-        return CompactRun(new_id("resp"), request, window, options, generation)
+        conversations, previous = self.conversations, request.previous_response_id
+        with missing_previous(previous, "invalid"):  # compaction is OpenAI's: a 400 previous_response_not_found
+            window = conversation_items(await conversations.history(previous)) + request.items
+            if not window:
+                raise InvalidRequest("there is nothing to compact: give 'input' or 'previous_response_id'", "input")
+            await asyncio.to_thread(conversations.check_can_store, request.items, request.instructions)
+            options = request.options
+            if options.max_tokens is None:
+                options = replace(options, max_tokens=DEFAULT_MAX_TOKENS)
+            chat = ChatRequest(request.model, _summary_messages(window, request.instructions), options, request.ttl,
+                               prompt_field="input")
+            generation = await conversations.generate(chat, previous)  # its prefix is the conversation's
+        return CompactRun(new_response_id(), request, window, options, generation)
 
     async def finish(self, run: CompactRun) -> StoredResponse:
         """The summary, as the compacted window, stored (always: that is how it is continued)."""

@@ -18,6 +18,13 @@ is refused before it is generated if the store already knows it cannot write (``
 show beside the answer (docs/API.md, "Storage faults").
 
 Continuing from any earlier response branches the conversation: responses form a tree.
+
+Between preparing a turn's generation and starting it, ``generate`` restores the conversation's
+KV state saved with its previous response, when the engine holds less than half of the prompt
+(the cells were evicted, or the server restarted): the prefill is then only the new turn.
+
+Stored responses are also read and deleted here (``get``, ``input_items``, ``delete``), off the
+event loop; ids follow the one rule of domain/responses.py.
 """
 
 from __future__ import annotations
@@ -26,20 +33,36 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from studiolo.config import Budgets
 from studiolo.domain.chat import ChatMessage, Tools
+from studiolo.domain.responses import (
+    PreviousResponseNotFound,
+    ResponseNotFound,
+    StoredResponse,
+    check_response_id,
+    new_response_id,
+)
 from studiolo.service import saved_state
+from studiolo.service.embeddings import check_generation_model
 from studiolo.service.generation import Generation, GenerationService
-from studiolo.service.items import Item, chat_messages, new_id
+from studiolo.service.items import Item, chat_messages
 from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatRequest, GenerationOptions, Usage
 from studiolo.store.faults import StorageUnavailable
-from studiolo.store.responses import ResponseNotFound, ResponseStore, StoredResponse
+from studiolo.store.responses import ResponseStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a previous_response_id naming no stored response is: LM Studio's chat answers it as a missing
+# response (404 response_not_found), OpenAI's Responses API as a wrong request (400
+# previous_response_not_found).
+UnknownPrevious = Literal["not_found", "invalid"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,7 @@ class Turn:
     tools: Tools | None = None
     ttl: float | None = None
     context_length: int | None = None  # if this turn loads the model
+    unknown_previous: UnknownPrevious = "not_found"
 
 
 @dataclass
@@ -78,39 +102,75 @@ class Conversations:
         self.state_budget = state_budget
 
     async def start(self, turn: Turn) -> ConversationRun:
-        history: list[StoredResponse] = []
-        if turn.previous_response_id is not None:
-            history = await asyncio.to_thread(self.store.conversation, turn.previous_response_id)
-        if turn.store:
-            await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
-        messages = _messages(turn, history)
-        options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
-        request = ChatRequest(turn.model, messages, options, turn.ttl, tools=turn.tools,
-                              context_length=turn.context_length, restore=self.restorer(turn.previous_response_id),
-                              prompt_field="input")
-        generation = await self.service.chat(request)
-        return ConversationRun(new_id("resp"), turn, generation, history)
+        with missing_previous(turn.previous_response_id, turn.unknown_previous):
+            history = await self.history(turn.previous_response_id)
+            if turn.store:
+                await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
+            options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
+            request = ChatRequest(turn.model, _messages(turn, history), options, turn.ttl, tools=turn.tools,
+                                  context_length=turn.context_length, prompt_field="input")
+            generation = await self.generate(request, turn.previous_response_id)
+        return ConversationRun(new_response_id(), turn, generation, history)
 
-    def restorer(self, response_id: str | None):
-        """Loads the saved KV state of ``response_id``'s conversation, if the engine needs it."""
-        if response_id is None:
-            return None
+    async def history(self, previous_response_id: str | None) -> list[StoredResponse]:
+        """The stored conversation a turn continues, oldest first (none for a first turn)."""
+        if previous_response_id is None:
+            return []
+        return await asyncio.to_thread(self.store.conversation, previous_response_id)
 
-        async def restore():
-            return saved_state.decode(await asyncio.to_thread(self.store.load_state, response_id))
+    async def generate(self, request: ChatRequest, previous_response_id: str | None) -> Generation:
+        """A generation continuing ``previous_response_id``'s conversation: prepared, given the
+        conversation's saved KV state if the engine lacks its prefix, then started."""
+        prepared = await self.service.prepare_chat(request)
+        if previous_response_id is not None and prepared.lacks_prefix():  # only then is the disk read
+            state = saved_state.decode(await asyncio.to_thread(self.store.load_state, previous_response_id))
+            if state is not None:
+                prepared.offer_state(state)
+        return self.service.start_chat(prepared)
 
-        return restore
+    async def loads_model(self, turn: Turn) -> bool:
+        """Whether starting ``turn`` would load its model. A turn that would is first checked for
+        what can be refused without the load (an embedding model, an unknown previous id, a storage
+        fault), so that a stream showing the load begins only for a turn that can run."""
+        manager = self.service.manager
+        check_generation_model(manager, turn.model)
+        if not manager.needs_load(turn.model):
+            return False
+        await self._check_ready(turn)
+        return True
 
-    async def check_exists(self, response_id: str) -> None:
-        """Raise as a continuation of ``response_id`` would (unknown or malformed id)."""
-        await asyncio.to_thread(self.store.get, response_id)
+    def instance_id(self, turn: Turn) -> str:
+        """The id of the model instance ``turn`` would run on now, or that its load would give."""
+        return self.service.manager.instance_id_for(turn.model)
 
-    async def check_ready(self, turn: Turn) -> None:
+    async def _check_ready(self, turn: Turn) -> None:
         """Raise what ``start`` would for the store (unknown previous id, storage fault), before a load."""
         if turn.previous_response_id is not None:
-            await self.check_exists(turn.previous_response_id)
+            with missing_previous(turn.previous_response_id, turn.unknown_previous):
+                await asyncio.to_thread(self.store.get, turn.previous_response_id)
         if turn.store:
             await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
+
+    async def get(self, response_id: str) -> StoredResponse:
+        """A stored response, by the id a client asks for (deleted ones are not found)."""
+        return await self._by_id(self.store.get, response_id)
+
+    async def input_items(self, response_id: str) -> list[Item]:
+        """The items a stored response's own turn added (not its history)."""
+        return await self._by_id(self.store.input_items, response_id)
+
+    async def delete(self, response_id: str) -> None:
+        """Delete a stored response; the conversations continuing it stay whole (store/responses.py)."""
+        await self._by_id(self.store.delete, response_id)
+
+    async def _by_id(self, action: Callable[[str], T], response_id: str) -> T:
+        # the id is the request's subject (the Responses API's path parameter), not a previous response
+        check_response_id(response_id, "response_id")
+        try:
+            return await asyncio.to_thread(action, response_id)
+        except ResponseNotFound:
+            raise ResponseNotFound(response_id, f"Response with id '{response_id}' not found.",
+                                   "response_id") from None
 
     def storage_fault(self) -> StorageUnavailable | None:
         """Why storing is off, as last seen (no probe: cheap enough for every health check)."""
@@ -132,11 +192,12 @@ class Conversations:
         generation = run.generation
         record = {"generation": settings_record(run.turn.options), **(details or {})}
         try:
-            stored = await asyncio.to_thread(
-                self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
-                previous_response_id=run.turn.previous_response_id, status=status,
-                instructions=run.turn.instructions, metadata=record, response_id=run.id,
-            )
+            with missing_previous(run.turn.previous_response_id, run.turn.unknown_previous):  # deleted meanwhile
+                stored = await asyncio.to_thread(
+                    self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
+                    previous_response_id=run.turn.previous_response_id, status=status,
+                    instructions=run.turn.instructions, metadata=record, response_id=run.id,
+                )
         except StorageUnavailable as fault:  # logged by the store; the answer is still the client's
             run.storage_error = fault
             return None
@@ -153,6 +214,17 @@ class Conversations:
             self.store.keep_state(response_id, blob, self.state_budget)
         except (StorageUnavailable, sqlite3.Error, OSError, ResponseNotFound) as exc:  # not found: deleted meanwhile
             log.warning("could not keep the KV state of %s (its continuation will prefill): %s", response_id, exc)
+
+
+@contextmanager
+def missing_previous(previous_response_id: str | None, unknown: UnknownPrevious) -> Iterator[None]:
+    """Raise a missing previous response as the turn's API family names it (``Turn.unknown_previous``)."""
+    try:
+        yield
+    except ResponseNotFound as exc:
+        if unknown == "invalid" and exc.response_id == previous_response_id:
+            raise PreviousResponseNotFound(exc.response_id) from None
+        raise
 
 
 def conversation_items(history: list[StoredResponse]) -> list[Item]:

@@ -5,6 +5,9 @@ tokens, and submit one engine sequence per choice. Every problem a client can ca
 raised here, before anything is returned, so HTTP layers can answer 4xx before they start
 streaming. The returned ``Generation`` then yields text deltas and finish events per
 choice, and cancels its sequences if it is closed early (client gone).
+
+``chat`` is ``prepare_chat`` then ``start_chat``: a stateful chat (service/conversations.py) takes
+a step of its own in between, giving the engine the conversation's saved KV state when it lacks it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from studiolo.service.choice_stream import (
 )
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
+from studiolo.service.saved_state import SavedState
 from studiolo.service.types import (
     ChatRequest,
     CompletionRequest,
@@ -55,7 +59,6 @@ from studiolo.service.types import (
     GenerationEvent,
     GenerationOptions,
     PromptProgress,
-    Restorer,
     TextDelta,
     TokenInfo,
     Usage,
@@ -121,6 +124,32 @@ class Prompt:
     tokens: list[int]
     text: str = ""  # what echo returns: the prompt as the client gave it
     added_bos: bool = False  # tokens[0] is a BOS the tokenizer added, not in the text
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat checked, its model loaded and its prompt built, not yet submitted (GenerationService.chat
+    is prepare then start; the conversation service restores a saved KV state in between)."""
+
+    target: Target
+    prompt: Prompt
+    options: GenerationOptions
+    prompt_field: str
+    constraint: CompiledConstraint | None
+    tool_syntax: CallSyntax | None
+
+    def lacks_prefix(self) -> bool:
+        """Whether the engine holds less than half of the prompt (a conversation's cells were evicted,
+        or the server restarted): only then is a saved state worth reading from disk."""
+        tokens, target = self.prompt.tokens, self.target
+        return _generation_engine(target.instance).cached_prefix_length(tokens, target.adapter) * 2 < len(tokens)
+
+    def offer_state(self, state: SavedState) -> None:
+        """Give the engine a saved KV state to reuse as the prompt's prefix, if this model and adapter
+        computed it (a state of another model would be garbage here): the prefill is then the new turn."""
+        target = self.target
+        if state.model_key == target.instance.key and state.adapter_key == target.adapter_key:
+            _generation_engine(target.instance).offer_prefix(state.sequence, target.adapter)
 
 
 @dataclass
@@ -293,6 +322,11 @@ class GenerationService:
         self._templates: dict[str, ChatTemplate] = {}
 
     async def chat(self, request: ChatRequest) -> Generation:
+        return self.start_chat(await self.prepare_chat(request))
+
+    async def prepare_chat(self, request: ChatRequest) -> PreparedChat:
+        """Everything a chat needs before its sequences are submitted: the checks, the model (loaded
+        if need be), the prompt and its constraint. Every client error is raised here."""
         await _check_constraint(request.options)  # a bad schema is refused before any model loads
         check_chat_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
@@ -301,8 +335,6 @@ class GenerationService:
         template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
         # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
         prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
-        if request.restore is not None:
-            await _restore_prefix(target, prompt.tokens, request.restore)
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
@@ -310,7 +342,12 @@ class GenerationService:
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await _compiled_constraint(loaded, options)
-        return self._start(target, "chatcmpl", [prompt], options, request.prompt_field, constraint, syntax)
+        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax)
+
+    def start_chat(self, prepared: PreparedChat) -> Generation:
+        """Submit a prepared chat: its output starts from here."""
+        return self._start(prepared.target, "chatcmpl", [prepared.prompt], prepared.options, prepared.prompt_field,
+                           prepared.constraint, prepared.tool_syntax)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await _check_constraint(request.options)
@@ -429,21 +466,6 @@ class GenerationService:
             report_progress=options.report_progress,
             save_state=options.save_state,
         )
-
-
-async def _restore_prefix(target: Target, tokens: list[int], restore: Restorer) -> None:
-    """Give the engine a stored conversation's KV state when it holds less than half of the prompt
-    (the conversation's cells were evicted, or the server restarted): the prefill is then only the
-    new turn. The state is read (from disk) only then."""
-    engine = _generation_engine(target.instance)
-    if engine.cached_prefix_length(tokens, target.adapter) * 2 >= len(tokens):
-        return
-    found = await restore()
-    if found is None:
-        return
-    model_key, adapter_key, saved = found
-    if model_key == target.instance.key and adapter_key == target.adapter_key:
-        engine.offer_prefix(saved, target.adapter)
 
 
 async def _check_constraint(options: GenerationOptions) -> None:

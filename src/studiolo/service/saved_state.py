@@ -8,6 +8,7 @@ int32, then the state. A blob that does not read back is ignored: it is a cache,
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,13 +17,22 @@ from studiolo.engine.sequence import SavedSequence
 MAGIC = b"studiolo-kv 1\n"
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """A stored conversation's KV state, valid only for the model and adapter that computed it."""
+
+    model_key: str
+    adapter_key: str | None
+    sequence: SavedSequence
+
+
 def encode(model_key: str, adapter_key: str | None, saved: SavedSequence) -> bytes:
     header = json.dumps({"model": model_key, "adapter": adapter_key, "tokens": len(saved.tokens)}).encode()
     tokens = np.asarray(saved.tokens, dtype="<i4").tobytes()
     return MAGIC + header + b"\n" + tokens + saved.state
 
 
-def decode(blob: bytes | None) -> tuple[str, str | None, SavedSequence] | None:
+def decode(blob: bytes | None) -> SavedState | None:
     if not blob or not blob.startswith(MAGIC):
         return None
     end = blob.find(b"\n", len(MAGIC))
@@ -31,6 +41,6 @@ def decode(blob: bytes | None) -> tuple[str, str | None, SavedSequence] | None:
         count = int(header["tokens"])
         start = end + 1
         tokens = np.frombuffer(blob, dtype="<i4", count=count, offset=start).tolist()
-        return header["model"], header["adapter"], SavedSequence(tokens, blob[start + 4 * count:])
+        return SavedState(header["model"], header["adapter"], SavedSequence(tokens, blob[start + 4 * count:]))
     except (ValueError, KeyError, TypeError):
         return None

@@ -5,19 +5,11 @@ No wire format here; each API family translates its JSON to and from these.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import ConstraintSpec
-
-if TYPE_CHECKING:
-    from studiolo.engine.sequence import SavedSequence
-
-# (model key, adapter key, state) of a stored conversation, or None when it has none
-Restorer = Callable[[], Awaitable["tuple[str, str | None, SavedSequence] | None"]]
 
 
 @dataclass(frozen=True)
@@ -47,8 +39,6 @@ class ChatRequest:
     resume_response: str | None = None
     tools: Tools | None = None
     context_length: int | None = None  # LM Studio's /api/v1/chat: the context if this request loads the model
-    # a stored conversation's saved KV state, fetched only if the engine lacks the prompt's prefix
-    restore: Restorer | None = None
     prompt_field: str = "messages"  # the request field a too-long prompt is blamed on
 
 

@@ -34,18 +34,25 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Self
 
 from studiolo import config
-from studiolo.domain.errors import InvalidRequest, NotFound
+from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.responses import (  # noqa: F401 - the id rule and values are the store's API too
+    ID_PREFIX,
+    InvalidResponseId,
+    ResponseNotFound,
+    StoredResponse,
+    check_response_id,
+    new_response_id,
+)
 from studiolo.store import space
 from studiolo.store.faults import FaultLog, StorageFull, StorageUnavailable, classify
 from studiolo.store.schema import MIGRATIONS, StoreError, StoreVersionError  # noqa: F401 - the store's API
@@ -54,27 +61,11 @@ from studiolo.store.schema import write_transaction as _write_transaction
 
 log = logging.getLogger(__name__)
 
-ID_PREFIX = "resp_"
 MAX_CONVERSATION_LENGTH = 10_000  # longer chains mean a corrupt file, not a real chat
 REOPEN_SECONDS = 5.0  # a store that could not be opened tries again at most this often
 PROBE_ID = ID_PREFIX + "probe"  # the row a writability probe inserts and rolls back
 _PROBE_INSERT = """INSERT INTO responses (id, model, created_at, status, input_items, output_items, usage, metadata)
 VALUES (?, '', 0, '', '[]', '[]', '{}', '{}')"""
-
-class ResponseNotFound(StoreError, NotFound):
-    code, param = "response_not_found", "previous_response_id"
-
-    def __init__(self, response_id: str):
-        super().__init__(f"response not found: {response_id}")
-        self.response_id = response_id
-
-
-class InvalidResponseId(StoreError, InvalidRequest):
-    code, param = "invalid_response_id", "previous_response_id"
-
-    def __init__(self, response_id: object):
-        super().__init__(f'invalid response id {response_id!r}: it must start with "{ID_PREFIX}"')
-        self.response_id = response_id
 
 
 class ResponseIdTaken(StoreError, InvalidRequest):
@@ -89,20 +80,6 @@ class CorruptConversation(StoreError):
     """A chain of previous_response_id that loops or is implausibly long."""
 
 
-@dataclass(frozen=True)
-class StoredResponse:
-    id: str
-    model: str
-    created_at: float  # unix seconds
-    previous_response_id: str | None
-    input_items: list[dict[str, Any]]  # the items this turn added, not the history
-    output_items: list[dict[str, Any]]
-    usage: dict[str, Any]
-    status: str  # "completed", "incomplete", "failed", ...
-    instructions: str | None
-    metadata: dict[str, Any]
-
-
 _FIELDS = [f.name for f in fields(StoredResponse)]  # also the column order of every query
 _COLUMNS = ", ".join(_FIELDS)
 _JSON_KINDS = {"input_items": list, "output_items": list, "usage": dict, "metadata": dict}
@@ -110,16 +87,6 @@ _JSON_KINDS = {"input_items": list, "output_items": list, "usage": dict, "metada
 
 def default_path() -> Path:
     return config.studiolo_home() / "responses.sqlite3"
-
-
-def new_response_id() -> str:
-    return ID_PREFIX + secrets.token_hex(16)
-
-
-def check_response_id(response_id: object) -> str:
-    if not isinstance(response_id, str) or not response_id.startswith(ID_PREFIX):
-        raise InvalidResponseId(response_id)
-    return response_id
 
 
 class ResponseStore:

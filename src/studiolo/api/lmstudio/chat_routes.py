@@ -29,7 +29,6 @@ from studiolo.api.lmstudio.chat_schemas import ChatBody
 from studiolo.api.routing import make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
-from studiolo.service.embeddings import check_generation_model
 
 router = make_router(prefix="/api/v1")
 
@@ -53,12 +52,9 @@ async def chat(body: ChatBody, request: Request):
             return None
         finally:
             run.generation.cancel()
-    manager = conversations.service.manager
     # the refusals that need no load are 4xx before the stream, as unstreamed: an HTTP 200 whose
     # stream says "error" is for what goes wrong once work is under way
-    check_generation_model(manager, turn.model)
-    if manager.needs_load(turn.model):  # the stream shows the load, so it starts first
-        await conversations.check_ready(turn)  # unknown previous id, storage fault
+    if await conversations.loads_model(turn):  # the stream shows the load, so it starts first
         return sse_response(_loading_events(conversations, turn))
     try:  # the model is loaded: this refuses at once (context, ids)
         run = await until_disconnected(request, conversations.start(turn))
@@ -89,7 +85,7 @@ async def _result(conversations: Conversations, run: ConversationRun, reply: Rep
 
 async def _loading_events(conversations: Conversations, turn: Turn) -> AsyncGenerator[str, None]:
     """The stream of a turn whose model this request loads: the load's events, then the turn's."""
-    instance_id = conversations.service.manager.instance_id_for(turn.model)
+    instance_id = conversations.instance_id(turn)
     yield chat_event("chat.start", model_instance_id=instance_id)
     yield chat_event("model_load.start", model_instance_id=instance_id)
     started = time.perf_counter()

@@ -16,6 +16,7 @@ from studiolo.api.body import Body, sampling_field
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
@@ -51,8 +52,8 @@ class ChatBody(Body):
             raise InvalidRequest(f"reasoning '{self.reasoning}' is not supported by this model", "reasoning")
         if self.integrations:
             raise InvalidRequest("MCP integrations are not supported by this server", "integrations")
-        if self.previous_response_id is not None and not self.previous_response_id.startswith("resp_"):
-            raise InvalidRequest("'previous_response_id' must start with 'resp_'", "previous_response_id")
+        if self.previous_response_id is not None:
+            check_response_id(self.previous_response_id)  # a 400 before any model loads
         sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                         min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,

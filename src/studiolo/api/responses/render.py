@@ -16,10 +16,10 @@ from typing import Any
 from studiolo.api.openai.render import chat_token_logprob
 from studiolo.api.sse import named_event
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.responses import StoredResponse
 from studiolo.service.conversations import DEFAULT_SETTINGS
 from studiolo.service.items import Item, assistant_message, function_call, new_id
 from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta, Usage
-from studiolo.store.responses import StoredResponse
 
 # What a stored response shows for a setting its turn did not keep: one stored by /api/v1/chat keeps
 # only its generation settings (conversations.settings_record), one stored before those were kept
@@ -114,15 +114,16 @@ def stored_response_object(stored: StoredResponse) -> dict[str, Any]:
     return response_object(info, stored.status, stored.output_items, stored_usage(stored), completed_at=completed)
 
 
-def input_item_list(stored: StoredResponse, order: str, limit: int, after: str | None) -> dict[str, Any]:
+def input_item_list(response_id: str, input_items: list[Item], order: str, limit: int,
+                    after: str | None) -> dict[str, Any]:
     """OpenAI's list of a response's input items (newest first unless ``order`` is "asc")."""
-    items = [_with_id(stored.id, index, item) for index, item in enumerate(stored.input_items)]
+    items = [_with_id(response_id, index, item) for index, item in enumerate(input_items)]
     if order == "desc":
         items.reverse()
     if after is not None:
         ids = [item["id"] for item in items]
         if after not in ids:
-            raise InvalidRequest(f"response {stored.id} has no input item with id '{after}'", "after")
+            raise InvalidRequest(f"response {response_id} has no input item with id '{after}'", "after")
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,

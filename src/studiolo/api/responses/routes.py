@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import Request, Response
 
-from studiolo.api.errors import APIError, from_domain
+from studiolo.api.errors import from_domain
 from studiolo.api.responses import render
 from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
@@ -29,13 +29,11 @@ from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_lim
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.compaction import Compactions
-from studiolo.service.conversations import ConversationRun, Conversations, Turn
-from studiolo.store.responses import InvalidResponseId, ResponseNotFound, ResponseStore
+from studiolo.service.conversations import ConversationRun, Conversations
 
 router = make_router(prefix="/v1")
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MAX_LIST_LIMIT = 100
 
 
@@ -43,18 +41,12 @@ def _conversations(request: Request) -> Conversations:
     return request.app.state.conversations
 
 
-def _previous_not_found(exc: ResponseNotFound) -> APIError:
-    # OpenAI answers an unknown previous_response_id with a 400 (the request is wrong), not a 404
-    return APIError(400, f"Previous response with id '{exc.response_id}' not found.",
-                    param="previous_response_id", code="previous_response_not_found")
-
-
 @router.post("/responses")
 async def create_response(body: ResponseBody, request: Request):
     conversations = _conversations(request)
     try:  # every 4xx comes before any streaming
         turn = await asyncio.to_thread(body.turn, request_limits(request).max_json_depth)  # tools' schemas compile
-        run = await until_disconnected(request, _start(conversations, turn))
+        run = await until_disconnected(request, conversations.start(turn))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     info = ResponseInfo(run.id, run.model, run.generation.created, run.turn.instructions,
@@ -70,19 +62,9 @@ async def create_response(body: ResponseBody, request: Request):
         run.generation.cancel()
 
 
-async def _start(conversations: Conversations, turn: Turn) -> ConversationRun:
-    try:
-        return await conversations.start(turn)
-    except ResponseNotFound as exc:
-        raise _previous_not_found(exc) from None
-
-
 async def _save(conversations: Conversations, run: ConversationRun, output: OutputItems, info: ResponseInfo) -> None:
     details = {"settings": info.settings, "created_at": info.created_at}  # shown again by GET
-    try:
-        await conversations.save(run, output.items, output.status, details)
-    except ResponseNotFound as exc:  # the previous response was deleted while this turn ran
-        raise _previous_not_found(exc) from None
+    await conversations.save(run, output.items, output.status, details)
 
 
 def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> dict[str, Any]:
@@ -146,27 +128,12 @@ def _failed(run: ConversationRun, info: ResponseInfo, output: OutputItems, exc: 
     return render.response_object(info, "failed", output.items, usage, error=error)
 
 
-async def _in_store(request: Request, response_id: str, action: Callable[[ResponseStore, str], T]) -> T:
-    """``action`` on the store, off the event loop; unknown and malformed ids as OpenAI answers them."""
-    store = _conversations(request).store
-    try:
-        return await asyncio.to_thread(action, store, response_id)
-    except ResponseNotFound:
-        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
-                       code="response_not_found") from None
-    except InvalidResponseId as exc:
-        raise APIError(400, str(exc), param="response_id", code="invalid_response_id") from None
-
-
 @router.post("/responses/compact")
 async def compact(body: CompactBody, request: Request) -> Any:
     """The conversation compacted by the model (service/compaction.py); always stored."""
     compactions = Compactions(_conversations(request))
-    try:
-        # every 4xx comes before the model writes
-        run = await compactions.start(body.compaction(request_limits(request).max_json_depth))
-    except ResponseNotFound as exc:
-        raise _previous_not_found(exc) from None
+    # every 4xx comes before the model writes
+    run = await compactions.start(body.compaction(request_limits(request).max_json_depth))
     try:
         stored = await until_disconnected(request, compactions.finish(run))
     except ClientDisconnected:
@@ -178,7 +145,7 @@ async def compact(body: CompactBody, request: Request) -> Any:
 
 @router.get("/responses/{response_id}")
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
-    stored = await _in_store(request, response_id, ResponseStore.get)
+    stored = await _conversations(request).get(response_id)
     if render.is_compaction(stored):  # shown as POST /v1/responses/compact returned it
         return render.compacted_object(stored)
     return render.stored_response_object(stored)
@@ -191,11 +158,11 @@ async def list_input_items(response_id: str, request: Request, order: str = "des
         raise InvalidRequest(f"'order' must be 'asc' or 'desc', not '{order}'", "order")
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidRequest(f"'limit' must be from 1 to {MAX_LIST_LIMIT}", "limit")
-    stored = await _in_store(request, response_id, ResponseStore.get)
-    return render.input_item_list(stored, order, limit, after)
+    items = await _conversations(request).input_items(response_id)
+    return render.input_item_list(response_id, items, order, limit, after)
 
 
 @router.delete("/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
-    await _in_store(request, response_id, ResponseStore.delete)
+    await _conversations(request).delete(response_id)
     return {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -20,6 +20,7 @@ from studiolo.api.errors import describe_validation
 from studiolo.api.wire_types import Int
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.compaction import CompactRequest
 from studiolo.service.constraints import Constraint, spec_of
@@ -29,7 +30,6 @@ from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.tool_calls import check_arguments
 from studiolo.service.tools import check_no_other_constraint, offered_tools
 from studiolo.service.types import GenerationOptions
-from studiolo.store.responses import check_response_id
 
 MAX_LOGPROBS = 20
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -246,7 +246,8 @@ class ResponseBody(_Turn):
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
         return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
-                    self.previous_response_id, self.store, tools, ttl=self.ttl)
+                    self.previous_response_id, self.store, tools, ttl=self.ttl,
+                    unknown_previous="invalid")  # OpenAI: continuing an unknown response is a wrong request
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
