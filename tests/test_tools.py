@@ -249,7 +249,7 @@ def test_a_call_cut_short_in_responses_is_no_message(http):
     body = {"model": SMOLLM, "input": ASK[0]["content"], "tools": [{"type": "function", **WEATHER["function"]}],
             "tool_choice": "required", "max_output_tokens": 4, **GREEDY}
     response = http.post("/v1/responses", json=body).json()
-    # an answer with neither text nor calls is one empty message item (responses_render.py)
+    # an answer with neither text nor calls is one empty message item (api/responses/render.py)
     texts = [part["text"] for item in response["output"] if item["type"] == "message" for part in item["content"]]
     assert response["status"] == "incomplete" and not "".join(texts), response["output"]
 
