@@ -20,11 +20,12 @@ import openai
 import pytest
 
 from studiolo.config import models_dir
-from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+from studiolo.models.defaults import GEMMA3, QWEN05, SMOLLM2, target_path
 from studiolo.models.defaults import MINILM as MINILM_MODEL
 
 SMOLLM = SMOLLM2.key  # the default chat model: ChatML template, exact under batching
 GEMMA = GEMMA3.key  # base model without a chat template, 262k vocabulary
+QWEN = QWEN05.key  # an instruct model with native tool calls: not among the default_models below
 MINILM = MINILM_MODEL.key  # the embedding model: all-MiniLM-L6-v2 converted to GGUF by `make setup`
 
 SERVER_START_TIMEOUT = 120.0

