@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studiolo.domain.errors import InvalidRequest, NotFound
+from studiolo.models.split_gguf import is_later_shard, missing_shards, other_shards
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class CatalogEntry:
 
     @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        """The file's size; for a split GGUF, every shard's."""
+        return sum(path.stat().st_size for path in [self.path, *other_shards(self.path)])
 
     def names(self) -> set[str]:
         """Every name that may refer to this model, lower case."""
@@ -65,9 +67,22 @@ class CatalogEntry:
 
 
 def _is_weights_file(path: Path) -> bool:
-    # Vision projectors sit beside their model; they are not models of their own.
+    # Vision projectors sit beside their model, and a split GGUF's later shards beside its first:
+    # they are not models of their own.
     name = path.name.lower()
-    return name.endswith(".gguf") and not name.startswith("mmproj") and not name.endswith(".part")
+    return name.endswith(".gguf") and not name.startswith("mmproj") and not is_later_shard(name)
+
+
+def _is_whole(path: Path) -> bool:
+    """A split GGUF is a model only with all its shards (an import or download places them first)."""
+    missing = missing_shards(path)
+    if missing and path not in _warned_incomplete:
+        _warned_incomplete.add(path)
+        log.warning("skipping %s: its shard %s is missing", path, missing[0].name)
+    return not missing
+
+
+_warned_incomplete: set[Path] = set()
 
 
 _warned_names: set[bytes] = set()  # the catalog is scanned per request: say it once per name
@@ -92,7 +107,8 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _weights_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and _is_weights_file(p) and _has_utf8_name(p))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and _is_weights_file(p) and _has_utf8_name(p) and _is_whole(p))
 
 
 class Catalog:

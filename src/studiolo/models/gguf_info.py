@@ -40,6 +40,7 @@ from gguf import (
 )
 
 from studiolo.domain.errors import InvalidRequest
+from studiolo.models.split_gguf import missing_shards, other_shards
 
 SUPPORTED_VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long gone
 MAX_TENSOR_DIMS = 4  # GGML_MAX_DIMS
@@ -297,7 +298,7 @@ def read_model_info(path: Path) -> ModelInfo:
     with _cache_lock:
         cached = _cache.get(key)
     if cached is None:
-        cached = model_info_from_header(read_header(resolved), path, stat.st_size)
+        cached = _with_other_shards(model_info_from_header(read_header(resolved), path, stat.st_size), path)
         with _cache_lock:
             # One entry per file: an older version of this file will not be asked for again.
             for stale in [k for k in _cache if k[0] == key[0]]:
@@ -305,6 +306,23 @@ def read_model_info(path: Path) -> ModelInfo:
             _cache[key] = cached
     # A projector can be added or removed without touching the model file: look each time.
     return dataclasses.replace(cached, has_vision=has_vision_projector(path))
+
+
+def _with_other_shards(info: ModelInfo, first: Path) -> ModelInfo:
+    """A split GGUF's first shard describes the model; its size and parameters are all the shards'."""
+    shards = other_shards(first)
+    if not shards:
+        return info
+    if missing_shards(first):
+        raise InvalidModelFile(first, f"a split GGUF whose shard {missing_shards(first)[0].name} is missing")
+    size, parameters = info.size_bytes, info.parameter_count
+    for shard in shards:
+        size += shard.stat().st_size
+        parameters += sum(tensor.n_elements for tensor in read_header(shard.resolve()).tensors)
+    computed = info.params_string == _params_string(None, info.parameter_count)  # else the converter's label
+    label = _params_string(None, parameters) if computed else info.params_string
+    return dataclasses.replace(info, size_bytes=size, parameter_count=parameters, params_string=label,
+                               bits_per_weight=round(size * 8 / parameters, 2) if parameters else 0.0)
 
 
 def clear_cache() -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from studiolo.domain.errors import InvalidRequest
 from studiolo.models.gguf_info import ModelInfo, is_vision_projector, read_model_info
+from studiolo.models.split_gguf import is_later_shard, other_shards, split_prefix
 
 MODES = ("move", "copy", "hard-link", "symbolic-link")
 DEFAULT_PUBLISHER = "local"
@@ -78,7 +79,9 @@ def import_model(
     target = repo_dir / source.name
     projectors = _projectors_beside(source)
     placements = [(p, repo_dir / p.name, _projector_mode(mode, source)) for p in projectors]
-    # Projectors first: the model shows up in the catalog only once everything is in place.
+    # a split GGUF's other shards (read_model_info checked they are there) go the same way as its first
+    placements += [(shard, repo_dir / shard.name, mode) for shard in other_shards(source)]
+    # Projectors and shards first: the model shows up in the catalog only once everything is in place.
     placements.append((source, target, mode))
     _check_free(target)
     for _, projector_target, _ in placements:
@@ -93,7 +96,7 @@ def import_model(
         mode=mode,
         dry_run=dry_run,
         info=info,
-        projectors=tuple(projector_target for _, projector_target, _ in placements[:-1]),
+        projectors=tuple(projector_target for _, projector_target, _ in placements[:len(projectors)]),
     )
 
 
@@ -127,6 +130,8 @@ def _checked_source(source: Path) -> Path:
         raise ImportRefused(f"not a file: {source}")
     if not source.name.lower().endswith(".gguf"):
         raise ImportRefused(f"{source}: only GGUF model files (*.gguf) can be imported")
+    if is_later_shard(source.name):
+        raise ImportRefused(f"{source} is a later shard of a split GGUF; import its first shard (-00001-of-…)")
     if is_vision_projector(source):
         raise ImportRefused(f"{source} is a vision projector, not a model; import the model beside it")
     return source.absolute()
@@ -165,7 +170,7 @@ def _is_safe_name(name: str) -> bool:
 
 
 def default_user_repo(source: Path) -> tuple[str, str]:
-    stem = source.name[: -len(".gguf")].lower()
+    stem = (split_prefix(source.name) or source.name[: -len(".gguf")]).lower()
     stem = _QUANT_SUFFIX.sub("", stem)
     repo = _UNSAFE_CHARACTERS.sub("-", stem).strip("-.")[:MAX_NAME_LENGTH] or "model"
     return DEFAULT_PUBLISHER, repo
@@ -202,7 +207,7 @@ def _check_free(target: Path) -> None:
 
 def _is_model_file(path: Path) -> bool:
     name = path.name.lower()
-    return name.endswith(".gguf") and not is_vision_projector(path) and path.is_file()
+    return name.endswith(".gguf") and not is_vision_projector(path) and not is_later_shard(name) and path.is_file()
 
 
 def _projectors_beside(source: Path) -> list[Path]:
