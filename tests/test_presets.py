@@ -186,6 +186,27 @@ def test_an_unknown_preset_is_a_400_naming_preset(http, path):
     assert error["param"] == "preset" and "no-such-preset" in error["message"]
 
 
+def test_a_presets_structured_output_and_stop_strings_apply(http, home, tmp_path):
+    schema = {"type": "object", "properties": {"animal": {"type": "string", "maxLength": 12}},
+              "required": ["animal"], "additionalProperties": False}
+    import_preset(home, tmp_path, {"name": "json-animal", "operation": {"fields": [
+        {"key": "llm.prediction.structured", "value": {"type": "json", "jsonSchema": schema}},
+        {"key": "llm.prediction.stopStrings", "value": ["\n\n"]}]}})
+    answer = chat(http, preset="json-animal", max_tokens=40, **GREEDY)
+    assert set(json.loads(reply(answer))) == {"animal"}
+    # the request's own structured output wins over the preset's
+    plain = chat(http, preset="json-animal", response_format={"type": "text"}, max_tokens=5, **GREEDY)
+    assert plain["usage"]["completion_tokens"] == 5
+
+
+def test_a_preset_file_that_cannot_be_read_is_a_400_naming_preset(http, home):
+    (home / "presets" / "broken.preset.json").write_text("{not json")
+    response = http.post("/v1/chat/completions", json={"model": SMOLLM, "messages": HI, "preset": "broken"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "preset"
+    assert chat(http, preset="short")["usage"]["completion_tokens"] == 4  # the others are still found
+    (home / "presets" / "broken.preset.json").unlink()
+
+
 # --- per-model defaults -----------------------------------------------------------------------------------
 
 

@@ -62,7 +62,10 @@ def find_preset(name: str) -> Preset | None:
     if direct.is_file():
         return read_preset_file(direct)
     for path in sorted(presets_dir().glob(f"*{PRESET_SUFFIX}")):
-        preset = read_preset_file(path)
+        try:
+            preset = read_preset_file(path)
+        except InvalidSettingsFile:
+            continue  # another preset's broken file must not hide this one (`preset ls` shows it)
         if wanted in {preset.name.lower(), (preset.identifier or "").lower()}:
             return preset
     return None

@@ -152,7 +152,8 @@ class _GenerationBody(Body):
             given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
                         repeat_penalty=self.repeat_penalty if self.repeat_penalty is not None
                         else self.repetition_penalty, max_tokens=max_tokens,
-                        stop=self.stop if self.stop is not None else self.stop_sequences, constraint=constraint),
+                        stop=self.stop if self.stop is not None else self.stop_sequences,
+                        constraint=constraint or self.response_format),  # {"type": "text"} too
         )
 
 

@@ -247,7 +247,8 @@ class ResponseBody(_Turn):
                                     constraint_param="text.format" if constraint else None, preset=self.preset,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
-                                                max_tokens=self.max_output_tokens, constraint=constraint))
+                                                max_tokens=self.max_output_tokens,
+                                                constraint=constraint or (self.text and self.text.format)))
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
         return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
