@@ -297,7 +297,8 @@ def load_command(
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
 ) -> None:
-    """Load a model into memory."""
+    """Load a model into memory. Flags left out take the model's settings file's values
+    (STUDIOLO_HOME/model-settings/<publisher>/<repo>.json; see `studiolo preset model`)."""
     body = load_request(model, ttl=ttl, context_length=context_length, parallel=parallel, identifier=identifier)
     with server_for(host, port) as server:
         try:

@@ -8,6 +8,8 @@
   first unloads the previous one, waiting for it to finish what it is generating (never cutting
   a generation off); if it stays busy too long, the new load is refused. Explicit loads are never
   evicted.
+- A model's settings file (STUDIOLO_HOME/model-settings/<publisher>/<repo>.json) gives its load
+  defaults (context length, parallel, ttl) wherever the load itself leaves them to the server.
 - A memory guard refuses a load that would not fit in RAM (models/memory.py).
 - A request naming a LoRA adapter gets its base model's instance (loaded as above) with the
   adapter loaded onto it (models/adapters.py); adapters themselves are never instances.
@@ -35,6 +37,7 @@ from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
 from studiolo.models.memory import LoadEstimate, check_fits, estimate
+from studiolo.store.settings_files import InvalidSettingsFile, read_model_defaults
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,11 @@ class ModelBusy(Unavailable):
 
 class ModelLoadFailed(InternalError):
     code, param = "model_load_failed", "model"
+
+
+class InvalidModelSettings(ModelLoadFailed):
+    code = "invalid_model_settings"
+    retry = False  # the file must be fixed first
 
 
 class ModelFileUnloadable(ModelLoadFailed):
@@ -206,7 +214,9 @@ class ModelManager:
             if not self.jit_loading:
                 raise ModelNotLoaded(model.key)
             started = time.time()
-            config = LoadConfig(context_length, ttl=ttl if ttl is not None else JIT_DEFAULT_TTL)
+            config = _with_model_defaults(model, LoadConfig(context_length, ttl=ttl))
+            if config.ttl is None:
+                config = replace(config, ttl=JIT_DEFAULT_TTL)
             instance = await self._jit_load(model, config)
             load_seconds = instance.load_seconds if instance.loaded_at >= started else None
         instance.touch()
@@ -246,6 +256,7 @@ class ModelManager:
         if entry.is_adapter:
             raise AdapterNotLoadable(entry)
         self._refuse_known_unloadable(entry)
+        config = _with_model_defaults(entry, config)
         loading = asyncio.ensure_future(self._load_now(entry, config, jit=False))
         self._loads.add(loading)
         loading.add_done_callback(lambda done: self._load_done(done, None))
@@ -373,6 +384,21 @@ class ModelManager:
             await asyncio.to_thread(instance.close)
 
 
+def _with_model_defaults(entry: CatalogEntry, config: LoadConfig) -> LoadConfig:
+    """``config`` with the model's settings file (store/settings_files.py) wherever it leaves a value to
+    the server: what a load asks for (`studiolo load` flags, a request's ttl) wins over the file."""
+    try:
+        defaults = read_model_defaults(entry.key)
+    except InvalidSettingsFile as exc:
+        raise InvalidModelSettings(f"cannot load '{entry.key}': its settings file is invalid: {exc}") from None
+    return replace(
+        config,
+        context_length=config.context_length or defaults.context_length,
+        parallel=config.parallel or defaults.parallel,
+        ttl=config.ttl if config.ttl is not None else defaults.ttl,
+    )
+
+
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     """What changes when a file is replaced or rewritten: its inode, size and modification time."""
     try:
@@ -424,7 +450,7 @@ def _footprint(model: LlamaModel, engine: Engine | EmbeddingEngine) -> LoadEstim
 
 
 __all__ = [
-    "AdapterNotLoadable", "IdentifierTaken", "Instance", "InstanceNotFound", "LoadConfig", "ModelBusy",
-    "ModelFileUnloadable", "ModelLoadFailed",
+    "AdapterNotLoadable", "IdentifierTaken", "Instance", "InstanceNotFound", "InvalidModelSettings", "LoadConfig",
+    "ModelBusy", "ModelFileUnloadable", "ModelLoadFailed",
     "ModelManager", "ModelNotFound", "ModelNotLoaded", "Target",
 ]

@@ -51,6 +51,13 @@ from studiolo.service.choice_stream import (
 )
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
+from studiolo.service.presets import (
+    apply_settings,
+    chat_with_settings,
+    effective_settings,
+    load_context_length,
+    request_preset,
+)
 from studiolo.service.saved_state import SavedState
 from studiolo.service.types import (
     ChatRequest,
@@ -330,8 +337,11 @@ class GenerationService:
         await _check_constraint(request.options)  # a bad schema is refused before any model loads
         check_chat_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
-        target = await self.manager.get(request.model, ttl=request.ttl, context_length=request.context_length)
+        preset = request_preset(request.options)  # an unknown preset is a 400 before any model loads
+        context_length = load_context_length(request.context_length, preset)
+        target = await self.manager.get(request.model, ttl=request.ttl, context_length=context_length)
         loaded = target.instance
+        request = chat_with_settings(request, effective_settings(preset, loaded.key))
         template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
         # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
         prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
@@ -353,7 +363,11 @@ class GenerationService:
         await _check_constraint(request.options)
         check_completion_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
-        target = await self.manager.get(request.model, ttl=request.ttl)
+        preset = request_preset(request.options)
+        target = await self.manager.get(request.model, ttl=request.ttl,
+                                        context_length=load_context_length(None, preset))
+        options = apply_settings(request.options, effective_settings(preset, target.instance.key))
+        request = replace(request, options=options)
         model = target.instance.model
         prompts = await off_loop(lambda stop: [self._completion_prompt(model, p, stop) for p in request.prompts])
         constraint = await _compiled_constraint(target.instance, request.options)

@@ -26,6 +26,8 @@ class GenerationOptions:
     constraint_param: str | None = None  # the request field the constraint came from, for errors
     report_progress: bool = False  # PromptProgress events while the prompt is processed
     save_state: bool = False  # keep each choice's KV state at its end (Generation.saved)
+    preset: str | None = None  # the request's preset: fills each setting it did not give (service/presets.py)
+    given: frozenset[str] = frozenset()  # the settings the request gave itself (service/presets.given)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
+from studiolo.service.presets import given
 from studiolo.service.types import GenerationOptions
 
 
@@ -46,6 +47,7 @@ class ChatBody(Body):
     previous_response_id: str | None = None
     integrations: list[Any] | None = None
     ttl: float | None = Field(None, gt=0)
+    preset: str | None = Field(None, min_length=1)  # a preset's settings, under the request's own
 
     def turn(self, report_progress: bool) -> Turn:
         if self.reasoning not in (None, "off"):
@@ -57,7 +59,10 @@ class ChatBody(Body):
         sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                         min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
-                                    report_progress=report_progress)
+                                    report_progress=report_progress, preset=self.preset,
+                                    given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                                min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                                                max_tokens=self.max_output_tokens))
         return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
                     self.store, ttl=self.ttl, context_length=self.context_length)
 

@@ -29,6 +29,7 @@ from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.presets import given
 from studiolo.service.tool_calls import check_arguments, check_tool_results
 from studiolo.service.tools import check_no_other_constraint
 from studiolo.service.types import ChatRequest, CompletionRequest, GenerationOptions
@@ -100,6 +101,7 @@ class _GenerationBody(Body):
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None
     structured_outputs: StructuredOutputs | None = None
+    preset: str | None = Field(None, min_length=1)  # LM Studio: a preset's settings, under the request's own
 
     @field_validator("logit_bias")
     @classmethod
@@ -146,6 +148,12 @@ class _GenerationBody(Body):
             n=self.n,
             constraint=constraint[0] if constraint else None,
             constraint_param=constraint[1] if constraint else None,
+            preset=self.preset,
+            given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                        repeat_penalty=self.repeat_penalty if self.repeat_penalty is not None
+                        else self.repetition_penalty, max_tokens=max_tokens,
+                        stop=self.stop if self.stop is not None else self.stop_sequences,
+                        constraint=constraint or self.response_format),  # {"type": "text"} too
         )
 
 

@@ -27,6 +27,7 @@ from studiolo.service.constraints import Constraint, spec_of
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.presets import given
 from studiolo.service.tool_calls import check_arguments
 from studiolo.service.tools import check_no_other_constraint, offered_tools
 from studiolo.service.types import GenerationOptions
@@ -228,6 +229,7 @@ class ResponseBody(_Turn):
     include: list[str] | None = None
     top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     metadata: dict[str, str] | None = None
+    preset: str | None = Field(None, min_length=1)  # LM Studio: a preset's settings, under the request's own
 
     @property
     def logprobs(self) -> int | None:
@@ -242,7 +244,11 @@ class ResponseBody(_Turn):
         constraint = self._constraint()
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
                                     logprobs=self.logprobs, constraint=constraint,
-                                    constraint_param="text.format" if constraint else None)
+                                    constraint_param="text.format" if constraint else None, preset=self.preset,
+                                    given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                                min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                                                max_tokens=self.max_output_tokens,
+                                                constraint=constraint or (self.text and self.text.format)))
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
         return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
