@@ -99,6 +99,11 @@ def test_the_shards_come_later_ones_first_with_progress_over_the_total(split_hub
     (entry,) = Catalog(models_dir()).entries()
     assert entry.size_bytes == whole
 
+    (plan.target.parent / SHARDS[2]).unlink()  # a shard lost: the model is not listed, a new get brings it back
+    assert catalog_keys() == [] and not dl.is_downloaded(plan)
+    dl.download(plan)
+    assert len(split_hub.content_gets()) == 4 and placed() == SHARDS and catalog_keys() == [KEY]
+
 
 def test_a_failed_shard_leaves_nothing_listed_and_the_retry_fetches_only_it(split_hub, shard_bytes):
     split_hub.corrupt.add(SHARDS[0])  # the first shard, fetched last: the later two are in place by then

@@ -189,14 +189,14 @@ def is_downloaded(plan: DownloadPlan, cancel: threading.Event | None = None) -> 
 def check_folder_free(plan: DownloadPlan) -> None:
     """Refuse a second model in the plan's folder: the catalog shows one model per folder, and
     the key printed after the download would then name the other file. Call it once
-    ``is_downloaded`` said no: a file at the model's target is then another model, never replaced
-    (a split's first shard is placed last). Later shards of the same split may be there from an
-    interrupted attempt; one of another size is another file."""
+    ``is_downloaded`` said no: a single file at the model's target is then another model, never
+    replaced. A split's shards may be there from an interrupted attempt (or with one since removed):
+    one of the listed size is checked against its sha256 by ``download``, one of another size is
+    another file."""
     folder = plan.target.parent
-    if os.path.lexists(plan.target):
-        raise _target_taken(plan, plan.files[0])
-    for file in plan.files[1:]:
-        if os.path.lexists(plan.target_of(file)) and not _has_listed_size(plan, file):
+    single = len(plan.files) == 1
+    for file in plan.files:
+        if os.path.lexists(plan.target_of(file)) and (single or not _has_listed_size(plan, file)):
             raise _target_taken(plan, file)
     if not folder.is_dir():
         return
