@@ -14,8 +14,9 @@ Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound), w
 huggingface_hub turns into its typed exceptions. Knobs for tests: ``cut_next`` (send part
 of the body, then close), ``corrupt`` (serve altered bytes under the listed sha256),
 ``fail_next`` (answer the next content GET with an HTTP error), ``pause_at`` (stop after that
-many body bytes until ``release()``), ``listed_sha256`` and ``listed_commit`` (what a hostile
-listing claims instead of the real values). Every request is logged in ``requests``.
+many body bytes until ``release()``; only in the file named ``pause_in`` when it is set),
+``listed_sha256`` and ``listed_commit`` (what a hostile listing claims instead of the real
+values). Every request is logged in ``requests``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -44,11 +46,11 @@ class FakeFile:
     data: bytes
     lfs: bool
 
-    @property
+    @cached_property  # every request looks blobs up by it: a model's shards are tens of MB
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def git_sha1(self) -> str:
         return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
 
@@ -89,6 +91,7 @@ class FakeHub:
         self.corrupt: set[str] = set()  # file names served with altered bytes
         self.fail_next: int | None = None  # HTTP status for the next content GET
         self.pause_at: int | None = None  # body bytes sent before waiting for release()
+        self.pause_in: str | None = None  # the file whose body pauses; None: any
         self.listed_sha256: dict[str, str] = {}  # file name -> the lfs.sha256 the listing claims
         self.listed_commit: str | None = None  # the "sha" the listing claims
         self._released = threading.Event()
@@ -252,9 +255,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", "no such blob")
         if not head and (status := self.fake.take_failure()) is not None:
             return self._error(status, "ServerError", "simulated failure")
-        self._bytes(self.fake.served_bytes(file), etag=file.sha256, commit=None, head=head)
+        pause = self.fake.pause_in is None or self.fake.pause_in == file.name
+        self._bytes(self.fake.served_bytes(file), etag=file.sha256, commit=None, head=head, pause=pause)
 
-    def _bytes(self, data: bytes, *, etag: str, commit: str | None, head: bool) -> None:
+    def _bytes(self, data: bytes, *, etag: str, commit: str | None, head: bool, pause: bool = True) -> None:
         start, end = _byte_range(self.headers.get("Range"), len(data))
         body = data[start : end + 1]
         self.send_response(206 if (start, end) != (0, len(data) - 1) else 200)
@@ -267,11 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("X-Repo-Commit", commit)
         self.end_headers()
         if not head:
-            self._send_body(body)
+            self._send_body(body, pause)
 
-    def _send_body(self, body: bytes) -> None:
+    def _send_body(self, body: bytes, pause: bool) -> None:
         limit = self.fake.cut_at if self.fake.take_cut() else len(body)
-        pause_at = self.fake.pause_at
+        pause_at = self.fake.pause_at if pause else None
         sent = 0
         while sent < limit:
             if pause_at is not None and sent >= pause_at:

@@ -154,11 +154,10 @@ def test_a_repo_without_gguf_is_refused():
         dl.choose_gguf(["model.safetensors", "mmproj-only.gguf"], None, "o/r")
 
 
-def test_split_models_count_once_and_are_refused():
+def test_split_models_count_once_by_their_first_shard():
     names = ["big-Q8_0-00001-of-00002.gguf", "big-Q8_0-00002-of-00002.gguf", "big-Q4_K_M.gguf"]
     assert dl.choose_gguf(names, None, "o/r") == "big-Q4_K_M.gguf"
-    with pytest.raises(dl.SplitModelUnsupported, match="2 parts"):
-        dl.choose_gguf(names, "Q8_0", "o/r")
+    assert dl.choose_gguf(names, "Q8_0", "o/r") == "big-Q8_0-00001-of-00002.gguf"
 
 
 # --- asking the hub -------------------------------------------------------------------------
@@ -202,8 +201,8 @@ def test_a_listing_cannot_name_files_outside_the_staging_folder(hub, tmp_path):
     assert dl.download(plan).read_bytes() == TINY_FILES["tiny-Q4_K_M.gguf"]  # checked against the ETag
     assert not (tmp_path / "escape.part").exists() and staged_files() == []
     # a revision from a URL goes into a staging name as hex only
-    odd = dl.DownloadPlan(REPO, "../../x", "tiny-Q4_K_M.gguf", None, None)
-    assert "/" not in dl._staging_name(odd, None) and ".." not in dl._staging_name(odd, None)
+    name = dl.staging_name(REPO, "../../x", dl.HubFile("tiny-Q4_K_M.gguf", None, None), None)
+    assert "/" not in name and ".." not in name
 
 
 def test_no_network_is_reported_as_such(hub, monkeypatch):

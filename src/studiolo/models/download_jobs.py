@@ -1,7 +1,8 @@
 """The server's download jobs, for LM Studio's ``/api/v1/models/download`` endpoints.
 
-Each job downloads one file in a worker thread of its own; the registry keeps the jobs in
-memory (they do not outlive the server) and renders their status in LM Studio's shape:
+Each job downloads one model (one file, or every shard of a split GGUF, their sizes counted
+together) in a worker thread of its own; the registry keeps the jobs in memory (they do not
+outlive the server) and renders their status in LM Studio's shape:
 ``job_id``, ``status``, ``total_size_bytes``, ``downloaded_bytes``, ``started_at``, and
 ``bytes_per_second`` / ``estimated_completion`` while downloading, ``completed_at`` when done.
 Times are ISO-8601 UTC with milliseconds and ``Z``, as LM Studio writes them.

@@ -1,7 +1,8 @@
 """What `studiolo get` is asked for, in words: parsing a Hugging Face reference (``owner/repo``,
-``owner/repo@Q4_K_M``, a hub URL naming a repo or one file), choosing the GGUF file among a
-repo's files by quantization, and the errors a download can end with. No network here:
-models/download.py does the fetching.
+``owner/repo@Q4_K_M``, a hub URL naming a repo or one file), choosing the GGUF model among a
+repo's files by quantization (a split model counts once, by its first shard, and brings every
+shard along), and the errors a download can end with. No network here: models/download.py does
+the fetching.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from studiolo.domain.errors import Kind, StudioloError
+from studiolo.models.split_gguf import is_later_shard, shard_number, split_prefix
 
 DEFAULT_ENDPOINT = "https://huggingface.co"  # HF_ENDPOINT overrides it (a mirror, a test's fake hub)
 DEFAULT_QUANTIZATION = "Q4_K_M"  # the usual size/quality trade-off, LM Studio's default pick too
@@ -58,11 +60,6 @@ class AmbiguousChoice(DownloadError):
     code, param = "quantization_required", "quantization"
 
 
-class SplitModelUnsupported(DownloadError):
-    kind = "not_implemented"
-    code, param = "split_model_unsupported", "model"
-
-
 class HubUnreachable(DownloadError):
     code = "hub_unreachable"
 
@@ -88,7 +85,6 @@ class DownloadCancelled(DownloadError):
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # Hugging Face's rule for owner and repo names
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
-_SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -186,8 +182,7 @@ def _is_weights(name: str) -> bool:
 
 
 def _is_later_split_part(name: str) -> bool:
-    match = _SPLIT_PART.search(name)
-    return match is not None and int(match.group(1)) > 1
+    return is_later_shard(_basename(name))
 
 
 def _name_tokens(name: str) -> set[str]:
@@ -208,19 +203,17 @@ def _listing(names: list[str]) -> str:
 
 
 def choose_gguf(names: list[str], quantization: str | None, repo_id: str) -> str:
-    """The one GGUF file to fetch among a repo's file names (paths inside the repo)."""
+    """The one GGUF model to fetch among a repo's file names (paths inside the repo): its file,
+    or the first shard of a split model (``model_files`` then lists every shard)."""
     # A split model counts once, by its first part.
     candidates = sorted(name for name in names if _is_weights(name) and not _is_later_split_part(name))
     if not candidates:
         raise FileNotFound(f"Hugging Face repo '{repo_id}' has no GGUF model files (studiolo runs GGUF models only)")
     if quantization:
-        chosen = _choose_by_quantization(candidates, quantization, repo_id)
-    elif len(candidates) == 1:
-        chosen = candidates[0]
-    else:
-        chosen = _choose_default(candidates, repo_id)
-    _refuse_split(chosen)
-    return chosen
+        return _choose_by_quantization(candidates, quantization, repo_id)
+    if len(candidates) == 1:
+        return candidates[0]
+    return _choose_default(candidates, repo_id)
 
 
 def _choose_by_quantization(candidates: list[str], quantization: str, repo_id: str) -> str:
@@ -246,10 +239,39 @@ def _choose_default(candidates: list[str], repo_id: str) -> str:
     )
 
 
-def _refuse_split(name: str) -> None:
-    match = _SPLIT_PART.search(name)
-    if match is not None and int(match.group(2)) > 1:
-        raise SplitModelUnsupported(
-            f"'{_basename(name)}' is the first of {int(match.group(2))} parts of a split GGUF;"
-            " split models are not supported yet"
+# --- a split model's shards ----------------------------------------------------------------
+
+
+def first_shard(name: str) -> str:
+    """A split GGUF's first shard for any of its shards (``x-00002-of-00003.gguf`` ->
+    ``x-00001-of-00003.gguf``): a URL to one shard means the whole model. Other names as they are."""
+    numbers = shard_number(_basename(name))
+    if numbers is None or numbers[0] == 1:
+        return name
+    return _shard_name(name, 1)
+
+
+def _shard_name(name: str, number: int) -> str:
+    """The path of shard ``number`` of the split ``name`` belongs to: same folder, prefix and count,
+    named as llama.cpp looks for them (``-%05d-of-%05d.gguf``), as the catalog does."""
+    base = _basename(name)
+    folder = name[: len(name) - len(base)]
+    count = base[-len("00003.gguf"):-len(".gguf")]
+    return f"{folder}{split_prefix(base)}-{number:05d}-of-{count}.gguf"
+
+
+def model_files(chosen: str, names: list[str], repo_id: str) -> list[str]:
+    """Every file of the model ``chosen`` names, first shard first: the file itself, or every shard
+    of its split, each of which the repo must list."""
+    numbers = shard_number(_basename(chosen))
+    if numbers is None or numbers[1] <= 1:
+        return [chosen]
+    shards = [_shard_name(chosen, number) for number in range(1, numbers[1] + 1)]
+    listed = set(names)
+    missing = [shard for shard in shards if shard not in listed]
+    if missing:
+        raise FileNotFound(
+            f"'{_basename(shards[0])}' is the first of {numbers[1]} shards of a split GGUF, but Hugging Face repo"
+            f" '{repo_id}' lacks {_listing(missing)}"
         )
+    return shards

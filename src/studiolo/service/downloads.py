@@ -23,7 +23,6 @@ from studiolo.models.download import (
     QuantizationNotFound,
     RepoGated,
     RepoNotFound,
-    SplitModelUnsupported,
     check_folder_free,
     download,
     is_downloaded,
@@ -59,5 +58,5 @@ class DownloadService:
 __all__ = [
     "AmbiguousChoice", "DownloadError", "DownloadPlan", "DownloadService", "FileNotFound", "FolderTaken",
     "InvalidModelReference", "JobNotFound", "QuantizationNotFound", "RepoGated", "RepoNotFound",
-    "SplitModelUnsupported", "check_folder_free", "download", "is_downloaded", "resolve",
+    "check_folder_free", "download", "is_downloaded", "resolve",
 ]
