@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -180,8 +181,6 @@ def test_auto_takes_a_fenced_json_call_as_a_call(qwen, qwen_server):
 
 
 def _wait_for_output(log: _OutputLog, count: int) -> str:
-    import time
-
     deadline = time.monotonic() + 10
     while len(log.outputs) < count and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -219,9 +218,10 @@ def _streamed(client: openai.OpenAI, content: str, **extra) -> tuple[str | None,
     return "".join(texts) or None, [tuple(calls[i]) for i in sorted(calls)], reason, fragments
 
 
-@pytest.mark.parametrize(("content", "extra"), [(PARIS, {}), (TWO_CITIES, {}), (TWO_CITIES, {"tool_choice": "required"}),
-                                                ("Tell me about Rome.", {"tool_choice": NAMED_CLOCK})],
-                         ids=["auto", "auto-fenced", "required-parallel", "named"])
+@pytest.mark.parametrize(("content", "extra"), [
+    (PARIS, {}), (TWO_CITIES, {}), (TWO_CITIES, {"tool_choice": "required"}),
+    ("Tell me about Rome.", {"tool_choice": NAMED_CLOCK}),
+], ids=["auto", "auto-fenced", "required-parallel", "named"])
 def test_streamed_arguments_reassemble_exactly_to_the_whole_answer(qwen, content, extra):
     # greedy runs may part at a near-tie when the machine is busy (tests/batching.py): a pair that
     # parted is run once more before judging; a reassembly bug parts them every time
