@@ -20,8 +20,9 @@ The grammar (llguidance Lark) lets ``auto`` write free text, and constrains a ca
 its opening appears (a lazy lexeme ends the text there; an opening that is one special token of
 the model, Qwen2.5's ``<tool_call>``, may also come as that token); ``required`` and a named tool
 start with a call. Hermes/Qwen under ``auto`` also takes one call without the tags, a bare JSON
-object or one in a ```json fence, as small Qwen models write it (docs/API.md, "Tool calling"). Each call's JSON must name one of the offered tools and give arguments that validate against
-its schema. The JSON is written as the templates' ``tojson`` writes it (``", "`` and ``": "``), the
+object or one in a ```json fence, as small Qwen models write it (docs/API.md, "Tool calling").
+Each call's JSON must name one of the offered tools and give arguments that validate against its
+schema. The JSON is written as the templates' ``tojson`` writes it (``", "`` and ``": "``), the
 spacing the models saw in training.
 """
 
