@@ -24,6 +24,7 @@ from studiolo.chat.tool_parser import CallArguments, CallStart, Text, ToolCallPa
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.models.defaults import QWEN05, target_path
 from tests.conftest import GEMMA, QWEN, SMOLLM, RunningServer, free_port, home_with_models
+from tests.mcp_server import McpServer
 
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
               "required": ["city"]}
@@ -64,7 +65,9 @@ EXAMPLE_TURN = [
 @pytest.fixture(scope="module")
 def qwen_server(tmp_path_factory, default_models):
     models = {QWEN: target_path(QWEN05), SMOLLM: default_models[SMOLLM], GEMMA: default_models[GEMMA]}
-    running = RunningServer(home_with_models(tmp_path_factory.mktemp("qwen-home"), models), free_port(), [])
+    home = home_with_models(tmp_path_factory.mktemp("qwen-home"), models)
+    (home / "settings.json").write_text('{"allow_per_request_mcp": true}')  # for /api/v1/chat's integrations
+    running = RunningServer(home, free_port(), [])
     yield running
     running.stop()
 
@@ -139,10 +142,12 @@ def test_auto_answers_in_text_when_no_tool_is_needed(qwen):
                                      "How can I assist you today?"
 
 
-class _OutputLog:
-    """The texts the model wrote, read from the server's model log (/studiolo/log/stream)."""
+class _ModelLog:
+    """The prompts and texts the model got and wrote, read from the server's model log
+    (/studiolo/log/stream)."""
 
     def __init__(self, base_url: str):
+        self.prompts: list[str] = []
         self.outputs: list[str] = []
         self._client = httpx.Client(base_url=base_url, timeout=None)
         self.ready = threading.Event()
@@ -156,6 +161,8 @@ class _OutputLog:
                     event = json.loads(line[6:]) if line.startswith("data: ") else {}
                     if event.get("type") == "output":
                         self.outputs.append(event["text"])
+                    elif event.get("type") == "input":
+                        self.prompts.append(event["prompt"])
         except httpx.HTTPError:
             pass  # closed
 
@@ -163,14 +170,18 @@ class _OutputLog:
         self._client.close()
 
 
+def _subscribed(log: _ModelLog, client: openai.OpenAI) -> None:
+    assert log.ready.wait(10)
+    for _ in range(50):  # the log has its subscriber once a probe's output shows up
+        _ask(client, "Hi", tool_choice="none", max_tokens=1)
+        if log.outputs:
+            return
+
+
 def test_auto_takes_a_fenced_json_call_as_a_call(qwen, qwen_server):
-    log = _OutputLog(qwen_server.base_url)
+    log = _ModelLog(qwen_server.base_url)
     try:
-        assert log.ready.wait(10)
-        for _ in range(50):  # the log has its subscriber once a probe's output shows up
-            _ask(qwen, "Hi", tool_choice="none", max_tokens=1)
-            if log.outputs:
-                break
+        _subscribed(log, qwen)
         choice = _ask(qwen, TWO_CITIES)
         written = _wait_for_output(log, len(log.outputs) + 1)
     finally:
@@ -180,7 +191,7 @@ def test_auto_takes_a_fenced_json_call_as_a_call(qwen, qwen_server):
     assert _calls(choice) == [("get_weather", '{"city": "Paris"}')]
 
 
-def _wait_for_output(log: _OutputLog, count: int) -> str:
+def _wait_for_output(log: _ModelLog, count: int) -> str:
     deadline = time.monotonic() + 10
     while len(log.outputs) < count and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -304,6 +315,113 @@ def test_responses_round_trip_answers_from_the_function_output(qwen):
     final = _respond(qwen, [result], previous_response_id=first.id)
     assert [item.type for item in final.output] == ["message"]
     assert final.output_text == "It is 18 C and light rain in Paris."
+
+
+# --- LM Studio's /api/v1/chat: tools come from MCP servers, which the server calls -------------------
+
+MAX_ROUNDS = 8  # service/mcp_turn.py: rounds that may call; the one after answers
+
+
+@pytest.fixture
+def mcp():
+    server = McpServer()
+    yield server
+    server.close()
+
+
+def _integrations(mcp: McpServer) -> list[dict]:
+    return [{"type": "ephemeral_mcp", "server_label": "weather", "server_url": mcp.url,
+             "allowed_tools": ["get_weather"], "headers": {"x-api-key": "k1"}}]
+
+
+def _v1_chat(mcp: McpServer, **extra) -> dict:
+    return {"model": QWEN, "input": PARIS, "integrations": _integrations(mcp), "temperature": 0,
+            "repeat_penalty": 1.0, "max_output_tokens": 60, **extra}
+
+
+WEATHER_CALL = {"type": "tool_call", "tool": "get_weather", "arguments": {"city": "Paris"},
+                "output": "18 C, light rain", "provider_info": {"type": "ephemeral_mcp", "server_label": "weather"}}
+
+
+def test_v1_chat_runs_the_mcp_tools_the_model_calls(qhttp, qwen, qwen_server, mcp):
+    log = _ModelLog(qwen_server.base_url)
+    try:
+        _subscribed(log, qwen)
+        before = len(log.prompts)
+        response = qhttp.post("/api/v1/chat", json=_v1_chat(mcp))
+    finally:
+        log.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    # the 0.5B calls again after each result (as on chat completions without an example turn):
+    # the turn stops offering tools after MAX_ROUNDS rounds that called, and the model answers
+    assert body["output"][:MAX_ROUNDS] == [WEATHER_CALL] * MAX_ROUNDS
+    assert [item["type"] for item in body["output"][MAX_ROUNDS:]] == ["message"]
+    assert mcp.calls == [("get_weather", {"city": "Paris"})] * MAX_ROUNDS
+    assert all(headers.get("x-api-key") == "k1" for headers in mcp.headers_seen)
+    first, second = log.prompts[before:before + 2]
+    assert '"name": "get_weather"' in first and "delete_everything" not in first  # allowed_tools only
+    assert second.endswith("<|im_start|>user\n<tool_response>\n18 C, light rain\n</tool_response><|im_end|>\n"
+                           "<|im_start|>assistant\n")
+    assert body["response_id"].startswith("resp_")
+
+
+def _v1_events(qhttp: httpx.Client, body: dict) -> list[tuple[str, dict]]:
+    events, kind = [], None
+    with qhttp.stream("POST", "/api/v1/chat", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    return events
+
+
+def test_v1_chat_streams_each_call_as_tool_call_events(qhttp, mcp):
+    events = _v1_events(qhttp, _v1_chat(mcp))
+    kinds = [kind for kind, _ in events if kind != "prompt_processing.progress"]
+    info = WEATHER_CALL["provider_info"]
+    assert kinds[:6] == ["chat.start", "prompt_processing.start", "prompt_processing.end", "tool_call.start",
+                         "tool_call.arguments", "tool_call.success"]
+    calls = [data for kind, data in events if kind.startswith("tool_call.")]
+    assert calls[:3] == [
+        {"type": "tool_call.start", "tool": "get_weather", "provider_info": info},
+        {"type": "tool_call.arguments", "tool": "get_weather", "arguments": {"city": "Paris"}, "provider_info": info},
+        {"type": "tool_call.success", "tool": "get_weather", "arguments": {"city": "Paris"},
+         "output": "18 C, light rain", "provider_info": info}]
+    assert len(calls) == 3 * MAX_ROUNDS
+    assert kinds[-2:] == ["message.end", "chat.end"] and "message.start" in kinds[-4:]
+    result = events[-1][1]["result"]
+    assert result["output"][:MAX_ROUNDS] == [WEATHER_CALL] * MAX_ROUNDS
+
+
+def test_v1_chat_refuses_mcp_servers_unless_the_settings_allow_them(http, mcp):
+    response = http.post("/api/v1/chat", json={**_v1_chat(mcp), "model": SMOLLM})
+    assert response.status_code == 403
+    assert response.json()["error"]["param"] == "integrations"
+    assert mcp.calls == [] and mcp.headers_seen == []
+
+
+def test_v1_chat_says_when_an_mcp_server_cannot_be_reached(qhttp):
+    body = {"model": QWEN, "input": PARIS, "integrations": [
+        {"type": "ephemeral_mcp", "server_label": "gone", "server_url": f"http://127.0.0.1:{free_port()}/mcp"}]}
+    response = qhttp.post("/api/v1/chat", json=body)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("mcp_connection_error", "integrations")
+
+
+@pytest.mark.parametrize(("integration", "param"), [
+    ("mcp/playwright", "integrations[0]"),
+    ({"type": "plugin", "id": "mcp/playwright"}, "integrations[0]"),
+    ({"type": "ephemeral_mcp", "server_url": "http://127.0.0.1:1/mcp"}, "integrations[0].server_label"),
+    ({"type": "ephemeral_mcp", "server_label": "x", "server_url": "file:///etc/passwd"}, "integrations[0].server_url"),
+])
+def test_v1_chat_integrations_it_cannot_serve_are_a_400(qhttp, integration, param):
+    response = qhttp.post("/api/v1/chat", json={"model": QWEN, "input": PARIS, "integrations": [integration]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
 
 
 # --- the parser on untagged calls -----------------------------------------------------------------
