@@ -413,8 +413,8 @@ def test_v1_chat_says_when_an_mcp_server_cannot_be_reached(qhttp):
 
 
 @pytest.mark.parametrize(("integration", "param"), [
-    ("mcp/playwright", "integrations[0]"),
-    ({"type": "plugin", "id": "mcp/playwright"}, "integrations[0]"),
+    ("mcp/playwright", "integrations"),  # mcp.json plugins: not served at all
+    ({"type": "plugin", "id": "mcp/playwright"}, "integrations"),
     ({"type": "ephemeral_mcp", "server_url": "http://127.0.0.1:1/mcp"}, "integrations[0].server_label"),
     ({"type": "ephemeral_mcp", "server_label": "x", "server_url": "file:///etc/passwd"}, "integrations[0].server_url"),
 ])

@@ -82,9 +82,10 @@ class ChatBody(Body):
 
 
 def _mcp_server(item: Any, param: str) -> McpServer:
-    if isinstance(item, str) or (isinstance(item, dict) and item.get("type") == "plugin"):
+    if isinstance(item, str) or (isinstance(item, dict) and item.get("type") == "plugin"):  # not served at all
         raise InvalidRequest("mcp.json plugins are not served by this server; name a remote MCP server "
-                             "with {\"type\": \"ephemeral_mcp\", \"server_label\": ..., \"server_url\": ...}", param)
+                             "with {\"type\": \"ephemeral_mcp\", \"server_label\": ..., \"server_url\": ...}",
+                             "integrations")
     if not isinstance(item, dict) or item.get("type") != "ephemeral_mcp":
         raise InvalidRequest("an integration is a plugin id or an object of type 'ephemeral_mcp'", param)
     label, url = item.get("server_label"), item.get("server_url")
