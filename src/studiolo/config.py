@@ -111,6 +111,18 @@ def _overridden(section: str, value):
     return value
 
 
+def allow_per_request_mcp() -> bool:
+    """LM Studio's "Allow per-request MCPs": ``"allow_per_request_mcp": true`` in ``settings.json`` lets
+    a ``/api/v1/chat`` request name remote MCP servers for the server to call (off by default: the
+    server then makes HTTP requests where a client says)."""
+    try:
+        return json.loads(settings_file().read_text()).get("allow_per_request_mcp") is True
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{settings_file()} is not a JSON object: {exc}") from exc
+
+
 def load_limits() -> RequestLimits:
     return _overridden("limits", RequestLimits())
 

@@ -81,6 +81,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
 V1_TYPE_OF_CODE = {
     "model_not_found": "model_not_found",
     "job_not_found": "job_not_found",
+    "mcp_connection_error": "mcp_connection_error",  # an MCP server of /api/v1/chat's integrations
     "repo_not_found": "model_not_found",
     "file_not_found": "model_not_found",
     "quantization_not_found": "model_not_found",

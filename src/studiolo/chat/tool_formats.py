@@ -17,9 +17,12 @@ Native templates get the tools and the messages' ``tool_calls`` (arguments as ob
 templates expect) and render them their own way.
 
 The grammar (llguidance Lark) lets ``auto`` write free text, and constrains a call from the moment
-its opening appears (a lazy lexeme ends the text there); ``required`` and a named tool start with a
-call. Each call's JSON must name one of the offered tools and give arguments that validate against
-its schema. The JSON is written as the templates' ``tojson`` writes it (``", "`` and ``": "``), the
+its opening appears (a lazy lexeme ends the text there; an opening that is one special token of
+the model, Qwen2.5's ``<tool_call>``, may also come as that token); ``required`` and a named tool
+start with a call. Hermes/Qwen under ``auto`` also takes one call without the tags, a bare JSON
+object or one in a ```json fence, as small Qwen models write it (docs/API.md, "Tool calling").
+Each call's JSON must name one of the offered tools and give arguments that validate against its
+schema. The JSON is written as the templates' ``tojson`` writes it (``", "`` and ``": "``), the
 spacing the models saw in training.
 """
 
@@ -27,12 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from studiolo.chat.tool_parser import CallSyntax
+from studiolo.chat.tool_parser import FENCE_CLOSE, FENCE_OPEN, CallSyntax
 from studiolo.domain.chat import ChatMessage, Tools, ToolSpec
 from studiolo.engine.json_schema import closed_objects
 
@@ -46,10 +50,13 @@ class ToolFormat:
     call_prefix: str = ""  # between the opening and the JSON
     call_suffix: str = ""  # between the JSON and the closing
     between: str = ""  # between two calls
+    # in "auto", a reply may also be one call without the markers (a bare JSON object, or one in a
+    # ```json fence), the grammar keeping it a valid call: how Qwen2.5 answers without its tags
+    untagged: bool = False
 
 
 HERMES = ToolFormat("hermes", CallSyntax("<tool_call>", "</tool_call>"), native=True, parallel=True,
-                    call_prefix="\n", call_suffix="\n", between="\n")
+                    call_prefix="\n", call_suffix="\n", between="\n", untagged=True)
 MISTRAL = ToolFormat("mistral", CallSyntax("[TOOL_CALLS]", array=True), native=True, parallel=True, between=", ")
 LLAMA3 = ToolFormat("llama3", CallSyntax("<|python_tag|>", arguments_key="parameters", bare_json=True, separator=";"),
                     native=True, parallel=False)
@@ -92,7 +99,8 @@ def several_calls(tools: Tools) -> bool:
 
 def output_syntax(fmt: ToolFormat, tools: Tools) -> CallSyntax:
     """How calls look in an output that follows ``tool_grammar(fmt, tools)``."""
-    return replace(fmt.syntax, forced=tools.choice != "auto")
+    auto = tools.choice == "auto"
+    return replace(fmt.syntax, forced=not auto, untagged=fmt.untagged and auto)
 
 
 def _tool_object(spec: ToolSpec) -> dict[str, Any]:
@@ -211,34 +219,67 @@ def _own_id(parameters: Any) -> str | None:
     return identifier if isinstance(identifier, str) else None
 
 
-def tool_grammar(fmt: ToolFormat, tools: Tools) -> str:
-    """The Lark grammar the output must follow for ``tools`` (whose choice is not "none")."""
+def tool_grammar(fmt: ToolFormat, tools: Tools, marker_tokens: dict[str, int] | None = None) -> str:
+    """The Lark grammar the output must follow for ``tools`` (whose choice is not "none").
+
+    ``marker_tokens`` maps the format's markers (its opening and closing) to the model's token for
+    each, when the model has one special token for it (Qwen2.5's ``<tool_call>``, 151657). Either
+    form is a marker then: the token, and the text spelled in ordinary tokens. Qwen2.5-Coder-0.5B
+    writes the text (it gives the token a logprob of -24); a grammar of the text alone would not
+    do either, since llguidance forces it by tokenizing it, which gives the token back (llama.cpp
+    always parses user-defined tokens) and then refuses it as not being that text.
+    """
     specs = tools.specs
     if tools.choice not in ("auto", "required"):  # a named choice: that tool only
         specs = tuple(spec for spec in specs if spec.name == tools.choice)
     several = several_calls(tools) and fmt.parallel
     syntax = fmt.syntax
+    tokens = marker_tokens or {}
     lines = ["%llguidance {}", f"call: %json {json.dumps(call_schema(fmt, specs), ensure_ascii=False)}",
              "TEXT: /(.|\\n)*/"]
     if syntax.bare_json:  # Llama 3: a call is the whole reply; text must not start like one
         lines.append("start: call" if tools.choice != "auto" else "start: PROSE | call")
         lines.append("PROSE: /([^{ \\t\\n](.|\\n)*)?/")
         return "\n".join(lines) + "\n"
-    opening, closing = _lark_string(syntax.open), _lark_string(syntax.close)
+    lines.append(f"open: {_marker(syntax.open, tokens)}")
+    if syntax.close:
+        lines.append(f"close: {_marker(syntax.close, tokens)}")
     if syntax.array:
-        item = "call"
-        calls = f'"[" call ({_lark_string(fmt.between)} call)* "]"' if several else '"[" call "]"'
+        calls = '"[" call (' + _lark_string(fmt.between) + ' call)* "]"' if several else '"[" call "]"'
     else:
-        item = " ".join(p for p in (_lark_string(fmt.call_prefix), "call", _lark_string(fmt.call_suffix), closing) if p)
+        item = " ".join(p for p in (_lark_string(fmt.call_prefix), "call", _lark_string(fmt.call_suffix),
+                                    "close" if syntax.close else "") if p)
         # After each call, some whitespace, then another call or the end: the line break models
         # write after a closing must not commit them to another call (it did, and they repeated it).
-        calls = f"{item} (GAP? {opening} {item})* GAP?" if several else item
+        calls = f"{item} (GAP? open {item})* GAP?" if several else item
         lines += [f"GAP: /{_GAP}/"] if several else []
-    if tools.choice == "auto":
-        lines += [f"start: TEXT | head {calls}", f"head[lazy]: TEXT {opening}"]
+    if tools.choice != "auto":
+        lines.append(f"start: open {calls}")
     else:
-        lines.append(f"start: {opening} {calls}")
+        lines += _auto_start(fmt, calls, tokens.get(syntax.open))
     return "\n".join(lines) + "\n"
+
+
+def _auto_start(fmt: ToolFormat, calls: str, open_token: int | None) -> list[str]:
+    """``auto``: text, or calls after some text. The opening's text ends a lazy lexeme of text; the
+    opening's special token (``open_token``) ends text by itself, since text cannot hold it. With
+    ``untagged`` the reply may also be one bare or fenced call, and text must not start like one
+    (nor hold the opening: a call there is a call, under the grammar)."""
+    opening = _lark_string(fmt.syntax.open)
+    if not fmt.untagged:
+        special = f" | TEXT? <[{open_token}]> {calls}" if open_token is not None else ""
+        return [f"start: TEXT | head {calls}{special}", f"head[lazy]: TEXT {opening}"]
+    special = f" | PROSE? <[{open_token}]> {calls}" if open_token is not None else ""
+    fence = f"{_lark_string(FENCE_OPEN + chr(10))} call {_lark_string(chr(10) + FENCE_CLOSE)}"
+    like_a_call = f"~/[ \\t\\n]*(\\{{|{re.escape(FENCE_OPEN)})(.|\\n)*/"
+    return [f"start: PROSE | head {calls}{special} | call | {fence}", f"head[lazy]: LEAD {opening}",
+            f"LEAD: /(.|\\n)*/ & {like_a_call}",
+            f"PROSE: /(.|\\n)+/ & {like_a_call} & ~/(.|\\n)*{re.escape(fmt.syntax.open)}(.|\\n)*/"]
+
+
+def _marker(text: str, tokens: dict[str, int]) -> str:
+    """A marker in the grammar: its text, or the model's special token for it."""
+    return f"{_lark_string(text)} | <[{tokens[text]}]>" if text in tokens else _lark_string(text)
 
 
 _GAP = "[ \\t\\r\\n]{1,4}"  # between and after calls; bounded, so it cannot run until max_tokens

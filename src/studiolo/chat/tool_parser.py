@@ -34,6 +34,12 @@ class CallSyntax:
     bare_json: bool = False  # a reply starting with "{" is a call without ``open`` (Llama 3)
     separator: str = ""  # between calls of a bare reply (Llama 3: ";")
     forced: bool = False  # the output starts with a call (tool_choice "required" or a named tool)
+    # the reply may be one call without the markers, as small models write it when they forget
+    # them: a bare JSON object, or one in a ```json fence (Hermes/Qwen under "auto": docs/API.md)
+    untagged: bool = False
+
+
+FENCE_OPEN, FENCE_CLOSE = "```json", "```"  # an untagged call's fence
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class ToolCallParser:
     _said_anything: bool = False  # content or a call has been reported
     _separated: bool = False  # a separator came after the last call: another must follow
     _after_call: bool = False  # no content since the last call: leading whitespace is not content
+    _closing: str = ""  # what ends the current call: the syntax's closing, or an untagged call's fence
 
     def feed(self, text: str) -> list[ParsedEvent]:
         events: list[ParsedEvent] = []
@@ -187,17 +194,21 @@ class ToolCallParser:
     def _in_text(self, char: str, events: list[ParsedEvent]) -> None:
         pending = self._pending + char
         syntax = self.syntax
-        if syntax.bare_json and not self._said_anything and pending.isspace():
+        at_start = not self._said_anything and self.calls == 0
+        bare = syntax.bare_json or syntax.untagged
+        if bare and at_start and pending.isspace():
             self._pending = pending
             return
-        if syntax.bare_json and not self._said_anything and pending.lstrip().startswith("{"):
-            self._pending = ""
+        if bare and at_start and pending.lstrip().startswith("{"):
+            self._pending, self._closing = "", ""
             self._start_call(pending.lstrip(), events)
+            return
+        if syntax.untagged and at_start and self._fence(pending):
             return
         if pending.endswith(syntax.open) and syntax.open:
             # what came before the opening is whitespace (text goes out as soon as it is not):
             # not content, unless the call turns out malformed
-            self._pending, self._raw = "", pending
+            self._pending, self._raw, self._closing = "", pending, syntax.close
             self._state = "open"
             return
         keep = _held_back(pending, syntax.open)
@@ -208,6 +219,19 @@ class ToolCallParser:
             self._pending = pending[len(emit):]
         else:
             self._pending = pending
+
+    def _fence(self, pending: str) -> bool:
+        """At the start of an untagged reply: hold back what may open a ```json fence; once it has,
+        the call inside it ends with the closing fence. Whether ``pending`` was taken."""
+        start = pending.lstrip()
+        if start == FENCE_OPEN:
+            self._pending, self._raw, self._closing = "", pending, FENCE_CLOSE
+            self._state = "open"
+            return True
+        if FENCE_OPEN.startswith(start):
+            self._pending = pending
+            return True
+        return False
 
     def _after_open(self, char: str, events: list[ParsedEvent]) -> None:
         if not self.syntax.array and not char.isspace():
@@ -260,7 +284,7 @@ class ToolCallParser:
                 return
             self._state = "between" if self.syntax.array else "close"
             self._pending = ""
-            if not self.syntax.close and not self.syntax.array:
+            if not self._closing and not self.syntax.array:
                 self._state = "between"
 
     def _between_calls(self, char: str, events: list[ParsedEvent]) -> None:
@@ -285,7 +309,7 @@ class ToolCallParser:
             self._in_text(char, events)
 
     def _in_close(self, char: str, events: list[ParsedEvent]) -> None:
-        close = self.syntax.close
+        close = self._closing
         pending = self._pending + char
         if not self._pending and char.isspace():
             return

@@ -59,6 +59,7 @@ from studiolo.service.presets import (
     request_preset,
 )
 from studiolo.service.saved_state import SavedState
+from studiolo.service.tool_calls import marker_tokens
 from studiolo.service.types import (
     ChatRequest,
     CompletionRequest,
@@ -348,7 +349,8 @@ class GenerationService:
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
-            grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools), end_outside=True)
+            markers = await asyncio.to_thread(marker_tokens, loaded.model, fmt.syntax)
+            grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools, markers), end_outside=True)
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await _compiled_constraint(loaded, options)

@@ -15,6 +15,8 @@ from studiolo.chat.tool_parser import (
 )
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
+from studiolo.engine.constraints import compiler_for
+from studiolo.engine.llama import LlamaModel
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH, JSONTextError, loads_bounded
 from studiolo.service.types import TextDelta, TokenInfo, ToolCallDelta
 
@@ -49,6 +51,20 @@ class CallReader:
                 events.append(TextDelta(self.index, item.text, tuple(tokens)))
                 tokens = []
         return events
+
+
+def marker_tokens(model: LlamaModel, syntax: CallSyntax) -> dict[str, int]:
+    """The format's markers that are one special token of ``model`` (Qwen2.5's ``<tool_call>`` and
+    ``</tool_call>``), with that token: the tool grammar names the token, which the model writes,
+    not the text (whose tokenizing would give the token back: llama.cpp always parses user-defined
+    tokens). Builds the model's llguidance tokenizer if need be: call off the event loop."""
+    tokenizer = compiler_for(model).tokenizer
+    found = {}
+    for marker in (syntax.open, syntax.close):
+        tokens = tokenizer.tokenize_str(marker) if marker else []
+        if len(tokens) == 1 and tokenizer.is_special_token(tokens[0]):
+            found[marker] = tokens[0]
+    return found
 
 
 _CALL_ID_ALPHABET = string.ascii_letters + string.digits

@@ -3,11 +3,17 @@ streamed, its named SSE events, each data object carrying its ``type``.
 
 ``chat.start``, ``model_load.start|progress|end`` (only when the request loads the model),
 ``prompt_processing.start|progress|end`` (progress after each chunk of prompt the engine takes in),
-``message.start|delta|end``, ``error`` and ``chat.end`` with the whole result.
+``message.start|delta|end``, ``tool_call.start|arguments|success`` (a call of an MCP tool, run by
+the server), ``error`` and ``chat.end`` with the whole result.
+
+A turn's ``output`` lists its messages and, for each call, a ``tool_call`` item (``tool``,
+``arguments`` as an object, ``output``, ``provider_info``), in order. Calls are held to the tool's
+schema by the grammar, so there are no ``invalid_tool_call`` items.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,16 +23,19 @@ from studiolo.api.errors import APIError, from_domain
 from studiolo.api.sse import named_event
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, message_text
-from studiolo.service.types import Finished, GenerationEvent, PromptProgress, TextDelta
+from studiolo.service.mcp_turn import AgentTurn, ToolCallDone, ToolCallStarted, TurnEvent
+from studiolo.service.types import Finished, PromptProgress, TextDelta
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Reply:
-    """The message as it grows, and how its generation ended (Finished.reason)."""
+    """The reply as it grows (the calls' items, then the message being written), and how its
+    generation ended (Finished.reason)."""
 
     texts: list[str] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)  # earlier rounds' text, calls and results
     reason: str | None = None
 
     @property
@@ -34,19 +43,42 @@ class Reply:
         # stored as /v1/responses stores a reply cut off by max_output_tokens (one store for both APIs)
         return "incomplete" if self.reason == "length" else "completed"
 
-    def output(self) -> list[Item]:
-        return [{**assistant_message("".join(self.texts)), "status": self.status}]
+    @property
+    def started(self) -> bool:
+        return bool(self.texts or self.items)
 
-    def follow(self, event: GenerationEvent) -> None:
+    def output(self) -> list[Item]:
+        return [*self.items, {**assistant_message("".join(self.texts)), "status": self.status}]
+
+    def follow(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
             self.texts.append(event.text)
+        elif isinstance(event, ToolCallDone):
+            if self.texts:  # the text the model wrote before its calls
+                self.items.append(assistant_message("".join(self.texts)))
+                self.texts = []
+            call, result = event.items
+            self.items += [{**call, "provider_info": event.provider_info}, result]
         elif isinstance(event, Finished):
             self.reason = event.reason
 
 
 def result_body(instance_id: str, output: list[Item], stats: dict[str, Any]) -> dict[str, Any]:
-    return {"model_instance_id": instance_id,
-            "output": [{"type": "message", "content": message_text(item)} for item in output], "stats": stats}
+    return {"model_instance_id": instance_id, "output": output_items(output), "stats": stats}
+
+
+def output_items(output: list[Item]) -> list[dict[str, Any]]:
+    """Stored items as LM Studio's output: messages, and each call with its result as one tool_call."""
+    results = {item["call_id"]: item.get("output") for item in output if item.get("type") == "function_call_output"}
+    shown: list[dict[str, Any]] = []
+    for item in output:
+        kind = item.get("type", "message")
+        if kind == "message":
+            shown.append({"type": "message", "content": message_text(item)})
+        elif kind == "function_call":
+            shown.append({"type": "tool_call", "tool": item["name"], "arguments": json.loads(item["arguments"]),
+                          "output": results.get(item["call_id"], ""), "provider_info": item.get("provider_info", {})})
+    return shown
 
 
 def stats(generation: Generation | None) -> dict[str, Any]:
@@ -82,25 +114,39 @@ def error_event(exc: Exception) -> str:
     return chat_event("error", error=error.body_v1()["error"])
 
 
-async def generation_events(generation: Generation, reply: Reply) -> AsyncIterator[str]:
-    """prompt_processing and message events; the message is kept in ``reply`` for chat.end."""
+async def generation_events(turn: AgentTurn, reply: Reply) -> AsyncIterator[str]:
+    """prompt_processing, message and tool_call events; the reply is kept in ``reply`` for chat.end."""
     yield chat_event("prompt_processing.start")
     processing, message_started = True, False
-    async for event in generation.events():
+    async for event in turn.events():
         reply.follow(event)
-        if isinstance(event, PromptProgress) and processing:
-            yield chat_event("prompt_processing.progress", progress=round(event.fraction, 4))
-        elif isinstance(event, TextDelta):
+        if isinstance(event, PromptProgress):
             if processing:
-                processing = False
-                yield chat_event("prompt_processing.end")
+                yield chat_event("prompt_processing.progress", progress=round(event.fraction, 4))
+            continue
+        if processing and not isinstance(event, ToolCallDone):
+            processing = False
+            yield chat_event("prompt_processing.end")
+        if isinstance(event, TextDelta):
             if not message_started:
                 message_started = True
                 yield chat_event("message.start")
             yield chat_event("message.delta", content=event.text)
-        elif isinstance(event, Finished):
-            if processing:
-                yield chat_event("prompt_processing.end")
+        elif isinstance(event, Finished) or (isinstance(event, ToolCallStarted) and message_started):
             if not message_started:
                 yield chat_event("message.start")
+            message_started = False  # a message ends with the turn, or where a call begins
             yield chat_event("message.end")
+        for rendered in _tool_call_events(event):
+            yield rendered
+
+
+def _tool_call_events(event: TurnEvent) -> list[str]:
+    if isinstance(event, ToolCallStarted):
+        return [chat_event("tool_call.start", tool=event.tool, provider_info=event.provider_info)]
+    if isinstance(event, ToolCallDone):
+        info = event.provider_info
+        return [chat_event("tool_call.arguments", tool=event.tool, arguments=event.arguments, provider_info=info),
+                chat_event("tool_call.success", tool=event.tool, arguments=event.arguments, output=event.output,
+                           provider_info=info)]
+    return []

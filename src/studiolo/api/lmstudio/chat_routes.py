@@ -28,7 +28,9 @@ from studiolo.api.lmstudio.chat_render import (
 from studiolo.api.lmstudio.chat_schemas import ChatBody
 from studiolo.api.routing import make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
-from studiolo.service.conversations import ConversationRun, Conversations, Turn
+from studiolo.service.conversations import Conversations, Turn
+from studiolo.service.mcp import McpToolbox, open_toolbox
+from studiolo.service.mcp_turn import AgentTurn
 
 router = make_router(prefix="/api/v1")
 
@@ -41,9 +43,12 @@ def _conversations(request: Request) -> Conversations:
 async def chat(body: ChatBody, request: Request):
     conversations = _conversations(request)
     turn = body.turn(report_progress=body.stream)
+    servers = body.mcp_servers()
+    # the servers' tools are offered from the first round: reached (or refused) before any model loads
+    toolbox = await open_toolbox(servers) if servers else None
     if not body.stream:
         try:
-            run = await until_disconnected(request, conversations.start(turn))
+            run = await until_disconnected(request, AgentTurn.start(conversations, turn, toolbox))
         except ClientDisconnected:
             return None
         try:
@@ -52,26 +57,28 @@ async def chat(body: ChatBody, request: Request):
             return None
         finally:
             run.generation.cancel()
+            await run.close()
     # the refusals that need no load are 4xx before the stream, as unstreamed: an HTTP 200 whose
     # stream says "error" is for what goes wrong once work is under way
     if await conversations.loads_model(turn):  # the stream shows the load, so it starts first
-        return sse_response(_loading_events(conversations, turn))
+        return sse_response(_loading_events(conversations, turn, toolbox))
     try:  # the model is loaded: this refuses at once (context, ids)
-        run = await until_disconnected(request, conversations.start(turn))
+        run = await until_disconnected(request, AgentTurn.start(conversations, turn, toolbox))
     except ClientDisconnected:
         return None
-    return sse_response(_events(conversations, run), on_close=run.generation.cancel)
+    return sse_response(_events(conversations, run), on_close=lambda: run.generation.cancel())  # the round's
 
 
-async def _complete(conversations: Conversations, run: ConversationRun) -> dict[str, Any]:
+async def _complete(conversations: Conversations, run: AgentTurn) -> dict[str, Any]:
     reply = Reply()
-    async for event in run.generation.events():  # a failure is the app's error response (errors.from_domain)
+    async for event in run.events():  # a failure is the app's error response (errors.from_domain)
         reply.follow(event)
     return await _result(conversations, run, reply)
 
 
-async def _result(conversations: Conversations, run: ConversationRun, reply: Reply) -> dict[str, Any]:
+async def _result(conversations: Conversations, turn: AgentTurn, reply: Reply) -> dict[str, Any]:
     output = reply.output()
+    run = turn.run
     stored = await conversations.save(run, output, reply.status)
     result = result_body(run.generation.instance.id, output, stats(run.generation))
     if stored is not None:
@@ -83,14 +90,15 @@ async def _result(conversations: Conversations, run: ConversationRun, reply: Rep
     return result
 
 
-async def _loading_events(conversations: Conversations, turn: Turn) -> AsyncGenerator[str, None]:
+async def _loading_events(conversations: Conversations, turn: Turn,
+                          toolbox: McpToolbox | None) -> AsyncGenerator[str, None]:
     """The stream of a turn whose model this request loads: the load's events, then the turn's."""
     instance_id = conversations.instance_id(turn)
     yield chat_event("chat.start", model_instance_id=instance_id)
     yield chat_event("model_load.start", model_instance_id=instance_id)
     started = time.perf_counter()
     try:
-        run = await conversations.start(turn)
+        run = await AgentTurn.start(conversations, turn, toolbox)
     except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
         yield error_event(exc)
         yield chat_event("chat.end", result=result_body(instance_id, [], stats(None)))
@@ -104,10 +112,12 @@ async def _loading_events(conversations: Conversations, turn: Turn) -> AsyncGene
         async for event in _turn_events(conversations, run):
             yield event
     finally:
-        generation.cancel()
+        run.generation.cancel()
+        await run.close()
+        await run.close()
 
 
-async def _events(conversations: Conversations, run: ConversationRun) -> AsyncGenerator[str, None]:
+async def _events(conversations: Conversations, run: AgentTurn) -> AsyncGenerator[str, None]:
     """The stream of a turn already started on a loaded model."""
     yield chat_event("chat.start", model_instance_id=run.generation.instance.id)
     try:
@@ -115,18 +125,19 @@ async def _events(conversations: Conversations, run: ConversationRun) -> AsyncGe
             yield event
     finally:
         run.generation.cancel()
+        await run.close()
 
 
-async def _turn_events(conversations: Conversations, run: ConversationRun) -> AsyncGenerator[str, None]:
+async def _turn_events(conversations: Conversations, run: AgentTurn) -> AsyncGenerator[str, None]:
     """Generation events, then chat.end; a failure is an error event, and chat.end still follows with
     whatever was generated (LM Studio's streaming docs), unstored."""
     reply = Reply()
     try:
-        async for event in generation_events(run.generation, reply):
+        async for event in generation_events(run, reply):
             yield event
         result = await _result(conversations, run, reply)
     except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
         yield error_event(exc)
-        output = reply.output() if reply.texts else []
+        output = reply.output() if reply.started else []
         result = result_body(run.generation.instance.id, output, stats(run.generation))
     yield chat_event("chat.end", result=result)

@@ -3,7 +3,9 @@
 
 ``system_prompt`` applies to its own turn only (like OpenAI's ``instructions``); ``context_length``
 is the context the model gets if this request loads it; ``reasoning`` other than "off" is a 400
-(neither default model reasons); MCP ``integrations`` are a 400 (not served).
+(neither default model reasons). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
+whose tools the server runs for the model (service/mcp_turn.py) if its settings allow it; mcp.json
+``plugin`` integrations are a 400 (this server has no mcp.json).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, user_message
+from studiolo.service.mcp import McpServer
 from studiolo.service.presets import given
 from studiolo.service.types import GenerationOptions
 
@@ -52,8 +55,6 @@ class ChatBody(Body):
     def turn(self, report_progress: bool) -> Turn:
         if self.reasoning not in (None, "off"):
             raise InvalidRequest(f"reasoning '{self.reasoning}' is not supported by this model", "reasoning")
-        if self.integrations:
-            raise InvalidRequest("MCP integrations are not supported by this server", "integrations")
         if self.previous_response_id is not None:
             check_response_id(self.previous_response_id)  # a 400 before any model loads
         sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -65,6 +66,10 @@ class ChatBody(Body):
                                                 max_tokens=self.max_output_tokens))
         return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
                     self.store, ttl=self.ttl, context_length=self.context_length)
+
+    def mcp_servers(self) -> list[McpServer]:
+        """The request's ``ephemeral_mcp`` integrations (LM Studio's shape); anything else is a 400."""
+        return [_mcp_server(item, f"integrations[{index}]") for index, item in enumerate(self.integrations or ())]
 
     def _items(self) -> list[Item]:
         if isinstance(self.input, str):
@@ -79,3 +84,26 @@ class ChatBody(Body):
         if not items:
             raise InvalidRequest("'input' is empty", "input")
         return items
+
+
+def _mcp_server(item: Any, param: str) -> McpServer:
+    if isinstance(item, str) or (isinstance(item, dict) and item.get("type") == "plugin"):  # not served at all
+        raise InvalidRequest("mcp.json plugins are not served by this server; name a remote MCP server "
+                             "with {\"type\": \"ephemeral_mcp\", \"server_label\": ..., \"server_url\": ...}",
+                             "integrations")
+    if not isinstance(item, dict) or item.get("type") != "ephemeral_mcp":
+        raise InvalidRequest("an integration is a plugin id or an object of type 'ephemeral_mcp'", param)
+    label, url = item.get("server_label"), item.get("server_url")
+    if not isinstance(label, str) or not label:
+        raise InvalidRequest("an ephemeral MCP integration needs its 'server_label'", f"{param}.server_label")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidRequest("'server_url' must be an http(s) URL (remote MCP servers only)", f"{param}.server_url")
+    allowed, headers = item.get("allowed_tools"), item.get("headers") or {}
+    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(name, str) for name in allowed)):
+        raise InvalidRequest("'allowed_tools' must be a list of tool names", f"{param}.allowed_tools")
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise InvalidRequest("'headers' must map header names to strings", f"{param}.headers")
+    unknown = set(item) - {"type", "server_label", "server_url", "allowed_tools", "headers"}
+    if unknown:
+        raise InvalidRequest(f"unknown fields in an ephemeral MCP integration: {', '.join(sorted(unknown))}", param)
+    return McpServer(label, url, tuple(allowed) if allowed is not None else None, tuple(headers.items()))

@@ -1,0 +1,137 @@
+"""A stateful chat turn whose model may call the tools of the request's MCP servers (service/mcp.py),
+as LM Studio's ``/api/v1/chat`` runs its ``integrations``: the server, not the client, runs the calls.
+
+The turn goes in rounds. A round is one generation over the conversation so far; if it ends with
+tool calls, each runs on its server, and the call and its result join the conversation (as the
+Responses API's ``function_call`` and ``function_call_output`` items, which the model's template
+renders in its own way) for the next round. The turn ends with the first round that answers
+without calls; after ``MAX_ROUNDS`` rounds that called, the next may not call (``tool_choice``
+"none"). Without servers, a turn is its one round.
+
+Events are the rounds' generation events (the ``Finished`` of a round that called is not passed on)
+and, for each call, ``ToolCallStarted`` when the model names the tool and ``ToolCallDone`` once
+its result is back. The stored response is the whole turn: its input items, then every round's
+text, calls and results, then the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from studiolo.domain.chat import Tools
+from studiolo.service.conversations import ConversationRun, Conversations, Turn
+from studiolo.service.generation import Generation
+from studiolo.service.items import Item, assistant_message, function_call
+from studiolo.service.mcp import McpToolbox
+from studiolo.service.types import Finished, GenerationEvent, TextDelta, ToolCallDelta
+
+MAX_ROUNDS = 8  # rounds that may call tools; the one after answers
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    tool: str
+    provider_info: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ToolCallDone:
+    """A call ran: its arguments, its result, and the items they are in the conversation."""
+
+    tool: str
+    arguments: dict[str, Any]
+    output: str
+    provider_info: dict[str, str]
+    items: tuple[Item, Item]  # function_call, function_call_output
+
+
+TurnEvent = GenerationEvent | ToolCallStarted | ToolCallDone
+
+
+class AgentTurn:
+    """A turn and its rounds; ``generation`` is the current round's."""
+
+    def __init__(self, conversations: Conversations, turn: Turn, toolbox: McpToolbox | None):
+        self._conversations = conversations
+        self._turn = turn
+        self._toolbox = toolbox
+        self._items: list[Item] = []  # what the rounds so far added to the conversation
+        self._run: ConversationRun | None = None
+        self._stored: ConversationRun | None = None
+
+    @classmethod
+    async def start(cls, conversations: Conversations, turn: Turn, toolbox: McpToolbox | None) -> AgentTurn:
+        """The turn with its first round started (what can be refused is refused here); the toolbox
+        is closed when the turn ends, or now if it cannot start."""
+        agent = cls(conversations, replace(turn, tools=toolbox.tools()) if toolbox is not None else turn, toolbox)
+        try:
+            await agent._next_round(calls_allowed=True)
+        except BaseException:
+            await agent.close()
+            raise
+        return agent
+
+    @property
+    def generation(self) -> Generation:
+        assert self._run is not None, "start() began the first round"
+        return self._run.generation
+
+    @property
+    def run(self) -> ConversationRun:
+        """The turn as it is stored: its own input items, and the last round's id and generation."""
+        assert self._run is not None, "start() began the first round"
+        if self._stored is None or self._stored.generation is not self._run.generation:
+            self._stored = replace(self._run, turn=self._turn)
+        return self._stored
+
+    async def events(self) -> AsyncIterator[TurnEvent]:
+        try:
+            rounds = 1
+            while True:
+                calls: dict[int, list[str]] = {}  # call -> [id, name, arguments]
+                texts: list[str] = []
+                async for event in self.generation.events():
+                    if isinstance(event, ToolCallDelta):  # only a turn with a toolbox offers tools
+                        if event.name is not None and self._toolbox is not None:
+                            calls[event.call] = [event.id or "", event.name, ""]
+                            yield ToolCallStarted(event.name, self._toolbox.provider_info(event.name))
+                        if event.call in calls:
+                            calls[event.call][2] += event.arguments
+                        continue
+                    if isinstance(event, TextDelta):
+                        texts.append(event.text)
+                    if isinstance(event, Finished) and event.reason == "tool_calls" and calls:
+                        break  # the turn goes on
+                    yield event
+                else:
+                    return
+                if texts:
+                    self._items.append(assistant_message("".join(texts)))
+                for call_id, name, arguments in calls.values():
+                    yield await self._call(call_id, name, arguments)
+                await self._next_round(calls_allowed=rounds < MAX_ROUNDS)
+                rounds += 1
+        finally:
+            await self.close()
+
+    async def _call(self, call_id: str, name: str, arguments: str) -> ToolCallDone:
+        assert self._toolbox is not None, "only a turn with tools makes calls"
+        values = json.loads(arguments)  # the tool grammar made it a JSON object
+        output = await self._toolbox.call(name, values)
+        items = (function_call(call_id, name, arguments),
+                 {"type": "function_call_output", "call_id": call_id, "output": output})
+        self._items.extend(items)
+        return ToolCallDone(name, values, output, self._toolbox.provider_info(name), items)
+
+    async def _next_round(self, calls_allowed: bool) -> None:
+        turn = replace(self._turn, items=self._turn.items + self._items)
+        if not calls_allowed and turn.tools is not None:
+            turn = replace(turn, tools=Tools(turn.tools.specs, "none", turn.tools.parallel))
+        self._run = await self._conversations.start(turn)
+
+    async def close(self) -> None:
+        if self._toolbox is not None:
+            await self._toolbox.close()
