@@ -9,11 +9,15 @@ whitespace pattern applies to JSON output only. Every problem names the request'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from studiolo.domain.errors import InvalidRequest
-from studiolo.engine.constraints import ConstraintSpec, InvalidConstraint, grammar_of
+from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for, grammar_of
+from studiolo.engine.constraints import validate as validate_constraint
+from studiolo.engine.llama import LlamaModel
+from studiolo.service.types import GenerationOptions
 
 # What a request may ask the output to match, and how each becomes a spec; ``whitespace`` (the
 # pattern between JSON tokens) applies to the JSON kinds only, and a false json_object asks nothing.
@@ -63,3 +67,30 @@ def the_one_constraint(asked: Sequence[AskedConstraint], whitespace_params: Sequ
         unused = whitespace_params[0]
         raise InvalidRequest(f"'{unused}' applies to JSON output only (a JSON schema or json_object)", unused)
     return asked[0] if asked else None
+
+
+async def check_constraint(options: GenerationOptions) -> None:
+    """Refuse a schema, regex or grammar that cannot compile, naming the field it came from;
+    compiling is never done on the event loop (bounded, it can still take a second)."""
+    if options.constraint is not None:
+        try:
+            await asyncio.to_thread(validate_constraint, options.constraint)
+        except InvalidConstraint as exc:
+            raise InvalidRequest(str(exc), options.constraint_param) from None
+
+
+async def compiled_constraint(model: LlamaModel, options: GenerationOptions) -> CompiledConstraint | None:
+    """The options' constraint compiled for the model: cached, else compiled off the event loop
+    (the first constraint on a model also builds llguidance's view of its vocabulary: ~2 s on
+    a 262k vocabulary)."""
+    spec = options.constraint
+    if spec is None:
+        return None
+    compiler = compiler_for(model)
+    compiled = compiler.cached(spec)
+    if compiled is not None:
+        return compiled
+    try:
+        return await asyncio.to_thread(compiler.compile, spec)
+    except InvalidConstraint as exc:  # e.g. a grammar naming a special token the model lacks
+        raise InvalidRequest(str(exc), options.constraint_param) from None

@@ -23,8 +23,7 @@ from studiolo.chat.tool_formats import format_for, output_syntax, template_messa
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
-from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec, InvalidConstraint, compiler_for
-from studiolo.engine.constraints import validate as validate_constraint
+from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.long_text import tokenize_long
@@ -49,6 +48,7 @@ from studiolo.service.choice_stream import (
     token_info,
     token_text,
 )
+from studiolo.service.constraints import check_constraint, compiled_constraint
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.presets import (
@@ -335,7 +335,7 @@ class GenerationService:
     async def prepare_chat(self, request: ChatRequest) -> PreparedChat:
         """Everything a chat needs before its sequences are submitted: the checks, the model (loaded
         if need be), the prompt and its constraint. Every client error is raised here."""
-        await _check_constraint(request.options)  # a bad schema is refused before any model loads
+        await check_constraint(request.options)  # a bad schema is refused before any model loads
         check_chat_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
         preset = request_preset(request.options)  # an unknown preset is a 400 before any model loads
@@ -353,7 +353,7 @@ class GenerationService:
             grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools, markers), end_outside=True)
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
-        constraint = await _compiled_constraint(loaded, options)
+        constraint = await compiled_constraint(loaded.model, options)
         return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
@@ -362,7 +362,7 @@ class GenerationService:
                            prepared.constraint, prepared.tool_syntax)
 
     async def complete(self, request: CompletionRequest) -> Generation:
-        await _check_constraint(request.options)
+        await check_constraint(request.options)
         check_completion_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
         preset = request_preset(request.options)
@@ -372,7 +372,7 @@ class GenerationService:
         request = replace(request, options=options)
         model = target.instance.model
         prompts = await off_loop(lambda stop: [self._completion_prompt(model, p, stop) for p in request.prompts])
-        constraint = await _compiled_constraint(target.instance, request.options)
+        constraint = await compiled_constraint(target.instance.model, request.options)
         return self._start(target, "cmpl", prompts, request.options, "prompt", constraint)
 
     def _chat_prompt(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
@@ -482,30 +482,3 @@ class GenerationService:
             report_progress=options.report_progress,
             save_state=options.save_state,
         )
-
-
-async def _check_constraint(options: GenerationOptions) -> None:
-    """Refuse a schema, regex or grammar that cannot compile, naming the field it came from;
-    compiling is never done on the event loop (bounded, it can still take a second)."""
-    if options.constraint is not None:
-        try:
-            await asyncio.to_thread(validate_constraint, options.constraint)
-        except InvalidConstraint as exc:
-            raise InvalidRequest(str(exc), options.constraint_param) from None
-
-
-async def _compiled_constraint(loaded: Instance, options: GenerationOptions) -> CompiledConstraint | None:
-    """The options' constraint compiled for the model: cached, else compiled off the event loop
-    (the first constraint on a model also builds llguidance's view of its vocabulary: ~2 s on
-    a 262k vocabulary)."""
-    spec = options.constraint
-    if spec is None:
-        return None
-    compiler = compiler_for(loaded.model)
-    compiled = compiler.cached(spec)
-    if compiled is not None:
-        return compiled
-    try:
-        return await asyncio.to_thread(compiler.compile, spec)
-    except InvalidConstraint as exc:  # e.g. a grammar naming a special token the model lacks
-        raise InvalidRequest(str(exc), options.constraint_param) from None
