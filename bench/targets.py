@@ -7,15 +7,17 @@ whether or not HTTP is in the path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 
 import httpx
 
+from bench.config import GREEDY
+from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
-from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.sequence import GenerationRequest, TokenEvent
 
 
@@ -38,7 +40,8 @@ class Timing:
 
 
 class HTTPTarget:
-    """A server's ``/v1/completions``, streamed; greedy, with end-of-generation tokens banned.
+    """A server's ``/v1/completions``, streamed; greedy unless told otherwise (``SAMPLED``), with
+    end-of-generation tokens banned.
 
     The client is lean on purpose: on a 2-core machine whose cores the server's compute threads
     keep busy, every bit of client CPU per token slows the server it measures. So it speaks
@@ -55,14 +58,13 @@ class HTTPTarget:
         self._bias = {str(token): -100 for token in banned_tokens}
 
     async def generate(self, prompt: str, max_tokens: int, extra: dict | None = None) -> Timing:
-        """One streamed completion; ``extra`` adds fields to the request (a JSON schema, say)."""
+        """One streamed completion; ``extra`` adds fields to the request (a JSON schema, sampling
+        settings, say)."""
         timing, _ = await self.stream("/v1/completions", {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": max_tokens,
-            "temperature": 0,
-            "top_k": 1,
-            "repeat_penalty": 1.0,
+            **GREEDY,
             "logit_bias": self._bias,
             "stream": True,
             **(extra or {}),
@@ -166,14 +168,14 @@ class EngineTarget:
     def __init__(self, engine: Engine, model: LlamaModel, banned_tokens: list[int]):
         self.engine = engine
         self.model = model
-        self._sampling = SamplingParams(
-            temperature=0, top_k=1, repeat_penalty=1.0, logit_bias={t: -100.0 for t in banned_tokens}
-        )
+        self._sampling = SamplingParams(**GREEDY, logit_bias={t: -100.0 for t in banned_tokens})
 
-    async def generate(self, prompt: str, max_tokens: int) -> Timing:
+    async def generate(self, prompt: str, max_tokens: int, extra: dict | None = None) -> Timing:
+        """As HTTPTarget's; ``extra`` may hold sampling settings only (SamplingParams' fields)."""
+        sampling = dataclasses.replace(self._sampling, **(extra or {}))
         sent = time.perf_counter()
         tokens = self.model.tokenize(prompt, add_special=True)
-        stream = self.engine.submit(GenerationRequest(tokens, self._sampling, max_tokens=max_tokens))
+        stream = self.engine.submit(GenerationRequest(tokens, sampling, max_tokens=max_tokens))
         first = last = 0.0
         pieces: list[bytes] = []
         count = 0

@@ -10,15 +10,16 @@ import asyncio
 import statistics
 import time
 
-from bench.config import BenchConfig, Prompts
+from bench.config import SAMPLED, BenchConfig, Prompts
 from bench.constrained import SCHEMA_FIELDS, free_and_constrained
-from bench.stateful import STATEFUL_SERVERS, conversation, summarise as summarise_stateful
+from bench.stateful import STATEFUL_SERVERS, conversation
+from bench.stateful import summarise as summarise_stateful
 from bench.targets import Timing
 
 
-async def single_stream_decode(target, prompts: Prompts, config: BenchConfig) -> float:
-    """Tokens per second of one stream, after its first token."""
-    return (await target.generate(prompts.story(), config.decode_tokens)).decode_rate
+async def single_stream_decode(target, prompts: Prompts, config: BenchConfig, sampling: dict | None = None) -> float:
+    """Tokens per second of one stream, after its first token; greedy unless ``sampling`` is given."""
+    return (await target.generate(prompts.story(), config.decode_tokens, sampling)).decode_rate
 
 
 async def time_to_first_token(target, prompts: Prompts, length: int) -> float:
@@ -26,11 +27,12 @@ async def time_to_first_token(target, prompts: Prompts, length: int) -> float:
     return (await target.generate(prompts.of_length(length), 1)).ttft
 
 
-async def aggregate_decode(target, prompts: Prompts, config: BenchConfig, streams: int) -> float:
+async def aggregate_decode(target, prompts: Prompts, config: BenchConfig, streams: int,
+                           sampling: dict | None = None) -> float:
     """Tokens per second over ``streams`` concurrent generations, first request to last token."""
     started = time.perf_counter()
     timings: list[Timing] = await asyncio.gather(
-        *(target.generate(prompts.story(), config.aggregate_tokens) for _ in range(streams))
+        *(target.generate(prompts.story(), config.aggregate_tokens, sampling) for _ in range(streams))
     )
     return sum(t.tokens for t in timings) / (max(t.last for t in timings) - started)
 
@@ -50,8 +52,9 @@ async def chat_follow_up(target, prompts: Prompts, config: BenchConfig) -> tuple
     return follow_up.ttft, cold.ttft, prompts.count(history)
 
 
-def figures(config: BenchConfig) -> list[tuple[str, callable, int]]:
-    """(name, one run against a target with its prompts, how many runs) for every figure."""
+def figures(config: BenchConfig, every_figure: bool = True) -> list[tuple[str, callable, int]]:
+    """(name, one run against a target with its prompts, how many runs) for every figure, or, unless
+    ``every_figure``, for decode, prefill and the concurrency sweep, greedy and sampled, only."""
     runs = [
         ("decode_tps", lambda t, p: single_stream_decode(t, p, config), config.decode_repeats),
         ("ttft_short_s", lambda t, p: time_to_first_token(t, p, config.short_prompt_tokens), config.repeats),
@@ -60,17 +63,24 @@ def figures(config: BenchConfig) -> list[tuple[str, callable, int]]:
     for streams in config.concurrency:
         runs.append((f"aggregate_tps/{streams}", lambda t, p, k=streams: aggregate_decode(t, p, config, k),
                      config.repeats))
-    runs.append(("chat", lambda t, p: chat_follow_up(t, p, config), config.repeats))
-    runs.append(("constrained", lambda t, p: free_and_constrained(t, p, config), config.decode_repeats))
-    runs.append(("stateful", lambda t, p: conversation(t, p, config), config.repeats))
+    # sampled decoding, LM Studio's default settings (config.SAMPLED), one stream and several
+    runs.append(("sampled_decode_tps", lambda t, p: single_stream_decode(t, p, config, SAMPLED),
+                 config.decode_repeats))
+    runs.append(("sampled_aggregate_tps",
+                 lambda t, p: aggregate_decode(t, p, config, config.sampled_streams, SAMPLED), config.repeats))
+    if every_figure:
+        runs.append(("chat", lambda t, p: chat_follow_up(t, p, config), config.repeats))
+        runs.append(("constrained", lambda t, p: free_and_constrained(t, p, config), config.decode_repeats))
+        runs.append(("stateful", lambda t, p: conversation(t, p, config), config.repeats))
     return runs
 
 
 async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], config: BenchConfig,
-                      decode_only: dict[str, object] | None = None) -> dict:
-    """Every figure for every target, taking turns run by run so drifts in machine speed hit all alike.
+                      decode_only: dict[str, object] | None = None, every_figure: bool = True) -> dict:
+    """Every figure (see ``figures``) for every target, taking turns run by run so drifts in machine
+    speed hit all alike.
 
-    ``decode_only`` targets take their turn in single-stream decode alone. Returns
+    ``decode_only`` targets take their turn in (greedy) single-stream decode alone. Returns
     {target: {figure: median}}; each target draws the same prompts in the same order.
     """
     decode_only = decode_only or {}
@@ -78,7 +88,7 @@ async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], c
     for name, target in everyone.items():
         await target.generate(prompts[name].story(), 8)  # warm-up: lazy loads, graph allocation
     samples: dict[str, dict[str, list]] = {name: {} for name in everyone}
-    for figure, run, repeats in figures(config):
+    for figure, run, repeats in figures(config, every_figure):
         turn = everyone if figure == "decode_tps" else targets
         if figure == "constrained":  # only the servers that take a JSON schema
             turn = {name: target for name, target in targets.items() if name in SCHEMA_FIELDS}
@@ -94,15 +104,17 @@ async def measure_all(targets: dict[str, object], prompts: dict[str, Prompts], c
 
 def _summarise(samples: dict[str, list], config: BenchConfig) -> dict:
     median = statistics.median
-    chats = samples.pop("chat")
+    chats = samples.pop("chat", [])
     pairs = samples.pop("constrained", [])
     conversations = samples.pop("stateful", [])
     results = {figure: median(values) for figure, values in samples.items() if "/" not in figure}
     results["prefill_tps"] = config.long_prompt_tokens / results["ttft_long_s"]
     results["aggregate_tps"] = {k: median(samples[f"aggregate_tps/{k}"]) for k in config.concurrency}
-    results["followup_ttft_s"] = median(c[0] for c in chats)
-    results["cold_ttft_s"] = median(c[1] for c in chats)
-    results["chat_prompt_tokens"] = int(median(c[2] for c in chats))
+    results["sampled_aggregate_streams"] = config.sampled_streams
+    if chats:
+        results["followup_ttft_s"] = median(c[0] for c in chats)
+        results["cold_ttft_s"] = median(c[1] for c in chats)
+        results["chat_prompt_tokens"] = int(median(c[2] for c in chats))
     if pairs:
         results["json_free_tps"] = median(free for free, _ in pairs)
         results["json_constrained_tps"] = median(constrained for _, constrained in pairs)
