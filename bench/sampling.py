@@ -1,0 +1,160 @@
+"""In-process cost of one sampled token, with LM Studio's default sampling, on real logits.
+
+    PYTHONPATH=src python -m bench.sampling [rounds]
+
+A prompt's logits at every position (real distributions, 262k wide on Gemma 3) are kept; each
+step puts fresh rows back into the context's buffer (untimed: penalties adjust it in place),
+then times ``adjust`` + ``choose`` for 1 or 8 sequences. The whole-vocabulary C chain and the
+top-k-first path take turns round by round, so the noise of a shared machine hits both alike.
+The breakdown times the parts of the whole-vocabulary path one by one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import sys
+import time
+
+import llama_cpp as llama
+import numpy as np
+
+from studiolo.domain.sampling import SamplingParams
+from studiolo.engine.candidates import CandidateArray, top_k_ids
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+from studiolo.engine.sampling import TokenSampler
+from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
+
+PROMPT = (
+    "The museum's small study, the studiolo, was a room for reading and collecting. Its walls were "
+    "panelled with inlaid wood showing cupboards, books and instruments, and in the evenings the duke "
+    "would sit there alone with his letters. Visitors today ask how the craftsmen made"
+)
+ROWS = 48  # prompt positions whose logits are kept
+STEPS = 40  # timed steps per round and path
+DEFAULTS = SamplingParams(seed=1)  # LM Studio's defaults: 0.8, top_p 0.95, top_k 40, min_p 0.05, repeat 1.1
+
+
+class Rows:
+    """Logits of a prompt's positions, and a way to put them back in the context's buffer."""
+
+    def __init__(self, model: LlamaModel):
+        self.context = LlamaContext(model, ContextParams(n_ctx=256, n_batch=64, n_seq_max=1, n_threads=2))
+        tokens = model.tokenize(PROMPT, add_special=True)[:ROWS]
+        assert len(tokens) == ROWS, f"the prompt is {len(tokens)} tokens, fewer than {ROWS}"
+        self.tokens = tokens
+        self.context.batch.add(tokens, 0, 0, logits_from=0)
+        assert self.context.decode() == 0
+        self.saved = [self.context.logits(i).copy() for i in range(ROWS)]
+
+    def restore(self, index: int) -> np.ndarray:
+        view = self.context.logits(index)
+        view[:] = self.saved[index]
+        return view
+
+
+def time_steps(rows: Rows, sequences: int, whole_vocabulary: bool) -> list[float]:
+    """Milliseconds per step (all sequences sampled once), for STEPS steps."""
+    samplers = [TokenSampler(DEFAULTS, rows.tokens[: 16 + 4 * s]) for s in range(sequences)]
+    timings = []
+    for step in range(STEPS):
+        indices = [(step * sequences + s) % ROWS for s in range(sequences)]
+        views = [rows.restore(i) for i in indices]
+        started = time.perf_counter()
+        for sampler, index, view in zip(samplers, indices, views, strict=True):
+            sampler.adjust(view)
+            if whole_vocabulary:
+                sampler.choose_over_vocabulary(rows.context, index)
+            else:
+                sampler.choose(rows.context, index, view)
+        timings.append((time.perf_counter() - started) * 1e3)
+    for sampler in samplers:
+        sampler.close()
+    return timings
+
+
+def ab(rows: Rows, sequences: int, rounds: int) -> dict[str, float]:
+    """Median ms per step of each path, over interleaved rounds (the order alternates)."""
+    results: dict[bool, list[float]] = {True: [], False: []}
+    for round_index in range(rounds):
+        for whole in (True, False) if round_index % 2 == 0 else (False, True):
+            results[whole] += time_steps(rows, sequences, whole)
+    return {"whole vocabulary": statistics.median(results[True]), "top-k first": statistics.median(results[False])}
+
+
+def _chain(*samplers) -> ctypes.c_void_p:
+    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+    for sampler in samplers:
+        llama.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+def _median_ms(action, rows: Rows, repeats: int = 60) -> float:
+    timings = []
+    for step in range(repeats):
+        view = rows.restore(step % ROWS)
+        started = time.perf_counter()
+        action(step % ROWS, view)
+        timings.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(timings)
+
+
+def breakdown(rows: Rows) -> dict[str, float]:
+    """Median ms of each part of one sequence's sampled token."""
+    handle = rows.context.handle
+    sampler = TokenSampler(DEFAULTS, rows.tokens)
+    copy_only = _chain(llama.llama_sampler_init_greedy())
+    copy_top_k = _chain(llama.llama_sampler_init_top_k(40), llama.llama_sampler_init_greedy())
+    tail = {
+        "top-p on 40": llama.llama_sampler_init_top_p(0.95, 1),
+        "min-p on 40": llama.llama_sampler_init_min_p(0.05, 1),
+        "temperature on 40": llama.llama_sampler_init_temp(0.8),
+        "dist on 40": llama.llama_sampler_init_dist(1),
+    }
+    parts = {
+        "penalties (adjust)": _median_ms(lambda i, view: sampler.adjust(view), rows),
+        "C: copy into llama_token_data + argmax": _median_ms(
+            lambda i, view: llama.llama_sampler_sample(copy_only, handle, i), rows),
+        "C: copy + top-k 40 (partial sort)": _median_ms(
+            lambda i, view: llama.llama_sampler_sample(copy_top_k, handle, i), rows),
+        "whole chain (llama_sampler_sample)": _median_ms(
+            lambda i, view: sampler.choose_over_vocabulary(rows.context, i), rows),
+        "numpy top_k_ids": _median_ms(lambda i, view: top_k_ids(view, 40), rows),
+    }
+    candidates = CandidateArray(40)
+    for name, part in tail.items():
+        def apply_one(i, view, part=part):
+            ids = top_k_ids(view, 40)
+            candidates.rows["id"][:40] = ids
+            candidates.rows["logit"][:40] = view[ids]
+            candidates.raw.size, candidates.raw.sorted, candidates.raw.selected = 40, True, -1
+            llama.llama_sampler_apply(part, ctypes.pointer(candidates.raw))
+        parts[name + " (incl. top_k_ids)"] = _median_ms(apply_one, rows)
+    parts["top-k first: top_k_ids + chain on 40"] = _median_ms(
+        lambda i, view: sampler.choose(rows.context, i, view), rows)
+    for chain in (copy_only, copy_top_k):
+        llama.llama_sampler_free(chain)
+    for part in tail.values():
+        llama.llama_sampler_free(part)
+    sampler.close()
+    return parts
+
+
+def main(rounds: int) -> None:
+    for model_spec in (GEMMA3, SMOLLM2):
+        model = LlamaModel(target_path(model_spec))
+        rows = Rows(model)
+        print(f"## {model_spec.key} (vocabulary {model.n_vocab})")
+        for name, ms in breakdown(rows).items():
+            print(f"  {name:48s} {ms:7.3f} ms")
+        for sequences in (1, 8):
+            medians = ab(rows, sequences, rounds)
+            ratio = medians["whole vocabulary"] / medians["top-k first"]
+            print(f"  {sequences} sequence(s) per step: "
+                  + ", ".join(f"{name} {ms:.3f} ms" for name, ms in medians.items()) + f" ({ratio:.1f}x)")
+        rows.context.close()
+        model.close()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
