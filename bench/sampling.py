@@ -11,6 +11,7 @@ The breakdown times the parts of the whole-vocabulary path one by one.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import statistics
 import sys
@@ -19,10 +20,13 @@ import time
 import llama_cpp as llama
 import numpy as np
 
+from studiolo.config import EngineSettings
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.candidates import CandidateArray, top_k_ids
+from studiolo.engine.engine import Engine
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.sampling import TokenSampler
+from studiolo.engine.sequence import GenerationRequest, TokenEvent
 from studiolo.models.defaults import GEMMA3, SMOLLM2, target_path
 
 PROMPT = (
@@ -140,6 +144,72 @@ def breakdown(rows: Rows) -> dict[str, float]:
     return parts
 
 
+class TimedSampling:
+    """Wraps Engine._sample to add up the engine thread's time in it; switches the path taken."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._sample = Engine._sample
+        self._choose = TokenSampler.choose
+        timed = self
+
+        def sample(engine, seq, batch_index):  # noqa: ANN001 - same signature as Engine._sample
+            started = time.perf_counter()
+            timed._sample(engine, seq, batch_index)
+            timed.seconds += time.perf_counter() - started
+            timed.calls += 1
+
+        Engine._sample = sample  # type: ignore[method-assign]
+
+    def use(self, whole_vocabulary: bool) -> None:
+        if whole_vocabulary:
+            TokenSampler.choose = lambda sampler, context, index, logits: sampler.choose_over_vocabulary(  # type: ignore[method-assign]
+                context, index)
+        else:
+            TokenSampler.choose = self._choose  # type: ignore[method-assign]
+
+    def take(self) -> float:
+        """Milliseconds per sampled token since the last take."""
+        ms = self.seconds / max(self.calls, 1) * 1e3
+        self.seconds, self.calls = 0.0, 0
+        return ms
+
+
+async def _generate(engine: Engine, model: LlamaModel, sequences: int, tokens: int) -> float:
+    """Tokens per second of ``sequences`` seeded LM Studio-default requests decoded together."""
+    prompt = model.tokenize(PROMPT, add_special=True)
+    requests = [GenerationRequest(prompt, SamplingParams(seed=s), max_tokens=tokens, ignore_eos=True)
+                for s in range(sequences)]
+    started = time.perf_counter()
+    streams = engine.submit_many(requests)
+    counts = [sum(isinstance(event, TokenEvent) for event in await stream.drain()) for stream in streams]
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def in_engine(model: LlamaModel, rounds: int) -> None:
+    """The sampling time per token inside the engine's step, both paths taking turns."""
+    timed = TimedSampling()
+    engine = Engine(model, EngineSettings(context_length=512, parallel=8, batch_size=512, threads=2))
+    try:
+        for sequences in (1, 8):
+            results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            for round_index in range(rounds):
+                for whole in (True, False) if round_index % 2 == 0 else (False, True):
+                    timed.use(whole)
+                    rate = asyncio.run(_generate(engine, model, sequences, 48))
+                    results[whole].append((timed.take(), rate))
+            line = []
+            for whole, name in ((True, "whole vocabulary"), (False, "top-k first")):
+                per_token = statistics.median(ms for ms, _ in results[whole])
+                rate = statistics.median(r for _, r in results[whole])
+                line.append(f"{name} {per_token:.3f} ms/token ({per_token * sequences:.2f} ms/step), {rate:.1f} tok/s")
+            print(f"  in the engine, {sequences} sequence(s): " + "; ".join(line))
+    finally:
+        timed.use(False)
+        engine.close()
+
+
 def main(rounds: int) -> None:
     for model_spec in (GEMMA3, SMOLLM2):
         model = LlamaModel(target_path(model_spec))
@@ -153,6 +223,7 @@ def main(rounds: int) -> None:
             print(f"  {sequences} sequence(s) per step: "
                   + ", ".join(f"{name} {ms:.3f} ms" for name, ms in medians.items()) + f" ({ratio:.1f}x)")
         rows.context.close()
+        in_engine(model, rounds)
         model.close()
 
 

@@ -167,3 +167,13 @@ def test_with_top_k_off_the_whole_vocabulary_is_sampled(gemma_rows):
     assert draws == [again.choose(context, index, context.logits(index)) for _ in range(50)]
     assert len(set(draws)) > 1
     first.close(), again.close()
+
+
+def test_a_top_k_past_the_vocabulary_samples_the_whole_of_it(gemma_rows):
+    """top_k has no upper bound on the wire: a huge one must not size anything by itself."""
+    context, tokens = gemma_rows
+    index = len(tokens) - 1
+    huge, off = (TokenSampler(SamplingParams(top_k=k, seed=8)) for k in (10**9, 0))
+    assert [huge.choose(context, index, context.logits(index)) for _ in range(30)] == [
+        off.choose(context, index, context.logits(index)) for _ in range(30)]
+    huge.close(), off.close()

@@ -81,7 +81,7 @@ class TokenSampler:
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
         self._chain = None if params.greedy else self._build_chain(params)
-        self._candidates = CandidateArray(params.top_k) if self._chain is not None and params.top_k > 0 else None
+        self._candidates: CandidateArray | None = None  # made at the first draw: top_k may exceed the vocabulary
 
     @staticmethod
     def _build_chain(params: SamplingParams):
@@ -125,9 +125,12 @@ class TokenSampler:
         """Pick the next token from logits already adjusted in place."""
         if self._chain is None:
             return int(logits.argmax())
-        if self._candidates is not None and self.params.top_k < logits.size:
-            ids = top_k_ids(logits, self.params.top_k)
+        top_k = self.params.top_k
+        if 0 < top_k < logits.size:
+            ids = top_k_ids(logits, top_k)
             if ids.size:  # none when every logit is -inf: the whole-vocabulary path copes as it can
+                if self._candidates is None:
+                    self._candidates = CandidateArray(top_k)
                 return self._candidates.draw(self._chain, ids, logits)
         return self.choose_over_vocabulary(context, batch_index)
 
