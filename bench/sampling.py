@@ -6,7 +6,10 @@ A prompt's logits at every position (real distributions, 262k wide on Gemma 3) a
 step puts fresh rows back into the context's buffer (untimed: penalties adjust it in place),
 then times ``adjust`` + ``choose`` for 1 or 8 sequences. The whole-vocabulary C chain and the
 top-k-first path take turns round by round, so the noise of a shared machine hits both alike.
-The breakdown times the parts of the whole-vocabulary path one by one.
+The breakdown times the parts of the whole-vocabulary path one by one. Last, in a live engine
+(8 slots, 2 threads), Engine._sample is timed call by call while 1 or 8 seeded requests decode
+48 tokens each: whole vocabulary, top-k first and greedy (the rest of the step's sampling work:
+views, events) take turns.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ctypes
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import llama_cpp as llama
 import numpy as np
@@ -145,11 +149,10 @@ def breakdown(rows: Rows) -> dict[str, float]:
 
 
 class TimedSampling:
-    """Wraps Engine._sample to add up the engine thread's time in it; switches the path taken."""
+    """Wraps Engine._sample to time each call on the engine thread; switches the path taken."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
-        self.calls = 0
+        self.calls: list[float] = []
         self._sample = Engine._sample
         self._choose = TokenSampler.choose
         timed = self
@@ -157,8 +160,7 @@ class TimedSampling:
         def sample(engine, seq, batch_index):  # noqa: ANN001 - same signature as Engine._sample
             started = time.perf_counter()
             timed._sample(engine, seq, batch_index)
-            timed.seconds += time.perf_counter() - started
-            timed.calls += 1
+            timed.calls.append((time.perf_counter() - started) * 1e3)
 
         Engine._sample = sample  # type: ignore[method-assign]
 
@@ -169,17 +171,20 @@ class TimedSampling:
         else:
             TokenSampler.choose = self._choose  # type: ignore[method-assign]
 
-    def take(self) -> float:
-        """Milliseconds per sampled token since the last take."""
-        ms = self.seconds / max(self.calls, 1) * 1e3
-        self.seconds, self.calls = 0.0, 0
-        return ms
+    def take(self) -> list[float]:
+        """Milliseconds of each sampled token since the last take."""
+        calls, self.calls = self.calls, []
+        return calls
 
 
-async def _generate(engine: Engine, model: LlamaModel, sequences: int, tokens: int) -> float:
-    """Tokens per second of ``sequences`` seeded LM Studio-default requests decoded together."""
+GREEDY = SamplingParams(temperature=0)  # the reference: the rest of Engine._sample (argmax, events)
+PATHS = {"whole vocabulary": (True, DEFAULTS), "top-k first": (False, DEFAULTS), "greedy": (False, GREEDY)}
+
+
+async def _generate(engine: Engine, model: LlamaModel, sampling: SamplingParams, sequences: int) -> float:
+    """Tokens per second of ``sequences`` requests decoded together (48 tokens each, seeds 0..)."""
     prompt = model.tokenize(PROMPT, add_special=True)
-    requests = [GenerationRequest(prompt, SamplingParams(seed=s), max_tokens=tokens, ignore_eos=True)
+    requests = [GenerationRequest(prompt, replace(sampling, seed=s), max_tokens=48, ignore_eos=True)
                 for s in range(sequences)]
     started = time.perf_counter()
     streams = engine.submit_many(requests)
@@ -188,21 +193,25 @@ async def _generate(engine: Engine, model: LlamaModel, sequences: int, tokens: i
 
 
 def in_engine(model: LlamaModel, rounds: int) -> None:
-    """The sampling time per token inside the engine's step, both paths taking turns."""
+    """Engine._sample's median time per token in a live engine, the paths taking turns (order rotating)."""
     timed = TimedSampling()
     engine = Engine(model, EngineSettings(context_length=512, parallel=8, batch_size=512, threads=2))
+    names = list(PATHS)
     try:
         for sequences in (1, 8):
-            results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            per_call: dict[str, list[float]] = {name: [] for name in names}
+            rates: dict[str, list[float]] = {name: [] for name in names}
             for round_index in range(rounds):
-                for whole in (True, False) if round_index % 2 == 0 else (False, True):
+                for name in names[round_index % 3:] + names[: round_index % 3]:
+                    whole, sampling = PATHS[name]
                     timed.use(whole)
-                    rate = asyncio.run(_generate(engine, model, sequences, 48))
-                    results[whole].append((timed.take(), rate))
+                    rates[name].append(asyncio.run(_generate(engine, model, sampling, sequences)))
+                    per_call[name] += timed.take()
             line = []
-            for whole, name in ((True, "whole vocabulary"), (False, "top-k first")):
-                per_token = statistics.median(ms for ms, _ in results[whole])
-                rate = statistics.median(r for _, r in results[whole])
+            for name in names:
+                # the median call: a step preempted by the machine's other work moves it little
+                per_token = statistics.median(per_call[name])
+                rate = statistics.median(rates[name])
                 line.append(f"{name} {per_token:.3f} ms/token ({per_token * sequences:.2f} ms/step), {rate:.1f} tok/s")
             print(f"  in the engine, {sequences} sequence(s): " + "; ".join(line))
     finally:
