@@ -6,10 +6,14 @@ Each step works on a zero-copy view of the logits llama.cpp computed, in this or
 2. ``logit_bias`` and the repetition penalties, in place, on the few tokens they touch
    (the penalty window holds at most ``penalty_last_n`` tokens);
 3. greedy (``temperature <= 0``): an argmax; otherwise llama.cpp's C sampler chain
-   (top-k, top-p, min-p, temperature, seeded draw), which reads the same logits buffer.
+   (top-k, top-p, min-p, temperature, seeded draw). With top-k on, numpy picks the k
+   candidates and the chain runs on those k alone (engine/candidates.py: the same
+   distribution, and the same tokens for a seed); with top-k off the chain reads the whole
+   logits buffer itself.
 
-Doing 2 and 3-greedy in numpy keeps the common greedy path to one pass over the
-vocabulary, which matters with Gemma 3's 262k tokens.
+Doing 2, 3-greedy and the top-k cut in numpy keeps both paths to about one pass over the
+vocabulary, which matters with Gemma 3's 262k tokens (docs/ENGINE.md, "Sampling on a 262k
+vocabulary").
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import llama_cpp as llama
 import numpy as np
 
 from studiolo.domain.sampling import SamplingParams
+from studiolo.engine.candidates import CandidateArray, top_k_ids
 from studiolo.engine.llama import LlamaContext
 
 PENALTY_LAST_N = 64  # llama.cpp's default repetition window
@@ -76,6 +81,7 @@ class TokenSampler:
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
         self._chain = None if params.greedy else self._build_chain(params)
+        self._candidates: CandidateArray | None = None  # made at the first draw: top_k may exceed the vocabulary
 
     @staticmethod
     def _build_chain(params: SamplingParams):
@@ -119,6 +125,18 @@ class TokenSampler:
         """Pick the next token from logits already adjusted in place."""
         if self._chain is None:
             return int(logits.argmax())
+        top_k = self.params.top_k
+        if 0 < top_k < logits.size:
+            ids = top_k_ids(logits, top_k)
+            if ids.size:  # none when every logit is -inf: the whole-vocabulary path copes as it can
+                if self._candidates is None:
+                    self._candidates = CandidateArray(top_k)
+                return self._candidates.draw(self._chain, ids, logits)
+        return self.choose_over_vocabulary(context, batch_index)
+
+    def choose_over_vocabulary(self, context: LlamaContext, batch_index: int) -> int:
+        """The chain over every logit of the context's row, as llama.cpp's own sampling does."""
+        assert self._chain is not None, "greedy sequences have no chain"
         return llama.llama_sampler_sample(self._chain, context.handle, batch_index)
 
     def close(self) -> None:
