@@ -1,82 +1,69 @@
-"""A small remote MCP server for tests: MCP's Streamable HTTP transport (JSON-RPC 2.0 over POST), with
-a weather tool whose answers are fixed, in a thread of the test process.
+"""A small remote MCP server for tests, built on the official SDK (``mcp``'s low-level ``Server`` over
+its Streamable HTTP app), with a weather tool whose answers are fixed, served by uvicorn in a thread
+of the test process.
 
-It answers ``tools/call`` as an SSE stream and everything else as plain JSON (servers may do either),
-gives a session id at ``initialize`` and refuses later requests without it, and records the calls.
+The low-level server (not ``MCPServer``) so the tools' schemas are exactly the ones written here:
+the model's prompt shows them, and greedy runs are compared token for token. It records the calls
+and every HTTP request's headers. The SDK answers requests as SSE streams (its default; plain JSON
+with ``json_response``) and keeps a session (the ``mcp-session-id`` it gives at ``initialize`` is
+required afterwards).
 """
 
 from __future__ import annotations
 
-import json
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from typing import Any
 
-WEATHER_TOOL = {
-    "name": "get_weather",
-    "description": "Get the current weather in a city",
-    "inputSchema": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
-                    "required": ["city"]},
-}
-HIDDEN_TOOL = {"name": "delete_everything", "description": "Not for the model",
-               "inputSchema": {"type": "object", "properties": {}}}
+import mcp_types as types
+import uvicorn
+from mcp.server.lowlevel import Server
+
+WEATHER_TOOL = types.Tool(
+    name="get_weather", description="Get the current weather in a city",
+    input_schema={"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
+                  "required": ["city"]})
+HIDDEN_TOOL = types.Tool(name="delete_everything", description="Not for the model",
+                         input_schema={"type": "object", "properties": {}})
 WEATHER = {"Paris": "18 C, light rain", "Rome": "24 C, sunny", "Tokyo": "12 C, cloudy"}
-SESSION = "session-1"
 
 
 class McpServer:
-    def __init__(self) -> None:
+    def __init__(self, json_response: bool = False, extra_tools: tuple[types.Tool, ...] = ()) -> None:
+        self.extra_tools = extra_tools
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.headers_seen: list[dict[str, str]] = []
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._http.server_address[1]}/mcp"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        server = Server("test-weather", version="1", on_list_tools=self._list_tools, on_call_tool=self._call_tool)
+        app = server.streamable_http_app(streamable_http_path="/mcp", json_response=json_response)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+        self._uvicorn = uvicorn.Server(uvicorn.Config(self._recording(app), log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [listener]}, daemon=True)
+        self._thread.start()
+        while not self._uvicorn.started:
+            time.sleep(0.01)
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
 
-    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
-        method, params = message["method"], message.get("params", {})
-        if method == "initialize":
-            result: Any = {"protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}},
-                           "serverInfo": {"name": "test-weather", "version": "1"}}
-        elif method == "tools/list":
-            result = {"tools": [WEATHER_TOOL, HIDDEN_TOOL]}
-        elif method == "tools/call":
-            self.calls.append((params["name"], params["arguments"]))
-            text = WEATHER.get(params["arguments"].get("city"), "unknown city")
-            result = {"content": [{"type": "text", "text": text}], "isError": False}
-        else:
-            return {"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32601, "message": "no such method"}}
-        return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+    def _recording(self, app: Any) -> Any:
+        """``app``, noting the headers of every HTTP request it gets."""
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+        async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.headers_seen.append({key.decode().lower(): value.decode() for key, value in scope["headers"]})
+            await app(scope, receive, send)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
+        return recording_app
 
-            def do_POST(self) -> None:
-                message = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
-                if message.get("method") != "initialize" and self.headers.get("mcp-session-id") != SESSION:
-                    self._send(400, "application/json", b'{"error": "no session"}')
-                elif "id" not in message:  # a notification
-                    self._send(202, "application/json", b"")
-                elif message["method"] == "tools/call":
-                    event = f"event: message\ndata: {json.dumps(server.answer(message))}\n\n"
-                    self._send(200, "text/event-stream", event.encode())
-                else:
-                    self._send(200, "application/json", json.dumps(server.answer(message)).encode())
+    async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[WEATHER_TOOL, HIDDEN_TOOL, *self.extra_tools])
 
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("mcp-session-id", SESSION)
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        self.calls.append((params.name, arguments))
+        text = WEATHER.get(arguments.get("city"), "unknown city")
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=False)

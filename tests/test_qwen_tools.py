@@ -16,6 +16,7 @@ import threading
 import time
 
 import httpx
+import mcp_types
 import openai
 import pytest
 
@@ -410,6 +411,24 @@ def test_v1_chat_says_when_an_mcp_server_cannot_be_reached(qhttp):
     assert response.status_code == 502
     error = response.json()["error"]
     assert (error["type"], error["param"]) == ("mcp_connection_error", "integrations")
+
+
+# a tool list past service/mcp.py's MAX_ANSWER_BYTES (4 MiB): as SSE the SDK's event bound ends it,
+# as JSON the HTTP client's body bound
+HUGE_TOOL = mcp_types.Tool(name="huge", description="x" * 5 * 2**20, input_schema={"type": "object"})
+
+
+@pytest.mark.parametrize("json_response", [False, True])
+def test_v1_chat_says_when_an_mcp_server_answers_too_much(qhttp, json_response):
+    server = McpServer(json_response=json_response, extra_tools=(HUGE_TOOL,))
+    try:
+        response = qhttp.post("/api/v1/chat", json=_v1_chat(server))
+    finally:
+        server.close()
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("mcp_connection_error", "integrations")
+    assert server.calls == []
 
 
 @pytest.mark.parametrize(("integration", "param"), [

@@ -1,10 +1,12 @@
 """Remote MCP servers a request names (LM Studio's ``ephemeral_mcp`` integrations on ``/api/v1/chat``):
 their tools offered to the model, and the model's calls run on them.
 
-MCP's Streamable HTTP transport: JSON-RPC 2.0 requests POSTed to the server's URL, answered with a
-JSON body or an SSE stream carrying the answer; ``initialize`` first (the server may give a session
-id, sent back with every later request), then ``notifications/initialized``, ``tools/list`` and
-``tools/call``. Every exchange is bounded in time and size: a server is someone else's program.
+The protocol is the official SDK's (``mcp``): its Streamable HTTP transport and ``ClientSession``
+(``initialize``, ``tools/list``, ``tools/call``), one session per server for the length of a turn,
+with the request's headers on every HTTP request. A server is someone else's program, so every
+exchange is bounded in time (the session's read timeout, and the HTTP client's) and in size (the
+SDK bounds each SSE event; a JSON body it reads whole, so the HTTP client here cuts off any body
+past the bound).
 
 As in LM Studio, the server must allow it ("Allow per-request MCPs"): ``allow_per_request_mcp`` in
 ``settings.json`` (config.py). A server that cannot be reached or answers wrongly is an
@@ -13,12 +15,16 @@ As in LM Studio, the server must allow it ("Allow per-request MCPs"): ``allow_pe
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-import httpx
+import httpx2
+import mcp_types
+from mcp import ClientSession, MCPError
+from mcp.client.streamable_http import streamable_http_client
 
 from studiolo import __version__
 from studiolo.config import allow_per_request_mcp
@@ -26,10 +32,12 @@ from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import Forbidden, InvalidRequest, Kind, StudioloError
 from studiolo.service.tools import offered_tools
 
-PROTOCOL_VERSION = "2025-06-18"
 TIMEOUT_SECONDS = 30.0  # each exchange with a server
 MAX_ANSWER_BYTES = 4 * 2**20  # one answer of a server (a tool list, a call's result)
 MAX_LIST_PAGES = 20  # tools/list pages followed
+CLIENT_INFO = mcp_types.Implementation(name="studiolo", version=__version__)
+
+T = TypeVar("T")
 
 
 class McpConnectionError(StudioloError):
@@ -53,92 +61,148 @@ class McpServer:
         return {"type": "ephemeral_mcp", "server_label": self.label}
 
 
-@dataclass
-class _Session:
-    """JSON-RPC over Streamable HTTP with one server."""
+class _BoundedBody(httpx2.AsyncByteStream):
+    def __init__(self, body: httpx2.AsyncByteStream):
+        self._body = body
 
-    server: McpServer
-    client: httpx.AsyncClient
-    session_id: str | None = None
-    next_id: int = 1
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._body:
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:  # a StreamError is what the SDK reports as a failed answer
+                raise httpx2.StreamError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            yield chunk
 
-    async def request(self, method: str, params: dict[str, Any]) -> Any:
-        request_id, self.next_id = self.next_id, self.next_id + 1
-        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        body = await self._post(message)
-        answer = _answer(body, request_id, self.server)
-        if "error" in answer:
-            error = answer["error"] if isinstance(answer["error"], dict) else {}
-            raise McpConnectionError(f"MCP server '{self.server.label}' refused {method}: {error.get('message')}",
-                                     "integrations")
-        return answer.get("result")
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
-    async def notify(self, method: str) -> None:
-        await self._post({"jsonrpc": "2.0", "method": method})
 
-    async def _post(self, message: dict[str, Any]) -> tuple[str, bytes]:
-        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-                   "mcp-protocol-version": PROTOCOL_VERSION, **dict(self.server.headers)}
-        if self.session_id is not None:
-            headers["mcp-session-id"] = self.session_id
+class _BoundedTransport(httpx2.AsyncHTTPTransport):
+    """HTTP whose response bodies end past ``MAX_ANSWER_BYTES`` (the SDK reads a JSON answer whole)."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
+        response.stream = _BoundedBody(response.stream)
+        return response
+
+
+class _Connection:
+    """The SDK's session with one server. A task of its own holds it open: the SDK's transport is
+    anyio task groups, which must be left by the task that entered them, and a turn may end in
+    another task than the request's (a stream's). Exchanges run in the caller's task, each raced
+    against that holder, whose end (the transport failed: a server gone) fails them at once."""
+
+    def __init__(self, server: McpServer):
+        self.server = server
+        self._closing = asyncio.Event()
+        self._holder: asyncio.Task[None] | None = None
+        self._session: ClientSession | None = None
+
+    async def open(self) -> None:
+        ready: asyncio.Future[ClientSession] = asyncio.get_running_loop().create_future()
+        self._holder = asyncio.create_task(self._hold(ready))
+        self._session = await self._exchange(ready, "connecting")
+        await self._exchange(self._session.initialize(), "initialize")
+
+    async def list_tools(self) -> list[ToolSpec]:
+        specs: list[ToolSpec] = []
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            params = mcp_types.PaginatedRequestParams(cursor=cursor)
+            result = await self._exchange(self._opened.list_tools(params=params), "tools/list")
+            specs += [ToolSpec(tool.name, tool.description, dict(tool.input_schema)) for tool in result.tools]
+            cursor = result.next_cursor
+            if not cursor:
+                break
+        return specs
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> str:
+        """The tool's result as text (its text parts joined; an error result is text too, for the model)."""
+        result = await self._exchange(self._opened.call_tool(tool, arguments), f"tools/call {tool}")
+        parts = getattr(result, "content", None)  # a CallToolResult's (the SDK refuses other shapes)
+        if not isinstance(parts, list):
+            raise McpConnectionError(f"MCP tool '{tool}' gave no content", "integrations")
+        return "".join(part.text for part in parts if isinstance(part, mcp_types.TextContent))
+
+    async def close(self) -> None:
+        if self._holder is None:
+            return
+        self._closing.set()
+        done, _ = await asyncio.wait({self._holder}, timeout=TIMEOUT_SECONDS)  # the session's DELETE
+        if not done:
+            self._holder.cancel()
+        elif not self._holder.cancelled():
+            self._holder.exception()  # a failed transport was already reported, by the exchange it failed
+
+    @property
+    def _opened(self) -> ClientSession:
+        assert self._session is not None, "open() came first"
+        return self._session
+
+    async def _hold(self, ready: asyncio.Future[ClientSession]) -> None:
+        async with AsyncExitStack() as stack:
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                headers=dict(self.server.headers), timeout=TIMEOUT_SECONDS, transport=_BoundedTransport()))
+            read, write = await stack.enter_async_context(streamable_http_client(
+                self.server.url, http_client=http, max_sse_event_size=MAX_ANSWER_BYTES))
+            ready.set_result(await stack.enter_async_context(ClientSession(
+                read, write, read_timeout_seconds=TIMEOUT_SECONDS, client_info=CLIENT_INFO)))
+            await self._closing.wait()
+
+    async def _exchange(self, work: Awaitable[T], what: str) -> T:
+        """``work``'s result, unless it fails or the holder ends first: an ``McpConnectionError``."""
+        assert self._holder is not None, "open() started the holder"
+        future = asyncio.ensure_future(work)
         try:
-            async with self.client.stream("POST", self.server.url, json=message, headers=headers) as response:
-                if response.status_code >= 400:
-                    raise McpConnectionError(f"MCP server '{self.server.label}' answered HTTP {response.status_code}",
-                                             "integrations")
-                self.session_id = response.headers.get("mcp-session-id", self.session_id)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > MAX_ANSWER_BYTES:
-                        raise McpConnectionError(f"MCP server '{self.server.label}' answered more than "
-                                                 f"{MAX_ANSWER_BYTES} bytes", "integrations")
-                return response.headers.get("content-type", ""), bytes(data)
-        except httpx.HTTPError as exc:
-            raise McpConnectionError(f"cannot reach MCP server '{self.server.label}' at {self.server.url}: {exc}",
-                                     "integrations") from None
+            await asyncio.wait({future, self._holder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            future.cancel()  # if the holder ended first, or the caller is cancelled
+        if future.cancelled():
+            raise self._failure(what, None if self._holder.cancelled() else self._holder.exception())
+        try:
+            return future.result()
+        except Exception as exc:  # noqa: BLE001 - what the SDK raises is the server's failure (see _failure)
+            raise self._failure(what, exc) from None
 
-
-def _answer(body: tuple[str, bytes], request_id: int, server: McpServer) -> dict[str, Any]:
-    """The JSON-RPC answer to ``request_id``: the body itself, or one of an SSE stream's events."""
-    content_type, data = body
-    try:
-        if content_type.startswith("text/event-stream"):
-            candidates = [json.loads(line[5:]) for line in data.decode().splitlines() if line.startswith("data:")]
+    def _failure(self, what: str, error: BaseException | None) -> McpConnectionError:
+        """The client's error for ``error``: the SDK raises an ``MCPError`` for a JSON-RPC error or a
+        timeout, httpx2's errors (in exception groups) for HTTP, pydantic's for a malformed answer."""
+        while isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = error.exceptions[0]
+        server = f"MCP server '{self.server.label}'"
+        lost = isinstance(error, MCPError) and error.code == mcp_types.CONNECTION_CLOSED  # the transport failed
+        if lost or isinstance(error, httpx2.ConnectError):
+            message = f"no answer from {server} at {self.server.url} ({what}: {error})"
+        elif isinstance(error, MCPError):
+            message = f"{server} refused {what}: {error.message}"
         else:
-            candidates = [json.loads(data)]
-    except (ValueError, UnicodeDecodeError):
-        raise McpConnectionError(f"MCP server '{server.label}' did not answer in JSON", "integrations") from None
-    for candidate in candidates:
-        if isinstance(candidate, dict) and candidate.get("id") == request_id:
-            return candidate
-    raise McpConnectionError(f"MCP server '{server.label}' gave no answer to request {request_id}", "integrations")
+            message = f"{server} failed at {what}: {type(error).__name__}: {error}"
+        return McpConnectionError(message, "integrations")
 
 
 @dataclass
 class McpToolbox:
     """The tools of a request's MCP servers, open for the length of a turn."""
 
-    client: httpx.AsyncClient
-    sessions: dict[str, _Session] = field(default_factory=dict)  # a tool's name -> its server's session
+    connections: list[_Connection] = field(default_factory=list)
+    by_tool: dict[str, _Connection] = field(default_factory=dict)  # a tool's name -> its server's connection
     specs: list[ToolSpec] = field(default_factory=list)
 
     def tools(self) -> Tools:
         return Tools(tuple(self.specs), "auto", True)
 
     def provider_info(self, tool: str) -> dict[str, str]:
-        return self.sessions[tool].server.provider_info
+        return self.by_tool[tool].server.provider_info
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
-        """The tool's result as text (its text parts joined; an error result is text too, for the model)."""
-        result = await self.sessions[tool].request("tools/call", {"name": tool, "arguments": arguments})
-        parts = result.get("content") if isinstance(result, dict) else None
-        if not isinstance(parts, list):
-            raise McpConnectionError(f"MCP tool '{tool}' gave no content", "integrations")
-        return "".join(part.get("text", "") for part in parts if isinstance(part, dict) and part.get("type") == "text")
+        return await self.by_tool[tool].call(tool, arguments)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        """Ends every session (again: a no-op)."""
+        connections, self.connections = self.connections, []
+        for connection in connections:
+            await connection.close()
 
 
 async def open_toolbox(servers: Sequence[McpServer]) -> McpToolbox:
@@ -146,41 +210,21 @@ async def open_toolbox(servers: Sequence[McpServer]) -> McpToolbox:
     if not allow_per_request_mcp():
         raise Forbidden("per-request MCP servers are not allowed on this server (set allow_per_request_mcp "
                         "in settings.json)", "integrations", code="mcp_not_allowed")
-    toolbox = McpToolbox(httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False))
+    toolbox = McpToolbox()
     try:
         for server in servers:
-            session = _Session(server, toolbox.client)
-            await session.request("initialize", {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-                                                 "clientInfo": {"name": "studiolo", "version": __version__}})
-            await session.notify("notifications/initialized")
-            for spec in await _listed_tools(session):
+            connection = _Connection(server)
+            toolbox.connections.append(connection)
+            await connection.open()
+            for spec in await connection.list_tools():
                 if server.allowed_tools is not None and spec.name not in server.allowed_tools:
                     continue
-                if spec.name in toolbox.sessions:
+                if spec.name in toolbox.by_tool:
                     raise InvalidRequest(f"two MCP servers offer a tool named '{spec.name}'", "integrations")
-                toolbox.sessions[spec.name] = session
+                toolbox.by_tool[spec.name] = connection
                 toolbox.specs.append(spec)
         offered_tools(toolbox.specs, "auto", None, True, lambda index, name: "integrations")  # their schemas compile
     except BaseException:
         await toolbox.close()
         raise
     return toolbox
-
-
-async def _listed_tools(session: _Session) -> list[ToolSpec]:
-    specs, cursor = [], None
-    for _ in range(MAX_LIST_PAGES):
-        result = await session.request("tools/list", {"cursor": cursor} if cursor else {})
-        tools = result.get("tools") if isinstance(result, dict) else None
-        if not isinstance(tools, list):
-            raise McpConnectionError(f"MCP server '{session.server.label}' listed no tools", "integrations")
-        for tool in tools:
-            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-                raise McpConnectionError(f"MCP server '{session.server.label}' listed a tool without a name",
-                                         "integrations")
-            schema = tool.get("inputSchema")
-            specs.append(ToolSpec(tool["name"], tool.get("description"), schema if isinstance(schema, dict) else None))
-        cursor = result.get("nextCursor")
-        if not cursor:
-            break
-    return specs
