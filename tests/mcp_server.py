@@ -34,6 +34,7 @@ class McpServer:
         self.extra_tools = extra_tools
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.headers_seen: list[dict[str, str]] = []
+        self.methods_seen: list[str] = []  # HTTP methods, in order: a DELETE ends a client's session
         server = Server("test-weather", version="1", on_list_tools=self._list_tools, on_call_tool=self._call_tool)
         app = server.streamable_http_app(streamable_http_path="/mcp", json_response=json_response)
         listener = socket.socket()
@@ -55,6 +56,7 @@ class McpServer:
         async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "http":
                 self.headers_seen.append({key.decode().lower(): value.decode() for key, value in scope["headers"]})
+                self.methods_seen.append(scope["method"])
             await app(scope, receive, send)
 
         return recording_app

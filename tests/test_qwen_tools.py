@@ -397,6 +397,22 @@ def test_v1_chat_streams_each_call_as_tool_call_events(qhttp, mcp):
     assert result["output"][:MAX_ROUNDS] == [WEATHER_CALL] * MAX_ROUNDS
 
 
+def test_v1_chat_ends_its_mcp_sessions_when_refused_before_the_stream(qhttp, mcp):
+    # the model not loaded: the unknown previous response is refused before the stream that would
+    # show the load, after the servers were reached; their sessions must not be left open
+    for instance in qhttp.get("/api/v1/models").json()["models"]:
+        for loaded in instance.get("loaded_instances", []):
+            qhttp.post("/api/v1/models/unload", json={"instance_id": loaded["id"]})
+    body = _v1_chat(mcp, stream=True, previous_response_id="resp_" + "0" * 32)
+    response = qhttp.post("/api/v1/chat", json=body)
+    assert response.status_code == 404
+    assert "POST" in mcp.methods_seen
+    deadline = time.monotonic() + 10
+    while "DELETE" not in mcp.methods_seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "DELETE" in mcp.methods_seen
+
+
 def test_v1_chat_refuses_mcp_servers_unless_the_settings_allow_them(http, mcp):
     response = http.post("/api/v1/chat", json={**_v1_chat(mcp), "model": SMOLLM})
     assert response.status_code == 403

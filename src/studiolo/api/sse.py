@@ -54,8 +54,12 @@ def named_event(name: str, payload: Any) -> str:
     return f"event: {name}\n{DATA_FIELD}{compact_json(payload)}{EVENT_END}"
 
 
+# what runs when a stream ends: a plain call, or one returning an awaitable to wait for
+OnClose = Callable[[], Awaitable[None] | None]
+
+
 class _EventStreamResponse(StreamingResponse):
-    def __init__(self, events: AsyncGenerator[str, None], on_close: Callable[[], None] | None):
+    def __init__(self, events: AsyncGenerator[str, None], on_close: OnClose | None):
         super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._events = events
         self._on_close = on_close
@@ -66,11 +70,14 @@ class _EventStreamResponse(StreamingResponse):
         finally:
             await self._events.aclose()  # its own finally now, not at garbage collection
             if self._on_close is not None:
-                self._on_close()
+                ended = self._on_close()
+                if ended is not None:  # work whose end must be awaited (closing a connection)
+                    await ended
 
 
-def sse_response(events: AsyncGenerator[str, None], on_close: Callable[[], None] | None = None) -> StreamingResponse:
-    """``events`` as server-sent events; ``on_close`` runs when the response ends, however it ends."""
+def sse_response(events: AsyncGenerator[str, None], on_close: OnClose | None = None) -> StreamingResponse:
+    """``events`` as server-sent events; ``on_close`` runs when the response ends, however it ends
+    (also when the client left before the first event, when ``events`` never ran)."""
     return _EventStreamResponse(events, on_close)
 
 

@@ -46,6 +46,16 @@ async def chat(body: ChatBody, request: Request):
     servers = body.mcp_servers()
     # the servers' tools are offered from the first round: reached (or refused) before any model loads
     toolbox = await open_toolbox(servers) if servers else None
+    try:
+        return await _answer(request, body, conversations, turn, toolbox)
+    except BaseException:  # nothing took the toolbox over: its sessions end here
+        if toolbox is not None:
+            await toolbox.close()
+        raise
+
+
+async def _answer(request: Request, body: ChatBody, conversations: Conversations, turn: Turn,
+                  toolbox: McpToolbox | None):
     if not body.stream:
         try:
             run = await until_disconnected(request, AgentTurn.start(conversations, turn, toolbox))
@@ -61,12 +71,20 @@ async def chat(body: ChatBody, request: Request):
     # the refusals that need no load are 4xx before the stream, as unstreamed: an HTTP 200 whose
     # stream says "error" is for what goes wrong once work is under way
     if await conversations.loads_model(turn):  # the stream shows the load, so it starts first
-        return sse_response(_loading_events(conversations, turn, toolbox))
+        # the stream closes the toolbox, also when the client leaves before its first event
+        on_close = toolbox.close if toolbox is not None else None
+        return sse_response(_loading_events(conversations, turn, toolbox), on_close=on_close)
     try:  # the model is loaded: this refuses at once (context, ids)
         run = await until_disconnected(request, AgentTurn.start(conversations, turn, toolbox))
     except ClientDisconnected:
         return None
-    return sse_response(_events(conversations, run), on_close=lambda: run.generation.cancel())  # the round's
+    return sse_response(_events(conversations, run), on_close=lambda: _end(run))
+
+
+async def _end(run: AgentTurn) -> None:
+    """A streamed turn's end, however it ends: its round cancelled, its toolbox closed."""
+    run.generation.cancel()
+    await run.close()
 
 
 async def _complete(conversations: Conversations, run: AgentTurn) -> dict[str, Any]:
