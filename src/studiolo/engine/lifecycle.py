@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -33,7 +34,7 @@ def close_open_engines() -> None:
         engine.close()
 
 
-class EngineLifecycle(Generic[Work]):
+class EngineLifecycle(ABC, Generic[Work]):
     """Base of the engines: subclasses hold ``context`` and define ``_work_step`` and ``_shut_down``.
 
     ``_inbox`` holds the posted work; what a subclass does with it (drain it each step, or keep
@@ -93,10 +94,10 @@ class EngineLifecycle(Generic[Work]):
         """Work the engine holds outside its inbox (called with the compute lock held)."""
         return False
 
+    @abstractmethod
     def _work_step(self) -> None:
         """One step of the engine's work, without the lock."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _shut_down(self) -> None:
         """End everything the engine holds or finds in its inbox: nothing will ever run it."""
-        raise NotImplementedError
