@@ -13,22 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from studiolo.models.download import (
-    AmbiguousChoice,
-    DownloadError,
-    DownloadPlan,
-    FileNotFound,
-    FolderTaken,
-    InvalidModelReference,
-    QuantizationNotFound,
-    RepoGated,
-    RepoNotFound,
-    check_folder_free,
-    download,
-    is_downloaded,
-    resolve,
-)
-from studiolo.models.download_jobs import DownloadJobs, JobNotFound
+from studiolo.models.download import DownloadPlan, check_folder_free, download, is_downloaded, resolve
+from studiolo.models.download_jobs import DownloadJobs
 
 
 class DownloadService:
@@ -55,8 +41,5 @@ class DownloadService:
         self._jobs.close(timeout)
 
 
-__all__ = [
-    "AmbiguousChoice", "DownloadError", "DownloadPlan", "DownloadService", "FileNotFound", "FolderTaken",
-    "InvalidModelReference", "JobNotFound", "QuantizationNotFound", "RepoGated", "RepoNotFound",
-    "check_folder_free", "download", "is_downloaded", "resolve",
-]
+# what `studiolo get` uses in-process: the same steps a download job takes
+__all__ = ["DownloadPlan", "DownloadService", "check_folder_free", "download", "is_downloaded", "resolve"]
