@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 
-from studiolo.api.errors import from_domain
+from studiolo.api.errors import api_error
 from studiolo.api.lmstudio.chat_render import (
     Reply,
     chat_event,
@@ -102,9 +102,7 @@ async def _result(conversations: Conversations, turn: AgentTurn, reply: Reply) -
     if stored is not None:
         result["response_id"] = stored.id
     elif run.storage_error is not None:  # the answer stands, unstored (docs/API.md, "Storage faults")
-        error = from_domain(run.storage_error)
-        assert error is not None  # a storage fault is one of the domain's errors
-        result["storage_error"] = error.body_v1()["error"]
+        result["storage_error"] = api_error(run.storage_error).body_v1()["error"]
     return result
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
-from studiolo.api.errors import from_domain
+from studiolo.api.errors import api_error
 from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
@@ -57,9 +57,7 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 
 def _failure_event(exc: GenerationFailed) -> str:
-    error = from_domain(exc)
-    assert error is not None  # a GenerationFailed is one of the domain's errors
-    return json_event(error.body())
+    return json_event(api_error(exc).body())
 
 
 async def _stream(generation: Generation, first: list[str], render_event: Callable[[GenerationEvent], str],

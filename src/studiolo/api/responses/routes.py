@@ -21,13 +21,13 @@ from typing import Any
 
 from fastapi import Request, Response
 
-from studiolo.api.errors import from_domain
+from studiolo.api.errors import api_error, from_domain
 from studiolo.api.responses import render
 from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
-from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.errors import InvalidRequest, StudioloError
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations
 
@@ -73,14 +73,12 @@ def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> 
     return _with_storage_error(body, run.storage_error)
 
 
-def _with_storage_error(body: dict[str, Any], fault: Exception | None) -> dict[str, Any]:
+def _with_storage_error(body: dict[str, Any], fault: StudioloError | None) -> dict[str, Any]:
     """An answer whose storing failed once it was written stands, marked unstored, with the error
     beside it (docs/API.md, "Storage faults")."""
     if fault is not None:
-        error = from_domain(fault)
-        assert error is not None  # a storage fault is one of the domain's errors
         body["store"] = False
-        body["storage_error"] = error.body()["error"]
+        body["storage_error"] = api_error(fault).body()["error"]
     return body
 
 
