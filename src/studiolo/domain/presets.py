@@ -51,7 +51,7 @@ class ModelDefaults:
     context_length: int | None = None
     parallel: int | None = None
     ttl: float | None = None  # idle seconds before unloading
-    draft_model: str | None = None  # stored and shown; speculative decoding is not served yet
+    draft_model: str | None = None  # loaded with it: what its requests draft with unless they name another
     preset: str | None = None  # applied when a request names none
     prediction: Settings = field(default_factory=Settings)
     ignored: tuple[str, ...] = ()

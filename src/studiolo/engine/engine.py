@@ -19,6 +19,7 @@ from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest, Unavailable
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
+from studiolo.engine.draft_model import DraftModel
 from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.prompt_cache import PromptCache
@@ -34,6 +35,7 @@ from studiolo.engine.sequence import (
     TokenEvent,
 )
 from studiolo.engine.slots import SlotPool
+from studiolo.engine.speculation import SequenceSpeculation, Speculating, propose
 from studiolo.engine.stream import Outbox, TokenStream
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ class InvalidTokens(InvalidRequest):
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.param = param
+
+
+class CannotSpeculate(InvalidRequest):
+    code, param = "speculation_unsupported", "draft_model"
 
 
 class EngineClosed(Unavailable):
@@ -102,9 +108,30 @@ class Engine(EngineLifecycle[_Command]):
         self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self._outbox = Outbox()
+        self.drafts: dict[str, DraftModel] = {}  # draft models attached, by catalog key
         super().__init__()  # last: the compute thread may step the engine from here on
 
     # --- called from other threads ----------------------------------------------------
+
+    def attach_draft(self, model: LlamaModel, key: str) -> DraftModel:
+        """A context of ``model`` to draft for this engine's sequences (one sequence id per slot, as
+        many cells); it is closed with the engine. Call it off the event loop: creating a context
+        allocates its cache."""
+        draft = DraftModel(model, key, slots=self.parallel, context_length=self.context_length,
+                           batch_size=self.context.n_batch, threads=self.threads)
+        with self._wake:  # not while close() takes the drafts to free them
+            if not self._closing:
+                self.drafts[key] = draft
+                return draft
+        draft.close()
+        raise EngineClosed(UNLOADED)
+
+    def close(self) -> None:
+        super().close()
+        with self._wake:
+            drafts, self.drafts = list(self.drafts.values()), {}
+        for draft in drafts:
+            draft.close()
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; must be called from a running event loop's thread."""
@@ -153,6 +180,9 @@ class Engine(EngineLifecycle[_Command]):
             bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
             if bad is not None:
                 raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})", param)
+        if request.speculation and not self.model.can_truncate:
+            raise CannotSpeculate("this model keeps a recurrent state instead of per-token cells: drafts it "
+                                  "rejected could not be taken back, so it cannot decode speculatively")
 
     def _post_command(self, command: _Command) -> None:
         if not self._post(command) and isinstance(command, _Submit):  # nobody would ever run it
@@ -199,7 +229,10 @@ class Engine(EngineLifecycle[_Command]):
             seq.sampler = TokenSampler(seq.request.sampling, seq.prompt[-PENALTY_LAST_N:])
             if seq.request.constraint is not None:
                 seq.constraint = seq.request.constraint.new_state()
-        chunks = self.scheduler.plan()
+            if seq.request.speculation:
+                seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
+        self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
+        chunks = self.scheduler.plan(self._drafts)
         if not chunks:
             return
         batch = self.context.batch
@@ -207,8 +240,9 @@ class Engine(EngineLifecycle[_Command]):
         for chunk in chunks:
             chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.admitted_slot.seq_id,
                                           chunk.logits_from)
+            if chunk.drafted:
+                chunk.seq.speculation.start(chunk.drafted)  # type: ignore[union-attr]
         self.context.use_adapter(self.scheduler.adapter)
-        self.context.set_threads(COMPUTE.threads(self.threads))
         status = self.context.decode()
         if status != 0:
             self._decode_failed(chunks, status)
@@ -216,7 +250,34 @@ class Engine(EngineLifecycle[_Command]):
         for chunk in chunks:
             self._advance(chunk)
 
+    def _drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
+        """Drafts for this step's speculating sequences, by Sequence.id (engine/speculation.py)."""
+        speculating = [seq for seq in decoding if seq.speculation is not None]
+        if not speculating:
+            return {}
+        in_batch = (self.context.n_batch - len(decoding)) // len(speculating)
+        wanted = []
+        for seq in speculating:
+            room = min(in_batch, self.context_length - seq.n_past - 1)
+            if seq.request.max_tokens is not None:  # the token after the last draft counts too
+                room = min(room, seq.request.max_tokens - len(seq.generated) - 1)
+            constraint = seq.constraint
+            wanted.append(Speculating(seq.admitted_slot.seq_id, seq.speculation, seq.admitted_slot.tokens,  # type: ignore[arg-type]
+                                      seq.pending_token, seq.generated, room,
+                                      constraint.valid_prefix if constraint is not None else None))
+        proposed = propose(wanted, len(decoding), self.context.n_threads)
+        drafts = {}
+        for seq in speculating:
+            found = proposed.get(seq.admitted_slot.seq_id, [])
+            valid = next((i for i, token in enumerate(found) if not self.model.is_valid_token(token)), len(found))
+            if valid:
+                drafts[seq.id] = found[:valid]
+        return drafts
+
     def _advance(self, chunk: Chunk) -> None:
+        if chunk.drafted:
+            self._verify(chunk)
+            return
         seq = chunk.seq
         seq.n_past += len(chunk.tokens)
         seq.admitted_slot.tokens.extend(chunk.tokens)
@@ -246,10 +307,43 @@ class Engine(EngineLifecycle[_Command]):
             self._outbox.put(seq.sink, PromptLogprobsEvent(seq.prompt_scores))
 
     def _sample(self, seq: Sequence, batch_index: int) -> None:
+        token = self._choose(seq, batch_index)
+        if token is not None:
+            self._emit(seq, token)
+
+    def _verify(self, chunk: Chunk) -> None:
+        """Sample row after row of a speculating sequence while the model agrees with its drafts;
+        keep the first token where it does not, and drop the cells of the drafts after it."""
+        seq = chunk.seq
+        slot = seq.admitted_slot
+        speculation = seq.speculation
+        assert speculation is not None, "only speculating sequences draft"
+        drafts = chunk.tokens[1:]
+        seq.n_past += 1
+        slot.tokens.append(chunk.tokens[0])
+        for place in range(len(chunk.tokens)):
+            token = self._choose(seq, chunk.batch_index + place)
+            if token is None:  # its constraint failed: it has ended
+                return
+            matched = place < len(drafts) and token == drafts[place]
+            if place < len(drafts):
+                speculation.checked(matched)
+            self._emit(seq, token)
+            if seq.state is SequenceState.FINISHED or not matched:
+                break
+            seq.n_past += 1  # the draft's cell holds what the model produced: it stays
+            slot.tokens.append(token)
+        if seq.state is not SequenceState.FINISHED:
+            self.context.remove_from(slot.seq_id, seq.n_past)
+            speculation.settle(ended=False)
+
+    def _choose(self, seq: Sequence, batch_index: int) -> int | None:
+        """The next token from a row of logits (None if the sequence's constraint failed: it ended)."""
         request = seq.request
         logits = self.context.logits(batch_index)
         top_k = request.logprobs
-        raw = logits.copy() if top_k is not None else None  # logprobs are the model's, before sampling adjusts them
+        # logprobs are the model's, before sampling adjusts them
+        seq.raw_logits = logits.copy() if top_k is not None else None
         sampler = seq.sampler
         assert sampler is not None, "a sequence gets its sampler when admitted"
         sampler.adjust(logits)
@@ -258,8 +352,14 @@ class Engine(EngineLifecycle[_Command]):
                 seq.constraint.apply(logits, allow_end=not request.ignore_eos)
             except ConstraintError as exc:  # its grammar hit a limit of llguidance's: it alone ends
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
-                return
-        token = sampler.choose(self.context, batch_index, logits)
+                return None
+        return sampler.choose(self.context, batch_index, logits)
+
+    def _emit(self, seq: Sequence, token: int) -> None:
+        """Take a chosen token: stop, or send it and make it the pending one."""
+        request = seq.request
+        sampler = seq.sampler
+        assert sampler is not None, "a sequence gets its sampler when admitted"
         sampler.accept(token)
         seq.generated.append(token)
         if not seq.first_token_at:
@@ -273,6 +373,7 @@ class Engine(EngineLifecycle[_Command]):
             except ConstraintError as exc:  # a limit of llguidance's reached while advancing (fast-forward)
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return
+        raw, top_k = seq.raw_logits, request.logprobs
         logprob = logprobs_of(raw, token, top_k) if raw is not None and top_k is not None else None
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
         if seq.constraint is not None and seq.constraint.finished:
@@ -285,6 +386,11 @@ class Engine(EngineLifecycle[_Command]):
         seq.pending = token
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        if seq.speculation is not None:
+            seq.speculation.settle(ended=True)
+            if seq.slot is not None and seq.state is not SequenceState.FINISHED:
+                # drafts past its last token may still hold cells: the slot must hold what it lists
+                self.context.remove_from(seq.slot.seq_id, len(seq.slot.tokens))
         saved = None
         if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
             # before the slot is released: another sequence may take its cells

@@ -110,6 +110,10 @@ class LlamaModel:
         self.add_bos: bool = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
+        self.vocab_type: int = llama.llama_vocab_type(self._vocab)
+        # whether the KV cache can drop a sequence's last cells (recurrent and hybrid models keep a
+        # state instead): speculative decoding needs to, to take back rejected drafts
+        self.can_truncate: bool = not (llama.llama_model_is_recurrent(handle) or llama.llama_model_is_hybrid(handle))
         self._pieces: dict[bool, dict[int, bytes]] = {False: {}, True: {}}
         self.pieces_bytes = 0  # what _pieces holds, roughly: bounded by the vocabulary, reported as a figure
         # held by other threads that read the vocabulary at length (llguidance's tokenizer
@@ -208,6 +212,10 @@ class LlamaModel:
         buf = ctypes.create_string_buffer(128)
         n = llama.llama_token_to_piece(self._vocab, token, buf, 128, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> bytes:
+        """The token's text as the vocabulary stores it (not rendered, not cached)."""
+        return llama.llama_vocab_get_text(self._vocab, token) or b""
 
     def is_eog(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self._vocab, token))

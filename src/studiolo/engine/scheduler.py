@@ -21,6 +21,7 @@ another answer once its prompt was cached. It costs one decode step per request.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from studiolo.engine.llama import LoraAdapter
@@ -40,6 +41,7 @@ class Chunk:
     start: int  # position of the first token
     logits_from: int  # index within tokens from which logits are wanted (len: none)
     batch_index: int = 0  # where the first token landed in the batch
+    drafted: int = 0  # of a decoding sequence: the drafts after its pending token (engine/speculation.py)
 
     @property
     def completes_prompt(self) -> bool:
@@ -85,13 +87,18 @@ class Scheduler:
             admitted.append(seq)
         return admitted
 
-    def plan(self) -> list[Chunk]:
-        """The next batch; ``self.adapter`` says which adapter it must be decoded with."""
+    def plan(self, drafts_for: Callable[[list[Sequence]], dict[int, list[int]]] | None = None) -> list[Chunk]:
+        """The next batch; ``self.adapter`` says which adapter it must be decoded with.
+        ``drafts_for`` gives the step's decoding sequences drafts to verify, by sequence id."""
         self.adapter = self._next_adapter()
         group = [seq for seq in self.running if seq.request.adapter is self.adapter]
         decoding = [seq for seq in group if seq.state is SequenceState.DECODING]
-        chunks = [Chunk(seq, [seq.pending_token], seq.n_past, 0) for seq in decoding]
-        budget = self.batch_size - len(chunks)
+        drafts = drafts_for(decoding) if drafts_for is not None and decoding else {}
+        chunks = []
+        for seq in decoding:
+            drafted = drafts.get(seq.id, [])
+            chunks.append(Chunk(seq, [seq.pending_token, *drafted], seq.n_past, 0, drafted=len(drafted)))
+        budget = self.batch_size - sum(len(chunk.tokens) for chunk in chunks)
         for seq in group:
             if budget <= 0:
                 break

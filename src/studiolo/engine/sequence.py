@@ -8,10 +8,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
+from studiolo.engine.speculation import DraftStats, SequenceSpeculation, Speculation
 
 if TYPE_CHECKING:  # slots.py is the engine's; a sequence only points at its slot
     from studiolo.engine.slots import Slot
@@ -32,6 +35,7 @@ class GenerationRequest:
     adapter: LoraAdapter | None = None  # a LoRA adapter to decode with (None: the bare model)
     report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt
     save_state: bool = False  # hand the sequence's KV state back with its FinishEvent
+    speculation: Speculation | None = None  # where drafts come from, to verify several tokens a step
 
 
 class SequenceState(enum.Enum):
@@ -74,6 +78,7 @@ class FinishEvent:
     decode_seconds: float
     error: str | None = None
     saved: SavedSequence | None = None  # with GenerationRequest.save_state, when it ended well
+    draft: DraftStats | None = None  # what speculation drafted, when the request asked for it
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class Sequence:
         self.generated: list[int] = []
         self.sampler: TokenSampler | None = None
         self.constraint: ConstraintState | None = None  # the request's constraint, advanced token by token
+        self.speculation: SequenceSpeculation | None = None  # its drafting, once admitted
+        self.raw_logits: np.ndarray | None = None  # the row of logits a token is being chosen from, for logprobs
         self.prompt_scores: list[TokenLogprob] = []  # filled while prefilling, if asked
         self.cancelled = False
         self.submitted_at = time.perf_counter()
@@ -141,4 +148,5 @@ class Sequence:
             decode_seconds=now - first,
             error=error,
             saved=saved,
+            draft=self.speculation.stats if self.speculation is not None else None,
         )

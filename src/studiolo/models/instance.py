@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class LoadConfig:
     eval_batch_size: int | None = None
     ttl: float | None = None  # seconds idle before unloading; None: never
     identifier: str | None = None
+    draft_model: str | None = None  # drafts for its requests unless they name another ("ngram": no model)
 
 
 @dataclass
@@ -38,8 +40,10 @@ class Instance:
     ttl: float | None
     load_seconds: float
     footprint: LoadEstimate  # weights, KV cache and compute buffers of this instance, in bytes
+    draft_model: str | None = None  # the draft its requests use unless they name another
     loaded_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.monotonic)
+    draft_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one draft model load at a time
 
     @property
     def key(self) -> str:
@@ -48,6 +52,11 @@ class Instance:
     @property
     def context_length(self) -> int:
         return self.engine.context_length
+
+    def draft_models(self) -> list[str]:
+        """The draft models attached to it, by catalog key."""
+        engine = self.engine
+        return list(engine.drafts) if isinstance(engine, Engine) else []
 
     def busy(self) -> bool:
         return self.engine.busy()

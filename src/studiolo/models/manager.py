@@ -25,15 +25,18 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeGuard
 
 from studiolo.config import Budgets, EngineSettings
 from studiolo.domain.errors import InternalError, InvalidRequest, NotFound, Unavailable
+from studiolo.engine.draft_model import DraftModel
 from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
 from studiolo.engine.prompt_cache import POOL as PROMPT_CACHE
 from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
+from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
 from studiolo.models.memory import LoadEstimate, check_fits, estimate
@@ -257,6 +260,8 @@ class ModelManager:
             raise AdapterNotLoadable(entry)
         self._refuse_known_unloadable(entry)
         config = _with_model_defaults(entry, config)
+        if _names_a_draft_model(config.draft_model):
+            draft_entry(self.catalog, config.draft_model)  # a bad name is a 400 before anything loads
         loading = asyncio.ensure_future(self._load_now(entry, config, jit=False))
         self._loads.add(loading)
         loading.add_done_callback(lambda done: self._load_done(done, None))
@@ -284,13 +289,30 @@ class ModelManager:
             except ModelFileUnloadable as exc:
                 self._remember_unloadable(entry.path, exc)
                 raise
+            draft_model = None if config.draft_model in (None, *NO_DRAFT) else config.draft_model
             instance = Instance(instance_id, entry, info, model, engine, settings, jit, config.ttl,
-                                load_seconds=time.perf_counter() - started, footprint=footprint)
+                                load_seconds=time.perf_counter() - started, footprint=footprint,
+                                draft_model=draft_model)
             self._instances[instance_id] = instance
+            if _names_a_draft_model(draft_model):
+                await self._attach_or_unload(instance, draft_model)
         log.info("loaded %s as %s in %.2fs%s", entry.key, instance_id, instance.load_seconds,
                  f" (ttl {config.ttl:g}s)" if config.ttl is not None else "")
         self._ensure_ttl_task()
         return instance
+
+    async def _attach_or_unload(self, instance: Instance, draft_model: str) -> None:
+        """Load a model's default draft with it; a draft that cannot load fails the whole load."""
+        try:
+            await attach_draft(instance, draft_entry(self.catalog, draft_model))
+        except BaseException:
+            self._instances.pop(instance.id, None)
+            await asyncio.to_thread(instance.close)
+            raise
+
+    async def draft(self, instance: Instance, name: str) -> DraftModel:
+        """The draft model ``name`` attached to ``instance``, loaded onto it the first time."""
+        return await attach_draft(instance, draft_entry(self.catalog, name))
 
     def _remember_unloadable(self, path: Path, failure: ModelFileUnloadable) -> None:
         stamp = _file_stamp(path)
@@ -396,7 +418,13 @@ def _with_model_defaults(entry: CatalogEntry, config: LoadConfig) -> LoadConfig:
         context_length=config.context_length or defaults.context_length,
         parallel=config.parallel or defaults.parallel,
         ttl=config.ttl if config.ttl is not None else defaults.ttl,
+        draft_model=config.draft_model if config.draft_model is not None else defaults.draft_model,
     )
+
+
+def _names_a_draft_model(name: str | None) -> TypeGuard[str]:
+    """Whether a load's ``draft_model`` names a model (not none, nor drafting without one)."""
+    return name is not None and name not in NO_DRAFT and name != NGRAM
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:

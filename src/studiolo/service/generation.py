@@ -35,6 +35,7 @@ from studiolo.engine.sequence import (
     SavedSequence,
     TokenEvent,
 )
+from studiolo.engine.speculation import DraftStats
 from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
@@ -59,6 +60,7 @@ from studiolo.service.presets import (
     request_preset,
 )
 from studiolo.service.saved_state import SavedState
+from studiolo.service.speculation import Drafting, drafting_for
 from studiolo.service.tool_calls import marker_tokens
 from studiolo.service.types import (
     ChatRequest,
@@ -145,6 +147,7 @@ class PreparedChat:
     prompt_field: str
     constraint: CompiledConstraint | None
     tool_syntax: CallSyntax | None
+    drafting: Drafting = Drafting()
 
     def lacks_prefix(self) -> bool:
         """Whether the engine holds less than half of the prompt (a conversation's cells were evicted,
@@ -185,6 +188,8 @@ class Generation:
     load_seconds: float | None = None  # this request loaded the model, in so many seconds
     adapter_key: str | None = None  # the LoRA adapter applied, if any
     saved: dict[int, SavedSequence] = field(default_factory=dict)  # per choice, with options.save_state
+    draft_model: str | None = None  # what drafted for it ("ngram": no model), if anything did
+    drafts: DraftStats | None = None  # what was drafted for all its choices, when anything could be
 
     @property
     def instance(self) -> Instance:
@@ -303,6 +308,10 @@ class Generation:
             completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
         )
+        if event.draft is not None:
+            total = self.drafts or DraftStats()
+            self.drafts = DraftStats(total.drafted + event.draft.drafted, total.accepted + event.draft.accepted,
+                                     total.rejected + event.draft.rejected, total.ignored + event.draft.ignored)
 
 
 def _generation_engine(loaded: Instance) -> Engine:
@@ -354,12 +363,13 @@ class GenerationService:
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await compiled_constraint(loaded.model, options)
-        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax)
+        drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
+        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
         """Submit a prepared chat: its output starts from here."""
         return self._start(prepared.target, "chatcmpl", [prepared.prompt], prepared.options, prepared.prompt_field,
-                           prepared.constraint, prepared.tool_syntax)
+                           prepared.constraint, prepared.tool_syntax, prepared.drafting)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await check_constraint(request.options)
@@ -373,7 +383,8 @@ class GenerationService:
         model = target.instance.model
         prompts = await off_loop(lambda stop: [self._completion_prompt(model, p, stop) for p in request.prompts])
         constraint = await compiled_constraint(target.instance.model, request.options)
-        return self._start(target, "cmpl", prompts, request.options, "prompt", constraint)
+        drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
+        return self._start(target, "cmpl", prompts, request.options, "prompt", constraint, drafting=drafting)
 
     def _chat_prompt(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
                      stop: Callable[[], bool]) -> Prompt:
@@ -433,6 +444,7 @@ class GenerationService:
         prompt_field: str,
         constraint: CompiledConstraint | None,
         tool_syntax: CallSyntax | None = None,
+        drafting: Drafting = Drafting(),
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
@@ -440,7 +452,8 @@ class GenerationService:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter))
+                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter,
+                                                     drafting))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
@@ -451,7 +464,8 @@ class GenerationService:
                    for index, (prompt, stream) in enumerate(zip(per_choice, streams, strict=True))]
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
-                                load_seconds=target.load_seconds, adapter_key=target.adapter_key)
+                                load_seconds=target.load_seconds, adapter_key=target.adapter_key,
+                                draft_model=drafting.draft_model)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))
@@ -465,6 +479,7 @@ class GenerationService:
         copy: int,
         constraint: CompiledConstraint | None,
         adapter: LoraAdapter | None,
+        drafting: Drafting,
     ) -> GenerationRequest:
         sampling = options.sampling
         if copy and sampling.seed is not None:  # n > 1 with a seed: distinct but reproducible draws
@@ -481,4 +496,5 @@ class GenerationService:
             adapter=adapter,
             report_progress=options.report_progress,
             save_state=options.save_state,
+            speculation=drafting.speculation,
         )

@@ -28,6 +28,9 @@ class GenerationOptions:
     save_state: bool = False  # keep each choice's KV state at its end (Generation.saved)
     preset: str | None = None  # the request's preset: fills each setting it did not give (service/presets.py)
     given: frozenset[str] = frozenset()  # the settings the request gave itself (service/presets.given)
+    # speculative decoding (service/speculation.py): a model key, "ngram", "none"; None: the model's default
+    draft_model: str | None = None
+    prediction: str | None = None  # OpenAI's Predicted Outputs: text the output is expected to resemble
 
 
 @dataclass(frozen=True)
