@@ -3,6 +3,9 @@
 Configured as `llama-server -m MODEL --port P -np N -c N*CTX -t T -tb T -b B` would be: N slots
 of CTX tokens each, continuous batching on, prompt cache on (its defaults). ``--embedding
 --pooling mean --ubatch U`` as `--embedding --pooling mean -ub U` would: embeddings only.
+Speculative decoding: ``--draft-model PATH`` as `-md PATH` (a draft model, its own settings for
+the rest: draft lengths, minimum probability), ``--ngram`` as `--spec-type ngram-simple` (drafts
+looked up in the context, its default sizes).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def main() -> None:
     parser.add_argument("--ubatch", type=int, default=None, help="physical batch (llama.cpp's default: 512)")
     parser.add_argument("--embedding", action="store_true", help="serve embeddings (/v1/embeddings)")
     parser.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None)
+    parser.add_argument("--draft-model", default=None, help="speculative decoding with this draft model")
+    parser.add_argument("--ngram", action="store_true", help="speculative decoding from n-gram lookups")
     args = parser.parse_args()
 
     params = xllamacpp.CommonParams()
@@ -41,6 +46,14 @@ def main() -> None:
         params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
+    kinds = xllamacpp.common_speculative_type
+    if args.draft_model is not None:
+        params.speculative.types = [kinds.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+        params.speculative.draft.mparams.path = args.draft_model
+        params.speculative.draft.cpuparams.n_threads = args.threads
+        params.speculative.draft.cpuparams_batch.n_threads = args.threads
+    elif args.ngram:
+        params.speculative.types = [kinds.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
     server = xllamacpp.Server(params)  # serves from its own threads until deleted
 
     stop = threading.Event()

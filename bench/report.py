@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench import speculative
+
 PEERS = ("llama-server", "llama-cpp-python")
 NOTES = Path(__file__).with_name("NOTES.md")
 
@@ -161,7 +163,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         checks.append(("embeddings: throughput >= 1.0x llama-server at batch "
                        + ", ".join(map(str, batches[:-1])) + f" and {batches[-1]}",
                        ", ".join(f"{b}: {ratios[b]:.2f}x" for b in batches), min(ratios.values()) >= 1.0))
-    return checks
+    return checks + speculative.targets(results.get("speculative"))
 
 
 def _sampled_targets(key: str, ours: dict, server: dict) -> list[tuple[str, str, bool | None]]:
@@ -364,6 +366,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
         out += _stateful_lines(model, config)
     out += [f"![aggregate decode against concurrency]({plot_name})", ""]
     out += _embedding_lines(results.get("embeddings"))
+    out += speculative.lines(results.get("speculative"))
     out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {_met(met)} |" for name, value, met in targets(results)]

@@ -18,18 +18,25 @@ import asyncio
 import json
 import platform
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from importlib import metadata
-from contextlib import ExitStack
 from pathlib import Path
 
-from bench import report
+from bench import report, speculative
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
+from bench.config import (
+    SAMPLED,
+    BenchConfig,
+    BenchModel,
+    Prompts,
+    bench_models,
+    end_of_generation_tokens,
+    install_models,
+)
 from bench.constrained import compile_times
 from bench.embeddings import EMBEDDING_SERVERS, bench_embeddings
-from bench.config import (SAMPLED, BenchConfig, BenchModel, Prompts, bench_models, end_of_generation_tokens,
-                          install_models)
 from bench.servers import SERVERS
 from bench.targets import EngineTarget, HTTPTarget
 from bench.workloads import measure_all
@@ -119,6 +126,9 @@ def main() -> None:
         servers = [name for name in args.servers if name in plans[key].servers]
         results["models"][key] = bench_model(plans[key], config, servers, RESULTS)
         results["models"][key]["decode_limit_tps"] = decode_limit_tps(bandwidth, plans[key].path)
+    if not args.quick and args.models is None:  # the Qwen pair: minutes of the 1.5B decoding on its own
+        print("speculative decoding:", flush=True)
+        results["speculative"] = speculative.measure(config, RESULTS / "speculative", config.repeats)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)

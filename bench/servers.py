@@ -62,12 +62,15 @@ def _running(command: list[str], ready_path: str, port: int, log: Path, env: dic
 
 
 @contextmanager
-def studiolo(model_key: str, model_path: Path, config: BenchConfig, logs: Path):
+def studiolo(model_key: str, model_path: Path, config: BenchConfig, logs: Path,
+             more_models: dict[str, Path] | None = None):
+    """``more_models``: other models in its home by key (a draft model, say)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
-        link = Path(home) / "models" / model_key / model_path.name
-        link.parent.mkdir(parents=True)
-        link.symlink_to(model_path)
+        for key, path in {model_key: model_path, **(more_models or {})}.items():
+            link = Path(home) / "models" / key / path.name
+            link.parent.mkdir(parents=True)
+            link.symlink_to(path)
         env = {**os.environ, "STUDIOLO_HOME": home}
         command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
         command += ["--parallel", str(config.slots), "--context-length", str(config.context)]
@@ -77,12 +80,15 @@ def studiolo(model_key: str, model_path: Path, config: BenchConfig, logs: Path):
 
 
 @contextmanager
-def llama_server(model_key: str, model_path: Path, config: BenchConfig, logs: Path):
+def llama_server(model_key: str, model_path: Path, config: BenchConfig, logs: Path,
+                 speculation: list[str] | None = None):
+    """``speculation``: bench/llama_server.py's flags for it (``--draft-model PATH``, ``--ngram``)."""
     port = _free_port()
     command = [sys.executable, str(BENCH_DIR / "llama_server.py"), "--model", str(model_path), "--port", str(port)]
     command += ["--parallel", str(config.slots), "--context", str(config.context)]
-    command += ["--threads", str(config.threads), "--batch", str(config.batch)]
-    with _running(command, "/health", port, logs / f"llama-server-{model_path.stem}.log") as url:
+    command += ["--threads", str(config.threads), "--batch", str(config.batch), *(speculation or [])]
+    suffix = "-ngram" if "--ngram" in (speculation or []) else "-draft" if speculation else ""
+    with _running(command, "/health", port, logs / f"llama-server-{model_path.stem}{suffix}.log") as url:
         yield url, "bench"
 
 
