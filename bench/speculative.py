@@ -203,7 +203,8 @@ def lines(results: dict | None) -> list[str]:
            f"{results['date']}, median of {results['repeats']}): single-stream decode, tok/s, greedy chat "
            "completions that end where the model ends them. Speed-up: over the same server without drafting. "
            "Drafts: accepted of drafted, in the median run.", "",
-           "| workload | drafting | studiolo | speed-up | drafts | llama-server | speed-up | drafts | vs llama-server |",
+           "| workload | drafting | studiolo | speed-up | drafts | llama-server | speed-up | drafts "
+           "| vs llama-server |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for workload in WORKLOADS:
         base = ours[workload]["off"]["decode_tps"]
