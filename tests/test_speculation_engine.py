@@ -1,10 +1,12 @@
 """Speculative decoding in the engine, in-process on SmolLM2: a draft model (SmolLM2 drafting for
 itself), n-gram lookup and predicted outputs give the output plain decoding gives, with LM Studio's
-draft statistics, and the verification keeps the model's sampling distribution."""
+draft statistics, and the verification keeps the model's sampling distribution. Constraints,
+cancellation, LoRA adapters, stop tokens and max_tokens work on speculating sequences."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections import Counter
 
@@ -12,6 +14,7 @@ import pytest
 
 from studiolo.config import EngineSettings
 from studiolo.domain.sampling import SamplingParams
+from studiolo.engine.constraints import ConstraintSpec, compiler_for
 from studiolo.engine.draft_model import IncompatibleDraft, check_compatible
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
@@ -20,6 +23,7 @@ from studiolo.engine.sequence import FinishEvent, GenerationRequest, TokenEvent
 from studiolo.engine.speculation import Speculation
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, SMOLLM
+from tests.lora import write_lora_adapter
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
 CODE = """def total_price(items, tax_rate):
@@ -269,3 +273,60 @@ def test_a_draft_with_another_vocabulary_is_refused(model, default_models):
         check_compatible(model, model, "itself")
     finally:
         other.close()
+
+
+def test_constrained_output_is_the_same_with_drafts(engine, model):
+    """Drafts the grammar refuses are cut before verification (ignored); the matcher only ever takes
+    emitted tokens, so the output is the plain constrained one and still matches the schema."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    compiled = compiler_for(model).compile(ConstraintSpec.json_schema(schema))
+    prompt = "Give me a person as JSON with a name and an age."
+    (plain, _), = generate(engine, request(model, prompt, max_tokens=40, constraint=compiled))
+    text = b"".join(model.token_bytes(t) for t in tokens_of(plain))
+    # a prediction that starts as the output does, then breaks the grammar: those drafts are refused
+    prediction = (*tokens_of(plain)[:6], *model.tokenize("]]]]", add_special=False))
+    for speculation in (Speculation(prediction=prediction), Speculation(draft=engine.drafts["smollm2-draft"]),
+                        Speculation(ngram=True)):
+        (out, end), = generate(engine, request(model, prompt, max_tokens=40, constraint=compiled,
+                                               speculation=speculation))
+        assert_same_or_parted_at_a_near_tie(f"constrained, {speculation}", plain, out)
+        assert_stats_add_up(end)
+        if speculation.prediction:
+            assert end.draft.accepted >= 4 and end.draft.ignored > 0, end.draft
+    assert json.loads(text)["age"] >= 0
+
+
+def test_a_speculating_sequence_can_be_cancelled(engine, model):
+    async def run():
+        stream = engine.submit(request(model, f"Copy this:\n{CODE}\nCopy:\n", max_tokens=200, logprobs=None,
+                                       speculation=Speculation(ngram=True)))
+        seen = 0
+        async for event in stream:
+            if isinstance(event, TokenEvent):
+                seen += 1
+                if seen == 5:
+                    stream.cancel()
+            elif isinstance(event, FinishEvent):
+                return seen, event
+
+    seen, end = asyncio.run(run())
+    assert end.reason == "cancelled" and seen < 200
+    assert_stats_add_up(end)
+    (after, _), = generate(engine, request(model, "Say hi.", max_tokens=5))
+    assert after  # the engine goes on
+
+
+def test_drafts_verified_with_a_lora_adapter(model, default_models, tmp_path):
+    adapter_path = write_lora_adapter(default_models[SMOLLM], tmp_path / "adapter.gguf")
+    adapter = model.load_adapter(adapter_path)
+    running = Engine(model, EngineSettings(context_length=512, parallel=2, batch_size=256))
+    try:
+        prompt = f"Copy this:\n{CODE}\nCopy:\n"
+        (plain, _), = generate(running, request(model, prompt, adapter=adapter))
+        (drafted, end), = generate(running, request(model, prompt, adapter=adapter,
+                                                    speculation=Speculation(ngram=True)))
+        assert_same_or_parted_at_a_near_tie("adapter", plain, drafted)
+        assert_stats_add_up(end)
+    finally:
+        running.close()
