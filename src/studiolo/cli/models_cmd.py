@@ -120,7 +120,7 @@ def models_table(title: str, models: list[dict]) -> Table:
 
 def instances_table(instances: list[dict]) -> Table:
     table = Table()
-    for header in ("Identifier", "Model", "Context", "Parallel", "TTL left", "Running", "Queued", "JIT", "Draft"):
+    for header in ("Identifier", "Model", "Context", "Parallel", "TTL left", "Running", "Queued", "Draft", "JIT"):
         table.add_column(header, justify="left" if header in ("Identifier", "Model", "JIT", "Draft") else "right")
     for instance in instances:
         config, status = instance["config"], instance["status"]
@@ -128,7 +128,7 @@ def instances_table(instances: list[dict]) -> Table:
             cell(instance["identifier"]), cell(instance["model_key"]), cell(config.get("context_length")),
             cell(config.get("parallel")), format_duration(status.get("ttl_remaining_seconds")),
             cell(status.get("running_requests")), cell(status.get("queued_requests")),
-            "yes" if status.get("jit_loaded") else "no", drafts_cell(config, status),
+            drafts_cell(config, status), "yes" if status.get("jit_loaded") else "no",
         )
     return table
 
