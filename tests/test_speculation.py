@@ -263,6 +263,7 @@ def test_tool_calls_with_drafts(client):
     drafted = chat(client, ask, SMOLLM, tools=[weather], tool_choice="required", max_tokens=60)
     [call] = drafted.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    # the call's tokens carry no logprobs to judge by; a city named in the question is no near-tie
     assert call.function.arguments == plain.choices[0].message.tool_calls[0].function.arguments
 
 
