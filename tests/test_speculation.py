@@ -20,6 +20,8 @@ import openai
 import pytest
 
 from studiolo.cli.models_cmd import drafts_cell
+from studiolo.engine.speculation import DraftStats
+from studiolo.service.model_log import model_output_event
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, GREEDY, MINILM, NO_PENALTY, SMOLLM, RunningServer, free_port, home_with_models
 
@@ -397,3 +399,11 @@ def test_the_ps_draft_cell():
     assert drafts_cell({"draft_model": None}, {"draft_models": []}) == "—"
     assert drafts_cell({"draft_model": "a/b"}, {"draft_models": ["a/b", "c/d"]}) == "a/b, c/d"
     assert drafts_cell({}, {}) == "—"  # a server that shows no drafts
+
+
+def test_an_output_event_carries_its_choices_draft_stats():
+    plain = model_output_event("req-1", "m", 0, "Hi", 2, "eos", 10.0, 0.1)
+    assert "total_draft_tokens_count" not in plain and "draft_model" not in plain
+    drafted = model_output_event("req-1", "m", 0, "Hi", 2, "eos", 10.0, 0.1, "ngram", DraftStats(9, 5, 3, 1))
+    assert_adds_up(drafted, "ngram")
+    assert [drafted[name] for name in COUNTS] == [9, 5, 3, 1]
