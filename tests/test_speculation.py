@@ -8,6 +8,7 @@ by tests/batching.py's rule where logprobs can be had, and compared exactly wher
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -19,9 +20,10 @@ import httpx
 import openai
 import pytest
 
+from studiolo.cli.log_cmd import human_console, render_event
 from studiolo.cli.models_cmd import drafts_cell
 from studiolo.engine.speculation import DraftStats
-from studiolo.service.model_log import model_output_event
+from studiolo.service.model_log import LogHub, model_output_event
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, GREEDY, MINILM, NO_PENALTY, SMOLLM, RunningServer, free_port, home_with_models
 
@@ -407,3 +409,6 @@ def test_an_output_event_carries_its_choices_draft_stats():
     drafted = model_output_event("req-1", "m", 0, "Hi", 2, "eos", 10.0, 0.1, "ngram", DraftStats(9, 5, 3, 1))
     assert_adds_up(drafted, "ngram")
     assert [drafted[name] for name in COUNTS] == [9, 5, 3, 1]
+    printed = io.StringIO()
+    render_event(human_console(printed), LogHub.stamp("model", drafted))
+    assert printed.getvalue().splitlines()[-1].endswith("stop: eos, drafts (ngram): 5 of 9 accepted")
