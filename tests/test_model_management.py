@@ -144,14 +144,16 @@ def test_explicit_loads_identifiers_and_unload(managed):
     first = managed.post("/api/v1/models/load", json={"model": GEMMA, "echo_load_config": True}).json()
     assert first["type"] == "llm" and first["instance_id"] == GEMMA and first["status"] == "loaded"
     assert first["load_time_seconds"] > 0
-    assert first["load_config"] == {"context_length": 512, "eval_batch_size": 512, "parallel": 2, "ttl": None}
+    assert first["load_config"] == {"context_length": 512, "eval_batch_size": 512, "parallel": 2, "ttl": None,
+                                    "draft_model": None}
     second = managed.post("/api/v1/models/load", json={"model": "gemma-3-270m", "context_length": 256, "parallel": 1})
     assert second.json()["instance_id"] == f"{GEMMA}:2" and "load_config" not in second.json()
     named = managed.post("/api/v1/models/load", json={"model": GEMMA, "identifier": "tiny", "ttl": 600}).json()
     assert named["instance_id"] == "tiny"
     loaded = instances(managed)
     assert set(loaded) == {GEMMA, f"{GEMMA}:2", "tiny"}
-    assert loaded[f"{GEMMA}:2"]["config"] == {"context_length": 256, "eval_batch_size": 512, "parallel": 1}
+    assert loaded[f"{GEMMA}:2"]["config"] == {"context_length": 256, "eval_batch_size": 512, "parallel": 1,
+                                              "draft_model": None}
     assert loaded["tiny"]["status"]["ttl_seconds"] == 600
     # a request may name an instance
     body = complete(managed, "tiny").json()

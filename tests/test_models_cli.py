@@ -113,7 +113,7 @@ def test_instances_table_shows_ttl_left_and_requests():
     text = rendered(instances_table(instances_of([GEMMA_ENTRY])))
     row = next(line for line in text.splitlines() if "my-gemma" in line)
     cells = [part.strip() for part in row.split("│")[1:-1]]
-    assert cells == ["my-gemma", "google/gemma-3-270m", "512", "2", "59m 58s", "1", "0", "no"]
+    assert cells == ["my-gemma", "google/gemma-3-270m", "512", "2", "59m 58s", "1", "0", "—", "no"]
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,9 @@ def render_output(console: Console, event: dict[str, Any]) -> None:
         f"{event.get('completion_tokens')} tokens, {_rate(event.get('tokens_per_second'))}, "
         f"first token {_seconds(event.get('time_to_first_token'))}, stop: {event.get('stop_reason')}"
     )
+    if "total_draft_tokens_count" in event:  # the choice drafted (speculative decoding)
+        stats += (f", drafts ({event.get('draft_model') or 'prediction'}): "
+                  f"{event.get('accepted_draft_tokens_count')} of {event['total_draft_tokens_count']} accepted")
     console.print(Text(stats, style="dim"))
 
 

@@ -80,10 +80,12 @@ def instances_of(models: list[dict]) -> list[dict]:
 
 
 def load_request(
-    model: str, *, ttl: int | None, context_length: int | None, parallel: int | None, identifier: str | None
+    model: str, *, ttl: int | None, context_length: int | None, parallel: int | None, identifier: str | None,
+    draft_model: str | None = None,
 ) -> dict:
     """The body of ``POST /api/v1/models/load``: options the user left out are left to the server."""
-    optional = {"ttl": ttl, "context_length": context_length, "parallel": parallel, "identifier": identifier}
+    optional = {"ttl": ttl, "context_length": context_length, "parallel": parallel, "identifier": identifier,
+                "draft_model": draft_model}
     return {"model": model, **{name: value for name, value in optional.items() if value is not None}}
 
 
@@ -91,6 +93,14 @@ def loaded_line(model: str, answer: dict) -> str:
     seconds = answer.get("load_time_seconds")
     took = f" in {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""
     return f"Loaded {model} as {answer.get('instance_id')}{took}"
+
+
+def drafts_cell(config: dict, status: dict) -> str:
+    """An instance's drafts: its load-time default first ("ngram" included), then the draft models
+    requests attached to it."""
+    names = [config["draft_model"]] if config.get("draft_model") else []
+    names += [key for key in status.get("draft_models") or [] if key not in names]
+    return ", ".join(names) or NONE
 
 
 def models_table(title: str, models: list[dict]) -> Table:
@@ -110,15 +120,15 @@ def models_table(title: str, models: list[dict]) -> Table:
 
 def instances_table(instances: list[dict]) -> Table:
     table = Table()
-    for header in ("Identifier", "Model", "Context", "Parallel", "TTL left", "Running", "Queued", "JIT"):
-        table.add_column(header, justify="left" if header in ("Identifier", "Model", "JIT") else "right")
+    for header in ("Identifier", "Model", "Context", "Parallel", "TTL left", "Running", "Queued", "Draft", "JIT"):
+        table.add_column(header, justify="left" if header in ("Identifier", "Model", "JIT", "Draft") else "right")
     for instance in instances:
         config, status = instance["config"], instance["status"]
         table.add_row(
             cell(instance["identifier"]), cell(instance["model_key"]), cell(config.get("context_length")),
             cell(config.get("parallel")), format_duration(status.get("ttl_remaining_seconds")),
             cell(status.get("running_requests")), cell(status.get("queued_requests")),
-            "yes" if status.get("jit_loaded") else "no",
+            drafts_cell(config, status), "yes" if status.get("jit_loaded") else "no",
         )
     return table
 
@@ -293,13 +303,18 @@ def load_command(
         None, "--parallel", min=1, max=MAX_PARALLEL, help="Sequences decoded together (default: the server's)."
     ),
     identifier: str | None = typer.Option(None, "--identifier", help="Name the instance (default: the model's key)."),
+    draft_model: str | None = typer.Option(
+        None, "--draft-model", help="Draft with this model for its requests that name none (speculative decoding); "
+        "'ngram' drafts without a model, 'none' overrides the model's settings file."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Accepted for lms parity; there is nothing to confirm."),
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
 ) -> None:
     """Load a model into memory. Flags left out take the model's settings file's values
     (STUDIOLO_HOME/model-settings/<publisher>/<repo>.json; see `studiolo preset model`)."""
-    body = load_request(model, ttl=ttl, context_length=context_length, parallel=parallel, identifier=identifier)
+    body = load_request(model, ttl=ttl, context_length=context_length, parallel=parallel, identifier=identifier,
+                        draft_model=draft_model)
     with server_for(host, port) as server:
         try:
             answer = server.load_model(body)

@@ -2,9 +2,10 @@
 large work runs: in a worker thread that stops when the client goes.
 
 A chat's messages (a stored conversation's included) and their text, completions' prompts and
-their text, and the sequences a request asks for (prompts x ``n``) are each bounded by a setting of
-``RequestLimits``; a request past one is a 400 naming its field and the limit. Rendering and
-tokenizing what passes still take time in proportion to it, so they run off the event loop.
+their text, a Predicted Output's text (tokenized like a prompt, and counted with it), and the
+sequences a request asks for (prompts x ``n``) are each bounded by a setting of ``RequestLimits``;
+a request past one is a 400 naming its field and the limit. Rendering and tokenizing what passes
+still take time in proportion to it, so they run off the event loop.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def check_chat_bounds(request: ChatRequest, limits: RequestLimits) -> None:
     if chars > limits.max_prompt_chars:
         raise InvalidRequest(f"the conversation's text is {chars} characters, more than the server's limit of "
                              f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", field)
+    _check_prediction(chars, request.options.prediction, limits)
     _check_sequences(request.options.n, 1, limits, "n")
 
 
@@ -75,6 +77,17 @@ def check_completion_bounds(request: CompletionRequest, limits: RequestLimits) -
     if chars > limits.max_prompt_chars:
         raise InvalidRequest(f"the prompts are {chars} characters (or token ids), more than the server's limit of "
                              f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", "prompt")
+    _check_prediction(chars, request.options.prediction, limits)
+
+
+def _check_prediction(prompt_chars: int, prediction: str | None, limits: RequestLimits) -> None:
+    """The prediction is tokenized as the prompt is, in time proportional to its length: it counts
+    against the same limit, and is blamed when it is what goes past."""
+    chars = prompt_chars + len(prediction or "")
+    if chars > limits.max_prompt_chars:
+        raise InvalidRequest(f"the prompt and the prediction are {chars} characters together, more than the "
+                             f"server's limit of {limits.max_prompt_chars} (setting limits.max_prompt_chars)",
+                             "prediction")
 
 
 def _check_sequences(n: int, prompts: int, limits: RequestLimits, field: str) -> None:

@@ -274,15 +274,15 @@ class Generation:
         cause = output.cause(event)
         self.causes[choice.index] = cause
         if output.log.wanted:
-            self._log_output(choice.index, output.log.text, output.consumed, cause)
+            self._log_output(choice.index, output.log.text, output.consumed, cause, event.draft)
         return Finished(choice.index, output.finish_reason(cause), cause)
 
-    def _log_output(self, index: int, text: str, tokens: int, cause: str) -> None:
+    def _log_output(self, index: int, text: str, tokens: int, cause: str, drafts: DraftStats | None) -> None:
         timing = self.timing
         rate = timing.decode_rate(tokens)
         assert self._log is not None, "an output is logged only to a hub with readers"
         self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
-                                                      timing.time_to_first_token))
+                                                      timing.time_to_first_token, self.draft_model, drafts))
 
     def _echo_tokens(self, prompt: Prompt, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
         """The prompt's tokens as they spell its text, each scored given the tokens before it.

@@ -27,6 +27,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from studiolo.engine.speculation import DraftStats
+
 SOURCES = ("model", "server")
 DEFAULT_MAX_PENDING = 256  # events a subscriber may fall behind by before the oldest are dropped
 DEFAULT_BUDGET_BYTES = 64 * 2**20  # Budgets.log_queue_mib's default
@@ -196,9 +198,12 @@ def model_output_event(
     stop_reason: str | None,
     tokens_per_second: float | None,
     time_to_first_token: float | None,
+    draft_model: str | None = None,
+    drafts: DraftStats | None = None,
 ) -> dict[str, Any]:
-    """What one finished choice produced, with its stats (seconds for the time to first token)."""
-    return {
+    """What one finished choice produced, with its stats (seconds for the time to first token); a
+    choice that drafted adds LM Studio's draft statistics (``draft_model`` None: a prediction drafted)."""
+    event = {
         "type": "output",
         "request_id": request_id,
         "model": model,
@@ -209,6 +214,11 @@ def model_output_event(
         "tokens_per_second": tokens_per_second,
         "time_to_first_token": time_to_first_token,
     }
+    if drafts is not None:
+        event.update(draft_model=draft_model, total_draft_tokens_count=drafts.drafted,
+                     accepted_draft_tokens_count=drafts.accepted, rejected_draft_tokens_count=drafts.rejected,
+                     ignored_draft_tokens_count=drafts.ignored)
+    return event
 
 
 class LogHubHandler(logging.Handler):

@@ -73,6 +73,8 @@ class InstanceStatus:
     queued_requests: int
     loaded_at: float  # epoch seconds
     load_seconds: float
+    draft_model: str | None = None  # its load-time draft, as the load named it ("ngram": no model); None: none
+    draft_models: tuple[str, ...] = ()  # the draft models attached to it now (its own and requests'), by key
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ def instance_status(instance: Instance) -> InstanceStatus:
         queued_requests=queued,
         loaded_at=instance.loaded_at,
         load_seconds=instance.load_seconds,
+        draft_model=instance.draft_model,
+        draft_models=tuple(instance.draft_models()),
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studiolo.api.errors import APIError, from_domain
+from studiolo.api.lmstudio.models import draft_stats
 from studiolo.api.sse import named_event
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, message_text
@@ -82,7 +83,8 @@ def output_items(output: list[Item]) -> list[dict[str, Any]]:
 
 
 def stats(generation: Generation | None) -> dict[str, Any]:
-    """LM Studio's stats; zeros for a turn that never started."""
+    """LM Studio's stats; zeros for a turn that never started. A turn that drafted gets v0's draft
+    statistics (LM Studio documents none for /api/v1/chat)."""
     if generation is None:
         return {"input_tokens": 0, "total_output_tokens": 0, "reasoning_output_tokens": 0,
                 "tokens_per_second": 0.0, "time_to_first_token_seconds": 0.0}
@@ -98,7 +100,7 @@ def stats(generation: Generation | None) -> dict[str, Any]:
     }
     if generation.load_seconds is not None:
         body["model_load_time_seconds"] = round(generation.load_seconds, 3)
-    return body
+    return {**body, **draft_stats(generation)}  # v0's fields: LM Studio documents none for v1
 
 
 def chat_event(kind: str, **data: Any) -> str:

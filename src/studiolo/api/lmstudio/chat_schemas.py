@@ -51,6 +51,8 @@ class ChatBody(Body):
     integrations: list[Any] | None = None
     ttl: float | None = Field(None, gt=0)
     preset: str | None = Field(None, min_length=1)  # a preset's settings, under the request's own
+    # v0's field (LM Studio documents none here): a model key, "ngram", or "none" (service/speculation.py)
+    draft_model: str | None = None
 
     def turn(self, report_progress: bool) -> Turn:
         if self.reasoning not in (None, "off"):
@@ -61,6 +63,7 @@ class ChatBody(Body):
                                         min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
                                     report_progress=report_progress, preset=self.preset,
+                                    draft_model=self.draft_model,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens))

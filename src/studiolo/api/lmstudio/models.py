@@ -81,6 +81,7 @@ def instance_v1(instance: InstanceStatus) -> dict:
             "context_length": instance.context_length,
             "eval_batch_size": instance.eval_batch_size,
             "parallel": instance.parallel,
+            "draft_model": instance.draft_model,  # the load-time draft; null: none
         },
         # studiolo's own: what `studiolo ps` shows (LM Studio's CLI reads it over a private channel)
         "status": {
@@ -90,6 +91,7 @@ def instance_v1(instance: InstanceStatus) -> dict:
             "running_requests": instance.running_requests,
             "queued_requests": instance.queued_requests,
             "loaded_at": iso_time(instance.loaded_at),
+            "draft_models": list(instance.draft_models),  # attached now: its own and those requests named
         },
     }
 
@@ -135,6 +137,7 @@ def v0_extras(generation: Generation) -> dict[str, Any]:
             "time_to_first_token": round(timing.time_to_first_token, 3),
             "generation_time": round(seconds, 3),
             "stop_reason": STOP_REASONS.get(cause, "eosFound"),
+            **draft_stats(generation),
         },
         "model_info": {
             "arch": served.info.architecture,
@@ -144,6 +147,23 @@ def v0_extras(generation: Generation) -> dict[str, Any]:
         },
         "runtime": RUNTIME_BODY,
     }
+
+
+def draft_stats(generation: Generation) -> dict[str, Any]:
+    """LM Studio's draft statistics, summed over the choices; none when nothing drafted (LM Studio
+    gives them only with a draft model). ``draft_model`` is the model's key, or "ngram"; it is left
+    out when only a Predicted Output drafted."""
+    drafts = generation.drafts
+    if drafts is None:
+        return {}
+    body: dict[str, Any] = {} if generation.draft_model is None else {"draft_model": generation.draft_model}
+    body.update({
+        "total_draft_tokens_count": drafts.drafted,
+        "accepted_draft_tokens_count": drafts.accepted,
+        "rejected_draft_tokens_count": drafts.rejected,
+        "ignored_draft_tokens_count": drafts.ignored,
+    })
+    return body
 
 
 def nominal_bits(info: ModelInfo) -> float:

@@ -2,9 +2,9 @@
 and ``POST /api/v1/models/unload``, with v1 error bodies (api/errors.py).
 
 ``load`` also takes ``parallel``, ``ttl`` and ``identifier`` (LM Studio takes them only from its
-CLI and SDK; its users ask for them on REST). ``flash_attention``, ``num_experts`` and
-``offload_kv_cache_to_gpu`` are accepted and have no effect: this CPU build decides flash
-attention itself and has no GPU to offload to.
+CLI and SDK; its users ask for them on REST), and ``draft_model``: the instance's default draft.
+``flash_attention``, ``num_experts`` and ``offload_kv_cache_to_gpu`` are accepted and have no
+effect: this CPU build decides flash attention itself and has no GPU to offload to.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class LoadBody(Body):
     parallel: Int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
     ttl: float | None = Field(default=None, gt=0)
     identifier: str | None = Field(default=None, min_length=1, max_length=200)
+    # the draft its requests use unless they name another: a model key, or "ngram" (no model)
+    draft_model: str | None = None
     echo_load_config: bool = False
 
 
@@ -49,7 +51,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.post("/models/load")
 async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
-    config = LoadConfig(body.context_length, body.parallel, body.eval_batch_size, body.ttl, body.identifier)
+    config = LoadConfig(body.context_length, body.parallel, body.eval_batch_size, body.ttl, body.identifier,
+                        draft_model=body.draft_model)
     instance = await _models(request).load(body.model, config)
     result: dict[str, Any] = {
         "type": "embedding" if instance.info.is_embedding else "llm",
@@ -63,6 +66,7 @@ async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
             "eval_batch_size": instance.eval_batch_size,
             "parallel": instance.parallel,
             "ttl": instance.ttl,
+            "draft_model": instance.draft_model,
         }
     return result
 

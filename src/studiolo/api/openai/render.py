@@ -16,7 +16,7 @@ from studiolo.service.generation import Generation
 from studiolo.service.types import TokenInfo, ToolCallDelta, Usage
 
 
-def usage_body(usage: Usage) -> dict[str, Any]:
+def usage_body(usage: Usage, accepted_predicted: int = 0, rejected_predicted: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -25,10 +25,20 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
+            "accepted_prediction_tokens": accepted_predicted,
+            "rejected_prediction_tokens": rejected_predicted,
         },
     }
+
+
+def generation_usage(generation: Generation) -> dict[str, Any]:
+    """A generation's usage. The prediction counts are its drafts, whatever drafted them (a
+    prediction, a draft model, the n-gram lookup): accepted ones appeared in the output, the rest
+    (rejected, or never verified) did not; 0 and 0 when nothing drafted."""
+    drafts = generation.drafts
+    if drafts is None:
+        return usage_body(generation.usage)
+    return usage_body(generation.usage, drafts.accepted, drafts.rejected + drafts.ignored)
 
 
 def _header(generation: Generation, object_name: str) -> dict[str, Any]:
@@ -100,7 +110,7 @@ def chat_completion(
         }
         for index in sorted(texts)
     ]
-    return {**_header(generation, "chat.completion"), "choices": choices, "usage": usage_body(generation.usage),
+    return {**_header(generation, "chat.completion"), "choices": choices, "usage": generation_usage(generation),
             "error_info": None}
 
 
@@ -131,7 +141,7 @@ class _Chunks:
         return self._prefix + choices_json + self._suffix
 
     def usage(self) -> str:
-        usage = _json(usage_body(self._generation.usage))
+        usage = _json(generation_usage(self._generation))
         return self._prefix + '[],"usage":' + usage + ',"error_info":null}' + EVENT_END
 
 
@@ -211,7 +221,7 @@ def completion(
         }
         for index in sorted(texts)
     ]
-    return {**_header(generation, "text_completion"), "choices": choices, "usage": usage_body(generation.usage),
+    return {**_header(generation, "text_completion"), "choices": choices, "usage": generation_usage(generation),
             "error_info": None}
 
 

@@ -5,7 +5,8 @@ Unknown fields are accepted and ignored, as OpenAI clients send many (``user``,
 names it. Besides OpenAI's fields, llama.cpp's and BladeLLM's common controls are taken:
 ``top_k`` (-1 or 0: off), ``min_p``, ``repeat_penalty`` (``repetition_penalty``), ``stop_tokens``,
 ``stop_sequences``, ``ignore_eos``, ``echo`` (chat too), ``resume_response``, and the structured-output
-fields of api/openai/structured.py.
+fields of api/openai/structured.py. Speculative decoding: LM Studio's ``draft_model`` (a model key,
+``"ngram"``, or ``"none"``), and on chat completions OpenAI's Predicted Outputs (``prediction``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ class ImagePart(Body):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+class Prediction(Body):
+    """OpenAI's Predicted Outputs: text the reply is expected to resemble, used as the draft."""
+
+    type: str  # only "content" exists; another is refused by name in to_domain, not as a schema error
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if self.type != "content":
+            raise InvalidRequest(f"prediction type '{self.type}' is not supported; the only type is 'content'",
+                                 "prediction")
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)  # OpenAI joins the parts as they are
+
+
 class Message(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -102,6 +118,8 @@ class _GenerationBody(Body):
     guided_whitespace_pattern: str | None = None
     structured_outputs: StructuredOutputs | None = None
     preset: str | None = Field(None, min_length=1)  # LM Studio: a preset's settings, under the request's own
+    # LM Studio: the model to draft with (service/speculation.py); "ngram", or "none" to switch drafting off
+    draft_model: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -132,7 +150,8 @@ class _GenerationBody(Body):
             frequency_penalty=self.frequency_penalty, logit_bias=dict(self.logit_bias or {}), seed=self.seed,
         )
 
-    def options(self, *, max_tokens: int | None, logprobs: int | None) -> GenerationOptions:
+    def options(self, *, max_tokens: int | None, logprobs: int | None,
+                prediction: str | None = None) -> GenerationOptions:
         stops = []
         for value in (self.stop, self.stop_sequences):
             stops.extend([value] if isinstance(value, str) else value or [])
@@ -149,6 +168,8 @@ class _GenerationBody(Body):
             constraint=constraint[0] if constraint else None,
             constraint_param=constraint[1] if constraint else None,
             preset=self.preset,
+            draft_model=self.draft_model,
+            prediction=prediction,
             given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
                         repeat_penalty=self.repeat_penalty if self.repeat_penalty is not None
                         else self.repetition_penalty, max_tokens=max_tokens,
@@ -168,6 +189,7 @@ class ChatCompletionBody(_GenerationBody):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    prediction: Prediction | None = None
 
     @property
     def wants_logprobs(self) -> bool:
@@ -185,7 +207,8 @@ class ChatCompletionBody(_GenerationBody):
             logprobs = self.top_logprobs if self.top_logprobs is not None else count
         messages = [_message_to_domain(i, m, max_json_depth) for i, m in enumerate(self.messages)]
         messages = check_tool_results(messages)
-        options = self.options(max_tokens=max_tokens, logprobs=logprobs)
+        prediction = self.prediction.text() if self.prediction is not None else None
+        options = self.options(max_tokens=max_tokens, logprobs=logprobs, prediction=prediction)
         tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         check_no_other_constraint(tools, options.constraint_param)
         if self.resume_response is not None and tools is not None and tools.choice != "none":

@@ -203,6 +203,8 @@ class _Turn(_Body):
     seed: Int | None = None
     conversation: Any = None
     ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
+    # LM Studio's v0 field: a model key, "ngram", or "none" (service/speculation.py)
+    draft_model: str | None = None
 
     def sampling(self) -> SamplingParams:
         return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -245,6 +247,7 @@ class ResponseBody(_Turn):
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
                                     logprobs=self.logprobs, constraint=constraint,
                                     constraint_param="text.format" if constraint else None, preset=self.preset,
+                                    draft_model=self.draft_model,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens,
@@ -323,7 +326,8 @@ class CompactBody(_Turn):
 
     def compaction(self, max_json_depth: int = DEFAULT_MAX_DEPTH) -> CompactRequest:
         self._check_continuation()
-        options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens)
+        options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
+                                    draft_model=self.draft_model)
         items = input_items(self.input, max_json_depth) if self.input is not None else []
         return CompactRequest(self.model, items, options, self.instructions or None, self.previous_response_id,
                               self.ttl)
