@@ -206,7 +206,6 @@ def _tool_loop(name: str, reasoning: str) -> list[dict]:
 
 def test_qwen3_keeps_reasoning_within_a_tool_loop():
     messages = _tool_loop("Qwen-Qwen3-0.6B", "Need the weather tool.")
-    messages[1]["content"] = ""  # Qwen3's template strips the content: it must be text
     prompt = template("Qwen-Qwen3-0.6B").render(messages, tools=[WEATHER_TOOL])
     assert ("<|im_start|>assistant\n<think>\nNeed the weather tool.\n</think>\n\n<tool_call>\n"
             '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n') in prompt
@@ -453,3 +452,37 @@ def test_budget_cut_closes_the_reasoning_and_the_answer_follows(name, head, cut)
     events = parse(parser, [head, text, "The answer."])
     assert summary(events) == ("Thinking long", "The answer.", [])
     assert budget_cut_text(NO_REASONING) == ""
+
+
+@pytest.mark.parametrize("name, option, output, answer_part", [
+    ("Qwen-Qwen3-0.6B", None, "<think>\nHmm.\n</think>\n\n{\"a\": 1}", "\n\n{\"a\": 1}"),
+    ("Qwen-Qwen3-0.6B", None, "\n{\"a\": 1}", "\n{\"a\": 1}"),  # the model skipped the reasoning
+    ("Qwen-Qwen3-0.6B", "off", "{\"a\": 1}", "{\"a\": 1}"),
+    ("Qwen-QwQ-32B", None, "Hmm.</think>{\"a\": 1}", "{\"a\": 1}"),
+    ("Qwen-QwQ-32B", None, "Hmm.", None),  # cut short: no answer
+    ("openai-gpt-oss-120b", None, "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant<|channel|>final"
+     "<|message|>{\"a\": 1}<|return|>", "{\"a\": 1}<|return|>"),
+    ("qwen2.5-instruct", None, "{\"a\": 1}", "{\"a\": 1}"),
+])
+def test_answer_offset_points_after_the_reasoning_in_every_chunking(name, option, output, answer_part):
+    fmt, prompt = fmt_of(name), render(name, option=option)
+    for chunks in chunkings(output):
+        parser = reply_parser(fmt, prompt)
+        parse(parser, chunks)
+        offset = parser.answer_offset
+        assert (None if offset is None else output[offset:]) == answer_part, chunks
+
+
+def test_qwen3_tool_loop_without_reasoning_renders():
+    messages = _tool_loop("Qwen-Qwen3-0.6B", "")
+    assert messages[1]["content"] == ""  # None would break Qwen3's template (it strips the content)
+    prompt = template("Qwen-Qwen3-0.6B").render(messages, tools=[WEATHER_TOOL])
+    assert "<|im_start|>assistant\n<tool_call>\n" in prompt
+
+
+def test_qwen3_call_without_reasoning_is_still_a_call():
+    fmt = fmt_of("Qwen-Qwen3-0.6B")
+    prompt = render("Qwen-Qwen3-0.6B", tools=[WEATHER_TOOL])
+    output = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert_every_chunking(lambda: reply_parser(fmt, prompt, ToolCallParser(HERMES.syntax)), output,
+                          ("", "", [("get_weather", '{"city": "Paris"}')]))

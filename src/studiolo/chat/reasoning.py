@@ -39,7 +39,9 @@ Design note for the service (how to drive this):
    events, as ToolCallParser does. ``parser.phase`` says where the output is: "reasoning" (count
    the tokens as reasoning tokens; a budget applies), "answer", or "undecided" (not yet known).
 4. Constraints (``response_format``, forced tools) apply to the answer only: start them when
-   ``parser.phase`` becomes "answer" (or build the grammar as reasoning-then-answer).
+   ``parser.phase`` becomes "answer", and give them the output from ``parser.answer_offset`` on
+   (a token may hold the end of the reasoning and the start of the answer); or build the grammar
+   as reasoning-then-answer.
 5. Budget: when the reasoning tokens reach the budget while ``parser.phase == "reasoning"``,
    append ``budget_cut_text(fmt, reasoning_so_far)`` to the sequence (tokenized, as if the model
    wrote it), feed the same text to the parser, and let the model go on with its answer.
@@ -189,8 +191,10 @@ def history_message(fmt: ReasoningFormat, message: dict[str, Any], reasoning: st
     template reads it (it decides itself which turns keep it); elsewhere the reasoning is dropped."""
     if message.get("role") != "assistant":
         return message
-    if fmt.name == "harmony" and message.get("content") is None:
-        message = {**message, "content": ""}  # gpt-oss' template tests ``"<|channel|>..." in content``
+    if fmt.history_key is not None and message.get("content") is None:
+        # Qwen3's and gpt-oss' templates treat the content as text (``.lstrip``, ``in``) even
+        # beside tool calls; older templates (R1) test ``is not none``, so they keep their None
+        message = {**message, "content": ""}
     if not reasoning or fmt.history_key is None:
         return message
     if fmt.name == "harmony" and message.get("tool_calls") and message.get("content"):
@@ -254,6 +258,13 @@ class ReplyParser:
     @property
     def phase(self) -> str:
         return self.splitter.phase
+
+    @property
+    def answer_offset(self) -> int | None:
+        """Where the answer starts in the output fed so far (None: not yet), so that a constraint
+        on the answer can be given exactly the text after the reasoning, even when one token
+        held the end of the reasoning and the start of the answer."""
+        return self.splitter.answer_offset
 
     def feed(self, text: str) -> list[SplitEvent]:
         return self._through_tools(self.splitter.feed(text), finish=False)

@@ -47,6 +47,7 @@ class PlainSplitter:
     """Output without reasoning: all of it is answer."""
 
     phase = ANSWER
+    answer_offset: int | None = 0
 
     def feed(self, text: str) -> list[SplitEvent]:
         return [Text(text)] if text else []
@@ -62,16 +63,21 @@ class ThinkSplitter:
         self._pending = ""  # held back: whitespace, or what may still become a tag
         self._reasoned = False  # reasoning text was given (leading whitespace is dropped before)
         self._answered = False  # answer text was given (likewise)
+        self._fed = 0  # characters of output read so far
+        # where the answer starts in the output (its leading whitespace included): None until known
+        self.answer_offset: int | None = 0 if phase == ANSWER else None
 
     def feed(self, text: str) -> list[SplitEvent]:
         events: list[SplitEvent] = []
         index = 0
         while index < len(text) and self.phase != ANSWER:
+            self._fed += 1
             if self.phase == UNDECIDED:
                 self._undecided(text[index], events)
             else:
                 self._reasoning(text[index], events)
             index += 1
+        self._fed += len(text) - index
         if index < len(text):
             self._answer(text[index:], events)
         return merged(events)
@@ -84,6 +90,7 @@ class ThinkSplitter:
         if self.phase == REASONING:
             self._reason(pending.rstrip(), events)
         elif self.phase == UNDECIDED:
+            self.phase, self.answer_offset = ANSWER, self._fed - len(pending)
             self._answer(pending, events)
         return merged(events)
 
@@ -94,13 +101,14 @@ class ThinkSplitter:
             self._pending, self.phase = "", REASONING
         elif not self.open_tag.startswith(lead):  # the model skipped the reasoning
             pending, self._pending, self.phase = self._pending, "", ANSWER
+            self.answer_offset = self._fed - len(pending)
             self._answer(pending, events)
 
     def _reasoning(self, char: str, events: list[SplitEvent]) -> None:
         pending = self._pending + char
         if pending.endswith(self.close_tag):
             self._reason(pending[: -len(self.close_tag)].rstrip(), events)
-            self._pending, self.phase = "", ANSWER
+            self._pending, self.phase, self.answer_offset = "", ANSWER, self._fed
             return
         keep = held_back(pending, (self.close_tag,))
         self._reason(pending[: len(pending) - keep], events)
@@ -174,6 +182,9 @@ class HarmonySplitter:
         self._given: dict[str, bool] = {}  # kinds that got content in an earlier message
         self._wrote = False  # the current message gave content
         self._any_message = False
+        self._fed = 0  # characters of output read so far
+        # where the first answer or call content starts in the output: None until known
+        self.answer_offset: int | None = None
         if header is not None:
             self._open(parse_header(header), [])
 
@@ -187,6 +198,7 @@ class HarmonySplitter:
     def feed(self, text: str) -> list[SplitEvent]:
         events: list[SplitEvent] = []
         for char in text:
+            self._fed += 1
             if self._current is None:
                 self._in_header(char, events)
             else:
@@ -202,6 +214,7 @@ class HarmonySplitter:
             pending, self._pending = self._pending, ""
             self._content(pending, events)
         elif not self._any_message and self._header.strip() and "<|" not in self._header:
+            self.answer_offset = 0
             events.append(Text(self._header.strip()))
         self._header = ""
         return merged(events)
@@ -216,6 +229,8 @@ class HarmonySplitter:
 
     def _open(self, header: HarmonyHeader, events: list[SplitEvent]) -> None:
         self._current, self._wrote, self._any_message = header, False, True
+        if header.kind != REASONING and self.answer_offset is None:
+            self.answer_offset = self._fed
         if header.tool is not None:
             self._call, self.calls = self.calls, self.calls + 1
             events.append(CallStart(self._call, header.tool))
