@@ -314,6 +314,12 @@ def test_prompt_opened_reasoning_only_the_close_tag_comes(name):
     assert_every_chunking(lambda: reply_parser(fmt, prompt), output, (THOUGHT, "Hello!", []))
 
 
+@pytest.mark.parametrize("output", [f"<think>\n{THOUGHT}\n</think>\n\nHello!", f"\n<think>{THOUGHT}</think>Hello!"])
+def test_a_second_opening_after_the_prompt_opened_is_dropped(output):
+    fmt, prompt = fmt_of("Qwen-QwQ-32B"), render("Qwen-QwQ-32B")
+    assert_every_chunking(lambda: reply_parser(fmt, prompt), output, (THOUGHT, "Hello!", []))
+
+
 def test_smollm3_thinking_on_and_off():
     fmt = fmt_of("HuggingFaceTB-SmolLM3-3B")
     on, off = render("HuggingFaceTB-SmolLM3-3B"), render("HuggingFaceTB-SmolLM3-3B", option="off")
@@ -486,3 +492,17 @@ def test_qwen3_call_without_reasoning_is_still_a_call():
     output = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert_every_chunking(lambda: reply_parser(fmt, prompt, ToolCallParser(HERMES.syntax)), output,
                           ("", "", [("get_weather", '{"city": "Paris"}')]))
+
+
+def test_harmony_final_without_analysis_and_a_prompt_that_opened_the_final_channel():
+    fmt, prompt = fmt_of("openai-gpt-oss-120b"), render("openai-gpt-oss-120b")
+    assert_every_chunking(lambda: reply_parser(fmt, prompt), "<|channel|>final<|message|>Hi<|return|>", ("", "Hi", []))
+    opened = prompt + "<|channel|>final<|message|>"  # e.g. a prompt that skips the analysis itself
+    parser = reply_parser(fmt, opened)
+    assert parser.phase == ANSWER and parser.answer_offset == 0
+    assert_every_chunking(lambda: reply_parser(fmt, opened), "Hi<|return|>", ("", "Hi", []))
+
+
+def test_think_output_of_only_the_opening_gives_nothing():
+    fmt, prompt = fmt_of("Qwen-Qwen3-0.6B"), render("Qwen-Qwen3-0.6B")
+    assert_every_chunking(lambda: reply_parser(fmt, prompt), "<think>\n", ("", "", []))

@@ -12,7 +12,8 @@ one output gives the same joined reasoning and answer.
   three phases, read from the prompt: "reasoning" (the prompt opened ``<think>``: only ``</think>``
   will come), "undecided" (the output may open ``<think>``, after whitespace; if it starts with
   anything else, it is all answer) or "answer" (the prompt closed the reasoning: thinking off).
-  Whitespace around the reasoning and at the start of the answer is not content. Once the
+  Whitespace around the reasoning and at the start of the answer is not content; a ``<think>``
+  the model writes although the prompt opened the reasoning is dropped. Once the
   reasoning has ended, a ``<think>`` in the answer (in a JSON string, say) is answer text.
   Without ``</think>`` (``max_tokens`` mid-reasoning) everything is reasoning and the answer empty.
 - ``HarmonySplitter``: gpt-oss messages ``<|start|>assistant<|channel|>NAME[ to=RECIPIENT]
@@ -110,7 +111,11 @@ class ThinkSplitter:
             self._reason(pending[: -len(self.close_tag)].rstrip(), events)
             self._pending, self.phase, self.answer_offset = "", ANSWER, self._fed
             return
-        keep = held_back(pending, (self.close_tag,))
+        if not self._reasoned and pending.lstrip() == self.open_tag:
+            self._pending = ""  # the prompt opened the reasoning and the model opened it again
+            return
+        markers = (self.close_tag,) if self._reasoned else (self.close_tag, self.open_tag)
+        keep = held_back(pending, markers)
         self._reason(pending[: len(pending) - keep], events)
         self._pending = pending[len(pending) - keep:]
 
