@@ -506,3 +506,29 @@ def test_harmony_final_without_analysis_and_a_prompt_that_opened_the_final_chann
 def test_think_output_of_only_the_opening_gives_nothing():
     fmt, prompt = fmt_of("Qwen-Qwen3-0.6B"), render("Qwen-Qwen3-0.6B")
     assert_every_chunking(lambda: reply_parser(fmt, prompt), "<think>\n", ("", "", []))
+
+
+@pytest.mark.parametrize("name, output", [
+    ("Qwen-Qwen3-0.6B", f"<think>\n{THOUGHT}\n</think>\n\nHello!"),
+    ("Qwen-QwQ-32B", f"{THOUGHT}</think>Hello!"),
+    ("openai-gpt-oss-120b", f"<|channel|>analysis<|message|>{THOUGHT}<|end|><|start|>assistant<|channel|>final"
+     "<|message|>Hello!<|return|>"),
+])
+def test_reasoning_left_in_the_content(name, output):
+    fmt, prompt = fmt_of(name), render(name)
+    assert_every_chunking(lambda: reply_parser(fmt, prompt, ToolCallParser(HERMES.syntax), inline=True), output,
+                          ("", f"<think>{THOUGHT}</think>\n\nHello!", []))
+
+
+def test_reasoning_left_in_the_content_and_cut_short_is_closed():
+    fmt, prompt = fmt_of("Qwen-QwQ-32B"), render("Qwen-QwQ-32B")
+    assert_every_chunking(lambda: reply_parser(fmt, prompt, inline=True), f"{THOUGHT}\n",
+                          ("", f"<think>{THOUGHT}</think>\n\n", []))
+
+
+def test_reasoning_left_in_the_content_is_not_parsed_for_calls():
+    fmt, prompt = fmt_of("Qwen-QwQ-32B"), render("Qwen-QwQ-32B")
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    output = f"Maybe {call}?</think>{call}"
+    assert_every_chunking(lambda: reply_parser(fmt, prompt, ToolCallParser(HERMES.syntax), inline=True), output,
+                          ("", f"<think>Maybe {call}?</think>\n\n", [("get_weather", '{"city": "Paris"}')]))

@@ -45,10 +45,21 @@ Design note for the service (how to drive this):
 5. Budget: when the reasoning tokens reach the budget while ``parser.phase == "reasoning"``,
    append ``budget_cut_text(fmt, reasoning_so_far)`` to the sequence (tokenized, as if the model
    wrote it), feed the same text to the parser, and let the model go on with its answer.
-6. Harmony's markers are special tokens: the output must be detokenized with them
+6. Where reasoning goes (the server option): ``Reasoning`` events are the separate field
+   (``reasoning_content``, or ``reasoning`` as gpt-oss clients read it: the same text under
+   another name); ``reply_parser(..., inline=True)`` gives it back inside the content as
+   ``<think>…</think>\n\n`` for every format (Harmony too), still never parsed for tool calls.
+7. Harmony's markers are special tokens: the output must be detokenized with them
    (``<|channel|>`` etc. as text) for the parser to see them; ``<|return|>`` and ``<|call|>`` end
    the generation and may be missing. Its calls come from the splitter, not from ToolCallParser,
    and its tool format is tool_formats.HARMONY (native: the template renders tools and calls).
+   A grammar for Harmony calls (and reasoning-then-answer grammars generally) is not written yet.
+8. Decisions where the issue is silent: separate analysis messages (and separate answer messages)
+   join with a blank line; a Harmony ``commentary`` message without a recipient (a preamble meant
+   for the user) is answer text; ``chat_template_kwargs`` naming ``messages``, ``tools``,
+   ``add_generation_prompt``, ``bos_token``, ``eos_token`` or the template helpers is a 400 naming
+   ``chat_template_kwargs``; an explicit reasoning option wins over ``chat_template_kwargs``,
+   which win over the defaults.
 """
 
 from __future__ import annotations
@@ -251,9 +262,14 @@ class ReplyParser:
     the reasoning parse as calls and tags in the answer are the answer's. Harmony's calls come
     from its splitter."""
 
-    def __init__(self, splitter: ThinkSplitter | HarmonySplitter | PlainSplitter, tools: ToolCallParser | None = None):
+    def __init__(self, splitter: ThinkSplitter | HarmonySplitter | PlainSplitter, tools: ToolCallParser | None = None,
+                 *, inline: bool = False):
+        """``inline``: the reasoning goes back into the answer's text as ``<think>…</think>``
+        (the server setting that leaves reasoning in the content), still never parsed for calls."""
         self.splitter = splitter
         self.tools = tools
+        self.inline = inline
+        self._inline_open = False  # inline: a <think> was written and not yet closed
 
     @property
     def phase(self) -> str:
@@ -267,10 +283,28 @@ class ReplyParser:
         return self.splitter.answer_offset
 
     def feed(self, text: str) -> list[SplitEvent]:
-        return self._through_tools(self.splitter.feed(text), finish=False)
+        return self._inlined(self._through_tools(self.splitter.feed(text), finish=False), finish=False)
 
     def finish(self) -> list[SplitEvent]:
-        return self._through_tools(self.splitter.finish(), finish=True)
+        return self._inlined(self._through_tools(self.splitter.finish(), finish=True), finish=True)
+
+    def _inlined(self, events: list[SplitEvent], *, finish: bool) -> list[SplitEvent]:
+        if not self.inline:
+            return events
+        out: list[SplitEvent] = []
+        for event in events:
+            if isinstance(event, Reasoning):
+                out.append(Text(event.text if self._inline_open else INLINE_OPEN + event.text))
+                self._inline_open = True
+                continue
+            if self._inline_open:
+                out.append(Text(INLINE_CLOSE))
+                self._inline_open = False
+            out.append(event)
+        if finish and self._inline_open:
+            out.append(Text(INLINE_CLOSE))
+            self._inline_open = False
+        return merged(out)
 
     def _through_tools(self, events: list[SplitEvent], *, finish: bool) -> list[SplitEvent]:
         if self.tools is None:
@@ -283,8 +317,12 @@ class ReplyParser:
         return merged(out)
 
 
-def reply_parser(fmt: ReasoningFormat, prompt: str, tools: ToolCallParser | None = None) -> ReplyParser:
-    return ReplyParser(splitter_for(fmt, prompt), None if fmt.name == "harmony" else tools)
+INLINE_OPEN, INLINE_CLOSE = "<think>", "</think>\n\n"  # reasoning left in the content, in every format
+
+
+def reply_parser(fmt: ReasoningFormat, prompt: str, tools: ToolCallParser | None = None, *,
+                 inline: bool = False) -> ReplyParser:
+    return ReplyParser(splitter_for(fmt, prompt), None if fmt.name == "harmony" else tools, inline=inline)
 
 
 __all__ = ["ANSWER", "EFFORTS", "NO_REASONING", "OPTIONS", "REASONING", "UNDECIDED", "Reasoning", "ReasoningFormat",
