@@ -9,7 +9,7 @@ has no template, its family's built-in one is used (Gemma), and ChatML as the la
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -147,3 +147,22 @@ def _joined(pieces: Iterator[str], max_chars: int | None, should_stop: Callable[
         if should_stop is not None and count % PIECES_PER_CHECK == 0 and should_stop():
             raise RenderStopped()
     return "".join(out)
+
+
+# The variables studiolo itself gives every render (and the helpers it defines): a request's
+# ``chat_template_kwargs`` cannot replace them.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+                                "raise_exception", "strftime_now"})
+
+
+def checked_template_kwargs(kwargs: Mapping[str, Any] | None, param: str = "chat_template_kwargs") -> dict[str, Any]:
+    """A request's ``chat_template_kwargs`` as extra render variables (JSON values; the sandbox keeps
+    the template from changing them), refused when one would replace what studiolo gives."""
+    if not kwargs:
+        return {}
+    for name in kwargs:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidRequest(f"chat_template_kwargs key {name!r} is not a template variable name", param)
+        if name in RESERVED_VARIABLES:
+            raise InvalidRequest(f"chat_template_kwargs cannot set '{name}': studiolo sets it from the request", param)
+    return dict(kwargs)

@@ -60,11 +60,16 @@ HERMES = ToolFormat("hermes", CallSyntax("<tool_call>", "</tool_call>"), native=
 MISTRAL = ToolFormat("mistral", CallSyntax("[TOOL_CALLS]", array=True), native=True, parallel=True, between=", ")
 LLAMA3 = ToolFormat("llama3", CallSyntax("<|python_tag|>", arguments_key="parameters", bare_json=True, separator=";"),
                     native=True, parallel=False)
+# gpt-oss (Harmony): a call is a message to ``functions.NAME`` in the commentary channel, found by
+# chat/reasoning_parsers.py's HarmonySplitter, not by ToolCallParser; tool_grammar does not cover it.
+HARMONY = ToolFormat("harmony", CallSyntax("<|channel|>commentary to=functions."), native=True, parallel=False)
 GENERIC = ToolFormat("generic", CallSyntax("[TOOL_REQUEST]", "[END_TOOL_REQUEST]"), native=False, parallel=True,
                      between="\n")
 
 
 def format_for(template_source: str) -> ToolFormat:
+    if "<|channel|>" in template_source and "<|start|>" in template_source:
+        return HARMONY
     if "<tool_call>" in template_source:
         return HERMES
     if "[TOOL_CALLS]" in template_source:
