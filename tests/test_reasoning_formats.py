@@ -31,7 +31,7 @@ from studiolo.chat.reasoning import (
 )
 from studiolo.chat.reasoning_parsers import parse_header
 from studiolo.chat.templates import ChatTemplate
-from studiolo.chat.tool_formats import HARMONY, HERMES, format_for
+from studiolo.chat.tool_formats import HERMES, format_for
 from studiolo.chat.tool_parser import CallArguments, CallStart, Text, ToolCallParser
 from studiolo.domain.errors import InvalidRequest
 
@@ -85,8 +85,7 @@ def test_capabilities_as_the_model_list_gives_them():
     assert fmt_of("qwen2.5-instruct").capability() is None
 
 
-def test_tool_format_of_gpt_oss_is_harmony_and_the_others_stay():
-    assert format_for(template("openai-gpt-oss-120b").source) is HARMONY
+def test_tool_formats_of_reasoning_templates():
     assert format_for(template("Qwen-Qwen3-0.6B").source) is HERMES
     assert format_for(template("qwen2.5-instruct").source) is HERMES
 

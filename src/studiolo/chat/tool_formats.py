@@ -62,14 +62,13 @@ LLAMA3 = ToolFormat("llama3", CallSyntax("<|python_tag|>", arguments_key="parame
                     native=True, parallel=False)
 # gpt-oss (Harmony): a call is a message to ``functions.NAME`` in the commentary channel, found by
 # chat/reasoning_parsers.py's HarmonySplitter, not by ToolCallParser; tool_grammar does not cover it.
+# format_for chooses it once the service drives that parser (issue 19); until then gpt-oss gets GENERIC.
 HARMONY = ToolFormat("harmony", CallSyntax("<|channel|>commentary to=functions."), native=True, parallel=False)
 GENERIC = ToolFormat("generic", CallSyntax("[TOOL_REQUEST]", "[END_TOOL_REQUEST]"), native=False, parallel=True,
                      between="\n")
 
 
 def format_for(template_source: str) -> ToolFormat:
-    if "<|channel|>" in template_source and "<|start|>" in template_source:
-        return HARMONY
     if "<tool_call>" in template_source:
         return HERMES
     if "[TOOL_CALLS]" in template_source:
