@@ -371,6 +371,25 @@ def test_a_load_time_draft_is_used_shown_switched_off_and_unloaded(http):
     unload_all(http)
 
 
+def test_a_models_settings_file_gives_its_default_draft(spec_server, http):
+    """LM Studio's per-model key for the draft model, in STUDIOLO_HOME/model-settings: a JIT load takes it,
+    and a request's own draft_model still wins."""
+    unload_all(http)
+    settings = spec_server.home / "model-settings" / f"{SMOLLM}.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"operation": {"fields": [
+        {"key": "llm.prediction.speculativeDecoding.draftModel", "value": "ngram"}]}}))
+    try:
+        body = {"model": SMOLLM, "messages": ECHO, "max_tokens": 24, **GREEDY}
+        assert_adds_up(http.post("/api/v0/chat/completions", json=body).json()["stats"], "ngram")
+        assert instance(http, SMOLLM)["config"]["draft_model"] == "ngram"
+        own = http.post("/api/v0/chat/completions", json={**body, "draft_model": SMOLLM}).json()["stats"]
+        assert_adds_up(own, SMOLLM)
+    finally:
+        settings.unlink()
+        unload_all(http)
+
+
 def test_a_load_time_draft_that_cannot_draft_fails_the_load(http):
     unload_all(http)
     answer = http.post("/api/v1/models/load", json={"model": SMOLLM, "draft_model": GEMMA})
