@@ -80,7 +80,7 @@ from studiolo.chat.reasoning_parsers import (
     Reasoning,
     SplitEvent,
     ThinkSplitter,
-    merged,
+    merged_pieces,
 )
 from studiolo.chat.templates import checked_template_kwargs
 from studiolo.chat.tool_parser import Text, ToolCallParser
@@ -304,7 +304,7 @@ class ReplyParser:
         if finish and self._inline_open:
             out.append(Text(INLINE_CLOSE))
             self._inline_open = False
-        return merged(out)
+        return merged_pieces(out)
 
     def _through_tools(self, events: list[SplitEvent], *, finish: bool) -> list[SplitEvent]:
         if self.tools is None:
@@ -314,7 +314,7 @@ class ReplyParser:
             out.extend(self.tools.feed(event.text) if isinstance(event, Text) else [event])
         if finish:
             out.extend(self.tools.finish())
-        return merged(out)
+        return merged_pieces(out)
 
 
 INLINE_OPEN, INLINE_CLOSE = "<think>", "</think>\n\n"  # reasoning left in the content, in every format

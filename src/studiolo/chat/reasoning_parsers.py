@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from studiolo.chat.tool_parser import CallArguments, CallStart, Text
+from studiolo.chat.tool_parser import CallArguments, CallStart, Text, held_back, merged
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ThinkSplitter:
         self._fed += len(text) - index
         if index < len(text):
             self._answer(text[index:], events)
-        return merged(events)
+        return merged_pieces(events)
 
     def finish(self) -> list[SplitEvent]:
         """The end of the output: what was held back is reasoning (the reasoning never closed) or
@@ -93,7 +93,7 @@ class ThinkSplitter:
         elif self.phase == UNDECIDED:
             self.phase, self.answer_offset = ANSWER, self._fed - len(pending)
             self._answer(pending, events)
-        return merged(events)
+        return merged_pieces(events)
 
     def _undecided(self, char: str, events: list[SplitEvent]) -> None:
         self._pending += char
@@ -208,7 +208,7 @@ class HarmonySplitter:
                 self._in_header(char, events)
             else:
                 self._in_content(char, events)
-        return merged(events)
+        return merged_pieces(events)
 
     def finish(self) -> list[SplitEvent]:
         """The end: a message cut short keeps what it had (and what was held back); a header cut
@@ -222,7 +222,7 @@ class HarmonySplitter:
             self.answer_offset = 0
             events.append(Text(self._header.strip()))
         self._header = ""
-        return merged(events)
+        return merged_pieces(events)
 
     def _in_header(self, char: str, events: list[SplitEvent]) -> None:
         self._header += char
@@ -265,35 +265,6 @@ class HarmonySplitter:
         events.append(Reasoning(text) if kind == REASONING else Text(text))
 
 
-# --- shared -------------------------------------------------------------------------------------
-
-
-def held_back(text: str, markers: tuple[str, ...], *, strip_whitespace: bool = True) -> int:
-    """How many characters at the end of ``text`` must wait: the longest part of a marker that
-    the next characters may complete, and (``strip_whitespace``) the whitespace before it, which
-    is not content if the marker comes."""
-    keep = 0
-    for marker in markers:
-        for length in range(min(len(marker) - 1, len(text)), keep, -1):
-            if marker.startswith(text[-length:]):
-                keep = length
-                break
-    if not strip_whitespace:
-        return keep
-    return len(text) - len(text[: len(text) - keep].rstrip())
-
-
-def merged(events: list[SplitEvent]) -> list[SplitEvent]:
-    """Adjacent pieces of the same kind joined, so a fed chunk gives few events."""
-    out: list[SplitEvent] = []
-    for event in events:
-        last = out[-1] if out else None
-        if isinstance(event, Text) and isinstance(last, Text):
-            out[-1] = Text(last.text + event.text)
-        elif isinstance(event, Reasoning) and isinstance(last, Reasoning):
-            out[-1] = Reasoning(last.text + event.text)
-        elif isinstance(event, CallArguments) and isinstance(last, CallArguments) and last.call == event.call:
-            out[-1] = CallArguments(event.call, last.text + event.text)
-        else:
-            out.append(event)
-    return out
+def merged_pieces(events: list[SplitEvent]) -> list[SplitEvent]:
+    """Adjacent reasoning, text and argument pieces joined (tool_parser.merged)."""
+    return merged(events, (Text, Reasoning, CallArguments))

@@ -22,7 +22,8 @@ choice's output, after a call). Nothing is held back for that: arguments still s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class ToolCallParser:
         events: list[ParsedEvent] = []
         for char in text:
             self._step(char, events)
-        return _merged(events)
+        return merged(events)
 
     def finish(self) -> list[ParsedEvent]:
         """The end of the output: held-back text that opened nothing is content after all, unless
@@ -182,7 +183,7 @@ class ToolCallParser:
         elif self._state != "text" and (self._scanner is None or self._scanner.name is None) and not self.constrained:
             self._text(self._raw, events)
         self._pending = ""
-        return _merged(events)
+        return merged(events)
 
     # --- states ------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class ToolCallParser:
             self._pending, self._raw, self._closing = "", pending, syntax.close
             self._state = "open"
             return
-        keep = _held_back(pending, syntax.open)
+        keep = held_back(pending, (syntax.open,))
         emit = pending[: len(pending) - keep]
         if emit.strip():
             self._text(emit.lstrip() if self._after_call else emit, events)
@@ -336,27 +337,30 @@ class ToolCallParser:
             self._said_anything = True
 
 
-def _held_back(text: str, opening: str) -> int:
-    """How many characters at the end of ``text`` must wait: trailing whitespace, and a part
-    of ``opening`` that the next characters may complete."""
+def held_back(text: str, markers: tuple[str, ...], *, strip_whitespace: bool = True) -> int:
+    """How many characters at the end of ``text`` must wait: the longest part of a marker that the
+    next characters may complete, and (``strip_whitespace``) the whitespace before it, which is not
+    content if the marker comes."""
     keep = 0
-    for length in range(min(len(opening) - 1, len(text)), 0, -1):
-        if opening.startswith(text[-length:]):
-            keep = length
-            break
-    stripped = len(text[: len(text) - keep].rstrip())
-    return len(text) - stripped
+    for marker in markers:
+        for length in range(min(len(marker) - 1, len(text)), keep, -1):
+            if marker.startswith(text[-length:]):
+                keep = length
+                break
+    if not strip_whitespace:
+        return keep
+    return len(text) - len(text[: len(text) - keep].rstrip())
 
 
-def _merged(events: list[ParsedEvent]) -> list[ParsedEvent]:
-    """Adjacent pieces of the same kind joined, so a fed chunk gives few events."""
-    merged: list[ParsedEvent] = []
+def merged(events: list[Any], pieces: tuple[type, ...] = (Text, CallArguments)) -> list[Any]:
+    """Adjacent pieces of the same kind (``pieces``: event classes with a ``text``) joined, so a fed
+    chunk gives few events; argument pieces only of the same call."""
+    out: list[Any] = []
     for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, Text) and isinstance(last, Text):
-            merged[-1] = Text(last.text + event.text)
-        elif isinstance(event, CallArguments) and isinstance(last, CallArguments) and last.call == event.call:
-            merged[-1] = CallArguments(event.call, last.text + event.text)
+        last: Any = out[-1] if out else None
+        if (type(event) is type(last) and type(event) in pieces
+                and getattr(event, "call", None) == getattr(last, "call", None)):
+            out[-1] = replace(last, text=last.text + event.text)
         else:
-            merged.append(event)
-    return merged
+            out.append(event)
+    return out
