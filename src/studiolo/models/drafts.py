@@ -18,7 +18,7 @@ from studiolo.engine.llama import LlamaModel, ModelLoadError
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance
-from studiolo.models.memory import LoadEstimate, check_fits, estimate
+from studiolo.models.memory import check_fits, context_footprint, estimate
 
 NGRAM = "ngram"  # draft_model's name for drafting without a model (prompt lookup)
 NO_DRAFT = ("", "none")  # draft_model's names for none, even where the model has a default
@@ -55,7 +55,8 @@ async def attach_draft(instance: Instance, entry: CatalogEntry) -> DraftModel:
         draft = engine.drafts.get(entry.key)
         if draft is None:
             draft = await asyncio.to_thread(_attach_blocking, instance, engine, entry)
-            instance.footprint = _plus(instance.footprint, _draft_footprint(draft))
+            # its logits come out for a few rows a step: the output buffer llama.cpp made is its largest
+            instance.footprint += context_footprint(draft.model, draft.context, output_rows=0)
         return draft
 
 
@@ -72,16 +73,3 @@ def _attach_blocking(instance: Instance, engine: Engine, entry: CatalogEntry) ->
     except BaseException:
         model.close()
         raise
-
-
-def _draft_footprint(draft: DraftModel) -> LoadEstimate:
-    context, model = draft.context, draft.model
-    logged = context.buffer_bytes
-    estimated = estimate(model, context.n_ctx, context.n_batch)
-    if "compute" not in logged:
-        return estimated
-    return LoadEstimate(estimated.weights, logged.get("kv", 0), logged["compute"] + logged.get("output", 0))
-
-
-def _plus(a: LoadEstimate, b: LoadEstimate) -> LoadEstimate:
-    return LoadEstimate(a.weights + b.weights, a.kv_cache + b.kv_cache, a.compute + b.compute)

@@ -39,7 +39,7 @@ from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
-from studiolo.models.memory import LoadEstimate, check_fits, estimate
+from studiolo.models.memory import check_fits, context_footprint, estimate
 from studiolo.store.settings_files import InvalidSettingsFile, read_model_defaults
 
 log = logging.getLogger(__name__)
@@ -450,7 +450,9 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
         engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings)
-        footprint = _footprint(model, engine)
+        # its output buffer at its largest: a row of logits per token of a batch, when a request
+        # scores every prompt token
+        footprint = context_footprint(model, engine.context, output_rows=engine.context.n_batch)
     except ModelLoadError as exc:
         model.close()
         raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
@@ -458,23 +460,6 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
         model.close()
         raise
     return model, engine, info, footprint
-
-
-def _footprint(model: LlamaModel, engine: Engine | EmbeddingEngine) -> LoadEstimate:
-    """The memory an instance holds at most: its weights (mapped from the file), its KV cells (every
-    sequence's; llama.cpp clears them at creation, so they are resident from the load on), its
-    compute buffer, and its output buffer at its largest (a row of logits per token of a batch,
-    when a request scores every prompt token). Sizes are what llama.cpp logged when it created the
-    context; models/memory.py's estimate where it logged none."""
-    context = engine.context
-    logged = context.buffer_bytes
-    estimated = estimate(model, context.n_ctx if context.has_memory else 0, context.n_batch)
-    row = model.n_embd_out if context.embeddings else model.n_vocab  # float32 values per output row
-    largest_outputs = context.n_batch * row * 4
-    if "compute" not in logged:
-        return estimated
-    return LoadEstimate(estimated.weights, logged.get("kv", 0) + logged.get("rs", 0),
-                        logged["compute"] + max(largest_outputs, logged.get("output", 0)))
 
 
 __all__ = [

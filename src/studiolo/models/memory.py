@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studiolo.domain.errors import InvalidRequest
-from studiolo.engine.llama import LlamaModel
+from studiolo.engine.llama import LlamaContext, LlamaModel
 
 F16_BYTES = 2
 LOGIT_BYTES = 4
@@ -34,6 +34,10 @@ class LoadEstimate:
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.compute
+
+    def __add__(self, other: LoadEstimate) -> LoadEstimate:
+        return LoadEstimate(self.weights + other.weights, self.kv_cache + other.kv_cache,
+                            self.compute + other.compute)
 
 
 def _meta_int(model: LlamaModel, key: str) -> int:
@@ -56,6 +60,20 @@ def estimate(model: LlamaModel, cells: int, batch_size: int) -> LoadEstimate:
     per_cell = layers * kv_heads * (key_length + value_length) * F16_BYTES
     compute = batch_size * model.n_vocab * LOGIT_BYTES + GRAPH_SCRATCH_BYTES
     return LoadEstimate(Path(model.path).stat().st_size, cells * per_cell, compute)
+
+
+def context_footprint(model: LlamaModel, context: LlamaContext, *, output_rows: int) -> LoadEstimate:
+    """The memory a context over ``model`` holds at most: the weights (mapped from the file), its KV
+    cells (every sequence's; llama.cpp clears them at creation, so they are resident from the load
+    on), its compute buffer, and its output buffer with ``output_rows`` rows at most. Sizes are what
+    llama.cpp logged when it created the context; ``estimate`` where it logged none."""
+    logged = context.buffer_bytes
+    estimated = estimate(model, context.n_ctx if context.has_memory else 0, context.n_batch)
+    row = model.n_embd_out if context.embeddings else model.n_vocab  # float32 values per output row
+    if "compute" not in logged:
+        return estimated
+    return LoadEstimate(estimated.weights, logged.get("kv", 0) + logged.get("rs", 0),
+                        logged["compute"] + max(output_rows * row * 4, logged.get("output", 0)))
 
 
 def available_bytes() -> int:
