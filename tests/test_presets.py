@@ -240,12 +240,12 @@ def test_model_load_defaults_apply_at_a_jit_load_and_load_flags_override_them(ht
         {"key": "llm.load.contextLength", "value": 2048},
         {"key": "llm.load.numParallelSessions", "value": 2},
         {"key": "studiolo.load.ttl", "value": 900},
-        {"key": "llm.prediction.speculativeDecoding.draftModel", "value": "some/draft"}]}})
+        {"key": "llm.prediction.speculativeDecoding.draftModel", "value": "ngram"}]}})
     unload_all(http)
     chat(http, max_tokens=1, **GREEDY)  # a JIT load
     (instance,) = loaded_instances(http).values()
     assert instance["config"]["context_length"] == 2048 and instance["config"]["parallel"] == 2
-    assert instance["status"]["ttl_seconds"] == 900
+    assert instance["status"]["ttl_seconds"] == 900 and instance["config"]["draft_model"] == "ngram"
     unload_all(http)
     chat(http, max_tokens=1, ttl=300, **GREEDY)  # the request's ttl over the file's
     assert [i["status"]["ttl_seconds"] for i in loaded_instances(http).values()] == [300]
@@ -257,7 +257,7 @@ def test_model_load_defaults_apply_at_a_jit_load_and_load_flags_override_them(ht
     assert instance["config"]["context_length"] == 1024  # the flag
     assert instance["config"]["parallel"] == 2 and instance["status"]["ttl_seconds"] == 900  # the file
     shown = studiolo(presets_server.home, "preset", "model", SMOLLM)
-    assert "some/draft" in shown.stdout and "not used" in shown.stdout
+    assert "draft model" in shown.stdout and "ngram" in shown.stdout
     unload_all(http)
 
 

@@ -129,8 +129,7 @@ def model_command(model: str = typer.Argument(..., help="The model's key (publis
              "draft model": defaults.draft_model, "preset": defaults.preset}
     for setting, value in loads.items():
         if value is not None:
-            table.add_row(setting, str(value) + (" (not used: no speculative decoding yet)"
-                                                 if setting == "draft model" else ""))
+            table.add_row(setting, str(value))
     for setting, text in settings_rows(defaults.prediction):
         table.add_row(setting, text)
     Console().print(table)
