@@ -15,12 +15,25 @@ import pytest
 from studiolo.config import EngineSettings
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import ConstraintSpec, compiler_for
-from studiolo.engine.draft_model import IncompatibleDraft, check_compatible
+from studiolo.engine.draft_model import (
+    MOST_COST,
+    ROUND_OVERHEAD,
+    DraftModel,
+    IncompatibleDraft,
+    check_compatible,
+    draft_cost,
+)
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.ngram import NgramIndex, PredictionLookup, PromptLookup
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, TokenEvent
-from studiolo.engine.speculation import Speculation
+from studiolo.engine.speculation import (
+    FIRST_REST,
+    START_LENGTH,
+    SequenceSpeculation,
+    Speculation,
+)
+from studiolo.models.defaults import QWEN05, target_path
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import GEMMA, SMOLLM
 from tests.lora import write_lora_adapter
@@ -118,19 +131,94 @@ def test_prediction_lookup_starts_at_the_start_and_resyncs_after_an_edit():
     assert lookup.propose([1, 2, 3, 40, 5, 6], 3) == [7, 8, 9]
 
 
+# --- adapting -------------------------------------------------------------------------
+
+
+def verify(state: SequenceSpeculation, drafted: int, accepted: int, rounds: int = 0) -> None:
+    """What the engine does with a verified draft of the state's one source (``rounds``: of a draft model)."""
+    state.source = "draft" if state.spec.draft is not None else "ngram"
+    if state.source == "draft":
+        state.drafted_by_model(drafted, rounds)
+    state.start(drafted)
+    for place in range(min(drafted, accepted + 1)):
+        state.checked(place < accepted)
+    state.settle(ended=False)
+
+
+def fail_until_resting(state: SequenceSpeculation, source: str) -> int:
+    """Verify drafts of which none holds until the source rests; how many it took."""
+    for failed in range(1, 20):
+        verify(state, state.length(source), 0, rounds=state.length(source) + 1)
+        if not state.drafts_from(source):
+            return failed
+    raise AssertionError(f"{source} drafts on after 19 drafts of which none held")
+
+
+def rest_length(state: SequenceSpeculation, source: str) -> int:
+    """How many more steps the source rests (it was asked once already)."""
+    steps = 1
+    while not state.drafts_from(source):
+        steps += 1
+    return steps
+
+
+def test_a_source_whose_drafts_do_not_pay_rests_then_tries_again_resting_longer():
+    state = SequenceSpeculation(Speculation(ngram=True), [1, 2, 3])
+    verify(state, 8, 8)  # paid (8 tokens for 8 rows, 2.4 steps): it drafts longer
+    assert state.length("ngram") == START_LENGTH["ngram"] + 2 and state.drafts_from("ngram")
+    assert 1 < fail_until_resting(state, "ngram") < 5  # the gain behind it holds it a few misses
+    assert rest_length(state, "ngram") == FIRST_REST
+    assert fail_until_resting(state, "ngram") <= 2  # back with fresh figures, failing again:
+    assert rest_length(state, "ngram") == 2 * FIRST_REST
+    verify(state, 1, 1)  # a draft that pays: the next rest is the first one again
+    fail_until_resting(state, "ngram")
+    assert rest_length(state, "ngram") == FIRST_REST
+    stats = state.stats
+    assert stats.accepted == 9 and stats.rejected == stats.drafted - 9 and stats.ignored == 0
+
+
+def test_a_draft_models_rounds_count_even_when_they_draft_nothing():
+    draft = DraftModel.__new__(DraftModel)  # no context needed to price it
+    draft.cost = 0.2
+    state = SequenceSpeculation(Speculation(draft=draft), [1, 2, 3])
+    assert state.round_cost() == 0.2
+    verify(state, 3, 3, rounds=3)  # 3 tokens for 3 rounds and 3 rows (1.5 steps)
+    fruitless = 0
+    while state.drafts_from("draft"):  # rounds where it was not sure enough of its first token
+        state.drafted_by_model(0, 1)
+        fruitless += 1
+        assert fruitless < 20
+    assert 5 < fruitless < 15 and state.stats.drafted == 3
+    assert rest_length(state, "draft") == FIRST_REST
+
+
+def test_a_draft_models_cost_is_its_share_of_the_weights_read_and_at_most_most_cost(model):
+    assert draft_cost(model, model) == MOST_COST  # drafting for itself never pays: it drafts where sure
+    bigger = LlamaModel(target_path(QWEN05))  # installed by make setup
+    try:
+        assert draft_cost(bigger, model) == pytest.approx(ROUND_OVERHEAD + model.size_bytes / bigger.size_bytes)
+        assert ROUND_OVERHEAD < draft_cost(bigger, model) < MOST_COST
+    finally:
+        bigger.close()
+
+
 # --- the engine ------------------------------------------------------------------------
 
 
-def test_a_draft_model_drafting_for_itself_keeps_the_greedy_output(engine, model):
-    prompt = "Write a short poem about the sea and the wind."
+@pytest.mark.parametrize(("prompt", "least_drafted"), [
+    ("Write a short poem about the sea and the wind.", 1),  # unsure: few drafts are worth a round
+    ("Count from 1 to 20, separated by commas.", 15),  # sure (it counts "1. 1", "2. 2"...): most are
+])
+def test_a_draft_model_drafting_for_itself_keeps_the_greedy_output(engine, model, prompt, least_drafted):
     (plain, plain_end), = generate(engine, request(model, prompt))
     draft = Speculation(draft=engine.drafts["smollm2-draft"])
     (drafted, end), = generate(engine, request(model, prompt, speculation=draft))
     assert_same_or_parted_at_a_near_tie("self-draft", plain, drafted)
     assert plain_end.draft is None
     assert_stats_add_up(end)
-    # a model agrees with itself (but where its arithmetic parts a near-tie); it drafts only where it is sure
-    assert end.draft.drafted >= 5 and end.draft.accepted >= 0.8 * end.draft.drafted, end.draft
+    # a model agrees with itself (but where its arithmetic parts a near-tie); it drafts only where it is
+    # so sure that a draft pays its round (MOST_COST, VERIFY_COST)
+    assert end.draft.drafted >= least_drafted and end.draft.accepted >= 0.8 * end.draft.drafted, end.draft
     assert end.completion_tokens == len(drafted) > 20
 
 

@@ -7,8 +7,17 @@ for drafts for some sequences: it brings each sequence's cells up to what the ta
 rejected), then decodes one token per sequence per round, all sequences in one batch, taking its
 own most likely token each time. Drafts are the draft model's argmax: a deterministic proposal,
 so verifying them by sampling the target and comparing (engine/speculation.py) keeps the target's
-distribution exactly. A sequence stops drafting once the draft model is unsure of its own next
-token (below ``CONFIDENT``): such a token is likely rejected, and each costs a round.
+distribution exactly.
+
+Each draft costs a round of the draft model and a row in the target's step, and is worth a token
+only if it is accepted. The draft model's own probability of its token estimates that: a sequence
+stops drafting at a token it is less sure of than what a round costs, as a share of a target step
+(``DraftWanted.worth``; llama.cpp's ``--draft-p-min``, with a price). The product of the
+probabilities, the chance that a whole run holds, would be the exact worth of a run if they were
+calibrated; they are not (SmolLM2 drafting for itself stopped after two tokens that were all
+accepted). The cost is estimated from the two models' sizes, since a single-token step on a CPU
+reads every weight once (``draft_cost``). Whether drafting pays at all is decided from what was
+accepted (engine/speculation.py).
 
 It runs on the compute thread only, like its target's context.
 """
@@ -23,7 +32,10 @@ from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.prompt_cache import common_prefix_length
 
-CONFIDENT = 0.5  # the draft model's probability of its own token below which it stops drafting
+# A draft model's round, as a share of its target's step: the share of the weights it reads, plus
+# what a decode costs whatever the model (measured on the Qwen2.5-Coder pair, bench/speculative.py).
+ROUND_OVERHEAD = 0.15
+MOST_COST = 0.75  # a draft as big as its target can never pay; it may still draft where it is sure
 VOCAB_SIZE_SLACK = 128  # token lists may differ in length by padding (llama.cpp allows as much)
 FIRST_CHECKED_TOKEN = 5  # ids below are control tokens some conversions name differently
 
@@ -50,15 +62,21 @@ def check_compatible(target: LlamaModel, draft: LlamaModel, draft_key: str) -> N
             refuse(f"token {token} is {draft.token_text(token)!r} in it, {target.token_text(token)!r} in the model")
 
 
+def draft_cost(target: LlamaModel, draft: LlamaModel) -> float:
+    """A round of ``draft`` as a share of a step of ``target``."""
+    return min(MOST_COST, ROUND_OVERHEAD + draft.size_bytes / max(1, target.size_bytes))
+
+
 @dataclass
 class DraftWanted:
     """One sequence's request for drafts: the tokens the target has fed (its slot's), the token it
-    feeds next, and how many drafts at most."""
+    feeds next, how many drafts at most, and the least probability of a draft worth its round."""
 
     seq_id: int
     fed: list[int]
     pending: int
     count: int
+    worth: float
 
 
 # a sequence's tokens to feed in a round, and whether it drafts from the last one's logits
@@ -67,9 +85,10 @@ _Feed = tuple[DraftWanted, list[int], bool]
 
 class DraftModel:
     def __init__(self, model: LlamaModel, key: str, *, slots: int, context_length: int, batch_size: int,
-                 threads: int):
+                 threads: int, cost: float):
         self.model = model
         self.key = key
+        self.cost = cost  # a round, as a share of the target's step (draft_cost)
         self.context = LlamaContext(
             model,
             ContextParams(n_ctx=slots * context_length, n_batch=batch_size, n_seq_max=slots, n_threads=threads),
@@ -138,7 +157,7 @@ class DraftModel:
                 continue
             logits = self.context.logits(row)
             token = int(logits.argmax())
-            if _probability_of_best(logits) < CONFIDENT or not self.model.is_valid_token(token):
+            if _probability_of_best(logits) < want.worth or not self.model.is_valid_token(token):
                 continue
             found = drafts[want.seq_id]
             found.append(token)

@@ -19,7 +19,7 @@ from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest, Unavailable
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
-from studiolo.engine.draft_model import DraftModel
+from studiolo.engine.draft_model import DraftModel, draft_cost
 from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.prompt_cache import PromptCache
@@ -118,7 +118,7 @@ class Engine(EngineLifecycle[_Command]):
         many cells); it is closed with the engine. Call it off the event loop: creating a context
         allocates its cache."""
         draft = DraftModel(model, key, slots=self.parallel, context_length=self.context_length,
-                           batch_size=self.context.n_batch, threads=self.threads)
+                           batch_size=self.context.n_batch, threads=self.threads, cost=draft_cost(self.model, model))
         with self._wake:  # not while close() takes the drafts to free them
             if not self._closing:
                 self.drafts[key] = draft

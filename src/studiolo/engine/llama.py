@@ -111,6 +111,7 @@ class LlamaModel:
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
         self.vocab_type: int = llama.llama_vocab_type(self._vocab)
+        self.size_bytes: int = llama.llama_model_size(handle)  # its weights
         # whether the KV cache can drop a sequence's last cells (recurrent and hybrid models keep a
         # state instead): speculative decoding needs to, to take back rejected drafts
         self.can_truncate: bool = not (llama.llama_model_is_recurrent(handle) or llama.llama_model_is_hybrid(handle))

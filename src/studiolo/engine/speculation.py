@@ -18,9 +18,14 @@ and otherwise replaced by a draw from the rest of the distribution.
 
 Drafts come from, in this order (the first that proposes any): a predicted output (OpenAI's
 Predicted Outputs), an n-gram lookup in the sequence's own prompt and output, a draft model.
-How many a sequence drafts adapts to how many it gets accepted. When many sequences decode
-together, the model's step is no longer bound by reading its weights once per step but by
-arithmetic, and each verified draft costs nearly what a decoded token does: speculation steps back.
+How many a sequence drafts adapts to how many it gets accepted. A draft costs a row in the step
+(``VERIFY_COST``) and, from a draft model, a round of it (even a round that drafts nothing): a
+source whose accepted drafts, a running figure, gain fewer tokens than it spends in steps rests for
+a while, then tries again (resting longer each time it still does not pay); a prediction never
+rests, since the caller says the output follows it (after an edit it is found again). When many
+sequences decode together, the model's step is no longer bound by reading its weights once per
+step but by arithmetic, and each verified draft costs nearly what a decoded token does:
+speculation steps back.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ MAX_SPECULATING_STREAMS = 2  # more decoding sequences in a step than this: nobo
 START_LENGTH = {"prediction": 16, "ngram": 8, "draft": 4}
 MAX_LENGTH = {"prediction": 32, "ngram": 16, "draft": 12}
 GROW, SHRINK = 2, 1  # after a draft accepted whole, or not
+# One more row in a single sequence's step, as a share of a one-row step (Qwen2.5-Coder-1.5B
+# Q4_K_M on 2 cores: 0.2 to 0.58 a row, timing decodes of 1 to 17 rows; 0.3 from 4 to 13).
+VERIFY_COST = 0.3
+RUNNING_WEIGHT = 0.3  # of the latest draft in a source's running gain and spending
+FIRST_REST, LONGEST_REST = 16, 256  # steps a source rests when its drafts do not pay; doubling
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,12 @@ class SequenceSpeculation:
         self._prediction = PredictionLookup(spec.prediction) if spec.prediction else None
         self._lookup = PromptLookup(prompt) if spec.ngram else None
         self._length = dict(START_LENGTH)
+        # running figures per draft: tokens it gained (accepted), steps it cost; a fresh source pays
+        self._gain = dict.fromkeys(START_LENGTH, 1.0)
+        self._spent = dict.fromkeys(START_LENGTH, 0.0)
+        self._rounds = 0  # of the draft model, spent on the drafts under verification
+        self._rest = dict.fromkeys(START_LENGTH, FIRST_REST)
+        self._resting = dict.fromkeys(START_LENGTH, 0)  # steps left before the source drafts again
         self.source = ""  # where the drafts under verification came from
         self.stats = DraftStats()
         self._drafted = self._accepted = 0  # of the drafts under verification
@@ -79,15 +95,32 @@ class SequenceSpeculation:
     def length(self, source: str) -> int:
         return self._length[source]
 
+    def round_cost(self) -> float:
+        """A round of the draft model, as a share of a step."""
+        return self.spec.draft.cost if self.spec.draft is not None else 0.0
+
+    def drafts_from(self, source: str) -> bool:
+        """Whether ``source`` may draft this step; each call counts a step of its rest."""
+        if self._resting[source]:
+            self._resting[source] -= 1
+            return False
+        return True
+
     def look_up(self, output: list[int], room: int) -> list[int]:
         """Drafts from the prediction or the n-gram lookup, at most ``room`` (empty: none found)."""
         for source, lookup in (("prediction", self._prediction), ("ngram", self._lookup)):
-            if lookup is not None:
+            if lookup is not None and self.drafts_from(source):
                 drafts = lookup.propose(output, min(room, self._length[source]))
                 if drafts:
                     self.source = source
                     return drafts
         return []
+
+    def drafted_by_model(self, drafts: int, rounds: int) -> None:
+        """The draft model spent ``rounds`` on this step's drafts; with none, that is all there is."""
+        self._rounds = rounds
+        if not drafts:
+            self._account("draft", 0.0, rounds * self.round_cost())
 
     def start(self, drafted: int) -> None:
         """A step is about to verify ``drafted`` drafts of this sequence."""
@@ -116,7 +149,23 @@ class SequenceSpeculation:
             length = self._length[self.source]
             grown = length + GROW if accepted == drafted else length - SHRINK
             self._length[self.source] = max(1, min(MAX_LENGTH[self.source], grown))
+            rounds, self._rounds = (self._rounds, 0) if self.source == "draft" else (0, 0)
+            self._account(self.source, accepted, drafted * VERIFY_COST + rounds * self.round_cost())
         self._drafted = 0
+
+    def _account(self, source: str, gained: float, spent: float) -> None:
+        """Add a draft's gain (tokens) and cost (steps) to the source's running figures; rest the
+        source while they do not pay."""
+        if gained >= spent:  # this one paid: the next rest is a short one again
+            self._rest[source] = FIRST_REST
+        self._gain[source] += RUNNING_WEIGHT * (gained - self._gain[source])
+        self._spent[source] += RUNNING_WEIGHT * (spent - self._spent[source])
+        if self._gain[source] >= self._spent[source] or source == "prediction":
+            return  # a prediction is the caller's word that the output follows it: it only shrinks
+        # it comes back with fresh figures, so one good draft is enough to keep it
+        self._gain[source], self._spent[source] = 1.0, 0.0
+        self._resting[source] = self._rest[source]
+        self._rest[source] = min(LONGEST_REST, 2 * self._rest[source])
 
     def ignored(self, count: int) -> None:
         """Drafts dropped before verification (the output's grammar forbids them)."""
@@ -142,20 +191,18 @@ def propose(sequences: list[Speculating], decoding: int, threads: int) -> dict[i
     if decoding > MAX_SPECULATING_STREAMS:
         return {}
     proposed: dict[int, list[int]] = {}
-    by_draft_model: dict[int, tuple[DraftModel, list[DraftWanted]]] = {}
+    by_draft_model: dict[int, tuple[DraftModel, list[Speculating]]] = {}
     for seq in sequences:
         if seq.room <= 0:
             continue
         drafts = seq.state.look_up(seq.output, seq.room)
         if drafts:
             proposed[seq.seq_id] = drafts
-        elif (draft := seq.state.spec.draft) is not None:
-            count = min(seq.room, seq.state.length("draft"))
-            by_draft_model.setdefault(id(draft), (draft, []))[1].append(
-                DraftWanted(seq.seq_id, seq.fed, seq.pending, count))
+        elif (draft := seq.state.spec.draft) is not None and seq.state.drafts_from("draft"):
+            by_draft_model.setdefault(id(draft), (draft, []))[1].append(seq)
             seq.state.source = "draft"
-    for draft, wanted in by_draft_model.values():
-        proposed.update(draft.draft(wanted, threads))
+    for draft, asking in by_draft_model.values():
+        proposed.update(_from_draft_model(draft, asking, threads))
     for seq in sequences:
         found = proposed.get(seq.seq_id, [])
         if found and seq.valid_prefix is not None:
@@ -164,3 +211,15 @@ def propose(sequences: list[Speculating], decoding: int, threads: int) -> dict[i
                 seq.state.ignored(len(found) - allowed)
                 proposed[seq.seq_id] = found[:allowed]
     return {seq_id: drafts for seq_id, drafts in proposed.items() if drafts}
+
+
+def _from_draft_model(draft: DraftModel, asking: list[Speculating], threads: int) -> dict[int, list[int]]:
+    """One draft model's drafts for the sequences asking it, its rounds charged to each."""
+    wanted = [DraftWanted(seq.seq_id, seq.fed, seq.pending, min(seq.room, seq.state.length("draft")),
+                          seq.state.round_cost()) for seq in asking]
+    drafted = draft.draft(wanted, threads)
+    for seq, want in zip(asking, wanted, strict=True):
+        if (found := drafted.get(seq.seq_id)) is not None:  # else: catching up, not drafting yet
+            # a round per draft, and one more for the token that stopped it short
+            seq.state.drafted_by_model(len(found), len(found) + (len(found) < want.count))
+    return drafted
