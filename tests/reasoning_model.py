@@ -54,7 +54,7 @@ def with_template(source: Path, dest: Path, template: str) -> Path:
     ``.part`` file renamed into place)."""
     reader = gguf.GGUFReader(source)
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
-    part = dest.with_suffix(".part")
+    part = dest.with_suffix(f".{os.getpid()}.part")  # two test runs at once never share one
     writer = gguf.GGUFWriter(part, arch)
     for field in reader.fields.values():
         if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.Tokenizer.CHAT_TEMPLATE) \
