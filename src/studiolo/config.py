@@ -141,3 +141,7 @@ class ServerSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: RequestLimits = field(default_factory=load_limits)
     budgets: Budgets = field(default_factory=load_budgets)
+    # where /v1/chat/completions puts a reasoning model's reasoning (docs/API.md "Reasoning"), as LM
+    # Studio's developer setting: "reasoning_content", "reasoning" (the field gpt-oss clients read),
+    # or "content" (left in the content as <think>...</think>)
+    reasoning_output: str = "reasoning_content"

@@ -84,6 +84,13 @@ def request_limits(request: Request) -> RequestLimits:
     return settings.limits if settings is not None else RequestLimits()
 
 
+def reasoning_field(request: Request) -> str:
+    """The server's reasoning output (ServerSettings.reasoning_output): the field reasoning goes in,
+    or "content"."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings.reasoning_output if settings is not None else "reasoning_content"
+
+
 def _decoded(body: bytes, limits: RequestLimits) -> Any:
     """The body's JSON within the limits, with no lone surrogate in its text."""
     decoded = parse_bounded(body, limits)

@@ -148,6 +148,10 @@ def render_input(console: Console, event: dict[str, Any]) -> None:
 
 def render_output(console: Console, event: dict[str, Any]) -> None:
     _print_heading(console, event, ("output", "bold green"), f"choice {event.get('index')}")
+    if event.get("reasoning") is not None:  # a reasoning model's thinking, apart from its answer
+        console.print(Text("reasoning:", style="bold yellow"))
+        _write_verbatim(console, str(event["reasoning"]))
+        console.print(Text("answer:", style="bold green"))
     _write_verbatim(console, str(event.get("text", "")))
     stats = (
         f"{event.get('completion_tokens')} tokens, {_rate(event.get('tokens_per_second'))}, "

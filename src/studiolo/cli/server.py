@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
@@ -42,6 +43,14 @@ app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_h
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class ReasoningOutput(StrEnum):
+    """ServerSettings.reasoning_output's values."""
+
+    reasoning_content = "reasoning_content"
+    reasoning = "reasoning"
+    content = "content"
 
 
 def read_state() -> dict | None:
@@ -161,6 +170,11 @@ def start(
     auto_evict: bool = typer.Option(
         True, "--auto-evict/--no-auto-evict", help="Keep at most one just-in-time loaded model."
     ),
+    reasoning_output: ReasoningOutput = typer.Option(
+        ReasoningOutput.reasoning_content, "--reasoning-output",
+        help="Where /v1/chat/completions puts a reasoning model's reasoning: the message's reasoning_content, "
+             "its reasoning field (as gpt-oss clients read it), or the content, as <think>...</think>.",
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
@@ -174,11 +188,12 @@ def start(
     if foreground:
         engine = EngineSettings(context_length=context_length, parallel=parallel, threads=threads)
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
-                                      engine=engine))
+                                      engine=engine, reasoning_output=reasoning_output.value))
         return
     options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
     options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
     options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
+    options += ["--reasoning-output", reasoning_output.value]
     _start_background(port, bind, options)
 
 

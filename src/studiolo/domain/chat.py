@@ -31,6 +31,7 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None  # a tool message: the function's name
+    reasoning: str | None = None  # an assistant's reasoning, given back to templates that read it
 
 
 @dataclass(frozen=True)

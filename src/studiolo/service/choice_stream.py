@@ -6,8 +6,10 @@ A token goes through, in order:
 2. ``StopStrings``: text released once it cannot be part of a stop string; a stop string ends
    the output there, and ends the engine's sequence at once;
 3. ``DeltaWriter``: the released text as ``TextDelta``s, or as tool calls and content when
-   tools are offered;
-4. ``OutputLog``: the text kept for ``studiolo log stream`` readers of the model log.
+   tools are offered, and as ``ReasoningDelta``s apart from them when the chat splits a reasoning
+   model's output (service/chat_prompt.py ``ReasoningSplit``; chat/reasoning.py ReplyParser);
+4. ``OutputLog``: the text kept for ``studiolo log stream`` readers of the model log, with its
+   reasoning apart.
 
 ``ChoiceOutput`` runs the stages for each token and at the end; ``Generation`` (generation.py)
 reads the engine's events, feeds it, and does the accounting when the choice ends.
@@ -15,17 +17,19 @@ reads the engine's events, feeds it, and does the accounting when the choice end
 
 from __future__ import annotations
 
-from studiolo.chat.tool_parser import CallSyntax
+from studiolo.chat.reasoning import REASONING, UNDECIDED
+from studiolo.chat.tool_parser import CallSyntax, ToolCallParser
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.sampling import TokenLogprob
 from studiolo.engine.sequence import FinishEvent, TokenEvent
 from studiolo.engine.stream import TokenStream
+from studiolo.service.chat_prompt import ReasoningSplit
 from studiolo.service.model_log import LogHub
 from studiolo.service.text import TextAssembler
 from studiolo.service.tool_calls import CallReader
-from studiolo.service.types import Alternative, TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import Alternative, ReasoningDelta, TextDelta, TokenInfo, ToolCallDelta
 
-Delta = TextDelta | ToolCallDelta
+Delta = TextDelta | ReasoningDelta | ToolCallDelta
 
 _CAUSES = {"stop": "eos", "length": "max_tokens", "context": "context_length", "cancelled": "cancelled"}
 
@@ -91,15 +95,41 @@ class StopStrings:
 
 
 class DeltaWriter:
-    """Stage 3: released text as events: text deltas, or content and tool calls when tools are offered."""
+    """Stage 3: released text as events: text deltas; content and tool calls when tools are offered;
+    reasoning apart from the answer when the chat splits it (``ReasoningSplit``), the answer then
+    going through the tool-call parser (calls after the reasoning are calls). Counts the tokens
+    whose text fell in the reasoning."""
 
-    def __init__(self, index: int, syntax: CallSyntax | None):
+    def __init__(self, index: int, syntax: CallSyntax | None, reasoning: ReasoningSplit | None = None):
         self._index = index
-        self._calls = CallReader(index, syntax) if syntax is not None else None
+        tools = ToolCallParser(syntax, constrained=True) if syntax is not None else None
+        self._reply = reasoning.parser(tools) if reasoning is not None else None
+        parser = self._reply or tools
+        self._calls = CallReader(index, parser) if parser is not None else None
+        self.reasoning_tokens = 0
+        self._undecided = 0  # tokens read since the output last was in the reasoning or the answer
 
     @property
     def made_calls(self) -> bool:
         return self._calls is not None and self._calls.count > 0
+
+    def token(self, text: str, tokens: list[TokenInfo]) -> list[Delta]:
+        """One token's released text: a reasoning token if the reasoning held it at its start or
+        end; tokens read while it was not yet known (``<think>`` in pieces, a Harmony header) count
+        as what came of them."""
+        if self._reply is None:
+            return self.feed(text, tokens)
+        before = self._reply.phase
+        deltas = self.feed(text, tokens)
+        after = self._reply.phase
+        if REASONING in (before, after):
+            self.reasoning_tokens += 1 + self._undecided
+            self._undecided = 0
+        elif after == UNDECIDED:
+            self._undecided += 1
+        else:
+            self._undecided = 0
+        return deltas
 
     def feed(self, text: str, tokens: list[TokenInfo]) -> list[Delta]:
         if self._calls is not None:
@@ -110,12 +140,19 @@ class DeltaWriter:
         deltas = self.feed(text, tokens)
         return deltas + self._calls.finish() if self._calls is not None else deltas
 
+    @property
+    def answer_offset(self) -> int | None:
+        """Where the answer starts in the text fed (None: it never did); 0 without a split."""
+        return self._reply.answer_offset if self._reply is not None else 0
+
 
 class OutputLog:
-    """Stage 4: the choice's text for the model log, kept only if someone read that log when it began."""
+    """Stage 4: the choice's text for the model log, kept only if someone read that log when it began;
+    its reasoning apart, when the chat splits it."""
 
     def __init__(self, hub: LogHub | None):
         self._parts: list[str] | None = [] if hub is not None and hub.has_subscribers("model") else None
+        self._reasoning: list[str] = []
 
     @property
     def wanted(self) -> bool:
@@ -125,9 +162,20 @@ class OutputLog:
     def text(self) -> str:
         return "".join(self._parts or ())
 
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning as the client got it (None: there was none)."""
+        return "".join(self._reasoning) if self._reasoning else None
+
     def add(self, text: str) -> None:
         if self._parts is not None:
             self._parts.append(text)
+
+    def split(self, deltas: list[Delta]) -> list[Delta]:
+        """Keeps the reasoning of ``deltas`` (the log shows it apart from the answer); gives them back."""
+        if self._parts is not None:
+            self._reasoning.extend(delta.text for delta in deltas if isinstance(delta, ReasoningDelta))
+        return deltas
 
 
 class ChoiceOutput:
@@ -144,13 +192,21 @@ class ChoiceOutput:
             return []  # generated before the cancel reached the engine
         text, tokens = self._stops.feed(*self._reader.read(event))
         self.log.add(text)
-        return self._deltas.feed(text, tokens)
+        return self.log.split(self._deltas.token(text, tokens))
 
     def finish(self) -> list[Delta]:
         """What the stages still hold, once the engine's sequence has ended."""
         text, tokens = self._stops.finish()
         self.log.add(text)
-        return self._deltas.finish(text, tokens)
+        return self.log.split(self._deltas.finish(text, tokens))
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self._deltas.reasoning_tokens
+
+    @property
+    def answer_offset(self) -> int | None:
+        return self._deltas.answer_offset
 
     @property
     def consumed(self) -> int:

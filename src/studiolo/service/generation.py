@@ -18,15 +18,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
-from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
+from studiolo.chat.templates import ChatTemplate
+from studiolo.chat.tool_formats import format_for, output_syntax, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
-from studiolo.engine.llama import LlamaModel, LoraAdapter
-from studiolo.engine.long_text import tokenize_long
+from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sequence import (
     FinishEvent,
     GenerationRequest,
@@ -40,6 +39,7 @@ from studiolo.engine.stream import TokenStream
 from studiolo.models.instance import Instance
 from studiolo.models.manager import ModelManager, Target
 from studiolo.service.bounds import check_chat_bounds, check_completion_bounds, off_loop
+from studiolo.service.chat_prompt import ChatPrompts, Prompt
 from studiolo.service.choice_stream import (
     ChoiceOutput,
     DeltaWriter,
@@ -127,13 +127,6 @@ class UnloadedWhileGenerating(GenerationFailed):
     """The model was unloaded under a running sequence: a 503, as an unload before it started."""
     kind = "unavailable"
     code, param = "model_unloaded", "model"
-
-
-@dataclass(frozen=True)
-class Prompt:
-    tokens: list[int]
-    text: str = ""  # what echo returns: the prompt as the client gave it
-    added_bos: bool = False  # tokens[0] is a BOS the tokenizer added, not in the text
 
 
 @dataclass(frozen=True)
@@ -254,11 +247,12 @@ class Generation:
 
     def _output(self, choice: _Choice) -> ChoiceOutput:
         """The stages a choice's tokens go through (service/choice_stream.py)."""
-        syntax = self._tool_syntax
+        syntax, split = self._tool_syntax, choice.prompt.reasoning
+        control_text = syntax is not None or (split is not None and split.control_text)
         return ChoiceOutput(
-            TokenReader(self._loaded.model, self._options.logprobs is not None, control_text=syntax is not None),
+            TokenReader(self._loaded.model, self._options.logprobs is not None, control_text=control_text),
             StopStrings(self._options.stop, choice.stream),
-            DeltaWriter(choice.index, syntax),
+            DeltaWriter(choice.index, syntax, split),
             OutputLog(self._log),
         )
 
@@ -269,20 +263,26 @@ class Generation:
 
     def _finished(self, choice: _Choice, output: ChoiceOutput, event: FinishEvent) -> Finished:
         """Account for a choice that ended (usage, timing, cause, the model log); its last event."""
-        self._count(choice, event, output.completion_tokens(event))
+        self._count(choice, event, output.completion_tokens(event), output.reasoning_tokens)
         self.timing.finished(event)
         cause = output.cause(event)
         self.causes[choice.index] = cause
         if output.log.wanted:
-            self._log_output(choice.index, output.log.text, output.consumed, cause, event.draft)
+            self._log_output(choice.index, output, cause, event.draft)
         return Finished(choice.index, output.finish_reason(cause), cause)
 
-    def _log_output(self, index: int, text: str, tokens: int, cause: str, drafts: DraftStats | None) -> None:
+    def _log_output(self, index: int, output: ChoiceOutput, cause: str, drafts: DraftStats | None) -> None:
         timing = self.timing
+        tokens = output.consumed
         rate = timing.decode_rate(tokens)
+        text, reasoning = output.log.text, output.log.reasoning
+        if reasoning is not None:  # the answer apart: the output from where the reasoning ended
+            offset = output.answer_offset
+            text = text[offset:] if offset is not None else ""
         assert self._log is not None, "an output is logged only to a hub with readers"
         self._log.publish("model", model_output_event(self.id, self.model, index, text, tokens, cause, rate,
-                                                      timing.time_to_first_token, self.draft_model, drafts))
+                                                      timing.time_to_first_token, self.draft_model, drafts,
+                                                      reasoning))
 
     def _echo_tokens(self, prompt: Prompt, event: PromptLogprobsEvent) -> tuple[TokenInfo, ...]:
         """The prompt's tokens as they spell its text, each scored given the tokens before it.
@@ -300,13 +300,15 @@ class Generation:
         first = TokenInfo(tokens[0], token_text(piece), piece, None, special=model.is_special(tokens[0]))
         return (first, *scored)
 
-    def _count(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
+    def _count(self, choice: _Choice, event: FinishEvent, completion_tokens: int, reasoning_tokens: int) -> None:
         # Choices of one prompt share it: count its tokens once per prompt, as OpenAI does.
         first_of_prompt = choice.index % self._options.n == 0
         self.usage = Usage(
             prompt_tokens=self.usage.prompt_tokens + (event.prompt_tokens if first_of_prompt else 0),
             completion_tokens=self.usage.completion_tokens + completion_tokens,
             cached_tokens=self.usage.cached_tokens + (event.cached_tokens if first_of_prompt else 0),
+            # a stop string may end the output inside the reasoning: never more than were counted
+            reasoning_tokens=self.usage.reasoning_tokens + min(reasoning_tokens, completion_tokens),
         )
         if event.draft is not None:
             total = self.drafts or DraftStats()
@@ -336,7 +338,7 @@ class GenerationService:
         self.manager = manager
         self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
         self.limits = limits or RequestLimits()
-        self._templates: dict[str, ChatTemplate] = {}
+        self.prompts = ChatPrompts(self.limits)
 
     async def chat(self, request: ChatRequest) -> Generation:
         return self.start_chat(await self.prepare_chat(request))
@@ -388,52 +390,12 @@ class GenerationService:
 
     def _chat_prompt(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
                      stop: Callable[[], bool]) -> Prompt:
-        """The chat's prompt, rendered and tokenized (in a worker thread: ``stop`` says the client left;
-        the tokenizer holds the model's vocabulary lock, so an unload waits for it or ends it)."""
-        text = self.chat_prompt_text(loaded, template, request, stop)
-        return Prompt(tokenize_long(loaded.model, text, add_special=True, should_stop=stop), text)
-
-    def chat_prompt_text(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
-                         stop: Callable[[], bool] | None = None) -> str:
-        """The conversation as the model's template formats it, ready to tokenize.
-
-        With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
-        """
-        messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
-        limit = self.limits.max_prompt_chars
-        try:
-            text = template.render(messages, add_generation_prompt=True, max_chars=limit, should_stop=stop,
-                                   **variables)
-        except TemplateError as exc:
-            exc.param = request.prompt_field  # Responses and /api/v1/chat send "input"
-            raise
-        except RenderTooLong:
-            raise InvalidRequest(f"the prompt as the model's chat template formats it is longer than {limit} "
-                                 "characters, the server's limit (setting limits.max_prompt_chars)",
-                                 request.prompt_field) from None
-        model = loaded.model
-        if model.add_bos and template.bos_token and text.startswith(template.bos_token):
-            text = text[len(template.bos_token) :]  # the tokenizer adds it; avoid a double BOS
-        return text + (request.resume_response or "")
+        return self.prompts.chat_prompt(loaded, template, request, stop)  # service/chat_prompt.py
 
     def _template(self, loaded: Instance) -> ChatTemplate:
-        template = self._templates.get(loaded.key)
-        if template is None:
-            model = loaded.model
-            source = model.chat_template() or builtin_template_for(model.architecture())
-            template = ChatTemplate(source, model.token_text_special(model.bos_id),
-                                    model.token_text_special(model.eos_id))
-            self._templates[loaded.key] = template
-        return template
+        return self.prompts.template(loaded)
 
-    @staticmethod
-    def _completion_prompt(model: LlamaModel, prompt: str | list[int], stop: Callable[[], bool]) -> Prompt:
-        """Text prompts get the model's BOS, as llama-server does; token prompts are taken as they are."""
-        if isinstance(prompt, str):
-            tokens = tokenize_long(model, prompt, add_special=True, should_stop=stop)
-            return Prompt(tokens, prompt, added_bos=model.add_bos)
-        pieces = b"".join(model.token_bytes(t, special=True) for t in prompt if model.is_valid_token(t))
-        return Prompt(list(prompt), pieces.decode("utf-8", errors="replace"))
+    _completion_prompt = staticmethod(ChatPrompts.completion_prompt)
 
     def _start(
         self,

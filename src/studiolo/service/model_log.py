@@ -200,9 +200,12 @@ def model_output_event(
     time_to_first_token: float | None,
     draft_model: str | None = None,
     drafts: DraftStats | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """What one finished choice produced, with its stats (seconds for the time to first token); a
-    choice that drafted adds LM Studio's draft statistics (``draft_model`` None: a prediction drafted)."""
+    choice that drafted adds LM Studio's draft statistics (``draft_model`` None: a prediction drafted).
+    A reasoning model's choice whose output was split has its ``reasoning`` apart; ``text`` is then
+    the output after the reasoning (the answer, with its tool calls as the model wrote them)."""
     event = {
         "type": "output",
         "request_id": request_id,
@@ -214,6 +217,8 @@ def model_output_event(
         "tokens_per_second": tokens_per_second,
         "time_to_first_token": time_to_first_token,
     }
+    if reasoning is not None:
+        event["reasoning"] = reasoning
     if drafts is not None:
         event.update(draft_model=draft_model, total_draft_tokens_count=drafts.drafted,
                      accepted_draft_tokens_count=drafts.accepted, rejected_draft_tokens_count=drafts.rejected,

@@ -12,9 +12,11 @@ import logging
 import platform
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp
 
+from studiolo.chat.reasoning import reasoning_format_for
 from studiolo.models.catalog import CatalogEntry
 from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
@@ -85,6 +87,12 @@ class ListedModel:
     publisher: str
     info: ModelInfo
     instances: tuple[InstanceStatus, ...]
+
+    @property
+    def reasoning(self) -> dict[str, Any] | None:
+        """``capabilities.reasoning`` of ``/api/v1/models``, read from the chat template without loading
+        the model (chat/reasoning.py); None: the model does not reason."""
+        return reasoning_format_for(self.info.chat_template or "").capability()
 
 
 @dataclass(frozen=True)

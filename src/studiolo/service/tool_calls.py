@@ -4,49 +4,49 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from studiolo.chat.tool_parser import (
-    CallArguments,
-    CallStart,
-    CallSyntax,
-    ParsedEvent,
-    ToolCallParser,
-)
+from studiolo.chat.reasoning import Reasoning, ReplyParser
+from studiolo.chat.reasoning_parsers import SplitEvent
+from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ToolCallParser
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.constraints import compiler_for
 from studiolo.engine.llama import LlamaModel
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH, JSONTextError, loads_bounded
-from studiolo.service.types import TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import ReasoningDelta, TextDelta, TokenInfo, ToolCallDelta
+
+OutputDelta = TextDelta | ReasoningDelta | ToolCallDelta
 
 
 class CallReader:
-    """One choice's output split into content and tool calls (chat/tool_parser.py), as events;
-    the output follows the tool grammar, so a call cut short is never content."""
+    """One choice's output split into content and tool calls (chat/tool_parser.py), and reasoning
+    when a reasoning splitter is in front (chat/reasoning.py ReplyParser), as events; the output
+    follows the tool grammar, so a call cut short is never content."""
 
-    def __init__(self, index: int, syntax: CallSyntax):
+    def __init__(self, index: int, parser: ToolCallParser | ReplyParser):
         self.index = index
-        self._parser = ToolCallParser(syntax, constrained=True)
+        self._parser = parser
+        self.count = 0  # calls started
 
-    @property
-    def count(self) -> int:
-        return self._parser.calls
-
-    def feed(self, text: str, tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
+    def feed(self, text: str, tokens: list[TokenInfo]) -> list[OutputDelta]:
         return self._events(self._parser.feed(text) if text else [], tokens)
 
-    def finish(self) -> list[TextDelta | ToolCallDelta]:
+    def finish(self) -> list[OutputDelta]:
         return self._events(self._parser.finish(), [])
 
-    def _events(self, parsed: list[ParsedEvent], tokens: list[TokenInfo]) -> list[TextDelta | ToolCallDelta]:
-        """Logprobs ride with the content the tokens were fed with (a call's tokens have none)."""
-        events: list[TextDelta | ToolCallDelta] = []
+    def _events(self, parsed: Sequence[SplitEvent], tokens: list[TokenInfo]) -> list[OutputDelta]:
+        """Logprobs ride with the content the tokens were fed with (a call's and the reasoning's
+        tokens have none)."""
+        events: list[OutputDelta] = []
         for item in parsed:
             if isinstance(item, CallStart):
+                self.count += 1
                 events.append(ToolCallDelta(self.index, item.call, new_call_id(), item.name))
             elif isinstance(item, CallArguments):
                 events.append(ToolCallDelta(self.index, item.call, arguments=item.text))
+            elif isinstance(item, Reasoning):
+                events.append(ReasoningDelta(self.index, item.text))
             else:
                 events.append(TextDelta(self.index, item.text, tuple(tokens)))
                 tokens = []

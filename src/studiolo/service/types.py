@@ -6,6 +6,7 @@ No wire format here; each API family translates its JSON to and from these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.domain.sampling import SamplingParams
@@ -45,6 +46,15 @@ class ChatRequest:
     tools: Tools | None = None
     context_length: int | None = None  # LM Studio's /api/v1/chat: the context if this request loads the model
     prompt_field: str = "messages"  # the request field a too-long prompt is blamed on
+    # reasoning models (chat/reasoning.py): the request's reasoning option ("none" or "off", "on", an
+    # effort; None: the model's default), named ``reasoning_param`` in a 400, and its extra template
+    # variables (OpenAI-compatible servers' ``chat_template_kwargs``)
+    reasoning_option: str | None = None
+    reasoning_param: str = "reasoning"
+    template_kwargs: dict[str, Any] | None = None
+    # where the output's reasoning goes: "raw" (not looked for: it stays in the text as the model
+    # wrote it), "separate" (ReasoningDelta events), "inline" (in the text as <think>...</think>)
+    reasoning_output: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -84,10 +94,19 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Reasoning text of a choice (a reasoning model's thinking), apart from its answer."""
+
+    index: int  # which choice
+    text: str
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens, those whose text fell in the reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -121,4 +140,4 @@ class Finished:
     cause: str = "eos"
 
 
-GenerationEvent = TextDelta | ToolCallDelta | PromptProgress | Finished
+GenerationEvent = TextDelta | ReasoningDelta | ToolCallDelta | PromptProgress | Finished

@@ -23,7 +23,7 @@ def usage_body(usage: Usage, accepted_predicted: int = 0, rejected_predicted: in
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": accepted_predicted,
             "rejected_prediction_tokens": rejected_predicted,
@@ -84,9 +84,11 @@ def tool_calls_body(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
     return [calls[index] for index in sorted(calls)]
 
 
-def _message(text: str, calls: list[ToolCallDelta]) -> dict[str, Any]:
+def _message(text: str, calls: list[ToolCallDelta], reasoning: str | None, reasoning_field: str) -> dict[str, Any]:
     content = text or (None if calls else "")
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    if reasoning:  # a reasoning model's, split from the answer (never with reasoning_field "content")
+        message[reasoning_field] = reasoning
     if calls:
         message["tool_calls"] = tool_calls_body(calls)
     return message
@@ -99,12 +101,15 @@ def chat_completion(
     finish_reasons: dict[int, str],
     with_logprobs: bool,
     calls: dict[int, list[ToolCallDelta]] | None = None,
+    reasoning: dict[int, str] | None = None,
+    reasoning_field: str = "reasoning_content",
 ) -> dict[str, Any]:
-    calls = calls or {}
+    """``reasoning``: each choice's reasoning, sent under ``reasoning_field`` (the server's setting)."""
+    calls, reasoning = calls or {}, reasoning or {}
     choices = [
         {
             "index": index,
-            "message": _message(texts[index], calls.get(index, [])),
+            "message": _message(texts[index], calls.get(index, []), reasoning.get(index), reasoning_field),
             "logprobs": chat_logprobs(tokens[index]) if with_logprobs else None,
             "finish_reason": finish_reasons[index],
         }
@@ -150,9 +155,11 @@ class ChatChunks(_Chunks):
 
     object_name = "chat.completion.chunk"
 
-    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool):
+    def __init__(self, generation: Generation, *, with_logprobs: bool, include_usage: bool,
+                 reasoning_field: str = "reasoning_content"):
         super().__init__(generation, include_usage=include_usage)
         self._with_logprobs = with_logprobs
+        self._reasoning_key = _json(reasoning_field)
 
     def role(self, index: int) -> str:
         delta = {"role": "assistant", "content": "", "refusal": None}
@@ -162,6 +169,12 @@ class ChatChunks(_Chunks):
         logprobs = _json(chat_logprobs(tokens)) if self._with_logprobs else "null"
         return self._event(
             f'[{{"index":{index},"delta":{{"content":{_json(text)}}},"logprobs":{logprobs},"finish_reason":null}}]'
+        )
+
+    def reasoning(self, index: int, text: str) -> str:
+        """A piece of the reasoning, in its own field of the delta (DeepSeek's and LM Studio's shape)."""
+        return self._event(
+            f'[{{"index":{index},"delta":{{{self._reasoning_key}:{_json(text)}}},"logprobs":null,"finish_reason":null}}]'
         )
 
     def tool_call(self, delta: ToolCallDelta) -> str:

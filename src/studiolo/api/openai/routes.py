@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
@@ -16,11 +16,18 @@ from fastapi import Request, Response
 from studiolo.api.errors import api_error
 from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
-from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
+from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, reasoning_field, request_limits
 from studiolo.api.sse import DONE, ClientDisconnected, json_event, sse_response, until_disconnected
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
 from studiolo.service.models import ModelFile, ModelService
-from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta
+from studiolo.service.types import (
+    Finished,
+    GenerationEvent,
+    ReasoningDelta,
+    TextDelta,
+    TokenInfo,
+    ToolCallDelta,
+)
 
 router = make_router(prefix="/v1")
 
@@ -101,6 +108,7 @@ class Gathered:
     tokens: dict[int, list[TokenInfo]] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)
+    reasoning: dict[int, str] = field(default_factory=dict)  # per choice that had any
 
 
 async def _gather(generation: Generation) -> Gathered:
@@ -112,6 +120,8 @@ async def _gather(generation: Generation) -> Gathered:
             tokens.setdefault(event.index, []).extend(event.tokens)
         elif isinstance(event, ToolCallDelta):
             gathered.calls.setdefault(event.index, []).append(event)
+        elif isinstance(event, ReasoningDelta):
+            gathered.reasoning[event.index] = gathered.reasoning.get(event.index, "") + event.text
         elif isinstance(event, Finished):
             texts.setdefault(event.index, "")
             tokens.setdefault(event.index, [])
@@ -129,15 +139,20 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
     try:
         # reading the request checks its tools' schemas with llguidance: bounded, but up to a second
         chat = await asyncio.to_thread(body.to_domain, request_limits(request).max_json_depth)
+        where = reasoning_field(request)  # the server's setting: a field of the message, or the content
+        chat = replace(chat, reasoning_output="inline" if where == "content" else "separate")
         generation = await started(request, _service(request).chat(chat))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.stream:
-        chunks = render.ChatChunks(generation, with_logprobs=body.wants_logprobs, include_usage=body.include_usage)
+        chunks = render.ChatChunks(generation, with_logprobs=body.wants_logprobs, include_usage=body.include_usage,
+                                   reasoning_field=where)
 
         def render_event(event):
             if isinstance(event, TextDelta):
                 return chunks.content(event.index, event.text, event.tokens)
+            if isinstance(event, ReasoningDelta):
+                return chunks.reasoning(event.index, event.text)
             if isinstance(event, ToolCallDelta):
                 return chunks.tool_call(event)
             return chunks.finish(event.index, event.reason, extras(generation) if extras else None)
@@ -148,7 +163,8 @@ async def run_chat(body: ChatCompletionBody, request: Request, extras: Extras | 
 
     async def collect(generation: Generation) -> dict[str, Any]:
         got = await _gather(generation)
-        result = render.chat_completion(generation, got.texts, got.tokens, got.reasons, body.wants_logprobs, got.calls)
+        result = render.chat_completion(generation, got.texts, got.tokens, got.reasons, body.wants_logprobs, got.calls,
+                                        got.reasoning, where)
         return {**result, **extras(generation)} if extras else result
 
     return await _respond(request, generation, collect)

@@ -84,6 +84,9 @@ class Message(Body):
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
+    # an assistant's reasoning, as DeepSeek and LM Studio send it back (``reasoning``: as gpt-oss clients do)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class _GenerationBody(Body):
@@ -190,6 +193,9 @@ class ChatCompletionBody(_GenerationBody):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     prediction: Prediction | None = None
+    # reasoning models (docs/API.md "Reasoning"): OpenAI's effort, and variables for the chat template
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @property
     def wants_logprobs(self) -> bool:
@@ -215,7 +221,13 @@ class ChatCompletionBody(_GenerationBody):
             # the reply to resume is plain text: an interrupted call would be read as content
             raise InvalidRequest("'resume_response' continues a text reply and cannot be combined with callable "
                                  "'tools' (send tool_choice \"none\")", "resume_response")
-        return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools)
+        return ChatRequest(self.model, messages, options, self.ttl, self.resume_response, tools,
+                           reasoning_option=_EFFORTS.get(self.reasoning_effort or "", self.reasoning_effort),
+                           reasoning_param="reasoning_effort", template_kwargs=self.chat_template_kwargs)
+
+
+# OpenAI's efforts that templates do not know, as the nearest they do
+_EFFORTS = {"minimal": "low", "xhigh": "high"}
 
 
 def _message_to_domain(index: int, message: Message, max_json_depth: int) -> ChatMessage:
@@ -239,7 +251,10 @@ def _message_to_domain(index: int, message: Message, max_json_depth: int) -> Cha
         tool_calls = history_calls(index, message.tool_calls)
     tool_call_id = message.tool_call_id if message.role == "tool" else None
     name = message.name if message.role == "tool" else None
-    return ChatMessage(role, content, tool_calls, tool_call_id, name)
+    reasoning = None
+    if message.role == "assistant":
+        reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
+    return ChatMessage(role, content, tool_calls, tool_call_id, name, reasoning)
 
 
 # Token ids are strict integers (no booleans, floats or numeric strings, as OpenAI): validated in
