@@ -15,6 +15,7 @@ with ``resume_response``, and the model (copying its system prompt) closes it wi
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 
@@ -22,6 +23,8 @@ import httpx
 import openai
 import pytest
 
+from studiolo.cli.log_cmd import human_console, render_event
+from studiolo.service.model_log import LogHub, model_output_event
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
 from tests.reasoning_model import HARMONY, OPENER, THINKER, link_reasoning_models
 
@@ -306,3 +309,13 @@ def test_the_model_log_shows_reasoning_apart_from_the_answer(rserver, rclient):
     reader.join(60)
     output = events[-1]
     assert output["type"] == "output" and (output["reasoning"], output["text"]) == (THOUGHT, ANSWER)
+
+
+def test_the_log_command_prints_reasoning_under_its_own_heading():
+    buffer = io.StringIO()
+    event = model_output_event("chatcmpl-1", "some/model", 0, ANSWER, 19, "eos", 10.0, 0.5, reasoning=THOUGHT)
+    render_event(human_console(buffer), LogHub.stamp("model", event))
+    header, *body, stats = buffer.getvalue().splitlines()
+    assert header.endswith(" output chatcmpl-1 some/model choice 0")
+    assert body == ["reasoning:", THOUGHT, "answer:", ANSWER]
+    assert stats.startswith("19 tokens")
