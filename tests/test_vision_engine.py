@@ -31,7 +31,15 @@ from studiolo.engine.images import (
     decode_image,
 )
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
-from studiolo.engine.vision import ImageChunk, TextChunk, VisionContext, new_marker, prompt_tokens
+from studiolo.engine.prompt_cache import common_prefix_length
+from studiolo.engine.vision import (
+    ImageChunk,
+    TextChunk,
+    VisionContext,
+    new_marker,
+    prompt_tokens,
+    resume_point,
+)
 from studiolo.models.defaults import target_path
 from studiolo.models.gguf_info import read_model_info
 from tests.vision_projector import IMAGE_TOKENS, QWEN_VISION, SMOLLM_VISION, link_vision_models, projector_file
@@ -220,6 +228,55 @@ def test_a_follow_up_turn_starts_with_the_first_turn_s_tokens(smollm, photo):
     assert turn2[: len(turn1) - 3] == turn1[:-3]
     shared = next(i for i, (a, b) in enumerate(zip(turn2, with_other, strict=True)) if a != b)
     assert turn2[shared] < 0  # the prompts part at the first row of the image, not later
+
+
+def feed(vision: VisionContext, ctx: LlamaContext, chunks, start: int, end: int) -> np.ndarray | None:
+    """Decode the prompt's tokens [start, end) as sequence 0 (an image's rows by ``decode_embeddings``);
+    the logits of the last text token decoded."""
+    at, last = 0, None
+    for chunk in chunks:
+        size = len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens
+        low, high = max(start, at), min(end, at + size)
+        if low < high and isinstance(chunk, TextChunk):
+            ctx.batch.clear()
+            ctx.batch.add(list(chunk.tokens[low - at:high - at]), low, 0, high - low - 1)
+            assert ctx.decode() == 0
+            last = ctx.logits(ctx.batch.size - 1).copy()
+        elif low < high:
+            rows = vision.encode(chunk)
+            assert vision.decode_embeddings(ctx, 0, at, rows, chunk, first_row=low - at, n_rows=high - low) == 0
+        at += size
+    return last
+
+
+def prefill(vision: VisionContext, ctx: LlamaContext, chunks, start: int = 0) -> np.ndarray | None:
+    """As the scheduler does: the prompt from ``start``, its last token in a decode of its own."""
+    end = len(prompt_tokens(chunks))
+    feed(vision, ctx, chunks, start, end - 1)
+    return feed(vision, ctx, chunks, end - 1, end)
+
+
+def test_a_follow_up_turn_resumed_from_the_image_s_kv_gives_the_cold_prompt_s_logits(smollm, photo):
+    model, vision = smollm
+    marker = new_marker()
+    turn1 = vision.prepare(chat(f"{marker}\nWhat is this?"), [photo], marker)
+    turn2 = vision.prepare(chat(f"{marker}\nWhat is this?", "A cat.", "Sure?"), [photo], marker)
+    image_start = len(turn2[0].tokens)
+    ctx = new_context(model, 512)
+    try:
+        cold = prefill(vision, ctx, turn2)
+        # the whole first turn, image included, is a prefix of the second
+        cached = common_prefix_length(prompt_tokens(turn1), prompt_tokens(turn2))
+        assert cached == len(prompt_tokens(turn1)) > image_start + IMAGE_TOKENS
+        for kept in [cached, image_start + 30]:  # the first turn's cells; a cache cut inside the image
+            ctx.clear()
+            prefill(vision, ctx, turn1)
+            resume = resume_point(turn2, kept)
+            assert resume == (kept if kept == cached else image_start)  # never inside an image
+            ctx.remove_from(0, resume)
+            assert np.array_equal(prefill(vision, ctx, turn2, resume), cold)
+    finally:
+        ctx.close()
 
 
 # --- markers --------------------------------------------------------------------------

@@ -135,6 +135,20 @@ def prompt_tokens(chunks: Sequence[PromptChunk]) -> list[int]:
     return tokens
 
 
+def resume_point(chunks: Sequence[PromptChunk], reused: int) -> int:
+    """Where a prompt resumes when its first ``reused`` tokens are in the KV cache: there, or the start
+    of the image that point falls inside. An image's rows are always decoded all together, cold or
+    resumed: rows decoded in two batches get other bits than in one (the kernels round by batch
+    shape), and a non-causal image must see itself whole."""
+    start = 0
+    for chunk in chunks:
+        end = start + (len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens)
+        if reused < end:
+            return reused if isinstance(chunk, TextChunk) else start
+        start = end
+    return reused
+
+
 class VisionContext:
     """libmtmd's context for a loaded text model and its projector; close it before the model."""
 
