@@ -279,6 +279,27 @@ def test_a_follow_up_turn_resumed_from_the_image_s_kv_gives_the_cold_prompt_s_lo
         ctx.close()
 
 
+def test_text_tokenized_by_the_caller_gives_libmtmd_s_chunks(smollm, photo):
+    model, vision = smollm
+    drawing = decode_image(pillow_image(seed=9))
+    marker = new_marker()
+    text = chat(f"{marker}{marker}\nTwo <|im_end|> images.", "Yes.", f"Again: {marker}")
+    by_libmtmd = vision.prepare(text, [photo, drawing, photo], marker)
+
+    def tokenize(part: str) -> list[int]:
+        return model.tokenize(part, add_special=False, parse_special=True)
+
+    by_caller = vision.prepare(text, [photo, drawing, photo], marker, tokenize=tokenize)
+    shape = [(type(c), c.tokens if isinstance(c, TextChunk) else (c.image_index, c.digest, c.placeholders))
+             for c in by_libmtmd]
+    assert shape == [(type(c), c.tokens if isinstance(c, TextChunk) else (c.image_index, c.digest, c.placeholders))
+                     for c in by_caller]
+    assert [type(c) for c in by_caller] == [TextChunk, ImageChunk, ImageChunk, TextChunk, ImageChunk, TextChunk]
+    first, again = by_caller[1], by_caller[4]
+    assert isinstance(first, ImageChunk) and isinstance(again, ImageChunk)
+    assert (first.image_index, again.image_index) == (0, 2) and first.placeholders != again.placeholders
+
+
 # --- markers --------------------------------------------------------------------------
 
 

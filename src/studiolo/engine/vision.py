@@ -32,7 +32,7 @@ import secrets
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ class ImageChunk:
 
 
 PromptChunk = TextChunk | ImageChunk
+Tokenize = Callable[[str], list[int]]  # text to token ids: no BOS added, special tokens parsed
 
 
 def new_marker() -> str:
@@ -199,7 +200,7 @@ class VisionContext:
     # --- prompts --------------------------------------------------------------------
 
     def prepare(self, text: str, images: Sequence[DecodedImage], marker: str, *,
-                add_special: bool = False) -> list[PromptChunk]:
+                add_special: bool = False, tokenize: Tokenize | None = None) -> list[PromptChunk]:
         """The prompt ``text`` in chunks, the i-th ``marker`` standing for ``images[i]``."""
         pieces = text.split(marker)
         if len(pieces) - 1 != len(images):
@@ -210,10 +211,37 @@ class VisionContext:
                 parts.append(piece)
             if index < len(images):
                 parts.append(images[index])
-        return self.prepare_parts(parts, add_special=add_special)
+        return self.prepare_parts(parts, add_special=add_special, tokenize=tokenize)
 
-    def prepare_parts(self, parts: Sequence[str | DecodedImage], *, add_special: bool = False) -> list[PromptChunk]:
-        """Text parts (special tokens parsed, as the template's text is) and images, in order, in chunks."""
+    def prepare_parts(self, parts: Sequence[str | DecodedImage], *, add_special: bool = False,
+                      tokenize: Tokenize | None = None) -> list[PromptChunk]:
+        """Text parts (special tokens parsed, as the template's text is) and images, in order, in chunks.
+
+        Without ``tokenize`` libmtmd tokenizes the text too. With it, text parts are the caller's to
+        tokenize (the service's tokenizer works in pieces, bounded and cancellable; libmtmd's is one
+        llama_tokenize call per part, which is what ``tokenize`` must give: no BOS, special tokens
+        parsed) and libmtmd sees one image at a time: the same chunks either way."""
+        if tokenize is None:
+            return self._tokenize_parts(parts, add_special, 0, Counter())
+        if add_special:
+            raise ValueError("with a tokenize function, the caller's text carries BOS itself")
+        chunks: list[PromptChunk] = []
+        ordinals: Counter[str] = Counter()
+        image_index = 0
+        for part in parts:
+            if isinstance(part, str):
+                _append_text(chunks, tuple(tokenize(part)))
+                continue
+            for chunk in self._tokenize_parts([part], False, image_index, ordinals):
+                if isinstance(chunk, TextChunk):  # an image's own begin and end tokens (Gemma 3's)
+                    _append_text(chunks, chunk.tokens)
+                else:
+                    chunks.append(chunk)
+            image_index += 1
+        return chunks
+
+    def _tokenize_parts(self, parts: Sequence[str | DecodedImage], add_special: bool, first_image: int,
+                        ordinals: Counter[str]) -> list[PromptChunk]:
         keep: list[Any] = []  # the C structs and buffers, alive until libmtmd has read them
         bitmaps: list[Any] = []
         pointers = []
@@ -221,27 +249,24 @@ class VisionContext:
             handle = self._require_open()
             chunks = mtmd.mtmd_input_chunks_init()
             try:
-                image_index = 0
                 for part in parts:
                     if isinstance(part, str):
                         pointers.append(ctypes.pointer(_text_part(part, keep)))
                     else:
-                        bitmaps.append(_bitmap(part, image_index))
+                        bitmaps.append(_bitmap(part, first_image + len(bitmaps)))
                         pointers.append(ctypes.pointer(mtmd.mtmd_input_part(None, bitmaps[-1])))
-                        image_index += 1
                 array = (ctypes.POINTER(mtmd.mtmd_input_part) * len(pointers))(*pointers)
                 status = mtmd.mtmd_tokenize_from_parts(handle, chunks, array, len(pointers), add_special)
                 if status != 0:
                     raise ImagePromptError(f"libmtmd could not preprocess the prompt's images (status {status})")
-                return self._read_chunks(chunks)
+                return self._read_chunks(chunks, ordinals)
             finally:
                 for bitmap in bitmaps:
                     mtmd.mtmd_bitmap_free(bitmap)
                 mtmd.mtmd_input_chunks_free(chunks)
 
-    def _read_chunks(self, chunks: Any) -> list[PromptChunk]:
+    def _read_chunks(self, chunks: Any, ordinals: Counter[str]) -> list[PromptChunk]:
         result: list[PromptChunk] = []
-        ordinals: Counter[str] = Counter()
         for i in range(mtmd.mtmd_input_chunks_size(chunks)):
             chunk = mtmd.mtmd_input_chunks_get(chunks, i)
             kind = mtmd.mtmd_input_chunk_get_type(chunk)
@@ -329,6 +354,16 @@ class VisionContext:
                 self._batch.close()
             self._batch = EmbeddingBatch(ctx.n_batch, self.n_embd, 4 if self.uses_mrope else 1)
         return self._batch
+
+
+def _append_text(chunks: list[PromptChunk], tokens: tuple[int, ...]) -> None:
+    """Add text to the chunks, into the last one if it is text (as libmtmd joins adjacent text)."""
+    if not tokens:
+        return
+    if chunks and isinstance(chunks[-1], TextChunk):
+        chunks[-1] = TextChunk(chunks[-1].tokens + tokens)
+    else:
+        chunks.append(TextChunk(tokens))
 
 
 def _text_part(text: str, keep: list[Any]) -> Any:
