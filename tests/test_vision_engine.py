@@ -34,6 +34,7 @@ from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.prompt_cache import common_prefix_length
 from studiolo.engine.vision import (
     ImageChunk,
+    ProjectorLoadError,
     TextChunk,
     VisionContext,
     new_marker,
@@ -112,6 +113,21 @@ def test_a_vision_model_is_a_text_model_with_its_projector_beside_it(tmp_path):
                                                                target_path(SMOLLM_VISION.source).name])
     assert read_model_info(folder / target_path(SMOLLM_VISION.source).name).has_vision
     assert not read_model_info(target_path(SMOLLM_VISION.source)).has_vision  # the real model's own folder
+
+
+def test_a_projector_of_another_width_or_no_projector_is_refused(tmp_path):
+    model = LlamaModel(target_path(SMOLLM_VISION.source))
+    try:
+        with pytest.raises(ProjectorLoadError, match="could not load the projector") as caught:
+            VisionContext(model, projector_file(QWEN_VISION), n_threads=1)  # 896 wide, SmolLM2 reads 576
+        assert caught.value.code == "projector_load_failed"
+        with pytest.raises(ProjectorLoadError, match="not found"):
+            VisionContext(model, tmp_path / "mmproj-missing.gguf", n_threads=1)
+        (tmp_path / "mmproj-broken.gguf").write_bytes(b"GGUF" + bytes(100))
+        with pytest.raises(ProjectorLoadError):
+            VisionContext(model, tmp_path / "mmproj-broken.gguf", n_threads=1)
+    finally:
+        model.close()
 
 
 # --- the same result as libmtmd's own path ------------------------------------------

@@ -138,9 +138,9 @@ def prompt_tokens(chunks: Sequence[PromptChunk]) -> list[int]:
 
 def resume_point(chunks: Sequence[PromptChunk], reused: int) -> int:
     """Where a prompt resumes when its first ``reused`` tokens are in the KV cache: there, or the start
-    of the image that point falls inside. An image's rows are always decoded all together, cold or
-    resumed: rows decoded in two batches get other bits than in one (the kernels round by batch
-    shape), and a non-causal image must see itself whole."""
+    of the image that point falls inside. An image's rows are always decoded from its first row, in
+    the same batches, cold or resumed: rows decoded in other batches round otherwise (the kernels
+    round by batch shape), and a non-causal image must see itself whole."""
     start = 0
     for chunk in chunks:
         end = start + (len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens)
