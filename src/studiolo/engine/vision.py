@@ -220,7 +220,8 @@ class VisionContext:
         Without ``tokenize`` libmtmd tokenizes the text too. With it, text parts are the caller's to
         tokenize (the service's tokenizer works in pieces, bounded and cancellable; libmtmd's is one
         llama_tokenize call per part, which is what ``tokenize`` must give: no BOS, special tokens
-        parsed) and libmtmd sees one image at a time: the same chunks either way."""
+        parsed) and libmtmd sees one image at a time: the same chunks either way (but for HunyuanVL,
+        whose positions number the prompt's images: libmtmd must see them all at once there)."""
         if tokenize is None:
             return self._tokenize_parts(parts, add_special, 0, Counter())
         if add_special:
