@@ -43,14 +43,28 @@ from studiolo.engine.vision import (
 )
 from studiolo.models.defaults import target_path
 from studiolo.models.gguf_info import read_model_info
-from tests.vision_projector import IMAGE_TOKENS, QWEN_VISION, SMOLLM_VISION, link_vision_models, projector_file
+from tests.vision_projector import (
+    GEMMA_VISION,
+    IMAGE_TOKENS,
+    QWEN_VISION,
+    SMOLLM_VISION,
+    VisionModel,
+    link_vision_models,
+    projector_file,
+)
 
 TEST_IMAGE = Path(__file__).parent / "fixtures" / "test-1.jpeg"  # llama.cpp's tools/mtmd/test-1.jpeg
 GREEDY_TOKENS = 12
 
 
-def chat(*turns: str) -> str:
-    """A ChatML prompt (SmolLM2's template) of user turns and answers, ending with the assistant's header."""
+def chat(*turns: str, gemma: bool = False) -> str:
+    """A prompt of user turns and answers ending with the assistant's header: ChatML (SmolLM2's
+    template), or Gemma's turns (Gemma 3 270M is a base model, without a template)."""
+    if gemma:
+        roles = ["user", "model"] * len(turns)
+        body = "".join(f"<start_of_turn>{role}\n{text}<end_of_turn>\n"
+                       for role, text in zip(roles, turns, strict=False))
+        return body + "<start_of_turn>model\n"
     roles = ["user", "assistant"] * len(turns)
     body = "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in zip(roles, turns, strict=False))
     return body + "<|im_start|>assistant\n"
@@ -64,12 +78,25 @@ def pillow_image(seed: int, size: tuple[int, int] = (150, 100), fmt: str = "PNG"
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    model = LlamaModel(target_path(SMOLLM_VISION.source))
-    vision = VisionContext(model, projector_file(SMOLLM_VISION), n_threads=1)
-    yield model, vision
-    vision.close()  # before the model: the mtmd context points into its weights
-    model.close()
+def loaded():
+    """(model, vision context) of a vision model, loaded once per module."""
+    opened: dict[str, tuple[LlamaModel, VisionContext]] = {}
+
+    def load(vision_model: VisionModel) -> tuple[LlamaModel, VisionContext]:
+        if vision_model.key not in opened:
+            model = LlamaModel(target_path(vision_model.source))
+            opened[vision_model.key] = (model, VisionContext(model, projector_file(vision_model), n_threads=1))
+        return opened[vision_model.key]
+
+    yield load
+    for model, vision in opened.values():
+        vision.close()  # before the model: the mtmd context points into its weights
+        model.close()
+
+
+@pytest.fixture
+def smollm(loaded):
+    return loaded(SMOLLM_VISION)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +111,8 @@ def new_context(model: LlamaModel, n_batch: int) -> LlamaContext:
 # --- the projector ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("vision_model", [SMOLLM_VISION, QWEN_VISION], ids=["smollm2", "qwen0.5b"])
+@pytest.mark.parametrize("vision_model", [SMOLLM_VISION, QWEN_VISION, GEMMA_VISION],
+                         ids=["smollm2", "qwen0.5b", "gemma3"])
 def test_the_random_projector_loads_in_libmtmd_and_encodes_rows_of_the_model_s_width(vision_model, photo):
     path = projector_file(vision_model)
     assert path.stat().st_size < 1_000_000
@@ -96,7 +124,8 @@ def test_the_random_projector_loads_in_libmtmd_and_encodes_rows_of_the_model_s_w
             marker = new_marker()
             chunks = vision.prepare(f"Look: {marker} now", [photo], marker)
             image = next(chunk for chunk in chunks if isinstance(chunk, ImageChunk))
-            assert (image.n_tokens, image.n_pos, image.non_causal) == (IMAGE_TOKENS, IMAGE_TOKENS, False)
+            non_causal = vision_model.projector_type == "gemma3"
+            assert (image.n_tokens, image.n_pos, image.non_causal) == (IMAGE_TOKENS, IMAGE_TOKENS, non_causal)
             rows = vision.encode(image)
             assert rows.shape == (IMAGE_TOKENS, vision_model.n_embd) and np.isfinite(rows).all()
             assert np.array_equal(rows, vision.encode(image))  # fixed weights, fixed output
@@ -187,14 +216,22 @@ def libmtmd_path(vision: VisionContext, ctx: LlamaContext, text: str, images, se
     return logits.copy(), end.value
 
 
-@pytest.mark.parametrize("n_batch", [512, 40], ids=["image-in-one-batch", "image-in-two-batches"])
-def test_same_logits_and_greedy_tokens_as_libmtmd_s_helper(smollm, photo, n_batch):
-    model, vision = smollm
+# SmolLM2's LLaVA projector is causal, and takes its image in one batch or cut in two (as libmtmd's
+# helper cuts it); Gemma 3's is not causal: its image is decoded whole, with causal attention off
+@pytest.mark.parametrize(("vision_model", "n_batch"), [(SMOLLM_VISION, 512), (SMOLLM_VISION, 40), (GEMMA_VISION, 512)],
+                         ids=["smollm2-image-in-one-batch", "smollm2-image-in-two-batches", "gemma3-non-causal"])
+def test_same_logits_and_greedy_tokens_as_libmtmd_s_helper(loaded, photo, vision_model, n_batch):
+    model, vision = loaded(vision_model)
+    gemma = vision_model is GEMMA_VISION
     drawing = decode_image(pillow_image(seed=3))
     marker = new_marker()
-    text = chat(f"{marker}\nWhat is in this image?", "A photo.", f"And here?\n{marker}\nCompare them.")
+    text = chat(f"{marker}\nWhat is in this image?", "A photo.", f"And here?\n{marker}\nCompare them.", gemma=gemma)
     chunks = vision.prepare(text, [photo, drawing], marker)
     assert [type(chunk) for chunk in chunks] == [TextChunk, ImageChunk, TextChunk, ImageChunk, TextChunk]
+    assert all(chunk.non_causal == gemma for chunk in chunks if isinstance(chunk, ImageChunk))
+    if gemma:  # its images come framed by their own tokens
+        assert model.token_bytes(chunks[0].tokens[-1], special=True) == b"<start_of_image>"
+        assert model.token_bytes(chunks[2].tokens[0], special=True) == b"<end_of_image>"
     ctx = new_context(model, n_batch)
     try:
         # each path in an empty cache: another sequence's cells in the unified cache change the
@@ -265,32 +302,39 @@ def feed(vision: VisionContext, ctx: LlamaContext, chunks, start: int, end: int)
     return last
 
 
-def prefill(vision: VisionContext, ctx: LlamaContext, chunks, start: int = 0) -> np.ndarray | None:
-    """As the scheduler does: the prompt from ``start``, its last token in a decode of its own."""
-    end = len(prompt_tokens(chunks))
-    feed(vision, ctx, chunks, start, end - 1)
-    return feed(vision, ctx, chunks, end - 1, end)
+def prefill(vision: VisionContext, ctx: LlamaContext, chunks, cuts: list[int]) -> np.ndarray | None:
+    """The prompt's tokens from ``cuts[0]`` on, in decodes cut at ``cuts`` (whose last two are the
+    prompt's last token: the scheduler gives it a decode of its own)."""
+    last = None
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        last = feed(vision, ctx, chunks, start, end)
+    return last
 
 
-def test_a_follow_up_turn_resumed_from_the_image_s_kv_gives_the_cold_prompt_s_logits(smollm, photo):
-    model, vision = smollm
+@pytest.mark.parametrize("vision_model", [SMOLLM_VISION, GEMMA_VISION], ids=["smollm2", "gemma3-non-causal"])
+def test_a_follow_up_turn_resumed_from_the_image_s_kv_gives_the_cold_prompt_s_logits(loaded, photo, vision_model):
+    """Text prefilled in other cuts rounds otherwise (docs/ENGINE.md, "What batching does to numbers"),
+    so each cold prompt here is cut where the resumed one was: what differs is only where the KV came from."""
+    model, vision = loaded(vision_model)
+    gemma = vision_model is GEMMA_VISION
     marker = new_marker()
-    turn1 = vision.prepare(chat(f"{marker}\nWhat is this?"), [photo], marker)
-    turn2 = vision.prepare(chat(f"{marker}\nWhat is this?", "A cat.", "Sure?"), [photo], marker)
-    image_start = len(turn2[0].tokens)
+    turn1 = vision.prepare(chat(f"{marker}\nWhat is this?", gemma=gemma), [photo], marker)
+    turn2 = vision.prepare(chat(f"{marker}\nWhat is this?", "A cat.", "Sure?", gemma=gemma), [photo], marker)
+    image_start, end1, end2 = len(turn2[0].tokens), len(prompt_tokens(turn1)), len(prompt_tokens(turn2))
+    # the whole first turn, image included, is a prefix of the second
+    assert common_prefix_length(prompt_tokens(turn1), prompt_tokens(turn2)) == end1 > image_start + IMAGE_TOKENS
     ctx = new_context(model, 512)
     try:
-        cold = prefill(vision, ctx, turn2)
-        # the whole first turn, image included, is a prefix of the second
-        cached = common_prefix_length(prompt_tokens(turn1), prompt_tokens(turn2))
-        assert cached == len(prompt_tokens(turn1)) > image_start + IMAGE_TOKENS
-        for kept in [cached, image_start + 30]:  # the first turn's cells; a cache cut inside the image
+        # the first turn's cells; a cache cut inside the image (a slot truncated there)
+        for kept, cold_cuts in [(end1, [0, end1 - 1, end1, end2 - 1, end2]), (image_start + 30, [0, end2 - 1, end2])]:
             ctx.clear()
-            prefill(vision, ctx, turn1)
+            cold = prefill(vision, ctx, turn2, cold_cuts)
+            ctx.clear()
+            prefill(vision, ctx, turn1, [0, end1 - 1, end1])
             resume = resume_point(turn2, kept)
-            assert resume == (kept if kept == cached else image_start)  # never inside an image
+            assert resume == (kept if kept == end1 else image_start)  # never inside an image
             ctx.remove_from(0, resume)
-            assert np.array_equal(prefill(vision, ctx, turn2, resume), cold)
+            assert np.array_equal(prefill(vision, ctx, turn2, [resume, end2 - 1, end2]), cold)
     finally:
         ctx.close()
 
