@@ -41,6 +41,7 @@ from studiolo.engine.vision import (
     prompt_tokens,
     resume_point,
 )
+from studiolo.models.catalog import Catalog
 from studiolo.models.defaults import target_path
 from studiolo.models.gguf_info import read_model_info
 from tests.vision_projector import (
@@ -136,11 +137,14 @@ def test_the_random_projector_loads_in_libmtmd_and_encodes_rows_of_the_model_s_w
 
 
 def test_a_vision_model_is_a_text_model_with_its_projector_beside_it(tmp_path):
-    home = link_vision_models(tmp_path, (SMOLLM_VISION,))
-    folder = home / "models" / SMOLLM_VISION.key
-    assert sorted(p.name for p in folder.iterdir()) == sorted([SMOLLM_VISION.projector_name,
-                                                               target_path(SMOLLM_VISION.source).name])
-    assert read_model_info(folder / target_path(SMOLLM_VISION.source).name).has_vision
+    home = link_vision_models(tmp_path)
+    entries = {entry.key: entry for entry in Catalog(home / "models").entries()}
+    assert sorted(entries) == sorted(model.key for model in (SMOLLM_VISION, QWEN_VISION, GEMMA_VISION))
+    for vision_model in (SMOLLM_VISION, QWEN_VISION, GEMMA_VISION):
+        entry = entries[vision_model.key]  # the model, never its projector
+        assert entry.path.name == target_path(vision_model.source).name
+        assert (entry.path.parent / vision_model.projector_name).is_file()
+        assert read_model_info(entry.path).has_vision
     assert not read_model_info(target_path(SMOLLM_VISION.source)).has_vision  # the real model's own folder
 
 
