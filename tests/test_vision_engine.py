@@ -382,6 +382,22 @@ def test_a_client_s_marker_text_is_text(smollm, photo):
         vision.prepare(f"{marker}{marker}", [photo], marker)
 
 
+def test_libmtmd_says_nothing_on_stderr(capfd, photo):
+    """libmtmd narrates every load and encode on stderr unless given a log callback: studiolo's keeps
+    its warnings and errors for the server log (logger ``studiolo.mtmd``)."""
+    model = LlamaModel(target_path(SMOLLM_VISION.source))
+    capfd.readouterr()
+    vision = VisionContext(model, projector_file(SMOLLM_VISION), n_threads=1)
+    try:
+        marker = new_marker()
+        image = next(c for c in vision.prepare(f"a{marker}b", [photo], marker) if isinstance(c, ImageChunk))
+        vision.encode(image)
+    finally:
+        vision.close()
+        model.close()
+    assert capfd.readouterr().err == ""
+
+
 def test_a_closed_vision_context_refuses_work():
     model = LlamaModel(target_path(SMOLLM_VISION.source))
     vision = VisionContext(model, projector_file(SMOLLM_VISION), n_threads=1, warmup=False)
