@@ -426,6 +426,9 @@ def test_images_are_decoded_to_rgb(photo):
     gif = io.BytesIO()
     Image.new("P", (5, 5)).save(gif, "GIF")
     assert decode_image(gif.getvalue()).format == "GIF"
+    camera = io.BytesIO()  # a JPEG with a second picture, as cameras write them (Pillow says MPO)
+    Image.new("RGB", (8, 8)).save(camera, "MPO", save_all=True, append_images=[Image.new("RGB", (4, 4))])
+    assert (decode_image(camera.getvalue()).format, decode_image(camera.getvalue()).width) == ("JPEG", 8)
 
 
 def test_bytes_that_are_not_an_image_are_refused():

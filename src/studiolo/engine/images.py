@@ -84,15 +84,17 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), param: str | 
         raise ImageTooLarge(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}", param)
     image = _open(data, param)
     with image:
-        if image.format not in limits.formats:
+        # cameras write JPEGs with a second picture (MPO): Pillow names them apart, a client sent a JPEG
+        kind = "JPEG" if image.format == "MPO" else str(image.format)
+        if kind not in limits.formats:
             allowed = ", ".join(sorted(limits.formats))
-            raise UnsupportedImageFormat(f"{image.format} images are not supported (supported: {allowed})", param)
+            raise UnsupportedImageFormat(f"{kind} images are not supported (supported: {allowed})", param)
         width, height = image.size
         if width * height > limits.max_pixels:
             raise ImageTooLarge(f"the image is {width} x {height} pixels ({width * height:,}); "
                                 f"the limit is {limits.max_pixels:,} pixels", param)
         rgb = _rgb(image, param)
-    return DecodedImage(rgb.width, rgb.height, rgb.tobytes(), str(image.format))
+    return DecodedImage(rgb.width, rgb.height, rgb.tobytes(), kind)
 
 
 def _open(data: bytes, param: str | None) -> Image.Image:
