@@ -32,15 +32,8 @@ from studiolo.engine.images import (
 )
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.prompt_cache import common_prefix_length
-from studiolo.engine.vision import (
-    ImageChunk,
-    ProjectorLoadError,
-    TextChunk,
-    VisionContext,
-    new_marker,
-    prompt_tokens,
-    resume_point,
-)
+from studiolo.engine.vision import ProjectorLoadError, VisionContext
+from studiolo.engine.vision_chunks import ImageChunk, TextChunk, new_marker, prompt_tokens, resume_point
 from studiolo.models.catalog import Catalog
 from studiolo.models.defaults import target_path
 from studiolo.models.gguf_info import read_model_info
@@ -122,6 +115,9 @@ def test_the_random_projector_loads_in_libmtmd_and_encodes_rows_of_the_model_s_w
         vision = VisionContext(model, path, n_threads=1)
         try:
             assert vision.n_embd == vision_model.n_embd and not vision.uses_mrope
+            # as libmtmd reports them: the weights about the file's size (in MiB to two places)
+            assert abs(vision.memory_bytes["weights"] - path.stat().st_size) < 0.1 * 2**20
+            assert 0 < vision.memory_bytes["compute"] < 64 * 2**20
             marker = new_marker()
             chunks = vision.prepare(f"Look: {marker} now", [photo], marker)
             image = next(chunk for chunk in chunks if isinstance(chunk, ImageChunk))

@@ -16,24 +16,17 @@ image slot, a user's too. The prompt is cut at a marker the caller picks per req
 (``new_marker()``, unguessable) and the parts go to ``mtmd_tokenize_from_parts``, which reads the
 text as text: a client writing any marker string gets those characters, never an image slot.
 
-In the prompt's token list an image stands as placeholder ids, one per embedding row: negative
-int32 values (never a token id, never -1, llama.cpp's null token) drawn from the image's digest, so
-that a follow-up turn with the same image has the same ids (the prefix cache reuses its KV) and
-another image does not (each id is 31 bits of its own hash: a false match of a whole image is out
-of reach).
+The chunks, their placeholder ids and the prefix-cache helpers are in ``vision_chunks.py``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import secrets
+import re
 import threading
-import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +38,35 @@ from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.images import DecodedImage
 from studiolo.engine.llama import LlamaContext, LlamaModel, ModelLoadError
 from studiolo.engine.vision_batch import EmbeddingBatch
+from studiolo.engine.vision_chunks import (
+    ImageChunk,
+    PromptChunk,
+    TextChunk,
+    Tokenize,
+    append_text,
+    placeholder_ids,
+)
 
 _mtmd_logger = logging.getLogger("studiolo.mtmd")
 _LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: WARN 3, ERROR 4, CONT 5
 _last_level = [0]
+# What libmtmd says it loads and allocates ("model size: 0.43 MiB", "CPU compute buffer size = 0.22
+# MiB"): it has no C call for it. Several lines each when a projector has several encoders: summed.
+_SIZES = re.compile(rb"(model size|compute buffer size)\s*[:=]\s*([0-9.]+) MiB")
+_sizes = threading.local()  # .found: a dict while this thread loads a projector
 
 
 @llama.llama_log_callback
 def _forward_mtmd_log(level, text, user_data):  # noqa: ANN001 - ctypes signature
-    """libmtmd and its helpers narrate every load and encode on stderr: keep warnings and errors, in our log."""
+    """libmtmd and its helpers narrate every load and encode on stderr: keep warnings and errors, in our
+    log, and the sizes a projector's load reports."""
     if level == 5:
         level = _last_level[0]
     _last_level[0] = level
+    found = getattr(_sizes, "found", None)
+    if found is not None and (size := _SIZES.search(text)):
+        kind = "weights" if size.group(1) == b"model size" else "compute"
+        found[kind] = found.get(kind, 0) + round(float(size.group(2)) * 2**20)
     python_level = _LOG_LEVELS.get(level)
     if python_level is not None:
         _mtmd_logger.log(python_level, text.decode("utf-8", errors="replace").rstrip())
@@ -79,77 +89,6 @@ class ImagePromptError(InvalidRequest):
     code = "invalid_image"
 
 
-@dataclass(frozen=True)
-class TextChunk:
-    tokens: tuple[int, ...]
-
-
-@dataclass(eq=False)
-class ImageChunk:
-    """An image (or, for projectors that slice images, one slice) ready to be encoded."""
-
-    image_index: int  # which of the prompt's images it comes from
-    digest: str  # the image's (DecodedImage.digest)
-    n_tokens: int  # embedding rows
-    n_pos: int  # positions it takes: n_tokens, but fewer with M-RoPE
-    placeholders: tuple[int, ...] = field(repr=False)  # its ids in the prompt's token list
-    non_causal: bool  # its rows attend to each other both ways: decoded whole, in one ubatch
-    _handle: Any = field(repr=False)  # an owned mtmd_input_chunk (holds the preprocessed pixels)
-    _free: weakref.finalize = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._free = weakref.finalize(self, mtmd.mtmd_input_chunk_free, self._handle)
-
-    @property
-    def handle(self) -> Any:
-        if not self._free.alive:
-            raise RuntimeError("the image chunk was released")
-        return self._handle
-
-    def release(self) -> None:
-        """Free the preprocessed pixels now (an encoded chunk needs them no more)."""
-        self._free()
-
-
-PromptChunk = TextChunk | ImageChunk
-Tokenize = Callable[[str], list[int]]  # text to token ids: no BOS added, special tokens parsed
-
-
-def new_marker() -> str:
-    """A marker for one request's images that no client can have written in advance."""
-    return f"<__studiolo_image_{secrets.token_hex(12)}__>"
-
-
-def placeholder_ids(digest: str, ordinal: int, n_tokens: int) -> tuple[int, ...]:
-    """The ids an image chunk stands as in a prompt's token list: in [-2**31, -2], one per row, each
-    from the image's digest and the chunk's ordinal among the prompt's chunks of that image."""
-    raw = hashlib.shake_256(f"{digest}:{ordinal}".encode()).digest(4 * n_tokens)
-    values = np.frombuffer(raw, dtype="<u4").astype(np.int64) % (2**31 - 1)
-    return tuple(int(-2 - value) for value in values)
-
-
-def prompt_tokens(chunks: Sequence[PromptChunk]) -> list[int]:
-    """The prompt as one token list (text ids and placeholder ids), the prefix cache's key."""
-    tokens: list[int] = []
-    for chunk in chunks:
-        tokens.extend(chunk.tokens if isinstance(chunk, TextChunk) else chunk.placeholders)
-    return tokens
-
-
-def resume_point(chunks: Sequence[PromptChunk], reused: int) -> int:
-    """Where a prompt resumes when its first ``reused`` tokens are in the KV cache: there, or the start
-    of the image that point falls inside. An image's rows are always decoded from its first row, in
-    the same batches, cold or resumed: rows decoded in other batches round otherwise (the kernels
-    round by batch shape), and a non-causal image must see itself whole."""
-    start = 0
-    for chunk in chunks:
-        end = start + (len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens)
-        if reused < end:
-            return reused if isinstance(chunk, TextChunk) else start
-        start = end
-    return reused
-
-
 class VisionContext:
     """libmtmd's context for a loaded text model and its projector; close it before the model."""
 
@@ -162,7 +101,14 @@ class VisionContext:
         params.n_threads = n_threads
         params.print_timings = False
         params.warmup = warmup  # one encode of a blank image at load, so the first request's is not slower
-        handle = mtmd.mtmd_init_from_file(str(projector).encode(), model.handle, params)
+        _sizes.found = {}
+        try:
+            handle = mtmd.mtmd_init_from_file(str(projector).encode(), model.handle, params)
+            # bytes of the projector's "weights" and "compute" buffer, as libmtmd logged them (for the
+            # memory guard; empty if it did not)
+            self.memory_bytes: dict[str, int] = _sizes.found
+        finally:
+            _sizes.found = None
         if not handle:
             raise ProjectorLoadError(f"libmtmd could not load the projector {projector.name} for {model.path.name} "
                                      "(corrupt, of another embedding size, or an unsupported projector)")
@@ -231,11 +177,11 @@ class VisionContext:
         image_index = 0
         for part in parts:
             if isinstance(part, str):
-                _append_text(chunks, tuple(tokenize(part)))
+                append_text(chunks, tuple(tokenize(part)))
                 continue
             for chunk in self._tokenize_parts([part], False, image_index, ordinals):
                 if isinstance(chunk, TextChunk):  # an image's own begin and end tokens (Gemma 3's)
-                    _append_text(chunks, chunk.tokens)
+                    append_text(chunks, chunk.tokens)
                 else:
                     chunks.append(chunk)
             image_index += 1
@@ -355,16 +301,6 @@ class VisionContext:
                 self._batch.close()
             self._batch = EmbeddingBatch(ctx.n_batch, self.n_embd, 4 if self.uses_mrope else 1)
         return self._batch
-
-
-def _append_text(chunks: list[PromptChunk], tokens: tuple[int, ...]) -> None:
-    """Add text to the chunks, into the last one if it is text (as libmtmd joins adjacent text)."""
-    if not tokens:
-        return
-    if chunks and isinstance(chunks[-1], TextChunk):
-        chunks[-1] = TextChunk(chunks[-1].tokens + tokens)
-    else:
-        chunks.append(TextChunk(tokens))
 
 
 def _text_part(text: str, keep: list[Any]) -> Any:
