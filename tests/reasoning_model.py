@@ -28,6 +28,7 @@ import gguf
 
 from studiolo.config import models_dir
 from studiolo.models.defaults import QWEN05, SMOLLM2, PyPIModel, target_path
+from tests.gguf_rewrite import rewrite_gguf
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 
@@ -56,23 +57,8 @@ def with_template(source: Path, dest: Path, template: str) -> Path:
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     part = dest.with_suffix(f".{os.getpid()}.part")  # two test runs at once never share one
     writer = gguf.GGUFWriter(part, arch)
-    for field in reader.fields.values():
-        if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.Tokenizer.CHAT_TEMPLATE) \
-                or field.name.startswith("GGUF."):
-            continue  # written by the writer itself, or replaced below
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
-    writer.add_chat_template(template)
-    for tensor in reader.tensors:
-        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
-                               tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
-    writer.close()
+    rewrite_gguf(reader, writer, skip=(gguf.Keys.Tokenizer.CHAT_TEMPLATE,),
+                 add=lambda w: w.add_chat_template(template))
     os.replace(part, dest)
     return dest
 

@@ -1,0 +1,31 @@
+"""Rewrite a GGUF file with the ``gguf`` package, for tests: its metadata (less some keys) and
+tensors copied into a writer that may add keys of its own or cut the file into shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gguf
+
+
+def rewrite_gguf(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, skip: tuple[str, ...] = (),
+                 add: Callable[[gguf.GGUFWriter], None] | None = None) -> None:
+    """Copy ``reader``'s metadata but the keys in ``skip`` and its tensors into ``writer``; ``add``
+    writes extra keys first. Closes the writer."""
+    for field in reader.fields.values():
+        if field.name in (gguf.Keys.General.ARCHITECTURE, *skip) or field.name.startswith("GGUF."):
+            continue  # the writer writes these itself, or the caller replaces them
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    if add is not None:
+        add(writer)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
