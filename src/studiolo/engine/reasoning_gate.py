@@ -11,25 +11,30 @@ vocabulary and one in Qwen3's.
 - Phases: "undecided" (the output may open the reasoning with the open marker, after whitespace;
   anything else makes it all answer), "reasoning", "answer".
 - A constraint waiting (``ReasoningSpec.constraint_waits``): end-of-generation tokens are masked
-  while the output is not the answer, so an answer always comes. An undecided output is opened by
-  the gate itself (the open marker's tokens, appended as if sampled): if the model were free to
+  while the output is not the answer, so an answer always comes.
+- Opening (decision): with a constraint waiting or a budget, an undecided output is opened by the
+  gate itself (the open marker and a line break, appended as if sampled). Were the model free to
   choose between opening its reasoning and answering, its first token would have to satisfy two
-  masks at once, and a token holding the start of both could not be checked.
+  masks at once, and a token holding the start of both could not be checked; and a budget is a
+  promise of bounded reasoning followed by an answer, which the parser then always sees whole.
+  (The templates that let the output open ``<think>``, Qwen3's, expect their models to open it.)
 - The straddling token (decision): a token sampled in the reasoning that holds the end of the
   close marker and, past it and its whitespace, the start of the answer (``>{"``) would put
   answer bytes past the matcher unchecked. The gate replaces it with the tokens of its own text up
   to the end of the marker and the whitespace after it (tokenized again); the model then writes
-  its answer under the constraint. Whitespace right after the marker is not the answer's (the
-  splitter in chat/reasoning_parsers.py drops it too) and is never fed to the matcher.
+  its answer under the constraint. Whitespace after the marker in the same token, or in the cut,
+  is not the answer's (the splitter in chat/reasoning_parsers.py drops it too) and is never fed
+  to the matcher; from the next sampled token on, the constraint decides everything.
 - Budget: once ``budget`` reasoning tokens are out (and the bytes are at a character boundary),
   the gate appends ``cut`` tokens (chat/reasoning.py budget_cut_text, tokenized by the service)
   as if sampled; the model then writes its answer. A budget of 0 closes at once (an undecided
-  output gets the open marker and the cut).
+  output gets the open marker, then the cut).
 - Forced tokens (opening, cut, replacement) go through the same path as sampled ones: they are
   decoded, streamed, counted, and given logprob 0 where logprobs are asked.
 
 Reasoning tokens (``FinishEvent.reasoning_tokens``) are every output token taken before the
-answer began, the markers included, unless the output never opened its reasoning.
+answer began, the markers (and the gate's own tokens) included, unless the output never opened its
+reasoning. The budget counts the same tokens: a cut output has ``budget + len(cut)`` of them.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class ReasoningGate:
         self._undecided_tokens = 0  # taken while undecided: reasoning if the output opens it
         self._seen = b""  # undecided: non-space bytes read; reasoning: the last bytes (a marker may span tokens)
         self._cut = False  # the budget's cut was queued
-        if spec.phase == UNDECIDED and (spec.constraint_waits or spec.budget == 0) and spec.open_tokens:
+        if spec.phase == UNDECIDED and (spec.constraint_waits or spec.budget is not None) and spec.open_tokens:
             self._forced.extend(spec.open_tokens)
         elif spec.phase == REASONING:
             self._cut_if_spent()

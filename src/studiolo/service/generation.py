@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+from studiolo.chat.reasoning import reasoning_format_for, render_variables
 from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
 from studiolo.chat.tool_formats import format_for, output_syntax, template_messages, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
@@ -27,6 +28,7 @@ from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter
 from studiolo.engine.long_text import tokenize_long
+from studiolo.engine.reasoning_gate import ReasoningSpec
 from studiolo.engine.sequence import (
     FinishEvent,
     GenerationRequest,
@@ -59,6 +61,7 @@ from studiolo.service.presets import (
     load_context_length,
     request_preset,
 )
+from studiolo.service.reasoning_gate import chat_reasoning_spec
 from studiolo.service.saved_state import SavedState
 from studiolo.service.speculation import Drafting, drafting_for
 from studiolo.service.tool_calls import marker_tokens
@@ -148,6 +151,7 @@ class PreparedChat:
     constraint: CompiledConstraint | None
     tool_syntax: CallSyntax | None
     drafting: Drafting = Drafting()
+    reasoning: ReasoningSpec | None = None  # the engine's reasoning gate (service/reasoning_gate.py)
 
     def lacks_prefix(self) -> bool:
         """Whether the engine holds less than half of the prompt (a conversation's cells were evicted,
@@ -364,12 +368,15 @@ class GenerationService:
             syntax = output_syntax(fmt, request.tools)
         constraint = await compiled_constraint(loaded.model, options)
         drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
-        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting)
+        reasoning = await asyncio.to_thread(chat_reasoning_spec, loaded.model, reasoning_format_for(template.source),
+                                            prompt.text, options.reasoning_budget, constraint is not None,
+                                            syntax is not None)
+        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
         """Submit a prepared chat: its output starts from here."""
         return self._start(prepared.target, "chatcmpl", [prepared.prompt], prepared.options, prepared.prompt_field,
-                           prepared.constraint, prepared.tool_syntax, prepared.drafting)
+                           prepared.constraint, prepared.tool_syntax, prepared.drafting, prepared.reasoning)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await check_constraint(request.options)
@@ -400,6 +407,9 @@ class GenerationService:
         With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
         """
         messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
+        # reasoning on, as the template's default (QwQ's and R1's copies take a missing enable_thinking as false);
+        # the wire work on reasoning options replaces this line with chat/reasoning.py render_variables
+        variables = {**render_variables(reasoning_format_for(template.source)), **variables}
         limit = self.limits.max_prompt_chars
         try:
             text = template.render(messages, add_generation_prompt=True, max_chars=limit, should_stop=stop,
@@ -445,6 +455,7 @@ class GenerationService:
         constraint: CompiledConstraint | None,
         tool_syntax: CallSyntax | None = None,
         drafting: Drafting = Drafting(),
+        reasoning: ReasoningSpec | None = None,
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
@@ -452,8 +463,8 @@ class GenerationService:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter,
-                                                     drafting))
+                requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
+                                                             target.adapter, drafting), reasoning=reasoning))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
