@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 
+import numpy as np
 import pytest
 
 from studiolo.config import EngineSettings
@@ -218,3 +219,54 @@ def test_speculation_through_the_gate_gives_the_same_output(engine, model, sourc
     assert finish.draft is not None
     if source == "prediction":
         assert finish.draft.accepted > 0
+
+
+# --- the gate's reading of bytes, without a model ------------------------------------------------
+
+
+def bare_gate(phase: str, budget: int | None = None, waits: bool = False, tokenized: list | None = None):
+    from studiolo.engine.reasoning_gate import ReasoningGate
+
+    seen: list[bytes] = [] if tokenized is None else tokenized
+    gated = ReasoningSpec(b"<think>", b"</think>", phase, budget, cut=(1, 2), cut_mid_line=(3, 4, 5),
+                          open_tokens=(6,), constraint_waits=waits)
+
+    def tokenize(text: bytes) -> list[int]:
+        seen.append(text)
+        return [100 + i for i in range(len(text))]
+
+    return ReasoningGate(gated, tokenize, np.array([0]))
+
+
+def test_markers_split_across_tokens_are_read_from_their_bytes():
+    gate = bare_gate(UNDECIDED)
+    for piece in (b"\n", b"<th", b"ink", b">\n", b"so", b" </", b"thi"):
+        gate.take(piece)
+        assert gate.phase in (UNDECIDED, REASONING)
+    gate.take(b"nk>\n\n")
+    assert gate.phase == "answer" and gate.reasoning_tokens == 8
+    plain = bare_gate(UNDECIDED)
+    for piece in (b" ", b"<th", b"is"):  # "<this" is not "<think>": all answer, none reasoning
+        plain.take(piece)
+    assert plain.phase == "answer" and plain.reasoning_tokens == 0
+
+
+def test_the_cut_waits_for_the_end_of_a_character_and_fits_the_line():
+    gate = bare_gate(REASONING, budget=2)
+    gate.take(b"a")
+    gate.take(b"\xe2\x82")  # the first two bytes of the euro sign: the budget is spent, the character not
+    assert gate.forced_token() is None
+    gate.take(b"\xac")
+    assert [gate.forced_token() for _ in range(4)] == [3, 4, 5, None]  # mid line: "\n</think>\n\n"
+    at_line_end = bare_gate(REASONING, budget=1)
+    at_line_end.take(b"done\n")
+    assert [at_line_end.forced_token() for _ in range(3)] == [1, 2, None]
+
+
+def test_a_straddling_piece_is_replaced_by_its_text_up_to_the_marker_and_whitespace():
+    asked: list[bytes] = []
+    gate = bare_gate(REASONING, waits=True, tokenized=asked)
+    gate.take(b"ok </think")
+    assert gate.checked(7, b">\n{") == 100 and asked == [b">\n"]
+    assert gate.forced_token() == 101 and gate.forced_token() is None
+    assert gate.checked(8, b">\n\n") == 8  # whitespace only after the marker: taken as it is
