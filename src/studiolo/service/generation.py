@@ -26,6 +26,7 @@ from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LoraAdapter
+from studiolo.engine.reasoning_gate import ReasoningSpec
 from studiolo.engine.sequence import (
     FinishEvent,
     GenerationRequest,
@@ -59,6 +60,7 @@ from studiolo.service.presets import (
     load_context_length,
     request_preset,
 )
+from studiolo.service.reasoning_gate import chat_reasoning_spec
 from studiolo.service.saved_state import SavedState
 from studiolo.service.speculation import Drafting, drafting_for
 from studiolo.service.tool_calls import marker_tokens
@@ -141,6 +143,7 @@ class PreparedChat:
     constraint: CompiledConstraint | None
     tool_syntax: CallSyntax | None
     drafting: Drafting = Drafting()
+    reasoning: ReasoningSpec | None = None  # the engine's reasoning gate (service/reasoning_gate.py)
 
     def lacks_prefix(self) -> bool:
         """Whether the engine holds less than half of the prompt (a conversation's cells were evicted,
@@ -366,12 +369,15 @@ class GenerationService:
             syntax = output_syntax(fmt, request.tools)
         constraint = await compiled_constraint(loaded.model, options)
         drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
-        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting)
+        reasoning = await asyncio.to_thread(chat_reasoning_spec, loaded.model, self.prompts.reasoning_format(loaded),
+                                            prompt.text, options.reasoning_budget, constraint is not None,
+                                            syntax is not None)
+        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
         """Submit a prepared chat: its output starts from here."""
         return self._start(prepared.target, "chatcmpl", [prepared.prompt], prepared.options, prepared.prompt_field,
-                           prepared.constraint, prepared.tool_syntax, prepared.drafting)
+                           prepared.constraint, prepared.tool_syntax, prepared.drafting, prepared.reasoning)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await check_constraint(request.options)
@@ -407,6 +413,7 @@ class GenerationService:
         constraint: CompiledConstraint | None,
         tool_syntax: CallSyntax | None = None,
         drafting: Drafting = Drafting(),
+        reasoning: ReasoningSpec | None = None,
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
@@ -414,8 +421,8 @@ class GenerationService:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter,
-                                                     drafting))
+                requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
+                                                             target.adapter, drafting), reasoning=reasoning))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step

@@ -32,6 +32,7 @@ class GenerationOptions:
     # speculative decoding (service/speculation.py): a model key, "ngram", "none"; None: the model's default
     draft_model: str | None = None
     prediction: str | None = None  # OpenAI's Predicted Outputs: text the output is expected to resemble
+    reasoning_budget: int | None = None  # reasoning tokens before studiolo closes the reasoning (None: no cap)
 
 
 @dataclass(frozen=True)
