@@ -77,6 +77,11 @@ class Turn:
     ttl: float | None = None
     context_length: int | None = None  # if this turn loads the model
     unknown_previous: UnknownPrevious = "not_found"
+    # reasoning models (ChatRequest's fields): the request's option, the field a 400 names, and
+    # whether an option the template does not list is refused (/api/v1/chat) or read leniently
+    reasoning_option: str | None = None
+    reasoning_param: str = "reasoning"
+    reasoning_strict: bool = False
 
 
 @dataclass
@@ -108,7 +113,8 @@ class Conversations:
                 await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
             options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
             request = ChatRequest(turn.model, _messages(turn, history), options, turn.ttl, tools=turn.tools,
-                                  context_length=turn.context_length, prompt_field="input")
+                                  context_length=turn.context_length, prompt_field="input",
+                                  **_reasoning_fields(turn))
             generation = await self.generate(request, turn.previous_response_id)
         return ConversationRun(new_response_id(), turn, generation, history)
 
@@ -244,6 +250,13 @@ def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
     return messages
 
 
+def _reasoning_fields(turn: Turn) -> dict[str, Any]:
+    """A turn's reasoning, as ChatRequest takes it. Both stateful APIs give reasoning items of their
+    own, always apart from the answer (the server's --reasoning-output is chat completions' field)."""
+    return {"reasoning_option": turn.reasoning_option, "reasoning_param": turn.reasoning_param,
+            "reasoning_strict": turn.reasoning_strict, "reasoning_output": "separate"}
+
+
 def settings_record(options: GenerationOptions) -> dict[str, Any]:
     """The generation settings a stored turn keeps (whichever API ran it), so that retrieving it
     later can say which values were used: the Responses object requires them as numbers."""
@@ -260,4 +273,5 @@ DEFAULT_SETTINGS = settings_record(GenerationOptions())
 
 def usage_record(usage: Usage) -> dict:
     return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens}
+            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens}
