@@ -76,10 +76,10 @@ def streamed(client: openai.OpenAI, **request) -> list[dict]:
 
 def test_reasoning_items_come_first_and_later_items_count_from_them():
     output = OutputItems(with_logprobs=False)
-    events = [event for delta in (ReasoningDelta(0, "Paris"), ReasoningDelta(0, " first."), TextDelta(0, "Let me look."),
-                                  ToolCallDelta(0, 0, "call_1", "get_weather"), ToolCallDelta(0, 0, arguments="{}"),
-                                  Finished(0, "tool_calls"))
-              for event in output.feed(delta)]
+    deltas = (ReasoningDelta(0, "Paris"), ReasoningDelta(0, " first."), TextDelta(0, "Let me look."),
+              ToolCallDelta(0, 0, "call_1", "get_weather"), ToolCallDelta(0, 0, arguments="{}"),
+              Finished(0, "tool_calls"))
+    events = [event for delta in deltas for event in output.feed(delta)]
     assert [item["type"] for item in output.items] == ["reasoning", "message", "function_call"]
     assert output.items[0]["content"] == [{"type": "reasoning_text", "text": "Paris first."}]
     assert output.items[0]["summary"] == [] and output.items[0]["id"].startswith("rs_")
@@ -243,9 +243,9 @@ def test_a_reasoning_item_sent_back_reaches_the_template_and_a_call_follows_the_
 
 def continue_loop(client, previous_id: str, call_id: str):
     """The tool loop's next turn: London's weather, answering the stored response's call."""
+    result = {"type": "function_call_output", "call_id": call_id, "output": "Rainy, 15 C"}
     return client.responses.create(model=THINKER.key, previous_response_id=previous_id, tools=[WEATHER],
-                                   input=[{"type": "function_call_output", "call_id": call_id, "output": "Rainy, 15 C"}],
-                                   max_output_tokens=1, **SEED)
+                                   input=[result], max_output_tokens=1, **SEED)
 
 
 def test_stored_reasoning_continues_with_previous_response_id_and_after_a_restart(tmp_path_factory, default_models):

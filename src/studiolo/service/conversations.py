@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from studiolo.chat.reasoning import reasoning_format_for, reasoning_variables
 from studiolo.config import Budgets
 from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.domain.responses import (
@@ -107,6 +108,7 @@ class Conversations:
         self.state_budget = state_budget
 
     async def start(self, turn: Turn) -> ConversationRun:
+        await asyncio.to_thread(self.check_reasoning, turn)  # before a load it would refuse
         with missing_previous(turn.previous_response_id, turn.unknown_previous):
             history = await self.history(turn.previous_response_id)
             if turn.store:
@@ -149,8 +151,20 @@ class Conversations:
         """The id of the model instance ``turn`` would run on now, or that its load would give."""
         return self.service.manager.instance_id_for(turn.model)
 
+    def check_reasoning(self, turn: Turn) -> None:
+        """A 400 for a reasoning option the model's template cannot honour, read from the model's file
+        without loading it (the prompt's rendering would refuse it the same way, once loaded)."""
+        if turn.reasoning_option is None:
+            return
+        info = self.service.manager.model_info(turn.model)
+        if info is not None:  # a model without a template gets a built-in one: those do not reason
+            reasoning_variables(reasoning_format_for(info.chat_template or ""), turn.reasoning_option,
+                                param=turn.reasoning_param, strict=turn.reasoning_strict)
+
     async def _check_ready(self, turn: Turn) -> None:
-        """Raise what ``start`` would for the store (unknown previous id, storage fault), before a load."""
+        """Raise what ``start`` would for the reasoning option and the store (unknown previous id,
+        storage fault), before a load."""
+        await asyncio.to_thread(self.check_reasoning, turn)
         if turn.previous_response_id is not None:
             with missing_previous(turn.previous_response_id, turn.unknown_previous):
                 await asyncio.to_thread(self.store.get, turn.previous_response_id)
