@@ -17,6 +17,9 @@ import json
 import httpx
 import pytest
 
+from studiolo.api.lmstudio.chat_render import Reply, output_items
+from studiolo.service.mcp_turn import ToolCallDone, said_items
+from studiolo.service.types import Finished, ReasoningDelta, TextDelta
 from tests.conftest import SMOLLM
 from tests.reasoning_model import HARMONY, OPENER, THINKER
 from tests.reasoning_wire import prompts_sent, reasoning_home, start_server
@@ -52,6 +55,33 @@ def chat_events(server, **body) -> list[tuple[str, dict]]:
                 assert data["type"] == kind
                 events.append((kind, data))
     return events
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def test_each_rounds_reasoning_comes_before_its_text_and_calls():
+    """An MCP turn's rounds: what is stored (Reply) and what the next round's prompt gets (said_items)."""
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "weather", "arguments": "{}",
+            "status": "completed"}
+    result = {"type": "function_call_output", "call_id": "c1", "output": "Sunny"}
+    reply = Reply()
+    for event in (ReasoningDelta(0, "Paris "), ReasoningDelta(0, "first."), TextDelta(0, "Looking."),
+                  ToolCallDone("weather", {}, "Sunny", {"type": "ephemeral_mcp"}, (call, result)),
+                  ReasoningDelta(0, "Sunny it is."), TextDelta(0, "It is sunny."), Finished(0, "stop")):
+        reply.follow(event)
+    assert output_items(reply.output()) == [
+        {"type": "reasoning", "content": "Paris first."}, {"type": "message", "content": "Looking."},
+        {"type": "tool_call", "tool": "weather", "arguments": {}, "output": "Sunny",
+         "provider_info": {"type": "ephemeral_mcp"}},
+        {"type": "reasoning", "content": "Sunny it is."}, {"type": "message", "content": "It is sunny."}]
+    items = said_items([ReasoningDelta(0, "a"), ReasoningDelta(0, "b"), TextDelta(0, "x"), ReasoningDelta(0, "c"),
+                        TextDelta(0, "")])
+    assert [(item["type"], item["content"][0]["text"]) for item in items] == [
+        ("reasoning", "ab"), ("message", "x"), ("reasoning", "c")]
+
+
+# --- output ---------------------------------------------------------------------------------------
 
 
 def test_reasoning_is_an_item_before_the_message_whole_and_streamed(rserver):

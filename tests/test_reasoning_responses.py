@@ -295,3 +295,13 @@ def test_a_new_user_message_leaves_earlier_reasoning_out_as_qwen3_says(rserver, 
         client.responses.create(model=THINKER.key, input="And 3 and 3?", previous_response_id=first.id,
                                 max_output_tokens=1, **SEED)
     assert f"<|im_start|>assistant\n{ANSWER}<|im_end|>" in prompts[0] and f"<think>\n{THOUGHT}" not in prompts[0]
+
+
+def test_a_compaction_summary_leaves_the_reasoning_out(rserver):
+    """QwQ's template opens <think>; cut inside it, the model wrote reasoning only: no summary text."""
+    response = httpx.post(f"{rserver.base_url}/v1/responses/compact", timeout=120, json={
+        "model": OPENER.key, "input": "Hi", "max_output_tokens": 8, "temperature": 0, "seed": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["output"][-1] == {**body["output"][-1], "type": "compaction", "encrypted_content": ""}
+    assert body["usage"]["output_tokens_details"]["reasoning_tokens"] == body["usage"]["output_tokens"] == 8
