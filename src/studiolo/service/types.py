@@ -52,6 +52,7 @@ class ChatRequest:
     # variables (OpenAI-compatible servers' ``chat_template_kwargs``)
     reasoning_option: str | None = None
     reasoning_param: str = "reasoning"
+    reasoning_strict: bool = False  # /api/v1/chat: an option the template does not list is a 400
     template_kwargs: dict[str, Any] | None = None
     # where the output's reasoning goes: "raw" (not looked for: it stays in the text as the model
     # wrote it), "separate" (ReasoningDelta events), "inline" (in the text as <think>...</think>)

@@ -2,8 +2,10 @@
 ``Turn`` of the conversation service (service/conversations.py).
 
 ``system_prompt`` applies to its own turn only (like OpenAI's ``instructions``); ``context_length``
-is the context the model gets if this request loads it; ``reasoning`` other than "off" is a 400
-(neither default model reasons). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
+is the context the model gets if this request loads it; ``reasoning`` (off, low, medium, high,
+on) goes to a reasoning model's template, and one the template does not list in its
+``capabilities.reasoning.allowed_options`` is a 400 naming ``reasoning`` (chat/reasoning.py,
+strict). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
 whose tools the server runs for the model (service/mcp_turn.py) if its settings allow it; mcp.json
 ``plugin`` integrations are a 400 (this server has no mcp.json).
 """
@@ -55,8 +57,6 @@ class ChatBody(Body):
     draft_model: str | None = None
 
     def turn(self, report_progress: bool) -> Turn:
-        if self.reasoning not in (None, "off"):
-            raise InvalidRequest(f"reasoning '{self.reasoning}' is not supported by this model", "reasoning")
         if self.previous_response_id is not None:
             check_response_id(self.previous_response_id)  # a 400 before any model loads
         sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -68,7 +68,8 @@ class ChatBody(Body):
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens))
         return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
-                    self.store, ttl=self.ttl, context_length=self.context_length)
+                    self.store, ttl=self.ttl, context_length=self.context_length,
+                    reasoning_option=self.reasoning, reasoning_param="reasoning", reasoning_strict=True)
 
     def mcp_servers(self) -> list[McpServer]:
         """The request's ``ephemeral_mcp`` integrations (LM Studio's shape); anything else is a 400."""
