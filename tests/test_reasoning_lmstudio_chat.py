@@ -221,3 +221,23 @@ def test_a_stored_chat_continued_on_the_responses_api_gives_its_reasoning_back(r
             "temperature": 0, "input": [{"type": "message", "role": "assistant", "content": "Anything else?"}]})
     assert response.status_code == 200, response.text
     assert f"<|im_start|>assistant\n<think>\n{THOUGHT}\n</think>\n\n{ANSWER}<|im_end|>" in prompts[0]
+
+
+def test_a_reasoning_budget_closes_the_reasoning_then_the_message_follows(rserver):
+    """OPENER's prompt opens the reasoning; at the budget studiolo closes it and the model answers."""
+    body = {"model": OPENER.key, "input": "Hi", "max_output_tokens": 24, "reasoning_budget": 6}
+    response = chat(rserver, **body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    kinds = [item["type"] for item in result["output"]]
+    assert kinds == ["reasoning", "message"], result["output"]
+    assert result["output"][0]["content"].strip() and result["output"][1]["content"].strip()
+    assert result["stats"]["reasoning_output_tokens"] >= 6
+    events = chat_events(rserver, **body)
+    said = "".join(data["content"] for kind, data in events if kind == "reasoning.delta")
+    assert said == result["output"][0]["content"]
+
+
+def test_a_bad_reasoning_budget_is_a_400_naming_it(rserver):
+    response = chat(rserver, model=OPENER.key, input="Hi", reasoning_budget="many")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_budget"

@@ -305,3 +305,28 @@ def test_a_compaction_summary_leaves_the_reasoning_out(rserver):
     body = response.json()
     assert body["output"][-1] == {**body["output"][-1], "type": "compaction", "encrypted_content": ""}
     assert body["usage"]["output_tokens_details"]["reasoning_tokens"] == body["usage"]["output_tokens"] == 8
+
+
+def test_a_reasoning_budget_closes_the_reasoning_and_a_schema_holds_the_answer(client):
+    """OPENER's prompt opens the reasoning; at the budget studiolo closes it, and the answer follows
+    ``text.format`` (the constraint waits for the answer), whole and streamed alike."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    request = {"model": OPENER.key, "input": "Hi", "max_output_tokens": 40, "temperature": 0,
+               "extra_body": {"seed": 1, "reasoning_budget": 6},
+               "text": {"format": {"type": "json_schema", "name": "n", "schema": schema}}}
+    response = client.responses.create(**request)
+    reasoning, message = response.output
+    assert reasoning.type == "reasoning" and reasoning.content[0].text.strip()
+    assert json.loads(response.output_text).keys() == {"n"}
+    assert response.usage.output_tokens_details.reasoning_tokens >= 6
+    events = streamed(client, **request)
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    assert deltas == reasoning.content[0].text
+    final = events[-1]["response"]["output"][-1]["content"][0]["text"]
+    assert final == response.output_text
+
+
+def test_a_bad_reasoning_budget_is_a_400_naming_it(rserver):
+    response = post(rserver, model=OPENER.key, input="Hi", reasoning_budget=-1)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_budget"

@@ -55,6 +55,8 @@ class ChatBody(Body):
     preset: str | None = Field(None, min_length=1)  # a preset's settings, under the request's own
     # v0's field (LM Studio documents none here): a model key, "ngram", or "none" (service/speculation.py)
     draft_model: str | None = None
+    # studiolo: reasoning tokens before it closes the reasoning itself (None: the model's default, else no cap)
+    reasoning_budget: Int | None = Field(None, ge=0)
 
     def turn(self, report_progress: bool) -> Turn:
         if self.previous_response_id is not None:
@@ -63,7 +65,7 @@ class ChatBody(Body):
                                         min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
                                     report_progress=report_progress, preset=self.preset,
-                                    draft_model=self.draft_model,
+                                    draft_model=self.draft_model, reasoning_budget=self.reasoning_budget,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens))

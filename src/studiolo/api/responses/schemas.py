@@ -243,6 +243,8 @@ class _Turn(_Body):
     ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
     # LM Studio's v0 field: a model key, "ngram", or "none" (service/speculation.py)
     draft_model: str | None = None
+    # studiolo: reasoning tokens before it closes the reasoning itself (None: the model's default, else no cap)
+    reasoning_budget: Int | None = Field(None, ge=0)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -286,7 +288,7 @@ class ResponseBody(_Turn):
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
                                     logprobs=self.logprobs, constraint=constraint,
                                     constraint_param="text.format" if constraint else None, preset=self.preset,
-                                    draft_model=self.draft_model,
+                                    draft_model=self.draft_model, reasoning_budget=self.reasoning_budget,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens,
