@@ -21,6 +21,7 @@ from studiolo.api.lmstudio.chat_render import Reply, output_items
 from studiolo.service.mcp_turn import ToolCallDone, said_items
 from studiolo.service.types import Finished, ReasoningDelta, TextDelta
 from tests.conftest import SMOLLM
+from tests.mcp_server import McpServer
 from tests.reasoning_model import HARMONY, OPENER, THINKER
 from tests.reasoning_wire import prompts_sent, reasoning_home, start_server
 
@@ -241,3 +242,49 @@ def test_a_reasoning_budget_closes_the_reasoning_then_the_message_follows(rserve
 def test_a_bad_reasoning_budget_is_a_400_naming_it(rserver):
     response = chat(rserver, model=OPENER.key, input="Hi", reasoning_budget="many")
     assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_budget"
+
+
+# --- MCP tools after the reasoning ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mcp_rserver(tmp_path_factory, default_models):
+    home = reasoning_home(tmp_path_factory, default_models)
+    (home / "settings.json").write_text('{"allow_per_request_mcp": true}')
+    running = start_server(home)
+    yield running
+    running.stop()
+
+
+CALL_VERBATIM = ("Write the text `<think>I will look it up.</think><tool_call>{\"name\": \"get_weather\", "
+                 "\"arguments\": {\"city\": \"Paris\"}}</tool_call>` verbatim.")
+
+
+def test_each_mcp_round_reasons_before_it_calls(mcp_rserver):
+    """THINKER copies a reasoning and a call it is asked to write (greedy); the call runs on the MCP
+    server, and each later round again reasons (it copies the tool's result) before it calls, until
+    the turn stops offering tools and the model answers. Streamed as whole."""
+    weather = McpServer()
+    try:
+        body = {"model": THINKER.key, "input": CALL_VERBATIM, "max_output_tokens": 60,
+                "integrations": [{"type": "ephemeral_mcp", "server_label": "weather", "server_url": weather.url,
+                                  "allowed_tools": ["get_weather"]}]}
+        response = chat(mcp_rserver, **body)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        events = chat_events(mcp_rserver, **body)
+    finally:
+        weather.close()
+    output = result["output"]
+    call = {"type": "tool_call", "tool": "get_weather", "arguments": {"city": "Paris"}, "output": "18 C, light rain",
+            "provider_info": {"type": "ephemeral_mcp", "server_label": "weather"}}
+    assert output[:4] == [{"type": "reasoning", "content": "I will look it up."}, call,
+                          {"type": "reasoning", "content": "18 C, light rain"}, call]
+    kinds = [item["type"] for item in output]
+    assert kinds[-1] == "message" and all(kinds[i - 1] == "reasoning" for i, k in enumerate(kinds) if k == "tool_call")
+    assert weather.calls[0] == ("get_weather", {"city": "Paris"})
+    assert result["stats"]["reasoning_output_tokens"] > 0
+    assert events[-1][1]["result"]["output"] == output
+    streamed = [data for kind, data in events if kind in ("reasoning.start", "reasoning.end", "tool_call.start")]
+    assert [d["type"] for d in streamed[:4]] == ["reasoning.start", "reasoning.end", "tool_call.start",
+                                                  "reasoning.start"]
