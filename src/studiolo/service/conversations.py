@@ -108,7 +108,8 @@ class Conversations:
         self.state_budget = state_budget
 
     async def start(self, turn: Turn) -> ConversationRun:
-        await asyncio.to_thread(self.check_reasoning, turn)  # before a load it would refuse
+        if turn.reasoning_option is not None:  # before a load it would refuse (no await otherwise: a
+            await asyncio.to_thread(self.check_reasoning, turn)  # client gone here must not stop the load)
         with missing_previous(turn.previous_response_id, turn.unknown_previous):
             history = await self.history(turn.previous_response_id)
             if turn.store:
@@ -164,7 +165,8 @@ class Conversations:
     async def _check_ready(self, turn: Turn) -> None:
         """Raise what ``start`` would for the reasoning option and the store (unknown previous id,
         storage fault), before a load."""
-        await asyncio.to_thread(self.check_reasoning, turn)
+        if turn.reasoning_option is not None:
+            await asyncio.to_thread(self.check_reasoning, turn)
         if turn.previous_response_id is not None:
             with missing_previous(turn.previous_response_id, turn.unknown_previous):
                 await asyncio.to_thread(self.store.get, turn.previous_response_id)
