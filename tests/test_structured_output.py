@@ -310,13 +310,14 @@ def test_guided_grammar_outputs_parse(http, grammar):
 
 
 def test_ignore_eos_runs_a_constraint_to_its_end(http):
-    """With ignore_eos the output ends only where the grammar cannot go on."""
+    """With ignore_eos the output ends only where the grammar cannot go on. (The model's own end
+    comes at a near-tie with more letters, which batching can tip: the bound is far past it.)"""
     base = {"model": SMOLLM, "messages": [{"role": "user", "content": "What color is the sky? One word."}],
-            "guided_regex": "[a-z]{1,30}", "max_tokens": 60, **GREEDY}
+            "guided_regex": "[a-z]{1,80}", "max_tokens": 120, **GREEDY}
     short = http.post(CHAT, json=base).json()["choices"][0]["message"]["content"]
     full = http.post(CHAT, json={**base, "ignore_eos": True}).json()["choices"][0]
-    assert len(short) < 30  # the model ends it early by itself...
-    assert len(full["message"]["content"]) == 30 and full["finish_reason"] == "stop"  # ...not with ignore_eos
+    assert len(short) < 80  # the model ends it early by itself...
+    assert len(full["message"]["content"]) == 80 and full["finish_reason"] == "stop"  # ...not with ignore_eos
 
 
 # --- batching ----------------------------------------------------------------------------------
