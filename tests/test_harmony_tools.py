@@ -73,6 +73,13 @@ def test_tools_are_rendered_by_the_template_as_a_functions_namespace():
     assert prompt.endswith("<|start|>user<|message|>Weather in Paris?<|end|><|start|>assistant")
 
 
+def test_a_tool_without_description_or_parameters_renders():
+    """gpt-oss's template concatenates each description: a missing one is given as empty."""
+    bare = ToolSpec("ping", None, None)
+    prompt = rendered_prompt([ChatMessage("user", "Ping?")], Tools((bare,)))
+    assert "namespace functions {\n\n// \ntype ping = () => any;\n\n} // namespace functions" in prompt
+
+
 def test_an_earlier_call_its_reasoning_and_its_result_round_trip():
     """As gpt-oss's template intends: the reasoning before a call kept (no final answer followed),
     the call as a message to functions.NAME with its JSON, the result as a message from it."""

@@ -103,7 +103,9 @@ def template_messages(fmt: ToolFormat, messages: list[ChatMessage], tools: Tools
     if fmt.native:
         rename = _short_id if fmt is MISTRAL else (lambda call_id: call_id)
         rendered = [_native_message(m, rename) for m in messages]
-        return rendered, ({"tools": [_tool_object(spec) for spec in offered]} if offered else {})
+        # gpt-oss' template writes each tool's description as a comment and fails on a missing one
+        described = fmt is HARMONY
+        return rendered, ({"tools": [_tool_object(spec, described) for spec in offered]} if offered else {})
     rendered = [_generic_message(m, fmt) for m in messages]
     if offered and tools is not None:
         _add_system_text(rendered, generic_system_prompt(offered, parallel=several_calls(tools)))
@@ -123,10 +125,11 @@ def output_syntax(fmt: ToolFormat, tools: Tools) -> CallSyntax:
     return replace(fmt.syntax, forced=not auto, untagged=fmt.untagged and auto)
 
 
-def _tool_object(spec: ToolSpec) -> dict[str, Any]:
+def _tool_object(spec: ToolSpec, described: bool = False) -> dict[str, Any]:
+    """OpenAI's tool object; ``described``: with a description even when the tool has none ("")."""
     function: dict[str, Any] = {"name": spec.name}
-    if spec.description:
-        function["description"] = spec.description
+    if spec.description or described:
+        function["description"] = spec.description or ""
     function["parameters"] = spec.parameters if spec.parameters is not None else {"type": "object", "properties": {}}
     return {"type": "function", "function": function}
 
