@@ -453,3 +453,33 @@ def test_a_budget_with_auto_tools_cuts_the_analysis(hclient):
     assert (message.model_extra or {}).get("reasoning_content") == "I need the weather"
     assert 15 <= response.usage.completion_tokens_details.reasoning_tokens < response.usage.completion_tokens
     assert not message.tool_calls and message.content == "#\n}"
+
+
+def responses_input(messages: list[dict]) -> list[dict]:
+    """SHOTS as Responses input items: reasoning items, function calls and their outputs."""
+    items: list[dict] = []
+    for message in messages:
+        if message["role"] == "user":
+            items.append({"role": "user", "content": message["content"]})
+        elif message["role"] == "tool":
+            items.append({"type": "function_call_output", "call_id": message["tool_call_id"],
+                          "output": message["content"]})
+        else:
+            items.append({"type": "reasoning", "summary": [],
+                          "content": [{"type": "reasoning_text", "text": message["reasoning_content"]}]})
+            for call in message["tool_calls"]:
+                items.append({"type": "function_call", "call_id": call["id"], "name": call["function"]["name"],
+                              "arguments": call["function"]["arguments"]})
+    return items
+
+
+def test_responses_a_reasoning_item_then_a_function_call(hclient):
+    """The same calls on /v1/responses: a reasoning item, then a function_call item."""
+    tools = [{"type": "function", **tool["function"]} for tool in TOOLS]
+    response = hclient.responses.create(model=HARMONY_MODEL.key, input=responses_input(SHOTS), tools=tools,
+                                        max_output_tokens=60, temperature=0)
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "function_call"], response.output
+    assert response.output[0].content[0].text == "I need the weather in Paris."
+    call = response.output[1]
+    assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
