@@ -52,8 +52,8 @@ Design note for the service (how to drive this):
 7. Harmony's markers are special tokens: the output must be detokenized with them
    (``<|channel|>`` etc. as text) for the parser to see them; ``<|return|>`` and ``<|call|>`` end
    the generation and may be missing. Its calls come from the splitter, not from ToolCallParser,
-   and its tool format is tool_formats.HARMONY (native: the template renders tools and calls).
-   A grammar for Harmony calls (and reasoning-then-answer grammars generally) is not written yet.
+   and its tool format is tool_formats.HARMONY (native: the template renders tools and calls; its
+   messages and its call grammar, analysis included, are chat/harmony_tools.py's).
 8. Decisions where the issue is silent: separate analysis messages (and separate answer messages)
    join with a blank line; a Harmony ``commentary`` message without a recipient (a preamble meant
    for the user) is answer text; ``chat_template_kwargs`` naming ``messages``, ``tools``,

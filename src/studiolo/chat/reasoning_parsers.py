@@ -21,7 +21,8 @@ one output gives the same joined reasoning and answer.
   ``analysis`` channel is reasoning; a message to ``functions.NAME`` is a tool call whose content
   is its JSON arguments; ``final`` and ``commentary`` without a recipient (a preamble, meant for the
   user) are answer text. Messages end at ``<|end|>``, ``<|return|>`` or ``<|call|>`` (the last two
-  are end-of-generation tokens, so they may be missing from the text). Two messages of the same
+  are end-of-generation tokens, so they may be missing from the text); in a call's JSON arguments,
+  a marker's text inside a string is the string's. Two messages of the same
   kind are joined with a blank line.
 - ``PlainSplitter``: a model without reasoning: everything is answer.
 """
@@ -188,6 +189,7 @@ class HarmonySplitter:
         self._wrote = False  # the current message gave content
         self._any_message = False
         self._fed = 0  # characters of output read so far
+        self._json = _JsonStrings()  # where a call's arguments are, so that markers in strings are text
         # where the first answer or call content starts in the output: None until known
         self.answer_offset: int | None = None
         if header is not None:
@@ -234,6 +236,7 @@ class HarmonySplitter:
 
     def _open(self, header: HarmonyHeader, events: list[SplitEvent]) -> None:
         self._current, self._wrote, self._any_message = header, False, True
+        self._json = _JsonStrings()
         if header.kind != REASONING and self.answer_offset is None:
             self.answer_offset = self._fed
         if header.tool is not None:
@@ -241,6 +244,9 @@ class HarmonySplitter:
             events.append(CallStart(self._call, header.tool))
 
     def _in_content(self, char: str, events: list[SplitEvent]) -> None:
+        if self._json.in_string:  # inside a call's JSON string: a marker's text there is text
+            self._content(char, events)
+            return
         pending = self._pending + char
         ending = next((end for end in HARMONY_ENDS if pending.endswith(end)), None)
         if ending is not None:
@@ -250,6 +256,9 @@ class HarmonySplitter:
         keep = held_back(pending, HARMONY_ENDS, strip_whitespace=False)
         self._content(pending[: len(pending) - keep], events)
         self._pending = pending[len(pending) - keep:]
+        if self._json.in_string and self._pending:  # held back as a marker, but a string opened before it
+            pending, self._pending = self._pending, ""
+            self._content(pending, events)
 
     def _content(self, text: str, events: list[SplitEvent]) -> None:
         current = self._current
@@ -257,12 +266,32 @@ class HarmonySplitter:
             return
         kind = current.kind
         if kind == "call":
+            self._json.read(text)
             events.append(CallArguments(self._call, text))
             return
         if not self._wrote and self._given.get(kind):
             text = PARAGRAPH + text
         self._wrote = self._given[kind] = True
         events.append(Reasoning(text) if kind == REASONING else Text(text))
+
+
+class _JsonStrings:
+    """Whether a call's JSON arguments, read so far, stand inside a string: there, an end marker's
+    text is the string's (a real gpt-oss writes markers as special tokens, never inside a string;
+    a model that spells them as text may quote one)."""
+
+    def __init__(self) -> None:
+        self.in_string = False
+        self._escaped = False
+
+    def read(self, text: str) -> None:
+        for char in text:
+            if self._escaped:
+                self._escaped = False
+            elif self.in_string and char == "\\":
+                self._escaped = True
+            elif char == '"':
+                self.in_string = not self.in_string
 
 
 def merged_pieces(events: list[SplitEvent]) -> list[SplitEvent]:

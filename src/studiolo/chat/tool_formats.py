@@ -9,6 +9,9 @@ The format is chosen from the chat template, as LM Studio does:
   require 9-character call ids, so other ids are shortened (consistently) for them.
 - Llama 3.x: the template speaks ``<|start_header_id|>`` and takes ``tools``; a call is the whole reply,
   ``{"name": ..., "parameters": {...}}``, one at a time (the templates refuse several).
+- Harmony (gpt-oss): the template speaks ``<|channel|>``; a call is a message to ``functions.NAME``
+  in the commentary channel, one per reply, found by chat/reasoning_parsers.py's HarmonySplitter
+  (chat/harmony_tools.py: its messages and its grammar).
 - Generic, for every other template (LM Studio's default): the tools are described in the system
   prompt, a call is ``[TOOL_REQUEST]{"name": ..., "arguments": {...}}[END_TOOL_REQUEST]``; tool results
   go back as user messages and earlier calls are written out in that form.
@@ -36,6 +39,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from studiolo.chat.harmony_tools import CALL as HARMONY_CALL
+from studiolo.chat.harmony_tools import MARKERS as HARMONY_MARKERS
+from studiolo.chat.harmony_tools import OPENING as HARMONY_OPENING
+from studiolo.chat.harmony_tools import harmony_grammar
 from studiolo.chat.tool_parser import FENCE_CLOSE, FENCE_OPEN, CallSyntax
 from studiolo.domain.chat import ChatMessage, Tools, ToolSpec
 from studiolo.engine.json_schema import closed_objects
@@ -53,6 +60,12 @@ class ToolFormat:
     # in "auto", a reply may also be one call without the markers (a bare JSON object, or one in a
     # ```json fence), the grammar keeping it a valid call: how Qwen2.5 answers without its tags
     untagged: bool = False
+    # the texts that may each be one special token of the model (default: the opening and closing)
+    special_markers: tuple[str, ...] = ()
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return self.special_markers or tuple(m for m in (self.syntax.open, self.syntax.close) if m)
 
 
 HERMES = ToolFormat("hermes", CallSyntax("<tool_call>", "</tool_call>"), native=True, parallel=True,
@@ -61,14 +74,17 @@ MISTRAL = ToolFormat("mistral", CallSyntax("[TOOL_CALLS]", array=True), native=T
 LLAMA3 = ToolFormat("llama3", CallSyntax("<|python_tag|>", arguments_key="parameters", bare_json=True, separator=";"),
                     native=True, parallel=False)
 # gpt-oss (Harmony): a call is a message to ``functions.NAME`` in the commentary channel, found by
-# chat/reasoning_parsers.py's HarmonySplitter, not by ToolCallParser; tool_grammar does not cover it.
-# format_for chooses it once the service drives that parser (issue 19); until then gpt-oss gets GENERIC.
-HARMONY = ToolFormat("harmony", CallSyntax("<|channel|>commentary to=functions."), native=True, parallel=False)
+# chat/reasoning_parsers.py's HarmonySplitter, not by ToolCallParser; its grammar is
+# chat/harmony_tools.py's. ``<|call|>`` ends the turn: one call per reply.
+HARMONY = ToolFormat("harmony", CallSyntax(HARMONY_OPENING, HARMONY_CALL), native=True, parallel=False,
+                     special_markers=HARMONY_MARKERS)
 GENERIC = ToolFormat("generic", CallSyntax("[TOOL_REQUEST]", "[END_TOOL_REQUEST]"), native=False, parallel=True,
                      between="\n")
 
 
 def format_for(template_source: str) -> ToolFormat:
+    if "<|channel|>" in template_source and "<|start|>" in template_source:
+        return HARMONY
     if "<tool_call>" in template_source:
         return HERMES
     if "[TOOL_CALLS]" in template_source:
@@ -87,7 +103,9 @@ def template_messages(fmt: ToolFormat, messages: list[ChatMessage], tools: Tools
     if fmt.native:
         rename = _short_id if fmt is MISTRAL else (lambda call_id: call_id)
         rendered = [_native_message(m, rename) for m in messages]
-        return rendered, ({"tools": [_tool_object(spec) for spec in offered]} if offered else {})
+        # gpt-oss' template writes each tool's description as a comment and fails on a missing one
+        described = fmt is HARMONY
+        return rendered, ({"tools": [_tool_object(spec, described) for spec in offered]} if offered else {})
     rendered = [_generic_message(m, fmt) for m in messages]
     if offered and tools is not None:
         _add_system_text(rendered, generic_system_prompt(offered, parallel=several_calls(tools)))
@@ -107,10 +125,11 @@ def output_syntax(fmt: ToolFormat, tools: Tools) -> CallSyntax:
     return replace(fmt.syntax, forced=not auto, untagged=fmt.untagged and auto)
 
 
-def _tool_object(spec: ToolSpec) -> dict[str, Any]:
+def _tool_object(spec: ToolSpec, described: bool = False) -> dict[str, Any]:
+    """OpenAI's tool object; ``described``: with a description even when the tool has none ("")."""
     function: dict[str, Any] = {"name": spec.name}
-    if spec.description:
-        function["description"] = spec.description
+    if spec.description or described:
+        function["description"] = spec.description or ""
     function["parameters"] = spec.parameters if spec.parameters is not None else {"type": "object", "properties": {}}
     return {"type": "function", "function": function}
 
@@ -233,6 +252,8 @@ def tool_grammar(fmt: ToolFormat, tools: Tools, marker_tokens: dict[str, int] | 
     do either, since llguidance forces it by tokenizing it, which gives the token back (llama.cpp
     always parses user-defined tokens) and then refuses it as not being that text.
     """
+    if fmt is HARMONY:
+        return harmony_grammar(tools, marker_tokens)
     specs = tools.specs
     if tools.choice not in ("auto", "required"):  # a named choice: that tool only
         specs = tuple(spec for spec in specs if spec.name == tools.choice)

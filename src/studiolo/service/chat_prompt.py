@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from studiolo.chat.harmony_tools import one_call_per_message
 from studiolo.chat.reasoning import (
     NO_REASONING,
     ReasoningFormat,
@@ -22,7 +23,7 @@ from studiolo.chat.reasoning import (
     splitter_for,
 )
 from studiolo.chat.templates import ChatTemplate, RenderTooLong, TemplateError, builtin_template_for
-from studiolo.chat.tool_formats import format_for, template_messages
+from studiolo.chat.tool_formats import HARMONY, format_for, template_messages
 from studiolo.chat.tool_parser import ToolCallParser
 from studiolo.config import RequestLimits
 from studiolo.domain.chat import ChatMessage
@@ -42,10 +43,11 @@ class ReasoningSplit:
     inline: bool = False  # the reasoning goes back into the text as <think>...</think>
 
     def parser(self, tools: ToolCallParser | None) -> ReplyParser:
-        """The splitter in front of the request's tool-call parser. Harmony's own calls come from the
-        splitter, but gpt-oss gets the generic tool format (chat/tool_formats.py format_for) until its
-        grammar is written, so its answer text goes through ``tools`` as every other format's does."""
-        return ReplyParser(splitter_for(self.fmt, self.prompt), tools, inline=self.inline)
+        """The splitter in front of the request's tool-call parser. Harmony's calls are messages of
+        their own, found by its splitter (tool format HARMONY): its answer text is never read for
+        calls."""
+        harmony = self.fmt.name == "harmony"
+        return ReplyParser(splitter_for(self.fmt, self.prompt), None if harmony else tools, inline=self.inline)
 
     @property
     def control_text(self) -> bool:
@@ -95,8 +97,13 @@ class ChatPrompts:
 
     def _split(self, loaded: Instance, request: ChatRequest, text: str) -> ReasoningSplit | None:
         fmt = self.reasoning_format(loaded)
-        if request.reasoning_output == "raw" or not fmt.reasons:
+        if not fmt.reasons:
             return None
+        if request.reasoning_output == "raw":
+            # Harmony's calls are found only by its splitter: with tools, a raw output is read as the
+            # inline one (the reasoning in the content, as <think>...</think>), so calls are calls
+            harmony_tools = fmt.name == "harmony" and request.tools is not None and request.tools.active
+            return ReasoningSplit(fmt, text, inline=True) if harmony_tools else None
         return ReasoningSplit(fmt, text, inline=request.reasoning_output == "inline")
 
     def chat_prompt_text(self, loaded: Instance, template: ChatTemplate, request: ChatRequest,
@@ -105,9 +112,12 @@ class ChatPrompts:
 
         With ``resume_response`` the text ends inside the assistant's turn, after the reply so far.
         """
-        messages, variables = template_messages(format_for(template.source), request.messages, request.tools)
+        tool_format = format_for(template.source)
+        messages, variables = template_messages(tool_format, request.messages, request.tools)
         fmt = self.reasoning_format(loaded)
         messages = _with_reasoning(fmt, messages, request.messages)
+        if tool_format is HARMONY:  # after the reasoning is matched to its messages
+            messages = one_call_per_message(messages)
         variables.update(render_variables(fmt, request.reasoning_option, request.template_kwargs,
                                           param=request.reasoning_param, strict=request.reasoning_strict))
         limit = self.limits.max_prompt_chars

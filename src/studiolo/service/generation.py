@@ -363,7 +363,7 @@ class GenerationService:
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
-            markers = await asyncio.to_thread(marker_tokens, loaded.model, fmt.syntax)
+            markers = await asyncio.to_thread(marker_tokens, loaded.model, fmt.markers)
             grammar = ConstraintSpec.lark(tool_grammar(fmt, request.tools, markers), end_outside=True)
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
@@ -371,7 +371,7 @@ class GenerationService:
         drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
         reasoning = await asyncio.to_thread(chat_reasoning_spec, loaded.model, self.prompts.reasoning_format(loaded),
                                             prompt.text, options.reasoning_budget, constraint is not None,
-                                            syntax is not None)
+                                            syntax is not None, syntax is not None and syntax.forced)
         return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:

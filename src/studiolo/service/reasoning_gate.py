@@ -6,10 +6,11 @@ format (chat/reasoning.py), the rendered prompt and the request's budget.
 - Harmony (gpt-oss): the output opens with a channel header (the gate writes the analysis one
   itself when a budget or constraint waits); everything before the ``final`` channel's
   ``<|channel|>final<|message|>`` is reasoning (analysis, and commentary calls in between); the
-  cut is the end of the message and the final channel's header. Harmony's forced tool calls are a
-  grammar over the whole output (the calls are in the commentary channel, not the answer), so with
-  one the constraint does not wait and no budget applies (there would be no room for a cut the
-  call's grammar does not allow).
+  cut is the end of the message and the final channel's header. Harmony's tool grammar covers the
+  whole output (the calls are in the commentary channel, not the answer; chat/harmony_tools.py),
+  so with tools the constraint does not wait. Under ``auto`` its text before a call is free, the
+  gate's opening and cut included: a budget applies. A forced call's grammar allows only an
+  analysis message and the call, not the cut's final channel: a budget with one is a 400.
 """
 
 from __future__ import annotations
@@ -68,14 +69,14 @@ def reasoning_spec(model: LlamaModel, fmt: ReasoningFormat, prompt_text: str, bu
 
 
 def chat_reasoning_spec(model: LlamaModel, fmt: ReasoningFormat, prompt_text: str, budget: int | None,
-                        constrained: bool, tools_constrained: bool) -> ReasoningSpec | None:
-    """``reasoning_spec`` for a chat whose constraint (if any) came from its forced tool calls
-    (``tools_constrained``) or from its structured output."""
-    if fmt.name == "harmony" and tools_constrained:  # the call grammar covers the whole output
-        if budget is not None:
-            raise InvalidRequest("reasoning_budget cannot be combined with tools on a Harmony (gpt-oss) model: "
-                                 "its calls' grammar covers the reasoning too, and a cut would break it",
-                                 "reasoning_budget")
+                        constrained: bool, tools_constrained: bool, tools_forced: bool = False) -> ReasoningSpec | None:
+    """``reasoning_spec`` for a chat whose constraint (if any) came from its tools
+    (``tools_constrained``; ``tools_forced``: a call is required) or from its structured output."""
+    if fmt.name == "harmony" and tools_constrained:  # the tool grammar covers the whole output
+        if budget is not None and tools_forced:
+            raise InvalidRequest("reasoning_budget cannot be combined with a required or named tool call on a "
+                                 "Harmony (gpt-oss) model: the call's grammar covers the reasoning too and does "
+                                 "not allow the final channel a cut opens", "reasoning_budget")
         constrained = False
     with model.vocabulary_lock:  # the model must not close while its vocabulary tokenizes
         model.require_open()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from studiolo.chat.reasoning import Reasoning, ReplyParser
 from studiolo.chat.reasoning_parsers import SplitEvent
-from studiolo.chat.tool_parser import CallArguments, CallStart, CallSyntax, ToolCallParser
+from studiolo.chat.tool_parser import CallArguments, CallStart, ToolCallParser
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.constraints import compiler_for
@@ -53,14 +53,15 @@ class CallReader:
         return events
 
 
-def marker_tokens(model: LlamaModel, syntax: CallSyntax) -> dict[str, int]:
-    """The format's markers that are one special token of ``model`` (Qwen2.5's ``<tool_call>`` and
-    ``</tool_call>``), with that token: the tool grammar names the token, which the model writes,
-    not the text (whose tokenizing would give the token back: llama.cpp always parses user-defined
-    tokens). Builds the model's llguidance tokenizer if need be: call off the event loop."""
+def marker_tokens(model: LlamaModel, markers: tuple[str, ...]) -> dict[str, int]:
+    """The format's markers (ToolFormat.markers) that are one special token of ``model`` (Qwen2.5's
+    ``<tool_call>`` and ``</tool_call>``, gpt-oss' ``<|channel|>`` and the like), with that token:
+    the tool grammar names the token, which the model writes, not the text (whose tokenizing would
+    give the token back: llama.cpp always parses user-defined tokens). Builds the model's
+    llguidance tokenizer if need be: call off the event loop."""
     tokenizer = compiler_for(model).tokenizer
     found = {}
-    for marker in (syntax.open, syntax.close):
+    for marker in markers:
         tokens = tokenizer.tokenize_str(marker) if marker else []
         if len(tokens) == 1 and tokenizer.is_special_token(tokens[0]):
             found[marker] = tokens[0]
