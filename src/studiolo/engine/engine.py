@@ -37,6 +37,8 @@ from studiolo.engine.sequence import (
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.speculation import SequenceSpeculation, Speculating, propose
 from studiolo.engine.stream import Outbox, TokenStream
+from studiolo.engine.vision import VisionContext
+from studiolo.engine.vision_steps import check_images, decode_next_image, penalty_window, text_tokens
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,9 @@ _Command = _Submit | _Cancel | _Offer
 
 
 class Engine(EngineLifecycle[_Command]):
-    def __init__(self, model: LlamaModel, settings: EngineSettings):
+    def __init__(self, model: LlamaModel, settings: EngineSettings, vision: VisionContext | None = None):
         self.model = model
+        self.vision = vision  # the model's projector (engine/vision.py): closed with the engine, before the model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         self.parallel = settings.parallel
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
@@ -132,6 +135,8 @@ class Engine(EngineLifecycle[_Command]):
             drafts, self.drafts = list(self.drafts.values()), {}
         for draft in drafts:
             draft.close()
+        if self.vision is not None:
+            self.vision.close()
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; must be called from a running event loop's thread."""
@@ -172,8 +177,9 @@ class Engine(EngineLifecycle[_Command]):
             raise InvalidTokens("the prompt is empty", "prompt")
         if len(request.prompt) > self.context_length:
             raise ContextLengthExceeded(len(request.prompt), self.context_length)
+        check_images(request, self.vision, self.context.n_batch)
         for param, tokens in (
-            ("prompt", request.prompt),
+            ("prompt", text_tokens(request)),
             ("stop_tokens", request.stop_tokens),
             ("logit_bias", request.sampling.logit_bias),
         ):
@@ -226,13 +232,15 @@ class Engine(EngineLifecycle[_Command]):
     def _step(self) -> None:
         for seq in self.scheduler.admit():
             seq.prefill_started_at = time.perf_counter()
-            seq.sampler = TokenSampler(seq.request.sampling, seq.prompt[-PENALTY_LAST_N:])
+            seq.sampler = TokenSampler(seq.request.sampling, penalty_window(seq.prompt, PENALTY_LAST_N))
             if seq.request.constraint is not None:
                 seq.constraint = seq.request.constraint.new_state()
             if seq.request.speculation:
                 seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
         self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
         chunks = self.scheduler.plan(self._drafts)
+        if self.scheduler.image is not None:
+            self._decode_image(self.scheduler.image)
         if not chunks:
             return
         batch = self.context.batch
@@ -249,6 +257,17 @@ class Engine(EngineLifecycle[_Command]):
             return
         for chunk in chunks:
             self._advance(chunk)
+
+    def _decode_image(self, seq: Sequence) -> None:
+        """The next image of a prefilling sequence into its cells, in a decode of its own (engine/vision_steps.py)."""
+        assert self.vision is not None, "only a model with a projector takes requests with images"
+        self.context.use_adapter(self.scheduler.adapter)
+        error = decode_next_image(self.vision, self.context, seq)
+        if error is not None:
+            self.slots.forget(seq.admitted_slot)  # what the failed decode left in its cells is unknown
+            self._finish(seq, "error", error)
+        elif seq.request.report_progress:
+            self._outbox.put(seq.sink, PrefillProgressEvent(seq.n_past, len(seq.prompt)))
 
     def _drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
         """Drafts for this step's speculating sequences, by Sequence.id (engine/speculation.py)."""

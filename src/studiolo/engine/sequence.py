@@ -15,6 +15,7 @@ from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
 from studiolo.engine.speculation import DraftStats, SequenceSpeculation, Speculation
+from studiolo.engine.vision_chunks import PlacedImage
 
 if TYPE_CHECKING:  # slots.py is the engine's; a sequence only points at its slot
     from studiolo.engine.slots import Slot
@@ -36,6 +37,8 @@ class GenerationRequest:
     report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt
     save_state: bool = False  # hand the sequence's KV state back with its FinishEvent
     speculation: Speculation | None = None  # where drafts come from, to verify several tokens a step
+    # the prompt's images: their rows stand in ``prompt`` as placeholder ids (engine/vision_steps.py)
+    images: tuple[PlacedImage, ...] = ()
 
 
 class SequenceState(enum.Enum):
