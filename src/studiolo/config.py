@@ -78,6 +78,10 @@ class RequestLimits:
     # objects and arrays in one body, counted before it is parsed: parsing and validating each costs
     # ~5 us on the event loop (1,000,000 content parts: 5.5 s), whatever the body's size in bytes
     max_json_containers: int = 200_000
+    # images (docs/API.md "Images"): per request, and each one's bytes (after base64) and pixels
+    max_images: int = 16
+    max_image_mib: int = 20
+    max_image_pixels: int = 7680 * 4320  # 8K UHD: a small PNG can claim 10 Gpx
 
 
 @dataclass

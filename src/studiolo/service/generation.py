@@ -73,6 +73,7 @@ from studiolo.service.types import (
     TokenInfo,
     Usage,
 )
+from studiolo.service.vision_prompt import check_image_options
 
 
 @dataclass
@@ -365,7 +366,10 @@ class GenerationService:
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await compiled_constraint(loaded.model, options)
-        drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
+        if prompt.images:  # no drafting: a draft model has no projector, n-grams would propose placeholders
+            drafting, options = Drafting(), check_image_options(options)
+        else:
+            drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
         return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
@@ -414,8 +418,8 @@ class GenerationService:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
-                requests.append(self._engine_request(prompt.tokens, options, copy, constraint, target.adapter,
-                                                     drafting))
+                requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
+                                                             target.adapter, drafting), images=prompt.images))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
