@@ -139,7 +139,7 @@ def test_a_compacted_response_is_deleted_as_any(client, http):
         ({"previous_response_id": "resp_" + "0" * 32}, "previous_response_id"),
         ({"input": [{"type": "compaction"}]}, "input[0].encrypted_content"),
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
-        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),  # reasoning items are taken
         ({"input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "Hi", "temperature": 3}, "temperature"),
         ({"input": "Hi", "conversation": "conv_1"}, "conversation"),

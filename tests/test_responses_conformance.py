@@ -29,7 +29,15 @@ from studiolo.api.responses.render import (
 from studiolo.api.responses.schemas import ResponseBody
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.generation import UnloadedWhileGenerating
-from studiolo.service.types import Alternative, Finished, TextDelta, TokenInfo, ToolCallDelta, Usage
+from studiolo.service.types import (
+    Alternative,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    TokenInfo,
+    ToolCallDelta,
+    Usage,
+)
 from studiolo.store.responses import StoredResponse
 from tests.conftest import SMOLLM
 from tests.responses_spec import event_errors, item_list_errors, response_errors
@@ -72,6 +80,13 @@ RENDERED_CASES = {
     "json schema": ({"text": {"format": {"type": "json_schema", "schema": PERSON}}, "presence_penalty": 0.5},
                     [TextDelta(0, '{"name": "Ada"}'), Finished(0, "stop")]),
     "empty": ({"text": {"format": {"type": "json_object"}}}, [Finished(0, "stop")]),
+    "reasoning": ({"reasoning": {"effort": "high", "summary": "auto"}},
+                  [ReasoningDelta(0, "2 and 2"), ReasoningDelta(0, " make 4."), TextDelta(0, "4."),
+                   Finished(0, "stop")]),
+    "reasoning then a call": ({"tools": [WEATHER]},
+                              [ReasoningDelta(0, "Paris first."), ToolCallDelta(0, 0, "call_1", "get_weather"),
+                               ToolCallDelta(0, 0, arguments='{"city": "Paris"}'), Finished(0, "tool_calls")]),
+    "reasoning cut off": ({"max_output_tokens": 2}, [ReasoningDelta(0, "Hmm"), Finished(0, "length", "max_tokens")]),
 }
 
 

@@ -26,6 +26,7 @@ class Settings:
     stop: tuple[str, ...] | None = None
     json_schema: dict[str, Any] | None = None  # structured output: the schema every answer must match
     context_length: int | None = None  # the context a model gets if a request with this preset loads it
+    reasoning_budget: int | None = None  # reasoning tokens before studiolo closes the reasoning itself
 
     def over(self, lower: Settings) -> Settings:
         """These settings, with ``lower``'s wherever these set nothing."""

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest, Unavailable
 from studiolo.engine.compute import COMPUTE
@@ -23,7 +25,8 @@ from studiolo.engine.draft_model import DraftModel, draft_cost
 from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.prompt_cache import PromptCache
-from studiolo.engine.sampling import PENALTY_LAST_N, TokenSampler, logprobs_of
+from studiolo.engine.reasoning_gate import ReasoningGate
+from studiolo.engine.sampling import PENALTY_LAST_N, TokenLogprob, TokenSampler, TopLogprob, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
 from studiolo.engine.sequence import (
     GenerationRequest,
@@ -231,12 +234,7 @@ class Engine(EngineLifecycle[_Command]):
 
     def _step(self) -> None:
         for seq in self.scheduler.admit():
-            seq.prefill_started_at = time.perf_counter()
-            seq.sampler = TokenSampler(seq.request.sampling, penalty_window(seq.prompt, PENALTY_LAST_N))
-            if seq.request.constraint is not None:
-                seq.constraint = seq.request.constraint.new_state()
-            if seq.request.speculation:
-                seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
+            self._start(seq)
         self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
         chunks = self.scheduler.plan(self._drafts)
         if self.scheduler.image is not None:
@@ -257,6 +255,17 @@ class Engine(EngineLifecycle[_Command]):
             return
         for chunk in chunks:
             self._advance(chunk)
+
+    def _start(self, seq: Sequence) -> None:
+        """What an admitted sequence decodes and samples with."""
+        seq.prefill_started_at = time.perf_counter()
+        seq.sampler = TokenSampler(seq.request.sampling, penalty_window(seq.prompt, PENALTY_LAST_N))
+        if seq.request.constraint is not None:
+            seq.constraint = seq.request.constraint.new_state()
+        if seq.request.speculation:
+            seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
+        if seq.request.reasoning is not None:
+            seq.gate = self._gate(seq)
 
     def _decode_image(self, seq: Sequence) -> None:
         """The next image of a prefilling sequence into its cells, in a decode of its own (engine/vision_steps.py)."""
@@ -280,7 +289,8 @@ class Engine(EngineLifecycle[_Command]):
             room = min(in_batch, self.context_length - seq.n_past - 1)
             if seq.request.max_tokens is not None:  # the token after the last draft counts too
                 room = min(room, seq.request.max_tokens - len(seq.generated) - 1)
-            constraint = seq.constraint
+            # drafts are checked against the grammar only where it applies (verifying gates them all)
+            constraint = seq.constraint if seq.gate is None or not seq.gate.waiting else None
             wanted.append(Speculating(seq.admitted_slot.seq_id, seq.speculation, seq.admitted_slot.tokens,  # type: ignore[arg-type]
                                       seq.pending_token, seq.generated, room,
                                       constraint.valid_prefix if constraint is not None else None))
@@ -356,9 +366,23 @@ class Engine(EngineLifecycle[_Command]):
             self.context.remove_from(slot.seq_id, seq.n_past)
             speculation.settle(ended=False)
 
+    def _gate(self, seq: Sequence) -> ReasoningGate:
+        spec = seq.request.reasoning
+        assert spec is not None, "only a reasoning request has a gate"
+        ends = seq.constraint.eos_tokens if seq.constraint is not None else frozenset()
+
+        def tokenize(text: bytes) -> list[int]:
+            return self.model.tokenize(text.decode("utf-8", errors="replace"), add_special=False)
+
+        return ReasoningGate(spec, tokenize, np.fromiter(ends, dtype=np.int64, count=len(ends)))
+
     def _choose(self, seq: Sequence, batch_index: int) -> int | None:
         """The next token from a row of logits (None if the sequence's constraint failed: it ended)."""
         request = seq.request
+        gate = seq.gate
+        if gate is not None and (forced := gate.forced_token()) is not None:
+            seq.forced = True  # its cell is decoded all the same; the row of logits is not read
+            return forced
         logits = self.context.logits(batch_index)
         top_k = request.logprobs
         # logprobs are the model's, before sampling adjusts them
@@ -366,13 +390,18 @@ class Engine(EngineLifecycle[_Command]):
         sampler = seq.sampler
         assert sampler is not None, "a sequence gets its sampler when admitted"
         sampler.adjust(logits)
-        if seq.constraint is not None:
+        if gate is not None and gate.waiting:  # reasoning: free text, its constraint waits for the answer
+            gate.mask(logits)
+        elif seq.constraint is not None:
             try:
                 seq.constraint.apply(logits, allow_end=not request.ignore_eos)
             except ConstraintError as exc:  # its grammar hit a limit of llguidance's: it alone ends
                 self._finish(seq, "constraint", f"constrained decoding failed: {exc}")
                 return None
-        return sampler.choose(self.context, batch_index, logits)
+        token = sampler.choose(self.context, batch_index, logits)
+        if gate is not None and gate.waiting:
+            return gate.checked(token, self.model.token_bytes(token, special=True))
+        return token
 
     def _emit(self, seq: Sequence, token: int) -> None:
         """Take a chosen token: stop, or send it and make it the pending one."""
@@ -386,7 +415,11 @@ class Engine(EngineLifecycle[_Command]):
         if token in request.stop_tokens or (not request.ignore_eos and self.model.is_eog(token)):
             self._finish(seq, "stop")
             return
-        if seq.constraint is not None:
+        gate, forced, seq.forced = seq.gate, seq.forced, False
+        if gate is not None:  # a waiting constraint takes the answer's sampled tokens only
+            constrained = not (gate.waiting or forced)
+            gate.take(self.model.token_bytes(token, special=True))
+        if seq.constraint is not None and (gate is None or constrained):
             try:
                 seq.constraint.accept(token)
             except ConstraintError as exc:  # a limit of llguidance's reached while advancing (fast-forward)
@@ -394,6 +427,8 @@ class Engine(EngineLifecycle[_Command]):
                 return
         raw, top_k = seq.raw_logits, request.logprobs
         logprob = logprobs_of(raw, token, top_k) if raw is not None and top_k is not None else None
+        if forced and top_k is not None:  # appended by the gate: certain
+            logprob = TokenLogprob(0.0, (TopLogprob(token, 0.0),) if top_k else ())
         self._outbox.put(seq.sink, TokenEvent(token, self.model.token_bytes(token), logprob))
         if seq.constraint is not None and seq.constraint.finished:
             self._finish(seq, "stop")  # the grammar cannot go on: only EOS could follow

@@ -13,6 +13,7 @@ import numpy as np
 from studiolo.domain.sampling import SamplingParams
 from studiolo.engine.constraints import CompiledConstraint, ConstraintState
 from studiolo.engine.llama import LoraAdapter
+from studiolo.engine.reasoning_gate import ReasoningGate, ReasoningSpec
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
 from studiolo.engine.speculation import DraftStats, SequenceSpeculation, Speculation
 from studiolo.engine.vision_chunks import PlacedImage
@@ -37,6 +38,7 @@ class GenerationRequest:
     report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt
     save_state: bool = False  # hand the sequence's KV state back with its FinishEvent
     speculation: Speculation | None = None  # where drafts come from, to verify several tokens a step
+    reasoning: ReasoningSpec | None = None  # a reasoning model's output: its phases, budget, waiting constraint
     # the prompt's images: their rows stand in ``prompt`` as placeholder ids (engine/vision_steps.py)
     images: tuple[PlacedImage, ...] = ()
 
@@ -82,6 +84,7 @@ class FinishEvent:
     error: str | None = None
     saved: SavedSequence | None = None  # with GenerationRequest.save_state, when it ended well
     draft: DraftStats | None = None  # what speculation drafted, when the request asked for it
+    reasoning_tokens: int = 0  # output tokens taken before the answer began (GenerationRequest.reasoning)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Sequence:
         self.sampler: TokenSampler | None = None
         self.constraint: ConstraintState | None = None  # the request's constraint, advanced token by token
         self.speculation: SequenceSpeculation | None = None  # its drafting, once admitted
+        self.gate: ReasoningGate | None = None  # its reasoning phase, with GenerationRequest.reasoning
+        self.forced = False  # the token being taken was appended by the gate, not sampled
         self.raw_logits: np.ndarray | None = None  # the row of logits a token is being chosen from, for logprobs
         self.prompt_scores: list[TokenLogprob] = []  # filled while prefilling, if asked
         self.cancelled = False
@@ -152,4 +157,5 @@ class Sequence:
             error=error,
             saved=saved,
             draft=self.speculation.stats if self.speculation is not None else None,
+            reasoning_tokens=self.gate.reasoning_tokens if self.gate is not None else 0,
         )

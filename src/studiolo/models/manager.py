@@ -37,7 +37,7 @@ from studiolo.engine.prompt_cache import POOL as PROMPT_CACHE
 from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
-from studiolo.models.gguf_info import InvalidModelFile, read_model_info, vision_projector
+from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info, vision_projector
 from studiolo.models.instance import Instance, LoadConfig
 from studiolo.models.memory import check_fits, context_footprint, estimate
 from studiolo.models.projector import load_projector, projector_estimate, projector_footprint
@@ -188,14 +188,20 @@ class ModelManager:
 
     def is_embedding_model(self, name: str) -> bool:
         """Whether ``name`` is an embedding model (read from its file's header; raises for unknown names)."""
+        info = self.model_info(name)
+        return info is not None and info.is_embedding
+
+    def model_info(self, name: str) -> ModelInfo | None:
+        """The header of the model ``name`` gives, loaded or not (raises for unknown names; None: the
+        file cannot be read, and loading it will say what is wrong)."""
         named = self._named(name)
         if named is not None:
-            return named.info.is_embedding
+            return named.info
         entry = self.catalog.resolve(name)
         try:
-            return read_model_info((entry.base or entry).path).is_embedding
+            return read_model_info((entry.base or entry).path)
         except (InvalidModelFile, OSError):
-            return False  # loading it will say what is wrong
+            return None
 
     def needs_load(self, name: str) -> bool:
         """Whether ``get(name)`` would load a model (raises as ``get`` does for unknown names)."""

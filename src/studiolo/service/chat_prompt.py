@@ -117,7 +117,7 @@ class ChatPrompts:
         fmt = self.reasoning_format(loaded)
         messages = _with_reasoning(fmt, messages, request.messages)
         variables.update(render_variables(fmt, request.reasoning_option, request.template_kwargs,
-                                          param=request.reasoning_param))
+                                          param=request.reasoning_param, strict=request.reasoning_strict))
         limit = self.limits.max_prompt_chars
         try:
             text = template.render(messages, add_generation_prompt=True, max_chars=limit, should_stop=stop,

@@ -86,8 +86,9 @@ class Compactions:
             options = request.options
             if options.max_tokens is None:
                 options = replace(options, max_tokens=DEFAULT_MAX_TOKENS)
+            # a reasoning model's reasoning is split off and left out: the summary is its answer
             chat = ChatRequest(request.model, _summary_messages(window, request.instructions), options, request.ttl,
-                               prompt_field="input")
+                               prompt_field="input", reasoning_output="separate")
             generation = await conversations.generate(chat, previous)  # its prefix is the conversation's
         return CompactRun(new_response_id(), request, window, options, generation)
 

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from studiolo.chat.reasoning import reasoning_format_for, reasoning_variables
 from studiolo.config import Budgets
 from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.domain.responses import (
@@ -77,6 +78,11 @@ class Turn:
     ttl: float | None = None
     context_length: int | None = None  # if this turn loads the model
     unknown_previous: UnknownPrevious = "not_found"
+    # reasoning models (ChatRequest's fields): the request's option, the field a 400 names, and
+    # whether an option the template does not list is refused (/api/v1/chat) or read leniently
+    reasoning_option: str | None = None
+    reasoning_param: str = "reasoning"
+    reasoning_strict: bool = False
 
 
 @dataclass
@@ -102,13 +108,15 @@ class Conversations:
         self.state_budget = state_budget
 
     async def start(self, turn: Turn) -> ConversationRun:
+        await asyncio.to_thread(self.check_reasoning, turn)  # before a load it would refuse
         with missing_previous(turn.previous_response_id, turn.unknown_previous):
             history = await self.history(turn.previous_response_id)
             if turn.store:
                 await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
             options = replace(turn.options, save_state=turn.store)  # the next turn may need it after a restart
             request = ChatRequest(turn.model, _messages(turn, history), options, turn.ttl, tools=turn.tools,
-                                  context_length=turn.context_length, prompt_field="input")
+                                  context_length=turn.context_length, prompt_field="input",
+                                  **_reasoning_fields(turn))
             generation = await self.generate(request, turn.previous_response_id)
         return ConversationRun(new_response_id(), turn, generation, history)
 
@@ -143,8 +151,20 @@ class Conversations:
         """The id of the model instance ``turn`` would run on now, or that its load would give."""
         return self.service.manager.instance_id_for(turn.model)
 
+    def check_reasoning(self, turn: Turn) -> None:
+        """A 400 for a reasoning option the model's template cannot honour, read from the model's file
+        without loading it (the prompt's rendering would refuse it the same way, once loaded)."""
+        if turn.reasoning_option is None:
+            return
+        info = self.service.manager.model_info(turn.model)
+        if info is not None:  # a model without a template gets a built-in one: those do not reason
+            reasoning_variables(reasoning_format_for(info.chat_template or ""), turn.reasoning_option,
+                                param=turn.reasoning_param, strict=turn.reasoning_strict)
+
     async def _check_ready(self, turn: Turn) -> None:
-        """Raise what ``start`` would for the store (unknown previous id, storage fault), before a load."""
+        """Raise what ``start`` would for the reasoning option and the store (unknown previous id,
+        storage fault), before a load."""
+        await asyncio.to_thread(self.check_reasoning, turn)
         if turn.previous_response_id is not None:
             with missing_previous(turn.previous_response_id, turn.unknown_previous):
                 await asyncio.to_thread(self.store.get, turn.previous_response_id)
@@ -244,6 +264,13 @@ def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
     return messages
 
 
+def _reasoning_fields(turn: Turn) -> dict[str, Any]:
+    """A turn's reasoning, as ChatRequest takes it. Both stateful APIs give reasoning items of their
+    own, always apart from the answer (the server's --reasoning-output is chat completions' field)."""
+    return {"reasoning_option": turn.reasoning_option, "reasoning_param": turn.reasoning_param,
+            "reasoning_strict": turn.reasoning_strict, "reasoning_output": "separate"}
+
+
 def settings_record(options: GenerationOptions) -> dict[str, Any]:
     """The generation settings a stored turn keeps (whichever API ran it), so that retrieving it
     later can say which values were used: the Responses object requires them as numbers."""
@@ -260,4 +287,5 @@ DEFAULT_SETTINGS = settings_record(GenerationOptions())
 
 def usage_record(usage: Usage) -> dict:
     return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens}
+            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens}

@@ -26,6 +26,7 @@ from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LoraAdapter
+from studiolo.engine.reasoning_gate import ReasoningSpec
 from studiolo.engine.sequence import (
     FinishEvent,
     GenerationRequest,
@@ -59,6 +60,7 @@ from studiolo.service.presets import (
     load_context_length,
     request_preset,
 )
+from studiolo.service.reasoning_gate import chat_reasoning_spec
 from studiolo.service.saved_state import SavedState
 from studiolo.service.speculation import Drafting, drafting_for
 from studiolo.service.tool_calls import marker_tokens
@@ -142,6 +144,7 @@ class PreparedChat:
     constraint: CompiledConstraint | None
     tool_syntax: CallSyntax | None
     drafting: Drafting = Drafting()
+    reasoning: ReasoningSpec | None = None  # the engine's reasoning gate (service/reasoning_gate.py)
 
     def lacks_prefix(self) -> bool:
         """Whether the engine holds less than half of the prompt (a conversation's cells were evicted,
@@ -370,12 +373,15 @@ class GenerationService:
             drafting, options = Drafting(), check_image_options(options)
         else:
             drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
-        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting)
+        reasoning = await asyncio.to_thread(chat_reasoning_spec, loaded.model, self.prompts.reasoning_format(loaded),
+                                            prompt.text, options.reasoning_budget, constraint is not None,
+                                            syntax is not None)
+        return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
         """Submit a prepared chat: its output starts from here."""
         return self._start(prepared.target, "chatcmpl", [prepared.prompt], prepared.options, prepared.prompt_field,
-                           prepared.constraint, prepared.tool_syntax, prepared.drafting)
+                           prepared.constraint, prepared.tool_syntax, prepared.drafting, prepared.reasoning)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         await check_constraint(request.options)
@@ -411,6 +417,7 @@ class GenerationService:
         constraint: CompiledConstraint | None,
         tool_syntax: CallSyntax | None = None,
         drafting: Drafting = Drafting(),
+        reasoning: ReasoningSpec | None = None,
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
@@ -419,7 +426,8 @@ class GenerationService:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
                 requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
-                                                             target.adapter, drafting), images=prompt.images))
+                                                             target.adapter, drafting), reasoning=reasoning,
+                                        images=prompt.images))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step

@@ -11,7 +11,7 @@ without calls; after ``MAX_ROUNDS`` rounds that called, the next may not call (`
 Events are the rounds' generation events (the ``Finished`` of a round that called is not passed on)
 and, for each call, ``ToolCallStarted`` when the model names the tool and ``ToolCallDone`` once
 its result is back. The stored response is the whole turn: its input items, then every round's
-text, calls and results, then the answer.
+reasoning, text, calls and results, then the answer.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 from studiolo.domain.chat import Tools
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.generation import Generation
-from studiolo.service.items import Item, assistant_message, function_call
+from studiolo.service.items import Item, assistant_message, function_call, reasoning_item
 from studiolo.service.mcp import McpToolbox
-from studiolo.service.types import Finished, GenerationEvent, TextDelta, ToolCallDelta
+from studiolo.service.types import Finished, GenerationEvent, ReasoningDelta, TextDelta, ToolCallDelta
 
 MAX_ROUNDS = 8  # rounds that may call tools; the one after answers
 
@@ -92,7 +92,7 @@ class AgentTurn:
             rounds = 1
             while True:
                 calls: dict[int, list[str]] = {}  # call -> [id, name, arguments]
-                texts: list[str] = []
+                said: list[TextDelta | ReasoningDelta] = []  # the round's text (and reasoning) before its calls
                 async for event in self.generation.events():
                     if isinstance(event, ToolCallDelta):  # only a turn with a toolbox offers tools
                         if event.name is not None and self._toolbox is not None:
@@ -101,15 +101,14 @@ class AgentTurn:
                         if event.call in calls:
                             calls[event.call][2] += event.arguments
                         continue
-                    if isinstance(event, TextDelta):
-                        texts.append(event.text)
+                    if isinstance(event, TextDelta | ReasoningDelta):
+                        said.append(event)
                     if isinstance(event, Finished) and event.reason == "tool_calls" and calls:
                         break  # the turn goes on
                     yield event
                 else:
                     return
-                if texts:
-                    self._items.append(assistant_message("".join(texts)))
+                self._items.extend(said_items(said))
                 for call_id, name, arguments in calls.values():
                     yield await self._call(call_id, name, arguments)
                 await self._next_round(calls_allowed=rounds < MAX_ROUNDS)
@@ -135,3 +134,15 @@ class AgentTurn:
     async def close(self) -> None:
         if self._toolbox is not None:
             await self._toolbox.close()
+
+
+def said_items(said: list[TextDelta | ReasoningDelta]) -> list[Item]:
+    """A round's text as items: each run of reasoning a reasoning item (the next round's template
+    may keep it: Qwen3's does, within a tool loop), each run of text a message."""
+    items: list[Item] = []
+    for index, delta in enumerate(said):
+        if index == 0 or type(said[index - 1]) is not type(delta):
+            items.append(reasoning_item("") if isinstance(delta, ReasoningDelta) else assistant_message(""))
+        part = items[-1]["content"][0]
+        part["text"] += delta.text
+    return [item for item in items if item["content"][0]["text"]]

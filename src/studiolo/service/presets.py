@@ -99,6 +99,8 @@ def apply_settings(options: GenerationOptions, settings: Settings, *, tools_acti
         changes["max_tokens"] = None if settings.max_tokens == NO_LIMIT else settings.max_tokens
     if settings.stop is not None and "stop" not in keep:
         changes["stop"] = settings.stop
+    if settings.reasoning_budget is not None and options.reasoning_budget is None:  # a request's own wins
+        changes["reasoning_budget"] = settings.reasoning_budget
     # tools bring a grammar of their own: a preset's structured output gives way to them
     if settings.json_schema is not None and "constraint" not in keep and not tools_active:
         changes["constraint"] = ConstraintSpec.json_schema(settings.json_schema)

@@ -32,6 +32,7 @@ class GenerationOptions:
     # speculative decoding (service/speculation.py): a model key, "ngram", "none"; None: the model's default
     draft_model: str | None = None
     prediction: str | None = None  # OpenAI's Predicted Outputs: text the output is expected to resemble
+    reasoning_budget: int | None = None  # reasoning tokens before studiolo closes the reasoning (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ChatRequest:
     # variables (OpenAI-compatible servers' ``chat_template_kwargs``)
     reasoning_option: str | None = None
     reasoning_param: str = "reasoning"
+    reasoning_strict: bool = False  # /api/v1/chat: an option the template does not list is a 400
     template_kwargs: dict[str, Any] | None = None
     # where the output's reasoning goes: "raw" (not looked for: it stays in the text as the model
     # wrote it), "separate" (ReasoningDelta events), "inline" (in the text as <think>...</think>)

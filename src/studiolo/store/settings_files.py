@@ -196,6 +196,8 @@ PREDICTION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {  # LM Studio ke
     "llm.prediction.maxPredictedTokens": ("max_tokens", lambda v: _integer(_switch(v, NO_LIMIT), NO_LIMIT)),
     "llm.prediction.stopStrings": ("stop", lambda v: tuple(v) if _strings(v) else _bad(v)),
     "llm.prediction.structured": ("json_schema", lambda v: _structured(v)),
+    # studiolo's own (LM Studio has no reasoning budget): reasoning tokens before studiolo closes it
+    "studiolo.prediction.reasoningBudget": ("reasoning_budget", lambda v: _integer(v, 0)),
 }
 
 

@@ -3,11 +3,13 @@ streamed, its named SSE events, each data object carrying its ``type``.
 
 ``chat.start``, ``model_load.start|progress|end`` (only when the request loads the model),
 ``prompt_processing.start|progress|end`` (progress after each chunk of prompt the engine takes in),
+``reasoning.start|delta|end`` (a reasoning model's reasoning, before the message it led to),
 ``message.start|delta|end``, ``tool_call.start|arguments|success`` (a call of an MCP tool, run by
 the server), ``error`` and ``chat.end`` with the whole result.
 
-A turn's ``output`` lists its messages and, for each call, a ``tool_call`` item (``tool``,
-``arguments`` as an object, ``output``, ``provider_info``), in order. Calls are held to the tool's
+A turn's ``output`` lists its reasoning (``{"type": "reasoning", "content"}``), its messages and,
+for each call, a ``tool_call`` item (``tool``, ``arguments`` as an object, ``output``,
+``provider_info``), in order. Calls are held to the tool's
 schema by the grammar, so there are no ``invalid_tool_call`` items.
 """
 
@@ -23,20 +25,21 @@ from studiolo.api.errors import APIError, from_domain
 from studiolo.api.lmstudio.models import draft_stats
 from studiolo.api.sse import named_event
 from studiolo.service.generation import Generation
-from studiolo.service.items import Item, assistant_message, message_text
+from studiolo.service.items import Item, assistant_message, message_text, reasoning_item, reasoning_text
 from studiolo.service.mcp_turn import AgentTurn, ToolCallDone, ToolCallStarted, TurnEvent
-from studiolo.service.types import Finished, PromptProgress, TextDelta
+from studiolo.service.types import Finished, PromptProgress, ReasoningDelta, TextDelta
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Reply:
-    """The reply as it grows (the calls' items, then the message being written), and how its
-    generation ended (Finished.reason)."""
+    """The reply as it grows (the calls' items, then the reasoning and message being written), and how
+    its generation ended (Finished.reason)."""
 
     texts: list[str] = field(default_factory=list)
-    items: list[Item] = field(default_factory=list)  # earlier rounds' text, calls and results
+    reasoning: list[str] = field(default_factory=list)  # not yet followed by text or a call
+    items: list[Item] = field(default_factory=list)  # earlier rounds' reasoning, text, calls and results
     reason: str | None = None
 
     @property
@@ -46,22 +49,36 @@ class Reply:
 
     @property
     def started(self) -> bool:
-        return bool(self.texts or self.items)
+        return bool(self.texts or self.reasoning or self.items)
 
     def output(self) -> list[Item]:
-        return [*self.items, {**assistant_message("".join(self.texts)), "status": self.status}]
+        reasoning = [reasoning_item("".join(self.reasoning), self.status)] if self.reasoning else []
+        return [*self.items, *reasoning, {**assistant_message("".join(self.texts)), "status": self.status}]
 
     def follow(self, event: TurnEvent) -> None:
-        if isinstance(event, TextDelta):
+        if isinstance(event, ReasoningDelta):
+            self._text_done()  # answer text before more reasoning (Harmony may write both in turn)
+            self.reasoning.append(event.text)
+        elif isinstance(event, TextDelta):
+            self._reasoning_done()
             self.texts.append(event.text)
         elif isinstance(event, ToolCallDone):
-            if self.texts:  # the text the model wrote before its calls
-                self.items.append(assistant_message("".join(self.texts)))
-                self.texts = []
+            self._reasoning_done()
+            self._text_done()  # the text the model wrote before its calls
             call, result = event.items
             self.items += [{**call, "provider_info": event.provider_info}, result]
         elif isinstance(event, Finished):
             self.reason = event.reason
+
+    def _reasoning_done(self) -> None:
+        if self.reasoning:
+            self.items.append(reasoning_item("".join(self.reasoning)))
+            self.reasoning = []
+
+    def _text_done(self) -> None:
+        if self.texts:
+            self.items.append(assistant_message("".join(self.texts)))
+            self.texts = []
 
 
 def result_body(instance_id: str, output: list[Item], stats: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +93,8 @@ def output_items(output: list[Item]) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             shown.append({"type": "message", "content": message_text(item)})
+        elif kind == "reasoning":
+            shown.append({"type": "reasoning", "content": reasoning_text(item)})
         elif kind == "function_call":
             shown.append({"type": "tool_call", "tool": item["name"], "arguments": json.loads(item["arguments"]),
                           "output": results.get(item["call_id"], ""), "provider_info": item.get("provider_info", {})})
@@ -93,7 +112,7 @@ def stats(generation: Generation | None) -> dict[str, Any]:
     body = {
         "input_tokens": usage.prompt_tokens,
         "total_output_tokens": generated,
-        "reasoning_output_tokens": 0,
+        "reasoning_output_tokens": usage.reasoning_tokens,
         "tokens_per_second": round(timing.decode_rate(generated), 2),
         # a generation that failed has no end: no negative time
         "time_to_first_token_seconds": round(max(timing.time_to_first_token, 0.0), 3),
@@ -117,9 +136,10 @@ def error_event(exc: Exception) -> str:
 
 
 async def generation_events(turn: AgentTurn, reply: Reply) -> AsyncIterator[str]:
-    """prompt_processing, message and tool_call events; the reply is kept in ``reply`` for chat.end."""
+    """prompt_processing, reasoning, message and tool_call events; the reply is kept in ``reply`` for
+    chat.end."""
     yield chat_event("prompt_processing.start")
-    processing, message_started = True, False
+    processing, parts = True, _OpenPart()
     async for event in turn.events():
         reply.follow(event)
         if isinstance(event, PromptProgress):
@@ -129,18 +149,37 @@ async def generation_events(turn: AgentTurn, reply: Reply) -> AsyncIterator[str]
         if processing and not isinstance(event, ToolCallDone):
             processing = False
             yield chat_event("prompt_processing.end")
-        if isinstance(event, TextDelta):
-            if not message_started:
-                message_started = True
-                yield chat_event("message.start")
-            yield chat_event("message.delta", content=event.text)
-        elif isinstance(event, Finished) or (isinstance(event, ToolCallStarted) and message_started):
-            if not message_started:
-                yield chat_event("message.start")
-            message_started = False  # a message ends with the turn, or where a call begins
-            yield chat_event("message.end")
-        for rendered in _tool_call_events(event):
+        for rendered in parts.follow(event) + _tool_call_events(event):
             yield rendered
+
+
+class _OpenPart:
+    """Which part of the reply is being written, "reasoning" or "message": each has its start and
+    end events around its deltas. Every round that does not call ends with a message, if empty."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+
+    def follow(self, event: TurnEvent) -> list[str]:
+        if isinstance(event, ReasoningDelta):
+            return [*self._to("reasoning"), chat_event("reasoning.delta", content=event.text)]
+        if isinstance(event, TextDelta):
+            return [*self._to("message"), chat_event("message.delta", content=event.text)]
+        if isinstance(event, Finished):
+            return [*self._to("message"), *self._to(None)]
+        if isinstance(event, ToolCallStarted):  # the part before a call ends where it begins
+            return self._to(None)
+        return []
+
+    def _to(self, kind: str | None) -> list[str]:
+        """The events that end the open part and start ``kind`` (None: none)."""
+        if kind == self.kind:
+            return []
+        events = [chat_event(f"{self.kind}.end")] if self.kind is not None else []
+        if kind is not None:
+            events.append(chat_event(f"{kind}.start"))
+        self.kind = kind
+        return events
 
 
 def _tool_call_events(event: TurnEvent) -> list[str]:

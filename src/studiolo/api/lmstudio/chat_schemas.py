@@ -2,8 +2,10 @@
 ``Turn`` of the conversation service (service/conversations.py).
 
 ``system_prompt`` applies to its own turn only (like OpenAI's ``instructions``); ``context_length``
-is the context the model gets if this request loads it; ``reasoning`` other than "off" is a 400
-(neither default model reasons). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
+is the context the model gets if this request loads it; ``reasoning`` (off, low, medium, high,
+on) goes to a reasoning model's template, and one the template does not list in its
+``capabilities.reasoning.allowed_options`` is a 400 naming ``reasoning`` (chat/reasoning.py,
+strict). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
 whose tools the server runs for the model (service/mcp_turn.py) if its settings allow it; mcp.json
 ``plugin`` integrations are a 400 (this server has no mcp.json).
 """
@@ -53,22 +55,23 @@ class ChatBody(Body):
     preset: str | None = Field(None, min_length=1)  # a preset's settings, under the request's own
     # v0's field (LM Studio documents none here): a model key, "ngram", or "none" (service/speculation.py)
     draft_model: str | None = None
+    # studiolo: reasoning tokens before it closes the reasoning itself (None: the model's default, else no cap)
+    reasoning_budget: Int | None = Field(None, ge=0)
 
     def turn(self, report_progress: bool) -> Turn:
-        if self.reasoning not in (None, "off"):
-            raise InvalidRequest(f"reasoning '{self.reasoning}' is not supported by this model", "reasoning")
         if self.previous_response_id is not None:
             check_response_id(self.previous_response_id)  # a 400 before any model loads
         sampling = SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                         min_p=self.min_p, repeat_penalty=self.repeat_penalty)
         options = GenerationOptions(sampling=sampling, max_tokens=self.max_output_tokens,
                                     report_progress=report_progress, preset=self.preset,
-                                    draft_model=self.draft_model,
+                                    draft_model=self.draft_model, reasoning_budget=self.reasoning_budget,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens))
         return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
-                    self.store, ttl=self.ttl, context_length=self.context_length)
+                    self.store, ttl=self.ttl, context_length=self.context_length,
+                    reasoning_option=self.reasoning, reasoning_param="reasoning", reasoning_strict=True)
 
     def mcp_servers(self) -> list[McpServer]:
         """The request's ``ephemeral_mcp`` integrations (LM Studio's shape); anything else is a 400."""

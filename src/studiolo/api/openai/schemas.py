@@ -12,6 +12,7 @@ fields of api/openai/structured.py. Speculative decoding: LM Studio's ``draft_mo
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
@@ -197,6 +198,8 @@ class ChatCompletionBody(_GenerationBody):
     # reasoning models (docs/API.md "Reasoning"): OpenAI's effort, and variables for the chat template
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # studiolo: reasoning tokens before it closes the reasoning itself (None: the model's default, else no cap)
+    reasoning_budget: Int | None = Field(None, ge=0)
 
     @property
     def wants_logprobs(self) -> bool:
@@ -215,7 +218,8 @@ class ChatCompletionBody(_GenerationBody):
         messages = [_message_to_domain(i, m, max_json_depth) for i, m in enumerate(self.messages)]
         messages = check_tool_results(messages)
         prediction = self.prediction.text() if self.prediction is not None else None
-        options = self.options(max_tokens=max_tokens, logprobs=logprobs, prediction=prediction)
+        options = replace(self.options(max_tokens=max_tokens, logprobs=logprobs, prediction=prediction),
+                          reasoning_budget=self.reasoning_budget)
         tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         check_no_other_constraint(tools, options.constraint_param)
         if self.resume_response is not None and tools is not None and tools.choice != "none":

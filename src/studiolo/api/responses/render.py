@@ -3,7 +3,9 @@ streaming events, field for field as OpenAI publishes them.
 
 ``OutputItems`` turns a generation's events into output items and the events that announce them;
 streamed and non-streamed responses both go through it, so both end with the same items. Text
-before a tool call is its own message item; each call is a ``function_call`` item after it.
+before a tool call is its own message item; each call is a ``function_call`` item after it. A
+reasoning model's reasoning is a ``reasoning`` item (its text as one ``reasoning_text`` part,
+streamed as ``response.reasoning_text.delta`` events) before the message or calls it led to.
 """
 
 from __future__ import annotations
@@ -18,17 +20,26 @@ from studiolo.api.sse import named_event
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.responses import StoredResponse
 from studiolo.service.conversations import DEFAULT_SETTINGS
-from studiolo.service.items import Item, assistant_message, function_call, new_id
-from studiolo.service.types import Finished, GenerationEvent, TextDelta, TokenInfo, ToolCallDelta, Usage
+from studiolo.service.items import Item, assistant_message, function_call, new_id, reasoning_item
+from studiolo.service.types import (
+    Finished,
+    GenerationEvent,
+    ReasoningDelta,
+    TextDelta,
+    TokenInfo,
+    ToolCallDelta,
+    Usage,
+)
 
 # What a stored response shows for a setting its turn did not keep: one stored by /api/v1/chat keeps
 # only its generation settings (conversations.settings_record), one stored before those were kept
 # none (their defaults are shown: the response object requires numbers there).
 STORED_SETTINGS: dict[str, Any] = {
     "parallel_tool_calls": True, "store": True, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
-    "tools": [], "metadata": {}, **DEFAULT_SETTINGS,
+    "tools": [], "metadata": {}, "reasoning": {"effort": None, "summary": None}, **DEFAULT_SETTINGS,
 }
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "compaction": "cmp"}
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "compaction": "cmp",
+                "reasoning": "rs"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class ResponseInfo:
     settings: dict[str, Any]  # the request's settings, as ResponseBody.settings() gives them
 
 
-def usage_body(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage_body(input_tokens: int, output_tokens: int, cached_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
     # every prompt token not read from the prefix cache was computed and stays there for later
     # requests (until evicted): those are the cache's writes
     details = {"cached_tokens": cached_tokens, "cache_write_tokens": input_tokens - cached_tokens}
@@ -51,13 +62,13 @@ def usage_body(input_tokens: int, output_tokens: int, cached_tokens: int) -> dic
         "input_tokens": input_tokens,
         "input_tokens_details": details,
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
 
 def generation_usage(usage: Usage) -> dict[str, Any]:
-    return usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    return usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens)
 
 
 def response_object(
@@ -77,7 +88,7 @@ def response_object(
         "instructions": info.instructions, "max_output_tokens": settings["max_output_tokens"],
         "max_tool_calls": None, "model": info.model, "output": output,
         "parallel_tool_calls": settings["parallel_tool_calls"], "previous_response_id": info.previous_response_id,
-        "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
+        "prompt_cache_key": None, "reasoning": settings["reasoning"], "safety_identifier": None,
         "service_tier": "default", "store": settings["store"], "temperature": settings["temperature"],
         "text": settings["text"], "tool_choice": settings["tool_choice"], "tools": settings["tools"],
         "top_logprobs": settings["top_logprobs"], "top_p": settings["top_p"],
@@ -89,7 +100,8 @@ def response_object(
 
 def stored_usage(stored: StoredResponse) -> dict[str, Any]:
     usage = stored.usage
-    return usage_body(usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cached_tokens", 0))
+    return usage_body(usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cached_tokens", 0),
+                      usage.get("reasoning_tokens", 0))
 
 
 def is_compaction(stored: StoredResponse) -> bool:
@@ -195,6 +207,39 @@ class _Message:
         return item
 
 
+class _Reasoning:
+    """A reasoning item: its text as one reasoning_text part, announced as OpenAI's gpt-oss
+    Responses server does (a content part added, reasoning_text deltas, the part done)."""
+
+    def __init__(self, output_index: int):
+        self.id = new_id("rs")
+        self.output_index = output_index
+        self._texts: list[str] = []
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.id, "output_index": self.output_index, "content_index": 0}
+
+    def opening(self) -> list[dict[str, Any]]:
+        item = {"id": self.id, "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
+        return [_event("response.output_item.added", output_index=self.output_index, item=item),
+                _event("response.content_part.added", **self._where(), part={"type": "reasoning_text", "text": ""})]
+
+    def add(self, text: str) -> list[dict[str, Any]]:
+        if not text:
+            return []
+        self._texts.append(text)
+        return [_event("response.reasoning_text.delta", **self._where(), delta=text)]
+
+    def closing(self, status: str) -> list[dict[str, Any]]:
+        text = "".join(self._texts)
+        return [_event("response.reasoning_text.done", **self._where(), text=text),
+                _event("response.content_part.done", **self._where(), part={"type": "reasoning_text", "text": text}),
+                _event("response.output_item.done", output_index=self.output_index, item=self.item(status))]
+
+    def item(self, status: str) -> Item:
+        return {**reasoning_item("".join(self._texts), status), "id": self.id}
+
+
 class _Call:
     def __init__(self, output_index: int, number: int, call_id: str, name: str):
         self.id = new_id("fc")
@@ -232,12 +277,14 @@ class OutputItems:
         self.items: list[Item] = []  # the finished items, in output order
         self.status = "in_progress"
         self._with_logprobs = with_logprobs
-        self._open: _Message | _Call | None = None
+        self._open: _Message | _Call | _Reasoning | None = None
 
     def feed(self, event: GenerationEvent) -> list[dict[str, Any]]:
         """The events (without sequence numbers) this generation event makes."""
         if isinstance(event, TextDelta):
             return self._text(event)
+        if isinstance(event, ReasoningDelta):
+            return self._reasoning(event)
         if isinstance(event, ToolCallDelta):
             return self._call(event)
         if isinstance(event, Finished):
@@ -255,6 +302,17 @@ class OutputItems:
             events += self._start(message)
         return events + message.add(delta.text, delta.tokens)
 
+    def _reasoning(self, delta: ReasoningDelta) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        reasoning = self._open
+        if not isinstance(reasoning, _Reasoning):
+            if not delta.text:
+                return []
+            events += self._close("completed")
+            reasoning = _Reasoning(len(self.items))
+            events += self._start(reasoning)
+        return events + reasoning.add(delta.text)
+
     def _call(self, delta: ToolCallDelta) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         call = self._open
@@ -268,12 +326,14 @@ class OutputItems:
 
     def _finish(self, status: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        if self._open is None and not self.items:  # an empty answer is still an (empty) message
-            events += self._start(_Message(0, self._with_logprobs))
+        answered = any(item["type"] != "reasoning" for item in self.items)
+        if not answered and not isinstance(self._open, _Message | _Call):  # an empty answer is still an (empty) message
+            events += self._close(status)  # reasoning alone (cut short, or the model wrote no answer)
+            events += self._start(_Message(len(self.items), self._with_logprobs))
         self.status = status
         return events + self._close(status)
 
-    def _start(self, item: _Message | _Call) -> list[dict[str, Any]]:
+    def _start(self, item: _Message | _Call | _Reasoning) -> list[dict[str, Any]]:
         self._open = item
         return item.opening()
 

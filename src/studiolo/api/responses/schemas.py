@@ -1,8 +1,10 @@
 """Request bodies of OpenAI's Responses API (``POST /v1/responses``) and their translation to a
 ``Turn`` of the stateful-chat service (service/conversations.py).
 
-Unknown fields are ignored, as OpenAI clients send many (``reasoning``, ``truncation``, ``user``,
-...). Input items are checked and normalized to the stored item format (service/items.py) before
+Unknown fields are ignored, as OpenAI clients send many (``truncation``, ``user``, ...).
+``reasoning.effort`` goes to a reasoning model's template as chat completions' ``reasoning_effort``
+does; ``reasoning.summary`` is accepted and ignored (no summary is written: reasoning items carry the
+reasoning itself). Input items are checked and normalized to the stored item format (service/items.py) before
 they reach the service, so a stored conversation looks the same whichever API wrote it. Responses'
 flat function tools go through the service's checks as chat completions' do (service/tools.py), with
 errors naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
@@ -123,9 +125,31 @@ def check_json(value: Any, param: str) -> None:
         raise InvalidRequest(f"'{param}' holds a value that is not JSON (NaN or Infinity)", param) from None
 
 
-_INPUT_ITEMS: dict[str, type[MessageInput | FunctionCallInput | FunctionCallOutputInput | CompactionInput]] = {
+class ReasoningPart(_Body):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningInput(_Body):
+    """A reasoning item passed back (an earlier output's): its text becomes the next assistant
+    message's reasoning (service/items.py). ``encrypted_content`` is ignored: this server never
+    writes any, so it holds nothing it could read."""
+
+    type: Literal["reasoning"]
+    summary: list[ReasoningPart] = Field(default_factory=list)
+    content: list[ReasoningPart] | None = None
+    id: str | None = None
+
+    def normalized(self, where: str) -> Item:
+        item = {"type": "reasoning", "summary": [part.model_dump() for part in self.summary],
+                "content": [part.model_dump() for part in self.content or ()]}
+        return _with_given_id(item, self.id)
+
+
+InputModel = MessageInput | FunctionCallInput | FunctionCallOutputInput | CompactionInput | ReasoningInput
+_INPUT_ITEMS: dict[str, type[InputModel]] = {
     "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
-    "compaction": CompactionInput,
+    "compaction": CompactionInput, "reasoning": ReasoningInput,
 }
 
 
@@ -184,6 +208,20 @@ class TextConfig(_Body):
     format: TextFormat | None = None
 
 
+# OpenAI's efforts that templates do not know, as the nearest they do (as chat completions' reasoning_effort)
+_EFFORTS = {"minimal": "low", "xhigh": "high"}
+
+
+class ReasoningConfig(_Body):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None  # accepted, ignored: no summary is written
+
+    @property
+    def option(self) -> str | None:
+        """The effort as the template's reasoning option (chat/reasoning.py)."""
+        return _EFFORTS.get(self.effort or "", self.effort)
+
+
 class _Turn(_Body):
     """What both POST bodies take: the conversation to continue, and how to sample."""
 
@@ -205,6 +243,8 @@ class _Turn(_Body):
     ttl: float | None = Field(None, gt=0)  # LM Studio: idle seconds before a JIT-loaded model unloads
     # LM Studio's v0 field: a model key, "ngram", or "none" (service/speculation.py)
     draft_model: str | None = None
+    # studiolo: reasoning tokens before it closes the reasoning itself (None: the model's default, else no cap)
+    reasoning_budget: Int | None = Field(None, ge=0)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams.given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -232,6 +272,7 @@ class ResponseBody(_Turn):
     top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     metadata: dict[str, str] | None = None
     preset: str | None = Field(None, min_length=1)  # LM Studio: a preset's settings, under the request's own
+    reasoning: ReasoningConfig | None = None
 
     @property
     def logprobs(self) -> int | None:
@@ -247,7 +288,7 @@ class ResponseBody(_Turn):
         options = GenerationOptions(sampling=self.sampling(), max_tokens=self.max_output_tokens,
                                     logprobs=self.logprobs, constraint=constraint,
                                     constraint_param="text.format" if constraint else None, preset=self.preset,
-                                    draft_model=self.draft_model,
+                                    draft_model=self.draft_model, reasoning_budget=self.reasoning_budget,
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens,
@@ -256,7 +297,9 @@ class ResponseBody(_Turn):
         check_no_other_constraint(tools, options.constraint_param)
         return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
                     self.previous_response_id, self.store, tools, ttl=self.ttl,
-                    unknown_previous="invalid")  # OpenAI: continuing an unknown response is a wrong request
+                    unknown_previous="invalid",  # OpenAI: continuing an unknown response is a wrong request
+                    reasoning_option=self.reasoning.option if self.reasoning else None,
+                    reasoning_param="reasoning.effort")
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
@@ -275,6 +318,8 @@ class ResponseBody(_Turn):
             "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": sampling.frequency_penalty,
             "metadata": dict(self.metadata or {}),
+            # the effort as asked (templates get the nearest they know); no summary is written
+            "reasoning": {"effort": self.reasoning.effort if self.reasoning else None, "summary": None},
         }
 
     def _check_stored_settings(self) -> None:
