@@ -41,9 +41,15 @@ def resume_outside_images(images: tuple[PlacedImage, ...], reused: int) -> int:
 
 
 def penalty_window(prompt: list[int], last_n: int) -> list[int]:
-    """The prompt's last ``last_n`` positions for the repetition penalties, without placeholder ids
-    (as llama-server skips its image tokens): a negative id would index the logits from the end."""
-    return [token for token in prompt[-last_n:] if token >= 0]
+    """The prompt's last ``last_n`` token ids for the repetition penalties, placeholder ids skipped (as
+    llama-server's sampler skips its image tokens): a negative id would index the logits from the end."""
+    window: list[int] = []
+    for token in reversed(prompt):  # only as far back as the window reaches
+        if len(window) == last_n:
+            break
+        if token >= 0:
+            window.append(token)
+    return window[::-1]
 
 
 def text_tokens(request: GenerationRequest) -> Iterator[int]:
