@@ -300,6 +300,7 @@ def test_more_image_rows_than_the_context(http, client):
         body = {"model": "tiny-vision", "messages": [user(image_part(PHOTO), image_part(DRAWING), "Both?")]}
         error = error_of(http, body)
         assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+        assert f"({2 * IMAGE_TOKENS} of them for its images)" in error["message"]
         # one image fits: the server is fine and answers it
         one = client.chat.completions.create(model="tiny-vision", messages=[user(image_part(PHOTO), "One?")],
                                              max_tokens=2, temperature=0)

@@ -50,9 +50,10 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
     param = "prompt"  # the request field the prompt came from; the service may say "messages"
 
-    def __init__(self, prompt_tokens: int, context_length: int):
+    def __init__(self, prompt_tokens: int, context_length: int, image_rows: int = 0):
+        images = f" ({image_rows} of them for its images)" if image_rows else ""
         super().__init__(
-            f"the prompt is {prompt_tokens} tokens long, more than the model's context of "
+            f"the prompt is {prompt_tokens} tokens long{images}, more than the model's context of "
             f"{context_length} tokens; shorten the prompt or load the model with a longer context"
         )
         self.prompt_tokens = prompt_tokens
@@ -179,7 +180,8 @@ class Engine(EngineLifecycle[_Command]):
         if not request.prompt:
             raise InvalidTokens("the prompt is empty", "prompt")
         if len(request.prompt) > self.context_length:
-            raise ContextLengthExceeded(len(request.prompt), self.context_length)
+            raise ContextLengthExceeded(len(request.prompt), self.context_length,
+                                        sum(image.chunk.n_tokens for image in request.images))
         check_images(request, self.vision, self.context.n_batch)
         for param, tokens in (
             ("prompt", text_tokens(request)),
