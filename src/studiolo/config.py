@@ -149,3 +149,5 @@ class ServerSettings:
     # Studio's developer setting: "reasoning_content", "reasoning" (the field gpt-oss clients read),
     # or "content" (left in the content as <think>...</think>)
     reasoning_output: str = "reasoning_content"
+    # hosts ("host" or "host:port") image URLs may be fetched from; empty: remote image URLs are refused
+    image_url_hosts: tuple[str, ...] = ()

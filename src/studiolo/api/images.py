@@ -1,8 +1,8 @@
 """Images on the wire: a ``data:`` URL's bytes, for every API family that takes images (docs/API.md "Images").
 
-Only base64 ``data:`` URLs are read. A remote ``http(s)`` URL is refused: a server that fetches URLs
-for its clients opens a door into the network it sits in. The media type is not trusted: the
-bytes' own header says what the image is (engine/images.py).
+A base64 ``data:`` URL is read here. A remote ``http(s)`` URL is handed on as it is: the service
+fetches it only from the hosts the server allows, and refuses it otherwise (service/image_fetch.py).
+The media type is not trusted: the bytes' own header says what the image is (engine/images.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 from studiolo.domain.chat import ImageInput
 from studiolo.domain.errors import InvalidRequest
 
+MAX_URL_CHARS = 8192
 # data:[<media type>][;<parameter>...];base64,<data>
 _DATA_URL = re.compile(r"data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 
@@ -23,8 +24,10 @@ def image_from_url(url: str, param: str) -> ImageInput:
     head = _DATA_URL.match(url[:1024])
     if head is None:
         if url[:8].lower().startswith(("http://", "https://")):
-            raise InvalidRequest("remote image URLs are not fetched; send the image inline as a base64 data: URL "
-                                 "(data:image/png;base64,...)", param, code="image_url_unsupported")
+            if len(url) > MAX_URL_CHARS:
+                raise InvalidRequest(f"the image URL is longer than {MAX_URL_CHARS} characters", param,
+                                     code="invalid_image_url")
+            return ImageInput(b"", param, url=url)
         raise InvalidRequest("the image URL must be a base64 data: URL (data:image/png;base64,...)", param,
                              code="invalid_image_url")
     if "base64" not in (piece.strip().lower() for piece in head.group("params").split(";")):

@@ -30,6 +30,7 @@ class ImageInput:
 
     data: bytes
     param: str  # the request field it came from, for errors: "messages[1].content[0].image_url"
+    url: str | None = None  # a remote http(s) URL still to fetch (``data`` is then empty; service/image_fetch.py)
 
 
 @dataclass(frozen=True)
