@@ -83,7 +83,7 @@ def test_image_for_a_text_model(http):
     content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     body = {"model": SMOLLM, "messages": [{"role": "user", "content": content}]}
     error = error_of(http.post(CHAT, json=body), 400)
-    assert error["param"] == "messages[0].content[0]" and "images" in error["message"]
+    assert error["param"] == "messages[0].content[0].image_url" and "images" in error["message"]
 
 
 def test_unknown_model_is_404_model_not_found(http):

@@ -30,7 +30,7 @@ from studiolo.engine.images import (
     UnsupportedImageFormat,
     decode_image,
 )
-from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
+from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, ModelClosed
 from studiolo.engine.prompt_cache import common_prefix_length
 from studiolo.engine.vision import ProjectorLoadError, VisionContext
 from studiolo.engine.vision_chunks import ImageChunk, TextChunk, new_marker, prompt_tokens, resume_point
@@ -399,8 +399,9 @@ def test_a_closed_vision_context_refuses_work():
     vision = VisionContext(model, projector_file(SMOLLM_VISION), n_threads=1, warmup=False)
     vision.close()
     vision.close()  # twice is harmless
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ModelClosed, match="unloaded") as caught:  # a 503 for a request getting ready meanwhile
         vision.prepare("text", [], new_marker())
+    assert caught.value.code == "model_unloaded"
     model.close()
 
 

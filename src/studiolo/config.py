@@ -78,6 +78,10 @@ class RequestLimits:
     # objects and arrays in one body, counted before it is parsed: parsing and validating each costs
     # ~5 us on the event loop (1,000,000 content parts: 5.5 s), whatever the body's size in bytes
     max_json_containers: int = 200_000
+    # images (docs/API.md "Images"): per request, and each one's bytes (after base64) and pixels
+    max_images: int = 16
+    max_image_mib: int = 20
+    max_image_pixels: int = 7680 * 4320  # 8K UHD: a small PNG can claim 10 Gpx
 
 
 @dataclass
@@ -145,3 +149,5 @@ class ServerSettings:
     # Studio's developer setting: "reasoning_content", "reasoning" (the field gpt-oss clients read),
     # or "content" (left in the content as <think>...</think>)
     reasoning_output: str = "reasoning_content"
+    # hosts ("host" or "host:port") image URLs may be fetched from; empty: remote image URLs are refused
+    image_url_hosts: tuple[str, ...] = ()

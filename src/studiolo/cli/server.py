@@ -175,6 +175,11 @@ def start(
         help="Where /v1/chat/completions puts a reasoning model's reasoning: the message's reasoning_content, "
              "its reasoning field (as gpt-oss clients read it), or the content, as <think>...</think>.",
     ),
+    allow_image_urls: str = typer.Option(
+        "", "--allow-image-urls", metavar="HOST[:PORT],...",
+        help="Fetch http(s) image URLs in chat requests from these hosts only (default: none; images come "
+             "inline as data: URLs). A server that fetches URLs for its clients can reach your network.",
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
@@ -187,13 +192,16 @@ def start(
         typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
     if foreground:
         engine = EngineSettings(context_length=context_length, parallel=parallel, threads=threads)
+        hosts = tuple(host.strip() for host in allow_image_urls.split(",") if host.strip())
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
-                                      engine=engine, reasoning_output=reasoning_output.value))
+                                      engine=engine, reasoning_output=reasoning_output.value,
+                                      image_url_hosts=hosts))
         return
     options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
     options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
     options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
     options += ["--reasoning-output", reasoning_output.value]
+    options += ["--allow-image-urls", allow_image_urls] if allow_image_urls else []
     _start_background(port, bind, options)
 
 

@@ -25,6 +25,15 @@ class ToolSpec:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """An image a client put in a message: its bytes as sent (base64 decoded, not yet checked)."""
+
+    data: bytes
+    param: str  # the request field it came from, for errors: "messages[1].content[0].image_url"
+    url: str | None = None  # a remote http(s) URL still to fetch (``data`` is then empty; service/image_fetch.py)
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str  # system | user | assistant | tool ("developer" arrives here as "system")
     content: str | None
@@ -32,6 +41,13 @@ class ChatMessage:
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None  # a tool message: the function's name
     reasoning: str | None = None  # an assistant's reasoning, given back to templates that read it
+    # a message with images: its text parts and images in order (``content`` is then its text parts
+    # alone, joined); empty for a message of text only
+    parts: tuple[str | ImageInput, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImageInput, ...]:
+        return tuple(part for part in self.parts if isinstance(part, ImageInput))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from studiolo.engine.sequence import (
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.speculation import SequenceSpeculation, Speculating, propose
 from studiolo.engine.stream import Outbox, TokenStream
+from studiolo.engine.vision import VisionContext
+from studiolo.engine.vision_steps import check_images, decode_next_image, penalty_window, text_tokens
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,10 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
     param = "prompt"  # the request field the prompt came from; the service may say "messages"
 
-    def __init__(self, prompt_tokens: int, context_length: int):
+    def __init__(self, prompt_tokens: int, context_length: int, image_rows: int = 0):
+        images = f" ({image_rows} of them for its images)" if image_rows else ""
         super().__init__(
-            f"the prompt is {prompt_tokens} tokens long, more than the model's context of "
+            f"the prompt is {prompt_tokens} tokens long{images}, more than the model's context of "
             f"{context_length} tokens; shorten the prompt or load the model with a longer context"
         )
         self.prompt_tokens = prompt_tokens
@@ -93,8 +96,9 @@ _Command = _Submit | _Cancel | _Offer
 
 
 class Engine(EngineLifecycle[_Command]):
-    def __init__(self, model: LlamaModel, settings: EngineSettings):
+    def __init__(self, model: LlamaModel, settings: EngineSettings, vision: VisionContext | None = None):
         self.model = model
+        self.vision = vision  # the model's projector (engine/vision.py): closed with the engine, before the model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         self.parallel = settings.parallel
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
@@ -135,6 +139,8 @@ class Engine(EngineLifecycle[_Command]):
             drafts, self.drafts = list(self.drafts.values()), {}
         for draft in drafts:
             draft.close()
+        if self.vision is not None:
+            self.vision.close()
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; must be called from a running event loop's thread."""
@@ -174,9 +180,11 @@ class Engine(EngineLifecycle[_Command]):
         if not request.prompt:
             raise InvalidTokens("the prompt is empty", "prompt")
         if len(request.prompt) > self.context_length:
-            raise ContextLengthExceeded(len(request.prompt), self.context_length)
+            raise ContextLengthExceeded(len(request.prompt), self.context_length,
+                                        sum(image.chunk.n_tokens for image in request.images))
+        check_images(request, self.vision, self.context.n_batch)
         for param, tokens in (
-            ("prompt", request.prompt),
+            ("prompt", text_tokens(request)),
             ("stop_tokens", request.stop_tokens),
             ("logit_bias", request.sampling.logit_bias),
         ):
@@ -228,16 +236,11 @@ class Engine(EngineLifecycle[_Command]):
 
     def _step(self) -> None:
         for seq in self.scheduler.admit():
-            seq.prefill_started_at = time.perf_counter()
-            seq.sampler = TokenSampler(seq.request.sampling, seq.prompt[-PENALTY_LAST_N:])
-            if seq.request.constraint is not None:
-                seq.constraint = seq.request.constraint.new_state()
-            if seq.request.speculation:
-                seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
-            if seq.request.reasoning is not None:
-                seq.gate = self._gate(seq)
+            self._start(seq)
         self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
         chunks = self.scheduler.plan(self._drafts)
+        if self.scheduler.image is not None:
+            self._decode_image(self.scheduler.image)
         if not chunks:
             return
         batch = self.context.batch
@@ -254,6 +257,28 @@ class Engine(EngineLifecycle[_Command]):
             return
         for chunk in chunks:
             self._advance(chunk)
+
+    def _start(self, seq: Sequence) -> None:
+        """What an admitted sequence decodes and samples with."""
+        seq.prefill_started_at = time.perf_counter()
+        seq.sampler = TokenSampler(seq.request.sampling, penalty_window(seq.prompt, PENALTY_LAST_N))
+        if seq.request.constraint is not None:
+            seq.constraint = seq.request.constraint.new_state()
+        if seq.request.speculation:
+            seq.speculation = SequenceSpeculation(seq.request.speculation, seq.prompt)
+        if seq.request.reasoning is not None:
+            seq.gate = self._gate(seq)
+
+    def _decode_image(self, seq: Sequence) -> None:
+        """The next image of a prefilling sequence into its cells, in a decode of its own (engine/vision_steps.py)."""
+        assert self.vision is not None, "only a model with a projector takes requests with images"
+        self.context.use_adapter(self.scheduler.adapter)
+        error = decode_next_image(self.vision, self.context, seq)
+        if error is not None:
+            self.slots.forget(seq.admitted_slot)  # what the failed decode left in its cells is unknown
+            self._finish(seq, "error", error)
+        elif seq.request.report_progress:
+            self._outbox.put(seq.sink, PrefillProgressEvent(seq.n_past, len(seq.prompt)))
 
     def _drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
         """Drafts for this step's speculating sequences, by Sequence.id (engine/speculation.py)."""

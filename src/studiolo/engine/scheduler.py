@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
+from studiolo.engine.vision_steps import image_at, resume_outside_images, text_remaining
 
 SCORED_TOKENS_PER_STEP = 64
 ADAPTER_TURN_STEPS = 4
@@ -55,6 +56,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.adapter: LoraAdapter | None = None  # the adapter of the last planned batch
+        self.image: Sequence | None = None  # a sequence whose next image the planned step decodes
         self._turn_steps = 0  # steps the current adapter has had in its turn
 
     def has_work(self) -> bool:
@@ -81,6 +83,8 @@ class Scheduler:
             seq.slot, reused = self.slots.acquire(
                 seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs
             )
+            if seq.request.images:  # never resume inside an image
+                reused = self.slots.keep(seq.slot, resume_outside_images(seq.request.images, reused))
             seq.cached_tokens = seq.n_past = reused
             seq.state = SequenceState.PREFILLING
             self.running.append(seq)
@@ -98,13 +102,15 @@ class Scheduler:
         for seq in decoding:
             drafted = drafts.get(seq.id, [])
             chunks.append(Chunk(seq, [seq.pending_token, *drafted], seq.n_past, 0, drafted=len(drafted)))
-        budget = self.batch_size - sum(len(chunk.tokens) for chunk in chunks)
+        budget = self.batch_size - sum(len(chunk.tokens) for chunk in chunks) - self._plan_image(group)
         for seq in group:
             if budget <= 0:
                 break
             if seq.state is not SequenceState.PREFILLING:
                 continue
-            take = min(budget, seq.prompt_remaining())
+            take = min(budget, text_remaining(seq))  # a chunk of prompt stops at an image
+            if take == 0:
+                continue  # at an image: its rows go in a decode of their own
             if seq.request.prompt_logprobs:
                 # scoring costs a full-vocabulary softmax per token on the worker thread:
                 # a few per step, so that other sequences keep streaming meanwhile
@@ -120,6 +126,14 @@ class Scheduler:
             chunks.append(chunk)
             budget -= take
         return chunks
+
+    def _plan_image(self, group: list[Sequence]) -> int:
+        """Pick the first prefilling sequence that sits at an image, to have it decoded this step (one
+        image per step: an encode holds the compute thread); its rows count against the batch."""
+        self.image = next((seq for seq in group
+                           if seq.state is SequenceState.PREFILLING and image_at(seq) is not None), None)
+        image = image_at(self.image) if self.image is not None else None
+        return image.chunk.n_tokens if image is not None else 0
 
     def _next_adapter(self) -> LoraAdapter | None:
         """The adapter whose sequences get this step: the last step's until its turn is over,

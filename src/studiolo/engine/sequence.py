@@ -16,6 +16,7 @@ from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.reasoning_gate import ReasoningGate, ReasoningSpec
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
 from studiolo.engine.speculation import DraftStats, SequenceSpeculation, Speculation
+from studiolo.engine.vision_chunks import PlacedImage
 
 if TYPE_CHECKING:  # slots.py is the engine's; a sequence only points at its slot
     from studiolo.engine.slots import Slot
@@ -38,6 +39,8 @@ class GenerationRequest:
     save_state: bool = False  # hand the sequence's KV state back with its FinishEvent
     speculation: Speculation | None = None  # where drafts come from, to verify several tokens a step
     reasoning: ReasoningSpec | None = None  # a reasoning model's output: its phases, budget, waiting constraint
+    # the prompt's images: their rows stand in ``prompt`` as placeholder ids (engine/vision_steps.py)
+    images: tuple[PlacedImage, ...] = ()
 
 
 class SequenceState(enum.Enum):

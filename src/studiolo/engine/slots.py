@@ -125,6 +125,10 @@ class SlotPool:
         del slot.tokens[length:]
         return length
 
+    def keep(self, slot: Slot, length: int) -> int:
+        """Cut a slot's cells back to its first ``length`` tokens; returns how many it kept."""
+        return self._truncate(slot, length)
+
     def forget(self, slot: Slot) -> None:
         """Drop everything the slot holds (its cells may no longer match its tokens)."""
         self._truncate(slot, 0)

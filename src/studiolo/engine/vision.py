@@ -36,7 +36,7 @@ import numpy as np
 
 from studiolo.domain.errors import InternalError, InvalidRequest
 from studiolo.engine.images import DecodedImage
-from studiolo.engine.llama import LlamaContext, LlamaModel, ModelLoadError
+from studiolo.engine.llama import LlamaContext, LlamaModel, ModelClosed, ModelLoadError
 from studiolo.engine.vision_batch import EmbeddingBatch
 from studiolo.engine.vision_chunks import (
     ImageChunk,
@@ -139,8 +139,8 @@ class VisionContext:
                 self._batch = None
 
     def _require_open(self) -> Any:
-        if not self._handle:
-            raise RuntimeError("the vision context is closed")
+        if not self._handle:  # unloaded with its model while a request was getting ready
+            raise ModelClosed("the model was unloaded; send the request again to load it")
         return self._handle
 
     # --- prompts --------------------------------------------------------------------

@@ -100,3 +100,27 @@ def append_text(chunks: list[PromptChunk], tokens: tuple[int, ...]) -> None:
         chunks[-1] = TextChunk(chunks[-1].tokens + tokens)
     else:
         chunks.append(TextChunk(tokens))
+
+
+@dataclass(frozen=True)
+class PlacedImage:
+    """An image chunk and where its rows start in the prompt's token list (GenerationRequest.images)."""
+
+    start: int
+    chunk: ImageChunk
+
+    @property
+    def end(self) -> int:
+        return self.start + self.chunk.n_tokens
+
+
+def placed_images(chunks: Sequence[PromptChunk]) -> tuple[PlacedImage, ...]:
+    """The prompt's image chunks with their start in ``prompt_tokens(chunks)``."""
+    placed, start = [], 0
+    for chunk in chunks:
+        if isinstance(chunk, ImageChunk):
+            placed.append(PlacedImage(start, chunk))
+            start += chunk.n_tokens
+        else:
+            start += len(chunk.tokens)
+    return tuple(placed)

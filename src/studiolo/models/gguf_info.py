@@ -338,6 +338,14 @@ def has_vision_projector(path: Path) -> bool:
         return False
 
 
+def vision_projector(path: Path) -> Path | None:
+    """The projector a vision model loads with: the first ``mmproj*.gguf`` beside it by name (None: none)."""
+    try:
+        return min((p for p in path.parent.iterdir() if is_vision_projector(p) and p.is_file()), default=None)
+    except OSError:
+        return None
+
+
 def is_vision_projector(path: Path) -> bool:
     name = path.name.lower()
     return name.startswith("mmproj") and name.endswith(".gguf")

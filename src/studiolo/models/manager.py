@@ -37,9 +37,10 @@ from studiolo.engine.prompt_cache import POOL as PROMPT_CACHE
 from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
-from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info
+from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info, vision_projector
 from studiolo.models.instance import Instance, LoadConfig
 from studiolo.models.memory import check_fits, context_footprint, estimate
+from studiolo.models.projector import load_projector, projector_estimate, projector_footprint
 from studiolo.store.settings_files import InvalidSettingsFile, read_model_defaults
 
 log = logging.getLogger(__name__)
@@ -452,18 +453,24 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
         model = LlamaModel(entry.path)
     except ModelLoadError as exc:
         raise ModelFileUnloadable(f"cannot load '{entry.key}': {exc}") from exc
+    projector = None if info.is_embedding else vision_projector(entry.path)
+    vision = None
     try:
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
-        check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size))
-        engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings)
+        check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size)
+                   + projector_estimate(projector))
+        vision = load_projector(model, projector, settings.threads)
+        engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings, vision)
         # its output buffer at its largest: a row of logits per token of a batch, when a request
         # scores every prompt token
-        footprint = context_footprint(model, engine.context, output_rows=engine.context.n_batch)
-    except ModelLoadError as exc:
+        footprint = (context_footprint(model, engine.context, output_rows=engine.context.n_batch)
+                     + projector_footprint(vision))
+    except BaseException as exc:
+        if vision is not None:
+            vision.close()  # before the model: it points into the model's weights
         model.close()
-        raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
-    except BaseException:
-        model.close()
+        if isinstance(exc, ModelLoadError):
+            raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
         raise
     return model, engine, info, footprint
 

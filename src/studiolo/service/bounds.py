@@ -64,6 +64,16 @@ def check_chat_bounds(request: ChatRequest, limits: RequestLimits) -> None:
                              f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", field)
     _check_prediction(chars, request.options.prediction, limits)
     _check_sequences(request.options.n, 1, limits, "n")
+    _check_image_count(request.messages, limits)
+
+
+def _check_image_count(messages: list[ChatMessage], limits: RequestLimits) -> None:
+    """At most ``max_images`` images in a conversation: the first one past the limit is blamed."""
+    images = [image for message in messages for image in message.images]
+    if len(images) > limits.max_images:
+        raise InvalidRequest(f"the request has {len(images)} images, more than the server's limit of "
+                             f"{limits.max_images} (setting limits.max_images)", images[limits.max_images].param,
+                             code="too_many_images")
 
 
 def _message_chars(message: ChatMessage) -> int:

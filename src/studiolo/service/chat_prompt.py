@@ -30,8 +30,10 @@ from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.long_text import tokenize_long
+from studiolo.engine.vision_chunks import PlacedImage
 from studiolo.models.instance import Instance
 from studiolo.service.types import ChatRequest
+from studiolo.service.vision_prompt import image_prompt
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Prompt:
     text: str = ""  # what echo returns: the prompt as the client gave it
     added_bos: bool = False  # tokens[0] is a BOS the tokenizer added, not in the text
     reasoning: ReasoningSplit | None = None  # None: the output is not looked at for reasoning
+    images: tuple[PlacedImage, ...] = ()  # where the prompt's images sit in ``tokens`` (service/vision_prompt.py)
 
 
 class ChatPrompts:
@@ -91,6 +94,11 @@ class ChatPrompts:
                     stop: Callable[[], bool]) -> Prompt:
         """The chat's prompt, rendered and tokenized (in a worker thread: ``stop`` says the client left;
         the tokenizer holds the model's vocabulary lock, so an unload waits for it or ends it)."""
+        if any(message.parts for message in request.messages):
+            with_images = image_prompt(loaded, request, self.limits,
+                                       lambda marked: self.chat_prompt_text(loaded, template, marked, stop), stop)
+            split = self._split(loaded, request, with_images.text)
+            return Prompt(with_images.tokens, with_images.text, reasoning=split, images=with_images.images)
         text = self.chat_prompt_text(loaded, template, request, stop)
         tokens = tokenize_long(loaded.model, text, add_special=True, should_stop=stop)
         return Prompt(tokens, text, reasoning=self._split(loaded, request, text))

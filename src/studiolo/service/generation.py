@@ -52,6 +52,7 @@ from studiolo.service.choice_stream import (
 )
 from studiolo.service.constraints import check_constraint, compiled_constraint
 from studiolo.service.embeddings import check_generation_model
+from studiolo.service.image_fetch import ImageFetch
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.presets import (
     apply_settings,
@@ -75,6 +76,7 @@ from studiolo.service.types import (
     TokenInfo,
     Usage,
 )
+from studiolo.service.vision_prompt import check_image_options
 
 
 @dataclass
@@ -337,10 +339,12 @@ def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager, log_hub: LogHub | None = None, limits: RequestLimits | None = None):
+    def __init__(self, manager: ModelManager, log_hub: LogHub | None = None, limits: RequestLimits | None = None,
+                 image_url_hosts: tuple[str, ...] = ()):
         self.manager = manager
         self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
         self.limits = limits or RequestLimits()
+        self.images = ImageFetch(image_url_hosts, self.limits.max_image_mib * 2**20)  # remote image URLs
         self.prompts = ChatPrompts(self.limits)
 
     async def chat(self, request: ChatRequest) -> Generation:
@@ -352,6 +356,7 @@ class GenerationService:
         await check_constraint(request.options)  # a bad schema is refused before any model loads
         check_chat_bounds(request, self.limits)
         check_generation_model(self.manager, request.model)
+        request = replace(request, messages=await self.images.fetch(request.messages))
         preset = request_preset(request.options)  # an unknown preset is a 400 before any model loads
         context_length = load_context_length(request.context_length, preset)
         target = await self.manager.get(request.model, ttl=request.ttl, context_length=context_length)
@@ -368,7 +373,10 @@ class GenerationService:
             options = replace(options, constraint=grammar, constraint_param="tools")
             syntax = output_syntax(fmt, request.tools)
         constraint = await compiled_constraint(loaded.model, options)
-        drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
+        if prompt.images:  # no drafting: a draft model has no projector, n-grams would propose placeholders
+            drafting, options = Drafting(), check_image_options(options)
+        else:
+            drafting = await drafting_for(self.manager, target, options.draft_model, options.prediction)
         reasoning = await asyncio.to_thread(chat_reasoning_spec, loaded.model, self.prompts.reasoning_format(loaded),
                                             prompt.text, options.reasoning_budget, constraint is not None,
                                             syntax is not None, syntax is not None and syntax.forced)
@@ -422,7 +430,8 @@ class GenerationService:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
                 requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
-                                                             target.adapter, drafting), reasoning=reasoning))
+                                                             target.adapter, drafting), reasoning=reasoning,
+                                        images=prompt.images))
                 per_choice.append(prompt)
         try:
             streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step

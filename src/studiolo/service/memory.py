@@ -158,6 +158,13 @@ def instance_figures(instance: Instance) -> dict[str, Any]:
         "compute_bytes": footprint.compute,
         "token_pieces_bytes": instance.model.pieces_bytes,
         "constraint_tokenizer_bytes": constraint_tokenizer_bytes(instance.model),
+        # of weights and compute above: the vision projector's, as libmtmd logged them (0: none)
+        "vision_projector_bytes": _projector_bytes(instance),
         "running_sequences": running,
         "queued_sequences": queued,
     }
+
+
+def _projector_bytes(instance: Instance) -> int:
+    vision = getattr(instance.engine, "vision", None)
+    return sum(vision.memory_bytes.values()) if vision is not None else 0

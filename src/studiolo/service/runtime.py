@@ -32,7 +32,8 @@ class Runtime:
         self._manager = ModelManager(Catalog(models_dir()), settings.engine, jit_loading=settings.jit_loading,
                                      auto_evict=settings.auto_evict, budgets=budgets)
         self.log_hub = LogHub(budget_bytes=budgets.log_queue_mib * MIB)
-        self.generation = GenerationService(self._manager, self.log_hub, settings.limits)
+        self.generation = GenerationService(self._manager, self.log_hub, settings.limits,
+                                            image_url_hosts=settings.image_url_hosts)
         self.embeddings = EmbeddingService(self._manager)
         self.models = ModelService(self._manager)
         self.downloads = DownloadService()

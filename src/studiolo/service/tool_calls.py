@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from studiolo.chat.reasoning import Reasoning, ReplyParser
 from studiolo.chat.reasoning_parsers import SplitEvent
@@ -105,7 +106,6 @@ def check_tool_results(
                 raise InvalidRequest(f"no earlier assistant message made a tool call with id '{message.tool_call_id}'",
                                      param(index))
             if message.name is None:
-                message = ChatMessage(message.role, message.content, (), message.tool_call_id,
-                                      calls[message.tool_call_id])
+                message = replace(message, tool_calls=(), name=calls[message.tool_call_id])
         checked.append(message)
     return checked

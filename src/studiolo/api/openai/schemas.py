@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
 from studiolo.api.body import Body, sampling_field
+from studiolo.api.images import image_from_url
 from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
@@ -27,7 +28,7 @@ from studiolo.api.openai.tool_schemas import (
     tools_of,
 )
 from studiolo.api.wire_types import Int
-from studiolo.domain.chat import ChatMessage
+from studiolo.domain.chat import ChatMessage, ImageInput
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
@@ -237,16 +238,17 @@ _EFFORTS = {"minimal": "low", "xhigh": "high"}
 def _message_to_domain(index: int, message: Message, max_json_depth: int) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
     content = message.content
+    parts: tuple[str | ImageInput, ...] = ()
     if isinstance(content, list):
         texts = []
         for part_index, part in enumerate(content):
-            if isinstance(part, ImagePart):
-                raise InvalidRequest(
-                    "Model does not support images. Please use a model that does.",
-                    f"messages[{index}].content[{part_index}]",
-                )
-            texts.append(part.text)
+            if isinstance(part, ImagePart):  # `detail` is accepted and has no effect
+                parts += (image_from_url(part.image_url.url, f"messages[{index}].content[{part_index}].image_url"),)
+            else:
+                texts.append(part.text)
+                parts += (part.text,)
         content = "\n".join(texts)
+        parts = parts if any(isinstance(part, ImageInput) for part in parts) else ()
     tool_calls: tuple = ()
     if message.role == "assistant":
         for call_index, call in enumerate(message.tool_calls or ()):
@@ -258,7 +260,7 @@ def _message_to_domain(index: int, message: Message, max_json_depth: int) -> Cha
     reasoning = None
     if message.role == "assistant":
         reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
-    return ChatMessage(role, content, tool_calls, tool_call_id, name, reasoning)
+    return ChatMessage(role, content, tool_calls, tool_call_id, name, reasoning, parts)
 
 
 # Token ids are strict integers (no booleans, floats or numeric strings, as OpenAI): validated in
