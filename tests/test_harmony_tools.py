@@ -20,10 +20,9 @@ import openai
 import pytest
 
 from studiolo.chat.harmony_tools import MARKERS, one_call_per_message
-from studiolo.chat.reasoning import Reasoning, reasoning_format_for, reply_parser
+from studiolo.chat.reasoning import reasoning_format_for, reply_parser
 from studiolo.chat.templates import ChatTemplate
 from studiolo.chat.tool_formats import HARMONY, format_for, template_messages, tool_grammar
-from studiolo.chat.tool_parser import CallArguments, CallStart, Text
 from studiolo.domain.chat import ChatMessage, ToolCall, Tools, ToolSpec
 from studiolo.engine.constraints import ConstraintSpec, compiler_for
 from studiolo.engine.llama import LlamaModel
@@ -32,6 +31,7 @@ from studiolo.service.chat_prompt import _with_reasoning
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
 from tests.reasoning_model import HARMONY as HARMONY_MODEL
 from tests.reasoning_model import link_reasoning_models
+from tests.reply_events import summary
 
 TEMPLATE_SOURCE = (Path(__file__).parent / "chat_templates" / "openai-gpt-oss-120b.jinja").read_text()
 GREEDY = {"temperature": 0, "seed": 1}
@@ -134,18 +134,6 @@ REAL_TOKENS = ["<|channel|>", "analysis", "<|message|>", "User", " asks", " weat
                "Paris", " <", "|end|", ">", "\"}", "<|call|>"]
 REAL_OUTPUT = "".join(REAL_TOKENS)
 REAL_ARGUMENTS = '{"city":"Paris <|end|>"}'  # a marker inside the JSON string: only the call ends it
-
-
-def summary(events) -> tuple[str, str, list[tuple[str, str]]]:
-    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
-    text = "".join(e.text for e in events if isinstance(e, Text))
-    calls: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, CallStart):
-            calls[event.call] = [event.name, ""]
-        elif isinstance(event, CallArguments):
-            calls[event.call][1] += event.text
-    return reasoning, text, [tuple(call) for call in calls.values()]
 
 
 def chunkings(tokens: list[str]):

@@ -34,6 +34,7 @@ from studiolo.chat.templates import ChatTemplate
 from studiolo.chat.tool_formats import HERMES, format_for
 from studiolo.chat.tool_parser import CallArguments, CallStart, Text, ToolCallParser
 from studiolo.domain.errors import InvalidRequest
+from tests.reply_events import summary
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 R1_BOS, R1_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -253,18 +254,6 @@ def parse(parser, chunks):
     for chunk in chunks:
         events += parser.feed(chunk)
     return events + parser.finish()
-
-
-def summary(events) -> tuple[str, str, list[tuple[str, str]]]:
-    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
-    answer = "".join(e.text for e in events if isinstance(e, Text))
-    calls: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, CallStart):
-            calls[event.call] = [event.name, ""]
-        elif isinstance(event, CallArguments):
-            calls[event.call][1] += event.text
-    return reasoning, answer, [(name, args) for name, args in calls.values()]
 
 
 def chunkings(text: str):
