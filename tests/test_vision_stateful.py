@@ -12,13 +12,14 @@ field.
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import httpx
 import openai
 import pytest
 
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
-from tests.test_vision_chat import DRAWING, LIMITS, OTHER, PHOTO, VISION, data_url, image_part
+from tests.test_vision_chat import DRAWING, LIMITS, OTHER, PHOTO, VISION, data_url, drawing, image_part
 from tests.vision_projector import IMAGE_TOKENS, SMOLLM_VISION, link_vision_models
 
 MAX_TOKENS = 10
@@ -200,6 +201,26 @@ def test_a_bad_image_on_lmstudio_chat_is_a_400_naming_its_field(servers, data_ur
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert (error["code"], error["param"]) == (code, "input[1].data_url")
+
+
+def rows_holding(servers: Servers, url: str) -> int:
+    """Stored responses whose items hold this image (the store keeps images inline: docs/API.md)."""
+    with sqlite3.connect(servers.home / "responses.sqlite3") as db:
+        return db.execute("SELECT count(*) FROM responses WHERE instr(input_items, ?) > 0", (url,)).fetchone()[0]
+
+
+def test_deleting_responses_deletes_their_images(servers):
+    client = servers.openai()
+    mine = data_url(drawing(5))  # no other test sends it
+    first = respond(client, look_at(mine))
+    second = respond(client, look_at(OTHER), previous_response_id=first.id)
+    assert rows_holding(servers, mine) == 1
+    client.responses.delete(first.id)  # a tombstone: the second turn's conversation still needs its image
+    assert rows_holding(servers, mine) == 1
+    unstored = respond(client, "Are you sure?", previous_response_id=second.id, store=False)
+    assert unstored.usage.input_tokens > 2 * IMAGE_TOKENS  # both images are still sent
+    client.responses.delete(second.id)  # nothing continues the first now: both go, with the image
+    assert rows_holding(servers, mine) == 0
 
 
 def test_after_a_restart_the_follow_up_still_sees_the_image_and_reuses_its_kv(servers, first_turn):
