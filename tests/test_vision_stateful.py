@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from studiolo.api.lmstudio.chat_schemas import ChatBody
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
 from tests.test_vision_chat import DRAWING, LIMITS, OTHER, PHOTO, VISION, data_url, drawing, image_part
 from tests.vision_projector import IMAGE_TOKENS, SMOLLM_VISION, link_vision_models
@@ -231,3 +232,19 @@ def test_after_a_restart_the_follow_up_still_sees_the_image_and_reuses_its_kv(se
     assert after.output_text == before
     # the engine lost its cells: the stored KV state of the first turn came back, image rows and all
     assert after.usage.input_tokens_details.cached_tokens > IMAGE_TOKENS
+
+
+@pytest.mark.parametrize(("kinds", "messages"), [
+    ("t,i,t", [["input_text", "input_image", "input_text"]]),
+    ("i,t", [["input_image", "input_text"]]),
+    ("t,t", [["input_text"], ["input_text"]]),  # text items stay a message each, as before images
+    ("t,i,t,t", [["input_text", "input_image", "input_text"], ["input_text"]]),
+    ("i,i,t", [["input_image", "input_image", "input_text"]]),
+])
+def test_lmstudio_image_items_join_their_neighbouring_text(kinds, messages):
+    given = [{"type": "image", "data_url": DRAWING} if kind == "i" else {"type": "text", "content": "x"}
+             for kind in kinds.split(",")]
+    turn = ChatBody.model_validate({"model": VISION, "input": given}).turn(report_progress=False)
+    assert [[part["type"] for part in item["content"]] for item in turn.items] == messages
+    assert turn.image_params == tuple(f"input[{index}].data_url" for index, kind in enumerate(kinds.split(","))
+                                      if kind == "i")
