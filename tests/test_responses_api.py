@@ -248,7 +248,7 @@ def test_function_call_round_trip(client):
     ("fields", "param"),
     [
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
-         "input[0].content[0]"),
+         "input[0].content[0].image_url"),  # not a base64 data: URL
         ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),  # reasoning items are taken
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "function_call", "call_id": "a", "name": "f", "arguments": "[]"}]}, "input[0].arguments"),

@@ -51,7 +51,7 @@ from studiolo.domain.responses import (
 from studiolo.service import saved_state
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.generation import Generation, GenerationService
-from studiolo.service.items import Item, chat_messages
+from studiolo.service.items import Item, chat_messages, image_count
 from studiolo.service.tool_calls import check_tool_results
 from studiolo.service.types import ChatRequest, GenerationOptions, Usage
 from studiolo.store.faults import StorageUnavailable
@@ -83,6 +83,9 @@ class Turn:
     reasoning_option: str | None = None
     reasoning_param: str = "reasoning"
     reasoning_strict: bool = False
+    # the request fields of this turn's images, in order, for errors about them (an image of the
+    # stored conversation is named by previous_response_id)
+    image_params: tuple[str, ...] = ()
 
 
 @dataclass
@@ -259,7 +262,9 @@ def conversation_items(history: list[StoredResponse]) -> list[Item]:
 
 
 def _messages(turn: Turn, history: list[StoredResponse]) -> list[ChatMessage]:
-    messages = chat_messages(conversation_items(history) + turn.items)
+    earlier = conversation_items(history)
+    params = ("previous_response_id",) * image_count(earlier) + turn.image_params
+    messages = chat_messages(earlier + turn.items, params)
     messages = check_tool_results(messages, lambda index: "input")  # results answer earlier calls
     if turn.instructions:
         messages.insert(0, ChatMessage("system", turn.instructions))

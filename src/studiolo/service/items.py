@@ -5,7 +5,10 @@ one format both stateful APIs (``/v1/responses`` and LM Studio's ``/api/v1/chat`
 from, so that either can continue a conversation the other began:
 
 - ``{"type": "message", "role": "user" | "system" | "developer" | "assistant", "content": [parts]}``
-  with ``input_text`` parts (input) or ``output_text`` parts (the assistant's output);
+  with ``input_text`` parts (input) or ``output_text`` parts (the assistant's output); input messages
+  may hold images too, ``{"type": "input_image", "image_url": <URL>, "detail": ...}``: the image kept
+  inline, as the client's base64 ``data:`` URL (or its remote URL, fetched again when the
+  conversation continues), so a response's row holds all it needs and deleting it deletes its images;
 - ``{"type": "function_call", "call_id", "name", "arguments"}`` (a call the model made);
 - ``{"type": "function_call_output", "call_id", "output"}`` (the result the client sent back);
 - ``{"type": "compaction", "id", "encrypted_content"}``: the summary of a compacted conversation
@@ -19,10 +22,12 @@ from, so that either can continue a conversation the other began:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from studiolo.domain.chat import ChatMessage, ToolCall
+from studiolo.domain.chat import ChatMessage, ImageInput, ToolCall
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.image_urls import image_from_url
 
 Item = dict[str, Any]
 
@@ -33,6 +38,11 @@ def new_id(prefix: str) -> str:
 
 def user_message(text: str, role: str = "user") -> Item:
     return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+
+
+def image_part(url: str, detail: str | None = None) -> Item:
+    """An image in an input message, as stored (its URL checked by domain/image_urls.py first)."""
+    return {"type": "input_image", "image_url": url, "detail": detail or "auto"}
 
 
 def assistant_message(text: str) -> Item:
@@ -78,11 +88,13 @@ def message_text(item: Item) -> str:
     return "".join(part.get("text", "") for part in content or () if isinstance(part, dict))
 
 
-def chat_messages(items: list[Item]) -> list[ChatMessage]:
+def chat_messages(items: list[Item], image_params: Iterable[str] = ()) -> list[ChatMessage]:
     """Items, in order, as the chat messages a template renders: consecutive function calls join
     one assistant message (after its text, if the message item came just before). Reasoning goes
     with the assistant message after it (a reasoning item starts a new one); reasoning that no
-    assistant message follows is dropped."""
+    assistant message follows is dropped. ``image_params`` names the field of each image, in order,
+    for errors about it (``input`` for images past the names given)."""
+    params = iter(image_params)
     messages: list[ChatMessage] = []
     reasoning: str | None = None  # waiting for the assistant message it led to
     for item in items:
@@ -94,7 +106,7 @@ def chat_messages(items: list[Item]) -> list[ChatMessage]:
         if kind == "message":
             role = "system" if item.get("role") == "developer" else item.get("role", "user")
             mine = reasoning if role == "assistant" else None
-            messages.append(ChatMessage(role, message_text(item), reasoning=mine))
+            messages.append(_message(item, role, mine, params))
         elif kind == "function_call":
             call = ToolCall(item["call_id"], item["name"], item["arguments"])
             if last is not None and last.role == "assistant" and reasoning is None:
@@ -110,6 +122,32 @@ def chat_messages(items: list[Item]) -> list[ChatMessage]:
             raise InvalidRequest(f"conversation items of type '{kind}' are not supported", "input")
         reasoning = None  # taken by the assistant message, or followed by none
     return messages
+
+
+def _message(item: Item, role: str, reasoning: str | None, params: Iterator[str]) -> ChatMessage:
+    """A message item as a chat message; one with images keeps its parts in order, its text parts
+    joined by newlines as chat completions' are (service/vision_prompt.py)."""
+    content = item.get("content")
+    if not isinstance(content, list) or not any(_is_image(part) for part in content):
+        return ChatMessage(role, message_text(item), reasoning=reasoning)
+    parts: list[str | ImageInput] = []
+    for part in content:
+        if _is_image(part):
+            parts.append(image_from_url(str(part.get("image_url") or ""), next(params, "input")))
+        elif isinstance(part, dict):
+            parts.append(part.get("text", ""))
+    text = "\n".join(part for part in parts if isinstance(part, str))
+    return ChatMessage(role, text, reasoning=reasoning, parts=tuple(parts))
+
+
+def _is_image(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "input_image"
+
+
+def image_count(items: list[Item]) -> int:
+    """How many images the message items hold."""
+    return sum(_is_image(part) for item in items if item.get("type", "message") == "message"
+               and isinstance(item.get("content"), list) for part in item["content"])
 
 
 def _output_text(output: Any) -> str:

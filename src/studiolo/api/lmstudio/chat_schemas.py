@@ -20,16 +20,19 @@ from studiolo.api.body import Body, sampling_field
 from studiolo.api.wire_types import Int
 from studiolo.config import MIN_CONTEXT
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.image_urls import image_from_url
 from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import Turn
-from studiolo.service.items import Item, user_message
+from studiolo.service.items import Item, image_part, user_message
 from studiolo.service.mcp import McpServer
 from studiolo.service.presets import given
 from studiolo.service.types import GenerationOptions
 
 
 class InputItem(Body):
+    """A text item (``content``) or an image item (``data_url``: a base64 data: URL)."""
+
     type: Literal["message", "text", "image"]
     content: str | None = None
     data_url: str | None = None
@@ -69,27 +72,49 @@ class ChatBody(Body):
                                     given=given(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                                 min_p=self.min_p, repeat_penalty=self.repeat_penalty,
                                                 max_tokens=self.max_output_tokens))
-        return Turn(self.model, self._items(), options, self.system_prompt or None, self.previous_response_id,
+        items, image_params = self._items()
+        return Turn(self.model, items, options, self.system_prompt or None, self.previous_response_id,
                     self.store, ttl=self.ttl, context_length=self.context_length,
-                    reasoning_option=self.reasoning, reasoning_param="reasoning", reasoning_strict=True)
+                    reasoning_option=self.reasoning, reasoning_param="reasoning", reasoning_strict=True,
+                    image_params=image_params)
 
     def mcp_servers(self) -> list[McpServer]:
         """The request's ``ephemeral_mcp`` integrations (LM Studio's shape); anything else is a 400."""
         return [_mcp_server(item, f"integrations[{index}]") for index, item in enumerate(self.integrations or ())]
 
-    def _items(self) -> list[Item]:
+    def _items(self) -> tuple[list[Item], tuple[str, ...]]:
+        """The turn's stored items and the field of each image in them. Each text item is a user
+        message of its own; an image item joins the message of the item before it and the text item
+        after it, so ``[text, image, text]`` is one message with its image between its texts."""
         if isinstance(self.input, str):
-            return [user_message(self.input)]
-        items = []
+            return [user_message(self.input)], ()
+        items: list[Item] = []
+        params: list[str] = []
+        joins = False  # the previous item was an image: the next item joins its message
         for index, item in enumerate(self.input):
-            if item.type == "image":
-                raise InvalidRequest("Model does not support images. Please use a model that does.", f"input[{index}]")
-            if item.content is None:
-                raise InvalidRequest("a text item needs its 'content'", f"input[{index}].content")
-            items.append(user_message(item.content))
+            part = _stored_part(item, f"input[{index}]")
+            if items and (joins or part["type"] == "input_image"):
+                items[-1]["content"].append(part)
+            else:
+                items.append({"type": "message", "role": "user", "content": [part]})
+            if part["type"] == "input_image":
+                params.append(f"input[{index}].data_url")
+            joins = part["type"] == "input_image"
         if not items:
             raise InvalidRequest("'input' is empty", "input")
-        return items
+        return items, tuple(params)
+
+
+def _stored_part(item: InputItem, param: str) -> Item:
+    """An input item as a part of a stored message (service/items.py)."""
+    if item.type == "image":
+        if item.data_url is None:
+            raise InvalidRequest("an image item needs its 'data_url'", f"{param}.data_url")
+        image_from_url(item.data_url, f"{param}.data_url")  # broken base64 is refused before anything is stored
+        return image_part(item.data_url)
+    if item.content is None:
+        raise InvalidRequest("a text item needs its 'content'", f"{param}.content")
+    return {"type": "input_text", "text": item.content}
 
 
 def _mcp_server(item: Any, param: str) -> McpServer:

@@ -22,12 +22,13 @@ from studiolo.api.errors import describe_validation
 from studiolo.api.wire_types import Int
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.image_urls import image_from_url
 from studiolo.domain.responses import check_response_id
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.compaction import CompactRequest
 from studiolo.service.constraints import Constraint, spec_of
 from studiolo.service.conversations import Turn
-from studiolo.service.items import Item, user_message
+from studiolo.service.items import Item, image_part, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.presets import given
 from studiolo.service.tool_calls import check_arguments
@@ -37,7 +38,6 @@ from studiolo.service.types import GenerationOptions
 MAX_LOGPROBS = 20
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 UNNAMED_FORMAT = "response"  # the name a json_schema format given without one shows (OpenAI requires one)
-IMAGES_UNSUPPORTED = "Model does not support images. Please use a model that does."  # chat completions' words
 
 
 class _Body(Body):
@@ -48,6 +48,11 @@ class _Body(Body):
 class ContentPart(_Body):
     type: Literal["input_text", "output_text", "input_image", "input_file"]
     text: str | None = None
+    # input_image (OpenAI's ResponseInputImageParam): a data: URL (or an allowed remote one); no file_id,
+    # as this server has no Files API; ``detail`` is kept and has no effect
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto", "original"] | None = None
 
 
 class MessageInput(_Body):
@@ -57,28 +62,43 @@ class MessageInput(_Body):
     id: str | None = None
 
     def normalized(self, where: str) -> Item:
-        texts = [self.content] if isinstance(self.content, str) else _part_texts(self.content, where)
-        # the stored format (items.py): input_text parts, or an assistant's output_text parts
-        if self.role == "assistant":
-            parts = [{"type": "output_text", "text": text, "annotations": []} for text in texts]
-        else:
-            parts = [{"type": "input_text", "text": text} for text in texts]
+        given: list[str | ContentPart] = [self.content] if isinstance(self.content, str) else [*self.content]
+        # the stored format (items.py): input_text parts (and input_image ones), or an assistant's output_text parts
+        parts = [self._stored_part(part, f"{where}.content[{index}]") for index, part in enumerate(given)]
         item = {"type": "message", "role": self.role, "content": parts}
         return _with_given_id(item, self.id)
 
-
-def _part_texts(parts: list[ContentPart], where: str) -> list[str]:
-    texts = []
-    for index, part in enumerate(parts):
-        param = f"{where}.content[{index}]"
-        if part.type == "input_image":
-            raise InvalidRequest(IMAGES_UNSUPPORTED, param)
-        if part.type == "input_file":
+    def _stored_part(self, part: str | ContentPart, param: str) -> Item:
+        if isinstance(part, ContentPart) and part.type == "input_image":
+            return _image_part(part, param, self.role)
+        if isinstance(part, ContentPart) and part.type == "input_file":
             raise InvalidRequest("file inputs are not supported by this server", param)
-        if part.text is None:
+        text = part if isinstance(part, str) else part.text
+        if text is None:
             raise InvalidRequest(f"'{param}.text' is required", f"{param}.text")
-        texts.append(part.text)
-    return texts
+        if self.role == "assistant":
+            return {"type": "output_text", "text": text, "annotations": []}
+        return {"type": "input_text", "text": text}
+
+
+def _image_part(part: ContentPart, param: str, role: str) -> Item:
+    if role == "assistant":
+        raise InvalidRequest("an assistant message cannot hold images", param)
+    if part.file_id is not None:
+        raise InvalidRequest("'file_id' is not supported: this server has no Files API; send the image as a "
+                             "base64 data: URL in 'image_url'", f"{param}.file_id")
+    if part.image_url is None:
+        raise InvalidRequest(f"'{param}.image_url' is required", f"{param}.image_url")
+    image_from_url(part.image_url, f"{param}.image_url")  # broken base64 is refused before anything is stored
+    return image_part(part.image_url, part.detail)
+
+
+def image_params(items: list[Item]) -> tuple[str, ...]:
+    """The request field of each image in ``input``'s stored items, in order (a stored item keeps its
+    input item's place and its parts' order)."""
+    return tuple(f"input[{index}].content[{part_index}].image_url"
+                 for index, item in enumerate(items) if isinstance(item.get("content"), list)
+                 for part_index, part in enumerate(item["content"]) if part.get("type") == "input_image")
 
 
 class FunctionCallInput(_Body):
@@ -295,11 +315,12 @@ class ResponseBody(_Turn):
                                                 constraint=constraint or (self.text and self.text.format)))
         tools = self._tools()
         check_no_other_constraint(tools, options.constraint_param)
-        return Turn(self.model, self._items(max_json_depth), options, self.instructions or None,
+        items = self._items(max_json_depth)
+        return Turn(self.model, items, options, self.instructions or None,
                     self.previous_response_id, self.store, tools, ttl=self.ttl,
                     unknown_previous="invalid",  # OpenAI: continuing an unknown response is a wrong request
                     reasoning_option=self.reasoning.option if self.reasoning else None,
-                    reasoning_param="reasoning.effort")
+                    reasoning_param="reasoning.effort", image_params=image_params(items))
 
     def settings(self) -> dict[str, Any]:
         """The request's settings as the response object repeats them (sampling values as used)."""
