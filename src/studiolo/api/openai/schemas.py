@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
 from studiolo.api.body import Body, sampling_field
-from studiolo.api.images import image_from_url
 from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
@@ -30,6 +29,7 @@ from studiolo.api.openai.tool_schemas import (
 from studiolo.api.wire_types import Int
 from studiolo.domain.chat import ChatMessage, ImageInput
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.image_urls import image_from_url
 from studiolo.domain.sampling import SamplingParams
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
 from studiolo.service.presets import given
