@@ -28,6 +28,9 @@ def import_command(
     symbolic_link: bool = typer.Option(
         False, "--symbolic-link", "-l", help="Symbolically link the file instead of moving it."
     ),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="The vision projector to import with the model (default: any mmproj*.gguf beside it)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and say what would be done; change nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
@@ -35,13 +38,13 @@ def import_command(
     mode = _mode(copy=copy, hard_link=hard_link, symbolic_link=symbolic_link)
     root = models_dir()
     try:
-        plan = import_model(file, root, user_repo=user_repo, mode=mode, dry_run=True)
+        plan = import_model(file, root, user_repo=user_repo, mode=mode, dry_run=True, mmproj=mmproj)
         if dry_run:
             typer.echo(f"Would {_plan_text(plan)} (dry run: nothing changed)")
             return
         if not yes and _stdin_is_interactive() and not typer.confirm(_question(plan)):
             _fail("import cancelled; nothing was changed")
-        result = import_model(file, root, user_repo=user_repo, mode=mode)
+        result = import_model(file, root, user_repo=user_repo, mode=mode, mmproj=mmproj)
     except ValueError as error:  # ImportRefused and InvalidModelFile: the message says it all
         _fail(str(error))
     typer.echo(_done_text(result))

@@ -20,6 +20,11 @@ The file lands at ``<models_root>/<publisher>/<repo>/<file name>`` and is known 
 - Vision projectors (``mmproj*.gguf``) beside the source come along, placed the same way
   as the model, so the imported model keeps its vision. In move mode a projector is copied
   instead of moved while another model still sits beside it, since that model may need it.
+- ``mmproj`` names the projector explicitly (``--mmproj``): then only it comes along, from any
+  folder, named ``mmproj-<its name>`` in the catalog unless its name already starts with ``mmproj``
+  (the catalog notices projectors by that prefix). Every projector is checked against the model
+  first (models/projector_fit.py): a file that is no ``clip`` projector, or one whose projection
+  size is not the model's embedding length, refuses the import before anything is placed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 
 from studiolo.domain.errors import InvalidRequest
 from studiolo.models.gguf_info import ModelInfo, is_vision_projector, read_model_info
+from studiolo.models.projector_fit import check_projector_fits
 from studiolo.models.split_gguf import is_later_shard, other_shards, split_prefix
 
 MODES = ("move", "copy", "hard-link", "symbolic-link")
@@ -67,6 +73,7 @@ def import_model(
     user_repo: str | None = None,
     mode: str = "move",
     dry_run: bool = False,
+    mmproj: Path | None = None,
 ) -> ImportResult:
     """Place the model at ``source`` in the catalog under ``models_root`` (or only check, if dry)."""
     if mode not in MODES:
@@ -77,8 +84,10 @@ def import_model(
     publisher, repo = parse_user_repo(user_repo) if user_repo is not None else default_user_repo(source)
     repo_dir = _repo_dir(Path(models_root), publisher, repo)
     target = repo_dir / source.name
-    projectors = _projectors_beside(source)
-    placements = [(p, repo_dir / p.name, _projector_mode(mode, source)) for p in projectors]
+    projectors = _projectors_beside(source) if mmproj is None else [_checked_projector(Path(mmproj))]
+    for projector in projectors:
+        check_projector_fits(projector, info)  # a mismatch refuses the import before anything moves
+    placements = [(p, repo_dir / _projector_name(p), _projector_mode(mode, p, source)) for p in projectors]
     # a split GGUF's other shards (read_model_info checked they are there) go the same way as its first
     placements += [(shard, repo_dir / shard.name, mode) for shard in other_shards(source)]
     # Projectors and shards first: the model shows up in the catalog only once everything is in place.
@@ -211,16 +220,26 @@ def _is_model_file(path: Path) -> bool:
 
 
 def _projectors_beside(source: Path) -> list[Path]:
-    projectors = sorted(p for p in source.parent.iterdir() if is_vision_projector(p) and p.is_file())
-    for projector in projectors:
-        read_model_info(projector)  # an unreadable projector refuses the import before anything moves
-    return projectors
+    return sorted(p for p in source.parent.iterdir() if is_vision_projector(p) and p.is_file())
 
 
-def _projector_mode(mode: str, source: Path) -> str:
+def _checked_projector(projector: Path) -> Path:
+    if not projector.is_file():
+        raise ImportRefused(f"no such projector file: {projector}")
+    if not projector.name.lower().endswith(".gguf"):
+        raise ImportRefused(f"{projector}: a vision projector is a GGUF file (*.gguf)")
+    return projector.absolute()
+
+
+def _projector_name(projector: Path) -> str:
+    # the catalog notices a projector by its name alone: an explicit one named otherwise gets the prefix
+    return projector.name if is_vision_projector(projector) else f"mmproj-{projector.name}"
+
+
+def _projector_mode(mode: str, projector: Path, source: Path) -> str:
     if mode != "move":
         return mode
-    others = [p for p in source.parent.iterdir() if p != source and _is_model_file(p)]
+    others = [p for p in projector.parent.iterdir() if p != source and _is_model_file(p)]
     return "copy" if others else "move"
 
 
