@@ -41,7 +41,6 @@ def payload(seed: int) -> bytes:
 TINY_FILES = {
     "tiny-Q4_K_M.gguf": payload(1),
     "tiny-Q8_0.gguf": payload(2),
-    "mmproj-tiny-F16.gguf": payload(3),
     "README.md": b"# tiny\n",
 }
 
@@ -180,8 +179,6 @@ def test_resolve_by_quantization_and_by_file_url(hub):
     assert dl.resolve(f"https://huggingface.co/{REPO}/blob/main/tiny-Q8_0.gguf").filename == "tiny-Q8_0.gguf"
     with pytest.raises(dl.FileNotFound, match="not found"):
         dl.resolve(f"https://huggingface.co/{REPO}/blob/main/nope.gguf")
-    with pytest.raises(dl.FileNotFound, match="not a GGUF model"):
-        dl.resolve(f"https://huggingface.co/{REPO}/blob/main/mmproj-tiny-F16.gguf")
 
 
 def test_resolve_errors_name_the_problem(hub):

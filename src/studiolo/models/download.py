@@ -3,12 +3,13 @@
 What to fetch: a repo id (``owner/repo``, or ``owner/repo@Q4_K_M`` as ``lms get`` takes it)
 or a URL (``https://huggingface.co/owner/repo``, or ``.../blob/<revision>/<file>.gguf`` to
 name one file), and an optional quantization matched against the repo's GGUF file names.
-Vision projectors (``mmproj*``) are never chosen and not fetched along: studiolo does not run
-vision yet, and the catalog ignores them. A GGUF model split into ``-00001-of-0000N`` shards is
-one model: the plan lists every shard (a URL to any shard means them all), each is fetched as a
-single file is (models/hub_fetch.py: resumed, sha256-checked, placed whole), the later shards
-before the first, so the catalog, which lists a split only with all its shards, never shows a
-partial one. Progress counts over the bytes of every shard.
+Vision projectors (``mmproj*``) are never chosen as the model, but a repo's projector comes along
+with it (``choose_projector``: the one of the model's quantization, else F16), fetched before the
+model's file so the model shows up with its vision; a projector alone is no catalog entry.
+A GGUF model split into ``-00001-of-0000N`` shards is one model: the plan lists every shard (a URL
+to any shard means them all), each is fetched as a single file is (models/hub_fetch.py: resumed,
+sha256-checked, placed whole), the later shards before the first, so the catalog, which lists a
+split only with all its shards, never shows a partial one. Progress counts over the bytes of every shard.
 
 huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` once, when it is imported; we
 read them at every call and pass the endpoint explicitly, so a mirror (or a test's fake hub)
@@ -59,6 +60,7 @@ from studiolo.models.hub_reference import (  # noqa: F401 - re-exported: callers
     _is_weights,
     check_quantization,
     choose_gguf,
+    choose_projector,
     first_shard,
     hub_endpoint,
     model_files,
@@ -73,6 +75,12 @@ class DownloadPlan:
     repo_id: str
     revision: str  # the commit the listing came from, so the bytes are the ones its sha256 describes
     files: tuple[HubFile, ...]  # the model's file; for a split GGUF every shard, the first first
+    projector: HubFile | None = None  # the vision projector fetched with it, if the repo has one
+
+    @property
+    def every_file(self) -> tuple[HubFile, ...]:
+        """The model's files and its projector: everything the download fetches."""
+        return self.files + ((self.projector,) if self.projector is not None else ())
 
     @property
     def filename(self) -> str:
@@ -87,8 +95,8 @@ class DownloadPlan:
     @property
     def size(self) -> int | None:
         """The bytes of every file, or None when the hub lists no size for one of them."""
-        sizes = [file.size for file in self.files if file.size is not None]
-        return sum(sizes) if len(sizes) == len(self.files) else None
+        sizes = [file.size for file in self.every_file if file.size is not None]
+        return sum(sizes) if len(sizes) == len(self.every_file) else None
 
     @property
     def key(self) -> str:
@@ -107,9 +115,12 @@ class DownloadPlan:
     @property
     def description(self) -> str:
         """The download in words: the file, or a split's first shard and how many shards in all."""
-        if len(self.files) == 1:
-            return _basename(self.filename)
-        return f"{_basename(self.filename)} (a split model: {len(self.files)} shards)"
+        text = _basename(self.filename)
+        if len(self.files) > 1:
+            text += f" (a split model: {len(self.files)} shards)"
+        if self.projector is not None:
+            text += f" with its vision projector {_basename(self.projector.filename)}"
+        return text
 
 
 def resolve(model: str, quantization: str | None = None) -> DownloadPlan:
@@ -120,11 +131,13 @@ def resolve(model: str, quantization: str | None = None) -> DownloadPlan:
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
     names = list(siblings)
     chosen = _named_file(ref, names) if ref.filename is not None else choose_gguf(names, quantization, ref.repo_id)
+    projector = choose_projector(names, chosen)
     # The listing's strings end up in file names: take them only in the shapes the hub uses.
     return DownloadPlan(
         repo_id=info.id if _REPO_ID.fullmatch(info.id or "") else ref.repo_id,
         revision=info.sha if is_hex(info.sha, 40) else ref.revision or "main",
         files=tuple(_hub_file(siblings[name]) for name in model_files(chosen, names, ref.repo_id)),
+        projector=_hub_file(siblings[projector]) if projector is not None else None,
     )
 
 
@@ -181,9 +194,9 @@ def _in_place(plan: DownloadPlan, file: HubFile, cancel: threading.Event | None 
 def is_downloaded(plan: DownloadPlan, cancel: threading.Event | None = None) -> bool:
     """Whether every file of the model is already in place with the listed size and checksum."""
     # sizes first: a shard missing answers at once, without hashing the others' gigabytes
-    if not all(_has_listed_size(plan, file) for file in plan.files):
+    if not all(_has_listed_size(plan, file) for file in plan.every_file):
         return False
-    return all(_in_place(plan, file, cancel) for file in plan.files)
+    return all(_in_place(plan, file, cancel) for file in plan.every_file)
 
 
 def check_folder_free(plan: DownloadPlan) -> None:
@@ -194,13 +207,14 @@ def check_folder_free(plan: DownloadPlan) -> None:
     one of the listed size is checked against its sha256 by ``download``, one of another size is
     another file."""
     folder = plan.target.parent
-    single = len(plan.files) == 1
-    for file in plan.files:
+    # a model downloaded before its projector was fetched along may be there whole: sha256-checked later
+    single = len(plan.files) == 1 and plan.projector is None
+    for file in plan.every_file:
         if os.path.lexists(plan.target_of(file)) and (single or not _has_listed_size(plan, file)):
             raise _target_taken(plan, file)
     if not folder.is_dir():
         return
-    ours = {plan.target_of(file) for file in plan.files}
+    ours = {plan.target_of(file) for file in plan.every_file}
     others = sorted(_shown(path.name) for path in folder.iterdir() if _is_weights(path.name) and path not in ours)
     if others:
         raise FolderTaken(
@@ -247,8 +261,9 @@ def download(
     missing = _missing_files(plan, cancel)
     check_disk_space(sum((file.size or 0) - staged_bytes(file) for file in missing))
     done = 0
-    # A split's later shards first and its first shard last: the catalog lists it only once all are in place.
-    for file in (*plan.files[1:], plan.files[0]):
+    # The projector and a split's later shards first, the model's (first) file last: the catalog lists
+    # the model only once all are in place, and a projector alone is no model of its own.
+    for file in (*plan.every_file[1:], plan.files[0]):
         if file in missing:
             _fetch(plan, file, _overall_progress(plan, done, on_progress), cancel)
         done += plan.target_of(file).stat().st_size
@@ -258,7 +273,7 @@ def download(
 def _missing_files(plan: DownloadPlan, cancel: threading.Event | None) -> list[HubFile]:
     """The files still to fetch; a shard already placed by an earlier attempt must be the hub's."""
     missing = []
-    for file in plan.files:
+    for file in plan.every_file:
         if not os.path.lexists(plan.target_of(file)):
             missing.append(file)
         elif not _in_place(plan, file, cancel):
@@ -281,7 +296,7 @@ def _overall_progress(plan: DownloadPlan, before: int, on_progress: ProgressCall
 
     def relay(done: int, total: int | None) -> None:
         # a single file's size may be known only once located; a split's total needs every shard's listed size
-        whole = plan.size if plan.size is not None else total if len(plan.files) == 1 else None
+        whole = plan.size if plan.size is not None else total if len(plan.every_file) == 1 else None
         report(before + done, whole)
 
     return relay

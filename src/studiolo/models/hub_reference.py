@@ -275,3 +275,30 @@ def model_files(chosen: str, names: list[str], repo_id: str) -> list[str]:
             f" '{repo_id}' lacks {_listing(missing)}"
         )
     return shards
+
+
+# --- a vision model's projector ------------------------------------------------------------
+
+# When a repo has several projectors and none matches the model's quantization, in this order.
+PROJECTOR_PREFERENCE = ("f16", "bf16", "f32")
+
+
+def _quantization_tag(name: str) -> str:
+    """The last part of a file's stem, where repos put the quantization: 'x-Q4_K_M.gguf' -> 'q4_k_m'."""
+    return re.split(r"[.\-]", _basename(name).lower().removesuffix(".gguf"))[-1]
+
+
+def choose_projector(names: list[str], chosen: str) -> str | None:
+    """The vision projector (``mmproj*.gguf``) to fetch with the model ``chosen``, None if the repo has none.
+
+    Several: the one whose quantization tag is the model's, else F16, BF16, F32, else the first by name."""
+    projectors = sorted(
+        name for name in names if _basename(name).lower().startswith("mmproj") and name.lower().endswith(".gguf")
+    )
+    if not projectors:
+        return None
+    by_tag = {_quantization_tag(name): name for name in reversed(projectors)}  # the first by name wins a tie
+    for tag in (_quantization_tag(chosen), *PROJECTOR_PREFERENCE):
+        if tag in by_tag:
+            return by_tag[tag]
+    return projectors[0]
