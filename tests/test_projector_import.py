@@ -15,17 +15,23 @@ import pytest
 from typer.testing import CliRunner
 
 from studiolo.cli.main import app
+from studiolo.config import models_dir
+from studiolo.models import download as dl
 from studiolo.models.catalog import Catalog
 from studiolo.models.gguf_info import read_model_info
 from studiolo.models.importer import ImportRefused, import_model
 from studiolo.models.projector_fit import ProjectorMismatch
+from tests import test_download
 from tests.conftest import SMOLLM
+from tests.test_download import catalog_keys, poll_status
 from tests.test_gguf_info import write_tiny_gguf
 from tests.vision_projector import write_projector
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY = "local/smollm2-135m-instruct"
 SMOLLM_EMBEDDING = 576
+
+hub, api = test_download.hub, test_download.api  # the fake hub (loopback) and the in-process app, as fixtures here too
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +138,101 @@ def test_cli_mismatch_is_a_clear_error(source, masters, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "does not fit the model" in result.output
     assert source.exists()
+
+
+# --- `studiolo get` and /api/v1/models/download: the repo's projector comes with the model ------
+
+VISION_REPO = "Tester/SmolLM2-Vision-GGUF"
+VISION_KEY = "tester/smollm2-vision-gguf"
+VISION_MODEL = "SmolLM2-135M-Instruct-Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def vision_files(masters) -> dict[str, bytes]:
+    # a random-weight projector (tests/vision_projector.py): plumbing only, the model sees nothing
+    return {
+        VISION_MODEL: masters["model"].read_bytes(),
+        "mmproj-SmolLM2-Q8_0.gguf": masters["other"].read_bytes(),  # not the model's quantization, not F16
+        "mmproj-SmolLM2-F16.gguf": masters["fits"].read_bytes(),
+        "README.md": b"# vision\n",
+    }
+
+
+@pytest.fixture
+def vision_hub(hub, vision_files):
+    hub.add_repo(VISION_REPO, vision_files, in_git=("README.md",))
+    return hub
+
+
+def vision_folder() -> list[str]:
+    folder = models_dir() / "tester" / "smollm2-vision-gguf"
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_the_projector_is_chosen_by_the_models_quantization_else_f16():
+    names = ["m-Q4_K_M.gguf", "m-Q8_0.gguf", "mmproj-m-Q8_0.gguf", "mmproj-m-f16.gguf", "mmproj-m-bf16.gguf"]
+    assert dl.choose_projector(names, "m-Q8_0.gguf") == "mmproj-m-Q8_0.gguf"
+    assert dl.choose_projector(names, "m-Q4_K_M.gguf") == "mmproj-m-f16.gguf"
+    assert dl.choose_projector(["m.gguf", "mmproj-b.gguf", "mmproj-a.gguf"], "m.gguf") == "mmproj-a.gguf"
+    assert dl.choose_projector(["m-Q8_0.gguf", "README.md"], "m-Q8_0.gguf") is None
+
+
+def test_get_brings_the_projector_first_and_progress_counts_it(vision_hub, vision_files):
+    plan = dl.resolve(VISION_REPO)
+    assert plan.projector is not None and plan.projector.filename == "mmproj-SmolLM2-F16.gguf"
+    whole = len(vision_files[VISION_MODEL]) + len(vision_files["mmproj-SmolLM2-F16.gguf"])
+    assert plan.size == whole
+    assert plan.description == f"{VISION_MODEL} with its vision projector mmproj-SmolLM2-F16.gguf"
+    progress: list[tuple[int, int | None]] = []
+    dl.download(plan, on_progress=lambda done, total: progress.append((done, total)))
+    assert vision_folder() == [VISION_MODEL, "mmproj-SmolLM2-F16.gguf"]
+    blobs = {vision_hub.repos[VISION_KEY].files[name].sha256: name for name in vision_files}
+    fetched = [blobs[seen.path.removeprefix("/cdn/")] for seen in vision_hub.content_gets()]
+    assert fetched == ["mmproj-SmolLM2-F16.gguf", VISION_MODEL]  # the model last: listed with its vision at once
+    assert {total for _, total in progress} == {whole} and progress[-1] == (whole, whole)
+    (entry,) = Catalog(models_dir()).entries()
+    assert entry.key == VISION_KEY and read_model_info(plan.target).has_vision
+    assert dl.is_downloaded(plan)
+
+
+def test_a_failed_projector_leaves_nothing(vision_hub):
+    vision_hub.corrupt.add("mmproj-SmolLM2-F16.gguf")
+    plan = dl.resolve(VISION_REPO)
+    with pytest.raises(dl.ChecksumMismatch, match="mmproj-SmolLM2-F16.gguf"):
+        dl.download(plan)
+    assert vision_folder() == [] and catalog_keys() == []
+
+
+def test_a_failed_model_leaves_no_model_and_the_retry_fetches_only_it(vision_hub):
+    vision_hub.corrupt.add(VISION_MODEL)
+    plan = dl.resolve(VISION_REPO)
+    with pytest.raises(dl.ChecksumMismatch, match=VISION_MODEL):
+        dl.download(plan)
+    assert catalog_keys() == []  # the projector placed first is no model of its own
+    vision_hub.corrupt.clear()
+    gets = len(vision_hub.content_gets())
+    dl.download(plan)
+    assert len(vision_hub.content_gets()) == gets + 1
+    assert catalog_keys() == [VISION_KEY]
+
+
+def test_a_model_downloaded_before_its_projector_gets_it_added(vision_hub, vision_files):
+    plan = dl.resolve(VISION_REPO)
+    plan.target.parent.mkdir(parents=True)
+    plan.target.write_bytes(vision_files[VISION_MODEL])  # as a get before projectors came along left it
+    dl.download(plan)
+    assert len(vision_hub.content_gets()) == 1 and vision_folder() == [VISION_MODEL, "mmproj-SmolLM2-F16.gguf"]
+
+
+def test_the_download_job_counts_the_projector_and_a_failure_lists_nothing(vision_hub, api, vision_files):
+    vision_hub.corrupt.add("mmproj-SmolLM2-F16.gguf")
+    started = api.post("/api/v1/models/download", json={"model": VISION_REPO}).json()
+    assert started["total_size_bytes"] == len(vision_files[VISION_MODEL]) + len(vision_files["mmproj-SmolLM2-F16.gguf"])
+    done = poll_status(api, started["job_id"], lambda status: status["status"] != "downloading")
+    assert done["status"] == "failed" and done["error"]["code"] == "checksum_mismatch"
+    assert catalog_keys() == [] and vision_folder() == []
+
+
+def test_a_url_to_the_projector_is_refused(vision_hub):
+    with pytest.raises(dl.FileNotFound, match="not a GGUF model"):
+        dl.resolve(f"https://huggingface.co/{VISION_REPO}/blob/main/mmproj-SmolLM2-F16.gguf")
