@@ -23,7 +23,7 @@ from studiolo.models.importer import ImportRefused, import_model
 from studiolo.models.projector_fit import ProjectorMismatch
 from tests import test_download
 from tests.conftest import SMOLLM
-from tests.test_download import catalog_keys, poll_status
+from tests.test_download import catalog_keys, poll_status, run_get
 from tests.test_gguf_info import write_tiny_gguf
 from tests.vision_projector import write_projector
 
@@ -236,3 +236,11 @@ def test_the_download_job_counts_the_projector_and_a_failure_lists_nothing(visio
 def test_a_url_to_the_projector_is_refused(vision_hub):
     with pytest.raises(dl.FileNotFound, match="not a GGUF model"):
         dl.resolve(f"https://huggingface.co/{VISION_REPO}/blob/main/mmproj-SmolLM2-F16.gguf")
+
+
+def test_cli_get_brings_the_projector_and_prints_only_the_key(vision_hub):
+    result = run_get(VISION_REPO, "-y")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{VISION_KEY}\n"
+    assert vision_folder() == [VISION_MODEL, "mmproj-SmolLM2-F16.gguf"]
+    assert read_model_info(models_dir() / "tester" / "smollm2-vision-gguf" / VISION_MODEL).has_vision
