@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 
 from studiolo.cli.main import app
 from studiolo.config import models_dir
+from studiolo.engine.llama import LlamaModel
+from studiolo.engine.vision import VisionContext
 from studiolo.models import download as dl
 from studiolo.models.catalog import Catalog
-from studiolo.models.gguf_info import read_model_info
+from studiolo.models.gguf_info import read_model_info, vision_projector
 from studiolo.models.importer import ImportRefused, import_model
 from studiolo.models.projector_fit import ProjectorMismatch
 from tests import test_download
@@ -244,3 +246,21 @@ def test_cli_get_brings_the_projector_and_prints_only_the_key(vision_hub):
     assert result.stdout == f"{VISION_KEY}\n"
     assert vision_folder() == [VISION_MODEL, "mmproj-SmolLM2-F16.gguf"]
     assert read_model_info(models_dir() / "tester" / "smollm2-vision-gguf" / VISION_MODEL).has_vision
+
+
+def test_an_imported_vision_model_loads_its_projector_in_libmtmd(source, root, masters):
+    """The one load check: the projector the import placed is the one the engine finds and libmtmd
+    loads at the model's width (random weights: nothing about sight)."""
+    os.link(masters["fits"], source.parent / "mmproj-SmolLM2-F16.gguf")
+    result = import_model(source, root)
+    projector = vision_projector(result.target)
+    assert projector == result.projectors[0]
+    model = LlamaModel(result.target)
+    try:
+        vision = VisionContext(model, projector, n_threads=1)
+        try:
+            assert vision.n_embd == SMOLLM_EMBEDDING
+        finally:
+            vision.close()
+    finally:
+        model.close()
