@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
+from studiolo.api.anthropic.routes import router as anthropic_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
@@ -44,6 +45,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(embeddings_router)
     app.include_router(responses_router)
+    app.include_router(anthropic_router)
     app.include_router(v0_router)
     app.include_router(v1_router)
     app.include_router(v1_chat_router)

@@ -58,9 +58,44 @@ class APIError(Exception):
             kind = "invalid_request" if self.status < 500 else "internal_error"
         return {"error": {"type": kind, "message": self.message, "code": self.code, "param": self.param}}
 
+    @property
+    def anthropic_status(self) -> int:
+        return ANTHROPIC_STATUS.get(self.status, self.status)
+
+    def body_anthropic(self) -> dict[str, Any]:
+        """Anthropic's error: its type told by the status, the field first in the message, dotted as
+        Anthropic names it (``messages.1.content.0.type: ...``)."""
+        status = self.anthropic_status
+        kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        message = self.message
+        if self.param and self.param != "body":
+            dotted = anthropic_field(self.param)
+            message = f"{dotted}: {message.replace(repr(self.param), repr(dotted))}"
+        return {"type": "error", "error": {"type": kind, "message": message}, "request_id": None}
+
     def response(self, request: Request) -> JSONResponse:
-        v1 = request.url.path.startswith("/api/v1/")
+        path = request.url.path
+        if is_anthropic_path(path):
+            return JSONResponse(self.body_anthropic(), status_code=self.anthropic_status, headers=self.headers)
+        v1 = path.startswith("/api/v1/")
         return JSONResponse(self.body_v1() if v1 else self.body(), status_code=self.status, headers=self.headers)
+
+
+# Anthropic's Messages API (api/anthropic/): its error types by status, and unavailable (503) as its
+# overloaded (529), which its SDKs retry
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   529: "overloaded_error"}
+ANTHROPIC_STATUS = {503: 529}
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def anthropic_field(param: str) -> str:
+    """'messages[1].content[0].type' -> 'messages.1.content.0.type'."""
+    return param.replace("[", ".").replace("]", "")
 
 
 # An error's kind decides its HTTP status, for every family (LM Studio's REST API answers with
@@ -147,6 +182,27 @@ def describe_validation(errors: list[dict[str, Any]]) -> APIError:
     return APIError(400, f"invalid value for '{param}': {message}", param=param, code="invalid_value")
 
 
+# the tags of Anthropic's content blocks and image sources: pydantic puts the member it tried in the path
+_ANTHROPIC_TAGS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "base64",
+                             "url"})
+
+
+def describe_anthropic_validation(errors: list[dict[str, Any]]) -> APIError:
+    """Anthropic's way: pydantic's message after the field it is about. Of a union's errors, the one
+    deepest in the value says best what is wrong (a block's bad type, not that content is no string)."""
+    first = next((error for error in errors if error.get("type") == "value_error"), None)
+    first = first or max(errors, key=lambda error: len(error.get("loc", ())))
+    if first.get("type") == "json_invalid":
+        return describe_validation([first])
+    loc = tuple(first.get("loc", ()))
+    kept = [part for index, part in enumerate(loc)
+            if not (part in _ANTHROPIC_TAGS and 0 < index < len(loc) - 1
+                    and (isinstance(loc[index - 1], int) or loc[index - 1] == "source"))]
+    param = field_path(tuple(kept)) or "body"
+    return APIError(400, first.get("msg", "invalid value"), param=param,
+                    code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for handled in (APIError, StudioloError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(handled, _error_response)
@@ -166,6 +222,8 @@ def _error_of(request: Request, exc: Exception) -> APIError:
     if isinstance(exc, StudioloError):
         return api_error(exc)
     if isinstance(exc, RequestValidationError):
+        if is_anthropic_path(request.url.path):
+            return describe_anthropic_validation(list(exc.errors()))
         return describe_validation(list(exc.errors()))
     if isinstance(exc, StarletteHTTPException):
         return _http_error(request, exc)

@@ -190,6 +190,8 @@ COUNTED_LISTS: dict[str, tuple[str, str]] = {
     "/v1/responses": ("input", "max_messages"),
     "/v1/responses/compact": ("input", "max_messages"),
     "/api/v1/chat": ("input", "max_messages"),
+    "/v1/messages": ("messages", "max_messages"),
+    "/v1/messages/count_tokens": ("messages", "max_messages"),
 }
 
 # Completions' prompts: a list of texts or of token lists is that many prompts (a list of token ids

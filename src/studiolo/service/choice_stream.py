@@ -83,6 +83,11 @@ class StopStrings:
     def stopped(self) -> bool:
         return self._assembler.stopped
 
+    @property
+    def found(self) -> str | None:
+        """The stop string that ended the output, if one did."""
+        return self._assembler.stop_found
+
     def feed(self, piece: bytes, info: TokenInfo | None) -> tuple[str, list[TokenInfo]]:
         self.consumed += 1
         released = self._assembler.feed(piece, info)
@@ -211,6 +216,10 @@ class ChoiceOutput:
     @property
     def consumed(self) -> int:
         return self._stops.consumed
+
+    @property
+    def stop_string(self) -> str | None:
+        return self._stops.found
 
     def completion_tokens(self, event: FinishEvent) -> int:
         """The tokens usage counts: up to the stop string, if one ended the output."""

@@ -193,6 +193,11 @@ class Generation:
     def instance(self) -> Instance:
         return self._loaded
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt tokens of its first prompt, known before any output (usage counts them at the end)."""
+        return len(self._choices[0].prompt.tokens)
+
     async def events(self) -> AsyncIterator[GenerationEvent]:
         if len(self._choices) == 1:  # the common case: no fan-in task and queue on the token path
             try:
@@ -274,7 +279,7 @@ class Generation:
         self.causes[choice.index] = cause
         if output.log.wanted:
             self._log_output(choice.index, output, cause, event.draft)
-        return Finished(choice.index, output.finish_reason(cause), cause)
+        return Finished(choice.index, output.finish_reason(cause), cause, output.stop_string)
 
     def _log_output(self, index: int, output: ChoiceOutput, cause: str, drafts: DraftStats | None) -> None:
         timing = self.timing
@@ -354,17 +359,8 @@ class GenerationService:
         """Everything a chat needs before its sequences are submitted: the checks, the model (loaded
         if need be), the prompt and its constraint. Every client error is raised here."""
         await check_constraint(request.options)  # a bad schema is refused before any model loads
-        check_chat_bounds(request, self.limits)
-        check_generation_model(self.manager, request.model)
-        request = replace(request, messages=await self.images.fetch(request.messages))
-        preset = request_preset(request.options)  # an unknown preset is a 400 before any model loads
-        context_length = load_context_length(request.context_length, preset)
-        target = await self.manager.get(request.model, ttl=request.ttl, context_length=context_length)
+        target, request, prompt = await self._chat_prompt_of(request)
         loaded = target.instance
-        request = chat_with_settings(request, effective_settings(preset, loaded.key))
-        template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
-        # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
-        prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
         options, syntax = request.options, None
         if request.tools is not None and request.tools.active:  # calls must follow the format's grammar
             fmt = format_for(self._template(loaded).source)
@@ -381,6 +377,26 @@ class GenerationService:
                                             prompt.text, options.reasoning_budget, constraint is not None,
                                             syntax is not None, syntax is not None and syntax.forced)
         return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
+
+    async def count_chat_tokens(self, request: ChatRequest) -> int:
+        """The tokens of the prompt ``chat`` would build for ``request`` (template, tools, images), loading
+        the model if need be; nothing is generated (Anthropic's count_tokens)."""
+        return len((await self._chat_prompt_of(request))[2].tokens)
+
+    async def _chat_prompt_of(self, request: ChatRequest) -> tuple[Target, ChatRequest, Prompt]:
+        """A chat's checks, its model (loaded if need be), its settings and its prompt."""
+        check_chat_bounds(request, self.limits)
+        check_generation_model(self.manager, request.model)
+        request = replace(request, messages=await self.images.fetch(request.messages))
+        preset = request_preset(request.options)  # an unknown preset is a 400 before any model loads
+        context_length = load_context_length(request.context_length, preset)
+        target = await self.manager.get(request.model, ttl=request.ttl, context_length=context_length)
+        loaded = target.instance
+        request = chat_with_settings(request, effective_settings(preset, loaded.key))
+        template = self._template(loaded)  # reads the model's metadata: here, where nothing unloads it meanwhile
+        # rendering and tokenizing grow with the conversation: off the event loop, stopped if the client goes
+        prompt = await off_loop(lambda stop: self._chat_prompt(loaded, template, request, stop))
+        return target, request, prompt
 
     def start_chat(self, prepared: PreparedChat) -> Generation:
         """Submit a prepared chat: its output starts from here."""

@@ -40,6 +40,7 @@ class TextAssembler:
         self._held = ""
         self._held_tokens: list[_HeldToken] = []
         self.stopped = False  # a stop string was found; nothing more will be released
+        self.stop_found: str | None = None  # which one (the first listed of those found earliest)
 
     def feed(self, piece: bytes, info: TokenInfo | None = None) -> tuple[str, list[TokenInfo]]:
         """Add one token's bytes; return the text (and tokens) now safe to release."""
@@ -51,6 +52,7 @@ class TextAssembler:
         stop_at = self._find_stop()
         if stop_at is not None:
             self.stopped = True
+            self.stop_found = next(stop for stop in self._stops if self._held.find(stop) == stop_at)
             return self._release(stop_at, include_partial=True)
         safe = len(self._held) - overlap_with_stop_prefix(self._held, self._stops)
         return self._release(safe, include_partial=False)

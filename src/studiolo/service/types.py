@@ -140,6 +140,7 @@ class Finished:
     reason: str  # OpenAI's finish_reason: "stop" | "length" | "tool_calls"
     # why, in full: "eos" | "stop_string" | "max_tokens" | "context_length" | "cancelled"
     cause: str = "eos"
+    stop_string: str | None = None  # the stop string that ended it (cause "stop_string"; Anthropic's stop_sequence)
 
 
 GenerationEvent = TextDelta | ReasoningDelta | ToolCallDelta | PromptProgress | Finished
