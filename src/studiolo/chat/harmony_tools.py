@@ -51,7 +51,9 @@ CALL_CHANNEL = "commentary to=functions."  # after the channel marker: a call of
 OPENING = CHANNEL + CALL_CHANNEL
 ROLE_CALL = " to=functions."  # after the role: a call whose header names its recipient first
 # the JSON as the template's ``tojson`` writes it, the spacing gpt-oss saw
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# lenient: a keyword llguidance does not implement (propertyNames, ...) is ignored, as llama.cpp's
+# grammars ignore it: agents (Claude Code) send such tool schemas, and the client checks the arguments
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
 
 
 # --- the prompt ---------------------------------------------------------------------------------

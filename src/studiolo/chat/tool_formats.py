@@ -211,7 +211,9 @@ def generic_system_prompt(specs: tuple[ToolSpec, ...], *, parallel: bool) -> str
 
 # --- the grammar -----------------------------------------------------------------------------
 
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# lenient: a keyword llguidance does not implement (propertyNames, ...) is ignored, as llama.cpp's
+# grammars ignore it: agents (Claude Code) send such tool schemas, and the client checks the arguments
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
 
 
 def call_schema(fmt: ToolFormat, specs: tuple[ToolSpec, ...]) -> dict[str, Any]:

@@ -54,8 +54,8 @@ def _check_tool(index: int, spec: ToolSpec, earlier: Sequence[ToolSpec], field: 
     if spec.parameters.get("type", "object") != "object":
         raise InvalidRequest("a tool's parameters must be a JSON schema of an object (its arguments)",
                              field(index, "parameters"))
-    try:
-        validate(ConstraintSpec.json_schema(spec.parameters))
+    try:  # read leniently, as the call grammar reads it (chat/tool_formats.py _JSON_STYLE)
+        validate(ConstraintSpec.json_schema({**spec.parameters, "x-guidance": {"lenient": True}}))
     except InvalidConstraint as exc:
         raise InvalidRequest(str(exc), field(index, "parameters")) from None
 

@@ -4,6 +4,7 @@ completion becomes, so the prompt, tool calls, reasoning and constraints are the
 - ``system`` (text or text blocks) is the first, system message.
 - A user message's ``tool_result`` blocks become tool messages (in their order, before the user's
   own text); an assistant's ``tool_use`` blocks its calls, its ``thinking`` blocks its reasoning.
+- A ``system`` message within the conversation (Claude Code sends them) stays where it is.
 - A last assistant message is a prefill: the reply continues it (``resume_response``).
 - ``thinking`` and ``output_config.effort`` become the reasoning option and budget.
 
@@ -89,6 +90,10 @@ def _conversation(body: CountTokensBody) -> tuple[_Conversation, str | None]:
     for index, message in enumerate(messages):
         if message.role == "user":
             _add_user(conversation, index, message)
+        elif message.role == "system":
+            _check_blocks(index, message, (TextBlock,))
+            text = "\n".join(block.text for block in _blocks(message) if isinstance(block, TextBlock))
+            conversation.add(ChatMessage("system", text), f"messages[{index}]")
         else:
             conversation.add(_assistant(index, message), f"messages[{index}]")
     return conversation, prefill

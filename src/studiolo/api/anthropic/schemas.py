@@ -76,7 +76,8 @@ ContentBlock = Annotated[
 
 
 class Message(Body):
-    role: Literal["user", "assistant"]
+    # "system": a system message within the conversation (Claude Code's beta mid-conversation-system)
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
