@@ -275,3 +275,23 @@ def test_a_failure_mid_stream_is_an_error_event(http):
     assert events[-1][0] == "error"
     assert events[-1][1]["type"] == "error" and events[-1][1]["error"]["type"] == "overloaded_error"
     assert "message_stop" not in [name for name, _ in events]
+
+
+ENDLESS = {"model": SMOLLM, "max_tokens": 100000, "ignore_eos": True, **GREEDY}
+FOLLOW_UP_SECONDS = 30.0  # a 4-token answer, on a busy machine
+
+
+def test_clients_that_leave_cancel_their_generations(server, http):
+    """Streams hung up after their first event and whole messages given up on: their sequences end
+    (6 of each, more than the 4 parallel slots), so a later message is answered at once."""
+    for index in range(6):
+        body = {**ENDLESS, "stream": True, "messages": [{"role": "user", "content": f"Tell saga {index}"}]}
+        with http.stream("POST", "/v1/messages", json=body) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if line.startswith("data:"))
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{server.base_url}/v1/messages", timeout=0.5,
+                       json={**ENDLESS, "messages": [{"role": "user", "content": f"Tell tale {index}"}]})
+    response = http.post("/v1/messages", json={"model": SMOLLM, "max_tokens": 4, "messages": HELLO, **GREEDY},
+                         timeout=FOLLOW_UP_SECONDS)
+    assert response.status_code == 200 and response.json()["usage"]["output_tokens"] == 4

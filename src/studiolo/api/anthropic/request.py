@@ -221,6 +221,7 @@ def _options(body: MessagesBody) -> GenerationOptions:
                                       min_p=body.min_p, repeat_penalty=body.repeat_penalty, seed=body.seed),
         max_tokens=body.max_tokens,
         stop=stops,
+        ignore_eos=body.ignore_eos,
         constraint=constraint[0] if constraint else None,
         constraint_param=constraint[1] if constraint else None,
         preset=body.preset,

@@ -4,7 +4,7 @@ as Anthropic documents them and its ``anthropic`` SDK sends them.
 Unknown fields are accepted and ignored (``metadata``, ``service_tier``, ``cache_control`` on a
 block, ``citations``, ...): docs/API.md "Anthropic Messages" lists what has no effect here. Beside
 Anthropic's fields, studiolo's own: ``ttl``, ``draft_model``, ``preset``, ``seed``, ``min_p``,
-``repeat_penalty`` and the structured-output fields ``guided_*`` / ``structured_outputs``.
+``repeat_penalty``, ``ignore_eos`` and the structured-output fields ``guided_*`` / ``structured_outputs``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class MessagesBody(CountTokensBody):
     min_p: float | None = sampling_field("min_p")
     repeat_penalty: float | None = sampling_field("repeat_penalty")
     draft_model: str | None = None
+    ignore_eos: bool = False
     guided_json: dict[str, Any] | bool | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
