@@ -58,10 +58,10 @@ def client(server) -> openai.OpenAI:
 def test_an_image_is_the_chat_completions_image(claude, client):
     messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, IMAGE]}]
     message = claude.messages.create(model=VISION, max_tokens=10, messages=messages, extra_body=GREEDY)
+    as_url = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{DRAWING}"}}
     expected = client.chat.completions.create(
         model=VISION, max_tokens=10, temperature=0, extra_body={"repeat_penalty": 1.0}, messages=[{
-            "role": "user", "content": [{"type": "text", "text": "What is in this picture?"},
-                                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{DRAWING}"}}]}])
+            "role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, as_url]}])
     assert message.content[0].text == expected.choices[0].message.content
     counted = claude.messages.count_tokens(model=VISION, messages=messages).input_tokens
     usage = message.usage
