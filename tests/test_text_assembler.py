@@ -73,3 +73,14 @@ def test_overlap_with_stop_prefix():
     assert overlap_with_stop_prefix("abc<e", ("<end>",)) == 2
     assert overlap_with_stop_prefix("abc", ("<end>",)) == 0
     assert overlap_with_stop_prefix("x\n\n", ("\n\nUser:",)) == 2
+
+
+def test_the_stop_found_is_named():
+    """Anthropic's ``stop_sequence``: the stop that matched first in the text; of two found at the same
+    place, the first listed."""
+    for stops, found in [(("world", "o, w"), "o, w"), (("lo", "llo"), "llo"), (("He", "Hel"), "He")]:
+        assembler = TextAssembler(stops)
+        for piece in (b"Hel", b"lo, wor", b"ld"):
+            assembler.feed(piece)
+        assert assembler.stopped and assembler.stop_found == found
+    assert TextAssembler(("x",)).stop_found is None
