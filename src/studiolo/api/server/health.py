@@ -1,7 +1,7 @@
 """``GET /health``: liveness, and which process answers (llama-server has the same route).
 
 ``storage`` says whether stored responses can be written: ``"ok"``, or the fault last seen
-(``{"code": "storage_unavailable" | "storage_full", "message"}``). The server stays live without
+(``{"code": "storage_unavailable" | "storage_full"}``). The server stays live without
 storage (it serves everything that does not store), so the status stays ``"ok"`` and 200.
 
 ``instance`` is the random id this server process wrote into ``STUDIOLO_HOME/server.json`` (the
@@ -30,4 +30,5 @@ async def health(request: Request) -> dict:
 def _storage(request: Request) -> str | dict:
     conversations = getattr(request.app.state, "conversations", None)
     fault = conversations.storage_fault() if conversations is not None else None
-    return "ok" if fault is None else {"code": fault.code, "message": str(fault)}
+    # the code only: the message names the database's path, and this route answers everyone
+    return "ok" if fault is None else {"code": fault.code}
