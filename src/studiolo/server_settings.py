@@ -73,13 +73,13 @@ def read_section() -> dict[str, Any]:
     checked = {}
     for name, value in section.items():
         if name == "engine":
-            checked[name] = _checked_fields(EngineSettings, value, f"{SECTION}.engine")
+            checked[name] = checked_fields(EngineSettings, value, f"{SECTION}.engine")
         else:
             checked[name] = _checked_value(ServerSettings, name, value, SECTION)
     return checked
 
 
-def _checked_fields(cls: type, value: Any, where: str) -> dict[str, Any]:
+def checked_fields(cls: type, value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SettingsError(f"{settings_file()}: '{where}' must be an object")
     return {name: _checked_value(cls, name, item, where) for name, item in value.items()}
@@ -135,7 +135,7 @@ def _describe(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(option) for option in args)
     if origin is tuple:
-        return f"a list of {_describe(args[0])}"
+        return f"a list (each item {_describe(args[0])})"
     names = {bool: "true or false", int: "a non-negative integer", float: "a non-negative number",
              str: "a string", type(None): "null"}
     return names.get(hint, str(hint))
