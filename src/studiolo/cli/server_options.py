@@ -9,6 +9,7 @@ a ServerSettings field needs no entry here, and every given option reaches the b
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -45,6 +46,8 @@ def given_settings(params: dict[str, Any]) -> dict[str, Any]:
 def _setting_value(name: str, value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, Path):  # recorded in server.json and used by probes from other folders
+        return str(value.expanduser().resolve())
     if name in LISTS and isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
