@@ -16,7 +16,7 @@ import pytest
 
 from studiolo.config import DEFAULT_PORT, EngineSettings, ServerSettings
 from studiolo.server_settings import SettingsError, checked_fields, load_server_settings
-from tests.conftest import SMOLLM, free_port, home_with_models
+from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models, loaded_instances
 
 
 @pytest.fixture
@@ -162,3 +162,19 @@ def test_start_refuses_a_bad_settings_file_naming_the_key(tmp_path):
     started = studiolo(tmp_path, "server", "start", "--foreground")
     assert started.returncode == 2 and "'server.bind' is not a known setting" in started.stderr
     assert not (tmp_path / "server.json").exists()
+
+
+@pytest.mark.parametrize(("jit_ttl", "expected"), [(120, 120), (None, None)])
+def test_the_files_jit_ttl_is_a_jit_loads_idle_ttl(tmp_path, default_models, jit_ttl, expected):
+    home = home_with_models(tmp_path / "home", {SMOLLM: default_models[SMOLLM]})
+    write_settings(home, {"server": {"jit_ttl": jit_ttl, "engine": {"context_length": 512, "parallel": 1}}})
+    server = RunningServer(home, free_port(), [])
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            body = {"model": SMOLLM, "prompt": "Once", "max_tokens": 1}
+            assert http.post("/v1/completions", json=body).status_code == 200
+            [instance] = loaded_instances(http).values()
+        assert instance["status"]["jit_loaded"] is True and instance["status"]["ttl_seconds"] == expected
+        assert instance["config"]["context_length"] == 512 and instance["config"]["parallel"] == 1
+    finally:
+        server.stop()
