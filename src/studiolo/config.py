@@ -34,12 +34,12 @@ def logs_dir() -> Path:
 
 
 def settings_file() -> Path:
-    """Optional JSON with a ``limits`` and a ``budgets`` section overriding the defaults below."""
+    """Optional JSON with ``limits``, ``budgets`` and ``server`` sections overriding the defaults below."""
     return studiolo_home() / "settings.json"
 
 
 def server_state_file() -> Path:
-    """Where a background server writes its pid and port."""
+    """Where a server writes its pid, port and instance id (cli/server.py)."""
     return studiolo_home() / "server.json"
 
 

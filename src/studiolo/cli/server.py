@@ -1,9 +1,10 @@
 """``studiolo server start|stop|status``, as ``lms server`` does them.
 
-A server in the foreground records its pid and port in ``STUDIOLO_HOME/server.json`` and
-removes the record when it exits. ``start`` without ``--foreground`` runs that same
-foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log``) and
-returns once the child itself answers ``/health``, not merely something on the port.
+A server in the foreground records its pid, port, random instance id (and TLS certificate) in
+``STUDIOLO_HOME/server.json`` and removes the record when it exits. ``start`` without ``--foreground``
+runs that same foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log``)
+and returns once the child itself answers ``/health`` with the instance id it recorded, not merely
+something on the port. Options not given come from the settings file (server_settings.py).
 
 A record can outlive its server (killed, crashed), and pids get reused, so a recorded pid
 counts only while its process is still a studiolo server. A record that cannot be written (a full
