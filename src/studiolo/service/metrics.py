@@ -49,8 +49,8 @@ class ServerMetrics:
         self.completion_tokens = Counter(f"{PREFIX}_completion_tokens", "Tokens generated", ["model"],
                                          registry=registry)
         self.time_to_first_token = Histogram(f"{PREFIX}_time_to_first_token_seconds",
-                                             "From a request reaching the generation service to its choice's first "
-                                             "token (queue, model load and prefill)", ["model"],
+                                             "From a request's sequences reaching the engine to its choice's first "
+                                             "token: the wait for a slot and the prefill", ["model"],
                                              buckets=TTFT_BUCKETS, registry=registry)
         self.time_per_token = Histogram(f"{PREFIX}_time_per_output_token_seconds",
                                         "Mean time between a choice's tokens after the first, one sample per choice",
