@@ -97,3 +97,18 @@ def test_a_cert_without_its_key_is_refused(tmp_path):
     cert, _ = self_signed(tmp_path)
     started = studiolo(tmp_path, "server", "start", "--foreground", "--tls-cert", str(cert))
     assert started.returncode == 2 and "give both or neither" in started.stderr
+
+
+def test_a_server_the_command_line_starts_takes_tls_from_the_settings_file(tmp_path, default_models):
+    home = home_with_models(tmp_path / "home", {SMOLLM: default_models[SMOLLM]})
+    cert, key = self_signed(home)
+    (home / "settings.json").write_text(json.dumps({"server": {"tls_cert": str(cert), "tls_key": str(key)}}))
+    port = free_port()
+    try:
+        listed = studiolo(home, "ls", "--json", "--port", str(port))  # none answers: ls starts one
+        assert listed.returncode == 0, listed.stderr
+        assert SMOLLM in listed.stdout
+        trust = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"https://127.0.0.1:{port}/health", verify=trust).status_code == 200
+    finally:
+        studiolo(home, "server", "stop")

@@ -166,15 +166,23 @@ def connect(host: str, port: int | None) -> StudioloClient:
     On this machine a server is started when none answers; elsewhere that is an error.
     """
     port = port or default_port()
+    reached = _reach(host, port)
+    if reached is not None:
+        return reached
+    url = base_url(host, port)
+    if not is_local(host):
+        raise ServerError(f"No server answers at {url}.")
+    start_local_server(host, port)
+    reached = _reach(host, port)  # over https when the settings file gave the new server a certificate
+    if reached is None:
+        raise ServerError(f"Started a server on port {port}, but nothing answers at {url}.")
+    return reached
+
+
+def _reach(host: str, port: int) -> StudioloClient | None:
+    """A client for whatever answers there: this machine's HTTPS server, as recorded, or plain HTTP."""
     tls = local_tls(host, port)
     if tls is not None and server_answers(*tls):
         return StudioloClient(tls[0], verify=tls[1])
     url = base_url(host, port)
-    if server_answers(url):
-        return StudioloClient(url)
-    if not is_local(host):
-        raise ServerError(f"No server answers at {url}.")
-    start_local_server(host, port)
-    if not server_answers(url):
-        raise ServerError(f"Started a server on port {port}, but nothing answers at {url}.")
-    return StudioloClient(url)
+    return StudioloClient(url) if server_answers(url) else None
