@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -96,15 +97,20 @@ class LaterSettings:
     cors_origins: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
     max_queue: int | None = None
+    header_names: list[str] = field(default_factory=list)
+    mode: Literal["strict", "lax"] = "strict"
 
 
 def test_fields_added_later_are_read_with_no_change_to_the_reader():
     values = {"require_auth": True, "cors_origins": ["https://app.example"], "allow_hosts": ["box.lan"],
-              "max_queue": 8}
+              "max_queue": 8, "header_names": ["x-a"], "mode": "lax"}
     assert checked_fields(LaterSettings, values, "server") == {
-        "require_auth": True, "cors_origins": ("https://app.example",), "allow_hosts": ("box.lan",), "max_queue": 8}
+        "require_auth": True, "cors_origins": ("https://app.example",), "allow_hosts": ("box.lan",), "max_queue": 8,
+        "header_names": ["x-a"], "mode": "lax"}
     with pytest.raises(SettingsError, match="'server.require_auth' must be true or false"):
         checked_fields(LaterSettings, {"require_auth": "yes"}, "server")
+    with pytest.raises(SettingsError, match="'server.mode' must be one of \"strict\", \"lax\", not \"loose\""):
+        checked_fields(LaterSettings, {"mode": "loose"}, "server")
 
 
 def _comparable(settings: ServerSettings) -> dict:

@@ -104,29 +104,34 @@ def _checked_value(cls: type, name: str, value: Any, where: str) -> Any:
 _WRONG = object()
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+# JSON scalars by the field type they fit, and how they become its value
+_SCALARS: dict[Any, tuple[Any, Any]] = {
+    type(None): (lambda v: v is None, lambda v: None),
+    bool: (lambda v: isinstance(v, bool), bool),
+    int: (lambda v: _number(v) and isinstance(v, int), int),
+    float: (_number, float),
+    str: (lambda v: isinstance(v, str), str),
+}
+
+
 def _as_type(hint: Any, value: Any) -> Any:
     """``value`` (decoded JSON) as a ``hint``-typed field's value, or _WRONG."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in args:
-            converted = _as_type(option, value)
-            if converted is not _WRONG:
-                return converted
-        return _WRONG
-    if hint is type(None):
-        return None if value is None else _WRONG
-    if hint is bool:
-        return value if isinstance(value, bool) else _WRONG
-    if hint is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else _WRONG
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        return float(value) if ok else _WRONG
-    if hint is str:
-        return value if isinstance(value, str) else _WRONG
-    if origin is tuple and isinstance(value, list):  # tuple[X, ...]: a JSON list of X
+        converted = (_as_type(option, value) for option in args)
+        return next((item for item in converted if item is not _WRONG), _WRONG)
+    if hint in _SCALARS:
+        fits, convert = _SCALARS[hint]
+        return convert(value) if fits(value) else _WRONG
+    if origin is typing.Literal:
+        return value if value in args and not isinstance(value, bool) else _WRONG
+    if origin in (tuple, list) and isinstance(value, list):  # tuple[X, ...] or list[X]: a JSON list of X
         items = [_as_type(args[0], item) for item in value]
-        return _WRONG if any(item is _WRONG for item in items) else tuple(items)
+        return _WRONG if any(item is _WRONG for item in items) else origin(items)
     return _WRONG
 
 
@@ -134,8 +139,10 @@ def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(option) for option in args)
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"a list (each item {_describe(args[0])})"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
     names = {bool: "true or false", int: "a non-negative integer", float: "a non-negative number",
              str: "a string", type(None): "null"}
     return names.get(hint, str(hint))
