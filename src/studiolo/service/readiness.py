@@ -56,9 +56,10 @@ class Preloads:
                 status = await self._models.load(key, LoadConfig())
                 self._instances[key] = status.id
                 self._state[key] = LOADED
-            except StudioloError as exc:
+            except Exception as exc:  # any failure: a load left "loading" would hold readiness back for ever
                 log.error("could not preload %s: %s", key, exc)
-                self._state[key] = f"failed: {exc.code or exc.kind}"
+                code = (exc.code or exc.kind) if isinstance(exc, StudioloError) else "internal"
+                self._state[key] = f"failed: {code}"
 
     def states(self) -> dict[str, str]:
         """Each key's state; a loaded model unloaded since (by hand) counts as missing again."""
