@@ -135,16 +135,19 @@ def greedy(ctx: LlamaContext, pos: int, logits: np.ndarray) -> list[int]:
 
 def feed(vision: VisionContext, ctx: LlamaContext, chunks, start: int, end: int) -> np.ndarray | None:
     """Decode the prompt's rows [start, end) as sequence 0, at the positions ``row_position`` gives
-    them (an image's rows, whole, by ``decode_embeddings``); the logits of the last text token."""
+    them, in batches of at most the context's size (an image's rows, whole, by ``decode_embeddings``,
+    which cuts them so too); the logits of the last text token."""
     images = placed_images(chunks)
     at, last = 0, None
     for chunk in chunks:
         size = len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens
         low, high = max(start, at), min(end, at + size)
         if low < high and isinstance(chunk, TextChunk):
-            ctx.batch.clear()
-            ctx.batch.add(list(chunk.tokens[low - at:high - at]), row_position(images, low), 0, high - low - 1)
-            assert ctx.decode() == 0
+            for piece in range(low, high, ctx.n_batch):
+                tokens = list(chunk.tokens[piece - at:min(high, piece + ctx.n_batch) - at])
+                ctx.batch.clear()
+                ctx.batch.add(tokens, row_position(images, piece), 0, len(tokens) - 1)
+                assert ctx.decode() == 0
             last = ctx.logits(ctx.batch.size - 1).copy()
         elif low < high:
             assert (low, high) == (at, at + size), "an image is decoded whole"
@@ -183,10 +186,13 @@ def libmtmd_path(vision: VisionContext, ctx: LlamaContext, text: str, images) ->
     return logits.copy(), end.value
 
 
-@pytest.mark.parametrize("n_images", [1, 2], ids=["one-image", "two-images"])
-def test_same_logits_and_greedy_tokens_as_libmtmd_s_helper(qwen2vl, pictures, n_images):
-    """Text before, between and after the images; each path in an empty cache, text in whole chunks
-    (libmtmd's helper decodes each text chunk in one batch)."""
+# the 20-row image in one batch, or cut in two (n_batch 16, as libmtmd's helper cuts it: its rows
+# share a position, so the second batch starts at the position the first ended at)
+@pytest.mark.parametrize(("n_images", "n_batch"), [(1, 512), (2, 512), (2, 16)],
+                         ids=["one-image", "two-images", "two-images-cut-in-batches-of-16"])
+def test_same_logits_and_greedy_tokens_as_libmtmd_s_helper(qwen2vl, pictures, n_images, n_batch):
+    """Text before, between and after the images; each path in an empty cache, in the helper's cuts
+    (each chunk from its start, in batches of the context's size)."""
     _, vision = qwen2vl
     marker = new_marker()
     text = (chat(f"{marker}\nWhat is in this image?", "A photo.", f"And here?\n{marker}\nCompare them.")
@@ -197,7 +203,7 @@ def test_same_logits_and_greedy_tokens_as_libmtmd_s_helper(qwen2vl, pictures, n_
     cuts = [0]
     for chunk in chunks:
         cuts.append(cuts[-1] + (len(chunk.tokens) if isinstance(chunk, TextChunk) else chunk.n_tokens))
-    ctx = new_context(vision.model)
+    ctx = new_context(vision.model, n_batch)
     try:
         ours = prefill(vision, ctx, chunks, cuts)
         assert ours is not None
@@ -454,7 +460,7 @@ def test_a_follow_up_turn_reuses_the_image_s_kv_and_equals_the_cold_turn(server,
     # the warm prompt's text after the cache is prefilled in other cuts than the cold one's, which may
     # round the last bits otherwise (docs/ENGINE.md, "What batching does to numbers")
     assert_same_or_parted_at_a_near_tie("follow-up", steps(cold), steps(warm))
-    assert cold.choices[0].message.content == warm.choices[0].message.content
+    assert cold.choices[0].message.content == warm.choices[0].message.content  # no near tie in these tokens
 
 
 def steps(reply) -> list:
