@@ -489,3 +489,32 @@ def test_image_requests_and_a_text_request_at_once_do_not_mix(server):
         await async_client.close()
 
     asyncio.run(run())
+
+
+def test_a_stored_conversation_resumes_from_its_saved_m_rope_cells_after_a_restart(tmp_path):
+    """A stored response keeps its KV state; after a restart its follow-up turn gets those cells back
+    (M-RoPE image included, cut by position) and answers as the same history sent whole does."""
+    home = link_vision_models(tmp_path, (QWEN2VL_VISION,))
+    look = [{"role": "user", "content": [{"type": "input_text", "text": "Look:"},
+                                         {"type": "input_image", "image_url": PHOTO_WIDE},
+                                         {"type": "input_text", "text": "What is it?"}]}]
+    options = {"model": VISION, "max_output_tokens": GREEDY_TOKENS, "temperature": 0, "extra_body": {"seed": 1}}
+    running = RunningServer(home, free_port(), [])
+    try:
+        first = openai.OpenAI(base_url=f"{running.base_url}/v1", api_key="x", max_retries=0,
+                              timeout=120).responses.create(input=look, **options)
+    finally:
+        running.stop()
+    running = RunningServer(home, free_port(), [])
+    try:
+        client = openai.OpenAI(base_url=f"{running.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+        second = client.responses.create(input="Are you sure?", previous_response_id=first.id, **options)
+        assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 3
+        history = [user("Look:", image_part(PHOTO_WIDE), "What is it?"),
+                   {"role": "assistant", "content": first.output_text}, user("Are you sure?")]
+        whole = client.chat.completions.create(model=VISION, messages=history, max_tokens=GREEDY_TOKENS,
+                                               temperature=0, seed=1)
+        assert whole.usage.prompt_tokens == second.usage.input_tokens
+        assert second.output_text == whole.choices[0].message.content
+    finally:
+        running.stop()
