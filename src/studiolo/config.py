@@ -151,3 +151,7 @@ class ServerSettings:
     reasoning_output: str = "reasoning_content"
     # hosts ("host" or "host:port") image URLs may be fetched from; empty: remote image URLs are refused
     image_url_hosts: tuple[str, ...] = ()
+    # every route but /health needs an API token with the route's permission (docs/SECURITY.md)
+    require_auth: bool = False
+    # serve beyond loopback without require_auth (refused otherwise)
+    insecure_no_auth: bool = False

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
+from studiolo.api.auth import AuthMiddleware
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
@@ -20,6 +21,7 @@ from studiolo.api.responses.routes import router as responses_router
 from studiolo.api.server.health import router as health_router
 from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
+from studiolo.api.server.tokens import router as tokens_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
 
@@ -37,6 +39,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
+    app.add_middleware(AuthMiddleware, server=app, settings=settings)  # first added: innermost, inside CORS
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
@@ -50,6 +53,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(download_router)
     app.include_router(log_router)
     app.include_router(memory_router)
+    app.include_router(tokens_router)
     return app
 
 

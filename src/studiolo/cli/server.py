@@ -180,12 +180,22 @@ def start(
         help="Fetch http(s) image URLs in chat requests from these hosts only (default: none; images come "
              "inline as data: URLs). A server that fetches URLs for its clients can reach your network.",
     ),
+    require_auth: bool = typer.Option(
+        False, "--require-auth",
+        help="Every route but /health needs an API token (`studiolo token create`) with the route's permission.",
+    ),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth",
+        help="Serve beyond loopback without --require-auth (refused otherwise): anyone who reaches the port "
+             "can use every route.",
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
         return
+    _check_auth(bind, require_auth, insecure_no_auth)
     if cors:
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
     if bind not in ("127.0.0.1", "localhost", "::1"):
@@ -195,14 +205,33 @@ def start(
         hosts = tuple(host.strip() for host in allow_image_urls.split(",") if host.strip())
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
                                       engine=engine, reasoning_output=reasoning_output.value,
-                                      image_url_hosts=hosts))
+                                      image_url_hosts=hosts, require_auth=require_auth,
+                                      insecure_no_auth=insecure_no_auth))
         return
     options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
     options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
     options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
     options += ["--reasoning-output", reasoning_output.value]
     options += ["--allow-image-urls", allow_image_urls] if allow_image_urls else []
+    options += (["--require-auth"] if require_auth else []) + (["--insecure-no-auth"] if insecure_no_auth else [])
     _start_background(port, bind, options)
+
+
+def _check_auth(bind: str, require_auth: bool, insecure_no_auth: bool) -> None:
+    """Refuses a bind beyond loopback without auth; with auth and no token yet, says how to make one."""
+    from studiolo.service.auth import BOOTSTRAP_HINT, TokenService, bind_refusal
+
+    refusal = bind_refusal(bind, require_auth, insecure_no_auth)
+    if refusal:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
+    if require_auth:
+        tokens = TokenService()
+        try:
+            if not tokens.has_tokens():
+                typer.echo(BOOTSTRAP_HINT, err=True)
+        finally:
+            tokens.close()
 
 
 def _start_background(port: int, bind: str, options: list[str]) -> None:
