@@ -191,11 +191,11 @@ def start(
     ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
+    _check_auth(bind, require_auth, insecure_no_auth)
     running = read_state()
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
         return
-    _check_auth(bind, require_auth, insecure_no_auth)
     if cors:
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
     if bind not in ("127.0.0.1", "localhost", "::1"):
