@@ -292,6 +292,10 @@ def test_stored_responses_are_their_token_s_own(server, tokens):
     assert v1.status_code == 404 and v1.json()["error"]["code"] == "response_not_found"
     again = client.responses.create(model=SMOLLM, input="More", previous_response_id=stored.id, max_output_tokens=2)
     assert again.previous_response_id == stored.id
+    events = list(client.responses.create(model=SMOLLM, input="Hi", max_output_tokens=2, stream=True))
+    streamed = events[0].response.id  # stored from inside the stream: still the token's
+    assert call(server, "GET", f"/v1/responses/{streamed}", mine).status_code == 200
+    assert call(server, "GET", f"/v1/responses/{streamed}", theirs).status_code == 404
     assert call(server, "DELETE", f"/v1/responses/{stored.id}", mine).status_code == 200
 
 

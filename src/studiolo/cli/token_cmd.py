@@ -13,7 +13,7 @@ from datetime import datetime
 
 import typer
 
-from studiolo.domain.auth import Permission, TokenInfo
+from studiolo.domain.auth import Permission
 from studiolo.domain.errors import StudioloError
 from studiolo.service.auth import TokenService
 
@@ -23,12 +23,6 @@ app = typer.Typer(help="Make, list and revoke API tokens (for `server start --re
 
 def _when(seconds: float | None) -> str:
     return "-" if seconds is None else datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M")
-
-
-def _as_json(info: TokenInfo, now: float) -> dict:
-    return {"id": info.id, "name": info.name, "permissions": [p.value for p in info.permissions],
-            "created_at": int(info.created_at), "expires_at": None if info.expires_at is None else int(info.expires_at),
-            "revoked_at": None if info.revoked_at is None else int(info.revoked_at), "state": info.state(now)}
 
 
 def _fail(error: StudioloError) -> typer.Exit:
@@ -68,7 +62,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print the tokens as J
         tokens.close()
     now = time.time()
     if as_json:
-        typer.echo(json.dumps([_as_json(info, now) for info in infos], indent=2))
+        typer.echo(json.dumps([info.listing(now) for info in infos], indent=2))
         return
     if not infos:
         typer.echo("No API tokens. Make one with `studiolo token create --name NAME`.")

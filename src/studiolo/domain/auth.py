@@ -14,6 +14,7 @@ import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from studiolo.domain.errors import Forbidden, InvalidRequest, Unauthorized
 
@@ -55,6 +56,15 @@ class TokenInfo:
         if self.revoked_at is not None:
             return "revoked"
         return "active" if self.usable(now) else "expired"
+
+    def listing(self, now: float) -> dict[str, Any]:
+        """The record as ``/api/v1/tokens`` and ``studiolo token ls --json`` show it (unix seconds)."""
+        def seconds(value: float | None) -> int | None:
+            return None if value is None else int(value)
+
+        return {"id": self.id, "name": self.name, "permissions": [p.value for p in self.permissions],
+                "created_at": int(self.created_at), "expires_at": seconds(self.expires_at),
+                "revoked_at": seconds(self.revoked_at), "state": self.state(now)}
 
 
 class InvalidApiKey(Unauthorized):

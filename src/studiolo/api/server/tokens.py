@@ -29,11 +29,8 @@ class CreateTokenBody(Body):
     expires_in: str | int | None = None  # a duration (30d, 12h, 90m, 45s, 2w) or seconds; None: never
 
 
-def token_json(info: TokenInfo, now: float | None = None) -> dict[str, Any]:
-    return {"id": info.id, "name": info.name, "permissions": [p.value for p in info.permissions],
-            "created_at": int(info.created_at), "expires_at": None if info.expires_at is None else int(info.expires_at),
-            "revoked_at": None if info.revoked_at is None else int(info.revoked_at),
-            "state": info.state(time.time() if now is None else now)}
+def token_json(info: TokenInfo) -> dict[str, Any]:
+    return info.listing(time.time())
 
 
 def _tokens(request: Request) -> TokenService:
