@@ -339,3 +339,20 @@ def test_no_token_reaches_the_log_file_or_the_log_stream(server, tokens):
     secrets = {token.split(":")[-1] for token in used_tokens}
     leaked = [t for t in used_tokens | secrets if t in logged or t in captured]
     assert not leaked
+
+
+def test_a_background_server_keeps_require_auth(tmp_path):
+    """`server start` re-runs itself in the background: --require-auth must reach that process."""
+    port = free_port()
+    started = studiolo(tmp_path, "server", "start", "--port", str(port), "--require-auth")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "studiolo token create" in started.stderr  # no token yet: how to make one
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        token = cli_token(tmp_path, "late", "inference")  # made while it runs: counted at once
+        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        stopped = studiolo(tmp_path, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert token.split(":")[1] not in (tmp_path / "logs" / "server.log").read_text()
