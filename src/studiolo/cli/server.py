@@ -37,6 +37,7 @@ from studiolo.config import (
     logs_dir,
     server_state_file,
 )
+from studiolo.service.auth import BOOTSTRAP_HINT, TokenService, bind_refusal
 
 app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_help=True)
 
@@ -214,17 +215,20 @@ def start(
     options += ["--reasoning-output", reasoning_output.value]
     options += ["--allow-image-urls", allow_image_urls] if allow_image_urls else []
     options += (["--require-auth"] if require_auth else []) + (["--insecure-no-auth"] if insecure_no_auth else [])
+    _hint_first_token(require_auth)
     _start_background(port, bind, options)
 
 
 def _check_auth(bind: str, require_auth: bool, insecure_no_auth: bool) -> None:
-    """Refuses a bind beyond loopback without auth; with auth and no token yet, says how to make one."""
-    from studiolo.service.auth import BOOTSTRAP_HINT, TokenService, bind_refusal
-
+    """Refuses a bind beyond loopback without auth."""
     refusal = bind_refusal(bind, require_auth, insecure_no_auth)
     if refusal:
         typer.echo(refusal, err=True)
         raise typer.Exit(2)
+
+
+def _hint_first_token(require_auth: bool) -> None:
+    """With auth and no token yet, says how to make one (a server in the foreground logs it itself)."""
     if require_auth:
         tokens = TokenService()
         try:

@@ -16,6 +16,10 @@ is removed for good as soon as nothing continues from it any more, so deleted da
 as long as a live response's history needs it. Children are never rewritten: their
 ``input_items`` stay exactly what their own turn added.
 
+Owners: each response records who stored it (``owner``: an API token's public id, None without auth).
+Every read, delete and continuation takes the caller's owner: with one, another owner's response is
+not found, exactly as an id never stored; with None (the server runs without auth) all are visible.
+
 Durability: ``create`` commits before it returns (WAL, ``synchronous=FULL``), so a response
 whose id was handed out survives SIGKILL of the server and power loss.
 
