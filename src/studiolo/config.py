@@ -163,3 +163,7 @@ class ServerSettings:
     # a random name for this server process, on /health and in server.json: the command line checks
     # that the server answering on a port is the one it started (not the pid: an internal)
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # every route but /health needs an API token with the route's permission (docs/SECURITY.md)
+    require_auth: bool = False
+    # serve beyond loopback without require_auth (refused otherwise)
+    insecure_no_auth: bool = False

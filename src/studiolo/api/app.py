@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
+from studiolo.api.auth import AuthMiddleware
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
@@ -23,6 +24,7 @@ from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
 from studiolo.api.server.metrics import router as metrics_router
 from studiolo.api.server.ready import router as ready_router
+from studiolo.api.server.tokens import router as tokens_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
 
@@ -40,6 +42,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
+    app.add_middleware(AuthMiddleware, server=app, settings=settings)  # first added: innermost, inside CORS
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
@@ -56,6 +59,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(ready_router)
     app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
+    app.include_router(tokens_router)
     return app
 
 
