@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
 from studiolo.api.anthropic.routes import router as anthropic_router
+from studiolo.api.auth import AuthMiddleware
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
@@ -17,10 +18,14 @@ from studiolo.api.lmstudio.v0 import router as v0_router
 from studiolo.api.lmstudio.v1 import router as v1_router
 from studiolo.api.openai.embeddings import router as embeddings_router
 from studiolo.api.openai.routes import router as openai_router
+from studiolo.api.request_metrics import RequestMetrics
 from studiolo.api.responses.routes import router as responses_router
 from studiolo.api.server.health import router as health_router
 from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
+from studiolo.api.server.metrics import router as metrics_router
+from studiolo.api.server.ready import router as ready_router
+from studiolo.api.server.tokens import router as tokens_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
 
@@ -38,6 +43,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
+    app.add_middleware(AuthMiddleware, server=app, settings=settings)  # first added: innermost, inside CORS
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
@@ -52,6 +58,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(download_router)
     app.include_router(log_router)
     app.include_router(memory_router)
+    app.include_router(metrics_router)
+    app.include_router(ready_router)
+    app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
+    app.include_router(tokens_router)
     return app
 
 
@@ -67,3 +77,4 @@ def _share(app: FastAPI, runtime: Runtime) -> None:
     state.memory = runtime.memory
     state.models = runtime.models
     state.downloads = runtime.downloads
+    state.metrics = runtime.metrics

@@ -111,6 +111,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "upstream": 502,
     "unavailable": 503,
     "insufficient_storage": 507,
+    "unauthorized": 401,
 }
 # LM Studio's v1 error type, where the status alone does not say it
 V1_TYPE_OF_CODE = {

@@ -53,6 +53,7 @@ from studiolo.service.choice_stream import (
 from studiolo.service.constraints import check_constraint, compiled_constraint
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.image_fetch import ImageFetch
+from studiolo.service.metrics import ServerMetrics
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.presets import (
     apply_settings,
@@ -188,6 +189,7 @@ class Generation:
     saved: dict[int, SavedSequence] = field(default_factory=dict)  # per choice, with options.save_state
     draft_model: str | None = None  # what drafted for it ("ngram": no model), if anything did
     drafts: DraftStats | None = None  # what was drafted for all its choices, when anything could be
+    _metrics: ServerMetrics | None = None  # /metrics' counters of tokens, timings and drafts
 
     @property
     def instance(self) -> Instance:
@@ -275,11 +277,20 @@ class Generation:
         """Account for a choice that ended (usage, timing, cause, the model log); its last event."""
         self._count(choice, event, output.completion_tokens(event), output.reasoning_tokens)
         self.timing.finished(event)
+        if self._metrics is not None:
+            self._observe(choice, event, output.completion_tokens(event))
         cause = output.cause(event)
         self.causes[choice.index] = cause
         if output.log.wanted:
             self._log_output(choice.index, output, cause, event.draft)
         return Finished(choice.index, output.finish_reason(cause), cause, output.stop_string)
+
+    def _observe(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
+        assert self._metrics is not None
+        prompt_tokens = event.prompt_tokens if choice.index % self._options.n == 0 else 0  # once per prompt
+        first_token = self.timing.ended - event.decode_seconds - self.timing.started
+        self._metrics.choice_finished(self._loaded.key, prompt_tokens, completion_tokens, first_token,
+                                      event.decode_seconds, event.draft)
 
     def _log_output(self, index: int, output: ChoiceOutput, cause: str, drafts: DraftStats | None) -> None:
         timing = self.timing
@@ -345,8 +356,9 @@ def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
 
 class GenerationService:
     def __init__(self, manager: ModelManager, log_hub: LogHub | None = None, limits: RequestLimits | None = None,
-                 image_url_hosts: tuple[str, ...] = ()):
+                 image_url_hosts: tuple[str, ...] = (), metrics: ServerMetrics | None = None):
         self.manager = manager
+        self.metrics = metrics
         self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
         self.limits = limits or RequestLimits()
         self.images = ImageFetch(image_url_hosts, self.limits.max_image_mib * 2**20)  # remote image URLs
@@ -459,7 +471,7 @@ class GenerationService:
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
                                 load_seconds=target.load_seconds, adapter_key=target.adapter_key,
-                                draft_model=drafting.draft_model)
+                                draft_model=drafting.draft_model, _metrics=self.metrics)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))

@@ -26,9 +26,10 @@ from studiolo.api.anthropic.schemas import CountTokensBody, MessagesBody
 from studiolo.api.errors import APIError, from_domain
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
+from studiolo.domain.auth import Permission
 from studiolo.service.generation import Generation, GenerationService
 
-router = make_router(prefix="/v1")
+router = make_router(prefix="/v1", permission=Permission.inference)
 log = logging.getLogger(__name__)
 
 
