@@ -222,6 +222,9 @@ def _options(body: MessagesBody) -> GenerationOptions:
         max_tokens=body.max_tokens,
         stop=stops,
         ignore_eos=body.ignore_eos,
+        # streamed: each chunk of a long prompt's prefill sends a ping, so that a client's idle timeout
+        # (Claude Code falls back to a second, unstreamed request) does not fire before the first token
+        report_progress=body.stream,
         constraint=constraint[0] if constraint else None,
         constraint_param=constraint[1] if constraint else None,
         preset=body.preset,

@@ -3,7 +3,8 @@
 A message is a chat of the chat service (api/anthropic/request.py translates it): the same prompt,
 tool-call grammar, reasoning split and constraints as a chat completion. Streamed, the events are
 Anthropic's, named, in its order: ``message_start``, then per content block ``content_block_start``,
-its ``content_block_delta``s and ``content_block_stop`` (a ``ping`` after the first block's start),
+its ``content_block_delta``s and ``content_block_stop`` (a ``ping`` after the first block's start,
+and one after each chunk of the prompt's prefill),
 then ``message_delta`` (stop reason and usage) and ``message_stop``. A failure once the stream has
 begun is an ``error`` event; a client that leaves cancels the generation. Errors are Anthropic's
 shape with its statuses (api/errors.py, by path). Headers ``x-api-key``, ``anthropic-version`` and
@@ -28,6 +29,7 @@ from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.auth import Permission
 from studiolo.service.generation import Generation, GenerationService
+from studiolo.service.types import PromptProgress
 
 router = make_router(prefix="/v1", permission=Permission.inference)
 log = logging.getLogger(__name__)
@@ -80,6 +82,9 @@ async def _events(generation: Generation) -> AsyncGenerator[str, None]:
         start = render.message_object(generation, [], None, render.start_usage(generation))
         yield sse("message_start", {"type": "message_start", "message": start})
         async for event in generation.events():
+            if isinstance(event, PromptProgress):  # the prompt's prefill goes on: the connection lives
+                yield sse("ping", {"type": "ping"})
+                continue
             for name, payload in blocks.feed(event):
                 yield sse(name, payload)
                 if not pinged and name == "content_block_start":
