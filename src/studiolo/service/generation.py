@@ -23,6 +23,7 @@ from studiolo.chat.tool_formats import format_for, output_syntax, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
+from studiolo.engine.admission import QUEUE_TIMEOUT, RETRY_AFTER_SECONDS
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LoraAdapter
@@ -133,6 +134,14 @@ class UnloadedWhileGenerating(GenerationFailed):
     code, param = "model_unloaded", "model"
 
 
+class QueueTimeout(GenerationFailed):
+    """A sequence waited past limits.queue_timeout_seconds for a slot of its model (engine/admission.py):
+    the server could not take the request in time, a 503 to retry later."""
+    kind = "unavailable"
+    code, param = "queue_timeout", "model"
+    retry_after = RETRY_AFTER_SECONDS
+
+
 @dataclass(frozen=True)
 class PreparedChat:
     """A chat checked, its model loaded and its prompt built, not yet submitted (GenerationService.chat
@@ -188,6 +197,7 @@ class Generation:
     saved: dict[int, SavedSequence] = field(default_factory=dict)  # per choice, with options.save_state
     draft_model: str | None = None  # what drafted for it ("ngram": no model), if anything did
     drafts: DraftStats | None = None  # what was drafted for all its choices, when anything could be
+    _queue_timeout: int = 0  # limits.queue_timeout_seconds, for the message of a request that waited past it
 
     @property
     def instance(self) -> Instance:
@@ -240,7 +250,7 @@ class Generation:
                 for delta in output.token(event):
                     yield delta
             elif isinstance(event, FinishEvent):
-                _raise_if_failed(event, options.constraint_param)
+                _raise_if_failed(event, options.constraint_param, self._queue_timeout)
                 if event.saved is not None:
                     self.saved[choice.index] = event.saved
                 for delta in output.finish():
@@ -328,10 +338,13 @@ def _generation_engine(loaded: Instance) -> Engine:
     return engine
 
 
-def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
+def _raise_if_failed(event: FinishEvent, constraint_param: str | None, queue_timeout: int = 0) -> None:
     """A sequence the engine could not finish is the request's failure, not an end of its output."""
     if event.reason == "unloaded":
         raise UnloadedWhileGenerating(event.error or "the model was unloaded")
+    if event.reason == QUEUE_TIMEOUT:
+        raise QueueTimeout(f"the request waited {queue_timeout}s for one of the model's parallel slots without "
+                           "getting one (setting limits.queue_timeout_seconds); retry later")
     if event.reason == "constraint":
         raise ConstraintFailed(event.error or "constrained decoding failed", constraint_param)
     if event.reason == "error":
@@ -425,16 +438,19 @@ class GenerationService:
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
+        timeout = self.limits.queue_timeout_seconds
+        deadline = time.monotonic() + timeout if timeout else None
         for prompt in prompts:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
                 requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
                                                              target.adapter, drafting), reasoning=reasoning,
-                                        images=prompt.images))
+                                        images=prompt.images, queue_deadline=deadline))
                 per_choice.append(prompt)
         try:
-            streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
+            # all choices start in the same step; QueueFull (429) if too many would wait for the model
+            streams = _generation_engine(loaded).submit_many(requests, self.limits.max_queued_per_model)
         except ContextLengthExceeded as exc:
             exc.param = prompt_field
             raise
@@ -443,7 +459,7 @@ class GenerationService:
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
                                 load_seconds=target.load_seconds, adapter_key=target.adapter_key,
-                                draft_model=drafting.draft_model)
+                                draft_model=drafting.draft_model, _queue_timeout=timeout)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))
