@@ -160,3 +160,7 @@ class ServerSettings:
     reasoning_output: str = "reasoning_content"
     # hosts ("host" or "host:port") image URLs may be fetched from; empty: remote image URLs are refused
     image_url_hosts: tuple[str, ...] = ()
+    # origins whose pages may call the server ("https://app.example"; api/browser.py); any turns CORS on
+    cors_origins: tuple[str, ...] = ()
+    # Host names answered besides the loopback ones (api/hosts.py: the DNS rebinding check)
+    allowed_hosts: tuple[str, ...] = ()

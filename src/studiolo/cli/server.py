@@ -180,13 +180,22 @@ def start(
         help="Fetch http(s) image URLs in chat requests from these hosts only (default: none; images come "
              "inline as data: URLs). A server that fetches URLs for its clients can reach your network.",
     ),
+    cors_origins: str = typer.Option(
+        "", "--cors-origins", metavar="ORIGIN,...",
+        help="Allow cross-origin requests from pages of these origins only (https://app.example,...).",
+    ),
+    allow_hosts: str = typer.Option(
+        "", "--allow-hosts", metavar="HOST,...",
+        help="Answer requests addressed to these host names too (*.example.com: its subdomains). On a loopback "
+             "bind only loopback names are answered otherwise (DNS rebinding).",
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground)."""
     running = read_state()
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
         return
-    if cors:
+    if cors and not cors_origins:
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
     if bind not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
@@ -195,14 +204,22 @@ def start(
         hosts = tuple(host.strip() for host in allow_image_urls.split(",") if host.strip())
         run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
                                       engine=engine, reasoning_output=reasoning_output.value,
-                                      image_url_hosts=hosts))
+                                      image_url_hosts=hosts, cors_origins=_listed(cors_origins),
+                                      allowed_hosts=_listed(allow_hosts)))
         return
     options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
     options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
     options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
     options += ["--reasoning-output", reasoning_output.value]
     options += ["--allow-image-urls", allow_image_urls] if allow_image_urls else []
+    options += ["--cors-origins", cors_origins] if cors_origins else []
+    options += ["--allow-hosts", allow_hosts] if allow_hosts else []
     _start_background(port, bind, options)
+
+
+def _listed(values: str) -> tuple[str, ...]:
+    """A comma-separated option's values."""
+    return tuple(value.strip() for value in values.split(",") if value.strip())
 
 
 def _start_background(port: int, bind: str, options: list[str]) -> None:
