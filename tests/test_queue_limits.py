@@ -23,13 +23,15 @@ from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
 QUEUE_TIMEOUT = 4  # seconds: long enough for a burst to be answered on a busy machine, short for the test
 HOLD = {"model": SMOLLM, "prompt": "A very long story:", "max_tokens": 3000, "ignore_eos": True,
         "temperature": 0, "stream": True}
+SMALL_LIMITS = {"max_tools": 2, "max_stop_strings": 2, "max_stop_chars": 10, "max_n": 2, "max_messages": 3,
+                "max_images": 1}
 SHORT = {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, chat_models):
     home = home_with_models(tmp_path_factory.mktemp("queue-home"), chat_models)
-    limits = {"max_queued_per_model": 1, "queue_timeout_seconds": QUEUE_TIMEOUT}
+    limits = {"max_queued_per_model": 1, "queue_timeout_seconds": QUEUE_TIMEOUT, **SMALL_LIMITS}
     (home / "settings.json").write_text(json.dumps({"limits": limits}))
     running = RunningServer(home, free_port(), ["--parallel", "1"])
     yield running
@@ -180,3 +182,50 @@ def test_the_openai_clients_own_retry_gets_through_once_the_queue_moves(server, 
     finally:
         holder.release()
     assert statuses[-1] == 200 and completion.choices[0].finish_reason == "length"
+
+
+# --- limits of a request (settings.json's "limits"), each a 400 naming the field and the setting -----
+
+def tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+
+
+TOOLS = [tool("f"), tool("g"), tool("h")]
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
+         "hKmMIQAAAABJRU5ErkJggg==")
+
+
+@pytest.mark.parametrize(("path", "extra", "param", "setting"), [
+    ("/v1/chat/completions", {"tools": TOOLS}, "tools", "max_tools"),
+    ("/v1/chat/completions", {"stop": ["a", "b", "c"]}, "stop", "max_stop_strings"),
+    ("/v1/chat/completions", {"stop_sequences": ["a", "b", "c"]}, "stop_sequences", "max_stop_strings"),
+    ("/v1/chat/completions", {"stop": ["a", "x" * 11]}, "stop[1]", "max_stop_chars"),
+    ("/v1/chat/completions", {"stop": "x" * 11}, "stop", "max_stop_chars"),
+    ("/v1/chat/completions", {"n": 3}, "n", "max_n"),
+    ("/v1/completions", {"n": 3, "prompt": "Hi", "messages": None}, "n", "max_n"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}] * 4}, "messages", "max_messages"),
+    ("/v1/responses", {"input": "Hi", "messages": None, "tools": [{"type": "function", "name": f"f{i}",
+                                                                     "parameters": {}} for i in range(3)]},
+     "tools", "max_tools"),
+])
+def test_a_request_past_a_limit_is_a_400_naming_the_field_and_the_setting(http, path, extra, param, setting):
+    body = {key: value for key, value in {**SHORT, **extra}.items() if value is not None}
+    response = http.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and f"limits.{setting}" in error["message"]
+
+
+def test_images_past_the_limit_are_a_400_naming_the_first_one_past_it(http):
+    parts = [{"type": "text", "text": "What is this?"}] + [{"type": "image_url", "image_url": {"url": PIXEL}}] * 2
+    response = http.post("/v1/chat/completions", json={**SHORT, "messages": [{"role": "user", "content": parts}]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content[2].image_url" and "limits.max_images" in error["message"]
+
+
+def test_requests_within_the_limits_are_served(http):
+    body = {**SHORT, "n": 2, "stop": ["a" * 10, "b"], "tools": TOOLS[:2], "tool_choice": "none"}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 2
