@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from studiolo.api.private import without_paths
 from studiolo.domain.errors import Kind, StudioloError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class APIError(Exception):
         v1_type: str | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = without_paths(message)  # no absolute path on the server's disk reaches a client (api/private.py)
         super().__init__(message)
         self.status = status
         self.message = message
