@@ -86,4 +86,5 @@ def test_paths_become_relative_to_the_home_or_the_users_home(monkeypatch, tmp_pa
         "the disk holding the server's home folder is full"
     assert without_paths(f"{tmp_path}/other/x.gguf and {tmp_path}x") == f"~/other/x.gguf and {tmp_path}x"
     assert without_paths("no path: 3/4 of it") == "no path: 3/4 of it"
+    assert without_paths(f"model 'acme{tmp_path}' is not {tmp_path}_b") == f"model 'acme{tmp_path}' is not {tmp_path}_b"
     assert json.dumps(without_paths("/"))  # nothing to do, nothing broken

@@ -20,8 +20,9 @@ def without_paths(message: str) -> str:
     if "/" not in message:
         return message
     for folder, shown in _folders():
-        # the folder, followed by a path inside it or by the end of the path (not /root in /rootfs)
-        message = re.sub(re.escape(folder) + r"(/|(?![\w.\-]))", _replacement(shown), message)
+        # the folder where a path starts (not /root in acme/root), followed by a path inside it or by the
+        # end of the path (not /root in /rootfs)
+        message = re.sub(r"(?<![\w.\-/~])" + re.escape(folder) + r"(/|(?![\w.\-]))", _replacement(shown), message)
     return message
 
 
