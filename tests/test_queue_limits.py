@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
 
-QUEUE_TIMEOUT = 4  # seconds: long enough for a burst to be answered on a busy machine, short for the test
+QUEUE_TIMEOUT = 6  # seconds: long enough for a burst to be answered on a busy machine, short for the test
 HOLD = {"model": SMOLLM, "prompt": "A very long story:", "max_tokens": 3000, "ignore_eos": True,
         "temperature": 0, "stream": True}
 SMALL_LIMITS = {"max_tools": 2, "max_stop_strings": 2, "max_stop_chars": 10, "max_n": 2, "max_messages": 3,
