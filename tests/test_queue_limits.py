@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models, loaded_instances
 
 QUEUE_TIMEOUT = 6  # seconds: long enough for a burst to be answered on a busy machine, short for the test
 HOLD = {"model": SMOLLM, "prompt": "A very long story:", "max_tokens": 3000, "ignore_eos": True,
@@ -69,6 +69,17 @@ class Holder:
     def release(self) -> None:
         self._release.set()
         self._thread.join(30)
+
+    @staticmethod
+    def wait_until_idle(http: httpx.Client) -> None:
+        """Until the model runs and queues nothing (the holder's cancel reached the engine)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = loaded_instances(http)[SMOLLM]["status"]
+            if status["running_requests"] == status["queued_requests"] == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the model never became idle")
 
 
 def _chat(base_url: str, body: dict | None = None, path: str = "/v1/chat/completions") -> httpx.Response:
@@ -125,6 +136,18 @@ def test_a_full_queue_refuses_streams_and_lm_studio_v1_in_their_own_shapes(serve
     assert v1.status_code == 429 and v1.headers["retry-after"] == "1", v1.text
     error = v1.json()["error"]
     assert error["type"] == "server_busy" and error["code"] == "queue_full" and "error_info" not in v1.json()
+
+
+def test_a_request_of_n_choices_takes_n_places_in_the_queue(server, http):
+    holder = Holder(server.base_url)
+    try:
+        two = _chat(server.base_url, {**SHORT, "n": 2})  # two sequences would wait: past a queue of one
+    finally:
+        holder.release()
+    _assert_queue_full(two)
+    Holder.wait_until_idle(http)
+    idle = _chat(server.base_url, {**SHORT, "n": 2})  # an idle model takes a request whole
+    assert idle.status_code == 200 and len(idle.json()["choices"]) == 2
 
 
 def test_a_request_waiting_past_its_deadline_is_refused_and_leaves_the_queue(server, http):
