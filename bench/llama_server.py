@@ -5,7 +5,7 @@ of CTX tokens each, continuous batching on, prompt cache on (its defaults). ``--
 --pooling mean --ubatch U`` as `--embedding --pooling mean -ub U` would: embeddings only.
 Speculative decoding: ``--draft-model PATH`` as `-md PATH` (a draft model, its own settings for
 the rest: draft lengths, minimum probability), ``--ngram`` as `--spec-type ngram-simple` (drafts
-looked up in the context, its default sizes).
+looked up in the context, its default sizes). Images: ``--mmproj PATH`` as `--mmproj PATH`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None)
     parser.add_argument("--draft-model", default=None, help="speculative decoding with this draft model")
     parser.add_argument("--ngram", action="store_true", help="speculative decoding from n-gram lookups")
+    parser.add_argument("--mmproj", default=None, help="a vision projector for the model")
     args = parser.parse_args()
 
     params = xllamacpp.CommonParams()
@@ -42,6 +43,8 @@ def main() -> None:
     if args.ubatch is not None:
         params.n_ubatch = args.ubatch
     params.embedding = args.embedding
+    if args.mmproj is not None:
+        params.mmproj.path = args.mmproj
     if args.pooling is not None:
         params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     params.cpuparams.n_threads = args.threads

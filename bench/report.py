@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import speculative
+from bench import speculative, vision
 
 PEERS = ("llama-server", "llama-cpp-python")
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -163,7 +163,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         checks.append(("embeddings: throughput >= 1.0x llama-server at batch "
                        + ", ".join(map(str, batches[:-1])) + f" and {batches[-1]}",
                        ", ".join(f"{b}: {ratios[b]:.2f}x" for b in batches), min(ratios.values()) >= 1.0))
-    return checks + speculative.targets(results.get("speculative"))
+    return checks + speculative.targets(results.get("speculative")) + vision.targets(results.get("vision"))
 
 
 def _sampled_targets(key: str, ours: dict, server: dict) -> list[tuple[str, str, bool | None]]:
@@ -367,6 +367,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
     out += [f"![aggregate decode against concurrency]({plot_name})", ""]
     out += _embedding_lines(results.get("embeddings"))
     out += speculative.lines(results.get("speculative"))
+    out += vision.lines(results.get("vision"))
     out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {_met(met)} |" for name, value, met in targets(results)]
@@ -385,6 +386,27 @@ def write(results: dict, path: Path, quick: bool = False) -> None:
     plot(results, path.parent / plot_name)
     notes = NOTES.read_text() if NOTES.exists() else ""
     path.write_text(render(results, plot_name, quick) + ("\n" + notes if notes else ""))
+
+
+def replace_section(report_path: Path, section: list[str], section_targets: list) -> None:
+    """Put ``section`` (its first line a ``## `` heading) in place of the report's section of that heading,
+    or before its Targets, and its rows in the Targets table: for a section measured on its own when
+    no full run's results are at hand to rewrite the whole report from."""
+    text = report_path.read_text().splitlines()
+    heading = section[0]
+    start = text.index(heading) if heading in text else text.index("## Targets")
+    end = start
+    if heading in text:
+        end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
+    text[start:end] = section
+    rows = [f"| {name} | {value} | {_met(met)} |" for name, value, met in section_targets]
+    names = {f"| {name} |" for name, _, _ in section_targets}
+    table = text.index("## Targets") + 4  # past the heading, a blank line, the head and its rule
+    text = text[:table] + [line for line in text[table:] if not any(line.startswith(n) for n in names)]
+    last_row = next(i for i in range(table, len(text) + 1) if i == len(text) or not text[i].startswith("|"))
+    text[last_row:last_row] = rows
+    report_path.write_text("\n".join(text) + "\n")
+    print(f"updated the {heading[3:]} section of {report_path}", flush=True)
 
 
 def merge_into_latest(results_dir: Path, report_path: Path, update) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from bench import report, speculative
+from bench import report, speculative, vision
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.config import (
@@ -129,6 +129,8 @@ def main() -> None:
     if not args.quick and args.models is None:  # the Qwen pair: minutes of the 1.5B decoding on its own
         print("speculative decoding:", flush=True)
         results["speculative"] = speculative.measure(config, RESULTS / "speculative", config.repeats)
+        print("images:", flush=True)
+        results["vision"] = vision.measure(config, RESULTS / "vision", config.decode_repeats)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)

@@ -47,6 +47,7 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 
 @contextmanager
 def _running(command: list[str], ready_path: str, port: int, log: Path, env: dict | None = None):
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
@@ -63,14 +64,17 @@ def _running(command: list[str], ready_path: str, port: int, log: Path, env: dic
 
 @contextmanager
 def studiolo(model_key: str, model_path: Path, config: BenchConfig, logs: Path,
-             more_models: dict[str, Path] | None = None):
-    """``more_models``: other models in its home by key (a draft model, say)."""
+             more_models: dict[str, Path] | None = None, projector: Path | None = None):
+    """``more_models``: other models in its home by key (a draft model, say); ``projector``: a vision
+    projector beside the model, as LM Studio lays a vision model out."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         for key, path in {model_key: model_path, **(more_models or {})}.items():
             link = Path(home) / "models" / key / path.name
             link.parent.mkdir(parents=True)
             link.symlink_to(path)
+        if projector is not None:
+            (Path(home) / "models" / model_key / projector.name).symlink_to(projector)
         env = {**os.environ, "STUDIOLO_HOME": home}
         command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port)]
         command += ["--parallel", str(config.slots), "--context-length", str(config.context)]
@@ -81,13 +85,16 @@ def studiolo(model_key: str, model_path: Path, config: BenchConfig, logs: Path,
 
 @contextmanager
 def llama_server(model_key: str, model_path: Path, config: BenchConfig, logs: Path,
-                 speculation: list[str] | None = None):
-    """``speculation``: bench/llama_server.py's flags for it (``--draft-model PATH``, ``--ngram``)."""
+                 speculation: list[str] | None = None, projector: Path | None = None):
+    """``speculation``: bench/llama_server.py's flags for it (``--draft-model PATH``, ``--ngram``);
+    ``projector``: its ``--mmproj``."""
     port = _free_port()
     command = [sys.executable, str(BENCH_DIR / "llama_server.py"), "--model", str(model_path), "--port", str(port)]
     command += ["--parallel", str(config.slots), "--context", str(config.context)]
     command += ["--threads", str(config.threads), "--batch", str(config.batch), *(speculation or [])]
+    command += ["--mmproj", str(projector)] if projector is not None else []
     suffix = "-ngram" if "--ngram" in (speculation or []) else "-draft" if speculation else ""
+    suffix += "-vision" if projector is not None else ""
     with _running(command, "/health", port, logs / f"llama-server-{model_path.stem}{suffix}.log") as url:
         yield url, "bench"
 

@@ -101,9 +101,13 @@ def test_start_does_not_mistake_another_server_on_the_port_for_its_own(tmp_path)
     assert result.returncode == 1 and "failed to start" in result.stderr
 
 
-def test_health_names_the_process(http, server):
+def test_health_names_the_instance_not_the_process(http, server):
+    """The random id the server recorded in server.json, the CLI's check; never the pid (an internal)."""
     body = http.get("/health").json()
-    assert body["status"] == "ok" and body["pid"] == server.process.pid
+    recorded = json.loads((server.home / "server.json").read_text())
+    assert recorded["pid"] == server.process.pid
+    assert body["status"] == "ok" and body["instance"] == recorded["instance"] and len(body["instance"]) == 32
+    assert set(body) == {"status", "instance", "version", "storage"}
 
 
 def test_cors_is_off_unless_asked(tmp_path, server):

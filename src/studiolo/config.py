@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -33,12 +34,12 @@ def logs_dir() -> Path:
 
 
 def settings_file() -> Path:
-    """Optional JSON with a ``limits`` and a ``budgets`` section overriding the defaults below."""
+    """Optional JSON with ``limits``, ``budgets`` and ``server`` sections overriding the defaults below."""
     return studiolo_home() / "settings.json"
 
 
 def server_state_file() -> Path:
-    """Where a background server writes its pid and port."""
+    """Where a server writes its pid, port and instance id (cli/server.py)."""
     return studiolo_home() / "server.json"
 
 
@@ -160,6 +161,17 @@ class ServerSettings:
     reasoning_output: str = "reasoning_content"
     # hosts ("host" or "host:port") image URLs may be fetched from; empty: remote image URLs are refused
     image_url_hosts: tuple[str, ...] = ()
+    # seconds a just-in-time loaded model may stay idle before it unloads (a request's ttl wins);
+    # None: never. LM Studio's default is an hour
+    jit_ttl: float | None = 3600.0
+    # model keys loaded when the server starts (no idle TTL): /ready answers 503 until they are
+    preload_models: tuple[str, ...] = ()
+    # serve HTTPS with this certificate chain and key (PEM files), both or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # a random name for this server process, on /health and in server.json: the command line checks
+    # that the server answering on a port is the one it started (not the pid: an internal)
+    instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
     # origins whose pages may call the server ("https://app.example"; api/browser.py); any turns CORS on
     cors_origins: tuple[str, ...] = ()
     # Host names answered besides the loopback ones (api/hosts.py: the DNS rebinding check)

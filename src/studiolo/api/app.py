@@ -17,10 +17,13 @@ from studiolo.api.lmstudio.v0 import router as v0_router
 from studiolo.api.lmstudio.v1 import router as v1_router
 from studiolo.api.openai.embeddings import router as embeddings_router
 from studiolo.api.openai.routes import router as openai_router
+from studiolo.api.request_metrics import RequestMetrics
 from studiolo.api.responses.routes import router as responses_router
 from studiolo.api.server.health import router as health_router
 from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
+from studiolo.api.server.metrics import router as metrics_router
+from studiolo.api.server.ready import router as ready_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
 
@@ -52,6 +55,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(download_router)
     app.include_router(log_router)
     app.include_router(memory_router)
+    app.include_router(metrics_router)
+    app.include_router(ready_router)
+    app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
     return app
 
 
@@ -67,3 +73,4 @@ def _share(app: FastAPI, runtime: Runtime) -> None:
     state.memory = runtime.memory
     state.models = runtime.models
     state.downloads = runtime.downloads
+    state.metrics = runtime.metrics

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import typer
 
-from studiolo.cli.server import _url, read_state
+from studiolo.cli.server import _trust, _url, read_state
 from studiolo.config import DEFAULT_PORT
 
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -72,10 +72,20 @@ def error_message(response: httpx.Response) -> str:
     return one_line(message)
 
 
-def server_answers(url: str) -> bool:
+def local_tls(host: str, port: int) -> tuple[str, Any] | None:
+    """The https URL and the trust (its own certificate) of this machine's server on ``port`` when it
+    serves TLS, as its record in server.json says; else None."""
+    state = read_state()
+    cert = state.get("tls_cert") if state else None
+    if not cert or not is_local(host) or state is None or state.get("port") != port:
+        return None
+    return _url(host, port, "https"), _trust(cert)
+
+
+def server_answers(url: str, verify: Any = True) -> bool:
     """Whether any HTTP server answers at ``url`` (studiolo or not: LM Studio speaks the same API)."""
     try:
-        httpx.get(f"{url}/health", timeout=PROBE_TIMEOUT_SECONDS)
+        httpx.get(f"{url}/health", timeout=PROBE_TIMEOUT_SECONDS, verify=verify)
     except httpx.HTTPError:
         return False
     return True
@@ -105,9 +115,9 @@ def start_local_server(host: str, port: int) -> None:
 class StudioloClient:
     """Calls to one server's LM Studio REST API (v1)."""
 
-    def __init__(self, url: str, http: httpx.Client | None = None):
+    def __init__(self, url: str, http: httpx.Client | None = None, verify: Any = True):
         self.url = url
-        self.http = http or httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS)
+        self.http = http or httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS, verify=verify)
 
     def __enter__(self) -> StudioloClient:
         return self
@@ -156,12 +166,23 @@ def connect(host: str, port: int | None) -> StudioloClient:
     On this machine a server is started when none answers; elsewhere that is an error.
     """
     port = port or default_port()
+    reached = _reach(host, port)
+    if reached is not None:
+        return reached
     url = base_url(host, port)
-    if server_answers(url):
-        return StudioloClient(url)
     if not is_local(host):
         raise ServerError(f"No server answers at {url}.")
     start_local_server(host, port)
-    if not server_answers(url):
+    reached = _reach(host, port)  # over https when the settings file gave the new server a certificate
+    if reached is None:
         raise ServerError(f"Started a server on port {port}, but nothing answers at {url}.")
-    return StudioloClient(url)
+    return reached
+
+
+def _reach(host: str, port: int) -> StudioloClient | None:
+    """A client for whatever answers there: this machine's HTTPS server, as recorded, or plain HTTP."""
+    tls = local_tls(host, port)
+    if tls is not None and server_answers(*tls):
+        return StudioloClient(tls[0], verify=tls[1])
+    url = base_url(host, port)
+    return StudioloClient(url) if server_answers(url) else None

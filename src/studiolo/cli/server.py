@@ -1,9 +1,10 @@
 """``studiolo server start|stop|status``, as ``lms server`` does them.
 
-A server in the foreground records its pid and port in ``STUDIOLO_HOME/server.json`` and
-removes the record when it exits. ``start`` without ``--foreground`` runs that same
-foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log``) and
-returns once the child itself answers ``/health``, not merely something on the port.
+A server in the foreground records its pid, port, random instance id (and TLS certificate) in
+``STUDIOLO_HOME/server.json`` and removes the record when it exits. ``start`` without ``--foreground``
+runs that same foreground server as a detached child (output to ``STUDIOLO_HOME/logs/server.log``)
+and returns once the child itself answers ``/health`` with the instance id it recorded, not merely
+something on the port. Options not given come from the settings file (server_settings.py).
 
 A record can outlive its server (killed, crashed), and pids get reused, so a recorded pid
 counts only while its process is still a studiolo server. A record that cannot be written (a full
@@ -27,6 +28,7 @@ from pathlib import Path
 import httpx
 import typer
 
+from studiolo.cli.server_options import given_command_line, given_settings
 from studiolo.config import (
     DEFAULT_BIND,
     DEFAULT_PORT,
@@ -37,6 +39,7 @@ from studiolo.config import (
     logs_dir,
     server_state_file,
 )
+from studiolo.server_settings import SettingsError, load_server_settings
 
 app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_help=True)
 
@@ -81,27 +84,42 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, scheme: str = "http") -> str:
     """A URL that reaches a server bound to ``host``: wildcards become loopback, IPv6 gets brackets."""
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _answering_pid(host: str, port: int) -> int | None:
-    """The pid of the studiolo server answering there; None if nothing, or something else, answers."""
+def _answering_instance(host: str, port: int, tls_cert: str | None = None) -> str | None:
+    """The instance id of the studiolo server answering there; None if nothing, or something else,
+    answers. With ``tls_cert``, over HTTPS trusting that certificate (the server's own)."""
+    scheme, verify = ("https", tls_cert) if tls_cert else ("http", True)
     try:
-        response = httpx.get(f"{_url(host, port)}/health", timeout=2.0)
-        return int(response.json()["pid"]) if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        response = httpx.get(f"{_url(host, port, scheme)}/health", timeout=2.0, verify=_trust(verify))
+        return str(response.json()["instance"]) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, OSError):
         return None
 
 
+def _trust(verify: str | bool):
+    """httpx's verify for a CA file (the server's own certificate): an SSL context trusting only it."""
+    if isinstance(verify, bool):
+        return verify
+    import ssl
+
+    return ssl.create_default_context(cafile=verify)
+
+
 @contextmanager
-def _recorded(host: str, port: int):
+def _recorded(settings: ServerSettings):
+    host, port = settings.host, settings.port
     path = server_state_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+        # the instance id: the command line's check that the server on the port is this one
+        record = {"pid": os.getpid(), "host": host, "port": port, "instance": settings.instance_id,
+                  "tls_cert": settings.tls_cert}
+        path.write_text(json.dumps(record))
     except OSError as exc:
         _forget_partial_record(path)
         logging.getLogger("studiolo.server").error(
@@ -140,7 +158,7 @@ def run_foreground(settings: ServerSettings) -> None:
     # with this handler (not the default, which ends the process at once) the raise unwinds
     # through _recorded, so server.json goes with the server
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with _recorded(settings.host, settings.port):
+    with _recorded(settings):
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -148,84 +166,91 @@ def run_foreground(settings: ServerSettings) -> None:
             log_level="info",
             # on stop, give running requests a moment, then cancel them and unload models cleanly
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
         )
 
 
 @app.command()
 def start(
-    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=1, max=65535, help="Port to listen on."),
-    bind: str = typer.Option(DEFAULT_BIND, "--bind", help="Address to bind (0.0.0.0 serves the network)."),
-    cors: bool = typer.Option(False, "--cors", help="Allow cross-origin requests from browsers."),
+    ctx: typer.Context,
+    port: int | None = typer.Option(
+        None, "--port", "-p", min=1, max=65535, help=f"Port to listen on (default {DEFAULT_PORT})."
+    ),
+    bind: str | None = typer.Option(
+        None, "--bind", help=f"Address to bind (default {DEFAULT_BIND}; 0.0.0.0 serves the network)."
+    ),
+    cors: bool | None = typer.Option(None, "--cors/--no-cors", help="Allow cross-origin requests from browsers."),
     foreground: bool = typer.Option(False, "--foreground", help="Serve in this process until interrupted."),
-    parallel: int = typer.Option(
-        EngineSettings.parallel, "--parallel", min=1, max=MAX_PARALLEL, help="Sequences decoded together per model."
+    parallel: int | None = typer.Option(
+        None, "--parallel", min=1, max=MAX_PARALLEL,
+        help=f"Sequences decoded together per model (default {EngineSettings.parallel}).",
     ),
-    context_length: int = typer.Option(
-        EngineSettings.context_length, "--context-length", min=MIN_CONTEXT, help="Context per sequence, in tokens."
+    context_length: int | None = typer.Option(
+        None, "--context-length", min=MIN_CONTEXT,
+        help=f"Context per sequence, in tokens (default {EngineSettings.context_length}).",
     ),
-    threads: int = typer.Option(
-        EngineSettings().threads, "--threads", min=1, help="CPU threads per model (default: all cores)."
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads per model (default: all cores)."),
+    jit: bool | None = typer.Option(None, "--jit/--no-jit", help="Load a model when a request names it (default on)."),
+    auto_evict: bool | None = typer.Option(
+        None, "--auto-evict/--no-auto-evict", help="Keep at most one just-in-time loaded model (default on)."
     ),
-    jit: bool = typer.Option(True, "--jit/--no-jit", help="Load a model when a request names it."),
-    auto_evict: bool = typer.Option(
-        True, "--auto-evict/--no-auto-evict", help="Keep at most one just-in-time loaded model."
+    reasoning_output: ReasoningOutput | None = typer.Option(
+        None, "--reasoning-output",
+        help="Where /v1/chat/completions puts a reasoning model's reasoning: the message's reasoning_content "
+             "(default), its reasoning field (as gpt-oss clients read it), or the content, as <think>...</think>.",
     ),
-    reasoning_output: ReasoningOutput = typer.Option(
-        ReasoningOutput.reasoning_content, "--reasoning-output",
-        help="Where /v1/chat/completions puts a reasoning model's reasoning: the message's reasoning_content, "
-             "its reasoning field (as gpt-oss clients read it), or the content, as <think>...</think>.",
-    ),
-    allow_image_urls: str = typer.Option(
-        "", "--allow-image-urls", metavar="HOST[:PORT],...",
+    allow_image_urls: str | None = typer.Option(
+        None, "--allow-image-urls", metavar="HOST[:PORT],...",
         help="Fetch http(s) image URLs in chat requests from these hosts only (default: none; images come "
              "inline as data: URLs). A server that fetches URLs for its clients can reach your network.",
     ),
-    cors_origins: str = typer.Option(
-        "", "--cors-origins", metavar="ORIGIN,...",
+    jit_ttl: float | None = typer.Option(
+        None, "--jit-ttl", min=0, metavar="SECONDS",
+        help="Unload a just-in-time loaded model idle this long, unless its request set a ttl (default 3600).",
+    ),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="Serve HTTPS with this certificate (PEM; with --tls-key)."
+    ),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The private key of --tls-cert (PEM)."),
+    cors_origins: str | None = typer.Option(
+        None, "--cors-origins", metavar="ORIGIN,...",
         help="Allow cross-origin requests from pages of these origins only (https://app.example,...).",
     ),
-    allow_hosts: str = typer.Option(
-        "", "--allow-hosts", metavar="HOST,...",
+    allow_hosts: str | None = typer.Option(
+        None, "--allow-hosts", metavar="HOST,...",
         help="Answer requests addressed to these host names too (*.example.com: its subdomains). On a loopback "
              "bind only loopback names are answered otherwise (DNS rebinding).",
     ),
 ) -> None:
-    """Start the server (in the background unless --foreground)."""
+    """Start the server (in the background unless --foreground).
+
+    Options not given come from the "server" section of STUDIOLO_HOME/settings.json, else the defaults."""
+    try:
+        settings = load_server_settings(given_settings(ctx.params))
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     running = read_state()
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
         return
-    if cors and not cors_origins:
+    if settings.cors and not settings.cors_origins:
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
-    if bind not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"Serving on {bind}: other machines on the network can reach this server.", err=True)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"Serving on {settings.host}: other machines on the network can reach this server.", err=True)
     if foreground:
-        engine = EngineSettings(context_length=context_length, parallel=parallel, threads=threads)
-        hosts = tuple(host.strip() for host in allow_image_urls.split(",") if host.strip())
-        run_foreground(ServerSettings(host=bind, port=port, cors=cors, jit_loading=jit, auto_evict=auto_evict,
-                                      engine=engine, reasoning_output=reasoning_output.value,
-                                      image_url_hosts=hosts, cors_origins=_listed(cors_origins),
-                                      allowed_hosts=_listed(allow_hosts)))
+        run_foreground(settings)
         return
-    options = ["--bind", bind, "--parallel", str(parallel), "--context-length", str(context_length)]
-    options += ["--threads", str(threads), "--jit" if jit else "--no-jit"]
-    options += ["--auto-evict" if auto_evict else "--no-auto-evict"] + (["--cors"] if cors else [])
-    options += ["--reasoning-output", reasoning_output.value]
-    options += ["--allow-image-urls", allow_image_urls] if allow_image_urls else []
-    options += ["--cors-origins", cors_origins] if cors_origins else []
-    options += ["--allow-hosts", allow_hosts] if allow_hosts else []
-    _start_background(port, bind, options)
+    _start_background(settings, given_command_line(ctx))
 
 
-def _listed(values: str) -> tuple[str, ...]:
-    """A comma-separated option's values."""
-    return tuple(value.strip() for value in values.split(",") if value.strip())
-
-
-def _start_background(port: int, bind: str, options: list[str]) -> None:
+def _start_background(settings: ServerSettings, options: list[str]) -> None:
+    """Run ``start --foreground`` with the given options as a detached child (it reads the settings
+    file itself) and wait until that child, by the instance id it records, answers /health."""
     log_path = logs_dir() / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", "--port", str(port), *options]
+    command = [sys.executable, "-m", "studiolo", "server", "start", "--foreground", *options]
     with log_path.open("ab") as log_file:
         child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -233,13 +258,21 @@ def _start_background(port: int, bind: str, options: list[str]) -> None:
         if child.poll() is not None:
             typer.echo(f"The server failed to start; see {log_path}:\n{_tail(log_path)}", err=True)
             raise typer.Exit(1)
-        if _answering_pid(bind, port) == child.pid:
-            typer.echo(f"Success! Server is now running on port {port}")
+        if _child_answers(child.pid, settings):
+            typer.echo(f"Success! Server is now running on port {settings.port}")
             return
         time.sleep(0.2)
     child.terminate()
     typer.echo(f"The server did not answer within {START_TIMEOUT_SECONDS:.0f}s; see {log_path}", err=True)
     raise typer.Exit(1)
+
+
+def _child_answers(pid: int, settings: ServerSettings) -> bool:
+    """Whether the child recorded itself and the server on the port is it (not another program)."""
+    state = read_state()
+    if not state or state.get("pid") != pid:
+        return False
+    return _answering_instance(settings.host, settings.port, settings.tls_cert) == state.get("instance")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -278,10 +311,16 @@ def stop() -> None:
 def status(as_json: bool = typer.Option(False, "--json", help='Print {"running": ..., "port": ...}.')) -> None:
     """Tell whether the server runs, and on which port."""
     state = read_state() or {}
-    running = bool(state) and _answering_pid(state.get("host", DEFAULT_BIND), state["port"]) == state["pid"]
+    running = bool(state) and _answers_as_recorded(state)
     if as_json:
         typer.echo(json.dumps({"running": True, "port": state["port"]} if running else {"running": False}))
     elif running:
         typer.echo(f"The server is running on port {state['port']}.")
     else:
         typer.echo("The server is not running.")
+
+
+def _answers_as_recorded(state: dict) -> bool:
+    """Whether the server answering on the recorded port is the recorded one (its instance id)."""
+    answering = _answering_instance(state.get("host", DEFAULT_BIND), state["port"], state.get("tls_cert"))
+    return answering is not None and answering == state.get("instance")

@@ -61,3 +61,8 @@ def expired(waiting: Iterable[Sequence], now: float | None = None) -> list[Seque
     return [seq for seq in waiting
             if seq.request.queue_deadline is not None and seq.request.queue_deadline <= now]
 
+
+
+def queue_deadline(seconds: int) -> float | None:
+    """The time.monotonic() a request waiting from now for ``seconds`` must have a slot by; 0: none."""
+    return time.monotonic() + seconds if seconds else None

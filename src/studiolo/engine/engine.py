@@ -252,8 +252,8 @@ class Engine(EngineLifecycle[_Command]):
         batch = self.context.batch
         batch.clear()
         for chunk in chunks:
-            chunk.batch_index = batch.add(chunk.tokens, chunk.start, chunk.seq.admitted_slot.seq_id,
-                                          chunk.logits_from)
+            chunk.batch_index = batch.add(chunk.tokens, chunk.seq.position(chunk.start),
+                                          chunk.seq.admitted_slot.seq_id, chunk.logits_from)
             if chunk.drafted:
                 chunk.seq.speculation.start(chunk.drafted)  # type: ignore[union-attr]
         self.context.use_adapter(self.scheduler.adapter)
@@ -371,7 +371,7 @@ class Engine(EngineLifecycle[_Command]):
             seq.n_past += 1  # the draft's cell holds what the model produced: it stays
             slot.tokens.append(token)
         if seq.state is not SequenceState.FINISHED:
-            self.context.remove_from(slot.seq_id, seq.n_past)
+            self.context.remove_from(slot.seq_id, seq.position(seq.n_past))
             speculation.settle(ended=False)
 
     def _gate(self, seq: Sequence) -> ReasoningGate:
@@ -452,7 +452,7 @@ class Engine(EngineLifecycle[_Command]):
             seq.speculation.settle(ended=True)
             if seq.slot is not None and seq.state is not SequenceState.FINISHED:
                 # drafts past its last token may still hold cells: the slot must hold what it lists
-                self.context.remove_from(seq.slot.seq_id, len(seq.slot.tokens))
+                self.context.remove_from(seq.slot.seq_id, seq.position(len(seq.slot.tokens)))
         saved = None
         if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
             # before the slot is released: another sequence may take its cells

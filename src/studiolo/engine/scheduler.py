@@ -39,7 +39,7 @@ class Chunk:
 
     seq: Sequence
     tokens: list[int]
-    start: int  # position of the first token
+    start: int  # row of the first token in its sequence (its KV position: seq.position(start))
     logits_from: int  # index within tokens from which logits are wanted (len: none)
     batch_index: int = 0  # where the first token landed in the batch
     drafted: int = 0  # of a decoding sequence: the drafts after its pending token (engine/speculation.py)
@@ -81,10 +81,10 @@ class Scheduler:
             seq = self.waiting.popleft()
             # Scoring the prompt needs logits at every position: nothing can be reused.
             seq.slot, reused = self.slots.acquire(
-                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs
+                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs, positions=seq.position
             )
             if seq.request.images:  # never resume inside an image
-                reused = self.slots.keep(seq.slot, resume_outside_images(seq.request.images, reused))
+                reused = self.slots.keep(seq.slot, resume_outside_images(seq.request.images, reused), seq.position)
             seq.cached_tokens = seq.n_past = reused
             seq.state = SequenceState.PREFILLING
             self.running.append(seq)

@@ -16,7 +16,7 @@ from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.reasoning_gate import ReasoningGate, ReasoningSpec
 from studiolo.engine.sampling import TokenLogprob, TokenSampler
 from studiolo.engine.speculation import DraftStats, SequenceSpeculation, Speculation
-from studiolo.engine.vision_chunks import PlacedImage
+from studiolo.engine.vision_chunks import PlacedImage, row_position
 
 if TYPE_CHECKING:  # slots.py is the engine's; a sequence only points at its slot
     from studiolo.engine.slots import Slot
@@ -113,7 +113,7 @@ class Sequence:
         self.state = SequenceState.WAITING
         self.slot: Slot | None = None  # once admitted
         self.cached_tokens = 0  # prompt tokens whose KV was reused
-        self.n_past = 0  # tokens with KV in the cache for this sequence
+        self.n_past = 0  # rows with KV in the cache for this sequence (its KV position: position(n_past))
         self.pending: int | None = None  # sampled, not yet fed back
         self.generated: list[int] = []
         self.sampler: TokenSampler | None = None
@@ -146,6 +146,11 @@ class Sequence:
 
     def prompt_remaining(self) -> int:
         return len(self.prompt) - self.n_past
+
+    def position(self, row: int) -> int:
+        """The KV position of row ``row`` of the sequence (prompt, then generated tokens): ``row`` but
+        past an M-RoPE image, which takes fewer positions than rows (vision_chunks.row_position)."""
+        return row_position(self.request.images, row) if self.request.images else row
 
     def finish_event(self, reason: str, error: str | None = None, saved: SavedSequence | None = None) -> FinishEvent:
         now = time.perf_counter()

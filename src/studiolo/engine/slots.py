@@ -20,17 +20,29 @@ only a prompt decoded with the same adapter can reuse them.
 
 Each slot holds at most ``context_length`` tokens, so all slots together never need more
 cells than the context has: ``parallel * context_length``.
+
+A slot's tokens are its rows, one KV cell each; cutting or sharing cells is done by KV position.
+Those are the same but past an M-RoPE image (fewer positions than rows): the operations that cut
+at a row of a prompt take that prompt's map of rows to positions (``Sequence.position``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from studiolo.engine.llama import LlamaContext, LoraAdapter
 from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_prefix_length
+
+RowPositions = Callable[[int], int]  # a prompt's row -> its KV position
+
+
+def same_position(row: int) -> int:
+    """Rows to positions for a prompt without M-RoPE images: one position per row."""
+    return row
 
 
 @dataclass
@@ -53,10 +65,11 @@ class SlotPool:
         return any(not slot.busy for slot in self.slots)
 
     def acquire(
-        self, prompt: list[int], adapter: LoraAdapter | None = None, reuse: bool = True
+        self, prompt: list[int], adapter: LoraAdapter | None = None, reuse: bool = True,
+        positions: RowPositions = same_position,
     ) -> tuple[Slot, int]:
         """Take a free slot for ``prompt`` decoded with ``adapter``; return it and how many
-        prompt tokens it reuses.
+        prompt tokens it reuses. ``positions`` maps the prompt's rows to KV positions.
 
         At least one prompt token is always left to prefill, since sampling needs the
         logits of the last prompt position.
@@ -65,13 +78,13 @@ class SlotPool:
         if not free:
             raise RuntimeError("no free KV slot")  # the scheduler checks has_free() first
         if reuse:
-            target, reused = self._place_longest_prefix(prompt, adapter, free)
-            reused = self._check_window(target, min(reused, len(prompt) - 1))
+            target, reused = self._place_longest_prefix(prompt, adapter, free, positions)
+            reused = self._check_window(target, min(reused, len(prompt) - 1), positions)
         else:  # scoring a prompt: nothing is reused; take the least recently used slot
             target, reused = min(free, key=lambda slot: slot.last_used), 0
         if len(target.tokens) - reused >= MIN_CACHED_TOKENS:
             self._save(target)  # what is about to be cut off may serve another request later
-        reused = self._truncate(target, reused)
+        reused = self._truncate(target, reused, positions)
         target.adapter = adapter  # what it keeps was computed with it; what follows will be
         target.busy = True
         for slot in free:
@@ -80,7 +93,7 @@ class SlotPool:
         return target, reused
 
     def _place_longest_prefix(
-        self, prompt: list[int], adapter: LoraAdapter | None, free: list[Slot]
+        self, prompt: list[int], adapter: LoraAdapter | None, free: list[Slot], positions: RowPositions
     ) -> tuple[Slot, int]:
         """Choose the slot for ``prompt`` and bring the longest known prefix of it there."""
         matches = {
@@ -102,7 +115,7 @@ class SlotPool:
         if matches[source.seq_id] > reused:
             self._offload(target)
             reused = matches[source.seq_id]
-            self._context.copy_prefix(source.seq_id, target.seq_id, reused)
+            self._context.copy_prefix(source.seq_id, target.seq_id, positions(reused))
             target.tokens = prompt[:reused]
         return target, reused
 
@@ -117,27 +130,28 @@ class SlotPool:
             self._save(slot)
             self._truncate(slot, 0)
 
-    def _truncate(self, slot: Slot, length: int) -> int:
-        """Keep the slot's first ``length`` tokens; returns how many it kept."""
-        if not self._context.remove_from(slot.seq_id, length):
+    def _truncate(self, slot: Slot, length: int, positions: RowPositions = same_position) -> int:
+        """Keep the slot's first ``length`` tokens (rows up to position ``positions(length)``); returns
+        how many it kept."""
+        if not self._context.remove_from(slot.seq_id, positions(length)):
             self._context.remove_from(slot.seq_id, 0)  # cannot cut part-way: start afresh
             length = 0
         del slot.tokens[length:]
         return length
 
-    def keep(self, slot: Slot, length: int) -> int:
+    def keep(self, slot: Slot, length: int, positions: RowPositions = same_position) -> int:
         """Cut a slot's cells back to its first ``length`` tokens; returns how many it kept."""
-        return self._truncate(slot, length)
+        return self._truncate(slot, length, positions)
 
     def forget(self, slot: Slot) -> None:
         """Drop everything the slot holds (its cells may no longer match its tokens)."""
         self._truncate(slot, 0)
 
-    def _check_window(self, slot: Slot, reuse: int) -> int:
+    def _check_window(self, slot: Slot, reuse: int, positions: RowPositions) -> int:
         """Sliding-window layers must still hold the window before the resume point."""
         if reuse == 0 or self._n_swa <= 0:
             return reuse
-        needed_from = max(0, reuse - self._n_swa)
+        needed_from = max(0, positions(reuse) - self._n_swa)
         lowest = self._context.min_position(slot.seq_id)
         return reuse if 0 <= lowest <= needed_from else 0
 

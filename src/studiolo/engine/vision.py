@@ -286,8 +286,8 @@ class VisionContext:
         """Rows' positions, one row per position section (1, or 4 for M-RoPE's t, y, x, z)."""
         if not self.uses_mrope:
             return np.arange(pos + first_row, pos + first_row + n_rows, dtype=np.int32)[None, :]
-        # M-RoPE (Qwen2-VL and later): libmtmd places each row on the image's grid; not exercised by
-        # the tests (no such model offline)
+        # M-RoPE (Qwen2-VL and later): libmtmd places each row on the image's grid: t is ``pos`` for
+        # every row, y and x its row and column added to it (tests/test_vision_mrope.py)
         image_tokens = mtmd.mtmd_input_chunk_get_tokens_image(chunk.handle)
         sections = np.empty((4, n_rows), dtype=np.int32)
         for i in range(n_rows):

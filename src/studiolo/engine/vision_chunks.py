@@ -6,6 +6,12 @@ int32 values (never a token id, never -1, llama.cpp's null token) drawn from the
 that a follow-up turn with the same image has the same ids (the prefix cache reuses its KV) and
 another image does not (each id is 31 bits of its own hash: a false match of a whole image is out
 of reach).
+
+A row of the prompt is not always at the KV position of its index: an M-RoPE image (Qwen2-VL and
+later) takes ``n_pos`` positions for its ``n_tokens`` rows, all of its rows sitting at its first one
+(each on its own grid point in the other sections), and the text after it goes on from ``pos +
+n_pos``. ``row_position`` maps rows to positions through the prompt's images; without M-RoPE it is
+the identity.
 """
 
 from __future__ import annotations
@@ -112,6 +118,21 @@ class PlacedImage:
     @property
     def end(self) -> int:
         return self.start + self.chunk.n_tokens
+
+
+def row_position(images: Sequence[PlacedImage], row: int) -> int:
+    """The KV position of the prompt's row ``row`` (or of a generated token's row, past the prompt):
+    its index, less the rows that images before it have beyond their positions. A row inside an
+    M-RoPE image is at the image's first position, like all of the image's rows: cutting the cache
+    there drops the whole image (``resume_point`` never cuts there)."""
+    shift = 0
+    for image in images:  # in prompt order
+        if row < image.end:
+            if row > image.start and image.chunk.n_pos != image.chunk.n_tokens:
+                return image.start - shift
+            break
+        shift += image.chunk.n_tokens - image.chunk.n_pos
+    return row - shift
 
 
 def placed_images(chunks: Sequence[PromptChunk]) -> tuple[PlacedImage, ...]:

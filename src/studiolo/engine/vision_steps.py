@@ -5,6 +5,8 @@ rows stand in the prompt as placeholder ids from ``start`` to ``end``. The sched
 stop at an image; a sequence whose ``n_past`` sits at an image's start gets it encoded and its rows
 written in a decode of their own (``decode_next_image``, one image per step). Placeholders never go
 where a token id is read: not into a token batch, the penalty window, drafts or prompt scoring.
+``n_past`` counts rows; an M-RoPE image takes fewer KV positions than rows, so what goes to llama.cpp
+is ``seq.position(row)`` (vision_chunks.row_position).
 """
 
 from __future__ import annotations
@@ -68,9 +70,6 @@ def check_images(request: GenerationRequest, vision: VisionContext | None, n_bat
         return
     if vision is None:
         raise ImagesUnsupported("Model does not support images. Please use a model that does.")
-    if vision.uses_mrope:  # the engine places rows at one position each; M-RoPE needs libmtmd's grid
-        raise ImagesUnsupported("this model's vision projector uses M-RoPE positions, which studiolo does "
-                                "not support yet")
     for image in request.images:
         if tuple(request.prompt[image.start:image.end]) != image.chunk.placeholders:
             raise ValueError(f"image {image.chunk.image_index} is not at {image.start} in the prompt")
@@ -94,7 +93,7 @@ def decode_next_image(vision: VisionContext, context: LlamaContext, seq: Sequenc
         rows = vision.encode(image.chunk)
     except ImageEncodeFailed as exc:
         return str(exc)
-    status = vision.decode_embeddings(context, slot.seq_id, image.start, rows, image.chunk)
+    status = vision.decode_embeddings(context, slot.seq_id, seq.position(image.start), rows, image.chunk)
     if status != 0:
         return f"llama_decode failed with status {status} on image {image.chunk.image_index}"
     seq.n_past = image.end

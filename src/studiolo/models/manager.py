@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeGuard
@@ -132,6 +133,7 @@ class ModelManager:
         auto_evict: bool = True,
         evict_wait_seconds: float = EVICT_WAIT_SECONDS,
         budgets: Budgets | None = None,
+        jit_ttl: float | None = JIT_DEFAULT_TTL,
     ):
         self.catalog = catalog
         budgets = budgets or Budgets()
@@ -142,6 +144,11 @@ class ModelManager:
         self.jit_loading = jit_loading
         self.auto_evict = auto_evict
         self.evict_wait_seconds = evict_wait_seconds
+        self.jit_ttl = jit_ttl  # a JIT load's idle TTL when its request names none (None: never)
+        # loads by model key, and unloads by (model key, why: "request", "auto_evict", "ttl"), since start:
+        # read by /metrics (service/metrics.py)
+        self.load_counts: Counter[str] = Counter()
+        self.unload_counts: Counter[tuple[str, str]] = Counter()
         self._instances: dict[str, Instance] = {}
         self._jit_loads: dict[str, asyncio.Task[Instance]] = {}  # per model key, while it loads
         self._loads: set[asyncio.Task[Instance]] = set()  # explicit loads under way (strong refs)
@@ -225,8 +232,8 @@ class ModelManager:
                 raise ModelNotLoaded(model.key)
             started = time.time()
             config = _with_model_defaults(model, LoadConfig(context_length, ttl=ttl))
-            if config.ttl is None:
-                config = replace(config, ttl=JIT_DEFAULT_TTL)
+            if config.ttl is None and self.jit_ttl is not None:
+                config = replace(config, ttl=self.jit_ttl)
             instance = await self._jit_load(model, config)
             load_seconds = instance.load_seconds if instance.loaded_at >= started else None
         instance.touch()
@@ -301,6 +308,7 @@ class ModelManager:
                                 load_seconds=time.perf_counter() - started, footprint=footprint,
                                 draft_model=draft_model)
             self._instances[instance_id] = instance
+            self.load_counts[entry.key] += 1
             if _names_a_draft_model(draft_model):
                 await self._attach_or_unload(instance, draft_model)
         log.info("loaded %s as %s in %.2fs%s", entry.key, instance_id, instance.load_seconds,
@@ -366,9 +374,10 @@ class ModelManager:
 
     # --- unloading -------------------------------------------------------------------
 
-    async def unload(self, instance_id: str) -> Instance:
+    async def unload(self, instance_id: str, reason: str = "request") -> Instance:
         instance = self.find_instance(instance_id)
         self._instances.pop(instance.id, None)
+        self.unload_counts[instance.key, reason] += 1
         await asyncio.to_thread(instance.close)
         log.info("unloaded %s", instance.id)
         return instance
@@ -386,7 +395,7 @@ class ModelManager:
                 await asyncio.sleep(0.05)
             if instance.id in self._instances:
                 log.info("auto-evicting %s to load %s", instance.id, except_key)
-                await self.unload(instance.id)
+                await self.unload(instance.id, "auto_evict")
 
     def _ensure_ttl_task(self) -> None:
         if self._ttl_task is None or self._ttl_task.done():
@@ -403,7 +412,7 @@ class ModelManager:
                     instance.touch()
                 elif instance.ttl_remaining() == 0.0 and instance.id in self._instances:
                     log.info("unloading %s: idle for its ttl of %gs", instance.id, instance.ttl)
-                    await self.unload(instance.id)
+                    await self.unload(instance.id, "ttl")
 
     async def close(self) -> None:
         if self._ttl_task is not None:

@@ -23,7 +23,7 @@ from studiolo.chat.tool_formats import format_for, output_syntax, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
-from studiolo.engine.admission import QUEUE_TIMEOUT, RETRY_AFTER_SECONDS
+from studiolo.engine.admission import QUEUE_TIMEOUT, RETRY_AFTER_SECONDS, queue_deadline
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LoraAdapter
@@ -54,6 +54,7 @@ from studiolo.service.choice_stream import (
 from studiolo.service.constraints import check_constraint, compiled_constraint
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.image_fetch import ImageFetch
+from studiolo.service.metrics import ServerMetrics
 from studiolo.service.model_log import LogHub, model_input_event, model_output_event
 from studiolo.service.presets import (
     apply_settings,
@@ -135,8 +136,7 @@ class UnloadedWhileGenerating(GenerationFailed):
 
 
 class QueueTimeout(GenerationFailed):
-    """A sequence waited past limits.queue_timeout_seconds for a slot of its model (engine/admission.py):
-    the server could not take the request in time, a 503 to retry later."""
+    """A sequence waited past limits.queue_timeout_seconds for a slot (engine/admission.py): 503, retry later."""
     kind = "unavailable"
     code, param = "queue_timeout", "model"
     retry_after = RETRY_AFTER_SECONDS
@@ -197,7 +197,7 @@ class Generation:
     saved: dict[int, SavedSequence] = field(default_factory=dict)  # per choice, with options.save_state
     draft_model: str | None = None  # what drafted for it ("ngram": no model), if anything did
     drafts: DraftStats | None = None  # what was drafted for all its choices, when anything could be
-    _queue_timeout: int = 0  # limits.queue_timeout_seconds, for the message of a request that waited past it
+    _metrics: ServerMetrics | None = None  # /metrics' counters of tokens, timings and drafts
 
     @property
     def instance(self) -> Instance:
@@ -250,7 +250,7 @@ class Generation:
                 for delta in output.token(event):
                     yield delta
             elif isinstance(event, FinishEvent):
-                _raise_if_failed(event, options.constraint_param, self._queue_timeout)
+                _raise_if_failed(event, options.constraint_param)
                 if event.saved is not None:
                     self.saved[choice.index] = event.saved
                 for delta in output.finish():
@@ -280,11 +280,20 @@ class Generation:
         """Account for a choice that ended (usage, timing, cause, the model log); its last event."""
         self._count(choice, event, output.completion_tokens(event), output.reasoning_tokens)
         self.timing.finished(event)
+        if self._metrics is not None:
+            self._observe(choice, event, output.completion_tokens(event))
         cause = output.cause(event)
         self.causes[choice.index] = cause
         if output.log.wanted:
             self._log_output(choice.index, output, cause, event.draft)
         return Finished(choice.index, output.finish_reason(cause), cause)
+
+    def _observe(self, choice: _Choice, event: FinishEvent, completion_tokens: int) -> None:
+        assert self._metrics is not None
+        prompt_tokens = event.prompt_tokens if choice.index % self._options.n == 0 else 0  # once per prompt
+        first_token = self.timing.ended - event.decode_seconds - self.timing.started
+        self._metrics.choice_finished(self._loaded.key, prompt_tokens, completion_tokens, first_token,
+                                      event.decode_seconds, event.draft)
 
     def _log_output(self, index: int, output: ChoiceOutput, cause: str, drafts: DraftStats | None) -> None:
         timing = self.timing
@@ -338,13 +347,13 @@ def _generation_engine(loaded: Instance) -> Engine:
     return engine
 
 
-def _raise_if_failed(event: FinishEvent, constraint_param: str | None, queue_timeout: int = 0) -> None:
+def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
     """A sequence the engine could not finish is the request's failure, not an end of its output."""
     if event.reason == "unloaded":
         raise UnloadedWhileGenerating(event.error or "the model was unloaded")
     if event.reason == QUEUE_TIMEOUT:
-        raise QueueTimeout(f"the request waited {queue_timeout}s for one of the model's parallel slots without "
-                           "getting one (setting limits.queue_timeout_seconds); retry later")
+        raise QueueTimeout("the request waited for one of the model's parallel slots past the server's deadline "
+                           "(setting limits.queue_timeout_seconds); retry later")
     if event.reason == "constraint":
         raise ConstraintFailed(event.error or "constrained decoding failed", constraint_param)
     if event.reason == "error":
@@ -353,8 +362,9 @@ def _raise_if_failed(event: FinishEvent, constraint_param: str | None, queue_tim
 
 class GenerationService:
     def __init__(self, manager: ModelManager, log_hub: LogHub | None = None, limits: RequestLimits | None = None,
-                 image_url_hosts: tuple[str, ...] = ()):
+                 image_url_hosts: tuple[str, ...] = (), metrics: ServerMetrics | None = None):
         self.manager = manager
+        self.metrics = metrics
         self.log_hub = log_hub  # `studiolo log stream` readers see prompts and outputs
         self.limits = limits or RequestLimits()
         self.images = ImageFetch(image_url_hosts, self.limits.max_image_mib * 2**20)  # remote image URLs
@@ -438,8 +448,7 @@ class GenerationService:
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
-        timeout = self.limits.queue_timeout_seconds
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = queue_deadline(self.limits.queue_timeout_seconds)
         for prompt in prompts:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
@@ -459,7 +468,7 @@ class GenerationService:
         generation = Generation(f"{id_prefix}-{uuid.uuid4().hex[:24]}", target.name, int(time.time()), loaded, options,
                                 choices, _log=self.log_hub, _tool_syntax=tool_syntax,
                                 load_seconds=target.load_seconds, adapter_key=target.adapter_key,
-                                draft_model=drafting.draft_model, _queue_timeout=timeout)
+                                draft_model=drafting.draft_model, _metrics=self.metrics)
         if self.log_hub is not None and self.log_hub.has_subscribers("model"):
             for prompt in prompts:
                 event = model_input_event(generation.id, target.name, prompt.text, len(prompt.tokens))

@@ -18,8 +18,10 @@ from studiolo.service.downloads import DownloadService
 from studiolo.service.embeddings import EmbeddingService
 from studiolo.service.generation import GenerationService
 from studiolo.service.memory import MIB, MemoryMonitor
+from studiolo.service.metrics import ServerMetrics
 from studiolo.service.model_log import LogHub, LogHubHandler, install_server_log_handler, remove_server_log_handler
 from studiolo.service.models import ModelService
+from studiolo.service.readiness import Preloads
 from studiolo.store.responses import ResponseStore
 
 
@@ -30,12 +32,14 @@ class Runtime:
         budgets = settings.budgets
         self.settings = settings
         self._manager = ModelManager(Catalog(models_dir()), settings.engine, jit_loading=settings.jit_loading,
-                                     auto_evict=settings.auto_evict, budgets=budgets)
+                                     auto_evict=settings.auto_evict, budgets=budgets, jit_ttl=settings.jit_ttl)
+        self.metrics = ServerMetrics(self._manager)  # GET /metrics: this server's own registry
         self.log_hub = LogHub(budget_bytes=budgets.log_queue_mib * MIB)
         self.generation = GenerationService(self._manager, self.log_hub, settings.limits,
-                                            image_url_hosts=settings.image_url_hosts)
+                                            image_url_hosts=settings.image_url_hosts, metrics=self.metrics)
         self.embeddings = EmbeddingService(self._manager)
         self.models = ModelService(self._manager)
+        self.preloads = Preloads(self.models, settings.preload_models)  # GET /ready waits for them
         self.downloads = DownloadService()
         # STUDIOLO_HOME/responses.sqlite3: stateful chats' responses. A file that cannot be opened (not
         # SQLite, no room) does not stop the server: storing is off, each stored request says why
@@ -53,11 +57,13 @@ class Runtime:
         runtime = cls(settings)
         runtime._log_handler = install_server_log_handler(runtime.log_hub)
         runtime.memory.start()
+        runtime.preloads.start()
         return runtime
 
     async def close(self) -> None:
         """Stop downloads (their partial files stay, to resume), the janitor, the models, then storage."""
         await asyncio.to_thread(self.downloads.close)
+        await self.preloads.close()
         await self.memory.close()
         await self._manager.close()
         self._store.close()
