@@ -5,6 +5,8 @@ themselves (no route of the server takes a WebSocket yet)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -175,12 +177,12 @@ def test_an_allowed_origins_list_refuses_other_origins_even_without_a_preflight(
     assert httpx.get(f"{listed.base_url}/v1/models").status_code == 200  # no Origin: not a browser page
 
 
-def test_a_background_server_keeps_its_origins_and_hosts(tmp_path):
+def test_a_background_server_keeps_its_origins_and_hosts_from_the_options_and_the_settings_file(tmp_path):
     from tests.test_cli_server import studiolo
 
     port = free_port()
-    started = studiolo(tmp_path, "server", "start", "--port", str(port), "--cors-origins", "https://a.example",
-                       "--allow-hosts", "studio.lan")
+    (tmp_path / "settings.json").write_text(json.dumps({"server": {"allowed_hosts": ["studio.lan"]}}))
+    started = studiolo(tmp_path, "server", "start", "--port", str(port), "--cors-origins", "https://a.example")
     try:
         assert started.returncode == 0, started.stderr
         assert "CORS is on: any web page" not in started.stderr  # only the listed origins
