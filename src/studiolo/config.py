@@ -172,6 +172,10 @@ class ServerSettings:
     # a random name for this server process, on /health and in server.json: the command line checks
     # that the server answering on a port is the one it started (not the pid: an internal)
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # every route but /health needs an API token with the route's permission (docs/SECURITY.md)
+    require_auth: bool = False
+    # serve beyond loopback without require_auth (refused otherwise)
+    insecure_no_auth: bool = False
     # origins whose pages may call the server ("https://app.example"; api/browser.py); any turns CORS on
     cors_origins: tuple[str, ...] = ()
     # Host names answered besides the loopback ones (api/hosts.py: the DNS rebinding check)

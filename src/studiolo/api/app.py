@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from studiolo import __version__
+from studiolo.api.auth import AuthMiddleware
 from studiolo.api.browser import BrowserOrigins, OriginPolicy
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.hosts import HostCheck, HostPolicy
@@ -24,6 +25,7 @@ from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
 from studiolo.api.server.metrics import router as metrics_router
 from studiolo.api.server.ready import router as ready_router
+from studiolo.api.server.tokens import router as tokens_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
 
@@ -41,7 +43,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
-    # the last added runs first: Host check, then origins (CORS), then the app
+    # the last added runs first: Host check, then origins (CORS), then auth, then the app
+    app.add_middleware(AuthMiddleware, server=app, settings=settings)
     app.add_middleware(BrowserOrigins, policy=OriginPolicy.of(settings.cors, settings.cors_origins))
     app.add_middleware(HostCheck, policy=HostPolicy(settings.host, settings.allowed_hosts))
     install_error_handlers(app)
@@ -58,6 +61,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(ready_router)
     app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
+    app.include_router(tokens_router)
     return app
 
 

@@ -78,6 +78,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "upstream": 502,
     "unavailable": 503,
     "insufficient_storage": 507,
+    "unauthorized": 401,
     "overloaded": 429,
 }
 # LM Studio's v1 error type, where the status alone does not say it

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
@@ -28,7 +28,9 @@ from studiolo.api.request_body import (
     read_bounded,
 )
 from studiolo.config import RequestLimits
+from studiolo.domain.auth import Permission
 
+T = TypeVar("T")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Bodies past this are parsed in a worker thread: the parser itself holds the GIL, but the walks
 # over the result (nesting, surrogates) let the event loop run between their steps.
@@ -102,5 +104,40 @@ def _decoded(body: bytes, limits: RequestLimits) -> Any:
     return decoded
 
 
-def make_router(**options: Any) -> APIRouter:
-    return APIRouter(route_class=TextCheckedRoute, **options)
+# Each route declares who may call it (api/auth.py reads it from the app's route table at startup, and
+# refuses to start if a route declares nothing): a Permission's name, or PUBLIC. It lives in the route's
+# OpenAPI extra, which FastAPI carries over when a router is included, and so shows in /openapi.json.
+PERMISSION_KEY = "x-studiolo-permission"
+
+
+def needs(permission: Permission | str) -> dict[str, str]:
+    """A route's ``openapi_extra`` declaring what it needs, over its router's: ``@router.post(path,
+    openapi_extra=needs(Permission.models))``."""
+    return {PERMISSION_KEY: str(permission)}
+
+
+def declare(permission: Permission | str) -> Callable[[T], T]:
+    """Declares what a route without OpenAPI extras (a WebSocket route, a mount) needs, on its endpoint."""
+    def mark(endpoint: T) -> T:
+        setattr(endpoint, PERMISSION_KEY, str(permission))
+        return endpoint
+    return mark
+
+
+class DeclaringRouter(APIRouter):
+    """A router whose routes declare its ``permission`` unless they declare their own."""
+
+    def __init__(self, *, permission: Permission | str | None = None, **options: Any):
+        super().__init__(route_class=TextCheckedRoute, **options)
+        self.permission = permission
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        if self.permission is not None:
+            options["openapi_extra"] = {**needs(self.permission), **(options.get("openapi_extra") or {})}
+        super().add_api_route(path, endpoint, **options)
+
+
+def make_router(*, permission: Permission | str | None = None, **options: Any) -> APIRouter:
+    """A router of TextCheckedRoutes; ``permission``: what its routes need (domain/auth.py's Permission,
+    or PUBLIC), unless a route says otherwise with ``needs``."""
+    return DeclaringRouter(permission=permission, **options)

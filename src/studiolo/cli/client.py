@@ -7,11 +7,16 @@ answers. A remote host is never started: there is nothing we could run there.
 
 Every failure a user can run into (no server, a refused request, a lost connection) becomes a
 ``ServerError`` whose message is the one line the command prints.
+
+A server started with ``--require-auth`` wants an API token: the commands send the one in
+``STUDIOLO_API_TOKEN`` (or their ``--token``) as ``Authorization: Bearer``. ``/health``, which finds the
+server, needs none.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
 from typing import Any
@@ -26,6 +31,15 @@ PROBE_TIMEOUT_SECONDS = 2.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 # loading a large model from a slow disk can take minutes; the server answers once it is done
 LOAD_TIMEOUT_SECONDS = 900.0
+TOKEN_ENV = "STUDIOLO_API_TOKEN"
+TOKEN_OPTION = typer.Option(None, "--token", envvar=TOKEN_ENV, show_default=False, show_envvar=True,
+                            help="API token for a server started with --require-auth.")
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """The header carrying ``token`` (default: $STUDIOLO_API_TOKEN), or none."""
+    token = token or os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token.strip()}"} if token and token.strip() else {}
 
 
 class ServerError(Exception):
@@ -115,9 +129,10 @@ def start_local_server(host: str, port: int) -> None:
 class StudioloClient:
     """Calls to one server's LM Studio REST API (v1)."""
 
-    def __init__(self, url: str, http: httpx.Client | None = None, verify: Any = True):
+    def __init__(self, url: str, http: httpx.Client | None = None, verify: Any = True, token: str | None = None):
         self.url = url
-        self.http = http or httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS, verify=verify)
+        self.http = http or httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS, verify=verify,
+                                         headers=auth_headers(token))
 
     def __enter__(self) -> StudioloClient:
         return self
@@ -160,29 +175,30 @@ class StudioloClient:
         return self.request("POST", "/api/v1/models/unload", {"instance_id": instance_id})
 
 
-def connect(host: str, port: int | None) -> StudioloClient:
-    """A client for the server at host:port (port: the running local server's, else 1234).
+def connect(host: str, port: int | None, token: str | None = None) -> StudioloClient:
+    """A client for the server at host:port (port: the running local server's, else 1234), sending
+    ``token`` (default: $STUDIOLO_API_TOKEN).
 
     On this machine a server is started when none answers; elsewhere that is an error.
     """
     port = port or default_port()
-    reached = _reach(host, port)
+    reached = _reach(host, port, token)
     if reached is not None:
         return reached
     url = base_url(host, port)
     if not is_local(host):
         raise ServerError(f"No server answers at {url}.")
     start_local_server(host, port)
-    reached = _reach(host, port)  # over https when the settings file gave the new server a certificate
+    reached = _reach(host, port, token)  # over https when the settings file gave the new server a certificate
     if reached is None:
         raise ServerError(f"Started a server on port {port}, but nothing answers at {url}.")
     return reached
 
 
-def _reach(host: str, port: int) -> StudioloClient | None:
+def _reach(host: str, port: int, token: str | None = None) -> StudioloClient | None:
     """A client for whatever answers there: this machine's HTTPS server, as recorded, or plain HTTP."""
     tls = local_tls(host, port)
     if tls is not None and server_answers(*tls):
-        return StudioloClient(tls[0], verify=tls[1])
+        return StudioloClient(tls[0], verify=tls[1], token=token)
     url = base_url(host, port)
-    return StudioloClient(url) if server_answers(url) else None
+    return StudioloClient(url, token=token) if server_answers(url) else None

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from studiolo.cli.client import base_url, default_port
+from studiolo.cli.client import TOKEN_OPTION, auth_headers, base_url, default_port
 from studiolo.config import DEFAULT_BIND
 
 app = typer.Typer(help="Watch what the server and its models do.", no_args_is_help=True)
@@ -80,12 +80,12 @@ def _refusal(response: httpx.Response, url: str) -> StreamFailed:
     return StreamFailed(f"The server at {url} refused the log stream: {message}")
 
 
-def stream_events(url: str, source: str) -> Iterator[str]:
+def stream_events(url: str, source: str, token: str | None = None) -> Iterator[str]:
     """Each event the server sends, as its JSON text, until the stream ends or fails."""
     timeout = httpx.Timeout(SILENCE_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
     opened = False
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=auth_headers(token)) as client:
             with client.stream("GET", f"{url}/studiolo/log/stream", params={"source": source}) as response:
                 if response.status_code != 200:
                     raise _refusal(response, url)
@@ -220,12 +220,13 @@ def stream(
     port: int | None = typer.Option(
         None, "--port", "-p", min=1, max=65535, help="Port of the server (default: the running server's, else 1234)."
     ),
+    token: str | None = TOKEN_OPTION,
 ) -> None:
     """Stream the model's input and output, or the server's log, live."""
     url = base_url(host, port or default_port())
     console = human_console()
     try:
-        for payload in stream_events(url, source.value):
+        for payload in stream_events(url, source.value, token):
             if as_json:
                 _print_json(payload)
             else:

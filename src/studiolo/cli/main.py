@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from studiolo import __version__
-from studiolo.cli import log_cmd, models_cmd, preset_cmd, server, service_cmd, store_cmd
+from studiolo.cli import log_cmd, models_cmd, preset_cmd, server, service_cmd, store_cmd, token_cmd
 from studiolo.cli.convert_cmd import convert_command
 from studiolo.cli.get_cmd import get_command
 from studiolo.cli.import_cmd import import_command
@@ -16,6 +16,7 @@ app.add_typer(log_cmd.app, name="log")
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(preset_cmd.app, name="preset")
 app.add_typer(service_cmd.app, name="service")
+app.add_typer(token_cmd.app, name="token")
 app.command("import")(import_command)
 app.command("get")(get_command)
 app.command("convert")(convert_command)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
-from studiolo.cli.client import ServerError, StudioloClient, connect
+from studiolo.cli.client import TOKEN_OPTION, ServerError, StudioloClient, connect
 from studiolo.config import DEFAULT_BIND, MAX_PARALLEL, MIN_CONTEXT
 
 NONE = "—"
@@ -218,9 +218,9 @@ def memory_figures(server: StudioloClient) -> dict | None:
     return answer if isinstance(answer, dict) else None
 
 
-def server_for(host: str, port: int | None) -> StudioloClient:
+def server_for(host: str, port: int | None, token: str | None = None) -> StudioloClient:
     try:
-        return connect(host, port)
+        return connect(host, port, token)
     except ServerError as error:
         fail(str(error))
 
@@ -234,11 +234,12 @@ def ls_command(
     as_json: bool = typer.Option(False, "--json", help="Print the models as the server lists them, as JSON."),
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
+    token: str | None = TOKEN_OPTION,
 ) -> None:
     """List the models on disk, and which of them are loaded."""
     if llm and embedding:
         fail("--llm and --embedding exclude each other; give one, or neither for all models", code=2)
-    with server_for(host, port) as server:
+    with server_for(host, port, token) as server:
         try:
             models = filter_models(server.list_models(), llm=llm, embedding=embedding)
         except ServerError as error:
@@ -265,9 +266,10 @@ def ps_command(
     as_json: bool = typer.Option(False, "--json", help="Print the loaded instances as JSON."),
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
+    token: str | None = TOKEN_OPTION,
 ) -> None:
     """List the loaded models (instances), their settings, TTL and requests."""
-    with server_for(host, port) as server:
+    with server_for(host, port, token) as server:
         try:
             instances = instances_of(server.list_models())
         except ServerError as error:
@@ -310,12 +312,13 @@ def load_command(
     yes: bool = typer.Option(False, "--yes", "-y", help="Accepted for lms parity; there is nothing to confirm."),
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
+    token: str | None = TOKEN_OPTION,
 ) -> None:
     """Load a model into memory. Flags left out take the model's settings file's values
     (STUDIOLO_HOME/model-settings/<publisher>/<repo>.json; see `studiolo preset model`)."""
     body = load_request(model, ttl=ttl, context_length=context_length, parallel=parallel, identifier=identifier,
                         draft_model=draft_model)
-    with server_for(host, port) as server:
+    with server_for(host, port, token) as server:
         try:
             answer = server.load_model(body)
         except ServerError as error:
@@ -328,12 +331,13 @@ def unload_command(
     unload_all: bool = typer.Option(False, "--all", "-a", help="Unload every loaded instance."),
     host: str = HOST_OPTION,
     port: int | None = PORT_OPTION,
+    token: str | None = TOKEN_OPTION,
 ) -> None:
     """Unload one loaded instance, or all of them."""
     if (identifier is not None) == unload_all:
         # neither or both: there is no interactive picker (as lms has) to fall back on
         fail("give the identifier of an instance to unload (see `studiolo ps`), or --all", code=2)
-    with server_for(host, port) as server:
+    with server_for(host, port, token) as server:
         try:
             targets = [identifier] if identifier else [i["identifier"] for i in instances_of(server.list_models())]
             if not targets:

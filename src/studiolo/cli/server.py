@@ -40,6 +40,7 @@ from studiolo.config import (
     server_state_file,
 )
 from studiolo.server_settings import SettingsError, load_server_settings
+from studiolo.service.auth import BOOTSTRAP_HINT, TokenService, bind_refusal
 
 app = typer.Typer(help="Start, stop and inspect the local server.", no_args_is_help=True)
 
@@ -213,6 +214,15 @@ def start(
         None, "--tls-cert", help="Serve HTTPS with this certificate (PEM; with --tls-key)."
     ),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The private key of --tls-cert (PEM)."),
+    require_auth: bool | None = typer.Option(
+        None, "--require-auth/--no-require-auth",
+        help="Every route but /health needs an API token (`studiolo token create`) with the route's permission.",
+    ),
+    insecure_no_auth: bool | None = typer.Option(
+        None, "--insecure-no-auth",
+        help="Serve beyond loopback without --require-auth (refused otherwise): anyone who reaches the port "
+             "can use every route.",
+    ),
     cors_origins: str | None = typer.Option(
         None, "--cors-origins", metavar="ORIGIN,...",
         help="Allow cross-origin requests from pages of these origins only (https://app.example,...).",
@@ -231,6 +241,7 @@ def start(
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    _check_auth(settings)
     running = read_state()
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
@@ -242,7 +253,27 @@ def start(
     if foreground:
         run_foreground(settings)
         return
+    _hint_first_token(settings.require_auth)
     _start_background(settings, given_command_line(ctx))
+
+
+def _check_auth(settings: ServerSettings) -> None:
+    """Refuses a bind beyond loopback without auth."""
+    refusal = bind_refusal(settings.host, settings.require_auth, settings.insecure_no_auth)
+    if refusal:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
+
+
+def _hint_first_token(require_auth: bool) -> None:
+    """With auth and no token yet, says how to make one (a server in the foreground logs it itself)."""
+    if require_auth:
+        tokens = TokenService()
+        try:
+            if not tokens.has_tokens():
+                typer.echo(BOOTSTRAP_HINT, err=True)
+        finally:
+            tokens.close()
 
 
 def _start_background(settings: ServerSettings, options: list[str]) -> None:

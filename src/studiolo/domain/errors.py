@@ -12,6 +12,7 @@ Errors are defined where they arise (a floor raises its own), each naming its ki
     StudioloError                     kind                  HTTP
     ├── InvalidRequest                invalid               400
     │   └── (bad input everywhere: ContextLengthExceeded, InvalidConstraint, TemplateError, ...)
+    ├── Unauthorized                  unauthorized          401   no valid API token (domain/auth.py)
     ├── Forbidden                     forbidden             403
     ├── NotFound                      not_found             404
     │   └── (ModelNotFound, ResponseNotFound, InstanceNotFound, JobNotFound, ...)
@@ -44,6 +45,7 @@ Kind = Literal[
     "upstream",
     "unavailable",
     "insufficient_storage",
+    "unauthorized",
     "overloaded",
 ]
 
@@ -77,6 +79,13 @@ class InvalidRequest(StudioloError, ValueError):
     """A request that cannot be carried out as asked; ``param`` names the field."""
 
     kind: ClassVar[Kind] = "invalid"
+
+
+class Unauthorized(StudioloError):
+    """The request carries no valid API token (the server requires one)."""
+
+    kind: ClassVar[Kind] = "unauthorized"
+    retry: ClassVar[bool] = False
 
 
 class Forbidden(StudioloError):

@@ -72,3 +72,6 @@ class StoredResponse:
     status: str  # "completed", "incomplete", "failed", ...
     instructions: str | None
     metadata: dict[str, Any]
+    # the public id of the API token that stored it (domain/auth.py); None when stored without auth.
+    # With auth on, a response is visible to its owner's token only
+    owner: str | None = None

@@ -21,6 +21,7 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 
+from studiolo.domain.auth import request_owner
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
 from studiolo.domain.responses import StoredResponse, new_response_id
@@ -108,7 +109,7 @@ class Compactions:
         try:
             return await asyncio.to_thread(
                 self.conversations.store.create, run.generation.model, [], output, usage,
-                status=status, metadata=details, response_id=run.id)
+                status=status, metadata=details, response_id=run.id, owner=request_owner())
         except StorageUnavailable as fault:  # logged by the store; the summary is still the client's
             run.storage_error = fault
             return StoredResponse(run.id, run.generation.model, time.time(), None, [], output, usage, status,

@@ -25,6 +25,10 @@ KV state saved with its previous response, when the engine holds less than half 
 
 Stored responses are also read and deleted here (``get``, ``input_items``, ``delete``), off the
 event loop; ids follow the one rule of domain/responses.py.
+
+Ownership: with auth on, a stored response belongs to the API token whose request stored it
+(``request_owner()``, set by the auth middleware for each request): every read, continuation and
+delete here passes the request's owner to the store, and another token's response is not found.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Literal, TypeVar
 
 from studiolo.chat.reasoning import reasoning_format_for, reasoning_variables
 from studiolo.config import Budgets
+from studiolo.domain.auth import request_owner
 from studiolo.domain.chat import ChatMessage, Tools
 from studiolo.domain.responses import (
     PreviousResponseNotFound,
@@ -128,14 +133,15 @@ class Conversations:
         """The stored conversation a turn continues, oldest first (none for a first turn)."""
         if previous_response_id is None:
             return []
-        return await asyncio.to_thread(self.store.conversation, previous_response_id)
+        return await asyncio.to_thread(self.store.conversation, previous_response_id, request_owner())
 
     async def generate(self, request: ChatRequest, previous_response_id: str | None) -> Generation:
         """A generation continuing ``previous_response_id``'s conversation: prepared, given the
         conversation's saved KV state if the engine lacks its prefix, then started."""
         prepared = await self.service.prepare_chat(request)
         if previous_response_id is not None and prepared.lacks_prefix():  # only then is the disk read
-            state = saved_state.decode(await asyncio.to_thread(self.store.load_state, previous_response_id))
+            blob = await asyncio.to_thread(self.store.load_state, previous_response_id, request_owner())
+            state = saved_state.decode(blob)
             if state is not None:
                 prepared.offer_state(state)
         return self.service.start_chat(prepared)
@@ -172,7 +178,7 @@ class Conversations:
             await asyncio.to_thread(self.check_reasoning, turn)
         if turn.previous_response_id is not None:
             with missing_previous(turn.previous_response_id, turn.unknown_previous):
-                await asyncio.to_thread(self.store.get, turn.previous_response_id)
+                await asyncio.to_thread(self.store.get, turn.previous_response_id, request_owner())
         if turn.store:
             await asyncio.to_thread(self.check_can_store, turn.items, turn.instructions)
 
@@ -188,11 +194,11 @@ class Conversations:
         """Delete a stored response; the conversations continuing it stay whole (store/responses.py)."""
         await self._by_id(self.store.delete, response_id)
 
-    async def _by_id(self, action: Callable[[str], T], response_id: str) -> T:
+    async def _by_id(self, action: Callable[[str, str | None], T], response_id: str) -> T:
         # the id is the request's subject (the Responses API's path parameter), not a previous response
         check_response_id(response_id, "response_id")
         try:
-            return await asyncio.to_thread(action, response_id)
+            return await asyncio.to_thread(action, response_id, request_owner())
         except ResponseNotFound:
             raise ResponseNotFound(response_id, f"Response with id '{response_id}' not found.",
                                    "response_id") from None
@@ -222,6 +228,7 @@ class Conversations:
                     self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
                     previous_response_id=run.turn.previous_response_id, status=status,
                     instructions=run.turn.instructions, metadata=record, response_id=run.id,
+                    owner=request_owner(),
                 )
         except StorageUnavailable as fault:  # logged by the store; the answer is still the client's
             run.storage_error = fault

@@ -126,7 +126,7 @@ def _readable_rows(path: Path, report: RecoverReport) -> Iterator[tuple[Any, ...
 
 
 def _scan(conn: sqlite3.Connection, report: RecoverReport) -> Iterator[tuple[Any, ...]]:
-    query = f"SELECT rowid, {_COLUMNS}, deleted_at FROM responses WHERE rowid > ? ORDER BY rowid"
+    query = f"SELECT rowid, {_source_columns(conn)}, deleted_at FROM responses WHERE rowid > ? ORDER BY rowid"
     after: int | None = -(2**63)
     while after is not None:
         try:
@@ -137,6 +137,18 @@ def _scan(conn: sqlite3.Connection, report: RecoverReport) -> Iterator[tuple[Any
         except sqlite3.DatabaseError:
             report.unreadable_regions += 1
             after = _next_readable(conn, after)
+
+
+def _source_columns(conn: sqlite3.Connection) -> str:
+    """_COLUMNS as the damaged file can give them: a file from before a column was added gives NULL for it
+    (its responses' owner: none, as when they were stored)."""
+    try:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+    except sqlite3.DatabaseError:
+        return _COLUMNS
+    if not present:
+        return _COLUMNS
+    return ", ".join(name if name in present else f"NULL AS {name}" for name in _FIELDS)
 
 
 def _next_readable(conn: sqlite3.Connection, after: int) -> int | None:

@@ -16,6 +16,10 @@ is removed for good as soon as nothing continues from it any more, so deleted da
 as long as a live response's history needs it. Children are never rewritten: their
 ``input_items`` stay exactly what their own turn added.
 
+Owners: each response records who stored it (``owner``: an API token's public id, None without auth).
+Every read, delete and continuation takes the caller's owner: with one, another owner's response is
+not found, exactly as an id never stored; with None (the server runs without auth) all are visible.
+
 Durability: ``create`` commits before it returns (WAL, ``synchronous=FULL``), so a response
 whose id was handed out survives SIGKILL of the server and power loss.
 
@@ -82,6 +86,10 @@ class CorruptConversation(StoreError):
 
 _FIELDS = [f.name for f in fields(StoredResponse)]  # also the column order of every query
 _COLUMNS = ", ".join(_FIELDS)
+_MARKS = ",".join("?" * len(_FIELDS))
+# Whose responses a call sees: with an owner (auth on), that token's only; with None (auth off), all.
+# Its two parameters are the owner, twice.
+_VISIBLE = "(? IS NULL OR owner = ?)"
 _JSON_KINDS = {"input_items": list, "output_items": list, "usage": dict, "metadata": dict}
 
 
@@ -140,6 +148,7 @@ class ResponseStore:
         metadata: dict[str, Any] | None = None,
         created_at: float | None = None,
         response_id: str | None = None,
+        owner: str | None = None,
     ) -> StoredResponse:
         """Stores a response and commits: once this returns, its id may be handed out.
 
@@ -152,7 +161,7 @@ class ResponseStore:
         when = time.time() if created_at is None else float(created_at)
         response = StoredResponse(
             rid, model, when, previous_response_id, input_items, output_items,
-            usage, status, instructions, {} if metadata is None else metadata,
+            usage, status, instructions, {} if metadata is None else metadata, owner,
         )
         row = _to_row(response)  # serialize before taking the lock: bad input writes nothing
         try:
@@ -168,11 +177,12 @@ class ResponseStore:
     def _insert(self, row: tuple[Any, ...], report: bool = True) -> None:
         rid, previous_response_id = row[0], row[_FIELDS.index("previous_response_id")]
         with self._transaction(report) as conn:
-            if previous_response_id is not None and not _is_live(conn, previous_response_id):
-                raise ResponseNotFound(previous_response_id)
+            owner = row[_FIELDS.index("owner")]
+            if previous_response_id is not None and not _is_live(conn, previous_response_id, owner):
+                raise ResponseNotFound(previous_response_id)  # another token's too: it must not learn it exists
             if conn.execute("SELECT 1 FROM responses WHERE id = ?", (rid,)).fetchone():
                 raise ResponseIdTaken(rid)  # tombstones too: an id names one response only
-            conn.execute(f"INSERT INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            conn.execute(f"INSERT INTO responses ({_COLUMNS}) VALUES ({_MARKS})", row)
 
     def _drop_states(self) -> int:
         """Drops every saved KV state; how many there were."""
@@ -208,23 +218,24 @@ class ResponseStore:
         self.faults.failed(fault)
         return fault
 
-    def get(self, response_id: str) -> StoredResponse:
+    def get(self, response_id: str, owner: str | None = None) -> StoredResponse:
         check_response_id(response_id)
         with self._reading() as conn:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND deleted_at IS NULL",
-                (response_id,),
+                f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND deleted_at IS NULL AND {_VISIBLE}",
+                (response_id, owner, owner),
             ).fetchone()
         if row is None:
             raise ResponseNotFound(response_id)
         return _from_row(row)
 
-    def input_items(self, response_id: str) -> list[dict[str, Any]]:
+    def input_items(self, response_id: str, owner: str | None = None) -> list[dict[str, Any]]:
         """The items this response's own turn added (the Responses API's input_items)."""
-        return self.get(response_id).input_items
+        return self.get(response_id, owner).input_items
 
-    def conversation(self, response_id: str) -> list[StoredResponse]:
-        """The chain from the root to response_id, oldest first; deleted ancestors included."""
+    def conversation(self, response_id: str, owner: str | None = None) -> list[StoredResponse]:
+        """The chain from the root to response_id, oldest first; deleted ancestors included. Only
+        response_id's owner is checked: a response can only continue one its own token sees."""
         check_response_id(response_id)
         limit = MAX_CONVERSATION_LENGTH
         with self._reading() as conn:
@@ -232,6 +243,8 @@ class ResponseStore:
         if not rows or rows[-1][0] is not None:  # rows[-1] is response_id's own row
             raise ResponseNotFound(response_id)
         chain = [_from_row(row[1:]) for row in rows]
+        if owner is not None and chain[-1].owner != owner:
+            raise ResponseNotFound(response_id)
         if len(chain) > limit or len({r.id for r in chain}) < len(chain):
             raise CorruptConversation(f"{response_id}: chain loops or exceeds {limit} responses")
         if chain[0].previous_response_id is not None:
@@ -239,11 +252,11 @@ class ResponseStore:
             raise CorruptConversation(f"{response_id}: ancestor {missing} is missing")
         return chain
 
-    def delete(self, response_id: str) -> None:
+    def delete(self, response_id: str, owner: str | None = None) -> None:
         """Deletes a response; see the module docstring for what its descendants keep."""
         check_response_id(response_id)
         with self._transaction() as conn:
-            if not _is_live(conn, response_id):
+            if not _is_live(conn, response_id, owner):
                 raise ResponseNotFound(response_id)
             conn.execute("DELETE FROM response_states WHERE response_id = ?", (response_id,))
             conn.execute(
@@ -297,14 +310,14 @@ class ResponseStore:
             except (sqlite3.Error, StorageUnavailable) as exc:
                 log.debug("could not truncate the WAL of %s: %s", self.path, exc)
 
-    def load_state(self, response_id: str) -> bytes | None:
+    def load_state(self, response_id: str, owner: str | None = None) -> bytes | None:
         """The saved blob, or None if the response has none."""
         check_response_id(response_id)
         with self._reading() as conn:
             row = conn.execute(
                 "SELECT r.deleted_at IS NULL, s.data FROM responses r "
-                "LEFT JOIN response_states s ON s.response_id = r.id WHERE r.id = ?",
-                (response_id,),
+                f"LEFT JOIN response_states s ON s.response_id = r.id WHERE r.id = ? AND {_VISIBLE}",
+                (response_id, owner, owner),
             ).fetchone()
         if row is None or not row[0]:
             raise ResponseNotFound(response_id)
@@ -446,9 +459,9 @@ def _drop_oldest_states(conn: sqlite3.Connection, keep_bytes: int) -> int:
     return len(dropped)
 
 
-def _is_live(conn: sqlite3.Connection, response_id: str) -> bool:
+def _is_live(conn: sqlite3.Connection, response_id: str, owner: str | None = None) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM responses WHERE id = ? AND deleted_at IS NULL", (response_id,)
+        f"SELECT 1 FROM responses WHERE id = ? AND deleted_at IS NULL AND {_VISIBLE}", (response_id, owner, owner)
     ).fetchone()
     return row is not None
 

@@ -41,6 +41,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             data BLOB NOT NULL
         ) STRICT""",
     ),
+    # who stored each response: the public id of an API token, NULL for responses stored without auth
+    # (every response of an older file, which keeps all its rows)
+    ("ALTER TABLE responses ADD COLUMN owner TEXT",),
 ]
 
 

@@ -28,11 +28,12 @@ from studiolo.api.lmstudio.chat_render import (
 from studiolo.api.lmstudio.chat_schemas import ChatBody
 from studiolo.api.routing import make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
+from studiolo.domain.auth import Permission
 from studiolo.service.conversations import Conversations, Turn
 from studiolo.service.mcp import McpToolbox, open_toolbox
 from studiolo.service.mcp_turn import AgentTurn
 
-router = make_router(prefix="/api/v1")
+router = make_router(prefix="/api/v1", permission=Permission.inference)
 
 
 def _conversations(request: Request) -> Conversations:

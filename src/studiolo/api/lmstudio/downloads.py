@@ -15,9 +15,10 @@ from pydantic import field_validator
 
 from studiolo.api.body import Body
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import Permission
 from studiolo.service.downloads import DownloadService
 
-router = make_router()
+router = make_router(permission=Permission.models)
 
 
 class DownloadBody(Body):

@@ -12,9 +12,10 @@ from studiolo.api.lmstudio.models import models_v0, v0_extras
 from studiolo.api.openai.routes import run_chat, run_completion
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import Permission
 from studiolo.service.models import ModelService
 
-router = make_router(prefix="/api/v0")
+router = make_router(prefix="/api/v0", permission=Permission.inference)
 
 
 def _models(request: Request) -> ModelService:

@@ -16,12 +16,13 @@ from pydantic import Field
 
 from studiolo.api.body import Body
 from studiolo.api.lmstudio.models import models_v1
-from studiolo.api.routing import make_router
+from studiolo.api.routing import make_router, needs
 from studiolo.api.wire_types import Int
 from studiolo.config import MAX_PARALLEL, MIN_CONTEXT
+from studiolo.domain.auth import Permission
 from studiolo.service.models import LoadConfig, ModelService
 
-router = make_router(prefix="/api/v1")
+router = make_router(prefix="/api/v1", permission=Permission.inference)
 
 
 class LoadBody(Body):
@@ -49,7 +50,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"models": models_v1(_models(request))}
 
 
-@router.post("/models/load")
+@router.post("/models/load", openapi_extra=needs(Permission.models))
 async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
     config = LoadConfig(body.context_length, body.parallel, body.eval_batch_size, body.ttl, body.identifier,
                         draft_model=body.draft_model)
@@ -71,7 +72,7 @@ async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
     return result
 
 
-@router.post("/models/unload")
+@router.post("/models/unload", openapi_extra=needs(Permission.models))
 async def unload_model(body: UnloadBody, request: Request) -> dict[str, Any]:
     instance_id = await _models(request).unload(body.instance_id)
     return {"instance_id": instance_id}

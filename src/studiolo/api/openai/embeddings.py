@@ -21,10 +21,11 @@ from studiolo.api.body import Body
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
+from studiolo.domain.auth import Permission
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.embeddings import EmbeddingRequest, EmbeddingService
 
-router = make_router()
+router = make_router(permission=Permission.inference)
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 

@@ -18,6 +18,7 @@ from studiolo.api.openai import render
 from studiolo.api.openai.schemas import ChatCompletionBody, CompletionBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, reasoning_field, request_limits
 from studiolo.api.sse import DONE, ClientDisconnected, json_event, sse_response, until_disconnected
+from studiolo.domain.auth import Permission
 from studiolo.service.generation import Generation, GenerationFailed, GenerationService
 from studiolo.service.models import ModelFile, ModelService
 from studiolo.service.types import (
@@ -29,7 +30,7 @@ from studiolo.service.types import (
     ToolCallDelta,
 )
 
-router = make_router(prefix="/v1")
+router = make_router(prefix="/v1", permission=Permission.inference)
 
 Extras = Callable[[Generation], dict[str, Any]]
 T = TypeVar("T")

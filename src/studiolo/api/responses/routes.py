@@ -27,11 +27,12 @@ from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
+from studiolo.domain.auth import Permission
 from studiolo.domain.errors import InvalidRequest, StudioloError
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations
 
-router = make_router(prefix="/v1")
+router = make_router(prefix="/v1", permission=Permission.inference)
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 100

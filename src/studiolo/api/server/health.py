@@ -16,8 +16,9 @@ from fastapi import Request
 
 from studiolo import __version__
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import PUBLIC
 
-router = make_router()
+router = make_router(permission=PUBLIC)
 
 
 @router.get("/health")

@@ -19,9 +19,10 @@ from fastapi.responses import StreamingResponse
 from studiolo.api.errors import APIError
 from studiolo.api.routing import make_router
 from studiolo.api.sse import KEEP_ALIVE, compact_json, data_event, sse_response
+from studiolo.domain.auth import Permission
 from studiolo.service.model_log import SOURCES, LogHub
 
-router = make_router()
+router = make_router(permission=Permission.admin)
 
 KEEPALIVE_SECONDS = 15.0  # read at each wait, so tests can shorten it
 

@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import Request
 
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import Permission
 
-router = make_router()
+router = make_router(permission=Permission.admin)
 
 
 @router.get("/studiolo/memory")

@@ -8,8 +8,9 @@ from fastapi import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import Permission
 
-router = make_router()
+router = make_router(permission=Permission.admin)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -12,9 +12,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from studiolo.api.routing import make_router
+from studiolo.domain.auth import Permission
 from studiolo.service.readiness import readiness
 
-router = make_router()
+router = make_router(permission=Permission.inference)
 
 
 @router.get("/ready")
