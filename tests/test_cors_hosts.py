@@ -193,3 +193,22 @@ def test_a_background_server_keeps_its_origins_and_hosts_from_the_options_and_th
         assert httpx.get(url, headers={"Host": "other.lan"}).status_code == 403
     finally:
         studiolo(tmp_path, "server", "stop")
+
+
+def test_with_auth_on_a_preflight_needs_no_token_and_a_401_is_readable_by_the_page(tmp_path_factory, chat_models):
+    """The order of the middlewares: Host check, then origins, then auth (a browser sends no credentials
+    with a preflight, so auth must not see it; a page must be able to read why it was refused)."""
+    from tests.test_auth_server import AuthServer  # waits for /health: the only route open without a token
+
+    home = home_with_models(tmp_path_factory.mktemp("browser-auth-home"), chat_models)
+    guarded = AuthServer(home, free_port(), ["--cors", "--require-auth"])
+    try:
+        preflight = httpx.options(f"{guarded.base_url}/v1/chat/completions", headers=PNA)
+        assert preflight.status_code == 204 and preflight.headers["access-control-allow-private-network"] == "true"
+        refused = httpx.post(f"{guarded.base_url}/v1/chat/completions", json=CHAT,
+                             headers={"Origin": "https://app.example"})
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
+        rebound = httpx.get(f"{guarded.base_url}/v1/models", headers={"Host": "evil.example"})
+        assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"  # before auth
+    finally:
+        guarded.stop()
