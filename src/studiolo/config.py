@@ -83,6 +83,15 @@ class RequestLimits:
     max_images: int = 16
     max_image_mib: int = 20
     max_image_pixels: int = 7680 * 4320  # 8K UHD: a small PNG can claim 10 Gpx
+    # a model's queue (docs/API.md "Limits"): sequences waiting for one of its parallel slots; past it a
+    # request is a 429 with Retry-After. Above max_sequences, so that one request of many choices fits
+    max_queued_per_model: int = 512
+    # how long a request may wait in that queue before it is refused (503 with Retry-After); 0: no deadline
+    queue_timeout_seconds: int = 600
+    max_tools: int = 128  # tools one request offers (each one's schema is compiled into the call grammar)
+    max_stop_strings: int = 16  # stop strings (each is matched against the output at every token)
+    max_stop_chars: int = 1_000  # characters of one stop string
+    max_n: int = 16  # choices per prompt (also bounded with the prompts by max_sequences)
 
 
 @dataclass
@@ -167,3 +176,7 @@ class ServerSettings:
     require_auth: bool = False
     # serve beyond loopback without require_auth (refused otherwise)
     insecure_no_auth: bool = False
+    # origins whose pages may call the server ("https://app.example"; api/browser.py); any turns CORS on
+    cors_origins: tuple[str, ...] = ()
+    # Host names answered besides the loopback ones (api/hosts.py: the DNS rebinding check)
+    allowed_hosts: tuple[str, ...] = ()

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from studiolo import __version__
 from studiolo.api.anthropic.routes import router as anthropic_router
 from studiolo.api.auth import AuthMiddleware
+from studiolo.api.browser import BrowserOrigins, OriginPolicy
 from studiolo.api.errors import install_error_handlers
+from studiolo.api.hosts import HostCheck, HostPolicy
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
 from studiolo.api.lmstudio.v0 import router as v0_router
@@ -43,9 +44,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="studiolo", version=__version__, lifespan=lifespan)
-    app.add_middleware(AuthMiddleware, server=app, settings=settings)  # first added: innermost, inside CORS
-    if settings.cors:
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    # the last added runs first: Host check, then origins (CORS), then auth, then the app
+    app.add_middleware(AuthMiddleware, server=app, settings=settings)
+    app.add_middleware(BrowserOrigins, policy=OriginPolicy.of(settings.cors, settings.cors_origins))
+    app.add_middleware(HostCheck, policy=HostPolicy(settings.host, settings.allowed_hosts))
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)

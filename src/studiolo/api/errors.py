@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from studiolo.api.private import without_paths
 from studiolo.domain.errors import Kind, StudioloError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class APIError(Exception):
         v1_type: str | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = without_paths(message)  # no absolute path on the server's disk reaches a client (api/private.py)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -112,6 +114,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "unavailable": 503,
     "insufficient_storage": 507,
     "unauthorized": 401,
+    "overloaded": 429,
 }
 # LM Studio's v1 error type, where the status alone does not say it
 V1_TYPE_OF_CODE = {
@@ -125,6 +128,8 @@ V1_TYPE_OF_CODE = {
     "storage_full": "storage_full",
 }
 V1_TYPE_OF_KIND: dict[Kind, str] = {"not_implemented": "not_implemented", "upstream": "internal_error"}
+V1_TYPE_OF_KIND["overloaded"] = "server_busy"  # a model's full queue (429)
+TYPE_OF_KIND: dict[Kind, str] = {"overloaded": "rate_limit_error"}  # OpenAI's type, where the status does not say it
 
 
 def from_domain(exc: BaseException) -> APIError | None:
@@ -140,12 +145,20 @@ def api_error(exc: StudioloError) -> APIError:
     return APIError(
         status,
         str(exc),
-        type="invalid_request_error" if status < 500 else "server_error",
+        type=TYPE_OF_KIND.get(exc.kind) or ("invalid_request_error" if status < 500 else "server_error"),
         param=exc.param,
         code=exc.code,
         v1_type=V1_TYPE_OF_CODE.get(exc.code or "") or V1_TYPE_OF_KIND.get(exc.kind),
-        headers=None if exc.retry else {"x-should-retry": "false"},
+        headers=_retry_headers(exc),
     )
+
+
+def _retry_headers(exc: StudioloError) -> dict[str, str] | None:
+    """Whether and when a client should try again: ``x-should-retry: false`` for an error that would come
+    back (OpenAI's and Anthropic's SDKs read it), ``Retry-After`` seconds when the error says."""
+    if not exc.retry:
+        return {"x-should-retry": "false"}
+    return {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
 
 
 # where FastAPI says a request value came from: the field's own name is what a client sent

@@ -202,10 +202,18 @@ COUNTED_PROMPTS = frozenset({"/v1/completions", "/api/v0/completions"})
 EMBEDDINGS = frozenset({"/v1/embeddings", "/api/v0/embeddings"})
 
 
+# Lists of a generation request whose every item costs work before the model runs: each tool's schema
+# is compiled into the call grammar, each stop string is matched against the output at every token.
+BOUNDED_LISTS = (("tools", "max_tools"), ("stop", "max_stop_strings"), ("stop_sequences", "max_stop_strings"))
+GENERATION_PATHS = frozenset(COUNTED_LISTS) | COUNTED_PROMPTS
+
+
 def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
     """Refuse a list past its limit before pydantic validates its items (a 400 naming the field)."""
     if not isinstance(value, dict):
         return
+    if path in GENERATION_PATHS:
+        _check_generation_lists(value, limits)
     if path in EMBEDDINGS:
         _check_embedding_inputs(value.get("input"), limits)
         return
@@ -243,3 +251,17 @@ def _check_count(field: str, count: int, limit_name: str, limits: RequestLimits)
     if count > limit:
         raise APIError(400, f"'{field}' has {count} items, more than the server's limit of {limit} "
                        f"(setting limits.{limit_name})", param=field, code="too_many_items")
+
+
+def _check_generation_lists(value: dict[str, Any], limits: RequestLimits) -> None:
+    for field, limit_name in BOUNDED_LISTS:
+        if isinstance(value.get(field), list):
+            _check_count(field, len(value[field]), limit_name, limits)
+    for field in ("stop", "stop_sequences"):
+        stops = value.get(field)
+        for index, stop in enumerate(stops if isinstance(stops, list) else [stops]):
+            if isinstance(stop, str) and len(stop) > limits.max_stop_chars:
+                where = f"{field}[{index}]" if isinstance(stops, list) else field
+                raise APIError(400, f"'{where}' is {len(stop)} characters, more than the server's limit of "
+                               f"{limits.max_stop_chars} (setting limits.max_stop_chars)", param=where,
+                               code="string_too_long")

@@ -223,6 +223,15 @@ def start(
         help="Serve beyond loopback without --require-auth (refused otherwise): anyone who reaches the port "
              "can use every route.",
     ),
+    cors_origins: str | None = typer.Option(
+        None, "--cors-origins", metavar="ORIGIN,...",
+        help="Allow cross-origin requests from pages of these origins only (https://app.example,...).",
+    ),
+    allow_hosts: str | None = typer.Option(
+        None, "--allow-hosts", metavar="HOST,...",
+        help="Answer requests addressed to these host names too (*.example.com: its subdomains). On a loopback "
+             "bind only loopback names are answered otherwise (DNS rebinding).",
+    ),
 ) -> None:
     """Start the server (in the background unless --foreground).
 
@@ -237,7 +246,7 @@ def start(
     if running:
         typer.echo(f"The server is already running on port {running['port']}.")
         return
-    if settings.cors:
+    if settings.cors and not settings.cors_origins:
         typer.echo("CORS is on: any web page you visit can call this server.", err=True)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"Serving on {settings.host}: other machines on the network can reach this server.", err=True)

@@ -17,10 +17,10 @@ import typer
 from studiolo.config import ServerSettings
 
 # option name -> ServerSettings field, where they differ
-RENAMED = {"bind": "host", "jit": "jit_loading", "allow_image_urls": "image_url_hosts"}
+RENAMED = {"bind": "host", "jit": "jit_loading", "allow_image_urls": "image_url_hosts", "allow_hosts": "allowed_hosts"}
 ENGINE_OPTIONS = ("parallel", "context_length", "threads")  # EngineSettings fields
 NOT_SETTINGS = ("foreground",)  # how to run, not what to serve
-LISTS = ("image_url_hosts",)  # comma-separated on the command line
+LISTS = ("image_url_hosts", "cors_origins", "allowed_hosts")  # comma-separated on the command line
 
 
 def given_settings(params: dict[str, Any]) -> dict[str, Any]:

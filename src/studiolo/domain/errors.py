@@ -22,6 +22,7 @@ Errors are defined where they arise (a floor raises its own), each naming its ki
     │   └── (ModelLoadFailed, GenerationFailed, ...)
     ├── (kind not_implemented)        not_implemented       501
     ├── (kind upstream)               upstream              502   a server we depend on failed
+    ├── Overloaded                    overloaded            429   too much waits already (QueueFull)
     └── Unavailable                   unavailable           503
         └── (EngineClosed, ModelBusy, StorageUnavailable; StorageFull: insufficient_storage 507)
 
@@ -45,6 +46,7 @@ Kind = Literal[
     "unavailable",
     "insufficient_storage",
     "unauthorized",
+    "overloaded",
 ]
 
 
@@ -59,6 +61,7 @@ class StudioloError(Exception):
     code: str | None = None
     param: str | None = None
     retry: ClassVar[bool] = True
+    retry_after: int | None = None  # seconds a client should wait before trying again (HTTP Retry-After)
 
     def __init__(self, message: str = "", param: str | None = None, *, code: str | None = None):
         super().__init__(message)
@@ -107,3 +110,10 @@ class Unavailable(StudioloError, RuntimeError):
     """What the request needs is not available now (a model unloading, a busy model, the disk)."""
 
     kind: ClassVar[Kind] = "unavailable"
+
+
+class Overloaded(StudioloError):
+    """The server has more work waiting than it takes (a model's full queue); ``retry_after`` says when to
+    try again."""
+
+    kind: ClassVar[Kind] = "overloaded"

@@ -19,6 +19,7 @@ import numpy as np
 
 from studiolo.config import EngineSettings
 from studiolo.domain.errors import InvalidRequest, Unavailable
+from studiolo.engine.admission import QUEUE_TIMEOUT, Admission, expired
 from studiolo.engine.compute import COMPUTE
 from studiolo.engine.constraints import ConstraintError
 from studiolo.engine.draft_model import DraftModel, draft_cost
@@ -114,6 +115,7 @@ class Engine(EngineLifecycle[_Command]):
         cache = PromptCache(settings.prompt_cache_mib * 2**20)
         self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
+        self.admission = Admission(self.parallel)  # sequences live, to bound those waiting (under _wake)
         self._outbox = Outbox()
         self.drafts: dict[str, DraftModel] = {}  # draft models attached, by catalog key
         super().__init__()  # last: the compute thread may step the engine from here on
@@ -146,14 +148,16 @@ class Engine(EngineLifecycle[_Command]):
         """Queue a generation; must be called from a running event loop's thread."""
         return self.submit_many([request])[0]
 
-    def submit_many(self, requests: list[GenerationRequest]) -> list[TokenStream]:
-        """Queue several generations at once, so that they start in the same step."""
+    def submit_many(self, requests: list[GenerationRequest], max_queued: int | None = None) -> list[TokenStream]:
+        """Queue generations to start in the same step; QueueFull if past ``max_queued`` would wait."""
         for request in requests:
             self._validate(request)
         loop = asyncio.get_running_loop()
         seqs = [Sequence(request, TokenStream(loop)) for request in requests]
         for seq in seqs:
             seq.sink.cancel = lambda seq=seq: self._post_command(_Cancel(seq))
+        with self._wake:
+            self.admission.enter(len(seqs), max_queued)  # if the post fails, the engine and its count are gone
         self._post_command(_Submit(seqs))
         return [seq.sink for seq in seqs]
 
@@ -235,6 +239,8 @@ class Engine(EngineLifecycle[_Command]):
             # a cancel for a finished sequence (it ended, or failed) has nothing left to do
 
     def _step(self) -> None:
+        for seq in expired(self.scheduler.waiting):  # before admitting: past its deadline, a slot comes too late
+            self._finish(seq, QUEUE_TIMEOUT, "the request waited past its deadline for a slot")
         for seq in self.scheduler.admit():
             self._start(seq)
         self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
@@ -451,6 +457,7 @@ class Engine(EngineLifecycle[_Command]):
         if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
             # before the slot is released: another sequence may take its cells
             saved = SavedSequence(list(seq.slot.tokens), self.context.save_sequence(seq.slot.seq_id).tobytes())
+        self._left(seq)
         self.scheduler.remove(seq)
         if seq.sampler is not None:
             seq.sampler.close()
@@ -478,5 +485,12 @@ class Engine(EngineLifecycle[_Command]):
         for command in orphans:
             for seq in command.seqs if isinstance(command, _Submit) else ():
                 if seq.state is not SequenceState.FINISHED:  # not already ended above
+                    self._left(seq)
                     seq.state = SequenceState.FINISHED
                     self._outbox.put(seq.sink, seq.finish_event(reason, message))
+
+    def _left(self, seq: Sequence) -> None:
+        """A sequence is finishing: one fewer live, once (engine/admission.py)."""
+        if seq.state is not SequenceState.FINISHED:
+            with self._wake:
+                self.admission.leave()

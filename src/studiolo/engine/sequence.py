@@ -41,6 +41,8 @@ class GenerationRequest:
     reasoning: ReasoningSpec | None = None  # a reasoning model's output: its phases, budget, waiting constraint
     # the prompt's images: their rows stand in ``prompt`` as placeholder ids (engine/vision_steps.py)
     images: tuple[PlacedImage, ...] = ()
+    # time.monotonic() past which a sequence still waiting for a slot leaves the queue (engine/admission.py)
+    queue_deadline: float | None = None
 
 
 class SequenceState(enum.Enum):
@@ -76,6 +78,7 @@ class PromptLogprobsEvent:
 class FinishEvent:
     reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error" | "unloaded"
     # | "constraint" (the grammar reached one of llguidance's limits)
+    # | "queue_timeout" (it waited past GenerationRequest.queue_deadline for a slot)
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int

@@ -26,8 +26,10 @@ class ModelNotFound(NotFound):
     code, param = "model_not_found", "model"
 
     def __init__(self, name: str, available: list[str]):
-        listing = ", ".join(available) if available else "none (see `make setup` or `studiolo import`)"
-        super().__init__(f"model '{name}' not found; available models: {listing}")
+        # the catalog is not listed: the message reaches any caller (and its logs); /v1/models answers
+        # to those allowed to see it
+        hint = "GET /v1/models lists the models it has" if available else "it has no models (`studiolo get` adds some)"
+        super().__init__(f"model '{name}' not found on this server; {hint}")
         self.name = name
 
 

@@ -452,16 +452,24 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def _problem(exc: BaseException, entry: CatalogEntry) -> str:
+    """What went wrong with a model's file, for its client: its path on the server's disk left out (the
+    message names the model by its key; the server's log keeps the path)."""
+    log.warning("loading %s from %s failed: %s", entry.key, entry.path, exc)
+    text = str(exc).replace(f"{entry.path}: ", "")
+    return text.replace(str(entry.path), f"the file of '{entry.key}'")
+
+
 def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: str):
     """Check the file, the memory, then load; any failure leaves nothing behind."""
     try:
         info = read_model_info(entry.path)
     except (InvalidModelFile, OSError) as exc:
-        raise ModelFileUnloadable(f"cannot load '{entry.key}': {exc}") from exc
+        raise ModelFileUnloadable(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
     try:
         model = LlamaModel(entry.path)
     except ModelLoadError as exc:
-        raise ModelFileUnloadable(f"cannot load '{entry.key}': {exc}") from exc
+        raise ModelFileUnloadable(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
     projector = None if info.is_embedding else vision_projector(entry.path)
     vision = None
     try:
@@ -479,7 +487,7 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
             vision.close()  # before the model: it points into the model's weights
         model.close()
         if isinstance(exc, ModelLoadError):
-            raise ModelLoadFailed(f"cannot load '{entry.key}': {exc}") from exc
+            raise ModelLoadFailed(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
         raise
     return model, engine, info, footprint
 

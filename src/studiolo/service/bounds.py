@@ -101,6 +101,9 @@ def _check_prediction(prompt_chars: int, prediction: str | None, limits: Request
 
 
 def _check_sequences(n: int, prompts: int, limits: RequestLimits, field: str) -> None:
+    if n > limits.max_n:
+        raise InvalidRequest(f"'n' is {n}, more than the server's limit of {limits.max_n} choices per prompt "
+                             "(setting limits.max_n)", "n")
     if n * prompts > limits.max_sequences:
         asked = f"{prompts} prompts x n={n}" if prompts > 1 else f"n={n}"
         raise InvalidRequest(f"the request asks for {n * prompts} sequences ({asked}), more than the server's "

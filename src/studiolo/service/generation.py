@@ -23,6 +23,7 @@ from studiolo.chat.tool_formats import format_for, output_syntax, tool_grammar
 from studiolo.chat.tool_parser import CallSyntax
 from studiolo.config import RequestLimits
 from studiolo.domain.errors import InternalError, InvalidRequest
+from studiolo.engine.admission import QUEUE_TIMEOUT, RETRY_AFTER_SECONDS, queue_deadline
 from studiolo.engine.constraints import CompiledConstraint, ConstraintSpec
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LoraAdapter
@@ -132,6 +133,13 @@ class UnloadedWhileGenerating(GenerationFailed):
     """The model was unloaded under a running sequence: a 503, as an unload before it started."""
     kind = "unavailable"
     code, param = "model_unloaded", "model"
+
+
+class QueueTimeout(GenerationFailed):
+    """A sequence waited past limits.queue_timeout_seconds for a slot (engine/admission.py): 503, retry later."""
+    kind = "unavailable"
+    code, param = "queue_timeout", "model"
+    retry_after = RETRY_AFTER_SECONDS
 
 
 @dataclass(frozen=True)
@@ -348,6 +356,9 @@ def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
     """A sequence the engine could not finish is the request's failure, not an end of its output."""
     if event.reason == "unloaded":
         raise UnloadedWhileGenerating(event.error or "the model was unloaded")
+    if event.reason == QUEUE_TIMEOUT:
+        raise QueueTimeout("the request waited for one of the model's parallel slots past the server's deadline "
+                           "(setting limits.queue_timeout_seconds); retry later")
     if event.reason == "constraint":
         raise ConstraintFailed(event.error or "constrained decoding failed", constraint_param)
     if event.reason == "error":
@@ -453,16 +464,18 @@ class GenerationService:
     ) -> Generation:
         loaded = target.instance
         requests, per_choice = [], []
+        deadline = queue_deadline(self.limits.queue_timeout_seconds)
         for prompt in prompts:
             if not prompt.tokens:
                 raise InvalidRequest("the prompt is empty", prompt_field)
             for copy in range(options.n):
                 requests.append(replace(self._engine_request(prompt.tokens, options, copy, constraint,
                                                              target.adapter, drafting), reasoning=reasoning,
-                                        images=prompt.images))
+                                        images=prompt.images, queue_deadline=deadline))
                 per_choice.append(prompt)
         try:
-            streams = _generation_engine(loaded).submit_many(requests)  # all choices start in the same step
+            # all choices start in the same step; QueueFull (429) if too many would wait for the model
+            streams = _generation_engine(loaded).submit_many(requests, self.limits.max_queued_per_model)
         except ContextLengthExceeded as exc:
             exc.param = prompt_field
             raise

@@ -38,7 +38,6 @@ from studiolo.service.tools import check_no_other_constraint
 from studiolo.service.types import ChatRequest, CompletionRequest, GenerationOptions
 
 MAX_LOGPROBS = 20
-MAX_CHOICES = 16
 MAX_TOKEN_LIST = 1024  # stop_tokens, logit_bias: each entry is validated in Python, on the event loop
 TOKEN_ID = re.compile(r"-?[0-9]+")
 
@@ -97,7 +96,7 @@ class _GenerationBody(Body):
     ttl: Int | None = Field(default=None, gt=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Int = Field(1, ge=1, le=MAX_CHOICES)
+    n: Int = Field(1, ge=1)  # at most limits.max_n (service/bounds.py)
     max_tokens: Int | None = Field(None, ge=-1)
     temperature: float | None = sampling_field("temperature")
     top_p: float | None = sampling_field("top_p")
@@ -135,13 +134,6 @@ class _GenerationBody(Body):
             if not TOKEN_ID.fullmatch(key):
                 raise ValueError(f"keys must be token ids, got '{key}'")
         return {int(key): bias for key, bias in value.items()}
-
-    @field_validator("stop", "stop_sequences")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 16:
-            raise ValueError("at most 16 stop sequences")
-        return value
 
     @property
     def include_usage(self) -> bool:
