@@ -26,6 +26,7 @@ from studiolo.api.server.log import router as log_router
 from studiolo.api.server.memory import router as memory_router
 from studiolo.api.server.metrics import router as metrics_router
 from studiolo.api.server.ready import router as ready_router
+from studiolo.api.server.tokenize import router as tokenize_router
 from studiolo.api.server.tokens import router as tokens_router
 from studiolo.config import ServerSettings
 from studiolo.service.runtime import Runtime
@@ -64,6 +65,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(ready_router)
     app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
     app.include_router(tokens_router)
+    app.include_router(tokenize_router)
     return app
 
 
@@ -75,6 +77,7 @@ def _share(app: FastAPI, runtime: Runtime) -> None:
     state.log_hub = runtime.log_hub
     state.service = runtime.generation
     state.embeddings = runtime.embeddings
+    state.token_tools = runtime.token_tools
     state.conversations = runtime.conversations
     state.memory = runtime.memory
     state.models = runtime.models

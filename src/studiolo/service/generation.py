@@ -401,10 +401,10 @@ class GenerationService:
                                             syntax is not None, syntax is not None and syntax.forced)
         return PreparedChat(target, prompt, options, request.prompt_field, constraint, syntax, drafting, reasoning)
 
-    async def count_chat_tokens(self, request: ChatRequest) -> int:
-        """The tokens of the prompt ``chat`` would build for ``request`` (template, tools, images), loading
-        the model if need be; nothing is generated (Anthropic's count_tokens)."""
-        return len((await self._chat_prompt_of(request))[2].tokens)
+    async def chat_prompt_of(self, request: ChatRequest) -> Prompt:
+        """The prompt ``chat`` would build for ``request`` (template, tools, images), loading the model if
+        need be; nothing is generated (service/token_tools.py)."""
+        return (await self._chat_prompt_of(request))[2]
 
     async def _chat_prompt_of(self, request: ChatRequest) -> tuple[Target, ChatRequest, Prompt]:
         """A chat's checks, its model (loaded if need be), its settings and its prompt."""

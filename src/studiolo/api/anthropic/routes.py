@@ -61,7 +61,7 @@ async def count_tokens(body: CountTokensBody, request: Request) -> Any:
     """The prompt's tokens as the model's template and tokenizer make them (loading the model if need be)."""
     chat = await asyncio.to_thread(chat_request, body)
     try:
-        tokens = await until_disconnected(request, _service(request).count_chat_tokens(chat))
+        tokens = await until_disconnected(request, request.app.state.token_tools.count_chat_tokens(chat))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return {"input_tokens": tokens}
