@@ -23,7 +23,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from bench import report, speculative, vision
+from bench import messages, report, speculative, vision
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.config import (
@@ -131,6 +131,8 @@ def main() -> None:
         results["speculative"] = speculative.measure(config, RESULTS / "speculative", config.repeats)
         print("images:", flush=True)
         results["vision"] = vision.measure(config, RESULTS / "vision", config.decode_repeats)
+        print("anthropic messages:", flush=True)
+        results["messages"] = messages.measure(config, RESULTS / "messages", config.decode_repeats)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)
