@@ -8,6 +8,9 @@ beside two CPU-bound processes, SmolLM2 decoded 1.0 tok/s with 2 threads and 14.
 (61 tok/s with 2 threads on the idle machine). So the compute thread asks, before each step, how
 many cores the rest of the machine leaves free, measured from /proc/stat over the last half
 second, and runs llama.cpp with that many threads (at least one, at most the configured number).
+After an idle time the window would mostly hold what others did while this process waited (another
+server's request in a benchmark taken in turns cost the next image prompt 0.7 s at one thread), so the
+first step after idle keeps the last estimate and a fresh window starts.
 
 The thread count does not change results: each output value is computed whole by one thread
 (checked bit for bit on both default models, prefill and decode), so it may change between steps.
@@ -21,6 +24,10 @@ import time
 from pathlib import Path
 
 SAMPLE_SECONDS = 0.5  # how often the machine's load is read again
+# a window longer than this in which this process hardly ran spans a time it did not compute: the load
+# then was another program's turn (another server between two requests, say), not the load now
+STALE_SECONDS = 2 * SAMPLE_SECONDS
+IDLE_CORES = 0.5  # a window in which this process used less than this was mostly idle (a slow step is not)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # /proc/stat's cpu line: user nice system (idle iowait) irq softirq steal
 
@@ -68,6 +75,10 @@ class CpuShare:
             self._last, self._free = None, float(self.cores)
             return
         seconds = now[0] - self._last[0]
-        others = (now[1] - self._last[1]) - (now[2] - self._last[2])  # ticks of other processes
+        own = now[2] - self._last[2]
+        if seconds > STALE_SECONDS and own / _CLOCK_TICKS / seconds < IDLE_CORES:
+            self._last = now  # back from idle: keep the last estimate, measure afresh from now
+            return
+        others = (now[1] - self._last[1]) - own  # ticks of other processes
         self._free = self.cores - max(0.0, others / _CLOCK_TICKS / seconds)
         self._last = now
