@@ -14,7 +14,6 @@ after the first, as everywhere in bench/.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -118,20 +117,8 @@ def targets(results: dict | None) -> list[tuple[str, str, bool | None]]:
 
 def main() -> None:
     from bench import report
-    from bench.run import RESULTS, ROOT
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--print-only", action="store_true", help="leave latest.json and the report alone")
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    args = parser.parse_args()
-    results = measure(BenchConfig(), RESULTS / "messages", args.repeats)
-    section = lines(results)
-    print("\n".join(section), flush=True)
-    if args.print_only:
-        return
-    if not report.merge_into_latest(RESULTS, args.report, lambda latest: latest.update(messages=results)):
-        report.replace_section(args.report, section, targets(results))
+    report.run_section_alone(__doc__, "messages", measure, lines, targets)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,29 @@ def write(results: dict, path: Path, quick: bool = False) -> None:
     path.write_text(render(results, plot_name, quick) + ("\n" + notes if notes else ""))
 
 
+def run_section_alone(doc: str, key: str, measure, lines, targets) -> None:
+    """``python -m bench.<key>``: measure one section (``measure(config, logs, repeats)``), print it, and
+    unless ``--print-only`` put it in bench/results/latest.json and the report, or, without a full run's
+    results to rewrite the report from, in place of its own section of the report."""
+    import argparse
+
+    from bench.config import BenchConfig
+    from bench.run import RESULTS, ROOT
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--print-only", action="store_true", help="leave latest.json and the report alone")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args()
+    results = measure(BenchConfig(), RESULTS / key, args.repeats)
+    section = lines(results)
+    print("\n".join(section), flush=True)
+    if args.print_only:
+        return
+    if not merge_into_latest(RESULTS, args.report, lambda latest: latest.update({key: results})):
+        replace_section(args.report, section, targets(results))
+
+
 def replace_section(report_path: Path, section: list[str], section_targets: list) -> None:
     """Put ``section`` (its first line a ``## `` heading) in place of the report's section of that heading,
     or before its Targets, and its rows in the Targets table: for a section measured on its own when

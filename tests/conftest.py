@@ -68,6 +68,9 @@ def studiolo_home(tmp_path_factory, default_models) -> Path:
 
 
 class RunningServer:
+    # what answers 200 once the app serves: a model route, so the routers are up (with auth on: /health)
+    ready_path = "/v1/models"
+
     def __init__(self, home: Path, port: int, extra_args: list[str]):
         self.home = home
         self.port = port
@@ -85,7 +88,7 @@ class RunningServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/v1/models", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.base_url}{self.ready_path}", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import io
 import json
 import re
 from pathlib import Path
 
 import httpx
-import llama_cpp as llama
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 import openai
 import pytest
 from PIL import Image
 
-from studiolo.engine.images import decode_image
-from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
-from studiolo.engine.vision import VisionContext
 from studiolo.models.defaults import target_path
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import SMOLLM, PromptLog, RunningServer, free_port, home_with_models
+from tests.libmtmd_reference import libmtmd_greedy
 from tests.vision_projector import (
     GEMMA_VISION,
     IMAGE_TOKENS,
     SMOLLM_VISION,
-    VisionModel,
     link_vision_models,
     projector_file,
 )
@@ -99,61 +94,6 @@ def ask(client: openai.OpenAI, messages: list[dict], **extra):
 # --- the same tokens as libmtmd's own path --------------------------------------------
 
 
-def libmtmd_greedy(vision_model: VisionModel, prompt: str, images: list[bytes], n_tokens: int) -> tuple[str, int]:
-    """llama.cpp's multimodal path in this process: ``mtmd_tokenize`` (with its default marker) cuts the
-    prompt, libmtmd's helper evaluates each chunk, then greedy decoding; the text and how many prompt
-    positions it took. The helper evaluates the chunks in the cuts the server's scheduler makes (a
-    context of its size; the prompt's last token in a decode of its own, docs/ENGINE.md): rows
-    computed in other cuts round otherwise, and a comparison would then judge rounding, not plumbing."""
-    model = LlamaModel(target_path(vision_model.source))
-    vision = VisionContext(model, projector_file(vision_model), n_threads=2)
-    n_ctx = min(4096, model.n_ctx_train) * 4  # the server's: 4 sequences of 4096
-    ctx = LlamaContext(model, ContextParams(n_ctx=n_ctx, n_batch=512, n_seq_max=4, n_threads=2))
-    decoded = [decode_image(data) for data in images]
-    bitmaps = [mtmd.mtmd_bitmap_init(i.width, i.height, ctypes.cast(ctypes.c_char_p(i.rgb),
-                                                                     ctypes.POINTER(ctypes.c_uint8)))
-               for i in decoded]
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        data = prompt.encode()
-        text = mtmd.mtmd_input_text(data, len(data), model.add_bos, True)
-        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        assert mtmd.mtmd_tokenize(vision.handle, chunks, ctypes.byref(text), array, len(bitmaps)) == 0
-        pos, n_chunks = 0, mtmd.mtmd_input_chunks_size(chunks)
-        for i in range(n_chunks - 1):
-            end = llama.llama_pos(0)
-            assert mtmd.mtmd_helper_eval_chunk_single(vision.handle, ctx.handle, mtmd.mtmd_input_chunks_get(chunks, i),
-                                                      pos, 0, 512, False, ctypes.byref(end)) == 0
-            pos = end.value
-        last = mtmd.mtmd_input_chunks_get(chunks, n_chunks - 1)  # text: the assistant's header
-        count = ctypes.c_size_t(0)
-        pointer = mtmd.mtmd_input_chunk_get_tokens_text(last, ctypes.byref(count))
-        tail = [int(t) for t in pointer[: count.value]]
-        ctx.batch.clear()
-        ctx.batch.add(tail[:-1], pos, 0, len(tail) - 1)
-        assert ctx.decode() == 0
-        pos += len(tail) - 1
-        prompt_positions, token, out = pos + 1, tail[-1], b""
-        for step in range(n_tokens + 1):
-            if step:
-                out += model.token_bytes(token)
-            ctx.batch.clear()
-            ctx.batch.add([token], pos, 0, 0)
-            assert ctx.decode() == 0
-            pos += 1
-            token = int(np.argmax(ctx.logits(0)))
-            if model.is_eog(token):
-                break
-        return out.decode(errors="replace"), prompt_positions
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        for bitmap in bitmaps:
-            mtmd.mtmd_bitmap_free(bitmap)
-        ctx.close()
-        vision.close()
-        model.close()
-
-
 # SmolLM2's LLaVA projector is causal; Gemma 3's is not: its image is decoded whole with causal attention off
 @pytest.mark.parametrize("vision_model", [SMOLLM_VISION, GEMMA_VISION], ids=["smollm2", "gemma3-non-causal"])
 def test_greedy_output_is_libmtmd_s_for_the_same_image_and_prompt(vision_server, client, vision_model):
@@ -179,7 +119,9 @@ def test_greedy_output_is_libmtmd_s_for_the_same_image_and_prompt(vision_server,
     images = re.findall(r"<image 1: 640x488 JPEG, 64 tokens>", shown)  # noqa: RUF039 - a literal
     assert len(images) == 1 and shown.index(images[0]) < shown.index("What is in this image?")
     prompt = shown.replace(images[0], mtmd.mtmd_default_marker().decode())
-    text, positions = libmtmd_greedy(vision_model, prompt, [TEST_IMAGE.read_bytes()], MAX_TOKENS)
+    run = libmtmd_greedy(target_path(vision_model.source), projector_file(vision_model), prompt,
+                         [TEST_IMAGE.read_bytes()], MAX_TOKENS)  # both models train on more than 4096
+    text, positions = run.text, run.prompt_positions
     assert reply.choices[0].message.content == text and len(set(text.split())) > 3
     assert reply.usage.prompt_tokens == positions  # the image's 64 rows count as prompt tokens
 

@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import json
 import re
 
 import httpx
-import llama_cpp as llama
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 import openai
 import pytest
 
-from studiolo.engine.images import decode_image
-from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
-from studiolo.engine.vision import VisionContext
 from tests.batching import assert_same_or_parted_at_a_near_tie
 from tests.conftest import PromptLog, RunningServer, free_port
+from tests.libmtmd_reference import libmtmd_greedy
 from tests.test_vision_mrope import GREEDY_TOKENS, SMALL, VISION, WIDE, picture
 from tests.vision_projector import QWEN2VL_VISION, link_vision_models, projector_file, text_model_file
 
@@ -69,61 +65,6 @@ def ask(client: openai.OpenAI, messages: list[dict], **extra):
     return client.chat.completions.create(messages=messages, **extra)
 
 
-def libmtmd_greedy(prompt: str, images: list[bytes], n_tokens: int) -> tuple[str, list[float]]:
-    """llama.cpp's path in this process, in the cuts the server's scheduler makes (a context of its
-    size; each chunk whole, the prompt's last token in a decode of its own): the greedy text and each
-    chosen token's log-probability."""
-    model = LlamaModel(text_model_file(QWEN2VL_VISION))
-    vision = VisionContext(model, projector_file(QWEN2VL_VISION), n_threads=2)
-    ctx = LlamaContext(model, ContextParams(n_ctx=4 * 4096, n_batch=512, n_seq_max=4, n_threads=2))
-    decoded = [decode_image(data) for data in images]
-    bitmaps = [mtmd.mtmd_bitmap_init(i.width, i.height, ctypes.cast(ctypes.c_char_p(i.rgb),
-                                                                     ctypes.POINTER(ctypes.c_uint8)))
-               for i in decoded]
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        data = prompt.encode()
-        text = mtmd.mtmd_input_text(data, len(data), model.add_bos, True)
-        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        assert mtmd.mtmd_tokenize(vision.handle, chunks, ctypes.byref(text), array, len(bitmaps)) == 0
-        pos, n_chunks = 0, mtmd.mtmd_input_chunks_size(chunks)
-        for i in range(n_chunks - 1):
-            end = llama.llama_pos(pos)  # the helper adds a text chunk's length to it, sets an image's end
-            assert mtmd.mtmd_helper_eval_chunk_single(vision.handle, ctx.handle, mtmd.mtmd_input_chunks_get(chunks, i),
-                                                      pos, 0, 512, False, ctypes.byref(end)) == 0
-            pos = end.value  # past an image: pos + n_pos
-        count = ctypes.c_size_t(0)
-        pointer = mtmd.mtmd_input_chunk_get_tokens_text(mtmd.mtmd_input_chunks_get(chunks, n_chunks - 1),
-                                                        ctypes.byref(count))
-        tail = [int(t) for t in pointer[: count.value]]
-        ctx.batch.clear()
-        ctx.batch.add(tail[:-1], pos, 0, len(tail) - 1)
-        assert ctx.decode() == 0
-        pos += len(tail) - 1
-        token, out, logprobs = tail[-1], b"", []
-        for step in range(n_tokens + 1):
-            if step:
-                out += model.token_bytes(token)
-            ctx.batch.clear()
-            ctx.batch.add([token], pos, 0, 0)
-            assert ctx.decode() == 0
-            pos += 1
-            logits = ctx.logits(0).astype(np.float64)
-            token = int(np.argmax(logits))
-            if step < n_tokens:
-                logprobs.append(float(logits[token] - logits.max() - np.log(np.exp(logits - logits.max()).sum())))
-            if model.is_eog(token):
-                break
-        return out.decode(errors="replace"), logprobs
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        for bitmap in bitmaps:
-            mtmd.mtmd_bitmap_free(bitmap)
-        ctx.close()
-        vision.close()
-        model.close()
-
-
 def test_greedy_output_is_libmtmd_s_for_two_images_with_text_between_and_after(server, client):
     log = PromptLog(server.base_url)
     try:
@@ -146,7 +87,9 @@ def test_greedy_output_is_libmtmd_s_for_two_images_with_text_between_and_after(s
     prompt = shown
     for image in images:
         prompt = prompt.replace(image, mtmd.mtmd_default_marker().decode())
-    text, logprobs = libmtmd_greedy(prompt, [picture(1, WIDE), picture(2, SMALL)], GREEDY_TOKENS)
+    run = libmtmd_greedy(text_model_file(QWEN2VL_VISION), projector_file(QWEN2VL_VISION), prompt,
+                         [picture(1, WIDE), picture(2, SMALL)], GREEDY_TOKENS)
+    text, logprobs = run.text, run.logprobs
     assert reply.choices[0].message.content == text and len(set(text.split())) > 3
     # the same logits, not only the same argmax: greedy tokens alone would survive text placed a few
     # positions off (after each image at its row count instead of pos + n_pos, say)
