@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
@@ -45,8 +46,12 @@ def _models(request: Request) -> ModelService:
 
 
 def _model_object(model: ModelFile) -> dict[str, Any]:
+    """OpenAI's model object, with the fields Anthropic's (``type``, ``display_name``, ``created_at``) adds:
+    the same ``GET /v1/models`` answers both families' SDKs (``client.models.list()``)."""
+    created_at = datetime.fromtimestamp(model.modified_at, UTC).isoformat().replace("+00:00", "Z")
     body: dict[str, Any] = {
         "id": model.key, "object": "model", "created": model.modified_at, "owned_by": model.publisher,
+        "type": "model", "display_name": model.key, "created_at": created_at,
     }
     if model.base_key is not None:
         body["parent"] = model.base_key  # vLLM's field for a LoRA adapter's base model
@@ -56,7 +61,10 @@ def _model_object(model: ModelFile) -> dict[str, Any]:
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """Every model a request can name now (service/models.py: ModelService.usable)."""
-    return {"object": "list", "data": [_model_object(model) for model in _models(request).usable()]}
+    data = [_model_object(model) for model in _models(request).usable()]
+    # Anthropic's page fields: one page holds every model
+    return {"object": "list", "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
 
 
 @router.get("/models/{model_id:path}")
