@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from studiolo.api.body import Body, sampling_field
-from studiolo.api.openai.structured import StructuredOutputs
+from studiolo.api.openai.structured import GuidedFields
 from studiolo.api.wire_types import Int
 
 MAX_STOP_SEQUENCES = 16
@@ -126,7 +126,7 @@ class CountTokensBody(Body):
     preset: str | None = Field(None, min_length=1)
 
 
-class MessagesBody(CountTokensBody):
+class MessagesBody(CountTokensBody, GuidedFields):
     max_tokens: Int = Field(ge=1)
     stream: bool = False
     stop_sequences: list[str] | None = None
@@ -141,12 +141,6 @@ class MessagesBody(CountTokensBody):
     repeat_penalty: float | None = sampling_field("repeat_penalty")
     draft_model: str | None = None
     ignore_eos: bool = False
-    guided_json: dict[str, Any] | bool | str | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
-    guided_whitespace_pattern: str | None = None
-    structured_outputs: StructuredOutputs | None = None
 
     @property
     def response_format(self) -> None:

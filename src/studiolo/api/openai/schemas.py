@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import Discriminator, Field, StrictInt, Tag, field_validator
 
 from studiolo.api.body import Body, sampling_field
-from studiolo.api.openai.structured import ResponseFormat, StructuredOutputs, constraint_of
+from studiolo.api.openai.structured import GuidedFields, ResponseFormat, constraint_of
 from studiolo.api.openai.tool_schemas import (
     MessageToolCall,
     ToolChoice,
@@ -90,7 +90,7 @@ class Message(Body):
     reasoning: str | None = None
 
 
-class _GenerationBody(Body):
+class _GenerationBody(GuidedFields):
     model: str = Field(min_length=1)
     # LM Studio: idle seconds before a model this request JIT-loads is unloaded
     ttl: Int | None = Field(default=None, gt=0)
@@ -115,12 +115,6 @@ class _GenerationBody(Body):
     echo: bool = False  # return the prompt before the output (chat: as the template formatted it)
     # structured output (structured.py): one of these per request
     response_format: ResponseFormat | None = None
-    guided_json: dict[str, Any] | bool | str | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
-    guided_whitespace_pattern: str | None = None
-    structured_outputs: StructuredOutputs | None = None
     preset: str | None = Field(None, min_length=1)  # LM Studio: a preset's settings, under the request's own
     # LM Studio: the model to draft with (service/speculation.py); "ngram", or "none" to switch drafting off
     draft_model: str | None = None

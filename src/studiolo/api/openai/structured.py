@@ -39,6 +39,18 @@ class StructuredOutputs(Body):
 ResponseFormat = str | dict[str, Any]
 
 
+class GuidedFields(Body):
+    """BladeLLM's and vLLM's constrained-decoding fields, read by ``constraint_of``: every generation
+    body of every family takes them."""
+
+    guided_json: dict[str, Any] | bool | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    structured_outputs: StructuredOutputs | None = None
+
+
 def constraint_of(body: Any) -> tuple[Constraint, str] | None:
     """The request's one constraint and the field it came from, or None; InvalidRequest if bad."""
     asked = [item for item in _candidates(body) if item is not None]
