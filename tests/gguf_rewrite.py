@@ -1,11 +1,29 @@
 """Rewrite a GGUF file with the ``gguf`` package, for tests: its metadata (less some keys) and
-tensors copied into a writer that may add keys of its own or cut the file into shards."""
+tensors copied into a writer that may add keys of its own or cut the file into shards; and the cache
+of files the tests make once (``cached_test_model``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import gguf
+
+from studiolo.config import models_dir
+
+
+def cached_test_model(name: str, write: Callable[[Path], object]) -> Path:
+    """``<real STUDIOLO_HOME>/test-models/<name>``, made by ``write(path)`` the first time it is asked
+    for: into a ``.part`` file named after this process (two test runs at once never share one), then
+    renamed into place, so a file there is always whole. ``name`` should hold a digest of what made it."""
+    dest = models_dir().parent / "test-models" / name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_suffix(f".{os.getpid()}.part")
+        write(part)
+        os.replace(part, dest)
+    return dest
 
 
 def rewrite_gguf(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, skip: tuple[str, ...] = (),

@@ -18,9 +18,38 @@ import llama_cpp as llama
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from studiolo.engine.images import decode_image
+from studiolo.engine.images import DecodedImage, decode_image
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
 from studiolo.engine.vision import VisionContext
+
+
+def bitmaps_of(images: list[DecodedImage]) -> list:
+    """libmtmd's bitmaps over the images' RGB bytes (free each with ``mtmd_bitmap_free``)."""
+    return [mtmd.mtmd_bitmap_init(image.width, image.height,
+                                  ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8)))
+            for image in images]
+
+
+def libmtmd_path(vision: VisionContext, ctx: LlamaContext, text: str, images: list[DecodedImage],
+                 seq_id: int = 0) -> tuple[np.ndarray, int]:
+    """``mtmd_tokenize`` with its default marker, then ``mtmd_helper_eval_chunks`` (which moves past an
+    image by its ``n_pos``) into ``seq_id``: the last logits and the next position."""
+    bitmaps = bitmaps_of(images)
+    chunks = mtmd.mtmd_input_chunks_init()
+    try:
+        data = text.encode()
+        text_input = mtmd.mtmd_input_text(data, len(data), False, True)
+        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+        assert mtmd.mtmd_tokenize(vision.handle, chunks, ctypes.byref(text_input), array, len(bitmaps)) == 0
+        end = llama.llama_pos(0)
+        assert mtmd.mtmd_helper_eval_chunks(vision.handle, ctx.handle, chunks, 0, seq_id, ctx.n_batch, True,
+                                            ctypes.byref(end)) == 0
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        for bitmap in bitmaps:
+            mtmd.mtmd_bitmap_free(bitmap)
+    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx.handle, -1), shape=(ctx.model.n_vocab,))
+    return logits.copy(), end.value
 
 
 @dataclass(frozen=True)
@@ -35,10 +64,7 @@ def libmtmd_greedy(model_file: Path, projector: Path, prompt: str, images: list[
     model = LlamaModel(model_file)
     vision = VisionContext(model, projector, n_threads=2)
     ctx = LlamaContext(model, ContextParams(n_ctx=n_ctx, n_batch=512, n_seq_max=4, n_threads=2))
-    decoded = [decode_image(data) for data in images]
-    bitmaps = [mtmd.mtmd_bitmap_init(i.width, i.height, ctypes.cast(ctypes.c_char_p(i.rgb),
-                                                                     ctypes.POINTER(ctypes.c_uint8)))
-               for i in decoded]
+    bitmaps = bitmaps_of([decode_image(data) for data in images])
     chunks = mtmd.mtmd_input_chunks_init()
     try:
         data = prompt.encode()

@@ -20,15 +20,13 @@ of the source file and the template), then linked into a test home like the defa
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
-from studiolo.config import models_dir
 from studiolo.models.defaults import QWEN05, SMOLLM2, PyPIModel, target_path
-from tests.gguf_rewrite import rewrite_gguf
+from tests.gguf_rewrite import cached_test_model, rewrite_gguf
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 
@@ -51,15 +49,11 @@ REASONING_MODELS = (THINKER, OPENER, HARMONY)
 
 
 def with_template(source: Path, dest: Path, template: str) -> Path:
-    """Write ``source`` to ``dest`` with ``tokenizer.chat_template`` replaced (atomically: a
-    ``.part`` file renamed into place)."""
+    """Write ``source`` to ``dest`` with ``tokenizer.chat_template`` replaced."""
     reader = gguf.GGUFReader(source)
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
-    part = dest.with_suffix(f".{os.getpid()}.part")  # two test runs at once never share one
-    writer = gguf.GGUFWriter(part, arch)
-    rewrite_gguf(reader, writer, skip=(gguf.Keys.Tokenizer.CHAT_TEMPLATE,),
+    rewrite_gguf(reader, gguf.GGUFWriter(dest, arch), skip=(gguf.Keys.Tokenizer.CHAT_TEMPLATE,),
                  add=lambda w: w.add_chat_template(template))
-    os.replace(part, dest)
     return dest
 
 
@@ -69,11 +63,8 @@ def reasoning_model_file(model: ReasoningModel) -> Path:
     if not source.exists():
         raise FileNotFoundError(f"{source} is missing; run `make setup`")
     digest = hashlib.sha256(f"{model.source.sha256}\n{model.template}".encode()).hexdigest()[:16]
-    dest = models_dir().parent / "test-models" / f"{model.key.replace('/', '--')}-{digest}.gguf"
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with_template(source, dest, model.template)
-    return dest
+    return cached_test_model(f"{model.key.replace('/', '--')}-{digest}.gguf",
+                           lambda path: with_template(source, path, model.template))
 
 
 def link_reasoning_models(home: Path, models: tuple[ReasoningModel, ...] = REASONING_MODELS) -> Path:

@@ -10,13 +10,11 @@ client's text cannot make an image slot.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import struct
 import zlib
 from pathlib import Path
 
-import llama_cpp as llama
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 import pytest
@@ -37,6 +35,7 @@ from studiolo.engine.vision_chunks import ImageChunk, TextChunk, new_marker, pro
 from studiolo.models.catalog import Catalog
 from studiolo.models.defaults import target_path
 from studiolo.models.gguf_info import read_model_info
+from tests.libmtmd_reference import libmtmd_path
 from tests.vision_projector import (
     GEMMA_VISION,
     IMAGE_TOKENS,
@@ -192,28 +191,6 @@ def studiolo_path(vision: VisionContext, ctx: LlamaContext, chunks, seq_id: int)
             pos += chunk.n_pos
     assert last is not None, "a prompt ends with text (the assistant's header)"
     return last, pos
-
-
-def libmtmd_path(vision: VisionContext, ctx: LlamaContext, text: str, images, seq_id: int) -> tuple[np.ndarray, int]:
-    """llama.cpp's own: mtmd_tokenize with its default marker, then mtmd_helper_eval_chunks."""
-    bitmaps = [mtmd.mtmd_bitmap_init(image.width, image.height,
-                                     ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8)))
-               for image in images]
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        data = text.encode()
-        text_input = mtmd.mtmd_input_text(data, len(data), False, True)
-        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        assert mtmd.mtmd_tokenize(vision.handle, chunks, ctypes.byref(text_input), array, len(bitmaps)) == 0
-        end = llama.llama_pos(0)
-        assert mtmd.mtmd_helper_eval_chunks(vision.handle, ctx.handle, chunks, 0, seq_id, ctx.n_batch, True,
-                                            ctypes.byref(end)) == 0
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        for bitmap in bitmaps:
-            mtmd.mtmd_bitmap_free(bitmap)
-    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx.handle, -1), shape=(ctx.model.n_vocab,))
-    return logits.copy(), end.value
 
 
 # SmolLM2's LLaVA projector is causal, and takes its image in one batch or cut in two (as libmtmd's

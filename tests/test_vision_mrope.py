@@ -12,7 +12,6 @@ tests/test_vision_mrope_chat.py.
 
 from __future__ import annotations
 
-import ctypes
 import io
 from types import SimpleNamespace
 
@@ -37,6 +36,7 @@ from studiolo.engine.vision_chunks import (
     resume_point,
     row_position,
 )
+from tests.libmtmd_reference import libmtmd_path
 from tests.vision_projector import QWEN2VL_VISION, projector_file, text_model_file
 
 VISION = QWEN2VL_VISION.key
@@ -154,29 +154,6 @@ def prefill(vision: VisionContext, ctx: LlamaContext, chunks, cuts: list[int]) -
     for start, end in zip(cuts, cuts[1:], strict=False):
         last = feed(vision, ctx, chunks, start, end)
     return last
-
-
-def libmtmd_path(vision: VisionContext, ctx: LlamaContext, text: str, images) -> tuple[np.ndarray, int]:
-    """llama.cpp's own: mtmd_tokenize with its default marker, then mtmd_helper_eval_chunks (which
-    moves past an image by its n_pos); the last logits and the next position."""
-    bitmaps = [mtmd.mtmd_bitmap_init(image.width, image.height,
-                                     ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8)))
-               for image in images]
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        data = text.encode()
-        text_input = mtmd.mtmd_input_text(data, len(data), False, True)
-        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        assert mtmd.mtmd_tokenize(vision.handle, chunks, ctypes.byref(text_input), array, len(bitmaps)) == 0
-        end = llama.llama_pos(0)
-        assert mtmd.mtmd_helper_eval_chunks(vision.handle, ctx.handle, chunks, 0, 0, ctx.n_batch, True,
-                                            ctypes.byref(end)) == 0
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        for bitmap in bitmaps:
-            mtmd.mtmd_bitmap_free(bitmap)
-    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx.handle, -1), shape=(ctx.model.n_vocab,))
-    return logits.copy(), end.value
 
 
 # the 20-row image in one batch, or cut in two (n_batch 16, as libmtmd's helper cuts it: its rows

@@ -29,16 +29,14 @@ LM Studio lays a vision model out: ``models/<publisher>/<repo>/<model>.gguf`` + 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from studiolo.config import models_dir
 from studiolo.models.defaults import GEMMA3, QWEN05, SMOLLM2, PyPIModel, target_path
-from tests.gguf_rewrite import rewrite_gguf
+from tests.gguf_rewrite import cached_test_model, rewrite_gguf
 
 FORMAT_VERSION = 2  # bump when the tensors or keys below change: the cached files are named after it
 IMAGE_SIZE = 112
@@ -207,9 +205,8 @@ def _qwen2vl_tensors(rng: np.random.Generator, n_embd: int, vit: VitShape) -> di
 
 def write_projector(dest: Path, n_embd: int, seed: int = SEED, projector_type: str = "mlp",
                     vit: VitShape = TINY_VIT) -> Path:
-    """Write a random-weight projector for a text model of ``n_embd`` to ``dest`` (atomically)."""
-    part = dest.with_suffix(f".{os.getpid()}.part")  # two test runs at once never share one
-    writer = gguf.GGUFWriter(part, "clip")
+    """Write a random-weight projector for a text model of ``n_embd`` to ``dest``."""
+    writer = gguf.GGUFWriter(dest, "clip")
     _add_keys(writer, n_embd, projector_type, vit)
     for name, data in _tensors(n_embd, seed, projector_type, vit).items():
         writer.add_tensor(name, data)
@@ -217,7 +214,6 @@ def write_projector(dest: Path, n_embd: int, seed: int = SEED, projector_type: s
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.replace(part, dest)
     return dest
 
 
@@ -226,16 +222,13 @@ def projector_file(model: VisionModel, seed: int = SEED) -> Path:
     shape = f"{FORMAT_VERSION}\n{model.projector_type}\n{model.n_embd}\n{seed}"
     shape += "" if model.vit == TINY_VIT else f"\n{model.vit}"  # the tests' files keep their names
     digest = hashlib.sha256(shape.encode()).hexdigest()[:12]
-    dest = models_dir().parent / "test-models" / f"mmproj-{model.projector_type}-{model.n_embd}-{digest}.gguf"
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        write_projector(dest, model.n_embd, seed, model.projector_type, model.vit)
-    return dest
+    return cached_test_model(f"mmproj-{model.projector_type}-{model.n_embd}-{digest}.gguf",
+                           lambda path: write_projector(path, model.n_embd, seed, model.projector_type, model.vit))
 
 
 def rewrite_architecture(source: Path, dest: Path, architecture: str) -> Path:
     """``source`` (a qwen2 model) as an ``architecture`` model: its ``qwen2.*`` keys renamed, and the
-    M-RoPE sections a qwen2vl model must have (atomically: a ``.part`` file renamed into place)."""
+    M-RoPE sections a qwen2vl model must have."""
     reader = gguf.GGUFReader(source)
     old = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     renamed = [field for field in reader.fields.values() if field.name.startswith(f"{old}.")]
@@ -248,9 +241,7 @@ def rewrite_architecture(source: Path, dest: Path, architecture: str) -> Path:
                                  sub_type=sub_type)
         writer.add_array(f"{architecture}.rope.dimension_sections", QWEN2VL_SECTIONS)
 
-    part = dest.with_suffix(f".{os.getpid()}.part")
-    rewrite_gguf(reader, gguf.GGUFWriter(part, architecture), skip=tuple(f.name for f in renamed), add=add)
-    os.replace(part, dest)
+    rewrite_gguf(reader, gguf.GGUFWriter(dest, architecture), skip=tuple(f.name for f in renamed), add=add)
     return dest
 
 
@@ -263,11 +254,8 @@ def text_model_file(model: VisionModel) -> Path:
         return source
     shape = f"{model.source.sha256}\n{model.architecture}\n{QWEN2VL_SECTIONS}"
     digest = hashlib.sha256(shape.encode()).hexdigest()[:16]
-    dest = models_dir().parent / "test-models" / f"{model.key.replace('/', '--')}-{digest}.gguf"
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        rewrite_architecture(source, dest, model.architecture)
-    return dest
+    return cached_test_model(f"{model.key.replace('/', '--')}-{digest}.gguf",
+                           lambda path: rewrite_architecture(source, path, model.architecture))
 
 
 def link_vision_models(home: Path, models: tuple[VisionModel, ...] = VISION_MODELS) -> Path:

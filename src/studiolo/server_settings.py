@@ -19,6 +19,8 @@ import types
 import typing
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from studiolo.config import EngineSettings, ServerSettings, settings_file
 
 SECTION = "server"
@@ -104,35 +106,15 @@ def _checked_value(cls: type, name: str, value: Any, where: str) -> Any:
 _WRONG = object()
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-
-
-# JSON scalars by the field type they fit, and how they become its value
-_SCALARS: dict[Any, tuple[Any, Any]] = {
-    type(None): (lambda v: v is None, lambda v: None),
-    bool: (lambda v: isinstance(v, bool), bool),
-    int: (lambda v: _number(v) and isinstance(v, int), int),
-    float: (_number, float),
-    str: (lambda v: isinstance(v, str), str),
-}
-
-
 def _as_type(hint: Any, value: Any) -> Any:
-    """``value`` (decoded JSON) as a ``hint``-typed field's value, or _WRONG."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        converted = (_as_type(option, value) for option in args)
-        return next((item for item in converted if item is not _WRONG), _WRONG)
-    if hint in _SCALARS:
-        fits, convert = _SCALARS[hint]
-        return convert(value) if fits(value) else _WRONG
-    if origin is typing.Literal:
-        return value if value in args and not isinstance(value, bool) else _WRONG
-    if origin in (tuple, list) and isinstance(value, list):  # tuple[X, ...] or list[X]: a JSON list of X
-        items = [_as_type(args[0], item) for item in value]
-        return _WRONG if any(item is _WRONG for item in items) else origin(items)
-    return _WRONG
+    """``value`` (decoded JSON) as a ``hint``-typed field's value, or _WRONG: pydantic's strict JSON
+    mode (no "8080" for a port, no 1 for true; a JSON list for a tuple), numbers non-negative."""
+    try:
+        converted = TypeAdapter(hint).validate_json(json.dumps(value), strict=True)
+    except ValidationError:
+        return _WRONG
+    negative = isinstance(converted, int | float) and not isinstance(converted, bool) and converted < 0
+    return _WRONG if negative else converted
 
 
 def _describe(hint: Any) -> str:

@@ -17,26 +17,13 @@ A pure ASGI middleware (not BaseHTTPMiddleware, which breaks streaming cancellat
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from studiolo.api.errors import APIError
-
-LOOPBACK_NAMES = ("localhost", "localhost.")
-
-
-def is_loopback_address(host: str) -> bool:
-    """Whether ``host`` (a bind address or a Host header's name, without port or brackets) is loopback."""
-    name = host.lower()
-    if name in LOOPBACK_NAMES or name.endswith((".localhost", ".localhost.")):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+from studiolo.domain.hosts import is_loopback
 
 
 def host_name(header: str) -> str:
@@ -52,14 +39,14 @@ class HostPolicy:
 
     def __init__(self, bind: str, allowed: Iterable[str] = ()):
         self.named = tuple(name.strip().lower() for name in allowed if name.strip())
-        self.enabled = is_loopback_address(bind) or bool(self.named)
+        self.enabled = is_loopback(bind) or bool(self.named)
         self.bind = bind.strip("[]").lower()
 
     def admits(self, header: str | None) -> bool:
         if not self.enabled or not header:
             return True
         name = host_name(header)
-        if is_loopback_address(name) or name == self.bind:
+        if is_loopback(name) or name == self.bind:
             return True
         return any(name == allowed or (allowed.startswith("*.") and name.endswith(allowed[1:]))
                    for allowed in self.named)

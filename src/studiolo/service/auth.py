@@ -9,7 +9,6 @@ moved since its last check, or when the token's expiry has passed.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from studiolo.domain.auth import (
     parse_permissions,
 )
 from studiolo.domain.errors import InvalidRequest
+from studiolo.domain.hosts import is_loopback
 from studiolo.store.tokens import TokenNotFound, TokenStore  # noqa: F401 - TokenNotFound is this API's too
 
 MAX_NAME_CHARS = 200
-LOOPBACK_NAMES = ("localhost",)
 
 
 @dataclass(frozen=True)
@@ -100,16 +99,6 @@ class StreamCheck:
         except InvalidApiKey:
             return False
         return True
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding to ``host`` serves this machine only."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_refusal(host: str, require_auth: bool, insecure_no_auth: bool) -> str | None:
