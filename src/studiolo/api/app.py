@@ -17,6 +17,7 @@ from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
 from studiolo.api.lmstudio.downloads import router as download_router
 from studiolo.api.lmstudio.v0 import router as v0_router
 from studiolo.api.lmstudio.v1 import router as v1_router
+from studiolo.api.lmstudio_sdk.routes import router as sdk_router
 from studiolo.api.openai.embeddings import router as embeddings_router
 from studiolo.api.openai.routes import router as openai_router
 from studiolo.api.request_metrics import RequestMetrics
@@ -66,6 +67,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: refusals by the other middleware count too
     app.include_router(tokens_router)
     app.include_router(tokenize_router)
+    app.include_router(sdk_router)
     return app
 
 

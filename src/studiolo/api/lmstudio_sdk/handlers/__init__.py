@@ -1,0 +1,3 @@
+"""The namespaces' endpoints; importing this package joins them to the registry (endpoints.py)."""
+
+from studiolo.api.lmstudio_sdk.handlers import system  # noqa: F401
