@@ -89,6 +89,18 @@ def test_downloaded_models_are_the_rest_list(sdk, http):
     assert [m.model_key for m in sdk.list_downloaded_models("embedding")] == [MINILM]
 
 
+
+def test_the_sdk_s_convenience_api_lists_and_gets(server, http, nothing_loaded):
+    """``lmstudio.list_downloaded_models()`` and ``lmstudio.llm(key)``: the SDK's global client, given the
+    server's address (without it the SDK probes LM Studio's own ports, not studiolo's)."""
+    lmstudio.configure_default_client(f"127.0.0.1:{server.port}")
+    try:
+        assert {m.model_key for m in lmstudio.list_downloaded_models("embedding")} == {MINILM}
+        assert lmstudio.llm(SMOLLM).identifier == SMOLLM
+        assert [m.identifier for m in lmstudio.list_loaded_models("llm")] == [SMOLLM]
+    finally:
+        lmstudio.sync_api._reset_default_client()
+
 # -- getOrLoad: client.llm.model(key)
 
 
@@ -341,3 +353,18 @@ def test_nothing_loads_for_a_malformed_call(app_client):
     refused = first_answer(app_client, "llm", open_channel("loadModel", too_small))
     assert refused["type"] == "channelError"
     assert first_answer(app_client, "llm", call_rpc("listLoaded", None))["result"] == []
+
+
+def test_with_jit_loading_off_get_or_load_is_refused_before_announcing_a_load(app_client):
+    from fastapi.testclient import TestClient
+
+    from studiolo.api.app import create_app
+    from studiolo.config import ServerSettings
+
+    # a second app on app_client's home (its STUDIOLO_HOME is set for the module)
+    with TestClient(create_app(ServerSettings(jit_loading=False)), base_url="http://localhost") as client:
+        answer = first_answer(client, "llm", open_channel("getOrLoad", {"identifier": SMOLLM,
+                                                                        "loadConfigStack": NO_CONFIG}))
+        assert answer["type"] == "channelError" and "just in time" in answer["error"]["title"]
+        assert answer["error"]["displayData"]["code"] == "generic.noModelMatchingQuery"
+        assert first_answer(client, "llm", call_rpc("listLoaded", None))["result"] == []

@@ -229,6 +229,11 @@ class ModelService:
         target = await self.manager.get(name, ttl=ttl, context_length=context_length)
         return instance_status(target.instance)
 
+    @property
+    def loads_just_in_time(self) -> bool:
+        """Whether a request naming a model that is not loaded loads it (the server's JIT setting)."""
+        return self.manager.jit_loading
+
     def jit_evictions(self, name: str) -> list[InstanceStatus]:
         """The instances a JIT load for ``name`` would unload now (auto-evict), for clients that announce
         it; none when ``name`` is served by a loaded instance already."""

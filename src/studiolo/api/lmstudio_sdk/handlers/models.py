@@ -91,6 +91,9 @@ async def get_or_load(channel: Channel, parameter: Any, domain: str) -> None:
         await channel.send({"type": "alreadyLoaded", "info": instance_info(instance)})
         return
     model = _model_on_disk(models, resolved.name, domain)
+    if not models.loads_just_in_time:  # as a REST request naming it: refused, before anything is announced
+        raise no_match(models, specifier, domain, f"'{model.key}' is not loaded and this server loads no model "
+                       f"just in time; load it first (client.{domain}.load_new_instance, or studiolo load)")
     for evicted in models.jit_evictions(model.key):
         await channel.send({"type": "unloadingOtherJITModel", "info": instance_info(evicted)})
     await channel.send({"type": "startLoading", "identifier": models.instance_id_for(model.key),

@@ -184,13 +184,14 @@ def resolve(models: ModelService, specifier: Specifier, domain: str) -> Resolved
     return Resolved(model.key, None)
 
 
-def no_match(models: ModelService, specifier: Specifier, domain: str) -> SdkError:
+def no_match(models: ModelService, specifier: Specifier, domain: str, message: str | None = None) -> SdkError:
+    """LM Studio's error for a specifier nothing loaded matches; ``message``: why, when not the default."""
     loaded = [i.id for i in models.loaded() if domain_of(i.info) == domain]
     if isinstance(specifier, Reference):
         return NoModelMatching("the model instance this handle refers to has been unloaded; get the model again "
                                "(client.llm.model(key))", display_code="generic.specificModelUnloaded")
     return NoModelMatching(
-        f"no {'embedding model' if domain == 'embedding' else 'LLM'} matches {specifier.describe()}",
+        message or f"no {'embedding model' if domain == 'embedding' else 'LLM'} matches {specifier.describe()}",
         display_code="generic.noModelMatchingQuery",
         display_data={"query": specifier.wire(), "loadedModelsSample": loaded[:LOADED_SAMPLE],
                       "totalLoadedModels": len(loaded)},
