@@ -264,6 +264,17 @@ def test_a_stale_instance_reference_matches_nothing(server, sdk, http, nothing_l
     assert absent == {"type": "rpcResult", "callId": 1}  # no result: the SDKs' "not found"
 
 
+
+def test_a_reference_to_the_other_namespace_s_instance_is_a_domain_mismatch(server, sdk, nothing_loaded):
+    sdk.embedding.model(MINILM)
+    [info] = rpc(server, "embedding", "listLoaded")["result"]
+    error = rpc(server, "llm", "getModelInfo", {
+        "specifier": {"type": "instanceReference", "instanceReference": info["instanceReference"]},
+        "throwIfNotFound": True})
+    assert error["type"] == "rpcError"
+    assert error["error"]["displayData"] == {"code": "generic.domainMismatch", "path": info["path"],
+                                             "actualDomain": "embedding", "expectedDomain": "llm"}
+
 def test_no_match_names_the_query_and_the_loaded_models(server, sdk, nothing_loaded):
     sdk.llm.model(SMOLLM)
     error = rpc(server, "llm", "getLoadConfig", {"specifier": {"type": "query", "query": {"identifier": "zzz"}}})

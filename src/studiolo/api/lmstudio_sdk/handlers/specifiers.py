@@ -116,10 +116,14 @@ def _key_text(value: Any, field: str) -> str:
 
 
 def find_loaded(models: ModelService, specifier: Specifier, domain: str) -> InstanceStatus | None:
-    """The loaded instance of ``domain`` the specifier names; None when none is loaded."""
+    """The loaded instance of ``domain`` the specifier names; None when none is loaded (DomainMismatch for
+    a reference to an instance of the other namespace)."""
     loaded = models.loaded()
     if isinstance(specifier, Reference):
-        return next((i for i in loaded if instance_reference(i) == specifier.instance_reference), None)
+        found = next((i for i in loaded if instance_reference(i) == specifier.instance_reference), None)
+        if found is not None and domain_of(found.info) != domain:
+            raise domain_mismatch(found.key, found.path, domain_of(found.info), domain)
+        return found
     candidates = [i for i in loaded if domain_of(i.info) == domain]
     if specifier.vision is not None:
         candidates = [i for i in candidates if i.info.has_vision == specifier.vision]
