@@ -1,0 +1,143 @@
+"""LM Studio's SDK protocol, the ``files`` namespace (api/lmstudio_sdk/handlers/files.py): images a
+client uploads for its chats, kept per client while its sockets are open, within the server's limits.
+
+The frame tests run the app in process and need no model; the last test drives a real server with
+the real ``lmstudio`` SDK and an image in a chat with the vision test model (SmolLM2 with a projector
+of random weights: it checks the plumbing, the image reaching the model, not what the model sees).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from studiolo.api.app import create_app
+from studiolo.api.lmstudio_sdk.handlers.files import CLIENT_FILES_IMAGES, FileNotFound, image_bytes
+from studiolo.config import ServerSettings
+
+
+def guest(name: str) -> dict:
+    return {"authVersion": 1, "clientIdentifier": f"guest:{name}", "clientPasskey": "secret"}
+
+
+def png(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
+    image = Image.new("RGB", size, (seed * 40 % 256, 90, 200))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STUDIOLO_HOME", str(home))
+        settings = ServerSettings()
+        settings.limits.max_image_mib = 1  # so that the per-client total is quick to reach
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
+            yield client
+
+
+class FilesSocket:
+    """A raw socket to /files (and others) for one client; each call is one frame and its answer."""
+
+    def __init__(self, client: TestClient, name: str, namespace: str = "files"):
+        self.context = client.websocket_connect(f"ws://localhost/{namespace}")
+        self.name = name
+        self.calls = 0
+
+    def __enter__(self) -> FilesSocket:
+        self.socket = self.context.__enter__()
+        self.socket.send_json(guest(self.name))
+        assert self.socket.receive_json() == {"success": True}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.context.__exit__(*exc)
+
+    def call(self, endpoint: str, parameter) -> dict:
+        self.calls += 1
+        self.socket.send_json({"type": "rpcCall", "endpoint": endpoint, "callId": self.calls, "parameter": parameter})
+        answer = self.socket.receive_json()
+        assert answer["callId"] == self.calls
+        return answer
+
+    def upload(self, data: bytes | str, name: str = "picture.png") -> dict:
+        content = data if isinstance(data, str) else base64.b64encode(data).decode()
+        return self.call("uploadFileBase64", {"name": name, "contentBase64": content})
+
+
+def test_an_uploaded_image_is_kept_for_the_client_until_its_last_socket_closes(app_client):
+    data = png(1)
+    with FilesSocket(app_client, "keeper") as files:
+        answer = files.upload(data)
+        assert answer["type"] == "rpcResult"
+        result = answer["result"]
+        assert set(result) == {"identifier", "fileType", "sizeBytes"}
+        assert result["fileType"] == "image" and result["sizeBytes"] == len(data)
+        # a bare file name, as the JavaScript SDK parses identifiers: no namespace colon, no slash
+        assert result["identifier"].endswith(".png") and not set(":/\\") & set(result["identifier"])
+        with FilesSocket(app_client, "keeper", "llm"):  # a second socket of the same client
+            assert image_bytes("guest:keeper", result["identifier"]) == data
+        assert image_bytes("guest:keeper", result["identifier"]) == data  # the files socket is still open
+        with pytest.raises(FileNotFound):  # another client does not see it
+            image_bytes("guest:someone-else", result["identifier"])
+    with pytest.raises(FileNotFound) as raised:  # its last socket closed: freed
+        image_bytes("guest:keeper", result["identifier"], "history.messages[0].content[1]")
+    assert raised.value.param == "history.messages[0].content[1]"
+    assert "prepare_image" in str(raised.value)
+
+
+def test_the_same_bytes_get_the_same_identifier_and_count_once(app_client):
+    with FilesSocket(app_client, "twice") as files:
+        first = files.upload(png(2), "a.png")["result"]
+        again = files.upload(png(2), "b.png")["result"]
+        other = files.upload(png(3), "c.png")["result"]
+        assert first == again
+        assert other["identifier"] != first["identifier"]
+
+
+@pytest.mark.parametrize("content, name, says", [
+    (base64.b64encode(b"plain text, not an image").decode(), "notes.txt", "images only"),
+    ("@@not base64@@", "x.png", "base64"),
+    ("", "x.png", "empty"),
+])
+def test_what_is_not_an_image_is_refused_naming_the_field(app_client, content, name, says):
+    with FilesSocket(app_client, "refused") as files:
+        answer = files.upload(content, name)
+        assert answer["type"] == "rpcError"
+        assert says in answer["error"]["title"]
+        assert "contentBase64" in answer["error"]["cause"]
+
+
+def test_a_parameter_of_the_wrong_shape(app_client):
+    with FilesSocket(app_client, "shape") as files:
+        answer = files.call("uploadFileBase64", {"name": 3, "contentBase64": "AAAA"})
+        assert answer["type"] == "rpcError" and "'name'" in answer["error"]["title"]
+        answer = files.call("uploadFileBase64", None)
+        assert answer["type"] == "rpcError" and "contentBase64" in answer["error"]["title"]
+
+
+def test_the_limits_per_file_and_per_client(app_client):
+    limit = 2**20  # max_image_mib = 1 in this app
+    with FilesSocket(app_client, "bounded") as files:
+        too_big = files.upload(png(4) + bytes(limit))
+        assert too_big["type"] == "rpcError"
+        assert f"larger than {limit:,} bytes" in too_big["error"]["title"]
+        # files just under the limit each: the client's total is reached after CLIENT_FILES_IMAGES of them
+        for index in range(CLIENT_FILES_IMAGES):
+            assert files.upload(png(10 + index) + bytes(limit - 1000))["type"] == "rpcResult"
+        full = files.upload(png(99) + bytes(10_000))  # more than the 5 x ~1,000 bytes left
+        assert full["type"] == "rpcError" and "freed when the client disconnects" in full["error"]["title"]
+    with FilesSocket(app_client, "bounded") as files:  # a new connection starts afresh
+        assert files.upload(png(99))["type"] == "rpcResult"
+
+
+def test_local_file_paths_are_not_served(app_client):
+    with FilesSocket(app_client, "paths") as files:
+        answer = files.call("getLocalFileAbsolutePath", {"fileName": "x.png"})
+        assert answer["type"] == "rpcError" and "in memory" in answer["error"]["title"]
