@@ -5,6 +5,8 @@ response store's owner column (its migration keeps an old file's rows)."""
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import sqlite3
 import time
 
@@ -34,7 +36,7 @@ def test_a_token_reads_as_lm_studio_s_and_only_its_hash_is_kept(tokens, tmp_path
     made = tokens.create("ci", ["inference", "admin"])
     public_id, secret = split_token_text(made.text)
     assert made.text == f"sk-lm-{public_id}:{secret}" and public_id == made.info.id and len(public_id) == 8
-    assert len(secret) >= 43  # 256 random bits
+    assert re.fullmatch(r"[A-Za-z0-9]{20}", secret)  # LM Studio's SDKs' passkey: about 119 random bits
     assert made.info.permissions == (Permission.inference, Permission.admin)
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the file, its WAL and index
     assert secret.encode() not in raw
@@ -43,6 +45,15 @@ def test_a_token_reads_as_lm_studio_s_and_only_its_hash_is_kept(tokens, tmp_path
     assert tokens.verify(made.text).id == public_id
     assert "token" not in repr(tokens.list()[0]).lower().replace("tokeninfo", "")  # no secret in a listing
 
+
+
+def test_a_token_made_in_the_older_format_still_verifies(tokens, monkeypatch):
+    # before LM Studio's SDKs were served, secrets were 43 URL-safe characters: such tokens keep working
+    old_secret = secrets.token_urlsafe(32)
+    monkeypatch.setattr(token_store, "new_token_text", lambda: (f"sk-lm-0badc0de:{old_secret}", "0badc0de", old_secret))
+    made = tokens.create("old")
+    assert len(old_secret) == 43 and made.text == f"sk-lm-0badc0de:{old_secret}"
+    assert tokens.verify(made.text).id == "0badc0de"
 
 def test_the_secret_is_compared_in_constant_time(tokens, monkeypatch):
     made = tokens.create("ci")

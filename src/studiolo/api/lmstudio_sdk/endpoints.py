@@ -26,13 +26,16 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class SdkError(InvalidRequest):
     """A protocol-level mistake by the client (a malformed frame, an unknown channel), or an endpoint
     studiolo does not serve; ``display_code``: LM Studio's ``displayData.code`` when it has one the
-    SDKs recognise (``generic.noModelMatchingQuery``)."""
+    SDKs recognise (``generic.noModelMatchingQuery``), and ``display_data`` the fields LM Studio gives
+    with that code."""
 
     code = "invalid_sdk_request"
 
-    def __init__(self, message: str, *, display_code: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, param: str | None = None, display_code: str | None = None,
+                 display_data: dict[str, Any] | None = None):
+        super().__init__(message, param)
         self.display_code = display_code
+        self.display_data = display_data  # the displayData fields beside its code (the SDKs' zod lists them)
 
 
 class UnknownEndpoint(NotFound):
