@@ -1,4 +1,8 @@
 """The namespaces' endpoints; importing this package joins them to the registry (endpoints.py)."""
 
 from studiolo.api.lmstudio_sdk.handlers import models as model_endpoints  # noqa: F401
-from studiolo.api.lmstudio_sdk.handlers import system  # noqa: F401
+from studiolo.api.lmstudio_sdk.handlers import (  # noqa: F401
+    predict,
+    prompt_rpcs,
+    system,  # noqa: F401
+)
