@@ -21,6 +21,7 @@ from typing import Any
 
 from studiolo.api.lmstudio_sdk.endpoints import Channel, ChannelGone, Client, namespace
 from studiolo.api.lmstudio_sdk.handlers.chat_history import FileBytes, chat_messages
+from studiolo.api.lmstudio_sdk.handlers.files import image_bytes
 from studiolo.api.lmstudio_sdk.handlers.kv_config import PREFIX, PredictionConfig, PromptTemplate, prediction_config
 from studiolo.api.lmstudio_sdk.handlers.load_config import instance_load_config
 from studiolo.api.lmstudio_sdk.handlers.model_info import instance_info
@@ -144,7 +145,5 @@ def _service(channel: Channel) -> GenerationService:
 
 
 def file_bytes(client: Client) -> FileBytes:
-    """How the client's image parts find their bytes: the files namespace's uploads (the "sdkfiles" work)."""
-    def image_bytes(identifier: str, param: str) -> bytes:
-        raise InvalidRequest("studiolo does not yet take files in a chat over the SDK protocol", param)
-    return image_bytes
+    """How the client's image parts find their bytes: the images it uploaded (handlers/files.py)."""
+    return lambda identifier, param: image_bytes(client.identifier, identifier, param)
