@@ -38,7 +38,7 @@ def png(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: STUDIOLO_HOME is patched only while one runs (the vision server needs the real one)
 def app_client(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
@@ -112,7 +112,7 @@ def test_the_same_bytes_get_the_same_identifier_and_count_once(app_client):
     (base64.b64encode(b"plain text, not an image").decode(), "notes.txt", "images only"),
     ("@@not base64@@", "x.png", "base64"),
     ("", "x.png", "empty"),
-])
+], ids=["a text file", "broken base64", "empty"])
 def test_what_is_not_an_image_is_refused_naming_the_field(app_client, content, name, says):
     with FilesSocket(app_client, "refused") as files:
         answer = files.upload(content, name)
