@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import lmstudio
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from websockets.sync.client import connect
 
 from studiolo.api.app import create_app
 from studiolo.api.lmstudio_sdk.handlers.files import CLIENT_FILES_IMAGES, FileNotFound, image_bytes
@@ -180,3 +182,22 @@ def test_prepare_image_and_a_chat_with_it(vision_server):
     # plumbing, not sight)
     assert result.content == reply["choices"][0]["message"]["content"]
     assert result.stats.prompt_tokens_count == reply["usage"]["prompt_tokens"]
+
+
+def test_a_file_of_another_client_is_not_found_naming_the_history_field(vision_server):
+    with lmstudio.Client(f"127.0.0.1:{vision_server.port}") as owner:
+        image = owner.files.prepare_image(TEST_IMAGE)  # held while its owner is connected
+        with connect(f"ws://127.0.0.1:{vision_server.port}/llm") as other:
+            other.send(json.dumps(guest("other")))
+            assert json.loads(other.recv(timeout=10)) == {"success": True}
+            part = {"type": "file", "identifier": image.identifier, "name": image.name, "fileType": "image",
+                    "sizeBytes": image.size_bytes}
+            history = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Look."}, part]}]}
+            creation = {"modelSpecifier": {"type": "query", "query": {"identifier": SMOLLM_VISION.key}},
+                        "history": history, "predictionConfigStack": {"layers": []}}
+            other.send(json.dumps({"type": "channelCreate", "endpoint": "predict", "channelId": 1,
+                                   "creationParameter": creation}))
+            error = json.loads(other.recv(timeout=60))
+    assert error["type"] == "channelError" and error["channelId"] == 1
+    assert f"no file '{image.identifier}' was uploaded by this client" in error["error"]["title"]
+    assert "history.messages[0].content[1].identifier" in error["error"]["cause"]
