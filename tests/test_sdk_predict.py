@@ -24,6 +24,7 @@ GUEST = {"authVersion": 1, "clientIdentifier": "guest:predict-test", "clientPass
 GREEDY = {"temperature": 0.0, "repeatPenalty": 1.0}  # plain argmax, as REST's greedy
 REST_GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
 QUESTION = "Name three colors."
+STORY = "Write a short story about a cat."
 P = "llm.prediction."
 RAW_GREEDY = {"temperature": 0.0, "repeatPenalty": {"checked": False}}  # the same as KV fields
 
@@ -195,6 +196,16 @@ def test_apply_prompt_template_equals_apply_template(smollm, rest):
     assert formatted.endswith("<|im_start|>user\nUser message 2<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_apply_prompt_template_with_tool_definitions(sdk, rest):
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Get the weather",
+                                             "parameters": parameters}}
+    formatted = sdk.llm.model(QWEN).apply_prompt_template("Weather in Paris?", {"toolDefinitions": [tool]})
+    expected = rest.post("/apply-template", json={"model": QWEN, "messages": user("Weather in Paris?"),
+                                                  "tools": [tool]}).json()["prompt"]
+    assert formatted == expected and "<tools>" in formatted and '"get_weather"' in formatted
+
+
 # --- structured output and tools --------------------------------------------------------------------
 
 
@@ -273,10 +284,44 @@ def test_a_seeded_sampled_prediction_equals_the_same_seeded_request(sdk_server, 
         open_predict(socket, 1, SMOLLM, QUESTION, sampling)
         messages, end = channel_messages(socket, 1)
     assert end["type"] == "channelClose"
-    text = "".join(m["fragment"]["content"] for m in messages if m["type"] == "fragment")
+    text = fragments_text(messages)
     expected = rest_chat(rest, user(QUESTION), temperature=1.0, top_p=0.9, min_p=0.02, seed=1234, max_tokens=24)
     assert text == expected["choices"][0]["message"]["content"]
     assert messages[-1]["type"] == "success" and messages[-1]["stats"]["predictedTokensCount"] == 24
+
+
+def fragments_text(messages: list[dict]) -> str:
+    return "".join(m["fragment"]["content"] for m in messages if m["type"] == "fragment")
+
+
+def test_complete_raw_text_equals_the_same_completion(sdk_server, rest):
+    prompt = "The capital of France is"
+    fields = [{"key": P + "temperature", "value": 0}, {"key": P + "repeatPenalty", "value": {"checked": False}},
+              {"key": P + "maxPredictedTokens", "value": {"checked": True, "value": 16}}]
+    with sdk_socket(sdk_server) as socket:
+        socket.send(json.dumps({"type": "channelCreate", "endpoint": "completeRawText", "channelId": 5,
+                                "creationParameter": {
+                                    "modelSpecifier": {"type": "query", "query": {"identifier": SMOLLM}},
+                                    "rawPrompt": prompt,
+                                    "predictionConfigStack": {"layers": [{"layerName": "apiOverride",
+                                                                          "config": {"fields": fields}}]}}}))
+        messages, end = channel_messages(socket, 5)
+    assert end["type"] == "channelClose"
+    response = rest.post("/v1/completions", json={"model": SMOLLM, "prompt": prompt, **REST_GREEDY, "max_tokens": 16})
+    assert fragments_text(messages) == response.json()["choices"][0]["text"]
+    assert messages[-1]["stats"]["stopReason"] == "maxPredictedTokensReached"
+
+
+def test_enable_thinking_off(sdk_server, rest):
+    """Plumbing: QwQ's template closes the ``<think>`` it opens when thinking is off (OPENER), so the
+    output is answer from the start, as REST's reasoning_effort "none" makes it."""
+    with sdk_socket(sdk_server) as socket:
+        open_predict(socket, 6, OPENER.key, STORY, {**RAW_GREEDY, "reasoning.enableThinking": False,
+                                                      "maxPredictedTokens": {"checked": True, "value": 12}})
+        messages, _ = channel_messages(socket, 6)
+    assert {m["fragment"]["reasoningType"] for m in messages if m["type"] == "fragment"} == {"none"}
+    expected = rest_chat(rest, user(STORY), OPENER.key, **REST_GREEDY, max_tokens=12, reasoning_effort="none")
+    assert fragments_text(messages) == expected["choices"][0]["message"]["content"] != ""
 
 
 def test_tool_call_packets_for_a_required_call(sdk_server):
