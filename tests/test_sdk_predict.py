@@ -26,6 +26,8 @@ REST_GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
 QUESTION = "Name three colors."
 STORY = "Write a short story about a cat."
 P = "llm.prediction."
+SHORT_PRESET = {"identifier": "@local:short", "name": "short", "operation": {"fields": [
+    {"key": P + "maxPredictedTokens", "value": {"checked": True, "value": 4}}]}}  # as LM Studio exports one
 RAW_GREEDY = {"temperature": 0.0, "repeatPenalty": {"checked": False}}  # the same as KV fields
 
 
@@ -33,6 +35,8 @@ RAW_GREEDY = {"temperature": 0.0, "repeatPenalty": {"checked": False}}  # the sa
 def sdk_server(tmp_path_factory, default_models):
     models = {SMOLLM: default_models[SMOLLM], QWEN: target_path(QWEN05)}
     home = link_reasoning_models(home_with_models(tmp_path_factory.mktemp("sdk-predict-home"), models), (OPENER,))
+    (home / "presets").mkdir()
+    (home / "presets" / "short.preset.json").write_text(json.dumps(SHORT_PRESET))
     running = RunningServer(home, free_port(), [])
     yield running
     running.stop()
@@ -139,6 +143,13 @@ def test_config_keys_take_effect(smollm, rest, sdk_config, rest_body):
     result = smollm.respond(QUESTION, config={**sdk_config, "maxTokens": 32})
     expected = rest_chat(rest, user(QUESTION), **rest_body, max_tokens=32)["choices"][0]["message"]["content"]
     assert result.content == expected
+
+
+def test_a_preset_fills_what_the_config_leaves_unset(smollm):
+    assert smollm.respond(QUESTION, preset="short", config=GREEDY).stats.predicted_tokens_count == 4
+    assert smollm.respond(QUESTION, preset="short", config={**GREEDY, "maxTokens": 6}).stats.predicted_tokens_count == 6
+    with pytest.raises(lmstudio.LMStudioPresetNotFoundError):
+        smollm.respond(QUESTION, preset="no such preset", config=GREEDY)
 
 
 def test_repeat_penalty_changes_the_answer(smollm):
