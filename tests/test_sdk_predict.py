@@ -370,20 +370,28 @@ def test_a_bad_config_value_is_a_channel_error_naming_the_key(sdk_server, key, v
     assert P + key in end["error"]["title"] and end["error"]["cause"].endswith(f"({P + key})")
 
 
-def test_dropping_the_socket_mid_prediction_frees_the_sequence(sdk_server, rest):
-    """The prediction's end-of-turn tokens are banned and its length unlimited: left alone it would run
-    to the end of the context, thousands of tokens; the socket closing frees its sequence at the
-    engine's next step, as an HTTP client that leaves does."""
+def endless(rest: httpx.Client) -> dict[str, Any]:
+    """KV fields of a prediction that only the context's end would stop: SmolLM2's end-of-turn tokens
+    banned, no token limit."""
     ends = [rest.post("/tokenize", json={"model": SMOLLM, "content": text}).json()["tokens"]
             for text in ("<|im_end|>", "<|endoftext|>")]
     assert all(len(tokens) == 1 for tokens in ends)
-    fields = {**RAW_GREEDY, "maxPredictedTokens": {"checked": False},
-              "llama.logitBias": [[tokens[0], "-inf"] for tokens in ends]}
+    return {**RAW_GREEDY, "maxPredictedTokens": {"checked": False},
+            "llama.logitBias": [[tokens[0], "-inf"] for tokens in ends]}
+
+
+def wait_for_fragments(socket: ClientConnection, count: int) -> None:
+    while count:
+        count -= json.loads(socket.recv(timeout=120))["message"]["type"] == "fragment"
+
+
+def test_dropping_the_socket_mid_prediction_frees_the_sequence(sdk_server, rest):
+    """Left alone, the prediction would run to the end of the context, thousands of tokens; the socket
+    closing frees its sequence at the engine's next step, as an HTTP client that leaves does."""
+    fields = endless(rest)
     socket = sdk_socket(sdk_server)
     open_predict(socket, 4, SMOLLM, "Count from one to five hundred in words.", fields)
-    fragments = 0
-    while fragments < 3:
-        fragments += json.loads(socket.recv(timeout=120))["message"]["type"] == "fragment"
+    wait_for_fragments(socket, 3)
     instance = loaded_instances(rest)[SMOLLM]
     assert instance["status"]["running_requests"] == 1 and instance["config"]["context_length"] >= 2048
     socket.close()
@@ -394,3 +402,15 @@ def test_dropping_the_socket_mid_prediction_frees_the_sequence(sdk_server, rest)
             break
         idle.wait(0.05)
     assert idle.is_set()
+
+
+def test_a_model_unloaded_under_a_prediction_ends_it_with_model_unloaded(sdk_server, rest):
+    with sdk_socket(sdk_server) as socket:
+        open_predict(socket, 7, SMOLLM, "Count from one to five hundred in words.", endless(rest))
+        wait_for_fragments(socket, 3)
+        assert rest.post("/api/v1/models/unload", json={"instance_id": SMOLLM}).status_code == 200
+        messages, end = channel_messages(socket, 7)
+    assert end["type"] == "channelClose"
+    success = messages[-1]
+    assert success["type"] == "success" and success["stats"]["stopReason"] == "modelUnloaded"
+    assert success["modelInfo"]["modelKey"] == SMOLLM and SMOLLM not in loaded_instances(rest)
