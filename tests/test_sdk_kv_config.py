@@ -76,6 +76,11 @@ def test_sampling_keys_take_effect():
     assert read.options.given == {"temperature", "top_k", "top_p", "min_p", "repeat_penalty"}
 
 
+def test_logit_bias_pairs():
+    read = config(**{"llama.logitBias": [[2, "-inf"], [7, 1.5]]})
+    assert read.options.sampling.logit_bias == {2: -100.0, 7: 1.5}
+
+
 def test_unchecked_samplers_are_off():
     read = config(topPSampling={"checked": False, "value": 0.5}, minPSampling={"checked": False},
                   repeatPenalty={"checked": True, "value": False}, seed={"checked": False, "value": 7})
@@ -150,6 +155,8 @@ def test_a_manual_template_wraps_each_message():
     ("topPSampling", {"checked": True, "value": 1.5}, "<= 1"),
     ("repeatPenalty", {"checked": True, "value": 0}, "> 0"),
     ("stopStrings", "END", "list of strings"),
+    ("llama.logitBias", [[1]], "[token, bias] pairs"),
+    ("llama.logitBias", [[-1, 2]], ">= 0"),
     ("structured", {"type": "xml"}, "type"),
     ("structured", {"type": "json"}, "jsonSchema"),
     ("tools", {"type": "toolArray", "tools": [{"type": "function", "function": {}}]}, "function.name"),

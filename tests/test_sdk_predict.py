@@ -13,25 +13,30 @@ from typing import Any
 import httpx
 import lmstudio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from websockets.sync.client import ClientConnection, connect
 
 from studiolo.models.defaults import QWEN05, target_path
 from tests.conftest import QWEN, SMOLLM, RunningServer, free_port, home_with_models, loaded_instances
+from tests.reasoning_model import OPENER, link_reasoning_models
 
 GUEST = {"authVersion": 1, "clientIdentifier": "guest:predict-test", "clientPasskey": "secret"}
 GREEDY = {"temperature": 0.0, "repeatPenalty": 1.0}  # plain argmax, as REST's greedy
 REST_GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
 QUESTION = "Name three colors."
+STORY = "Write a short story about a cat."
 P = "llm.prediction."
+SHORT_PRESET = {"identifier": "@local:short", "name": "short", "operation": {"fields": [
+    {"key": P + "maxPredictedTokens", "value": {"checked": True, "value": 4}}]}}  # as LM Studio exports one
 RAW_GREEDY = {"temperature": 0.0, "repeatPenalty": {"checked": False}}  # the same as KV fields
 
 
 @pytest.fixture(scope="module")
 def sdk_server(tmp_path_factory, default_models):
     models = {SMOLLM: default_models[SMOLLM], QWEN: target_path(QWEN05)}
-    home = home_with_models(tmp_path_factory.mktemp("sdk-predict-home"), models)
+    home = link_reasoning_models(home_with_models(tmp_path_factory.mktemp("sdk-predict-home"), models), (OPENER,))
+    (home / "presets").mkdir()
+    (home / "presets" / "short.preset.json").write_text(json.dumps(SHORT_PRESET))
     running = RunningServer(home, free_port(), [])
     yield running
     running.stop()
@@ -54,8 +59,8 @@ def smollm(sdk):
     return sdk.llm.model(SMOLLM)
 
 
-def rest_chat(rest: httpx.Client, messages: list[dict], **body: Any) -> dict:
-    response = rest.post("/v1/chat/completions", json={"model": SMOLLM, "messages": messages, **body})
+def rest_chat(rest: httpx.Client, messages: list[dict], model: str = SMOLLM, **body: Any) -> dict:
+    response = rest.post("/v1/chat/completions", json={"model": model, "messages": messages, **body})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -106,7 +111,7 @@ def test_streamed_fragments_join_to_the_result(smollm):
 
 
 def test_stop_reasons_eos_and_stop_string(smollm, rest):
-    eos = smollm.respond("Say OK.", config={**GREEDY, "maxTokens": 200})
+    eos = smollm.respond("Say OK.", config={**GREEDY, "maxTokens": 80})
     assert eos.stats.stop_reason == "eosFound" and eos.stats.predicted_tokens_count < 200
     whole = smollm.respond(QUESTION, config={**GREEDY, "maxTokens": 24}).content
     stop = whole.split()[2]  # a word the greedy answer writes
@@ -140,11 +145,31 @@ def test_config_keys_take_effect(smollm, rest, sdk_config, rest_body):
     assert result.content == expected
 
 
+def test_a_preset_fills_what_the_config_leaves_unset(smollm):
+    assert smollm.respond(QUESTION, preset="short", config=GREEDY).stats.predicted_tokens_count == 4
+    assert smollm.respond(QUESTION, preset="short", config={**GREEDY, "maxTokens": 6}).stats.predicted_tokens_count == 6
+    with pytest.raises(lmstudio.LMStudioPresetNotFoundError):
+        smollm.respond(QUESTION, preset="no such preset", config=GREEDY)
+
+
 def test_repeat_penalty_changes_the_answer(smollm):
     """The keys above are not ignored: a different penalty gives a different greedy answer."""
     plain = smollm.respond(QUESTION, config={**GREEDY, "maxTokens": 32}).content
     penalized = smollm.respond(QUESTION, config={"temperature": 0.0, "repeatPenalty": 1.8, "maxTokens": 32}).content
     assert plain != penalized
+
+
+def test_reasoning_comes_between_its_tags(sdk, rest):
+    """Plumbing, not thinking: OPENER is SmolLM2 with QwQ's template, which opens ``<think>`` in the
+    prompt, so its whole output is reasoning (SmolLM2 never writes ``</think>``)."""
+    stream = sdk.llm.model(OPENER.key).respond_stream(QUESTION, config={**GREEDY, "maxTokens": 12})
+    fragments = list(stream)
+    kinds = [f.reasoning_type for f in fragments]
+    assert kinds == ["reasoningStartTag", *["reasoning"] * (len(kinds) - 2), "reasoningEndTag"]
+    assert (fragments[0].content, fragments[-1].content) == ("<think>", "</think>")
+    expected = rest_chat(rest, user(QUESTION), OPENER.key, **REST_GREEDY, max_tokens=12)["choices"][0]["message"]
+    assert stream.result().content == f"<think>{expected['reasoning_content']}</think>"
+    assert expected["content"] in ("", None)
 
 
 # --- complete, templates, tokens -----------------------------------------------------------------
@@ -182,19 +207,29 @@ def test_apply_prompt_template_equals_apply_template(smollm, rest):
     assert formatted.endswith("<|im_start|>user\nUser message 2<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_apply_prompt_template_with_tool_definitions(sdk, rest):
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Get the weather",
+                                             "parameters": parameters}}
+    formatted = sdk.llm.model(QWEN).apply_prompt_template("Weather in Paris?", {"toolDefinitions": [tool]})
+    expected = rest.post("/apply-template", json={"model": QWEN, "messages": user("Weather in Paris?"),
+                                                  "tools": [tool]}).json()["prompt"]
+    assert formatted == expected and "<tools>" in formatted and '"get_weather"' in formatted
+
+
 # --- structured output and tools --------------------------------------------------------------------
 
 
 class Book(BaseModel):
-    title: str
+    title: str = Field(max_length=40)  # SmolLM2 would go on writing the title
     year: int
 
 
 def test_structured_output_from_a_pydantic_model(smollm, rest):
-    result = smollm.respond("Name a famous book.", response_format=Book, config={**GREEDY, "maxTokens": 60})
+    result = smollm.respond("Name a famous book.", response_format=Book, config={**GREEDY, "maxTokens": 80})
     assert Book.model_validate(result.parsed) == Book.model_validate_json(result.content)
     response_format = {"type": "json_schema", "json_schema": {"name": "Book", "schema": Book.model_json_schema()}}
-    expected = rest_chat(rest, user("Name a famous book."), **REST_GREEDY, max_tokens=60,
+    expected = rest_chat(rest, user("Name a famous book."), **REST_GREEDY, max_tokens=80,
                          response_format=response_format)
     assert result.content == expected["choices"][0]["message"]["content"]
 
@@ -260,10 +295,44 @@ def test_a_seeded_sampled_prediction_equals_the_same_seeded_request(sdk_server, 
         open_predict(socket, 1, SMOLLM, QUESTION, sampling)
         messages, end = channel_messages(socket, 1)
     assert end["type"] == "channelClose"
-    text = "".join(m["fragment"]["content"] for m in messages if m["type"] == "fragment")
+    text = fragments_text(messages)
     expected = rest_chat(rest, user(QUESTION), temperature=1.0, top_p=0.9, min_p=0.02, seed=1234, max_tokens=24)
     assert text == expected["choices"][0]["message"]["content"]
     assert messages[-1]["type"] == "success" and messages[-1]["stats"]["predictedTokensCount"] == 24
+
+
+def fragments_text(messages: list[dict]) -> str:
+    return "".join(m["fragment"]["content"] for m in messages if m["type"] == "fragment")
+
+
+def test_complete_raw_text_equals_the_same_completion(sdk_server, rest):
+    prompt = "The capital of France is"
+    fields = [{"key": P + "temperature", "value": 0}, {"key": P + "repeatPenalty", "value": {"checked": False}},
+              {"key": P + "maxPredictedTokens", "value": {"checked": True, "value": 16}}]
+    with sdk_socket(sdk_server) as socket:
+        socket.send(json.dumps({"type": "channelCreate", "endpoint": "completeRawText", "channelId": 5,
+                                "creationParameter": {
+                                    "modelSpecifier": {"type": "query", "query": {"identifier": SMOLLM}},
+                                    "rawPrompt": prompt,
+                                    "predictionConfigStack": {"layers": [{"layerName": "apiOverride",
+                                                                          "config": {"fields": fields}}]}}}))
+        messages, end = channel_messages(socket, 5)
+    assert end["type"] == "channelClose"
+    response = rest.post("/v1/completions", json={"model": SMOLLM, "prompt": prompt, **REST_GREEDY, "max_tokens": 16})
+    assert fragments_text(messages) == response.json()["choices"][0]["text"]
+    assert messages[-1]["stats"]["stopReason"] == "maxPredictedTokensReached"
+
+
+def test_enable_thinking_off(sdk_server, rest):
+    """Plumbing: QwQ's template closes the ``<think>`` it opens when thinking is off (OPENER), so the
+    output is answer from the start, as REST's reasoning_effort "none" makes it."""
+    with sdk_socket(sdk_server) as socket:
+        open_predict(socket, 6, OPENER.key, STORY, {**RAW_GREEDY, "reasoning.enableThinking": False,
+                                                      "maxPredictedTokens": {"checked": True, "value": 12}})
+        messages, _ = channel_messages(socket, 6)
+    assert {m["fragment"]["reasoningType"] for m in messages if m["type"] == "fragment"} == {"none"}
+    expected = rest_chat(rest, user(STORY), OPENER.key, **REST_GREEDY, max_tokens=12, reasoning_effort="none")
+    assert fragments_text(messages) == expected["choices"][0]["message"]["content"] != ""
 
 
 def test_tool_call_packets_for_a_required_call(sdk_server):
@@ -301,29 +370,47 @@ def test_a_bad_config_value_is_a_channel_error_naming_the_key(sdk_server, key, v
     assert P + key in end["error"]["title"] and end["error"]["cause"].endswith(f"({P + key})")
 
 
-def completion_tokens(rest: httpx.Client) -> float:
-    text = rest.get("/metrics").text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "studiolo_completion_tokens_total" and sample.labels.get("model") == SMOLLM)
+def endless(rest: httpx.Client) -> dict[str, Any]:
+    """KV fields of a prediction that only the context's end would stop: SmolLM2's end-of-turn tokens
+    banned, no token limit."""
+    ends = [rest.post("/tokenize", json={"model": SMOLLM, "content": text}).json()["tokens"]
+            for text in ("<|im_end|>", "<|endoftext|>")]
+    assert all(len(tokens) == 1 for tokens in ends)
+    return {**RAW_GREEDY, "maxPredictedTokens": {"checked": False},
+            "llama.logitBias": [[tokens[0], "-inf"] for tokens in ends]}
+
+
+def wait_for_fragments(socket: ClientConnection, count: int) -> None:
+    while count:
+        count -= json.loads(socket.recv(timeout=120))["message"]["type"] == "fragment"
 
 
 def test_dropping_the_socket_mid_prediction_frees_the_sequence(sdk_server, rest):
-    before = completion_tokens(rest)
+    """Left alone, the prediction would run to the end of the context, thousands of tokens; the socket
+    closing frees its sequence at the engine's next step, as an HTTP client that leaves does."""
+    fields = endless(rest)
     socket = sdk_socket(sdk_server)
-    open_predict(socket, 4, SMOLLM, "Count from one to five hundred in words.",
-                 {**RAW_GREEDY, "maxPredictedTokens": {"checked": True, "value": 2000}})
-    fragments = 0
-    while fragments < 3:
-        message = json.loads(socket.recv(timeout=120))["message"]
-        fragments += message["type"] == "fragment"
-    assert loaded_instances(rest)[SMOLLM]["status"]["running_requests"] == 1
+    open_predict(socket, 4, SMOLLM, "Count from one to five hundred in words.", fields)
+    wait_for_fragments(socket, 3)
+    instance = loaded_instances(rest)[SMOLLM]
+    assert instance["status"]["running_requests"] == 1 and instance["config"]["context_length"] >= 2048
     socket.close()
     idle = threading.Event()
-    for _ in range(600):  # the engine frees the sequence at its next step; 30 s at most
+    for _ in range(600):  # 30 s at most
         if loaded_instances(rest)[SMOLLM]["status"]["running_requests"] == 0:
             idle.set()
             break
         idle.wait(0.05)
     assert idle.is_set()
-    generated = completion_tokens(rest) - before
-    assert 3 <= generated < 2000  # it ended when the socket closed, far from its limit
+
+
+def test_a_model_unloaded_under_a_prediction_ends_it_with_model_unloaded(sdk_server, rest):
+    with sdk_socket(sdk_server) as socket:
+        open_predict(socket, 7, SMOLLM, "Count from one to five hundred in words.", endless(rest))
+        wait_for_fragments(socket, 3)
+        assert rest.post("/api/v1/models/unload", json={"instance_id": SMOLLM}).status_code == 200
+        messages, end = channel_messages(socket, 7)
+    assert end["type"] == "channelClose"
+    success = messages[-1]
+    assert success["type"] == "success" and success["stats"]["stopReason"] == "modelUnloaded"
+    assert success["modelInfo"]["modelKey"] == SMOLLM and SMOLLM not in loaded_instances(rest)

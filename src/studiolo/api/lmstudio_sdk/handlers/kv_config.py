@@ -12,6 +12,7 @@ a key set by a later layer wins. The keys read (all under ``llm.prediction.``):
     llama.presencePenalty,
     llama.frequencyPenalty         {checked, value -2..2}              presence/frequency penalty
     seed                           {checked, value} (-1: random)       sampling.seed
+    llama.logitBias                [[token, bias or "-inf"]]           sampling.logit_bias ("-inf": -100, a ban)
     structured                     {type: none | json | gbnf, ...}     the output's constraint
     tools, toolChoice              handlers/llm_tools.py               the tools the model may call
     reasoning.enableThinking       boolean                             the reasoning option "on" / "off"
@@ -52,6 +53,8 @@ _RAW_TEMPLATES = {re.sub(r"\s+", "", text) for text in (
     '{% for message in messages %}{{ message["content"] }}{% endfor %}',
     "{% for message in messages %}{{ message.content }}{% endfor %}",
 )}
+MAX_BIASED_TOKENS = 1024  # as REST's logit_bias
+BANNED = -100.0  # LM Studio's "-inf": REST's strongest bias, which no token overcomes
 MANUAL_PARTS = ("beforeSystem", "afterSystem", "beforeUser", "afterUser", "beforeAssistant", "afterAssistant")
 
 
@@ -159,7 +162,8 @@ def _options(reading: _Reading, preset: str | None) -> GenerationOptions:
 def _number(value: Any, key: str, *, integer: bool = False, ge: float | None = None, gt: float | None = None,
             le: float | None = None) -> Any:
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            (integer and not float(value).is_integer()):  # the Python SDK sends 1.0 for 1
         raise InvalidRequest(f"'{key}' must be {kind}, got {value!r}", key)
     if (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le):
         bounds = [f">= {ge:g}" if ge is not None else "", f"> {gt:g}" if gt is not None else "",
@@ -225,6 +229,18 @@ def _seed(reading: _Reading, value: Any, key: str) -> None:
     checked, inner = _checkbox(value, key)
     seed = int(_number(inner, key, integer=True, ge=-1)) if checked else -1
     reading.sampling["seed"] = None if seed == -1 else seed
+
+
+def _logit_bias(reading: _Reading, value: Any, key: str) -> None:
+    if not isinstance(value, list) or len(value) > MAX_BIASED_TOKENS:
+        raise InvalidRequest(f"'{key}' must be a list of at most {MAX_BIASED_TOKENS} [token, bias] pairs", key)
+    bias = {}
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise InvalidRequest(f"'{key}' must be a list of [token, bias] pairs, got {pair!r}", key)
+        token = int(_number(pair[0], key, integer=True, ge=0))
+        bias[token] = BANNED if pair[1] == "-inf" else float(_number(pair[1], key, ge=-100, le=100))
+    reading.sampling["logit_bias"] = bias
 
 
 def _structured(reading: _Reading, value: Any, key: str) -> None:
@@ -309,6 +325,7 @@ _READERS = {
     "llama.presencePenalty": _sampling_checkbox("presence_penalty", 0.0),
     "llama.frequencyPenalty": _sampling_checkbox("frequency_penalty", 0.0),
     "seed": _seed,
+    "llama.logitBias": _logit_bias,
     "structured": _structured,
     TOOLS_KEY.removeprefix(PREFIX): _tools,
     TOOL_CHOICE_KEY.removeprefix(PREFIX): _tool_choice,

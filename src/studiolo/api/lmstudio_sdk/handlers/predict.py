@@ -10,8 +10,9 @@ template sent in place of the model's (the Python SDK's ``complete()`` sends one
 messages) makes the prediction a completion of the text it gives, as ``/v1/completions`` runs it.
 
 The client's ``{type: "cancel"}`` stops the generation: the channel then ends with ``success`` and
-the stop reason ``userStopped``. A client that closes its socket cancels the channel's task, and the
-generation with it (its sequence is freed at once).
+the stop reason ``userStopped``; a model unloaded under it ends it with ``modelUnloaded``. A client
+that closes its socket cancels the channel's task, and the generation with it (its sequence is freed
+at once).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from studiolo.api.lmstudio_sdk.handlers.files import image_bytes
 from studiolo.api.lmstudio_sdk.handlers.kv_config import PREFIX, PredictionConfig, PromptTemplate, prediction_config
 from studiolo.api.lmstudio_sdk.handlers.load_config import instance_load_config
 from studiolo.api.lmstudio_sdk.handlers.model_info import instance_info
-from studiolo.api.lmstudio_sdk.handlers.prediction_packets import PacketWriter, stats
+from studiolo.api.lmstudio_sdk.handlers.prediction_packets import PacketWriter, stats, unloaded_stats
 from studiolo.api.lmstudio_sdk.handlers.specifiers import parse_specifier, resolve
 from studiolo.domain.chat import ChatMessage
 from studiolo.domain.errors import InvalidRequest
-from studiolo.service.generation import Generation, GenerationService
+from studiolo.service.generation import Generation, GenerationService, UnloadedWhileGenerating
 from studiolo.service.models import instance_status
 from studiolo.service.types import ChatRequest, CompletionRequest
 
@@ -76,17 +77,22 @@ async def stream_prediction(channel: Channel, generation: Generation, config: Pr
     """The generation's packets, then ``success``; a cancel from the client stops it."""
     writer = PacketWriter(generation.prompt_tokens)
     watcher = asyncio.create_task(_cancel_when_asked(channel, generation))
+    unloaded = False
     try:
         async for event in generation.events():
             for packet in writer.packets(event):
                 await channel.send(packet)
+    except UnloadedWhileGenerating:  # LM Studio's stop reason modelUnloaded: the reply so far stands
+        unloaded = True
+        for packet in writer.close():
+            await channel.send(packet)
     finally:
         watcher.cancel()
         generation.cancel()
     instance = instance_status(generation.instance)
     await channel.send({
         "type": "success",
-        "stats": stats(generation, writer.finished),
+        "stats": unloaded_stats(generation) if unloaded else stats(generation, writer.finished),
         "modelInfo": instance_info(instance),
         "loadModelConfig": instance_load_config(instance, "llm"),
         "predictionConfig": {"fields": [{"key": key, "value": value} for key, value in config.fields.items()]},

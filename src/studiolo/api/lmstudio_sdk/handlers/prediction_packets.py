@@ -68,6 +68,10 @@ class PacketWriter:
         if isinstance(event, PromptProgress):
             return [self._progress(event.fraction)]
         self.finished = event
+        return self.close()
+
+    def close(self) -> list[dict[str, Any]]:
+        """What ends the reasoning or call still open when the output ends."""
         return [*self._end_reasoning(), *self._end_call()]
 
     def _end_reasoning(self) -> list[dict[str, Any]]:
@@ -119,6 +123,11 @@ def stop_reason(finished: Finished | None) -> str:
     if finished.reason == "tool_calls":
         return "toolCalls"
     return STOP_REASONS.get(finished.cause, "eosFound")
+
+
+def unloaded_stats(generation: Generation) -> dict[str, Any]:
+    """The stats of a prediction whose model was unloaded under it: its output was never counted."""
+    return {"stopReason": "modelUnloaded", "promptTokensCount": generation.prompt_tokens}
 
 
 def stats(generation: Generation, finished: Finished | None) -> dict[str, Any]:
