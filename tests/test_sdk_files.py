@@ -93,11 +93,14 @@ def test_an_uploaded_image_is_kept_for_the_client_until_its_last_socket_closes(a
         with FilesSocket(app_client, "keeper", "llm"):  # a second socket of the same client
             assert image_bytes("guest:keeper", result["identifier"]) == data
         assert image_bytes("guest:keeper", result["identifier"]) == data  # the files socket is still open
+        assert app_client.get("/studiolo/memory").json()["caches"]["sdk_files"] == {
+            "used_bytes": len(data), "budget_bytes": None}
         with pytest.raises(FileNotFound):  # another client does not see it
             image_bytes("guest:someone-else", result["identifier"])
     with pytest.raises(FileNotFound) as raised:  # its last socket closed: freed
         image_bytes("guest:keeper", result["identifier"], "history.messages[0].content[1]")
     assert raised.value.param == "history.messages[0].content[1]"
+    assert app_client.get("/studiolo/memory").json()["caches"]["sdk_files"]["used_bytes"] == 0
     assert "prepare_image" in str(raised.value)
 
 

@@ -93,6 +93,8 @@ async def upload_file_base64(call: Call, parameter: Any) -> dict[str, Any]:
     if held is None:  # the socket this call came on closed while it was decoded
         raise SdkError("the client's connection is closed")
     identifier = _stored(held, name, data, extension, max_bytes * CLIENT_FILES_IMAGES)
+    # shown among the memory report's caches (GET /studiolo/memory): held by clients, bounded per client
+    call.state.memory.register("sdk_files", lambda: (held_bytes(), None))
     return {"identifier": identifier, "fileType": "image", "sizeBytes": len(data)}
 
 
@@ -113,6 +115,11 @@ def image_bytes(client_identifier: str, file_identifier: str, param: str | None 
                            "prepare_image first (uploaded files last as long as the client's connection)",
                            param or file_identifier)
     return stored.data
+
+
+def held_bytes() -> int:
+    """What every connected client's files hold together."""
+    return sum(held.total_bytes for held in _CLIENTS.values())
 
 
 def _upload_fields(parameter: Any) -> tuple[str, str]:
