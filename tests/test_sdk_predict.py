@@ -185,6 +185,12 @@ def test_reasoning_comes_between_its_tags(sdk, rest):
     expected = rest_chat(rest, user(QUESTION), OPENER.key, **REST_GREEDY, max_tokens=12)["choices"][0]["message"]
     assert stream.result().content == f"<think>{expected['reasoning_content']}</think>"
     assert expected["content"] in ("", None)
+    parsing_off = {**GREEDY, "maxTokens": 12, "reasoningParsing": {"enabled": False, "startString": "<think>",
+                                                                    "endString": "</think>"}}
+    raw = list(sdk.llm.model(OPENER.key).respond_stream(QUESTION, config=parsing_off))
+    assert {f.reasoning_type for f in raw} == {"none"}  # the text as the model wrote it
+    # the reasoning as REST splits it lacks the newline the model wrote after the prompt's <think>
+    assert "".join(f.content for f in raw) == "\n" + expected["reasoning_content"]
 
 
 # --- complete, templates, tokens -----------------------------------------------------------------
