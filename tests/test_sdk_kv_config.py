@@ -175,6 +175,13 @@ def test_a_bad_value_is_an_error_naming_its_key(key, value, says):
     assert says in str(caught.value)
 
 
+def test_a_bad_tool_schema_is_named_by_its_place():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    with pytest.raises(InvalidRequest) as caught:
+        config(tools={"type": "toolArray", "tools": [tool]})
+    assert caught.value.param == P + "tools.tools[0].function.parameters"
+
+
 def test_tools_and_structured_output_together_are_refused():
     tool = {"type": "function", "function": {"name": "f"}}
     with pytest.raises(InvalidRequest) as caught:

@@ -5,6 +5,7 @@ bad value, a socket dropped mid-prediction)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -85,6 +86,20 @@ def test_respond_equals_the_same_chat_completion(smollm, rest):
     assert stats.time_to_first_token_sec is not None and stats.time_to_first_token_sec > 0
     assert result.model_info.model_key == SMOLLM
     assert result.prediction_config.max_tokens == 24 and result.prediction_config.temperature == 0.0
+
+
+def test_the_async_client_streams_the_same_reply(sdk_server, smollm):
+    expected = smollm.respond(QUESTION, config={**GREEDY, "maxTokens": 12}).content
+
+    async def streamed() -> tuple[list[str], str]:
+        async with lmstudio.AsyncClient(f"127.0.0.1:{sdk_server.port}") as client:
+            model = await client.llm.model(SMOLLM)
+            stream = await model.respond_stream(QUESTION, config={**GREEDY, "maxTokens": 12})
+            fragments = [fragment.content async for fragment in stream]
+            return fragments, stream.result().content
+
+    fragments, content = asyncio.run(streamed())
+    assert "".join(fragments) == content == expected
 
 
 def test_a_conversation_with_a_system_prompt(smollm, rest):
@@ -170,6 +185,12 @@ def test_reasoning_comes_between_its_tags(sdk, rest):
     expected = rest_chat(rest, user(QUESTION), OPENER.key, **REST_GREEDY, max_tokens=12)["choices"][0]["message"]
     assert stream.result().content == f"<think>{expected['reasoning_content']}</think>"
     assert expected["content"] in ("", None)
+    parsing_off = {**GREEDY, "maxTokens": 12, "reasoningParsing": {"enabled": False, "startString": "<think>",
+                                                                    "endString": "</think>"}}
+    raw = list(sdk.llm.model(OPENER.key).respond_stream(QUESTION, config=parsing_off))
+    assert {f.reasoning_type for f in raw} == {"none"}  # the text as the model wrote it
+    # the reasoning as REST splits it lacks the newline the model wrote after the prompt's <think>
+    assert "".join(f.content for f in raw) == "\n" + expected["reasoning_content"]
 
 
 # --- complete, templates, tokens -----------------------------------------------------------------

@@ -61,9 +61,10 @@ def tool_choice(value: Any, param: str = TOOL_CHOICE_KEY) -> str:
     return str(value["mode"])
 
 
-def offered(specs: list[ToolSpec], choice: str | None, param: str = TOOLS_KEY) -> Tools | None:
-    """The tools checked by the service (names, schemas, the choice); None when none are offered."""
+def offered(specs: list[ToolSpec], choice: str | None, param: str = TOOLS_KEY + ".tools") -> Tools | None:
+    """The tools checked by the service (names, schemas, the choice); None when none are offered.
+    ``param`` names the list the tools came from, in errors about one of them."""
     if choice == "required" and not specs:  # said here, as the service would name chat completions' field
-        raise InvalidRequest(f"'{TOOL_CHOICE_KEY}' requires a tool call but '{param}' offers no tools",
+        raise InvalidRequest(f"'{TOOL_CHOICE_KEY}' requires a tool call but '{TOOLS_KEY}' offers no tools",
                              TOOL_CHOICE_KEY)
-    return offered_tools(specs, choice, None, True, lambda index, field: f"{param}.tools[{index}].function.{field}")
+    return offered_tools(specs, choice, None, True, lambda index, field: f"{param}[{index}].function.{field}")

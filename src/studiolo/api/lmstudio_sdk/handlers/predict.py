@@ -43,7 +43,7 @@ TEMPLATE_KEY = PREFIX + "promptTemplate"
 @llm.channel("predict")
 async def predict(channel: Channel, parameter: Any) -> None:
     request = _object(parameter)
-    config = prediction_config(request.get("predictionConfigStack"), _preset(request))
+    config = await read_config(request.get("predictionConfigStack"), _preset(request))
     name = model_name(channel, request.get("modelSpecifier"))
     messages = chat_messages(request.get("history"), file_bytes(channel.client))
     service = _service(channel)
@@ -64,7 +64,7 @@ async def complete_raw_text(channel: Channel, parameter: Any) -> None:
     prompt = request.get("rawPrompt")
     if not isinstance(prompt, str):
         raise InvalidRequest("'rawPrompt' must be a string: the text to complete", "rawPrompt")
-    config = prediction_config(request.get("predictionConfigStack"), _preset(request))
+    config = await read_config(request.get("predictionConfigStack"), _preset(request))
     if config.tools is not None and config.tools.active:
         raise InvalidRequest("a raw completion has no tools: the model's template is not applied",
                              PREFIX + "tools")
@@ -108,6 +108,12 @@ async def _cancel_when_asked(channel: Channel, generation: Generation) -> None:
                 return
     except ChannelGone:  # the socket closed: the session cancels the prediction's task
         return
+
+
+async def read_config(stack: Any, preset: str | None = None) -> PredictionConfig:
+    """The stack read off the event loop: tools' schemas and a structured output's are checked with
+    llguidance, bounded but up to a second (as chat completions read their bodies)."""
+    return await asyncio.to_thread(prediction_config, stack, preset)
 
 
 def templated_text(template: PromptTemplate, messages: list[ChatMessage]) -> str:

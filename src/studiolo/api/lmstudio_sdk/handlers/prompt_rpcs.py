@@ -12,13 +12,13 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from studiolo.api.lmstudio_sdk.endpoints import Call, namespace
 from studiolo.api.lmstudio_sdk.handlers.chat_history import chat_messages
-from studiolo.api.lmstudio_sdk.handlers.kv_config import prediction_config
 from studiolo.api.lmstudio_sdk.handlers.llm_tools import offered, tool_array
-from studiolo.api.lmstudio_sdk.handlers.predict import THINKING_KEY, file_bytes, templated_text
+from studiolo.api.lmstudio_sdk.handlers.predict import THINKING_KEY, file_bytes, read_config, templated_text
 from studiolo.api.lmstudio_sdk.handlers.specifiers import parse_specifier, resolve
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.token_tools import TokenTools
@@ -30,7 +30,7 @@ llm = namespace("llm")
 @llm.rpc("applyPromptTemplate")
 async def apply_prompt_template(call: Call, parameter: Any) -> dict[str, Any]:
     request = _object(parameter)
-    config = prediction_config(request.get("predictionConfigStack"))
+    config = await read_config(request.get("predictionConfigStack"))
     name = _model_name(call, request)
     messages = chat_messages(request.get("history"), file_bytes(call.client))
     if config.template is not None:
@@ -40,7 +40,9 @@ async def apply_prompt_template(call: Call, parameter: Any) -> dict[str, Any]:
         raise InvalidRequest("'opts' must be an object", "opts")
     tools = config.tools
     if opts.get("toolDefinitions") is not None:
-        tools = offered(tool_array(opts["toolDefinitions"], "opts.toolDefinitions"), None, "opts")
+        definitions = tool_array(opts["toolDefinitions"], "opts.toolDefinitions")
+        # llguidance checks the schemas: off the event loop
+        tools = await asyncio.to_thread(offered, definitions, None, "opts.toolDefinitions")
     chat = ChatRequest(name, messages, config.options, tools=tools, prompt_field="history",
                        reasoning_option=config.reasoning_option, reasoning_param=THINKING_KEY)
     prompt = await _tools(call).chat_prompt(chat)
