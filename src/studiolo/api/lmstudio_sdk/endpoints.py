@@ -139,3 +139,20 @@ NAMESPACES: dict[str, Namespace] = {name: Namespace(name) for name in (
 
 def namespace(name: str) -> Namespace:
     return NAMESPACES[name]
+
+
+# What lives per client rather than per socket (the files it uploaded) follows its sockets: each
+# socket calls these once its handshake succeeded, and once more when it closed.
+ClientHook = Callable[[Client], None]
+SOCKET_OPENED: list[ClientHook] = []
+SOCKET_CLOSED: list[ClientHook] = []
+
+
+def on_socket_opened(hook: ClientHook) -> ClientHook:
+    SOCKET_OPENED.append(hook)
+    return hook
+
+
+def on_socket_closed(hook: ClientHook) -> ClientHook:
+    SOCKET_CLOSED.append(hook)
+    return hook
