@@ -139,7 +139,10 @@ def test_where_a_token_is_read_from(headers, found):
 
 def test_every_route_of_the_app_declares_what_it_needs():
     table = dict((getattr(route, "path", ""), need) for route, need in route_requirements(create_app().routes))
-    assert [path for path, need in table.items() if need == PUBLIC] == ["/health"]
+    # LM Studio's SDKs find the server by the greeting, and authenticate in their sockets' first frame
+    sdk_sockets = ["/llm", "/embedding", "/system", "/files", "/repository", "/diagnostics", "/plugins",
+                   "/runtime", "/retrieval"]
+    assert [path for path, need in table.items() if need == PUBLIC] == ["/health", "/lmstudio-greeting", *sdk_sockets]
     assert table["/api/v1/models/load"] == table["/api/v1/models/download"] == Permission.models
     assert table["/studiolo/log/stream"] == table["/api/v1/tokens"] == table["/studiolo/memory"] == Permission.admin
     assert table["/v1/chat/completions"] == table["/api/v1/chat"] == table["/api/v1/models"] == Permission.inference
