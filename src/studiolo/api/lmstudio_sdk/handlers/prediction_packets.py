@@ -21,17 +21,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from studiolo.api.lmstudio.models import STOP_REASONS  # the REST API's stats say the same
 from studiolo.service.generation import Generation
 from studiolo.service.types import Finished, GenerationEvent, PromptProgress, ReasoningDelta, TextDelta, ToolCallDelta
 
 REASONING_OPEN, REASONING_CLOSE = "<think>", "</think>"
-STOP_REASONS = {  # Finished.cause -> LM Studio's LLMPredictionStopReason
-    "eos": "eosFound",
-    "stop_string": "stopStringFound",
-    "max_tokens": "maxPredictedTokensReached",
-    "context_length": "contextLengthReached",
-    "cancelled": "userStopped",
-}
 
 
 def fragment(content: str, reasoning_type: str = "none", tokens: int = 1, structural: bool = False) -> dict[str, Any]:
