@@ -1,0 +1,398 @@
+"""`studiolo chat`: its pieces in-process, then the command as a person runs it, in a pseudo-terminal
+(pexpect), against a real server of this module's own with SmolLM2 and Gemma 3.
+
+Each model's settings file makes its answers greedy and short (24 tokens). The server's model log
+(/studiolo/log/stream) says exactly what each request's prompt was and what the model wrote: every
+answer the chat prints is compared with the text the model wrote, and every prompt with the one
+`/apply-template` renders for the conversation as the chat showed it. (Answers are not compared with
+a second request's: a prompt the cache holds computed in another batch shape may round to another
+greedy token, docs/API.md "Reproducibility".)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pexpect
+import pytest
+
+from studiolo.cli.chat_cmd import loaded_model, one_shot_text
+from studiolo.cli.chat_session import Conversation
+from studiolo.cli.chat_stream import Answer, _chunk, _pieces, request_body
+from studiolo.cli.chat_view import looks_like_markdown, model_choices, picked, rows_taken, stats_lines
+from studiolo.cli.client import ServerError
+from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models, unload_all
+
+MAX_TOKENS = 24
+PROMPT = "› "
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[=>]")
+
+# ---- in-process: the pieces ----
+
+
+def test_one_shot_text_puts_the_piped_text_after_the_prompt():
+    assert one_shot_text("Summarise", "Some text.\n") == "Summarise\n\nSome text."
+    assert one_shot_text(None, "  just stdin\n") == "just stdin"
+    assert one_shot_text("only -p", None) == "only -p"
+    assert one_shot_text(None, "\n") is None
+    assert one_shot_text("", None) is None
+
+
+def test_chunks_are_read_into_the_answer():
+    answer = Answer()
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "Let me think."}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " there"}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+         "stats": {"stop_reason": "eosFound", "tokens_per_second": 80.5, "time_to_first_token": 0.05}},
+        {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}},
+    ]
+    pieces = [(piece.kind, piece.text) for chunk in chunks for piece in _pieces(chunk, answer)]
+    assert pieces == [("reasoning", "Let me think."), ("content", "Hello"), ("content", " there")]
+    assert (answer.content, answer.reasoning, answer.stop_reason) == ("Hello there", "Let me think.", "eosFound")
+    assert stats_lines(answer) == [
+        "Prediction Stats:", "  Stop Reason: eosFound", "  Tokens/Second: 80.50", "  Time to First Token: 0.050s",
+        "  Prompt Tokens: 30", "  Predicted Tokens: 2", "  Total Tokens: 32",
+    ]
+
+
+def test_a_stopped_answer_says_so_and_shows_no_figures():
+    answer = Answer(content="Hel", stopped=True)
+    assert stats_lines(answer) == ["Prediction Stats:", "  Stop Reason: userStopped"]
+
+
+def test_an_error_event_mid_stream_is_a_server_error():
+    with pytest.raises(ServerError, match="engine failed"):
+        _chunk(json.dumps({"error": {"message": "engine\nfailed", "type": "server_error"}}))
+    with pytest.raises(ServerError, match="not JSON"):
+        _chunk("{oops")
+
+
+def test_request_body_tells_thinking_only_when_asked():
+    messages = [{"role": "user", "content": "hi"}]
+    body = request_body("m", messages, ttl=60, thinking=None)
+    assert body == {"model": "m", "messages": messages, "stream": True, "stream_options": {"include_usage": True},
+                    "ttl": 60}
+    assert request_body("m", messages, ttl=None, thinking=False)["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_the_conversation_keeps_turns_and_drops_one_stopped_before_any_text():
+    conversation = Conversation("m", system_prompt="Be brief.")
+    conversation.record("one", Answer(content="first"))
+    conversation.record("two", Answer(stopped=True))
+    conversation.record("three", Answer(content="par", stopped=True))
+    assert conversation.messages("four") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "three"}, {"role": "assistant", "content": "par"},
+        {"role": "user", "content": "four"},
+    ]
+
+
+def test_rows_count_wrapped_lines_as_a_terminal_does():
+    assert rows_taken("abc", 10) == 1
+    assert rows_taken("a" * 10, 10) == 1  # a full row: the cursor waits at its end
+    assert rows_taken("a" * 11, 10) == 2
+    assert rows_taken("one\ntwo\n", 10) == 3  # the cursor's row after the last newline counts
+    assert rows_taken("\tx", 8) == 2  # a tab reaches the next stop
+    assert rows_taken("日本語日本", 8) == 2  # wide characters take two cells
+
+
+def test_only_markdown_is_redrawn():
+    assert looks_like_markdown("```python\nprint(1)\n```")
+    assert looks_like_markdown("1. one\n2. two")
+    assert looks_like_markdown("Use **bold** here")
+    assert not looks_like_markdown("Hello! How can I help you today?")
+
+
+MODELS = [
+    {"type": "llm", "key": "google/gemma-3-270m", "loaded_instances": []},
+    {"type": "embedding", "key": "local/minilm", "loaded_instances": [{"id": "local/minilm"}]},
+    {"type": "llm", "key": "huggingfacetb/smollm2-135m-instruct",
+     "loaded_instances": [{"id": "huggingfacetb/smollm2-135m-instruct"},
+                          {"id": "huggingfacetb/smollm2-135m-instruct:2"}]},
+]
+
+
+def test_models_to_pick_from_are_the_language_models_and_their_instances():
+    choices = model_choices(MODELS, current="huggingfacetb/smollm2-135m-instruct:2")
+    assert [label for _, label in choices] == [
+        "google/gemma-3-270m",
+        "huggingfacetb/smollm2-135m-instruct (loaded)",
+        "huggingfacetb/smollm2-135m-instruct:2 (loaded) (current)",
+    ]
+    assert picked("1", choices) == "google/gemma-3-270m"
+    assert picked(" 3 ", choices) == "huggingfacetb/smollm2-135m-instruct:2"
+    assert picked("9", choices) == "9"  # not a number on the list: taken as a key, which the server checks
+    assert picked("", choices) is None
+    assert loaded_model(MODELS) == "huggingfacetb/smollm2-135m-instruct"
+    assert loaded_model(MODELS[:1]) is None
+
+
+# ---- the command against a real server ----
+
+
+def write_model_settings(home: Path, key: str, max_tokens: int) -> None:
+    """Greedy answers (temperature 0, no repeat penalty) of at most ``max_tokens``, for every request."""
+    path = home / "model-settings" / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"operation": {"fields": [
+        {"key": "llm.prediction.temperature", "value": 0},
+        {"key": "llm.prediction.repeatPenalty", "value": {"checked": False, "value": 1.1}},
+        {"key": "llm.prediction.maxPredictedTokens", "value": {"checked": True, "value": max_tokens}},
+    ]}}))
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory, chat_models) -> Iterator[RunningServer]:
+    home = home_with_models(tmp_path_factory.mktemp("chat-home"), chat_models)
+    for key in (SMOLLM, GEMMA):
+        write_model_settings(home, key, MAX_TOKENS)
+    running = RunningServer(home, free_port(), [])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def api(chat_server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=chat_server.base_url, timeout=120) as session:
+        yield session
+
+
+class ModelLog:
+    """The model log's input and output events (/studiolo/log/stream), read as they come."""
+
+    def __init__(self, base_url: str):
+        self.events: list[dict] = []
+        self._client = httpx.Client(base_url=base_url, timeout=None)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            with self._client.stream("GET", "/studiolo/log/stream") as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(json.loads(line[6:]))
+        except httpx.HTTPError:
+            pass  # closed
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [event for event in self.events if event.get("type") == kind]
+
+    def wait_for(self, kind: str, count: int, seconds: float = 30) -> list[dict]:
+        deadline = time.monotonic() + seconds
+        while len(self.of_type(kind)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.of_type(kind)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@pytest.fixture
+def model_log(chat_server, api) -> Iterator[ModelLog]:
+    log = ModelLog(chat_server.base_url)
+    probe = {"model": SMOLLM, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    for _ in range(100):  # subscribed once a probe's prompt shows up
+        assert api.post("/v1/chat/completions", json=probe).status_code == 200
+        if log.wait_for("input", 1, seconds=0.1):
+            break
+    log.wait_for("output", 1)  # the probe's own, which may come a moment after its answer
+    log.events.clear()
+    yield log
+    log.close()
+
+
+def rendered(api: httpx.Client, model: str, messages: list[dict]) -> str:
+    response = api.post("/apply-template", json={"model": model, "messages": messages})
+    assert response.status_code == 200, response.text
+    return response.json()["prompt"]
+
+
+def spawn_chat(server: RunningServer, *args: str) -> pexpect.spawn:
+    env = {**os.environ, "STUDIOLO_HOME": str(server.home), "TERM": "xterm"}
+    env.pop("STUDIOLO_API_TOKEN", None)
+    command = ["-m", "studiolo", "chat", *args, "--port", str(server.port)]
+    child = pexpect.spawn(sys.executable, command, env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text).replace("\r\n", "\n")
+
+
+def say(child: pexpect.spawn, line: str) -> str:
+    """Send a line and return what the chat printed until its next prompt, without the echo of the
+    line, colours, or the blank rows around it."""
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    shown = plain(child.before)
+    echo, _, rest = shown.partition("\n")
+    assert echo.endswith(line)
+    return rest.strip("\n")
+
+
+def texts(outputs: list[dict]) -> list[str]:
+    return [output["text"] for output in outputs]
+
+
+def leave(child: pexpect.spawn) -> None:
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_a_two_turn_conversation_streams_exact_answers_and_sends_the_history(chat_server, api, model_log):
+    child = spawn_chat(chat_server, SMOLLM)
+    shown = [say(child, "Hi there"), say(child, "What is your name?")]
+    leave(child)
+    prompts = [event["prompt"] for event in model_log.wait_for("input", 2)]
+
+    assert shown == texts(model_log.wait_for("output", 2))
+    assert not looks_like_markdown(shown[0])  # shown as it streamed, not redrawn
+    first = [{"role": "user", "content": "Hi there"}]
+    both = first + [{"role": "assistant", "content": shown[0]}, {"role": "user", "content": "What is your name?"}]
+    assert prompts == [rendered(api, SMOLLM, first), rendered(api, SMOLLM, both)]
+    history = (chat_server.home / "chat-history").read_text().splitlines()
+    assert history[-3:] == ["Hi there", "What is your name?", "/exit"]  # for the arrow keys next time
+
+
+def test_system_prompt_and_clear_are_seen_in_the_exact_prompt(chat_server, api, model_log):
+    child = spawn_chat(chat_server, SMOLLM, "-s", "You are a pirate.")
+    hello_answer = say(child, "Hello")
+    assert say(child, "/system-prompt You are a poet.") == "System prompt set."
+    say(child, "Who are you?")
+    assert say(child, "/clear") == "Cleared the conversation."
+    say(child, "Hello")
+    assert say(child, "/system-prompt") == "System prompt: You are a poet."
+    leave(child)
+    prompts = [event["prompt"] for event in model_log.wait_for("input", 3)]
+
+    pirate, poet = ({"role": "system", "content": f"You are a {who}."} for who in ("pirate", "poet"))
+    hello = {"role": "user", "content": "Hello"}
+    assert prompts == [
+        rendered(api, SMOLLM, [pirate, hello]),
+        rendered(api, SMOLLM, [poet, hello, {"role": "assistant", "content": hello_answer},
+                               {"role": "user", "content": "Who are you?"}]),
+        rendered(api, SMOLLM, [poet, hello]),  # the turns forgotten, the system prompt kept
+    ]
+
+
+def test_model_switches_by_key_and_from_the_list(chat_server, api, model_log):
+    child = spawn_chat(chat_server, SMOLLM)
+    shown = [say(child, "Hi")]
+    assert say(child, f"/model {GEMMA}") == f"Model: {GEMMA}"
+    shown.append(say(child, "Tell me a fact."))
+    child.sendline("/model")
+    child.expect_exact("model> ")
+    listing = plain(child.before)
+    assert f"1. {GEMMA} (loaded) (current)" in listing and f"2. {SMOLLM}" in listing
+    assert say(child, "2") == f"Model: {SMOLLM}"
+    assert "no-such-model" in say(child, "/model no-such-model")
+    shown.append(say(child, "Thanks"))
+    leave(child)
+    inputs, outputs = model_log.wait_for("input", 3), model_log.wait_for("output", 3)
+
+    assert [event["model"] for event in inputs] == [SMOLLM, GEMMA, SMOLLM]
+    assert shown == [text.strip("\n") for text in texts(outputs)]  # Gemma, a base model, ends lines
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": shown[0]},
+               {"role": "user", "content": "Tell me a fact."}]
+    # the conversation goes on with the other model, which reads all of it in its own template
+    assert inputs[1]["prompt"] == rendered(api, GEMMA, history)
+
+
+@pytest.fixture
+def long_answers(chat_server) -> Iterator[None]:
+    write_model_settings(chat_server.home, SMOLLM, 2000)
+    yield
+    write_model_settings(chat_server.home, SMOLLM, MAX_TOKENS)
+
+
+def running_requests(api: httpx.Client) -> int:
+    models = api.get("/api/v1/models").json()["models"]
+    return sum(instance["status"]["running_requests"] for model in models for instance in model["loaded_instances"])
+
+
+def test_ctrl_c_stops_the_answer_frees_the_sequence_and_keeps_the_session(chat_server, api, model_log, long_answers):
+    child = spawn_chat(chat_server, SMOLLM)
+    child.sendline("Count from 1 to 300, one number per line.")
+    child.expect(r"5\r\n")  # the answer is streaming
+    child.sendcontrol("c")
+    child.expect_exact("Stopped (Ctrl+C).")
+    child.expect_exact(PROMPT)
+    deadline = time.monotonic() + 60
+    while running_requests(api) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running_requests(api) == 0  # the sequence is freed
+    assert say(child, "/stats").splitlines() == ["Prediction Stats:", "  Stop Reason: userStopped"]
+
+    # the session goes on, with the part that came kept in the conversation
+    write_model_settings(chat_server.home, SMOLLM, MAX_TOKENS)
+    assert "Stopped" not in say(child, "Thanks")
+    inputs = model_log.wait_for("input", 2)
+    assert inputs[1]["prompt"].count("<|im_start|>user") == 2
+    assert "<|im_start|>assistant\n1. 1\n2. 2\n" in inputs[1]["prompt"]
+    # an answer that ends is logged with its output; the stopped one was cancelled, and has none
+    assert [output["request_id"] for output in model_log.wait_for("output", 1)] == [inputs[1]["request_id"]]
+
+    child.sendcontrol("c")  # at an empty prompt: a warning, then leaving
+    child.expect_exact("Ctrl+C again")
+    child.sendcontrol("c")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def run_chat(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIOLO_HOME": str(server.home)}
+    command = [sys.executable, "-m", "studiolo", "chat", *args, "--port", str(server.port)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_prompt_option_with_stdin_prints_the_answer_alone_and_stats_apart(chat_server, api, model_log):
+    done = run_chat(chat_server, SMOLLM, "-p", "Summarise this:", "--stats", stdin="Paris is the capital of France.\n")
+    assert done.returncode == 0, done.stderr
+    [prompt], [output] = model_log.wait_for("input", 1), model_log.wait_for("output", 1)
+    message = {"role": "user", "content": "Summarise this:\n\nParis is the capital of France."}
+    assert prompt["prompt"] == rendered(api, SMOLLM, [message])
+    assert done.stdout == output["text"] + "\n"
+    lines = done.stderr.strip().splitlines()
+    stop_reason = {"eos": "eosFound", "max_tokens": "maxPredictedTokensReached"}[output["stop_reason"]]
+    assert lines[:2] == ["Prediction Stats:", f"  Stop Reason: {stop_reason}"]
+    assert re.fullmatch(r"  Tokens/Second: \d+\.\d\d", lines[2])
+    assert re.fullmatch(r"  Time to First Token: \d+\.\d{3}s", lines[3])
+    # usage counts the end-of-turn token that ended the answer (docs/API.md); the model log does not
+    predicted = output["completion_tokens"] + (output["stop_reason"] == "eos")
+    assert lines[4:] == [f"  Prompt Tokens: {prompt['prompt_tokens']}", f"  Predicted Tokens: {predicted}",
+                         f"  Total Tokens: {prompt['prompt_tokens'] + predicted}"]
+
+
+def test_piped_text_alone_is_the_prompt_and_a_loaded_model_is_used(chat_server, api, model_log):
+    unload_all(api)
+    assert api.post("/api/v1/models/load", json={"model": GEMMA}).status_code == 200  # no model named: this one
+    done = run_chat(chat_server, stdin="Hi there\n")
+    assert done.returncode == 0, done.stderr
+    [prompt], [output] = model_log.wait_for("input", 1), model_log.wait_for("output", 1)
+    assert prompt["model"] == GEMMA
+    assert prompt["prompt"] == rendered(api, GEMMA, [{"role": "user", "content": "Hi there"}])
+    assert done.stdout == output["text"] + ("" if output["text"].endswith("\n") else "\n")
+
+
+def test_one_shot_refusals_name_the_problem(chat_server):
+    unknown = run_chat(chat_server, "no-such-model", "-p", "hi")
+    assert unknown.returncode == 1 and "no-such-model" in unknown.stderr and not unknown.stdout
+    nothing = run_chat(chat_server, SMOLLM, stdin="  \n")
+    assert nothing.returncode == 2 and "Nothing to send" in nothing.stderr
