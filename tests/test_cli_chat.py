@@ -31,6 +31,7 @@ from studiolo.cli.chat_stream import Answer, _chunk, _pieces, request_body
 from studiolo.cli.chat_view import looks_like_markdown, model_choices, picked, rows_taken, stats_lines
 from studiolo.cli.client import ServerError
 from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models, unload_all
+from tests.reasoning_model import OPENER, THINKER, link_reasoning_models
 
 MAX_TOKENS = 24
 PROMPT = "› "
@@ -154,28 +155,48 @@ def write_model_settings(home: Path, key: str, max_tokens: int) -> None:
     ]}}))
 
 
+class ChatServer(RunningServer):
+    """The module's server: auth on, a token of every permission for the test's own calls and an
+    `inference` token, all a chat needs, for the chat."""
+
+    ready_path = "/health"  # the model routes want a token here
+    admin_token = chat_token = ""
+
+
+def make_token(home: Path, *permissions: str) -> str:
+    env = {**os.environ, "STUDIOLO_HOME": str(home)}
+    args = ["token", "create", "--name", "-".join(permissions)] + [f"--permission={p}" for p in permissions]
+    made = subprocess.run([sys.executable, "-m", "studiolo", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
 @pytest.fixture(scope="module")
-def chat_server(tmp_path_factory, chat_models) -> Iterator[RunningServer]:
-    home = home_with_models(tmp_path_factory.mktemp("chat-home"), chat_models)
-    for key in (SMOLLM, GEMMA):
+def chat_server(tmp_path_factory, chat_models) -> Iterator[ChatServer]:
+    home = link_reasoning_models(home_with_models(tmp_path_factory.mktemp("chat-home"), chat_models), (OPENER, THINKER))
+    for key in (SMOLLM, GEMMA, OPENER.key, THINKER.key):
         write_model_settings(home, key, MAX_TOKENS)
-    running = RunningServer(home, free_port(), [])
+    running = ChatServer(home, free_port(), ["--require-auth"])
+    running.admin_token = make_token(home, "inference", "models", "admin")
+    running.chat_token = make_token(home, "inference")
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
 def api(chat_server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=chat_server.base_url, timeout=120) as session:
+    headers = {"Authorization": f"Bearer {chat_server.admin_token}"}
+    with httpx.Client(base_url=chat_server.base_url, timeout=120, headers=headers) as session:
         yield session
 
 
 class ModelLog:
     """The model log's input and output events (/studiolo/log/stream), read as they come."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, token: str):
         self.events: list[dict] = []
-        self._client = httpx.Client(base_url=base_url, timeout=None)
+        self._client = httpx.Client(base_url=base_url, timeout=None, headers={"Authorization": f"Bearer {token}"})
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -202,7 +223,7 @@ class ModelLog:
 
 @pytest.fixture
 def model_log(chat_server, api) -> Iterator[ModelLog]:
-    log = ModelLog(chat_server.base_url)
+    log = ModelLog(chat_server.base_url, chat_server.admin_token)
     probe = {"model": SMOLLM, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
     for _ in range(100):  # subscribed once a probe's prompt shows up
         assert api.post("/v1/chat/completions", json=probe).status_code == 200
@@ -214,15 +235,14 @@ def model_log(chat_server, api) -> Iterator[ModelLog]:
     log.close()
 
 
-def rendered(api: httpx.Client, model: str, messages: list[dict]) -> str:
-    response = api.post("/apply-template", json={"model": model, "messages": messages})
+def rendered(api: httpx.Client, model: str, messages: list[dict], **extra) -> str:
+    response = api.post("/apply-template", json={"model": model, "messages": messages, **extra})
     assert response.status_code == 200, response.text
     return response.json()["prompt"]
 
 
-def spawn_chat(server: RunningServer, *args: str) -> pexpect.spawn:
-    env = {**os.environ, "STUDIOLO_HOME": str(server.home), "TERM": "xterm"}
-    env.pop("STUDIOLO_API_TOKEN", None)
+def spawn_chat(server: ChatServer, *args: str) -> pexpect.spawn:
+    env = {**os.environ, "STUDIOLO_HOME": str(server.home), "TERM": "xterm", "STUDIOLO_API_TOKEN": server.chat_token}
     command = ["-m", "studiolo", "chat", *args, "--port", str(server.port)]
     child = pexpect.spawn(sys.executable, command, env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
     child.expect_exact(PROMPT)
@@ -356,9 +376,43 @@ def test_ctrl_c_stops_the_answer_frees_the_sequence_and_keeps_the_session(chat_s
     assert child.exitstatus == 0
 
 
-def run_chat(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def test_reasoning_is_shown_dimmed_apart_and_can_be_hidden(chat_server, model_log):
+    """Plumbing, not thinking: OPENER is SmolLM2 under QwQ's template, which opens <think> in the
+    prompt, so what the model writes up to a </think> is reasoning (here all 24 tokens of it)."""
+    child = spawn_chat(chat_server, OPENER.key)
+    child.sendline("Hi")
+    child.expect_exact(PROMPT)
+    raw = child.before
+    assert say(child, "/reasoning") == "Reasoning is hidden."
+    hidden = say(child, "Hi again")
+    leave(child)
+    first, second = model_log.wait_for("output", 2)
+
+    assert first["reasoning"] and second["reasoning"]
+    answer = f"\n\n{first['text']}" if first["text"] else ""
+    assert plain(raw).partition("\n")[2].strip("\n") == first["reasoning"] + answer
+    assert "\x1b[2m" in raw  # dimmed
+    assert hidden == "(reasoning hidden: /reasoning shows it)" + (f"\n\n{second['text']}" if second["text"] else "")
+
+
+def test_reasoning_off_reaches_the_template(chat_server, api, model_log):
+    """Plumbing, not thinking: THINKER is Qwen2.5-Coder under Qwen3's template, which reads enable_thinking."""
+    child = spawn_chat(chat_server, THINKER.key)
+    assert say(child, "/reasoning off") == "Reasoning: off"
+    say(child, "Hi")
+    leave(child)
+    [prompt] = model_log.wait_for("input", 1)
+    expected = rendered(api, THINKER.key, [{"role": "user", "content": "Hi"}],
+                        chat_template_kwargs={"enable_thinking": False})
+    assert prompt["prompt"] == expected and expected.endswith("<think>\n\n</think>\n\n")
+
+
+def run_chat(server: ChatServer, *args: str, stdin: str = "", token: str | None = None) -> subprocess.CompletedProcess:
+    """The command run with its output captured; the token given by --api-token (default: the chat's)."""
     env = {**os.environ, "STUDIOLO_HOME": str(server.home)}
-    command = [sys.executable, "-m", "studiolo", "chat", *args, "--port", str(server.port)]
+    env.pop("STUDIOLO_API_TOKEN", None)
+    token_args = ["--api-token", server.chat_token if token is None else token] if token != "" else []
+    command = [sys.executable, "-m", "studiolo", "chat", *args, "--port", str(server.port), *token_args]
     return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -396,3 +450,10 @@ def test_one_shot_refusals_name_the_problem(chat_server):
     assert unknown.returncode == 1 and "no-such-model" in unknown.stderr and not unknown.stdout
     nothing = run_chat(chat_server, SMOLLM, stdin="  \n")
     assert nothing.returncode == 2 and "Nothing to send" in nothing.stderr
+
+
+def test_without_a_token_the_refusal_is_one_line(chat_server):
+    refused = run_chat(chat_server, SMOLLM, "-p", "hi", token="")
+    assert refused.returncode == 1 and not refused.stdout
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    assert "token" in refused.stderr.lower()
