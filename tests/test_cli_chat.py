@@ -11,6 +11,7 @@ greedy token, docs/API.md "Reproducibility".)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,13 +25,23 @@ from pathlib import Path
 import httpx
 import pexpect
 import pytest
+from rich.console import Console
 
 from studiolo.cli.chat_cmd import loaded_model, one_shot_text
 from studiolo.cli.chat_session import Conversation
-from studiolo.cli.chat_stream import Answer, _chunk, _pieces, request_body
-from studiolo.cli.chat_view import looks_like_markdown, model_choices, picked, rows_taken, stats_lines
+from studiolo.cli.chat_stream import Answer, Piece, _chunk, _pieces, request_body
+from studiolo.cli.chat_view import (
+    WAITING,
+    AnswerPrinter,
+    WaitingHint,
+    looks_like_markdown,
+    model_choices,
+    picked,
+    rows_taken,
+    stats_lines,
+)
 from studiolo.cli.client import ServerError
-from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models, unload_all
+from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models, loaded_instances, unload_all
 from tests.reasoning_model import OPENER, THINKER, link_reasoning_models
 
 MAX_TOKENS = 24
@@ -115,6 +126,47 @@ def test_only_markdown_is_redrawn():
     assert looks_like_markdown("1. one\n2. two")
     assert looks_like_markdown("Use **bold** here")
     assert not looks_like_markdown("Hello! How can I help you today?")
+
+
+def terminal(width: int = 40, height: int = 20) -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=width, height=height, color_system="standard")
+
+
+def test_a_markdown_answer_is_redrawn_in_place_once_it_ends():
+    console = terminal()
+    printer = AnswerPrinter(console)
+    for text in ("Fruits:\n", "- apple\n", "- **pear**"):
+        printer.write(Piece("content", text))
+    printer.finish(Answer(content="Fruits:\n- apple\n- **pear**"))
+    shown = console.file.getvalue()
+    streamed, _, redrawn = shown.partition("\r\x1b[2A\x1b[J")  # up to the answer's first row, cleared below
+    assert plain(streamed) == "Fruits:\n- apple\n- **pear**"
+    assert plain(redrawn).split() == ["Fruits:", "•", "apple", "•", "pear"]
+
+
+def test_an_answer_taller_than_the_terminal_stays_as_it_streamed():
+    console = terminal(height=3)
+    printer = AnswerPrinter(console)
+    printer.write(Piece("content", "- one\n- two\n- three"))
+    printer.finish(Answer(content="- one\n- two\n- three"))
+    assert plain(console.file.getvalue()) == "- one\n- two\n- three\n"
+
+
+def test_the_waiting_line_shows_after_a_while_and_the_first_text_erases_it():
+    console = terminal()
+    hint = WaitingHint(console, delay=0.01)
+    deadline = time.monotonic() + 5
+    while WAITING not in console.file.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hint.clear()
+    assert console.file.getvalue() == f"\x1b[2m{WAITING}\x1b[0m\r\x1b[2K"  # dimmed, then its row erased
+    quick = terminal()
+    WaitingHint(quick, delay=30).clear()  # text came first: nothing shown
+    assert quick.file.getvalue() == ""
+    piped = Console(file=io.StringIO())
+    WaitingHint(piped, delay=0).clear()
+    time.sleep(0.05)
+    assert piped.file.getvalue() == ""  # not a terminal: it could not be erased
 
 
 MODELS = [
@@ -250,7 +302,8 @@ def spawn_chat(server: ChatServer, *args: str) -> pexpect.spawn:
 
 
 def plain(text: str) -> str:
-    return ANSI.sub("", text).replace("\r\n", "\n")
+    """What the terminal shows, as text: no colours, no waiting line (a slow first token erases it)."""
+    return ANSI.sub("", text).replace(WAITING + "\r", "").replace("\r\n", "\n")
 
 
 def say(child: pexpect.spawn, line: str) -> str:
@@ -417,8 +470,12 @@ def run_chat(server: ChatServer, *args: str, stdin: str = "", token: str | None 
 
 
 def test_prompt_option_with_stdin_prints_the_answer_alone_and_stats_apart(chat_server, api, model_log):
-    done = run_chat(chat_server, SMOLLM, "-p", "Summarise this:", "--stats", stdin="Paris is the capital of France.\n")
+    unload_all(api)  # the chat's request loads the model, with the chat's --ttl
+    done = run_chat(chat_server, SMOLLM, "-p", "Summarise this:", "--stats", "--ttl", "600",
+                    stdin="Paris is the capital of France.\n")
     assert done.returncode == 0, done.stderr
+    [instance] = loaded_instances(api).values()
+    assert instance["status"]["jit_loaded"] and instance["status"]["ttl_seconds"] == 600
     [prompt], [output] = model_log.wait_for("input", 1), model_log.wait_for("output", 1)
     message = {"role": "user", "content": "Summarise this:\n\nParis is the capital of France."}
     assert prompt["prompt"] == rendered(api, SMOLLM, [message])

@@ -82,6 +82,7 @@ def ask(http: httpx.Client, conversation: Conversation, text: str, printer: Answ
     request fails; the conversation is then left as it was."""
     body = request_body(conversation.model, conversation.messages(text), ttl=ttl, thinking=conversation.thinking)
     answer = Answer()
+    printer.start()
     try:
         with closing(stream_answer(http, body, answer)) as pieces:
             for piece in pieces:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
 from rich.cells import cell_len
@@ -29,6 +30,9 @@ _MARKDOWN = re.compile(
 )
 TAB_SIZE = 8  # where terminals put their tab stops
 REASONING_HIDDEN = "(reasoning hidden: /reasoning shows it)"
+WAITING = "Waiting for the model… (Ctrl+C stops)"
+WAITING_AFTER_SECONDS = 1.0  # a loaded model answers sooner; a load or a long prompt takes longer
+ERASE_ROW = "\r\x1b[2K"
 
 
 def looks_like_markdown(text: str) -> bool:
@@ -39,6 +43,38 @@ def rows_taken(text: str, width: int) -> int:
     """How many terminal rows ``text`` covers when written from the start of a row, wrapped at
     ``width`` cells, counting the row the cursor ends on."""
     return sum(max(1, math.ceil(cell_len(line.expandtabs(TAB_SIZE)) / width)) for line in text.split("\n"))
+
+
+class WaitingHint:
+    """A dim line shown while nothing has come for a second (the model loading, a long prompt being
+    read), erased by the first text. Shown only on a terminal, which can erase it."""
+
+    def __init__(self, console: Console, delay: float = WAITING_AFTER_SECONDS):
+        self.console = console
+        self._lock = threading.Lock()
+        self._shown = self._done = False
+        self._timer: threading.Timer | None = None
+        if console.is_terminal and not console.is_dumb_terminal:
+            self._timer = threading.Timer(delay, self._show)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _show(self) -> None:
+        with self._lock:
+            if not self._done:
+                self.console.print(Text(WAITING, style="dim"), end="", soft_wrap=True)
+                self._shown = True
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._shown:
+                self.console.file.write(ERASE_ROW)
+                self.console.file.flush()
 
 
 class AnswerPrinter:
@@ -53,8 +89,18 @@ class AnswerPrinter:
         self.markdown = markdown
         self.shown = ""  # the answer's text as written, what a redraw must erase
         self._reasoning_started = False
+        self._waiting: WaitingHint | None = None
+
+    def start(self) -> None:
+        """The request is sent: say so if the model keeps us waiting."""
+        self._waiting = WaitingHint(self.reasoning_console)
+
+    def _end_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.clear()
 
     def write(self, piece: Piece) -> None:
+        self._end_waiting()
         if piece.kind == "reasoning":
             self._write_reasoning(piece.text)
             return
@@ -82,6 +128,7 @@ class AnswerPrinter:
 
     def finish(self, answer: Answer) -> None:
         """End the answer: redraw it as Markdown where that helps, end its row, say if it was stopped."""
+        self._end_waiting()
         if self._reasoning_started and not self.shown:
             self.reasoning_console.print()
             self._reasoning_started = False
