@@ -243,11 +243,16 @@ def api(chat_server) -> Iterator[httpx.Client]:
         yield session
 
 
+PROBE = "ping (chat test probe)"
+
+
 class ModelLog:
-    """The model log's input and output events (/studiolo/log/stream), read as they come."""
+    """The model log's input and output events (/studiolo/log/stream), read as they come; the
+    probes that tell it is subscribed are left out (their outputs may come after their answers)."""
 
     def __init__(self, base_url: str, token: str):
         self.events: list[dict] = []
+        self._probes: set[str] = set()
         self._client = httpx.Client(base_url=base_url, timeout=None, headers={"Authorization": f"Bearer {token}"})
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -256,9 +261,18 @@ class ModelLog:
             with self._client.stream("GET", "/studiolo/log/stream") as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):
-                        self.events.append(json.loads(line[6:]))
+                        self._keep(json.loads(line[6:]))
         except httpx.HTTPError:
             pass  # closed
+
+    def _keep(self, event: dict) -> None:
+        if event.get("type") == "input" and PROBE in event.get("prompt", ""):
+            self._probes.add(event["request_id"])
+        if event.get("request_id") not in self._probes:
+            self.events.append(event)
+
+    def subscribed(self) -> bool:
+        return bool(self._probes)
 
     def of_type(self, kind: str) -> list[dict]:
         return [event for event in self.events if event.get("type") == kind]
@@ -276,13 +290,14 @@ class ModelLog:
 @pytest.fixture
 def model_log(chat_server, api) -> Iterator[ModelLog]:
     log = ModelLog(chat_server.base_url, chat_server.admin_token)
-    probe = {"model": SMOLLM, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    probe = {"model": SMOLLM, "messages": [{"role": "user", "content": PROBE}], "max_tokens": 1}
     for _ in range(100):  # subscribed once a probe's prompt shows up
         assert api.post("/v1/chat/completions", json=probe).status_code == 200
-        if log.wait_for("input", 1, seconds=0.1):
+        deadline = time.monotonic() + 0.1
+        while not log.subscribed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if log.subscribed():
             break
-    log.wait_for("output", 1)  # the probe's own, which may come a moment after its answer
-    log.events.clear()
     yield log
     log.close()
 
@@ -421,6 +436,11 @@ def test_ctrl_c_stops_the_answer_frees_the_sequence_and_keeps_the_session(chat_s
     # an answer that ends is logged with its output; the stopped one was cancelled, and has none
     assert [output["request_id"] for output in model_log.wait_for("output", 1)] == [inputs[1]["request_id"]]
 
+    child.send("half a line")
+    child.expect_exact("half a line")
+    child.sendcontrol("c")  # with text typed: the line is dropped, as in a shell
+    child.expect_exact(PROMPT)
+    assert "again" not in child.before
     child.sendcontrol("c")  # at an empty prompt: a warning, then leaving
     child.expect_exact("Ctrl+C again")
     child.sendcontrol("c")

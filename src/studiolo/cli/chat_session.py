@@ -150,8 +150,11 @@ class ChatSession:
         self.say(f"Chatting with {self.conversation.model}. Type /help for commands, /exit to leave.")
         with History(history_file(), sorted({name.split()[0] for name, _ in COMMANDS} | set(ALIASES))):
             while (line := self.read_line()) is not None:
-                if not self.handle(line.strip()):
-                    return
+                try:
+                    if not self.handle(line.strip()):
+                        return
+                except KeyboardInterrupt:  # during a command's call to the server: the chat goes on
+                    self.console.print()
 
     def read_line(self) -> str | None:
         """The next line typed; None to leave (Ctrl+D, or a second Ctrl+C in a row at an empty prompt).
