@@ -355,7 +355,15 @@ def test_a_two_turn_conversation_streams_exact_answers_and_sends_the_history(cha
     both = first + [{"role": "assistant", "content": shown[0]}, {"role": "user", "content": "What is your name?"}]
     assert prompts == [rendered(api, SMOLLM, first), rendered(api, SMOLLM, both)]
     history = (chat_server.home / "chat-history").read_text().splitlines()
-    assert history[-3:] == ["Hi there", "What is your name?", "/exit"]  # for the arrow keys next time
+    assert history[-3:] == ["Hi there", "What is your name?", "/exit"]
+
+    again = spawn_chat(chat_server, SMOLLM)  # the next chat recalls them with the arrow keys
+    again.send("\x1b[A\x1b[A")
+    again.expect_exact("What is your name?")
+    again.send("\x1b[B\r")  # back down to /exit, and enter it
+    again.expect(pexpect.EOF)
+    again.close()
+    assert again.exitstatus == 0
 
 
 def test_system_prompt_and_clear_are_seen_in_the_exact_prompt(chat_server, api, model_log):
