@@ -401,6 +401,8 @@ def test_model_switches_by_key_and_from_the_list(chat_server, api, model_log):
     shown.append(say(child, "Thanks"))
     leave(child)
     inputs, outputs = model_log.wait_for("input", 3), model_log.wait_for("output", 3)
+    history = (chat_server.home / "chat-history").read_text().splitlines()
+    assert history[-5:] == ["Tell me a fact.", "/model", "/model no-such-model", "Thanks", "/exit"]  # not the "2"
 
     assert [event["model"] for event in inputs] == [SMOLLM, GEMMA, SMOLLM]
     assert shown == [text.strip("\n") for text in texts(outputs)]  # Gemma, a base model, ends lines

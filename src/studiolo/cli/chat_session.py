@@ -122,12 +122,13 @@ def pick_model(server: StudioloClient, console: Console, current: str | None) ->
     console.print(Text("Models (type a number or a key; Enter keeps the current one):" if current
                        else "Which model? (type a number or a key)"))
     print_choices(console, choices)
+    lines = history_length()
     try:
         reply = input("model> ")
     except (EOFError, KeyboardInterrupt):
         console.print()
         return None
-    forget_last_line()  # the history is for messages and commands, not for this reply
+    forget_lines_after(lines)  # the history is for messages and commands, not for this reply
     return picked(reply, choices)
 
 
@@ -277,8 +278,14 @@ def typed_text() -> str:
     return readline.get_line_buffer() if readline is not None else ""
 
 
-def forget_last_line() -> None:
-    if readline is not None and readline.get_current_history_length() > 0:
+def history_length() -> int:
+    return readline.get_current_history_length() if readline is not None else 0
+
+
+def forget_lines_after(length: int) -> None:
+    """Drop what readline added to the history since it held ``length`` lines (it adds a line only
+    when it is not empty and not the same as the last)."""
+    while readline is not None and readline.get_current_history_length() > length:
         readline.remove_history_item(readline.get_current_history_length() - 1)
 
 
