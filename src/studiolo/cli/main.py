@@ -6,6 +6,7 @@ import typer
 
 from studiolo import __version__
 from studiolo.cli import log_cmd, models_cmd, preset_cmd, server, service_cmd, store_cmd, token_cmd
+from studiolo.cli.chat_cmd import chat_command
 from studiolo.cli.convert_cmd import convert_command
 from studiolo.cli.get_cmd import get_command
 from studiolo.cli.import_cmd import import_command
@@ -24,6 +25,7 @@ app.command("ls")(models_cmd.ls_command)
 app.command("ps")(models_cmd.ps_command)
 app.command("load")(models_cmd.load_command)
 app.command("unload")(models_cmd.unload_command)
+app.command("chat")(chat_command)
 
 
 @app.command()
