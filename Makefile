@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models models-extra serve lint test test-stress soak bench clean
+.PHONY: setup models models-extra serve lint test test-stress soak bench clean page browser
 
 setup: $(INSTALLED) models
 
@@ -41,8 +41,18 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy
 
-test: setup lint
+test: setup lint browser
 	$(PY) -m pytest
+
+# tests/test_page*.py drive Debian's Chromium through Playwright (its own browser downloads cannot be
+# had here): installed once when missing
+browser:
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# The chat page: web/'s sources bundled by esbuild into src/studiolo/api/page/static/, which is
+# committed (serving needs no Node). npm ci installs the pinned tools from web/package-lock.json.
+page:
+	cd web && npm ci --no-audit --no-fund && node build.mjs
 
 # The whole suite RUNS times (3) in a row while one CPU-bound process per core keeps the machine
 # busy: what a loaded CI machine does to timing. Logs in build/stress/.

@@ -1,0 +1,99 @@
+// One turn sent and streamed: the request body from the conversation's settings, and the answer
+// as it grows from /api/v1/chat's events (load, prompt progress, reasoning, text, stats).
+
+import { streamChat } from "./api.js";
+
+// Settings the page offers, each a field of /api/v1/chat; an empty one is left to the server
+export const SETTINGS = [
+  { key: "system_prompt", label: "System prompt", kind: "text" },
+  { key: "preset", label: "Preset", kind: "string", hint: "a preset's name" },
+  { key: "temperature", label: "Temperature", kind: "number", min: 0, max: 1, step: 0.05 },
+  { key: "max_output_tokens", label: "Max tokens", kind: "integer", min: 1 },
+  { key: "top_p", label: "Top P", kind: "number", min: 0, max: 1, step: 0.05 },
+  { key: "top_k", label: "Top K", kind: "integer", min: 0 },
+  { key: "min_p", label: "Min P", kind: "number", min: 0, max: 1, step: 0.01 },
+  { key: "repeat_penalty", label: "Repeat penalty", kind: "number", min: 0, step: 0.05 },
+];
+
+export function requestBody(model, text, previous, settings) {
+  const body = { model, input: text };
+  if (previous) body.previous_response_id = previous;
+  for (const { key, kind } of SETTINGS) {
+    const value = settings[key];
+    if (value === undefined || value === null || value === "") continue;
+    body[key] = kind === "number" || kind === "integer" ? Number(value) : value;
+  }
+  return body;
+}
+
+// Streams one turn into `answer` (mutated), calling changed() after each event
+export async function streamTurn(body, answer, changed, signal) {
+  await streamChat(
+    body,
+    (type, event) => {
+      follow(answer, type, event);
+      changed();
+    },
+    signal,
+  );
+}
+
+function follow(answer, type, event) {
+  switch (type) {
+    case "chat.start":
+      answer.model = event.model_instance_id;
+      break;
+    case "model_load.start":
+      answer.phase = "Loading the model…";
+      break;
+    case "model_load.progress":
+      answer.phase = `Loading the model… ${Math.round(event.progress * 100)}%`;
+      break;
+    case "prompt_processing.start":
+      answer.phase = "Reading the prompt…";
+      break;
+    case "prompt_processing.progress":
+      answer.phase = `Reading the prompt… ${Math.round(event.progress * 100)}%`;
+      break;
+    case "prompt_processing.end":
+      answer.phase = "";
+      break;
+    case "reasoning.delta":
+      answer.reasoning += event.content;
+      break;
+    case "message.delta":
+      answer.text += event.content;
+      break;
+    case "error":
+      answer.error = event.error?.message || "The answer failed.";
+      break;
+    case "chat.end":
+      answer.stats = event.result.stats;
+      answer.response_id = event.result.response_id || null;
+      if (event.result.storage_error) answer.error = `Not stored: ${event.result.storage_error.message}`;
+      break;
+    default:
+      break;
+  }
+}
+
+const STOP_WORDS = {
+  eosFound: "end of answer",
+  stopStringFound: "stop string",
+  maxPredictedTokensReached: "token limit",
+  contextLengthReached: "context full",
+  userStopped: "stopped",
+};
+
+export function statsLine(stats) {
+  if (!stats) return [];
+  const parts = [];
+  if (stats.tokens_per_second !== undefined) parts.push(`${stats.tokens_per_second.toFixed(1)} tok/s`);
+  if (stats.time_to_first_token_seconds !== undefined) {
+    parts.push(`${stats.time_to_first_token_seconds.toFixed(2)} s to first token`);
+  }
+  if (stats.total_output_tokens !== undefined) parts.push(`${stats.total_output_tokens} tokens`);
+  if (stats.model_load_time_seconds !== undefined) parts.push(`loaded in ${stats.model_load_time_seconds.toFixed(1)} s`);
+  if (stats.stop_reason) parts.push(`stop: ${STOP_WORDS[stats.stop_reason] || stats.stop_reason}`);
+  return parts;
+}
