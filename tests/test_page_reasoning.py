@@ -1,0 +1,45 @@
+"""A reasoning model's reasoning on the chat page: shown apart from the answer, folded, and the same
+after a reload (read back from the stored reasoning item). The model is tests/reasoning_model.py's
+THINKER (Qwen2.5-Coder-0.5B under Qwen3's template), asked to copy a ``<think>…</think>`` verbatim:
+this checks the plumbing, not thinking."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import RunningServer, free_port, home_with_models
+from tests.page_browser import ChatPage, browser  # noqa: F401 - the fixture
+from tests.reasoning_model import THINKER, link_reasoning_models
+
+VERBATIM = "Write the text `<think>2 and 2 make 4.</think>The answer is 4.` verbatim."
+THOUGHT, ANSWER = "2 and 2 make 4.", "The answer is 4."
+
+
+@pytest.fixture(scope="module")
+def thinker_server(tmp_path_factory):
+    home = link_reasoning_models(home_with_models(tmp_path_factory.mktemp("page-reasoning-home"), {}), (THINKER,))
+    running = RunningServer(home, free_port(), ["--parallel", "1", "--context-length", "2048"])
+    yield running
+    running.stop()
+
+
+def test_reasoning_is_shown_apart_and_folded(browser, thinker_server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    chat = ChatPage(context.new_page(), thinker_server.base_url).open()
+    chat.pick_model(THINKER.key)
+    chat.settings(temperature="0", max_output_tokens="30")
+    chat.send(VERBATIM)
+    chat.stored_answer(0)
+    for reading in ("streamed", "reloaded"):
+        reasoning = chat.answer(0).locator("details.reasoning")
+        assert reasoning.get_attribute("open") is None, reading  # folded
+        assert reasoning.locator(".reasoning-text").text_content() == THOUGHT, reading
+        assert chat.answer(0).locator(".markdown").inner_text() == ANSWER, reading
+        chat.shot(f"reasoning-{reading}")
+        chat.page.reload()
+        chat.page.wait_for_selector(".message.assistant[data-response-id^=resp_]")
+    reasoning.locator("summary").click()
+    assert reasoning.locator(".reasoning-text").is_visible()
+    chat.shot("reasoning-unfolded")
+    context.close()
+    assert chat.problems == []
