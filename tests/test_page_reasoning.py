@@ -1,5 +1,6 @@
 """A reasoning model's reasoning on the chat page: shown apart from the answer, folded, and the same
-after a reload (read back from the stored reasoning item). The model is tests/reasoning_model.py's
+after a reload (read back from the stored reasoning item); the Reasoning setting offers the model's
+options and reaches its template. The model is tests/reasoning_model.py's
 THINKER (Qwen2.5-Coder-0.5B under Qwen3's template), asked to copy a ``<think>…</think>`` verbatim:
 this checks the plumbing, not thinking."""
 
@@ -10,9 +11,11 @@ import pytest
 from tests.conftest import RunningServer, free_port, home_with_models
 from tests.page_browser import ChatPage, browser  # noqa: F401 - the fixture
 from tests.reasoning_model import THINKER, link_reasoning_models
+from tests.reasoning_wire import prompts_sent
 
 VERBATIM = "Write the text `<think>2 and 2 make 4.</think>The answer is 4.` verbatim."
 THOUGHT, ANSWER = "2 and 2 make 4.", "The answer is 4."
+QWEN3_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # Qwen3's generation prompt with thinking off
 
 
 @pytest.fixture(scope="module")
@@ -41,5 +44,22 @@ def test_reasoning_is_shown_apart_and_folded(browser, thinker_server):  # noqa: 
     reasoning.locator("summary").click()
     assert reasoning.locator(".reasoning-text").is_visible()
     chat.shot("reasoning-unfolded")
+    context.close()
+    assert chat.problems == []
+
+
+def test_the_reasoning_setting_offers_the_models_options_and_reaches_its_template(browser, thinker_server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    chat = ChatPage(context.new_page(), thinker_server.base_url).open()
+    chat.pick_model(THINKER.key)
+    chat.settings(temperature="0", max_output_tokens="1")
+    options = chat.page.locator("#setting-reasoning option").all_inner_texts()
+    assert options == ["default", "off", "on"]  # Qwen3's template switches thinking, with no efforts
+    chat.page.select_option("#setting-reasoning", "off")
+    with prompts_sent(thinker_server.base_url) as prompts:
+        chat.send("Hi")
+        chat.stored_answer(0)
+    assert prompts[0].endswith(QWEN3_OFF)
+    chat.shot("reasoning-setting")
     context.close()
     assert chat.problems == []

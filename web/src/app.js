@@ -3,7 +3,7 @@
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import { getJson, token } from "./api.js";
-import { requestBody, streamTurn } from "./chat.js";
+import { reasoningOptions, requestBody, streamTurn } from "./chat.js";
 import { deleteStored, loadAll, newConversation, readTurn, saveAll, titleOf } from "./conversations.js";
 import { html } from "./html.js";
 import { Composer, Messages, ModelPicker, SettingsPanel, Sidebar, TokenDialog } from "./views.js";
@@ -46,6 +46,7 @@ export function App() {
   const current = conversations.find((c) => c.id === currentId) || null;
   const model = current ? current.model : draft.model;
   const settings = current ? current.settings : draft.settings;
+  const reasoning = reasoningOptions(models.find((m) => m.key === model));
 
   const fail = (failure) => {
     if (failure.needsToken) setTokenAsk(failure.message);
@@ -127,7 +128,7 @@ export function App() {
     controller.current = abort;
     setBusy(true);
     try {
-      await streamTurn(requestBody(model, text, previous, conversation.settings), answer, changed, abort.signal);
+      await streamTurn(requestBody(model, text, previous, conversation.settings, reasoning), answer, changed, abort.signal);
     } catch (failure) {
       if (failure.name === "AbortError") {
         answer.stopped = true; // the server cancels the generation and stores nothing of it
@@ -210,7 +211,7 @@ export function App() {
           <button type="button" class=${`settings-button${settingsOpen ? " on" : ""}`} aria-label="Settings"
             onClick=${() => setSettingsOpen(!settingsOpen)}>Settings</button>
         </header>
-        ${settingsOpen && html`<${SettingsPanel} settings=${settings} onChange=${changeSettings} onClose=${() => setSettingsOpen(false)} />`}
+        ${settingsOpen && html`<${SettingsPanel} settings=${settings} reasoning=${reasoning} onChange=${changeSettings} onClose=${() => setSettingsOpen(false)} />`}
         ${error && html`<div class="error-banner" role="alert"><span>${error}</span>
           <button type="button" class="close" aria-label="Dismiss" onClick=${() => setError("")}>×</button></div>`}
         <${Messages} shown=${shown} busy=${busy} loading=${loading} onEdit=${(index, text) => send(text, index)}

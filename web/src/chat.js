@@ -13,14 +13,22 @@ export const SETTINGS = [
   { key: "top_k", label: "Top K", kind: "integer", min: 0 },
   { key: "min_p", label: "Min P", kind: "number", min: 0, max: 1, step: 0.01 },
   { key: "repeat_penalty", label: "Repeat penalty", kind: "number", min: 0, step: 0.05 },
+  // offered for a model whose template reasons: the options /api/v1/models lists for it
+  { key: "reasoning", label: "Reasoning", kind: "choice" },
 ];
 
-export function requestBody(model, text, previous, settings) {
+export function reasoningOptions(model) {
+  return model?.capabilities?.reasoning?.allowed_options || [];
+}
+
+// `reasoningAllowed`: the model's options; a choice made for another model is left out
+export function requestBody(model, text, previous, settings, reasoningAllowed = []) {
   const body = { model, input: text };
   if (previous) body.previous_response_id = previous;
   for (const { key, kind } of SETTINGS) {
     const value = settings[key];
     if (value === undefined || value === null || value === "") continue;
+    if (kind === "choice" && !reasoningAllowed.includes(value)) continue;
     body[key] = kind === "number" || kind === "integer" ? Number(value) : value;
   }
   return body;

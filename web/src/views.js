@@ -40,25 +40,29 @@ export function ModelPicker({ models, value, onChange, disabled }) {
   `;
 }
 
-function SettingField({ spec, value, onChange }) {
+function SettingField({ spec, value, onChange, choices }) {
   const id = `setting-${spec.key}`;
+  if (spec.kind === "choice" && choices.length === 0) return null; // the model offers none
   const input =
     spec.kind === "text"
       ? html`<textarea id=${id} rows="3" value=${value ?? ""} onInput=${(e) => onChange(e.currentTarget.value)} />`
+      : spec.kind === "choice"
+      ? html`<select id=${id} value=${choices.includes(value) ? value : ""} onChange=${(e) => onChange(e.currentTarget.value)}>
+          <option value="">default</option>${choices.map((c) => html`<option key=${c} value=${c}>${c}</option>`)}</select>`
       : html`<input id=${id} type=${spec.kind === "string" ? "text" : "number"} value=${value ?? ""}
           min=${spec.min} max=${spec.max} step=${spec.kind === "integer" ? 1 : spec.step} placeholder=${spec.hint || "default"}
           onInput=${(e) => onChange(e.currentTarget.value)} />`;
   return html`<label class=${`setting ${spec.kind}`} for=${id}><span>${spec.label}</span>${input}</label>`;
 }
 
-export function SettingsPanel({ settings, onChange, onClose }) {
+export function SettingsPanel({ settings, reasoning, onChange, onClose }) {
   return html`
     <section class="settings" aria-label="Settings of this conversation">
       <div class="settings-head"><strong>Settings of this conversation</strong>
         <button type="button" class="close" onClick=${onClose} aria-label="Close settings">×</button></div>
       <div class="settings-grid">
         ${SETTINGS.map(
-          (spec) => html`<${SettingField} key=${spec.key} spec=${spec} value=${settings[spec.key]}
+          (spec) => html`<${SettingField} key=${spec.key} spec=${spec} value=${settings[spec.key]} choices=${reasoning}
             onChange=${(value) => onChange({ ...settings, [spec.key]: value })} />`,
         )}
       </div>
