@@ -103,7 +103,9 @@ export function App() {
 
   const update = (id, change) => changeConversations((list) => list.map((c) => (c.id === id ? { ...c, ...change } : c)));
 
-  const send = async (text, fromIndex = shown.length) => {
+  const vision = Boolean(models.find((m) => m.key === model)?.capabilities?.vision);
+
+  const send = async (text, fromIndex = shown.length, images = []) => {
     if (!model) return setError("Pick a model first.");
     setError("");
     let conversation = current;
@@ -116,7 +118,7 @@ export function App() {
     const kept = shown.slice(0, fromIndex);
     const previous = storedTurns(kept).pop()?.response_id;
     const answer = { text: "", reasoning: "", phase: "", streaming: true, model, stats: null, response_id: null, error: "" };
-    const entries = [...kept, { key: entryKey(), user: text, answer }];
+    const entries = [...kept, { key: entryKey(), user: text, images, answer }];
     const keep = () => update(conversation.id, { turns: storedTurns(entries), model });
     const changed = () => {
       if (answer.response_id && !answer.kept) keep(); // stored: kept at once, before the page shows it
@@ -128,7 +130,7 @@ export function App() {
     controller.current = abort;
     setBusy(true);
     try {
-      await streamTurn(requestBody(model, text, previous, conversation.settings, reasoning), answer, changed, abort.signal);
+      await streamTurn(requestBody(model, text, previous, conversation.settings, reasoning, images), answer, changed, abort.signal);
     } catch (failure) {
       if (failure.name === "AbortError") {
         answer.stopped = true; // the server cancels the generation and stores nothing of it
@@ -214,9 +216,9 @@ export function App() {
         ${settingsOpen && html`<${SettingsPanel} settings=${settings} reasoning=${reasoning} onChange=${changeSettings} onClose=${() => setSettingsOpen(false)} />`}
         ${error && html`<div class="error-banner" role="alert"><span>${error}</span>
           <button type="button" class="close" aria-label="Dismiss" onClick=${() => setError("")}>×</button></div>`}
-        <${Messages} shown=${shown} busy=${busy} loading=${loading} onEdit=${(index, text) => send(text, index)}
-          onRegenerate=${(index) => send(shown[index].user, index)} onBranch=${branch} />
-        <${Composer} busy=${busy} disabled=${!model} onSend=${(text) => send(text)} onStop=${() => controller.current?.abort()} />
+        <${Messages} shown=${shown} busy=${busy} loading=${loading} onEdit=${(index, text) => send(text, index, shown[index].images)}
+          onRegenerate=${(index) => send(shown[index].user, index, shown[index].images)} onBranch=${branch} />
+        <${Composer} busy=${busy} disabled=${!model} vision=${vision} onSend=${(text, images) => send(text, shown.length, images)} onStop=${() => controller.current?.abort()} />
       </main>
       ${tokenAsk !== null && html`<${TokenDialog} message=${tokenAsk} onSave=${saveToken} onCancel=${() => setTokenAsk(null)} />`}
     </div>

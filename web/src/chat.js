@@ -22,8 +22,10 @@ export function reasoningOptions(model) {
 }
 
 // `reasoningAllowed`: the model's options; a choice made for another model is left out
-export function requestBody(model, text, previous, settings, reasoningAllowed = []) {
-  const body = { model, input: text };
+export function requestBody(model, text, previous, settings, reasoningAllowed = [], images = []) {
+  // LM Studio's image items join the text item before them: one user message
+  const input = images.length ? [{ type: "text", content: text }, ...images.map((url) => ({ type: "image", data_url: url }))] : text;
+  const body = { model, input };
   if (previous) body.previous_response_id = previous;
   for (const { key, kind } of SETTINGS) {
     const value = settings[key];

@@ -48,6 +48,14 @@ function userText(items) {
     .join("\n\n");
 }
 
+// The images of a turn's user messages, as the data URLs (or URLs) they were sent with
+function userImages(items) {
+  return items
+    .filter((item) => (item.type || "message") === "message" && item.role === "user" && Array.isArray(item.content))
+    .flatMap((item) => item.content.filter((part) => part.type === "input_image" && part.image_url))
+    .map((part) => part.image_url);
+}
+
 function answerOf(response) {
   let text = "";
   let reasoning = "";
@@ -68,6 +76,7 @@ export async function readTurn(turn) {
   const answer = answerOf(response);
   return {
     user: userText(items.data || []),
+    images: userImages(items.data || []),
     answer: {
       ...answer,
       response_id: turn.response_id,

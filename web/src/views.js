@@ -100,7 +100,19 @@ function Answer({ answer, last, busy, onRegenerate, onBranch }) {
   `;
 }
 
-function UserMessage({ text, busy, onEdit }) {
+function Images({ urls, onRemove }) {
+  if (!urls?.length) return null;
+  return html`
+    <div class="images">
+      ${urls.map(
+        (url, i) => html`<span class="image" key=${i}><img src=${url} alt=${`image ${i + 1}`} />
+          ${onRemove && html`<button type="button" class="remove" aria-label="Remove image" onClick=${() => onRemove(i)}>×</button>`}</span>`,
+      )}
+    </div>
+  `;
+}
+
+function UserMessage({ text, images, busy, onEdit }) {
   const [editing, setEditing] = useState(false);
   const [draft, setDraft] = useState(text);
   if (editing) {
@@ -121,6 +133,7 @@ function UserMessage({ text, busy, onEdit }) {
   }
   return html`
     <div class="message user">
+      <${Images} urls=${images} />
       <div class="user-text">${text}</div>
       ${!busy && html`<button type="button" class="link edit-button" onClick=${() => (setDraft(text), setEditing(true))}>Edit</button>`}
     </div>
@@ -140,7 +153,7 @@ export function Messages({ shown, busy, loading, onEdit, onRegenerate, onBranch 
       ${shown.map(
         (entry, index) => html`
           <div class="turn" key=${entry.key}>
-            <${UserMessage} text=${entry.user} busy=${busy} onEdit=${(text) => onEdit(index, text)} />
+            <${UserMessage} text=${entry.user} images=${entry.images} busy=${busy} onEdit=${(text) => onEdit(index, text)} />
             <${Answer} answer=${entry.answer} last=${index === shown.length - 1} busy=${busy}
               onRegenerate=${() => onRegenerate(index)} onBranch=${() => onBranch(index)} />
           </div>
@@ -151,12 +164,29 @@ export function Messages({ shown, busy, loading, onEdit, onRegenerate, onBranch 
   `;
 }
 
-export function Composer({ busy, disabled, onSend, onStop }) {
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+export function Composer({ busy, disabled, vision, onSend, onStop }) {
   const [text, setText] = useState("");
+  const [images, setImages] = useState([]);
   const send = () => {
     if (busy || disabled || !text.trim()) return;
-    onSend(text);
+    onSend(text, vision ? images : []);
     setText("");
+    setImages([]);
+  };
+  const attach = async (e) => {
+    const input = e.currentTarget; // gone from the event once it has been dispatched
+    const added = await Promise.all([...input.files].map(dataUrl));
+    input.value = "";
+    setImages((before) => [...before, ...added]);
   };
   const keyDown = (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
@@ -166,6 +196,9 @@ export function Composer({ busy, disabled, onSend, onStop }) {
   };
   return html`
     <form class="composer" onSubmit=${(e) => (e.preventDefault(), send())}>
+      ${vision && html`<${Images} urls=${images} onRemove=${(i) => setImages(images.filter((_, j) => j !== i))} />`}
+      ${vision && html`<label class="attach" title="Attach images">+<input type="file" class="attach-input"
+        accept="image/png,image/jpeg,image/webp,image/gif,image/bmp" multiple onChange=${attach} /></label>`}
       <textarea class="prompt" rows="2" placeholder="Message (Enter sends, Shift+Enter new line, Esc stops)"
         aria-label="Message" value=${text} onInput=${(e) => setText(e.currentTarget.value)} onKeyDown=${keyDown} />
       ${busy
