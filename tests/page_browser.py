@@ -68,7 +68,11 @@ class ChatPage:
         if not self.page.is_visible(".settings"):
             self.page.click(".settings-button")
         for key, value in values.items():
-            self.page.fill(f"#setting-{key}", value)
+            field = self.page.locator(f"#setting-{key}")
+            if field.evaluate("element => element.tagName") == "SELECT":
+                field.select_option(value)
+            else:
+                field.fill(value)
 
     def send(self, text: str) -> None:
         self.page.fill(".prompt", text)

@@ -1,6 +1,7 @@
 """A reasoning model's reasoning on the chat page: shown apart from the answer, folded, and the same
 after a reload (read back from the stored reasoning item); the Reasoning setting offers the model's
-options and reaches its template. The model is tests/reasoning_model.py's
+options and reaches its template; HTML the model writes is shown as text (THINKER copies text
+verbatim, which makes it the test's writer of HTML). The model is tests/reasoning_model.py's
 THINKER (Qwen2.5-Coder-0.5B under Qwen3's template), asked to copy a ``<think>…</think>`` verbatim:
 this checks the plumbing, not thinking."""
 
@@ -61,5 +62,24 @@ def test_the_reasoning_setting_offers_the_models_options_and_reaches_its_templat
         chat.stored_answer(0)
     assert prompts[0].endswith(QWEN3_OFF)
     chat.shot("reasoning-setting")
+    context.close()
+    assert chat.problems == []
+
+
+HTML = 'Write the text `<b>bold</b> <img src="/x" onerror="window.ran = 1">` verbatim.'
+
+
+def test_html_the_model_writes_is_shown_as_text(browser, thinker_server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    chat = ChatPage(context.new_page(), thinker_server.base_url).open()
+    chat.pick_model(THINKER.key)
+    chat.settings(temperature="0", max_output_tokens="40", reasoning="off")
+    chat.send(HTML)
+    chat.stored_answer(0)
+    markdown = chat.answer(0).locator(".markdown")
+    # greedy, the model writes the img tag of it (then opens a code fence): shown as the text it is
+    assert markdown.inner_text().strip() == '<img src="/x" onerror="window.ran = 1">'
+    assert markdown.locator("b, img").count() == 0 and chat.page.evaluate("window.ran") is None
+    chat.shot("html-as-text")
     context.close()
     assert chat.problems == []
