@@ -80,14 +80,19 @@ def test_an_answer_streams_in_and_is_rendered_as_markdown(chat, http):
     chat.shot("answer")
 
 
-def test_code_is_highlighted(chat):
+def test_code_is_highlighted_and_copied(chat, http):
+    chat.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     chat.open()
     greedy(chat, max_tokens=60)
     chat.send("Write a Python function that adds two numbers, in a code block.")
-    chat.stored_answer(0)
+    response_id = chat.stored_answer(0)
     code = chat.answer(0).locator("pre code.hljs")
     assert code.count() == 1 and code.locator("span.hljs-keyword").count() >= 1
     chat.shot("code")
+    chat.answer(0).locator(".copy-code").click()
+    assert chat.page.evaluate("navigator.clipboard.readText()") == code.text_content()
+    chat.answer(0).locator(".answer-foot .copy").click()  # the whole answer, as the model wrote it
+    assert chat.page.evaluate("navigator.clipboard.readText()") == stored_text(http, response_id)["text"]
 
 
 def test_stop_cancels_the_generation_on_the_server(chat, http):

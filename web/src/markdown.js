@@ -42,7 +42,8 @@ const marked = new Marked({
     html: ({ text }) => escapeHtml(text),
     code: ({ text, lang }) => {
       const label = lang ? `<span class="code-lang">${escapeHtml(lang.split(/\s+/)[0])}</span>` : "";
-      return `<pre>${label}<code class="hljs">${highlighted(text, lang)}</code></pre>`;
+      const copy = '<button type="button" class="copy-code">Copy</button>'; // views.js' Answer handles its click
+      return `<pre>${label}${copy}<code class="hljs">${highlighted(text, lang)}</code></pre>`;
     },
   },
 });

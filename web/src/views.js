@@ -80,19 +80,36 @@ function Reasoning({ text, streaming }) {
   `;
 }
 
+// The clipboard, where the browser offers it (a secure context: this machine, or HTTPS)
+async function copied(text, button) {
+  await navigator.clipboard.writeText(text);
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => (button.textContent = label), 1200);
+}
+
+// A code block's Copy button (made by markdown.js inside the rendered HTML)
+function copyCode(e) {
+  const button = e.target.closest?.(".copy-code");
+  const code = button?.parentElement.querySelector("code");
+  if (code && navigator.clipboard) copied(code.textContent, button);
+}
+
 function Answer({ answer, last, busy, onRegenerate, onBranch }) {
   const stats = statsLine(answer.stats);
+  const canCopy = Boolean(navigator.clipboard) && !answer.streaming && answer.text;
   return html`
     <div class="message assistant" data-response-id=${answer.response_id || ""} data-model=${answer.model || ""}>
       ${answer.reasoning && html`<${Reasoning} text=${answer.reasoning} streaming=${answer.streaming && !answer.text} />`}
       ${answer.phase && html`<div class="phase">${answer.phase}</div>`}
-      <div class="markdown" dangerouslySetInnerHTML=${{ __html: renderMarkdown(answer.text) }} />
+      <div class="markdown" onClick=${copyCode} dangerouslySetInnerHTML=${{ __html: renderMarkdown(answer.text) }} />
       ${answer.streaming && !answer.phase && html`<span class="cursor" aria-hidden="true"></span>`}
       ${answer.error && html`<div class="answer-error" role="alert">${answer.error}</div>`}
       <div class="answer-foot">
         ${answer.model && html`<span class="answer-model">${answer.model}</span>`}
         ${stats.map((part) => html`<span class="stat">${part}</span>`)}
         ${answer.stopped && !answer.response_id && html`<span class="stat">not stored</span>`}
+        ${canCopy && html`<button type="button" class="link copy" onClick=${(e) => copied(answer.text, e.currentTarget)}>Copy</button>`}
         ${!busy && last && html`<button type="button" class="link regenerate" onClick=${onRegenerate}>Regenerate</button>`}
         ${!busy && answer.response_id && html`<button type="button" class="link branch" onClick=${onBranch}>Branch</button>`}
       </div>
