@@ -15,7 +15,22 @@ export const SETTINGS = [
   { key: "repeat_penalty", label: "Repeat penalty", kind: "number", min: 0, step: 0.05 },
   // offered for a model whose template reasons: the options /api/v1/models lists for it
   { key: "reasoning", label: "Reasoning", kind: "choice" },
+  // remote MCP servers whose tools the server runs (its settings must allow per-request MCP)
+  { key: "mcp_servers", label: "MCP servers", kind: "lines", hint: "one a line: [label] https://host/mcp" },
 ];
+
+// "label url" or "url" a line -> LM Studio's ephemeral MCP integrations
+export function integrations(lines) {
+  return lines
+    .split("\n")
+    .map((line) => line.trim().split(/\s+/).filter(Boolean))
+    .filter((words) => words.length > 0)
+    .map((words, i) => ({
+      type: "ephemeral_mcp",
+      server_label: words.length > 1 ? words[0] : `mcp${i + 1}`,
+      server_url: words[words.length - 1],
+    }));
+}
 
 export function reasoningOptions(model) {
   return model?.capabilities?.reasoning?.allowed_options || [];
@@ -31,6 +46,11 @@ export function requestBody(model, text, previous, settings, reasoningAllowed = 
     const value = settings[key];
     if (value === undefined || value === null || value === "") continue;
     if (kind === "choice" && !reasoningAllowed.includes(value)) continue;
+    if (kind === "lines") {
+      const found = integrations(value);
+      if (found.length) body.integrations = found;
+      continue;
+    }
     body[key] = kind === "number" || kind === "integer" ? Number(value) : value;
   }
   return body;
@@ -74,6 +94,15 @@ function follow(answer, type, event) {
     case "message.delta":
       answer.text += event.content;
       break;
+    case "tool_call.start":
+      answer.tools = [...(answer.tools || []), { tool: event.tool, server: event.provider_info?.server_label, running: true }];
+      break;
+    case "tool_call.arguments":
+    case "tool_call.success": {
+      const call = answer.tools?.[answer.tools.length - 1];
+      if (call) Object.assign(call, { arguments: event.arguments, output: event.output, running: type !== "tool_call.success" });
+      break;
+    }
     case "error":
       answer.error = event.error?.message || "The answer failed.";
       break;
@@ -98,7 +127,8 @@ const STOP_WORDS = {
 export function statsLine(stats) {
   if (!stats) return [];
   const parts = [];
-  if (stats.tokens_per_second !== undefined) parts.push(`${stats.tokens_per_second.toFixed(1)} tok/s`);
+  // a rate after the first token: none for an answer of one token
+  if (stats.tokens_per_second !== undefined && stats.total_output_tokens > 1) parts.push(`${stats.tokens_per_second.toFixed(1)} tok/s`);
   if (stats.time_to_first_token_seconds !== undefined) {
     parts.push(`${stats.time_to_first_token_seconds.toFixed(2)} s to first token`);
   }

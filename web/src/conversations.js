@@ -59,11 +59,25 @@ function userImages(items) {
 function answerOf(response) {
   let text = "";
   let reasoning = "";
+  const tools = [];
+  const results = Object.fromEntries(
+    (response.output || []).filter((item) => item.type === "function_call_output").map((item) => [item.call_id, item.output]),
+  );
   for (const item of response.output || []) {
     if (item.type === "message") text += textOfParts(item.content);
     if (item.type === "reasoning") reasoning += textOfParts(item.content) || textOfParts(item.summary);
+    if (item.type === "function_call") {
+      const args = (() => {
+        try {
+          return JSON.parse(item.arguments);
+        } catch {
+          return item.arguments;
+        }
+      })();
+      tools.push({ tool: item.name, arguments: args, output: results[item.call_id] ?? "", server: item.provider_info?.server_label });
+    }
   }
-  return { text, reasoning };
+  return { text, reasoning, tools };
 }
 
 // One stored turn as the page shows it: {user, answer: {text, reasoning, ...}}

@@ -46,6 +46,8 @@ function SettingField({ spec, value, onChange, choices }) {
   const input =
     spec.kind === "text"
       ? html`<textarea id=${id} rows="3" value=${value ?? ""} onInput=${(e) => onChange(e.currentTarget.value)} />`
+      : spec.kind === "lines"
+      ? html`<textarea id=${id} rows="2" value=${value ?? ""} placeholder=${spec.hint} onInput=${(e) => onChange(e.currentTarget.value)} />`
       : spec.kind === "choice"
       ? html`<select id=${id} value=${choices.includes(value) ? value : ""} onChange=${(e) => onChange(e.currentTarget.value)}>
           <option value="">default</option>${choices.map((c) => html`<option key=${c} value=${c}>${c}</option>`)}</select>`
@@ -95,12 +97,23 @@ function copyCode(e) {
   if (code && navigator.clipboard) copied(code.textContent, button);
 }
 
+function ToolCall({ call }) {
+  const args = typeof call.arguments === "string" ? call.arguments : JSON.stringify(call.arguments ?? {});
+  return html`
+    <details class="tool-call">
+      <summary>${call.running ? "Calling" : "Called"} <code>${call.tool}</code>${call.server && ` on ${call.server}`}</summary>
+      <div class="tool-io"><span>arguments</span><pre>${args}</pre><span>result</span><pre>${call.output ?? "…"}</pre></div>
+    </details>
+  `;
+}
+
 function Answer({ answer, last, busy, onRegenerate, onBranch }) {
   const stats = statsLine(answer.stats);
   const canCopy = Boolean(navigator.clipboard) && !answer.streaming && answer.text;
   return html`
     <div class="message assistant" data-response-id=${answer.response_id || ""} data-model=${answer.model || ""}>
       ${answer.reasoning && html`<${Reasoning} text=${answer.reasoning} streaming=${answer.streaming && !answer.text} />`}
+      ${answer.tools?.map((call, i) => html`<${ToolCall} key=${i} call=${call} />`)}
       ${answer.phase && html`<div class="phase">${answer.phase}</div>`}
       <div class="markdown" onClick=${copyCode} dangerouslySetInnerHTML=${{ __html: renderMarkdown(answer.text) }} />
       ${answer.streaming && !answer.phase && html`<span class="cursor" aria-hidden="true"></span>`}
