@@ -111,10 +111,10 @@ export function App() {
     let conversation = current;
     if (!conversation) {
       conversation = { ...newConversation(model, settings), title: titleOf(text) };
-      loadedId.current = conversation.id;
       changeConversations((list) => [conversation, ...list]);
       select(conversation.id);
     }
+    loadedId.current = conversation.id; // what is shown is this conversation's, and grows here
     const kept = shown.slice(0, fromIndex);
     const previous = storedTurns(kept).pop()?.response_id;
     const answer = { text: "", reasoning: "", phase: "", streaming: true, model, stats: null, response_id: null, error: "" };
@@ -123,7 +123,7 @@ export function App() {
     const changed = () => {
       if (answer.response_id && !answer.kept) keep(); // stored: kept at once, before the page shows it
       answer.kept = Boolean(answer.response_id);
-      setShown([...entries]);
+      if (loadedId.current === conversation.id) setShown([...entries]); // not once another chat is picked
     };
     changed();
     const abort = new AbortController();
