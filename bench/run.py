@@ -23,7 +23,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from bench import messages, report, speculative, vision
+from bench import messages, report, sdk, speculative, vision
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.config import (
@@ -133,6 +133,8 @@ def main() -> None:
         results["vision"] = vision.measure(config, RESULTS / "vision", config.decode_repeats)
         print("anthropic messages:", flush=True)
         results["messages"] = messages.measure(config, RESULTS / "messages", config.decode_repeats)
+        print("lm studio sdk:", flush=True)
+        results["sdk"] = sdk.measure(config, RESULTS / "sdk", config.decode_repeats)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)

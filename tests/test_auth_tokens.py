@@ -5,6 +5,8 @@ response store's owner column (its migration keeps an old file's rows)."""
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import sqlite3
 import time
 
@@ -35,7 +37,7 @@ def test_a_token_reads_as_lm_studio_s_and_only_its_hash_is_kept(tokens, tmp_path
     made = tokens.create("ci", ["inference", "admin"])
     public_id, secret = split_token_text(made.text)
     assert made.text == f"sk-lm-{public_id}:{secret}" and public_id == made.info.id and len(public_id) == 8
-    assert len(secret) >= 43  # 256 random bits
+    assert re.fullmatch(r"[A-Za-z0-9]{20}", secret)  # LM Studio's SDKs' passkey: about 119 random bits
     assert made.info.permissions == (Permission.inference, Permission.admin)
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the file, its WAL and index
     assert secret.encode() not in raw
@@ -44,6 +46,15 @@ def test_a_token_reads_as_lm_studio_s_and_only_its_hash_is_kept(tokens, tmp_path
     assert tokens.verify(made.text).id == public_id
     assert "token" not in repr(tokens.list()[0]).lower().replace("tokeninfo", "")  # no secret in a listing
 
+
+
+def test_a_token_made_in_the_older_format_still_verifies(tokens, monkeypatch):
+    # before LM Studio's SDKs were served, secrets were 43 URL-safe characters: such tokens keep working
+    old_secret = secrets.token_urlsafe(32)
+    monkeypatch.setattr(token_store, "new_token_text", lambda: (f"sk-lm-0badc0de:{old_secret}", "0badc0de", old_secret))
+    made = tokens.create("old")
+    assert len(old_secret) == 43 and made.text == f"sk-lm-0badc0de:{old_secret}"
+    assert tokens.verify(made.text).id == "0badc0de"
 
 def test_the_secret_is_compared_in_constant_time(tokens, monkeypatch):
     made = tokens.create("ci")
@@ -129,7 +140,11 @@ def test_where_a_token_is_read_from(headers, found):
 
 def test_every_route_of_the_app_declares_what_it_needs():
     table = dict((getattr(route, "path", ""), need) for route, need in route_requirements(create_app().routes))
-    assert [path for path, need in table.items() if need == PUBLIC and path not in PAGE_FILES] == ["/health"]
+    # LM Studio's SDKs find the server by the greeting, and authenticate in their sockets' first frame
+    sdk_sockets = ["/llm", "/embedding", "/system", "/files", "/repository", "/diagnostics", "/plugins",
+                   "/runtime", "/retrieval"]
+    assert [path for path, need in table.items() if need == PUBLIC and path not in PAGE_FILES] == [
+        "/health", "/lmstudio-greeting", *sdk_sockets]
     assert table["/api/v1/models/load"] == table["/api/v1/models/download"] == Permission.models
     assert table["/studiolo/log/stream"] == table["/api/v1/tokens"] == table["/studiolo/memory"] == Permission.admin
     assert table["/v1/chat/completions"] == table["/api/v1/chat"] == table["/api/v1/models"] == Permission.inference

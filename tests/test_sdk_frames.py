@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from studiolo.api.app import create_app
-from studiolo.config import ServerSettings
+from studiolo.config import RequestLimits, ServerSettings
 
 GUEST = {"authVersion": 1, "clientIdentifier": "guest:test", "clientPasskey": "secret"}
 
@@ -118,3 +118,15 @@ def test_namespaces_without_endpoints_answer_with_errors(app_client):
         socket.send_json({"type": "rpcCall", "endpoint": "searchModels", "callId": 1, "parameter": {}})
         error = socket.receive_json()
         assert error["type"] == "rpcError" and "repository.searchModels" in error["error"]["title"]
+
+
+def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIOLO_HOME", str(tmp_path))
+    settings = ServerSettings(limits=RequestLimits(max_body_mib=1))
+    with TestClient(create_app(settings), base_url="http://localhost") as client, connect(client) as socket:
+        socket.send_json(GUEST)
+        socket.receive_json()
+        socket.send_json({"type": "rpcCall", "endpoint": "version", "callId": 1, "parameter": "x" * 2**20})
+        closed = socket.receive()
+        assert closed["type"] == "websocket.close" and closed["code"] == 1009
+        assert "1048576 bytes" in closed["reason"]

@@ -169,6 +169,9 @@ def run_foreground(settings: ServerSettings) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
+            # a WebSocket frame (LM Studio's SDK protocol) is bounded as a request body is; the slack lets
+            # the session's own check answer first, with the limit in its close reason
+            ws_max_size=(settings.limits.max_body_mib + 1) * 2**20,
         )
 
 

@@ -1,16 +1,21 @@
 """API tokens as every floor sees them: permissions, a token's public record, its text format, the
 errors a request without the right token gets, and who owns what the current request stores.
 
-A token's text is LM Studio's style, ``sk-lm-<public id>:<secret>`` (LM Studio's own tokens read
-``sk-lm-XXXXXXXX:...``): the public id (8 hex digits) names the token in listings, logs and
-``studiolo token revoke``; the secret (43 URL-safe characters, 256 random bits) is shown once, when
-the token is made, and only its hash is kept.
+A token's text is LM Studio's, ``sk-lm-<public id>:<secret>``: the public id (8 hex digits) names the
+token in listings, logs and ``studiolo token revoke``; the secret (20 letters and digits, about 119
+random bits) is shown once, when the token is made, and only its hash is kept. That is the shape
+LM Studio's SDKs accept as an API token (lmstudio-js checks
+``^sk-lm-(?<clientIdentifier>[a-zA-Z0-9]{8}):(?<clientPasskey>[a-zA-Z0-9]{20})$`` and sends the two
+halves in its socket's handshake), so one token serves REST clients and the SDKs alike. 119 random
+bits are still beyond guessing: a fast hash keeps them safe (store/tokens.py). Tokens made before
+(a 43-character URL-safe secret, 256 bits) keep working over REST; the SDKs refuse their shape.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import string
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,7 +25,8 @@ from studiolo.domain.errors import Forbidden, InvalidRequest, Unauthorized
 
 TOKEN_PREFIX = "sk-lm-"
 PUBLIC_ID_HEX_DIGITS = 8
-SECRET_BYTES = 32
+SECRET_LENGTH = 20  # lmstudio-js's clientPasskey: [a-zA-Z0-9]{20}
+SECRET_ALPHABET = string.ascii_letters + string.digits  # 62 symbols: 20 of them carry 119 bits
 _TOKEN_TEXT = re.compile(r"sk-lm-([0-9a-f]{8}):([A-Za-z0-9_-]{16,128})")
 
 
@@ -110,7 +116,7 @@ def parse_permissions(values: object) -> tuple[Permission, ...]:
 def new_token_text() -> tuple[str, str, str]:
     """A fresh token: (its text, its public id, its secret)."""
     public_id = secrets.token_hex(PUBLIC_ID_HEX_DIGITS // 2)
-    secret = secrets.token_urlsafe(SECRET_BYTES)
+    secret = "".join(secrets.choice(SECRET_ALPHABET) for _ in range(SECRET_LENGTH))
     return f"{TOKEN_PREFIX}{public_id}:{secret}", public_id, secret
 
 

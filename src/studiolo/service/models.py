@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,8 @@ class InstanceStatus:
     load_seconds: float
     draft_model: str | None = None  # its load-time draft, as the load named it ("ngram": no model); None: none
     draft_models: tuple[str, ...] = ()  # the draft models attached to it now (its own and requests'), by key
+    path: str = ""  # its file under the models folder: "publisher/repo/file.gguf" (LM Studio's model path)
+    last_used_at: float = 0.0  # epoch seconds of the last request it served (its load, before any)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class ListedModel:
     publisher: str
     info: ModelInfo
     instances: tuple[InstanceStatus, ...]
+    path: str = ""  # its file under the models folder: "publisher/repo/file.gguf" (LM Studio's model path)
 
     @property
     def reasoning(self) -> dict[str, Any] | None:
@@ -105,6 +109,7 @@ class ServedModel:
 
 def instance_status(instance: Instance) -> InstanceStatus:
     running, queued = instance.engine.request_counts()
+    idle_seconds = time.monotonic() - instance.last_active
     return InstanceStatus(
         id=instance.id,
         key=instance.key,
@@ -121,7 +126,17 @@ def instance_status(instance: Instance) -> InstanceStatus:
         load_seconds=instance.load_seconds,
         draft_model=instance.draft_model,
         draft_models=tuple(instance.draft_models()),
+        path=model_path(instance.entry),
+        last_used_at=time.time() - idle_seconds,
     )
+
+
+def model_path(entry: CatalogEntry) -> str:
+    """The model's file as LM Studio names it: relative to the models folder, as it is on disk
+    (``HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf``); never a path on the
+    server's disk."""
+    parts = entry.path.parts
+    return "/".join(parts[-3:])
 
 
 def served_model(generation: Generation) -> ServedModel:
@@ -155,9 +170,14 @@ class ModelService:
                 gone.setdefault(instance.key, []).append(instance)
         listed += [(group[0].entry, group[0].info, group) for group in gone.values()]
         return [
-            ListedModel(entry.key, entry.publisher, info, tuple(instance_status(i) for i in instances))
+            ListedModel(entry.key, entry.publisher, info, tuple(instance_status(i) for i in instances),
+                        model_path(entry))
             for entry, info, instances in listed
         ]
+
+    def loaded(self) -> list[InstanceStatus]:
+        """Every loaded instance, in the order they were loaded."""
+        return [instance_status(instance) for instance in self.manager.loaded()]
 
     def _readable(self) -> list[tuple[CatalogEntry, ModelInfo]]:
         """The catalog's models whose header reads; the others are left out, with a warning (loading
@@ -200,6 +220,29 @@ class ModelService:
         """A new instance of the model ``name`` refers to (a second one when it is already loaded)."""
         entry = self.manager.catalog.resolve(name)
         return instance_status(await self.manager.load(entry, config))
+
+    async def get_or_load(self, name: str, *, ttl: float | None = None,
+                          context_length: int | None = None) -> InstanceStatus:
+        """The instance a request naming ``name`` runs on, JIT-loading its model as a request's ``model``
+        does (JIT on or off, TTL, auto-evict: models/manager.py); the ttl and context length apply only
+        to a load it starts."""
+        target = await self.manager.get(name, ttl=ttl, context_length=context_length)
+        return instance_status(target.instance)
+
+    @property
+    def loads_just_in_time(self) -> bool:
+        """Whether a request naming a model that is not loaded loads it (the server's JIT setting)."""
+        return self.manager.jit_loading
+
+    def jit_evictions(self, name: str) -> list[InstanceStatus]:
+        """The instances a JIT load for ``name`` would unload now (auto-evict), for clients that announce
+        it; none when ``name`` is served by a loaded instance already."""
+        manager = self.manager
+        if not (manager.jit_loading and manager.auto_evict) or not manager.needs_load(name):
+            return []
+        key = manager.catalog.resolve(name)
+        wanted = (key.base or key).key
+        return [instance_status(i) for i in manager.loaded() if i.jit and i.key != wanted]
 
     async def unload(self, instance_id: str) -> str:
         """Unload the instance; returns its id as the manager knows it."""

@@ -8,9 +8,9 @@ that may lock everyone out or, worse, leave a revoked token working. Tokens are 
 file, made readable by its owner only (0600), whose faults fail requests closed.
 
 Only a hash of each token's secret is kept: SHA-256. A slow KDF (bcrypt, scrypt, argon2) exists to make
-guessing a low-entropy password from its hash expensive; a token's secret is 256 random bits, which no
-amount of guessing finds, so a fast hash loses nothing and keeps the check on every request cheap. The
-hash is compared with ``hmac.compare_digest``, in constant time.
+guessing a low-entropy password from its hash expensive; a token's secret is 119 random bits (older
+tokens: 256; domain/auth.py), which no amount of guessing finds, so a fast hash loses nothing and keeps
+the check on every request cheap. The hash is compared with ``hmac.compare_digest``, in constant time.
 
 The server holds one connection and reads each request's token afresh, so a token made or revoked by
 ``studiolo token`` (another process, writing this file directly) counts on the next request.

@@ -26,13 +26,16 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class SdkError(InvalidRequest):
     """A protocol-level mistake by the client (a malformed frame, an unknown channel), or an endpoint
     studiolo does not serve; ``display_code``: LM Studio's ``displayData.code`` when it has one the
-    SDKs recognise (``generic.noModelMatchingQuery``)."""
+    SDKs recognise (``generic.noModelMatchingQuery``), and ``display_data`` the fields LM Studio gives
+    with that code."""
 
     code = "invalid_sdk_request"
 
-    def __init__(self, message: str, *, display_code: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, param: str | None = None, display_code: str | None = None,
+                 display_data: dict[str, Any] | None = None):
+        super().__init__(message, param)
         self.display_code = display_code
+        self.display_data = display_data  # the displayData fields beside its code (the SDKs' zod lists them)
 
 
 class UnknownEndpoint(NotFound):
@@ -136,3 +139,20 @@ NAMESPACES: dict[str, Namespace] = {name: Namespace(name) for name in (
 
 def namespace(name: str) -> Namespace:
     return NAMESPACES[name]
+
+
+# What lives per client rather than per socket (the files it uploaded) follows its sockets: each
+# socket calls these once its handshake succeeded, and once more when it closed.
+ClientHook = Callable[[Client], None]
+SOCKET_OPENED: list[ClientHook] = []
+SOCKET_CLOSED: list[ClientHook] = []
+
+
+def on_socket_opened(hook: ClientHook) -> ClientHook:
+    SOCKET_OPENED.append(hook)
+    return hook
+
+
+def on_socket_closed(hook: ClientHook) -> ClientHook:
+    SOCKET_CLOSED.append(hook)
+    return hook

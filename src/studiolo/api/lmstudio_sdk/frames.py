@@ -121,7 +121,8 @@ def serialized_error(exc: BaseException) -> dict[str, Any]:
         error["cause"] = f"{exc.code or exc.kind} ({exc.param})"
     display = exc.display_code if isinstance(exc, SdkError) else _DISPLAY_CODE_OF.get(exc.code or "")
     if display:
-        error["displayData"] = {"code": display}
+        extra = exc.display_data if isinstance(exc, SdkError) else None
+        error["displayData"] = {"code": display, **(extra or {})}
     return error
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from studiolo.api.lmstudio_sdk import frames
+from studiolo.api.lmstudio_sdk import endpoints, frames
 from studiolo.api.lmstudio_sdk.endpoints import Call, Channel, ChannelGone, Client, Endpoint, Namespace, SdkError
 from studiolo.domain.auth import TOKEN_PREFIX
 from studiolo.domain.errors import StudioloError
@@ -45,8 +45,12 @@ class Session:
 
     async def run(self) -> None:
         await self.websocket.accept()
+        opened = False
         try:
             if await self._authenticated():
+                opened = True
+                for hook in endpoints.SOCKET_OPENED:
+                    hook(self.client)
                 await self._serve()
         except WebSocketDisconnect:
             pass
@@ -58,6 +62,9 @@ class Session:
                 task.cancel()
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+            if opened:  # once its work has ended: nothing of it reads the client's state any more
+                for hook in endpoints.SOCKET_CLOSED:
+                    hook(self.client)
 
     # -- the handshake
 
