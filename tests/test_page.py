@@ -206,6 +206,11 @@ def test_phone_width_and_dark_theme(browser, server):  # noqa: F811
     chat.page.click(".topbar .menu")
     chat.until("() => document.querySelector('.sidebar').getBoundingClientRect().x >= 0")
     chat.shot("phone-dark-sidebar")
+    chat.page.click(".scrim", position={"x": 370, "y": 400})  # a tap beside the sidebar folds it again
+    chat.until("() => document.querySelector('.sidebar').getBoundingClientRect().x < 0")
+    chat.settings()
+    assert chat.page.evaluate("document.documentElement.scrollWidth") <= 390
+    chat.shot("phone-dark-settings")
     context.close()
     assert chat.problems == []
 
