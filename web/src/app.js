@@ -57,6 +57,7 @@ export function App() {
     try {
       const listed = (await getJson("/api/v1/models")).models.filter((m) => m.type === "llm");
       setModels(listed);
+      if (listed.length === 0) setError("This server has no chat model yet: get one with `studiolo get <model>`.");
       setDraft((d) => (d.model ? d : { ...d, model: (listed.find((m) => m.loaded_instances.length) || listed[0])?.key || "" }));
     } catch (failure) {
       fail(failure);

@@ -1,7 +1,7 @@
 // The page's parts that only show state and report what the user does: App (app.js) owns the state.
 
 import { html } from "./html.js";
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { SETTINGS, statsLine } from "./chat.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -110,12 +110,14 @@ function ToolCall({ call }) {
 function Answer({ answer, last, busy, onRegenerate, onBranch }) {
   const stats = statsLine(answer.stats);
   const canCopy = Boolean(navigator.clipboard) && !answer.streaming && answer.text;
+  // rendered only when its text changes: while one answer streams, the turns above it are not redone
+  const rendered = useMemo(() => renderMarkdown(answer.text), [answer.text]);
   return html`
     <div class="message assistant" data-response-id=${answer.response_id || ""} data-model=${answer.model || ""}>
       ${answer.reasoning && html`<${Reasoning} text=${answer.reasoning} streaming=${answer.streaming && !answer.text} />`}
       ${answer.tools?.map((call, i) => html`<${ToolCall} key=${i} call=${call} />`)}
       ${answer.phase && html`<div class="phase">${answer.phase}</div>`}
-      <div class="markdown" onClick=${copyCode} dangerouslySetInnerHTML=${{ __html: renderMarkdown(answer.text) }} />
+      <div class="markdown" onClick=${copyCode} dangerouslySetInnerHTML=${{ __html: rendered }} />
       ${answer.streaming && !answer.phase && html`<span class="cursor" aria-hidden="true"></span>`}
       ${answer.error && html`<div class="answer-error" role="alert">${answer.error}</div>`}
       <div class="answer-foot">
