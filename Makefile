@@ -10,6 +10,8 @@ INSTALLED := $(VENV)/.installed
 # LM Studio's JavaScript SDK for tests/test_sdk_js.py, at the version package-lock.json pins
 SDK_JS := tests/sdk_js
 SDK_JS_INSTALLED := $(SDK_JS)/node_modules/.installed
+# the chat page's build tools (make page)
+WEB_INSTALLED := web/node_modules/.installed
 # llama.cpp builds for the CPU it is on (-march=native). On CPUs with AMX (Sapphire Rapids and
 # later) that brings in its AMX kernels, and with them 0.3.36 segfaults in the first llama_decode
 # of every model here: build without AMX (AVX-512 and VNNI stay). No pip wheel cache either, so a
@@ -17,7 +19,7 @@ SDK_JS_INSTALLED := $(SDK_JS)/node_modules/.installed
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
 
-.PHONY: setup models models-extra serve lint test test-stress soak bench clean sdk-js
+.PHONY: setup models models-extra serve lint test test-stress soak bench clean sdk-js page web-deps browser
 
 setup: $(INSTALLED) models
 
@@ -50,8 +52,25 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy
 
-test: setup sdk-js lint
+test: setup sdk-js web-deps lint browser
 	$(PY) -m pytest
+
+# tests/test_page*.py drive Debian's Chromium through Playwright (its own browser downloads cannot be
+# had here): installed once when missing
+browser:
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# The chat page: web/'s sources bundled by esbuild into src/studiolo/api/page/static/, which is
+# committed (serving needs no Node). npm ci installs the pinned tools from web/package-lock.json;
+# `make test` installs them too, so tests/test_page_bundle.py rebuilds and compares byte for byte.
+page: web-deps
+	node web/build.mjs
+
+web-deps: $(WEB_INSTALLED)
+
+$(WEB_INSTALLED): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund
+	touch $(WEB_INSTALLED)
 
 # The whole suite RUNS times (3) in a row while one CPU-bound process per core keeps the machine
 # busy: what a loaded CI machine does to timing. Logs in build/stress/.

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from studiolo.api.app import create_app
 from studiolo.api.auth import AuthMiddleware, UndeclaredRoutes, route_requirements, token_text
+from studiolo.api.page.routes import FILES as PAGE_FILES  # the chat page: public, to ask for a token
 from studiolo.api.routing import make_router
 from studiolo.config import ServerSettings
 from studiolo.domain.auth import PUBLIC, InvalidApiKey, Permission, parse_duration, split_token_text
@@ -142,7 +143,8 @@ def test_every_route_of_the_app_declares_what_it_needs():
     # LM Studio's SDKs find the server by the greeting, and authenticate in their sockets' first frame
     sdk_sockets = ["/llm", "/embedding", "/system", "/files", "/repository", "/diagnostics", "/plugins",
                    "/runtime", "/retrieval"]
-    assert [path for path, need in table.items() if need == PUBLIC] == ["/health", "/lmstudio-greeting", *sdk_sockets]
+    assert [path for path, need in table.items() if need == PUBLIC and path not in PAGE_FILES] == [
+        "/health", "/lmstudio-greeting", *sdk_sockets]
     assert table["/api/v1/models/load"] == table["/api/v1/models/download"] == Permission.models
     assert table["/studiolo/log/stream"] == table["/api/v1/tokens"] == table["/studiolo/memory"] == Permission.admin
     assert table["/v1/chat/completions"] == table["/api/v1/chat"] == table["/api/v1/models"] == Permission.inference

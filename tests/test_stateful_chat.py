@@ -106,6 +106,7 @@ def test_a_chat_answers_with_stats_and_a_response_id(api):
     stats = result["stats"]
     assert stats["input_tokens"] > 5 and stats["total_output_tokens"] == 24 and stats["reasoning_output_tokens"] == 0
     assert stats["tokens_per_second"] > 0 and stats["time_to_first_token_seconds"] > 0
+    assert stats["stop_reason"] == "maxPredictedTokensReached"  # studiolo's, in v0's words
 
 
 def test_a_continuation_sees_every_earlier_turn(api, prompt_log):

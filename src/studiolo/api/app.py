@@ -20,6 +20,7 @@ from studiolo.api.lmstudio.v1 import router as v1_router
 from studiolo.api.lmstudio_sdk.routes import router as sdk_router
 from studiolo.api.openai.embeddings import router as embeddings_router
 from studiolo.api.openai.routes import router as openai_router
+from studiolo.api.page.routes import router as page_router
 from studiolo.api.request_metrics import RequestMetrics
 from studiolo.api.responses.routes import router as responses_router
 from studiolo.api.server.health import router as health_router
@@ -68,6 +69,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(tokens_router)
     app.include_router(tokenize_router)
     app.include_router(sdk_router)
+    app.include_router(page_router)
     return app
 
 

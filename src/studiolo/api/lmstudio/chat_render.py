@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studiolo.api.errors import APIError, from_domain
-from studiolo.api.lmstudio.models import draft_stats
+from studiolo.api.lmstudio.models import STOP_REASONS, draft_stats
 from studiolo.api.sse import named_event
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, message_text, reasoning_item, reasoning_text
@@ -116,6 +116,8 @@ def stats(generation: Generation | None) -> dict[str, Any]:
         "tokens_per_second": round(timing.decode_rate(generated), 2),
         # a generation that failed has no end: no negative time
         "time_to_first_token_seconds": round(max(timing.time_to_first_token, 0.0), 3),
+        # studiolo's: why the last round ended, in v0's words (LM Studio shows it; v1 has no field)
+        "stop_reason": STOP_REASONS.get(generation.causes.get(0, "eos"), "eosFound"),
     }
     if generation.load_seconds is not None:
         body["model_load_time_seconds"] = round(generation.load_seconds, 3)

@@ -1,0 +1,1 @@
+"""The chat page: a built front end (web/ in the repository) served from the package."""
