@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,42 @@ class ModelClosed(Unavailable):
     code, param = "model_unloaded", "model"
 
 
+def _progress_callback(on_progress: Callable[[float], None]) -> Any:
+    """llama.cpp's progress callback around ``on_progress``. Returning false would abort the load, and
+    an exception raised in a ctypes callback is printed and makes it return false: none gets out."""
+
+    failed = False  # after a failure, no more calls (and one line in the log, not hundreds)
+
+    @llama.llama_progress_callback
+    def progress(fraction, user_data):  # noqa: ANN001 - ctypes signature
+        nonlocal failed
+        if not failed:
+            try:
+                on_progress(float(fraction))
+            except BaseException:  # noqa: BLE001 - never across into C; the load goes on
+                failed = True
+                _llama_logger.exception("a load progress callback failed; the load goes on without it")
+        return True
+
+    return progress
+
+
 class LlamaModel:
     """Weights and vocabulary of one GGUF file."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_progress: Callable[[float], None] | None = None):
+        """Load ``path``; ``on_progress`` (called on this thread) gets llama.cpp's fractions 0..1 as
+        the tensors load."""
         _init_backend()
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         params = llama.llama_model_default_params()
+        # a local: the C callback object lives until the load returns, and no longer
+        callback = _progress_callback(on_progress) if on_progress is not None else None
+        if callback is not None:
+            params.progress_callback = callback
         handle = llama.llama_model_load_from_file(str(path).encode(), params)
+        del callback
         if not handle:
             raise ModelLoadError(f"llama.cpp could not load {path.name} (corrupt, truncated or unsupported GGUF)")
         self.path = path

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeGuard
@@ -40,6 +41,7 @@ from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
 from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info, vision_projector
 from studiolo.models.instance import Instance, LoadConfig
+from studiolo.models.load_progress import LoadBoard, LoadProgress, Watch
 from studiolo.models.memory import check_fits, context_footprint, estimate
 from studiolo.models.projector import load_projector, projector_estimate, projector_footprint
 from studiolo.store.settings_files import InvalidSettingsFile, read_model_defaults
@@ -157,6 +159,7 @@ class ModelManager:
         # (LM Studio keeps at most one); explicit loads need not wait behind an eviction's wait.
         self._jit_lock = asyncio.Lock()
         self._ttl_task: asyncio.Task | None = None
+        self.jit_load_progress = LoadBoard()  # JIT loads' progress by model key, for their requests to watch
         # Files that failed to load, by path: the file's stamp then, and the failure. Clients retry
         # a 5xx (OpenAI's, twice): such a file is refused at once until it changes on disk.
         self._unloadable: dict[Path, tuple[tuple[int, int, int], ModelFileUnloadable]] = {}
@@ -217,6 +220,11 @@ class ModelManager:
         entry = self.catalog.resolve(name)
         return self._least_busy((entry.base or entry).key) is None
 
+    def watch_jit_load(self, name: str) -> Watch:
+        """The progress of the JIT load ``get(name)`` waits for, under way or next to start."""
+        entry = self.catalog.resolve(name)
+        return self.jit_load_progress.watch((entry.base or entry).key)
+
     async def get(self, name: str, *, ttl: float | None = None, context_length: int | None = None) -> Target:
         """The instance (and adapter) a request's ``model`` names, JIT-loading the model if
         allowed (with ``ttl`` and ``context_length``); resets its idle timer."""
@@ -268,15 +276,16 @@ class ModelManager:
                 await self._evict_jit_models(except_key=entry.key)
             return await self._load_now(entry, config, jit=True)
 
-    async def load(self, entry: CatalogEntry, config: LoadConfig) -> Instance:
-        """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does)."""
+    async def load(self, entry: CatalogEntry, config: LoadConfig, progress: LoadProgress | None = None) -> Instance:
+        """A new instance of ``entry`` (a second one when it is already loaded, as `lms load` does);
+        ``progress`` follows its load."""
         if entry.is_adapter:
             raise AdapterNotLoadable(entry)
         self._refuse_known_unloadable(entry)
         config = _with_model_defaults(entry, config)
         if _names_a_draft_model(config.draft_model):
             draft_entry(self.catalog, config.draft_model)  # a bad name is a 400 before anything loads
-        loading = asyncio.ensure_future(self._load_now(entry, config, jit=False))
+        loading = asyncio.ensure_future(self._load_now(entry, config, jit=False, progress=progress))
         self._loads.add(loading)
         loading.add_done_callback(lambda done: self._load_done(done, None))
         return await asyncio.shield(loading)
@@ -288,7 +297,8 @@ class ModelManager:
         if not loading.cancelled():
             loading.exception()  # retrieved: a failure nobody waited for any more is not an asyncio warning
 
-    async def _load_now(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool) -> Instance:
+    async def _load_now(self, entry: CatalogEntry, config: LoadConfig, *, jit: bool,
+                        progress: LoadProgress | None = None) -> Instance:
         async with self._load_lock:
             instance_id = self._new_instance_id(entry.key, config.identifier)
             settings = replace(
@@ -298,11 +308,17 @@ class ModelManager:
                 batch_size=config.eval_batch_size or self.settings.batch_size,
             )
             started = time.perf_counter()
+            if jit:
+                progress = self.jit_load_progress.begin(entry.key)
             try:
-                model, engine, info, footprint = await asyncio.to_thread(_load_blocking, entry, settings, instance_id)
+                model, engine, info, footprint = await asyncio.to_thread(
+                    _load_blocking, entry, settings, instance_id, progress.report if progress else None)
             except ModelFileUnloadable as exc:
                 self._remember_unloadable(entry.path, exc)
                 raise
+            finally:
+                if progress is not None:  # watchers see the load end, loaded or not
+                    self.jit_load_progress.end(entry.key, progress)
             draft_model = None if config.draft_model in (None, *NO_DRAFT) else config.draft_model
             instance = Instance(instance_id, entry, info, model, engine, settings, jit, config.ttl,
                                 load_seconds=time.perf_counter() - started, footprint=footprint,
@@ -460,14 +476,15 @@ def _problem(exc: BaseException, entry: CatalogEntry) -> str:
     return text.replace(str(entry.path), f"the file of '{entry.key}'")
 
 
-def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: str):
+def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: str,
+                   on_progress: Callable[[float], None] | None):
     """Check the file, the memory, then load; any failure leaves nothing behind."""
     try:
         info = read_model_info(entry.path)
     except (InvalidModelFile, OSError) as exc:
         raise ModelFileUnloadable(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
     try:
-        model = LlamaModel(entry.path)
+        model = LlamaModel(entry.path, on_progress)
     except ModelLoadError as exc:
         raise ModelFileUnloadable(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
     projector = None if info.is_embedding else vision_projector(entry.path)

@@ -53,6 +53,7 @@ from studiolo.domain.responses import (
     check_response_id,
     new_response_id,
 )
+from studiolo.models.load_progress import Watch
 from studiolo.service import saved_state
 from studiolo.service.embeddings import check_generation_model
 from studiolo.service.generation import Generation, GenerationService
@@ -156,6 +157,10 @@ class Conversations:
             return False
         await self._check_ready(turn)
         return True
+
+    def watch_load(self, turn: Turn) -> Watch:
+        """The progress of the load starting ``turn`` waits for (models/load_progress.py)."""
+        return self.service.manager.watch_jit_load(turn.model)
 
     def instance_id(self, turn: Turn) -> str:
         """The id of the model instance ``turn`` would run on now, or that its load would give."""

@@ -21,6 +21,7 @@ from studiolo.chat.reasoning import reasoning_format_for
 from studiolo.models.catalog import CatalogEntry
 from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_info
 from studiolo.models.instance import Instance, LoadConfig
+from studiolo.models.load_progress import LoadProgress, Watch
 from studiolo.models.manager import ModelManager
 from studiolo.service.generation import Generation
 
@@ -216,10 +217,15 @@ class ModelService:
 
     # --- loading ---------------------------------------------------------------------
 
-    async def load(self, name: str, config: LoadConfig) -> InstanceStatus:
-        """A new instance of the model ``name`` refers to (a second one when it is already loaded)."""
+    async def load(self, name: str, config: LoadConfig, progress: LoadProgress | None = None) -> InstanceStatus:
+        """A new instance of the model ``name`` refers to (a second one when it is already loaded);
+        ``progress`` (made by ``LoadProgress()`` on the event loop) follows its load."""
         entry = self.manager.catalog.resolve(name)
-        return instance_status(await self.manager.load(entry, config))
+        return instance_status(await self.manager.load(entry, config, progress))
+
+    def watch_jit_load(self, name: str) -> Watch:
+        """The progress of the JIT load ``get_or_load(name)`` waits for, under way or next to start."""
+        return self.manager.watch_jit_load(name)
 
     async def get_or_load(self, name: str, *, ttl: float | None = None,
                           context_length: int | None = None) -> InstanceStatus:
@@ -251,6 +257,6 @@ class ModelService:
 
 
 __all__ = [
-    "InstanceStatus", "ListedModel", "LoadConfig", "ModelFile", "ModelInfo", "ModelService", "RUNTIME",
-    "Runtime", "ServedModel", "instance_status", "served_model",
+    "InstanceStatus", "ListedModel", "LoadConfig", "LoadProgress", "ModelFile", "ModelInfo", "ModelService", "RUNTIME",
+    "Runtime", "ServedModel", "Watch", "instance_status", "served_model",
 ]

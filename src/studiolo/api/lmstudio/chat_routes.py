@@ -10,6 +10,7 @@ stream, as unstreamed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -109,17 +110,26 @@ async def _result(conversations: Conversations, turn: AgentTurn, reply: Reply) -
 
 async def _loading_events(conversations: Conversations, turn: Turn,
                           toolbox: McpToolbox | None) -> AsyncGenerator[str, None]:
-    """The stream of a turn whose model this request loads: the load's events, then the turn's."""
+    """The stream of a turn whose model this request loads: the load's events (a progress event as
+    llama.cpp's fractions come, at most ~20 a second, then 1.0), then the turn's."""
     instance_id = conversations.instance_id(turn)
     yield chat_event("chat.start", model_instance_id=instance_id)
     yield chat_event("model_load.start", model_instance_id=instance_id)
     started = time.perf_counter()
+    # the turn starts in a task of its own, so that the load's progress streams while it waits
+    starting = asyncio.ensure_future(AgentTurn.start(conversations, turn, toolbox))
     try:
-        run = await AgentTurn.start(conversations, turn, toolbox)
+        with conversations.watch_load(turn) as watch:
+            async for fraction in watch.fractions_until(starting):
+                if 0.0 < fraction < 1.0:  # 1.0 once the model is ready, below
+                    yield chat_event("model_load.progress", model_instance_id=instance_id, progress=fraction)
+        run = await starting
     except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure is its error event
         yield error_event(exc)
         yield chat_event("chat.end", result=result_body(instance_id, [], stats(None)))
         return
+    finally:
+        await _drop_unless_taken(starting)
     generation = run.generation
     try:
         yield chat_event("model_load.progress", model_instance_id=generation.instance.id, progress=1.0)
@@ -131,7 +141,17 @@ async def _loading_events(conversations: Conversations, turn: Turn,
     finally:
         run.generation.cancel()
         await run.close()
-        await run.close()
+
+
+async def _drop_unless_taken(starting: asyncio.Future[AgentTurn]) -> None:
+    """A turn's start the stream left before it was done (the client went away mid-load): cancelled
+    (the load itself goes on: models/manager.py), or, had it started meanwhile, ended."""
+    if starting.done():
+        return  # awaited above: the stream has it, or its failure
+    starting.cancel()
+    await asyncio.wait({starting})
+    if not starting.cancelled() and starting.exception() is None:
+        await _end(starting.result())
 
 
 async def _events(conversations: Conversations, run: AgentTurn) -> AsyncGenerator[str, None]:

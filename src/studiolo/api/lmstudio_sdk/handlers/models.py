@@ -5,9 +5,11 @@ Both namespaces have the same endpoints, each about its own kind of model:
 - ``getOrLoad`` (channel): the instance a name gives, loaded just in time as a REST request's ``model``
   would be (JIT on or off, TTL, auto-evict: the same service call). Packets: ``alreadyLoaded``; or
   ``unloadingOtherJITModel`` for each JIT model auto-evict will unload, ``startLoading``,
-  ``loadProgress`` (1.0 once loaded: llama.cpp's load is one step here) and ``loadSuccess``.
+  ``loadProgress`` (llama.cpp's fractions as its tensors load, at most ~20 a second, then 1.0 once the
+  model is ready) and ``loadSuccess``. Another request JIT-loading the same model meanwhile watches the
+  same load.
 - ``loadModel`` (channel): a new instance, as ``POST /api/v1/models/load``: ``resolved``, ``progress``
-  and ``success``. Needs the ``models`` permission.
+  (0.0, the fractions as above, 1.0) and ``success``. Needs the ``models`` permission.
 - ``unloadModel``, ``listLoaded``, ``getModelInfo``, ``getLoadConfig`` (RPC); unloading needs
   ``models``.
 """
@@ -31,7 +33,7 @@ from studiolo.api.lmstudio_sdk.handlers.specifiers import (
     resolve,
 )
 from studiolo.domain.auth import Permission
-from studiolo.service.models import InstanceStatus, ListedModel, LoadConfig, ModelService
+from studiolo.service.models import InstanceStatus, ListedModel, LoadConfig, LoadProgress, ModelService, Watch
 
 
 class LoadCancelled(SdkError):
@@ -98,7 +100,11 @@ async def get_or_load(channel: Channel, parameter: Any, domain: str) -> None:
         await channel.send({"type": "unloadingOtherJITModel", "info": instance_info(evicted)})
     await channel.send({"type": "startLoading", "identifier": models.instance_id_for(model.key),
                         "info": model_info(model)})
-    instance = await models.get_or_load(model.key, ttl=ttl, context_length=settings.context_length)
+    loading = asyncio.ensure_future(models.get_or_load(model.key, ttl=ttl, context_length=settings.context_length))
+    loading.add_done_callback(_retrieved)  # the channel may be gone before it ends
+    with models.watch_jit_load(model.key) as watch:
+        await _send_progress(channel, "loadProgress", watch, loading)
+    instance = await loading
     await channel.send({"type": "loadProgress", "progress": 1.0})
     await channel.send({"type": "loadSuccess", "info": instance_info(instance)})
 
@@ -114,19 +120,40 @@ async def load_model(channel: Channel, parameter: Any, domain: str) -> None:
     model = _model_on_disk(models, name, domain)
     await channel.send({"type": "resolved", "info": model_info(model)})
     await channel.send({"type": "progress", "progress": 0.0})
-    instance = await _load_unless_cancelled(channel, models.load(model.key, config))
+    progress = LoadProgress()
+    with progress.watch() as watch:
+        instance = await _load_unless_cancelled(channel, models.load(model.key, config, progress), watch)
     await channel.send({"type": "progress", "progress": 1.0})
     await channel.send({"type": "success", "info": instance_info(instance)})
 
 
-async def _load_unless_cancelled(channel: Channel, loading: Coroutine[Any, Any, InstanceStatus]) -> InstanceStatus:
-    """Runs the load; a ``cancel`` from the client meanwhile unloads what it loaded once it is done
-    (llama.cpp's load cannot be stopped halfway) and ends the channel with LoadCancelled."""
+async def _send_progress(channel: Channel, packet: str, watch: Watch, work: asyncio.Future) -> None:
+    """The load's fractions as ``packet`` packets until ``work`` is done (1.0 is the caller's, once
+    the model is ready)."""
+    async for fraction in watch.fractions_until(work):
+        if 0.0 < fraction < 1.0:
+            await channel.send({"type": packet, "progress": fraction})
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # a failure nobody awaits any more is not an asyncio warning
+
+
+async def _load_unless_cancelled(channel: Channel, loading: Coroutine[Any, Any, InstanceStatus],
+                                 watch: Watch) -> InstanceStatus:
+    """Runs the load, sending its progress; a ``cancel`` from the client meanwhile unloads what it
+    loaded once it is done (llama.cpp's load cannot be stopped halfway) and ends the channel with
+    LoadCancelled."""
     load = asyncio.ensure_future(loading)
+    load.add_done_callback(_retrieved)
     cancel = asyncio.ensure_future(_cancel_asked(channel))
+    either = asyncio.ensure_future(asyncio.wait({load, cancel}, return_when=asyncio.FIRST_COMPLETED))
     try:
-        await asyncio.wait({load, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        await _send_progress(channel, "progress", watch, either)
+        await either
     finally:
+        either.cancel()
         cancel.cancel()
     instance = await load
     if cancel.done() and not cancel.cancelled() and cancel.result():
