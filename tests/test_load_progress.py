@@ -104,27 +104,30 @@ def test_a_load_llama_cpp_refuses_fails_cleanly_with_its_callback_gone(qwen_path
 # -- the coalescing, on an event loop
 
 
-def _report_steadily(progress: LoadProgress, steps: int, pause: float) -> None:
+def _report_steadily(progress: LoadProgress, steps: int, pause: float) -> float:
+    """Report ``steps`` fractions up to 1.0, ``pause`` apart, as a loading thread would; the seconds it took."""
+    started = time.monotonic()
     for step in range(1, steps + 1):
         progress.report(step / steps)
         time.sleep(pause)
+    return time.monotonic() - started
 
 
 def test_a_steady_stream_reaches_every_watcher_coalesced():
-    async def run() -> list[list[float]]:
+    async def run() -> tuple[list[list[float]], float]:
         progress = LoadProgress()
         first = progress.watch()
         loading = asyncio.ensure_future(asyncio.to_thread(_report_steadily, progress, 100, 0.005))
         await asyncio.sleep(0.2)
         late = progress.watch()  # a second request for the same load, once it is under way
-        await loading
+        seconds = await loading
         progress.end()
         never = asyncio.get_running_loop().create_future()
-        return [[fraction async for fraction in watch.fractions_until(never)] for watch in (first, late)]
+        return [[fraction async for fraction in watch.fractions_until(never)] for watch in (first, late)], seconds
 
-    first, late = asyncio.run(run())
+    (first, late), seconds = asyncio.run(run())
     assert first == sorted(set(first)) and first[-1] == 1.0
-    assert 5 <= len(first) <= 0.5 / MIN_INTERVAL + 2  # ~0.5 s of reports, at most one update per interval
+    assert 5 <= len(first) <= seconds / MIN_INTERVAL + 2  # 100 reports in ~0.5 s: at most one update an interval
     assert late[0] > 0.1 and late == [f for f in first if f >= late[0]]  # where it was, then the same updates
 
 
@@ -208,8 +211,8 @@ def _load_progress(events: list[tuple[str, dict]]) -> list[float]:
 
 
 def _increasing_to_one(fractions: list[float]) -> bool:
-    return (fractions == sorted(set(fractions)) and fractions[-1] == 1.0 and 0.0 < fractions[0]
-            and len(fractions) <= 10)  # a sub-second load at 20 updates a second, and the final 1.0
+    """Above 0, strictly increasing, the last 1.0 (how many: the tests in-process above)."""
+    return fractions == sorted(set(fractions)) and fractions[-1] == 1.0 and 0.0 < fractions[0]
 
 
 def test_a_streamed_chat_shows_its_load_s_progress(http):
