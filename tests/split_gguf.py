@@ -4,6 +4,9 @@ format: ``split.no``, ``split.count`` and ``split.tensors.count`` in every shard
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import gguf
@@ -18,3 +21,21 @@ def split_gguf(source: Path, first_shard: Path, tensors_per_shard: int) -> list[
     writer = gguf.GGUFWriter(first_shard, arch, split_max_tensors=tensors_per_shard)
     rewrite_gguf(reader, writer)
     return sorted(first_shard.parent.glob(f"{first_shard.stem}-*-of-*.gguf"))
+
+
+_cut: dict[tuple[Path, int], list[Path]] = {}
+
+
+def split_gguf_once(source: Path, first_shard: Path, tensors_per_shard: int) -> list[Path]:
+    """``split_gguf``'s shards, cut once per test process and copied under ``first_shard``'s name
+    (the shards' bytes do not depend on their names; cutting takes seconds, a copy a fraction)."""
+    key = (source, tensors_per_shard)
+    if key not in _cut:
+        folder = Path(tempfile.mkdtemp(prefix="studiolo-split-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _cut[key] = split_gguf(source, folder / "cut.gguf", tensors_per_shard)
+    made = []
+    for shard in _cut[key]:
+        numbering = shard.name.removeprefix("cut")  # "-00001-of-00003.gguf"
+        made.append(Path(shutil.copyfile(shard, first_shard.parent / f"{first_shard.stem}{numbering}")))
+    return made

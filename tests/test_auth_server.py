@@ -212,14 +212,14 @@ class StreamReader:
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.status: int | None = None
-        args = (server, token, source)
-        threading.Thread(target=self._read, args=args, daemon=True).start()
+        self._client = httpx.Client(base_url=server.base_url, timeout=60)
+        threading.Thread(target=self._read, args=(token, source), daemon=True).start()
         assert self.opened.wait(10)
 
-    def _read(self, server, token: str, source: str) -> None:
+    def _read(self, token: str, source: str) -> None:
         try:
-            with httpx.stream("GET", f"{server.base_url}/studiolo/log/stream", params={"source": source},
-                              headers={"Authorization": f"Bearer {token}"}, timeout=60) as response:
+            with self._client.stream("GET", "/studiolo/log/stream", params={"source": source},
+                                     headers={"Authorization": f"Bearer {token}"}) as response:
                 self.status = response.status_code
                 self.opened.set()
                 for line in response.iter_lines():
@@ -229,6 +229,10 @@ class StreamReader:
         finally:
             self.opened.set()
             self.ended.set()
+
+    def close(self) -> None:
+        """Hang up: a stream left open held the server's stop for its 5 s grace period."""
+        self._client.close()
 
 
 def test_a_revoke_from_the_command_line_cuts_the_next_request_and_an_open_log_stream(server, home, tokens):
@@ -245,6 +249,7 @@ def test_a_revoke_from_the_command_line_cuts_the_next_request_and_an_open_log_st
     assert revoked.returncode == 0, revoked.stderr
     call(server, "GET", "/health")  # the stream's next event: its token is checked again there
     assert reader.ended.wait(10), "the log stream of a revoked token is still open"
+    reader.close()
     refused = call(server, "GET", "/studiolo/memory", token)
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
 
@@ -320,14 +325,18 @@ def test_no_token_reaches_the_log_file_or_the_log_stream(server, tokens):
     """Last: every token this module sent, valid or not, is looked for in what the server logged."""
     reader = StreamReader(server, tokens["admin"])
     model_reader = StreamReader(server, tokens["admin"], source="model")
-    for token in (*tokens.values(), BAD_TOKEN, GARBAGE_TOKEN):
-        for header in ("bearer", "x-api-key", "bare"):
-            call(server, "GET", "/v1/models", token, header=header)
-            call(server, "POST", "/v1/chat/completions", token, header=header,
-                 json={"model": SMOLLM, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
-    deadline = time.monotonic() + 10
-    while len(reader.events) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    try:
+        for token in (*tokens.values(), BAD_TOKEN, GARBAGE_TOKEN):
+            for header in ("bearer", "x-api-key", "bare"):
+                call(server, "GET", "/v1/models", token, header=header)
+                call(server, "POST", "/v1/chat/completions", token, header=header,
+                     json={"model": SMOLLM, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+        deadline = time.monotonic() + 10
+        while len(reader.events) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        reader.close()
+        model_reader.close()
     captured = "\n".join(reader.events + model_reader.events)
     assert "GET /v1/models" in captured  # the capture holds the requests
     logged = server.log()

@@ -15,7 +15,7 @@ from studiolo.models import download as dl
 from studiolo.models.catalog import Catalog
 from tests import test_download
 from tests.conftest import SMOLLM, RunningServer, free_port
-from tests.split_gguf import split_gguf
+from tests.split_gguf import split_gguf_once
 from tests.test_download import catalog_keys, poll_status, run_get, staged_files
 
 hub, api = test_download.hub, test_download.api  # the fake hub and the in-process app, as fixtures here too
@@ -29,7 +29,7 @@ DECOY = "SmolLM2-135M-Instruct-Q8_0.gguf"  # another quantization, in one file: 
 @pytest.fixture(scope="module")
 def shard_bytes(tmp_path_factory, default_models) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("split-source")
-    made = split_gguf(default_models[SMOLLM], folder / "SmolLM2-135M-Instruct-Q4_1.gguf", tensors_per_shard=100)
+    made = split_gguf_once(default_models[SMOLLM], folder / "SmolLM2-135M-Instruct-Q4_1.gguf", tensors_per_shard=100)
     assert [path.name for path in made] == SHARDS
     return {path.name: path.read_bytes() for path in made}
 

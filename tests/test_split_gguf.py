@@ -14,7 +14,7 @@ from studiolo.models.catalog import Catalog
 from studiolo.models.gguf_info import InvalidModelFile, read_model_info
 from studiolo.models.importer import ImportRefused, import_model
 from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
-from tests.split_gguf import split_gguf
+from tests.split_gguf import split_gguf_once
 
 SPLIT_KEY = "local/smollm2-split"
 
@@ -22,7 +22,7 @@ SPLIT_KEY = "local/smollm2-split"
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, default_models) -> list:
     folder = tmp_path_factory.mktemp("split")
-    made = split_gguf(default_models[SMOLLM], folder / "smollm2-split.gguf", tensors_per_shard=100)
+    made = split_gguf_once(default_models[SMOLLM], folder / "smollm2-split.gguf", tensors_per_shard=100)
     assert [path.name for path in made] == [f"smollm2-split-0000{n}-of-00003.gguf" for n in (1, 2, 3)]
     return made
 
