@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent  # the stdio server runs as ``-m tests.mcp_stdio_server`` from here
 
@@ -49,3 +52,16 @@ def wait_until(check, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return check()
+
+
+class AuthServer(RunningServer):
+    ready_path = "/health"  # the other routes need a token (allow_mcp_json needs require_auth)
+
+
+def make_token(home: Path) -> str:
+    """A new API token with the inference permission, made by the command line."""
+    made = subprocess.run([sys.executable, "-m", "studiolo", "token", "create", "--name", "mcp",
+                           "--permission=inference"], env={**os.environ, "STUDIOLO_HOME": str(home)},
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
