@@ -275,13 +275,12 @@ class McpToolbox:
     specs: list[ToolSpec] = field(default_factory=list)
     limits: CallLimits = field(default_factory=CallLimits)
     leases: list[Callable[[], None]] = field(default_factory=list)
-    providers: dict[str, dict[str, str]] = field(default_factory=dict)  # a tool's name -> its provider_info
 
     def tools(self) -> Tools:
         return Tools(tuple(self.specs), "auto", True)
 
     def provider_info(self, tool: str) -> dict[str, str]:
-        return self.providers.get(tool) or self.by_tool[tool].server.provider_info
+        return self.by_tool[tool].server.provider_info
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
         return await self.by_tool[tool].call(tool, arguments)
@@ -304,8 +303,7 @@ class McpToolbox:
             return CallOutcome(text, CallFailure("tool_error", text or f"the MCP tool '{tool}' failed"))
         return CallOutcome(text)
 
-    async def offer(self, connection: McpConnection, allowed_tools: Sequence[str] | None,
-                    provider_info: dict[str, str] | None = None) -> None:
+    async def offer(self, connection: McpConnection, allowed_tools: Sequence[str] | None) -> None:
         """Offer the tools ``connection``'s server lists (those ``allowed_tools`` names; None: all)."""
         for spec in await connection.list_tools():
             if allowed_tools is not None and spec.name not in allowed_tools:
@@ -314,8 +312,6 @@ class McpToolbox:
                 raise InvalidRequest(f"two MCP servers offer a tool named '{spec.name}'", "integrations")
             self.by_tool[spec.name] = connection
             self.specs.append(spec)
-            if provider_info is not None:
-                self.providers[spec.name] = provider_info
 
     def check(self) -> None:
         """The tools' schemas compile (else a 400 naming ``integrations``)."""
