@@ -18,6 +18,8 @@ from studiolo.service.mcp import McpConnectionError, McpServer, cut_output
 from studiolo.service.mcp_integrations import McpIntegrations, McpPlugin
 from studiolo.service.mcp_json import McpJsonEntry, McpJsonInvalid, read_mcp_json
 from studiolo.service.mcp_stdio import StdioServers
+from tests.mcp_server import McpServer as HttpMcpServer
+from tests.mcp_sse_server import McpSseServer
 from tests.mcp_stdio_home import events, runs, started_pids, stdio_entry, wait_until, write_mcp_json
 from tests.mcp_stdio_server import HUGE_CHARS
 
@@ -268,3 +270,31 @@ def test_cancelling_a_call_cancels_it_on_the_server_which_stays_usable(home):
     assert asyncio.run(scenario()) == "ok"
     assert "cancelled get_weather" in events(home / "weather-events")
     assert len(started_pids(home / "weather-events")) == 1
+
+
+# --- mcp.json's remote servers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["sse", "streamable_http"])
+def test_a_remote_mcp_json_server_gets_its_headers_and_runs_calls(home, transport):
+    remote = McpSseServer() if transport == "sse" else HttpMcpServer()
+    try:
+        write_mcp_json(home, {"docs": {"url": remote.url, "headers": {"x-api-key": "k2"}}})
+        assert read_mcp_json()["docs"].transport == transport  # SSE: the URL's path ends in /sse
+
+        async def scenario():
+            mcp = McpIntegrations(True, RequestLimits())
+            toolbox = await mcp.open([McpPlugin("docs", ("get_weather",))])
+            try:
+                return toolbox.provider_info("get_weather"), await toolbox.run("get_weather", PARIS)
+            finally:
+                await toolbox.close()
+                await mcp.close()
+
+        info, outcome = asyncio.run(scenario())
+    finally:
+        remote.close()
+    assert info == {"type": "plugin", "plugin_id": "mcp/docs"}
+    assert (outcome.output, outcome.failure) == ("18 C, light rain", None)
+    assert remote.calls == [("get_weather", PARIS)]
+    assert remote.headers_seen and all(headers.get("x-api-key") == "k2" for headers in remote.headers_seen)
