@@ -10,6 +10,7 @@ Its environment (the entry's ``env``) says how ``get_weather`` behaves, so that 
   ``die`` (the process exits during the call).
 - ``EVENTS_FILE``: a file it appends a line to at start (``start <pid>``), for each call
   (``call <name> <arguments>``) and for each call cancelled by the client (``cancelled <name>``).
+- ``LINGER``: once its stdin is closed it stays (as a careless server does), until a signal ends it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import Any
 
 import anyio
@@ -70,3 +72,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     anyio.run(main)
+    if os.environ.get("LINGER"):
+        note("lingering")
+        time.sleep(3600)

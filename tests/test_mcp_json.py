@@ -152,7 +152,8 @@ def test_an_edited_mcp_json_applies_to_the_next_request_and_a_broken_one_says_wh
 def test_no_stdio_server_is_left_when_the_server_stops(tmp_path):
     home = tmp_path
     (home / "settings.json").write_text('{"allow_mcp_json": true}')
-    write_mcp_json(home, {"weather": stdio_entry(home / "events")})
+    # a server that outlives its stdin: closing its pipes is not enough, a signal must end it
+    write_mcp_json(home, {"weather": stdio_entry(home / "events", LINGER="1")})
     running = AuthServer(home, free_port(), ["--require-auth"])
     try:
         headers = {"Authorization": f"Bearer {make_token(home)}"}
@@ -165,6 +166,7 @@ def test_no_stdio_server_is_left_when_the_server_stops(tmp_path):
     finally:
         running.stop()
     assert wait_until(lambda: not runs(pid))
+    assert "lingering" in events(home / "events")  # it did not end by itself
 
 
 # --- refused by the settings (no model needed: refusals come first) -----------------------------------
