@@ -96,6 +96,7 @@ class RequestLimits:
     # model reads the failure), and characters of its output the model gets (the rest is cut, marked)
     mcp_call_timeout_seconds: int = 30
     mcp_max_output_chars: int = 32_000
+    mcp_max_rounds: int = 8  # rounds of one turn that may call MCP tools; the one after answers
 
 
 @dataclass

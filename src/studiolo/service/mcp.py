@@ -47,6 +47,7 @@ MAX_LIST_PAGES = 20  # tools/list pages followed
 CLIENT_INFO = mcp_types.Implementation(name="studiolo", version=__version__)
 CALL_TIMEOUT_SECONDS = 30  # one tools/call, by default (limits.mcp_call_timeout_seconds)
 MAX_OUTPUT_CHARS = 32_000  # of one call's output the model reads, by default (limits.mcp_max_output_chars)
+MAX_ROUNDS = 8  # rounds of a turn that may call tools, by default (limits.mcp_max_rounds); the one after answers
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 T = TypeVar("T")
@@ -82,11 +83,13 @@ class McpServer:
 
 
 @dataclass(frozen=True)
-class CallLimits:
-    """What one call may take: seconds, and characters of output the model gets."""
+class McpLimits:
+    """What one call may take (seconds, and characters of output the model gets), and how many rounds
+    of a turn may call (service/mcp_turn.py)."""
 
     timeout_seconds: float = CALL_TIMEOUT_SECONDS
     max_output_chars: int = MAX_OUTPUT_CHARS
+    max_rounds: int = MAX_ROUNDS
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,7 @@ class McpToolbox:
     connections: list[McpConnection] = field(default_factory=list)
     by_tool: dict[str, McpConnection] = field(default_factory=dict)  # a tool's name -> its server's connection
     specs: list[ToolSpec] = field(default_factory=list)
-    limits: CallLimits = field(default_factory=CallLimits)
+    limits: McpLimits = field(default_factory=McpLimits)
     leases: list[Callable[[], None]] = field(default_factory=list)
 
     def tools(self) -> Tools:
@@ -358,11 +361,11 @@ def check_per_request_servers(servers: Sequence[McpServer], param: str = "integr
                             f"mcp_allowed_hosts in settings.json; {where})", param, code="mcp_host_not_allowed")
 
 
-async def open_toolbox(servers: Sequence[McpServer], limits: CallLimits | None = None) -> McpToolbox:
+async def open_toolbox(servers: Sequence[McpServer], limits: McpLimits | None = None) -> McpToolbox:
     """Connect to ``servers`` and list their tools (those each allows); closes what it opened if it fails.
     The servers are per-request ones: refused (before any is reached) unless the settings allow them."""
     check_per_request_servers(servers)
-    toolbox = McpToolbox(limits=limits or CallLimits())
+    toolbox = McpToolbox(limits=limits or McpLimits())
     try:
         for server in servers:
             connection = McpConnection(server)

@@ -17,7 +17,7 @@ from functools import partial
 
 from studiolo.config import RequestLimits, allow_mcp_json
 from studiolo.domain.errors import Forbidden, InvalidRequest
-from studiolo.service.mcp import CallLimits, McpConnection, McpServer, McpToolbox, check_per_request_servers
+from studiolo.service.mcp import McpConnection, McpLimits, McpServer, McpToolbox, check_per_request_servers
 from studiolo.service.mcp_json import McpJsonEntry, read_mcp_json
 from studiolo.service.mcp_stdio import StdioServers
 
@@ -40,7 +40,8 @@ class McpIntegrations:
 
     def __init__(self, require_auth: bool, limits: RequestLimits):
         self.require_auth = require_auth
-        self.limits = CallLimits(max(1, limits.mcp_call_timeout_seconds), max(1, limits.mcp_max_output_chars))
+        self.limits = McpLimits(max(1, limits.mcp_call_timeout_seconds), max(1, limits.mcp_max_output_chars),
+                                max(1, limits.mcp_max_rounds))
         self.stdio = StdioServers()
 
     async def open(self, integrations: Sequence[Integration]) -> McpToolbox:

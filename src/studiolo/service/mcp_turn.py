@@ -5,8 +5,8 @@ The turn goes in rounds. A round is one generation over the conversation so far;
 tool calls, each runs on its server, and the call and its result join the conversation (as the
 Responses API's ``function_call`` and ``function_call_output`` items, which the model's template
 renders in its own way) for the next round. The turn ends with the first round that answers
-without calls; after ``MAX_ROUNDS`` rounds that called, the next may not call (``tool_choice``
-"none"). Without servers, a turn is its one round.
+without calls; after ``MAX_ROUNDS`` rounds that called (the toolbox's ``limits.max_rounds``), the
+next may not call (``tool_choice`` "none"). Without servers, a turn is its one round.
 
 Events are the rounds' generation events (the ``Finished`` of a round that called is not passed on)
 and, for each call, ``ToolCallStarted`` when the model names the tool and ``ToolCallDone`` once
@@ -28,10 +28,8 @@ from studiolo.domain.chat import Tools
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, function_call, reasoning_item
-from studiolo.service.mcp import CallFailure, McpToolbox
+from studiolo.service.mcp import MAX_ROUNDS, CallFailure, McpToolbox
 from studiolo.service.types import Finished, GenerationEvent, ReasoningDelta, TextDelta, ToolCallDelta
-
-MAX_ROUNDS = 8  # rounds that may call tools; the one after answers
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,10 @@ class AgentTurn:
         return agent
 
     @property
+    def _max_rounds(self) -> int:
+        return self._toolbox.limits.max_rounds if self._toolbox is not None else MAX_ROUNDS
+
+    @property
     def generation(self) -> Generation:
         assert self._run is not None, "start() began the first round"
         return self._run.generation
@@ -115,7 +117,7 @@ class AgentTurn:
                 self._items.extend(said_items(said))
                 for call_id, name, arguments in calls.values():
                     yield await self._call(call_id, name, arguments)
-                await self._next_round(calls_allowed=rounds < MAX_ROUNDS)
+                await self._next_round(calls_allowed=rounds < self._max_rounds)
                 rounds += 1
         finally:
             await self.close()
