@@ -108,6 +108,17 @@ def test_an_error_result_is_a_failure_the_model_reads(api, home):
     output = response.json()["output"]
     assert output[0] == _failure("broken", "tool_error", "the weather service is down")
     assert [item["type"] for item in output[1:]] == ["message"]
+    # stored with its failure: a continuation on either API reads the call and its result
+    previous = response.json()["response_id"]
+    stored = api.get(f"/v1/responses/{previous}").json()["output"]
+    assert [item["output"] for item in stored if item["type"] == "function_call_output"] == [
+        "the weather service is down"]
+    more = api.post("/api/v1/chat", json={"model": QWEN, "input": "Thanks", "max_output_tokens": 4,
+                                          "previous_response_id": previous})
+    assert more.status_code == 200, more.text
+    more = api.post("/v1/responses", json={"model": QWEN, "input": "Thanks", "max_output_tokens": 4,
+                                           "previous_response_id": previous})
+    assert more.status_code == 200, more.text
 
 
 def test_a_server_that_dies_mid_call_is_a_failure_and_is_restarted_next_time(api, home):
