@@ -298,3 +298,18 @@ def test_a_remote_mcp_json_server_gets_its_headers_and_runs_calls(home, transpor
     assert (outcome.output, outcome.failure) == ("18 C, light rain", None)
     assert remote.calls == [("get_weather", PARIS)]
     assert remote.headers_seen and all(headers.get("x-api-key") == "k2" for headers in remote.headers_seen)
+
+
+def test_a_stdio_server_that_cannot_start_is_a_connection_error_naming_it(home):
+    write_mcp_json(home, {"gone": {"command": str(home / "no-such-program")}})
+
+    async def scenario() -> None:
+        mcp = McpIntegrations(True, RequestLimits())
+        try:
+            await mcp.open([McpPlugin("gone")])
+        finally:
+            await mcp.close()
+
+    with pytest.raises(McpConnectionError) as raised:
+        asyncio.run(scenario())
+    assert raised.value.message.startswith("no answer from MCP server 'gone' (its process, from mcp.json; connecting:")
