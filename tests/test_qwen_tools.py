@@ -447,9 +447,7 @@ def test_v1_chat_says_when_an_mcp_server_answers_too_much(qhttp, json_response):
     assert server.calls == []
 
 
-@pytest.mark.parametrize(("integration", "param"), [
-    ("mcp/playwright", "integrations"),  # mcp.json plugins: not served at all
-    ({"type": "plugin", "id": "mcp/playwright"}, "integrations"),
+@pytest.mark.parametrize(("integration", "param"), [  # mcp.json's plugins: tests/test_mcp_json.py
     ({"type": "ephemeral_mcp", "server_url": "http://127.0.0.1:1/mcp"}, "integrations[0].server_label"),
     ({"type": "ephemeral_mcp", "server_label": "x", "server_url": "file:///etc/passwd"}, "integrations[0].server_url"),
 ])

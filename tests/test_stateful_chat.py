@@ -153,7 +153,7 @@ def test_unknown_and_malformed_ids_are_refused_in_the_v1_shape(api, previous, st
 
 
 def test_bad_fields_are_refused(api):
-    cases = [({"reasoning": "high"}, "reasoning"), ({"integrations": ["mcp/playwright"]}, "integrations"),
+    cases = [({"reasoning": "high"}, "reasoning"), ({"integrations": ["playwright"]}, "integrations[0]"),
              ({"input": [{"type": "image", "data_url": "data:image/png;base64,AAAA"}]}, "input[0].data_url"),  # no projector
              ({"temperature": 1.5}, "temperature")]
     for extra, param in cases:

@@ -92,6 +92,11 @@ class RequestLimits:
     max_stop_strings: int = 16  # stop strings (each is matched against the output at every token)
     max_stop_chars: int = 1_000  # characters of one stop string
     max_n: int = 16  # choices per prompt (also bounded with the prompts by max_sequences)
+    # MCP tools the server calls (service/mcp.py): seconds one call may take before it fails (the
+    # model reads the failure), and characters of its output the model gets (the rest is cut, marked)
+    mcp_call_timeout_seconds: int = 30
+    mcp_max_output_chars: int = 32_000
+    mcp_max_rounds: int = 8  # rounds of one turn that may call MCP tools; the one after answers
 
 
 @dataclass
@@ -125,16 +130,47 @@ def _overridden(section: str, value):
     return value
 
 
+def _top_level(key: str, default):
+    """A top-level key of ``settings.json``, read on each call (edits apply to the next request)."""
+    try:
+        document = json.loads(settings_file().read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{settings_file()} is not a JSON object: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{settings_file()} is not a JSON object")
+    return document.get(key, default)
+
+
 def allow_per_request_mcp() -> bool:
     """LM Studio's "Allow per-request MCPs": ``"allow_per_request_mcp": true`` in ``settings.json`` lets
     a ``/api/v1/chat`` request name remote MCP servers for the server to call (off by default: the
     server then makes HTTP requests where a client says)."""
-    try:
-        return json.loads(settings_file().read_text()).get("allow_per_request_mcp") is True
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{settings_file()} is not a JSON object: {exc}") from exc
+    return _top_level("allow_per_request_mcp", False) is True
+
+
+def allow_mcp_json() -> bool:
+    """LM Studio's "Allow calling servers from mcp.json": ``"allow_mcp_json": true`` in ``settings.json``
+    lets a request name the servers of ``STUDIOLO_HOME/mcp.json`` (``"mcp/<name>"``). Off by default;
+    honoured only when the server requires auth (service/mcp_integrations.py), as in LM Studio: those
+    servers are programs of this machine's user."""
+    return _top_level("allow_mcp_json", False) is True
+
+
+def mcp_allowed_hosts() -> tuple[str, ...]:
+    """Hosts (``"host"`` or ``"host:port"``; ``"*"``: any) that per-request MCP servers may be on:
+    ``"mcp_allowed_hosts"`` in ``settings.json``. Absent: loopback only (the server makes the requests,
+    so a client could otherwise point it at any machine of its network)."""
+    hosts = _top_level("mcp_allowed_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(host, str) for host in hosts):
+        raise ValueError(f"{settings_file()}: 'mcp_allowed_hosts' must be a list of host names")
+    return tuple(host.strip().lower() for host in hosts if host.strip())
+
+
+def mcp_json_file() -> Path:
+    """MCP servers in the Cursor / LM Studio notation (service/mcp_json.py)."""
+    return studiolo_home() / "mcp.json"
 
 
 def load_limits() -> RequestLimits:

@@ -5,13 +5,16 @@ The turn goes in rounds. A round is one generation over the conversation so far;
 tool calls, each runs on its server, and the call and its result join the conversation (as the
 Responses API's ``function_call`` and ``function_call_output`` items, which the model's template
 renders in its own way) for the next round. The turn ends with the first round that answers
-without calls; after ``MAX_ROUNDS`` rounds that called, the next may not call (``tool_choice``
-"none"). Without servers, a turn is its one round.
+without calls; after ``MAX_ROUNDS`` rounds that called (the toolbox's ``limits.max_rounds``), the
+next may not call (``tool_choice`` "none"). Without servers, a turn is its one round.
 
 Events are the rounds' generation events (the ``Finished`` of a round that called is not passed on)
 and, for each call, ``ToolCallStarted`` when the model names the tool and ``ToolCallDone`` once
-its result is back. The stored response is the whole turn: its input items, then every round's
-reasoning, text, calls and results, then the answer.
+its result is back. A call runs under the toolbox's limits (``McpToolbox.run``: a timeout, a cut
+of its output); one that failed (an error result, a timeout, its server gone) is a ``ToolCallDone``
+with its ``failure``, and the model reads the failure as the call's result in its next round.
+Cancelling the turn (the client left) cancels the call in flight. The stored response is the whole
+turn: its input items, then every round's reasoning, text, calls and results, then the answer.
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ from studiolo.domain.chat import Tools
 from studiolo.service.conversations import ConversationRun, Conversations, Turn
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, assistant_message, function_call, reasoning_item
-from studiolo.service.mcp import McpToolbox
+from studiolo.service.mcp import MAX_ROUNDS, CallFailure, McpToolbox
 from studiolo.service.types import Finished, GenerationEvent, ReasoningDelta, TextDelta, ToolCallDelta
-
-MAX_ROUNDS = 8  # rounds that may call tools; the one after answers
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ToolCallDone:
     output: str
     provider_info: dict[str, str]
     items: tuple[Item, Item]  # function_call, function_call_output
+    failure: CallFailure | None = None  # the call failed; ``output`` is what the model reads of it
 
 
 TurnEvent = GenerationEvent | ToolCallStarted | ToolCallDone
@@ -73,6 +75,10 @@ class AgentTurn:
             await agent.close()
             raise
         return agent
+
+    @property
+    def _max_rounds(self) -> int:
+        return self._toolbox.limits.max_rounds if self._toolbox is not None else MAX_ROUNDS
 
     @property
     def generation(self) -> Generation:
@@ -111,7 +117,7 @@ class AgentTurn:
                 self._items.extend(said_items(said))
                 for call_id, name, arguments in calls.values():
                     yield await self._call(call_id, name, arguments)
-                await self._next_round(calls_allowed=rounds < MAX_ROUNDS)
+                await self._next_round(calls_allowed=rounds < self._max_rounds)
                 rounds += 1
         finally:
             await self.close()
@@ -119,11 +125,11 @@ class AgentTurn:
     async def _call(self, call_id: str, name: str, arguments: str) -> ToolCallDone:
         assert self._toolbox is not None, "only a turn with tools makes calls"
         values = json.loads(arguments)  # the tool grammar made it a JSON object
-        output = await self._toolbox.call(name, values)
+        outcome = await self._toolbox.run(name, values)
         items = (function_call(call_id, name, arguments),
-                 {"type": "function_call_output", "call_id": call_id, "output": output})
+                 {"type": "function_call_output", "call_id": call_id, "output": outcome.output})
         self._items.extend(items)
-        return ToolCallDone(name, values, output, self._toolbox.provider_info(name), items)
+        return ToolCallDone(name, values, outcome.output, self._toolbox.provider_info(name), items, outcome.failure)
 
     async def _next_round(self, calls_allowed: bool) -> None:
         turn = replace(self._turn, items=self._turn.items + self._items)

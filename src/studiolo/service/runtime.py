@@ -17,6 +17,7 @@ from studiolo.service.conversations import Conversations
 from studiolo.service.downloads import DownloadService
 from studiolo.service.embeddings import EmbeddingService
 from studiolo.service.generation import GenerationService
+from studiolo.service.mcp_integrations import McpIntegrations
 from studiolo.service.memory import MIB, MemoryMonitor
 from studiolo.service.metrics import ServerMetrics
 from studiolo.service.model_log import LogHub, LogHubHandler, install_server_log_handler, remove_server_log_handler
@@ -47,6 +48,8 @@ class Runtime:
         # SQLite, no room) does not stop the server: storing is off, each stored request says why
         self._store = ResponseStore(file_cap_mib=budgets.stored_file_mib, tolerate_faults=True)
         self.conversations = Conversations(self.generation, self._store, budgets.stored_state_mib * 2**20)
+        # MCP servers for /api/v1/chat's integrations; it runs mcp.json's stdio servers, stopped at close
+        self.mcp = McpIntegrations(settings.require_auth, settings.limits)
         self._log_handler: LogHubHandler | None = None
         self.memory = MemoryMonitor(self._manager, self.log_hub)
         # on disk, not in memory, but it grows with traffic under a budget like the others
@@ -63,8 +66,9 @@ class Runtime:
         return runtime
 
     async def close(self) -> None:
-        """Stop downloads (their partial files stay, to resume), the janitor, the models, then storage."""
+        """Stop downloads (their partial files stay, to resume), MCP servers, the janitor, the models, then storage."""
         await asyncio.to_thread(self.downloads.close)
+        await self.mcp.close()
         await self.preloads.close()
         await self.memory.close()
         await self._manager.close()

@@ -4,13 +4,14 @@ streamed, its named SSE events, each data object carrying its ``type``.
 ``chat.start``, ``model_load.start|progress|end`` (only when the request loads the model),
 ``prompt_processing.start|progress|end`` (progress after each chunk of prompt the engine takes in),
 ``reasoning.start|delta|end`` (a reasoning model's reasoning, before the message it led to),
-``message.start|delta|end``, ``tool_call.start|arguments|success`` (a call of an MCP tool, run by
-the server), ``error`` and ``chat.end`` with the whole result.
+``message.start|delta|end``, ``tool_call.start|arguments|success|failure`` (a call of an MCP tool,
+run by the server), ``error`` and ``chat.end`` with the whole result.
 
 A turn's ``output`` lists its reasoning (``{"type": "reasoning", "content"}``), its messages and,
 for each call, a ``tool_call`` item (``tool``, ``arguments`` as an object, ``output``,
-``provider_info``), in order. Calls are held to the tool's
-schema by the grammar, so there are no ``invalid_tool_call`` items.
+``provider_info``), in order. Calls are held to the tool's schema by the grammar, so a call is
+never invalid; one whose run failed (service/mcp.py ``CallFailure``) is an ``invalid_tool_call``
+item, ``reason`` and ``metadata`` as in its ``tool_call.failure`` event.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class Reply:
             self._reasoning_done()
             self._text_done()  # the text the model wrote before its calls
             call, result = event.items
-            self.items += [{**call, "provider_info": event.provider_info}, result]
+            call = {**call, "provider_info": event.provider_info}
+            if event.failure is not None:  # stored with the call: the output shows it (output_items)
+                call["failure"] = {"type": event.failure.kind, "reason": event.failure.reason}
+            self.items += [call, result]
         elif isinstance(event, Finished):
             self.reason = event.reason
 
@@ -95,10 +99,18 @@ def output_items(output: list[Item]) -> list[dict[str, Any]]:
             shown.append({"type": "message", "content": message_text(item)})
         elif kind == "reasoning":
             shown.append({"type": "reasoning", "content": reasoning_text(item)})
+        elif kind == "function_call" and "failure" in item:
+            failure = item["failure"]
+            shown.append({"type": "invalid_tool_call", "reason": failure["reason"], "metadata": _failure_metadata(
+                failure["type"], item["name"], json.loads(item["arguments"]), item.get("provider_info", {}))})
         elif kind == "function_call":
             shown.append({"type": "tool_call", "tool": item["name"], "arguments": json.loads(item["arguments"]),
                           "output": results.get(item["call_id"], ""), "provider_info": item.get("provider_info", {})})
     return shown
+
+
+def _failure_metadata(kind: str, tool: str, arguments: dict[str, Any], provider_info: dict[str, str]) -> dict[str, Any]:
+    return {"type": kind, "tool_name": tool, "arguments": arguments, "provider_info": provider_info}
 
 
 def stats(generation: Generation | None) -> dict[str, Any]:
@@ -189,7 +201,10 @@ def _tool_call_events(event: TurnEvent) -> list[str]:
         return [chat_event("tool_call.start", tool=event.tool, provider_info=event.provider_info)]
     if isinstance(event, ToolCallDone):
         info = event.provider_info
-        return [chat_event("tool_call.arguments", tool=event.tool, arguments=event.arguments, provider_info=info),
-                chat_event("tool_call.success", tool=event.tool, arguments=event.arguments, output=event.output,
-                           provider_info=info)]
+        arguments = chat_event("tool_call.arguments", tool=event.tool, arguments=event.arguments, provider_info=info)
+        if event.failure is not None:
+            metadata = _failure_metadata(event.failure.kind, event.tool, event.arguments, info)
+            return [arguments, chat_event("tool_call.failure", reason=event.failure.reason, metadata=metadata)]
+        return [arguments, chat_event("tool_call.success", tool=event.tool, arguments=event.arguments,
+                                      output=event.output, provider_info=info)]
     return []

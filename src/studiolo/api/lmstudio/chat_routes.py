@@ -31,7 +31,8 @@ from studiolo.api.routing import make_router
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.auth import Permission
 from studiolo.service.conversations import Conversations, Turn
-from studiolo.service.mcp import McpToolbox, open_toolbox
+from studiolo.service.mcp import McpToolbox
+from studiolo.service.mcp_integrations import McpIntegrations
 from studiolo.service.mcp_turn import AgentTurn
 
 router = make_router(prefix="/api/v1", permission=Permission.inference)
@@ -41,13 +42,17 @@ def _conversations(request: Request) -> Conversations:
     return request.app.state.conversations
 
 
+def _mcp(request: Request) -> McpIntegrations:
+    return request.app.state.runtime.mcp
+
+
 @router.post("/chat")
 async def chat(body: ChatBody, request: Request):
     conversations = _conversations(request)
     turn = body.turn(report_progress=body.stream)
-    servers = body.mcp_servers()
+    integrations = body.mcp_integrations()
     # the servers' tools are offered from the first round: reached (or refused) before any model loads
-    toolbox = await open_toolbox(servers) if servers else None
+    toolbox = await _mcp(request).open(integrations) if integrations else None
     try:
         return await _answer(request, body, conversations, turn, toolbox)
     except BaseException:  # nothing took the toolbox over: its sessions end here

@@ -5,9 +5,10 @@
 is the context the model gets if this request loads it; ``reasoning`` (off, low, medium, high,
 on) goes to a reasoning model's template, and one the template does not list in its
 ``capabilities.reasoning.allowed_options`` is a 400 naming ``reasoning`` (chat/reasoning.py,
-strict). ``integrations`` may name remote MCP servers (``ephemeral_mcp``),
-whose tools the server runs for the model (service/mcp_turn.py) if its settings allow it; mcp.json
-``plugin`` integrations are a 400 (this server has no mcp.json).
+strict). ``integrations`` may name remote MCP servers (``ephemeral_mcp``) and
+servers of ``STUDIOLO_HOME/mcp.json`` (``"mcp/<name>"`` or ``{"type": "plugin", "id": "mcp/<name>"}``),
+whose tools the server runs for the model (service/mcp_turn.py) if its settings allow it
+(service/mcp_integrations.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from studiolo.domain.sampling import SamplingParams
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, image_part, user_message
 from studiolo.service.mcp import McpServer
+from studiolo.service.mcp_integrations import Integration, McpPlugin
 from studiolo.service.presets import given
 from studiolo.service.types import GenerationOptions
 
@@ -78,9 +80,9 @@ class ChatBody(Body):
                     reasoning_option=self.reasoning, reasoning_param="reasoning", reasoning_strict=True,
                     image_params=image_params)
 
-    def mcp_servers(self) -> list[McpServer]:
-        """The request's ``ephemeral_mcp`` integrations (LM Studio's shape); anything else is a 400."""
-        return [_mcp_server(item, f"integrations[{index}]") for index, item in enumerate(self.integrations or ())]
+    def mcp_integrations(self) -> list[Integration]:
+        """The request's integrations (LM Studio's shapes); anything else is a 400."""
+        return [_integration(item, f"integrations[{index}]") for index, item in enumerate(self.integrations or ())]
 
     def _items(self) -> tuple[list[Item], tuple[str, ...]]:
         """The turn's stored items and the field of each image in them. Each text item is a user
@@ -117,24 +119,52 @@ def _stored_part(item: InputItem, param: str) -> Item:
     return {"type": "input_text", "text": item.content}
 
 
-def _mcp_server(item: Any, param: str) -> McpServer:
-    if isinstance(item, str) or (isinstance(item, dict) and item.get("type") == "plugin"):  # not served at all
-        raise InvalidRequest("mcp.json plugins are not served by this server; name a remote MCP server "
-                             "with {\"type\": \"ephemeral_mcp\", \"server_label\": ..., \"server_url\": ...}",
-                             "integrations")
+def _integration(item: Any, param: str) -> Integration:
+    if isinstance(item, str):
+        return McpPlugin(_plugin_name(item, param))
+    if isinstance(item, dict) and item.get("type") == "plugin":
+        return _plugin(item, param)
     if not isinstance(item, dict) or item.get("type") != "ephemeral_mcp":
-        raise InvalidRequest("an integration is a plugin id or an object of type 'ephemeral_mcp'", param)
+        raise InvalidRequest("an integration is a plugin id (\"mcp/<name>\"), or an object of type 'plugin' or "
+                             "'ephemeral_mcp'", param)
+    return _mcp_server(item, param)
+
+
+def _plugin(item: dict[str, Any], param: str) -> McpPlugin:
+    unknown = set(item) - {"type", "id", "allowed_tools"}
+    if unknown:
+        raise InvalidRequest(f"unknown fields in a plugin integration: {', '.join(sorted(unknown))}", param)
+    plugin_id = item.get("id")
+    if not isinstance(plugin_id, str):
+        raise InvalidRequest("a plugin integration needs its 'id' (\"mcp/<name>\")", f"{param}.id")
+    return McpPlugin(_plugin_name(plugin_id, f"{param}.id"), _allowed_tools(item, param))
+
+
+def _plugin_name(plugin_id: str, param: str) -> str:
+    """The mcp.json server a plugin id names: the only plugins served are ``mcp/<name>``."""
+    if not plugin_id.startswith("mcp/") or len(plugin_id) == len("mcp/"):
+        raise InvalidRequest(f"unknown plugin '{plugin_id}': the plugins served are the servers of mcp.json, "
+                             "as \"mcp/<name>\"", param)
+    return plugin_id[len("mcp/"):]
+
+
+def _allowed_tools(item: dict[str, Any], param: str) -> tuple[str, ...] | None:
+    allowed = item.get("allowed_tools")
+    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(name, str) for name in allowed)):
+        raise InvalidRequest("'allowed_tools' must be a list of tool names", f"{param}.allowed_tools")
+    return tuple(allowed) if allowed is not None else None
+
+
+def _mcp_server(item: dict[str, Any], param: str) -> McpServer:
     label, url = item.get("server_label"), item.get("server_url")
     if not isinstance(label, str) or not label:
         raise InvalidRequest("an ephemeral MCP integration needs its 'server_label'", f"{param}.server_label")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise InvalidRequest("'server_url' must be an http(s) URL (remote MCP servers only)", f"{param}.server_url")
-    allowed, headers = item.get("allowed_tools"), item.get("headers") or {}
-    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(name, str) for name in allowed)):
-        raise InvalidRequest("'allowed_tools' must be a list of tool names", f"{param}.allowed_tools")
+    allowed, headers = _allowed_tools(item, param), item.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise InvalidRequest("'headers' must map header names to strings", f"{param}.headers")
     unknown = set(item) - {"type", "server_label", "server_url", "allowed_tools", "headers"}
     if unknown:
         raise InvalidRequest(f"unknown fields in an ephemeral MCP integration: {', '.join(sorted(unknown))}", param)
-    return McpServer(label, url, tuple(allowed) if allowed is not None else None, tuple(headers.items()))
+    return McpServer(label, url, allowed, tuple(headers.items()))
