@@ -19,7 +19,9 @@ import openai
 import pytest
 from mcp import MCPError
 
+from studiolo.api.responses.schemas import ResponseBody
 from studiolo.models.defaults import QWEN05, target_path
+from studiolo.service.items import chat_messages
 from tests.conftest import QWEN, SMOLLM, RunningServer, free_port, home_with_models
 from tests.mcp_server import WEATHER_TOOL, McpServer
 
@@ -79,8 +81,8 @@ def _tool(mcp: McpServer, **extra) -> dict:
 
 
 def _respond(client: openai.OpenAI, tools: list[dict], input_, **extra):
-    return client.responses.create(model=QWEN, input=input_, tools=tools, temperature=0, max_output_tokens=100,
-                                   extra_body=NO_PENALTY, **extra)
+    return client.responses.create(**{"model": QWEN, "input": input_, "tools": tools, "temperature": 0,
+                                      "max_output_tokens": 100, "extra_body": NO_PENALTY, **extra})
 
 
 def _types(response) -> list[str]:
@@ -106,20 +108,30 @@ def test_the_server_runs_the_mcp_call_and_the_model_answers_from_its_result(qwen
     assert stored.tools[0].headers is None  # the request's headers are not kept
 
 
-def test_a_server_is_listed_first_once_per_conversation(qwen, mcp):
+def _calls(response) -> list[tuple[str, str]]:
+    return [(item.status, item.arguments) for item in response.output if item.type == "mcp_call"]
+
+
+def test_a_server_is_listed_first_once_per_conversation_and_the_budget_spans_the_rounds(qwen, mcp):
     tools = [_tool(mcp, require_approval="never")]
     first = _respond(qwen, tools, PARIS, tool_choice={"type": "mcp", "server_label": "weather", "name": "get_weather"},
-                     max_output_tokens=20)
-    assert _types(first)[:2] == ["mcp_list_tools", "mcp_call"]
+                     max_output_tokens=50)
     listed = first.output[0]
-    assert listed.server_label == "weather" and listed.error is None
+    assert listed.type == "mcp_list_tools" and listed.server_label == "weather" and listed.error is None
     assert [tool.model_dump() for tool in listed.tools] == [LISTED_TOOL]  # allowed_tools only
-    # within 20 output tokens: the 0.5B calls again after each result, and the budget ends the rounds
+    # asked cold, the 0.5B calls again after each result; 50 output tokens for all the rounds end the
+    # third call as it is written (it is never run)
+    paris = '{"city": "Paris"}'
+    assert _calls(first) == [("completed", paris), ("completed", paris), ("incomplete", "")]
     assert first.status == "incomplete" and first.incomplete_details.reason == "max_output_tokens"
-    assert first.usage.output_tokens >= 20
+    assert first.usage.output_tokens == 50
+    assert mcp.calls == [("get_weather", {"city": "Paris"})] * 2
     again = _respond(qwen, tools, "And in Tokyo?", previous_response_id=first.id, tool_choice="required",
-                     max_output_tokens=20)
-    assert "mcp_list_tools" not in _types(again) and _types(again)[0] == "mcp_call"
+                     max_output_tokens=50)
+    tokyo = '{"city": "Tokyo"}'
+    assert _types(again) == ["mcp_call"] * 3  # not listed again
+    assert _calls(again) == [("completed", tokyo), ("completed", tokyo), ("incomplete", "")]
+    assert qwen.responses.retrieve(first.id).tool_choice.type == "mcp"
 
 
 def _stream(client: openai.OpenAI, tools: list[dict], input_, **extra) -> list:
@@ -156,9 +168,11 @@ def _without_ids(item) -> dict:
     return {key: value for key, value in item.model_dump().items() if key != "id"}
 
 
-def test_a_call_needing_approval_waits_for_it_across_a_restart(qwen_home, mcp):
+def test_a_call_needing_approval_waits_for_it_across_a_restart(tmp_path, default_models, mcp):
+    home = home_with_models(tmp_path, {QWEN: target_path(QWEN05)})  # its own: two servers never share one
+    (home / "settings.json").write_text('{"allow_per_request_mcp": true}')
     tools = [_tool(mcp)]  # require_approval omitted: every call needs approval, as on OpenAI
-    server = RunningServer(qwen_home, free_port(), [])
+    server = RunningServer(home, free_port(), [])
     try:
         with _client(server) as client:
             first = _respond(client, tools, _example(), tool_choice="required")
@@ -169,7 +183,7 @@ def test_a_call_needing_approval_waits_for_it_across_a_restart(qwen_home, mcp):
     request = first.output[0]
     assert (request.server_label, request.name, request.arguments) == ("weather", "get_weather", '{"city": "Paris"}')
     assert mcp.calls == []
-    server = RunningServer(qwen_home, free_port(), [])  # the request was stored: it survives a restart
+    server = RunningServer(home, free_port(), [])  # the request was stored: it survives a restart
     try:
         with _client(server) as client:
             approval = {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
@@ -245,12 +259,16 @@ def test_a_failing_call_is_an_mcp_call_with_its_error_which_the_model_reads(qwen
                             max_output_tokens=40)
     finally:
         server.close()
+    assert _types(response) == ["mcp_call", "message"]
     call = response.output[0]
-    assert call.type == "mcp_call" and call.status == "failed" and call.output is None
-    assert call.error.type == "mcp_protocol_error" and call.error.code == -32001
-    assert "the weather service is down" in call.error.message
-    assert server.calls[0] == ("get_weather", {"city": "Paris"})
-    assert response.status in ("completed", "incomplete")
+    assert (call.status, call.arguments, call.output) == ("failed", '{"city": "Paris"}', None)
+    assert call.error.model_dump() == {
+        "type": "mcp_protocol_error", "code": -32001,
+        "message": "MCP server 'weather' refused tools/call get_weather: the weather service is down"}
+    assert server.calls == [("get_weather", {"city": "Paris"})]
+    # the model read the error (cut short by the 40 tokens)
+    assert response.output_text.startswith("It seems like the MCP server 'weather' refused the tool call")
+    assert response.status == "incomplete"
 
 
 def test_function_tools_beside_mcp_tools_end_the_response_for_the_client(qwen, mcp):
@@ -321,3 +339,45 @@ def test_a_client_that_leaves_ends_the_servers_sessions(qwen_server, mcp):
         time.sleep(1)
         assert len(mcp.calls) == calls <= 1  # no round after it left
         assert http.get(f"/v1/responses/{response_id}").status_code == 404  # nothing stored
+
+
+# --- without a model: the approval rules, and what the model sees of MCP items ------------------------
+
+
+@pytest.mark.parametrize(("require_approval", "needs"), [
+    (None, {"a": True, "b": True}),  # OpenAI's default: every call
+    ("never", {"a": False, "b": False}),
+    ({"never": {"tool_names": ["a"]}}, {"a": False, "b": True}),
+    ({"always": {"tool_names": ["a"]}}, {"a": True, "b": False}),
+    ({"always": {"tool_names": ["a"]}, "never": {"tool_names": ["b"]}}, {"a": True, "b": False, "c": True}),
+])
+def test_require_approval_says_which_calls_wait(require_approval, needs):
+    tool = {"type": "mcp", "server_label": "s", "server_url": "http://127.0.0.1:1/mcp"}
+    if require_approval is not None:
+        tool["require_approval"] = require_approval
+    body = ResponseBody.model_validate({"model": QWEN, "input": "x", "tools": [tool]})
+    policy = body.mcp_tools()[0].approval
+    assert {name: policy.needed(name) for name in needs} == needs
+
+
+def test_the_model_sees_mcp_items_as_function_calls_and_results():
+    call = {"server_label": "s", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    items = [
+        {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "s", "tools": []},
+        {"type": "mcp_call", "id": "mcp_1", **call, "output": "18 C", "error": None},
+        {"type": "mcp_approval_request", "id": "mcpr_2", **call},
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_2", "approve": True},
+        {"type": "mcp_call", "id": "mcp_2", **call, "approval_request_id": "mcpr_2", "output": "19 C"},
+        {"type": "mcp_approval_request", "id": "mcpr_3", **call},
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_3", "approve": False, "reason": "no"},
+        {"type": "mcp_call", "id": "mcp_4", **call, "output": None,
+         "error": {"type": "http_error", "code": 502, "message": "gone"}},
+    ]
+    seen = [(m.role, [(c.id, c.name) for c in m.tool_calls], m.tool_call_id, m.content) for m in chat_messages(items)]
+    assert seen == [
+        ("assistant", [("mcp_1", "get_weather")], None, None), ("tool", [], "mcp_1", "18 C"),
+        ("assistant", [("mcpr_2", "get_weather")], None, None), ("tool", [], "mcpr_2", "19 C"),
+        ("assistant", [("mcpr_3", "get_weather")], None, None),
+        ("tool", [], "mcpr_3", "The user did not approve this tool call. (no)"),
+        ("assistant", [("mcp_4", "get_weather")], None, None), ("tool", [], "mcp_4", "The tool call failed: gone"),
+    ]

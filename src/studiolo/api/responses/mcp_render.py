@@ -31,6 +31,7 @@ from studiolo.service.mcp_responses import (
     McpToolsListed,
     ResponseEvent,
 )
+from studiolo.service.types import Finished
 
 
 def _event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -59,7 +60,19 @@ class McpOutputItems(OutputItems):
             self.items[index] = event.item
             return [_event("response.output_item.added", output_index=index, item=event.item),
                     _event("response.output_item.done", output_index=index, item=event.item)]
+        if isinstance(event, Finished):
+            return self._unfinished() + super().feed(event)
         return super().feed(event)
+
+    def _unfinished(self) -> list[dict[str, Any]]:
+        """Calls the output ended in (cut off by max_output_tokens): shown as written, never run."""
+        events = []
+        for index in self._places.values():
+            self.items[index] = item = {**self.items[index], "status": "incomplete"}
+            if item["type"] == "mcp_call":
+                events.append(_event("response.output_item.done", output_index=index, item=item))
+        self._places.clear()
+        return events
 
     def _place(self, item: Item) -> tuple[int, list[dict[str, Any]]]:
         """A new item's place in the output, after the item open so far (now closed)."""
@@ -86,8 +99,10 @@ class McpOutputItems(OutputItems):
 
     def _arguments(self, delta: McpArgumentsDelta) -> list[dict[str, Any]]:
         self._streamed.add(delta.item_id)
-        return [_event("response.mcp_call_arguments.delta", item_id=delta.item_id,
-                       output_index=self._places[delta.item_id], delta=delta.delta)]
+        index = self._places[delta.item_id]
+        self.items[index]["arguments"] += delta.delta  # as written so far, should the output end here
+        return [_event("response.mcp_call_arguments.delta", item_id=delta.item_id, output_index=index,
+                       delta=delta.delta)]
 
     def _done(self, item: Item) -> list[dict[str, Any]]:
         index = self._places.pop(item["id"])

@@ -342,7 +342,8 @@ class ResponseBody(_Turn):
             "store": self.store,
             "temperature": sampling.temperature,
             "text": {"format": self._format_echo()},
-            "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice) else choice or "auto",
+            "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice | McpChoice)
+            else choice or "auto",
             "tools": [tool.echo() for _, tool in self._parsed_tools()],
             "top_logprobs": self.top_logprobs or 0,  # an integer in Open Responses' schema: 0 when none asked
             "top_p": sampling.top_p,
