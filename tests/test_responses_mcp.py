@@ -203,6 +203,31 @@ def test_a_call_needing_approval_waits_for_it_across_a_restart(tmp_path, default
     assert refused.value.body["param"] == "input[0].approval_request_id"
 
 
+def test_the_approval_flow_streamed(qwen, mcp):
+    tools = [_tool(mcp, require_approval={"always": {"tool_names": ["get_weather"]}})]
+    asked = _stream(qwen, tools, _example()[1:], tool_choice="required")
+    kinds = [event.type for event in asked]
+    # the list, then the request shown whole once written (no events of its own), then the end
+    assert kinds[2:] == ["response.output_item.added", "response.mcp_list_tools.in_progress",
+                         "response.mcp_list_tools.completed", "response.output_item.done",
+                         "response.output_item.added", "response.output_item.done", "response.completed"]
+    request = asked[-1].response.output[1]
+    assert request.type == "mcp_approval_request" and asked[-2].item.model_dump() == request.model_dump()
+    assert mcp.calls == []
+    approval = {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+    ran = _stream(qwen, tools, [approval], previous_response_id=asked[-1].response.id)
+    kinds = [event.type for event in ran]
+    # the approved call runs first, its arguments as one delta; then the model answers
+    assert kinds[2:9] == ["response.output_item.added", "response.mcp_call.in_progress",
+                          "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+                          "response.mcp_call.completed", "response.output_item.done", "response.output_item.added"]
+    assert ran[4].delta == '{"city": "Paris"}'
+    final = ran[-1].response
+    assert _types(final) == ["mcp_call", "message"] and final.output_text == ANSWER
+    assert final.output[0].approval_request_id == request.id
+    assert mcp.calls == [("get_weather", {"city": "Paris"})]
+
+
 def test_a_refused_call_is_not_run_and_the_model_is_told(qwen, qwen_server, mcp):
     tools = [_tool(mcp)]
     first = _respond(qwen, tools, _example(), tool_choice="required")
