@@ -330,6 +330,12 @@ def test_mcp_tools_it_cannot_serve_are_a_400(qwen, tool, param):
     assert refused.value.body["param"] == param
 
 
+def test_an_unknown_model_is_refused_before_any_server_is_reached(qwen, mcp):
+    with pytest.raises(openai.NotFoundError):
+        qwen.responses.create(model="no-such-model", input=PARIS, tools=[_tool(mcp)])
+    assert mcp.headers_seen == []
+
+
 def test_approving_a_request_not_made_is_a_400(qwen, mcp):
     approval = {"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}
     with pytest.raises(openai.BadRequestError) as refused:

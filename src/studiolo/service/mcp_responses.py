@@ -168,6 +168,7 @@ class McpResponse:
         if not allow_per_request_mcp():
             raise Forbidden("per-request MCP servers are not allowed on this server (set allow_per_request_mcp "
                             "in settings.json)", "tools", code="mcp_not_allowed")
+        await conversations.loads_model(turn)  # an unknown model (...) is refused before any server is reached
         response = cls(conversations, turn, offer, tools)
         try:
             earlier = await response._earlier_items()
