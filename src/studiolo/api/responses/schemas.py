@@ -291,7 +291,7 @@ class ResponseBody(_Turn):
     input: str | list[dict[str, Any]]
     store: bool = True
     stream: bool = False
-    # function and mcp tools, each read by its own model (function_tools(), mcp_tools()), so that an
+    # function and mcp tools, each read by its own model (_parsed_tools()), so that an
     # error names the field as the client wrote it (a union's would name the member tried)
     tools: list[dict[str, Any]] | None = None
     tool_choice: ToolChoice | None = None
