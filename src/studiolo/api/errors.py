@@ -111,6 +111,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "internal": 500,
     "not_implemented": 501,
     "upstream": 502,
+    "failed_dependency": 424,  # OpenAI's answer when a request's MCP server cannot list its tools
     "unavailable": 503,
     "insufficient_storage": 507,
     "unauthorized": 401,
@@ -129,7 +130,8 @@ V1_TYPE_OF_CODE = {
 }
 V1_TYPE_OF_KIND: dict[Kind, str] = {"not_implemented": "not_implemented", "upstream": "internal_error"}
 V1_TYPE_OF_KIND["overloaded"] = "server_busy"  # a model's full queue (429)
-TYPE_OF_KIND: dict[Kind, str] = {"overloaded": "rate_limit_error"}  # OpenAI's type, where the status does not say it
+# OpenAI's type, where the status does not say it
+TYPE_OF_KIND: dict[Kind, str] = {"overloaded": "rate_limit_error", "failed_dependency": "external_connector_error"}
 
 
 def from_domain(exc: BaseException) -> APIError | None:

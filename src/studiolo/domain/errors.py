@@ -22,6 +22,7 @@ Errors are defined where they arise (a floor raises its own), each naming its ki
     │   └── (ModelLoadFailed, GenerationFailed, ...)
     ├── (kind not_implemented)        not_implemented       501
     ├── (kind upstream)               upstream              502   a server we depend on failed
+    ├── (kind failed_dependency)      failed_dependency     424   a server the request named failed
     ├── Overloaded                    overloaded            429   too much waits already (QueueFull)
     └── Unavailable                   unavailable           503
         └── (EngineClosed, ModelBusy, StorageUnavailable; StorageFull: insufficient_storage 507)
@@ -43,6 +44,7 @@ Kind = Literal[
     "internal",
     "not_implemented",
     "upstream",
+    "failed_dependency",
     "unavailable",
     "insufficient_storage",
     "unauthorized",

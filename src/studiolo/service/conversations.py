@@ -219,10 +219,12 @@ class Conversations:
         self.store.check_writable(need)
 
     async def save(
-        self, run: ConversationRun, output: list[Item], status: str = "completed", details: dict | None = None
+        self, run: ConversationRun, output: list[Item], status: str = "completed", details: dict | None = None,
+        usage: Usage | None = None,
     ) -> StoredResponse | None:
         """Store the finished turn (unless ``store`` was false); returns what was stored. ``details``:
-        what the API wants back when it shows the response again (its request's settings)."""
+        what the API wants back when it shows the response again (its request's settings); ``usage``:
+        the turn's, when it took more than its last generation (rounds of tool calls)."""
         if not run.turn.store:
             return None
         generation = run.generation
@@ -230,7 +232,7 @@ class Conversations:
         try:
             with missing_previous(run.turn.previous_response_id, run.turn.unknown_previous):  # deleted meanwhile
                 stored = await asyncio.to_thread(
-                    self.store.create, run.model, run.turn.items, output, usage_record(generation.usage),
+                    self.store.create, run.model, run.turn.items, output, usage_record(usage or generation.usage),
                     previous_response_id=run.turn.previous_response_id, status=status,
                     instructions=run.turn.instructions, metadata=record, response_id=run.id,
                     owner=request_owner(),

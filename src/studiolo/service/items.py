@@ -17,6 +17,9 @@ from, so that either can continue a conversation the other began:
   reasoning model's reasoning, before the message or calls it led to. It becomes the next assistant
   message's ``ChatMessage.reasoning``; the model's template decides whether the prompt keeps it
   (Qwen3's keeps it only within a tool loop, after the last user message).
+- OpenAI's MCP items (``/v1/responses`` ``mcp`` tools, service/mcp_responses.py): ``mcp_list_tools``,
+  ``mcp_call``, ``mcp_approval_request`` and ``mcp_approval_response``. The model sees them as the
+  function calls and results they stand for (``mcp_as_function_items``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def chat_messages(items: list[Item], image_params: Iterable[str] = ()) -> list[C
     assistant message follows is dropped. ``image_params`` names the field of each image, in order,
     for errors about it (``input`` for images past the names given)."""
     params = iter(image_params)
+    items = mcp_as_function_items(items)
     messages: list[ChatMessage] = []
     reasoning: str | None = None  # waiting for the assistant message it led to
     for item in items:
@@ -122,6 +126,54 @@ def chat_messages(items: list[Item], image_params: Iterable[str] = ()) -> list[C
             raise InvalidRequest(f"conversation items of type '{kind}' are not supported", "input")
         reasoning = None  # taken by the assistant message, or followed by none
     return messages
+
+
+# what the model reads for a call the user did not approve (an mcp_approval_response with approve false)
+REFUSED_CALL = "The user did not approve this tool call."
+
+
+def mcp_as_function_items(items: list[Item]) -> list[Item]:
+    """MCP items as the function calls and results the model sees: the tool list is not shown (its
+    tools are in the prompt's tools), an approval request is the model's call, an approved call's
+    ``mcp_call`` the result answering it (the approval response itself says nothing), a refusal the
+    result ``REFUSED_CALL``, and a call that needed no approval both the call and its result."""
+    converted: list[Item] = []
+    for item in items:
+        kind = item.get("type")
+        if kind == "mcp_list_tools":
+            continue
+        if kind == "mcp_approval_request":
+            converted.append(_call_item(item["id"], item))
+        elif kind == "mcp_approval_response":
+            if not item.get("approve"):
+                reason = f" ({item['reason']})" if item.get("reason") else ""
+                converted.append(_result_item(item["approval_request_id"], REFUSED_CALL + reason))
+        elif kind == "mcp_call":
+            requested = item.get("approval_request_id")
+            if not requested:
+                converted.append(_call_item(item["id"], item))
+            converted.append(_result_item(requested or item["id"], mcp_call_result(item)))
+        else:
+            converted.append(item)
+    return converted
+
+
+def mcp_call_result(item: Item) -> str:
+    """What the model reads of an ``mcp_call``: its output, or what went wrong."""
+    error = item.get("error")
+    if error:
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("content") or error
+        return f"The tool call failed: {error}"
+    return item.get("output") or ""
+
+
+def _call_item(call_id: str, item: Item) -> Item:
+    return {"type": "function_call", "call_id": call_id, "name": item["name"], "arguments": item["arguments"]}
+
+
+def _result_item(call_id: str, output: str) -> Item:
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
 
 
 def _message(item: Item, role: str, reasoning: str | None, params: Iterator[str]) -> ChatMessage:

@@ -21,14 +21,14 @@ from typing import Any
 
 from fastapi import Request, Response
 
-from studiolo.api.errors import api_error, from_domain
-from studiolo.api.responses import render
+from studiolo.api.responses import mcp_routes, render
+from studiolo.api.responses.finish import failed, finished, save, with_storage_error
 from studiolo.api.responses.render import OutputItems, ResponseInfo
 from studiolo.api.responses.schemas import CompactBody, ResponseBody
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router, request_limits
 from studiolo.api.sse import ClientDisconnected, sse_response, until_disconnected
 from studiolo.domain.auth import Permission
-from studiolo.domain.errors import InvalidRequest, StudioloError
+from studiolo.domain.errors import InvalidRequest
 from studiolo.service.compaction import Compactions
 from studiolo.service.conversations import ConversationRun, Conversations
 
@@ -47,6 +47,9 @@ async def create_response(body: ResponseBody, request: Request):
     conversations = _conversations(request)
     try:  # every 4xx comes before any streaming
         turn = await asyncio.to_thread(body.turn, request_limits(request).max_json_depth)  # tools' schemas compile
+        mcp_tools = body.mcp_tools()
+        if mcp_tools:  # the server runs their calls (api/responses/mcp_routes.py)
+            return await mcp_routes.create_mcp_response(request, body, conversations, turn, mcp_tools)
         run = await until_disconnected(request, conversations.start(turn))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -63,33 +66,13 @@ async def create_response(body: ResponseBody, request: Request):
         run.generation.cancel()
 
 
-async def _save(conversations: Conversations, run: ConversationRun, output: OutputItems, info: ResponseInfo) -> None:
-    details = {"settings": info.settings, "created_at": info.created_at}  # shown again by GET
-    await conversations.save(run, output.items, output.status, details)
-
-
-def _finished(run: ConversationRun, info: ResponseInfo, output: OutputItems) -> dict[str, Any]:
-    usage = render.generation_usage(run.generation.usage)
-    body = render.response_object(info, output.status, output.items, usage, completed_at=render.now())
-    return _with_storage_error(body, run.storage_error)
-
-
-def _with_storage_error(body: dict[str, Any], fault: StudioloError | None) -> dict[str, Any]:
-    """An answer whose storing failed once it was written stands, marked unstored, with the error
-    beside it (docs/API.md, "Storage faults")."""
-    if fault is not None:
-        body["store"] = False
-        body["storage_error"] = api_error(fault).body()["error"]
-    return body
-
-
 async def _complete(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
                     with_logprobs: bool) -> dict[str, Any]:
     output = OutputItems(with_logprobs)
     async for event in run.generation.events():  # a failure is the app's error response (errors.from_domain)
         output.feed(event)  # the same items a stream would show; its events are not needed here
-    await _save(conversations, run, output, info)
-    return _finished(run, info, output)
+    await save(conversations, run, output, info)
+    return finished(run, info, output)
 
 
 async def _events(conversations: Conversations, run: ConversationRun, info: ResponseInfo,
@@ -103,28 +86,13 @@ async def _events(conversations: Conversations, run: ConversationRun, info: Resp
         async for event in run.generation.events():
             for item_event in output.feed(event):
                 yield stream.sse(item_event)
-        await _save(conversations, run, output, info)
-        yield stream.sse({"type": f"response.{output.status}", "response": _finished(run, info, output)})
+        await save(conversations, run, output, info)
+        yield stream.sse({"type": f"response.{output.status}", "response": finished(run, info, output)})
     except Exception as exc:  # noqa: BLE001 - the stream has begun: every failure ends it with response.failed
         # nothing was stored: a failed turn cannot be continued
-        yield stream.sse({"type": "response.failed", "response": _failed(run, info, output, exc)})
+        yield stream.sse({"type": "response.failed", "response": failed(run, info, output, exc)})
     finally:
         run.generation.cancel()
-
-
-def _failed(run: ConversationRun, info: ResponseInfo, output: OutputItems, exc: Exception) -> dict[str, Any]:
-    """The failed response, its error in OpenAI's shape: ``code`` is one of OpenAI's (its types list
-    them): ``invalid_prompt`` for what the request caused, ``server_error`` for the rest; ``type``
-    and ``param`` are what a response before the stream would have said (the message names the cause)."""
-    known = from_domain(exc)
-    if known is None:
-        log.error("response %s failed after its stream began", run.id, exc_info=exc)  # a bug: keep its trace
-    client_fault = known is not None and known.status < 500
-    error = {"code": "invalid_prompt" if client_fault else "server_error",
-             "message": str(exc) or type(exc).__name__,
-             "type": known.type if known else "server_error", "param": known.param if known else None}
-    usage = render.generation_usage(run.generation.usage)
-    return render.response_object(info, "failed", output.items, usage, error=error)
 
 
 @router.post("/responses/compact")
@@ -139,7 +107,7 @@ async def compact(body: CompactBody, request: Request) -> Any:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nothing was stored
     finally:
         run.generation.cancel()
-    return _with_storage_error(render.compacted_object(stored), run.storage_error)
+    return with_storage_error(render.compacted_object(stored), run.storage_error)
 
 
 @router.get("/responses/{response_id}")

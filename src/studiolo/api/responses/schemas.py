@@ -8,17 +8,21 @@ reasoning itself). Input items are checked and normalized to the stored item for
 they reach the service, so a stored conversation looks the same whichever API wrote it. Responses'
 flat function tools go through the service's checks as chat completions' do (service/tools.py), with
 errors naming Responses' own fields (``tools[0].parameters``, not ``tools[0].function.parameters``).
+MCP tools, their tool choice and their input items are read by mcp_schemas.py; with MCP tools, the
+tools are offered once the servers have listed theirs (service/mcp_responses.py).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
 
 from studiolo.api.body import Body, sampling_field
 from studiolo.api.errors import describe_validation
+from studiolo.api.responses.mcp_schemas import MCP_INPUT_ITEMS, McpChoice, McpToolBody
 from studiolo.api.wire_types import Int
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest
@@ -30,6 +34,7 @@ from studiolo.service.constraints import Constraint, spec_of
 from studiolo.service.conversations import Turn
 from studiolo.service.items import Item, image_part, user_message
 from studiolo.service.json_bounds import DEFAULT_MAX_DEPTH
+from studiolo.service.mcp_responses import McpTool, ToolOffer
 from studiolo.service.presets import given
 from studiolo.service.tool_calls import check_arguments
 from studiolo.service.tools import check_no_other_constraint, offered_tools
@@ -166,10 +171,9 @@ class ReasoningInput(_Body):
         return _with_given_id(item, self.id)
 
 
-InputModel = MessageInput | FunctionCallInput | FunctionCallOutputInput | CompactionInput | ReasoningInput
-_INPUT_ITEMS: dict[str, type[InputModel]] = {
+_INPUT_ITEMS: dict[str, Any] = {
     "message": MessageInput, "function_call": FunctionCallInput, "function_call_output": FunctionCallOutputInput,
-    "compaction": CompactionInput, "reasoning": ReasoningInput,
+    "compaction": CompactionInput, "reasoning": ReasoningInput, **MCP_INPUT_ITEMS,
 }
 
 
@@ -189,9 +193,12 @@ def _input_item(index: int, raw: dict[str, Any], max_json_depth: int) -> Item:
         # the same message and param as a body error, with the item's place in front
         first = exc.errors()[0]
         raise describe_validation([{**first, "loc": ("body", "input", index, *first["loc"])}]) from None
-    if isinstance(parsed, FunctionCallInput):  # not JSON; deep nesting; a number past int's digit limit
-        check_arguments(parsed.arguments, f"input[{index}].arguments", max_json_depth)
-    return parsed.normalized(f"input[{index}]")
+    arguments = getattr(parsed, "arguments", None)  # a function call's, or an MCP call's
+    if isinstance(arguments, str):  # not JSON; deep nesting; a number past int's digit limit
+        check_arguments(arguments, f"input[{index}].arguments", max_json_depth)
+    item = parsed.normalized(f"input[{index}]")
+    check_json(item, f"input[{index}]")  # an MCP item's free-form fields are stored as they are
+    return item
 
 
 class FunctionTool(_Body):
@@ -213,7 +220,7 @@ class NamedFunctionChoice(_Body):
     name: str
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedFunctionChoice
+ToolChoice = Literal["none", "auto", "required"] | NamedFunctionChoice | McpChoice
 
 
 class TextFormat(_Body):
@@ -284,7 +291,9 @@ class ResponseBody(_Turn):
     input: str | list[dict[str, Any]]
     store: bool = True
     stream: bool = False
-    tools: list[FunctionTool] | None = None
+    # function and mcp tools, each read by its own model (_parsed_tools()), so that an
+    # error names the field as the client wrote it (a union's would name the member tried)
+    tools: list[dict[str, Any]] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
@@ -314,7 +323,8 @@ class ResponseBody(_Turn):
                                                 max_tokens=self.max_output_tokens,
                                                 constraint=constraint or (self.text and self.text.format)))
         tools = self._tools()
-        check_no_other_constraint(tools, options.constraint_param)
+        if not self.mcp_tools():
+            check_no_other_constraint(tools, options.constraint_param)
         items = self._items(max_json_depth)
         return Turn(self.model, items, options, self.instructions or None,
                     self.previous_response_id, self.store, tools, ttl=self.ttl,
@@ -332,8 +342,9 @@ class ResponseBody(_Turn):
             "store": self.store,
             "temperature": sampling.temperature,
             "text": {"format": self._format_echo()},
-            "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice) else choice or "auto",
-            "tools": [tool.echo() for tool in self.tools or ()],
+            "tool_choice": choice.model_dump() if isinstance(choice, NamedFunctionChoice | McpChoice)
+            else choice or "auto",
+            "tools": [tool.echo() for _, tool in self._parsed_tools()],
             "top_logprobs": self.top_logprobs or 0,  # an integer in Open Responses' schema: 0 when none asked
             "top_p": sampling.top_p,
             "presence_penalty": sampling.presence_penalty,
@@ -345,8 +356,9 @@ class ResponseBody(_Turn):
 
     def _check_stored_settings(self) -> None:
         """The settings stored with the response (settings()) must be JSON, as its items must."""
-        for index, tool in enumerate(self.tools or ()):
-            check_json(tool.parameters, f"tools[{index}].parameters")
+        for index, tool in self._parsed_tools():
+            if isinstance(tool, FunctionTool):
+                check_json(tool.parameters, f"tools[{index}].parameters")
         fmt = self.text.format if self.text is not None else None
         if fmt is not None:
             check_json(fmt.schema_, "text.format.schema")
@@ -357,11 +369,31 @@ class ResponseBody(_Turn):
         return input_items(self.input, max_json_depth)
 
     def _tools(self) -> Tools | None:
-        specs = [ToolSpec(tool.name, tool.description, tool.parameters, bool(tool.strict)) for tool in self.tools or ()]
+        """The function tools, checked; with MCP tools, None: those are offered with the servers'
+        (tool_offer()), and only the function tools' own checks are made here."""
+        offer = self.tool_offer()
+        if self.mcp_tools():
+            offered_tools(offer.specs, None, None, offer.parallel, _param_field(offer.params))
+            return None
+        return offered_tools(offer.specs, offer.choice, offer.named, offer.parallel, _param_field(offer.params))
+
+    def tool_offer(self) -> ToolOffer:
+        """The function tools and the tool choice, for service/mcp_responses.py to offer beside the MCP tools."""
+        functions = [(index, tool) for index, tool in self._parsed_tools() if isinstance(tool, FunctionTool)]
         choice = self.tool_choice
-        named = choice.name if isinstance(choice, NamedFunctionChoice) else None
-        plain = choice if isinstance(choice, str) else None
-        return offered_tools(specs, plain, named, self.parallel_tool_calls, _flat_field)
+        named = choice.name if isinstance(choice, NamedFunctionChoice | McpChoice) else None
+        if isinstance(choice, McpChoice) and named is None:
+            raise InvalidRequest("an mcp 'tool_choice' must name the tool ('name'): this server forces one "
+                                 "named tool", "tool_choice.name")
+        return ToolOffer(tuple(ToolSpec(tool.name, tool.description, tool.parameters, bool(tool.strict))
+                               for _, tool in functions), tuple(f"tools[{index}]" for index, _ in functions),
+                         choice if isinstance(choice, str) else None, named, self.parallel_tool_calls)
+
+    def mcp_tools(self) -> list[McpTool]:
+        return [tool.tool(f"tools[{index}]") for index, tool in self._parsed_tools() if isinstance(tool, McpToolBody)]
+
+    def _parsed_tools(self) -> list[tuple[int, FunctionTool | McpToolBody]]:
+        return [(index, _tool(index, raw)) for index, raw in enumerate(self.tools or ())]
 
     def _constraint(self) -> Constraint | None:
         fmt = self.text.format if self.text is not None else None
@@ -399,9 +431,24 @@ class CompactBody(_Turn):
                               self.ttl)
 
 
-def _flat_field(index: int, name: str) -> str:
-    """Responses' function tools are flat: ``tools[0].parameters``, not chat's ``tools[0].function.parameters``."""
-    return f"tools[{index}].{name}"
+def _param_field(params: tuple[str, ...]) -> Callable[[int, str], str]:
+    """Responses' function tools are flat: ``tools[0].parameters``, not chat's ``tools[0].function.parameters``
+    (``params``: each function tool's own place among all tools)."""
+    return lambda index, name: f"{params[index]}.{name}"
+
+
+def _tool(index: int, raw: dict[str, Any]) -> FunctionTool | McpToolBody:
+    kind = raw.get("type")
+    models: dict[str, type[FunctionTool] | type[McpToolBody]] = {"function": FunctionTool, "mcp": McpToolBody}
+    model = models.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InvalidRequest(f"tools of type {kind!r} are not supported; expected 'function' or 'mcp'",
+                             f"tools[{index}].type")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:  # the same message and param as a body error, with the tool's place in front
+        first = exc.errors()[0]
+        raise describe_validation([{**first, "loc": ("body", "tools", index, *first["loc"])}]) from None
 
 
 def input_items(given: str | list[dict[str, Any]], max_json_depth: int = DEFAULT_MAX_DEPTH) -> list[Item]:
