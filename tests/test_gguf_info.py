@@ -191,6 +191,24 @@ def test_embedding_rule(tmp_path, architecture, pooling, expected):
 
 
 @pytest.mark.parametrize(
+    ("architecture", "pooling", "expected"),
+    [
+        ("bert", PoolingType.RANK, True),  # a BERT cross-encoder: not an embedding model although an encoder
+        ("qwen3", PoolingType.RANK, True),  # Qwen3-Reranker
+        ("bert", PoolingType.CLS, False),
+        ("bert", None, False),
+        ("qwen3", None, False),
+    ],
+)
+def test_reranker_rule(tmp_path, architecture, pooling, expected):
+    info = read_model_info(write_tiny_gguf(tmp_path / "model.gguf", architecture, pooling=pooling))
+    assert info.is_reranker is expected
+    assert info.pooled is (expected or info.is_embedding)
+    if expected:
+        assert not info.is_embedding
+
+
+@pytest.mark.parametrize(
     ("count", "expected"),
     [
         (134_515_008, "135M"),

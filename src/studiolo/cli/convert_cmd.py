@@ -1,4 +1,5 @@
-"""``studiolo convert <folder-or-zip>``: turn a BERT embedding checkpoint into a GGUF model.
+"""``studiolo convert <folder-or-zip>``: turn a BERT embedding checkpoint (or a BERT cross-encoder, which
+becomes a reranker) into a GGUF model.
 
 The checkpoint (a sentence-transformers or Hugging Face BERT folder with config.json,
 tokenizer.json and model.safetensors, or a zip of one) is converted by
@@ -29,7 +30,7 @@ def convert_command(
         None, "--pooling", help="Pooling to record (default: the checkpoint's sentence-transformers pooling)."
     ),
 ) -> None:
-    """Convert a BERT embedding checkpoint to GGUF and put it in the models folder."""
+    """Convert a BERT embedding checkpoint (or cross-encoder: a reranker) to GGUF and put it in the models folder."""
     try:
         publisher, repo = parse_user_repo(name) if name is not None else ("local", _safe_stem(source))
         root = models_dir()
@@ -46,6 +47,8 @@ def convert_command(
         typer.echo(f"Error: {str(error).replace('--user-repo', '--name')}", err=True)
         raise typer.Exit(code=1) from None
     pooled = f"{converted.pooling.value} pooling" if converted.pooling else "no pooling type (not an embedding model)"
+    if converted.pooling is Pooling.RANK:
+        pooled = "rank pooling: a reranker"
     typer.echo(
         f"Converted {source} to {result.target} as {result.key} "
         f"({converted.embedding_length} dimensions, {pooled}, {converted.file_type.value.upper()})"
