@@ -118,6 +118,7 @@ def test_batched_scores_equal_one_by_one(http):
         ({"model": SMOLLM}, "model", "it is a chat model"),
         ({"model": MINILM}, "model", "it is an embedding model"),
         ({"documents": ["short", "word " * 600]}, "documents[1]", "more than the model's context of 512"),
+        ({"documents": ["x"] * 2049}, "documents", "more than 2048"),
     ],
 )
 def test_bad_requests_are_400_naming_the_field(http, fields, param, says):

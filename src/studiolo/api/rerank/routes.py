@@ -22,7 +22,6 @@ from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.api.wire_types import Int
 from studiolo.domain.auth import Permission
-from studiolo.domain.errors import InvalidRequest
 from studiolo.service.rerank import Ranking, RerankRequest, RerankService
 
 router = make_router(permission=Permission.inference)
@@ -44,9 +43,7 @@ class RerankBody(Body):
     ttl: float | None = Field(None, gt=0)
 
     def texts(self) -> list[str]:
-        if len(self.documents) > MAX_DOCUMENTS:
-            raise InvalidRequest(f"{len(self.documents)} documents; at most {MAX_DOCUMENTS} per request",
-                                 "documents")
+        # their number and size were bounded before validation (api/request_body.py)
         return [item if isinstance(item, str) else item.text for item in self.documents]
 
 
