@@ -100,11 +100,17 @@ def test_document_objects_and_other_paths_score_the_same(http):
 
 
 def test_batched_scores_equal_one_by_one(http):
+    """The same scores up to rounding: a batch of five pairs runs other matrix shapes (and kernels, on F16
+    weights) than a pair alone, as with embeddings (components within 2e-4), and the head amplifies that:
+    measured here within 6.3e-3 on scores from -2.5 to 1.9, whose neighbours are at least 0.57 apart."""
     batched = scores_by_index(rerank(http).json())
+    alone = {}
     for index, document in enumerate(DOCUMENTS):
-        alone = rerank(http, documents=[document]).json()["results"]
-        assert [r["index"] for r in alone] == [0]
-        assert alone[0]["relevance_score"] == pytest.approx(batched[index], rel=1e-4, abs=1e-5)
+        results = rerank(http, documents=[document]).json()["results"]
+        assert [r["index"] for r in results] == [0]
+        alone[index] = results[0]["relevance_score"]
+    assert alone == pytest.approx(batched, abs=1.5e-2)
+    assert sorted(alone, key=lambda i: -alone[i]) == sorted(batched, key=lambda i: -batched[i])
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,11 @@ def test_a_converted_cross_encoder_is_a_reranker_the_server_scores_as_the_checkp
     weights = _weights()
     expected = {index: reference_score(weights, pair_ids(QUERY, document)) for index, document in enumerate(DOCUMENTS)}
     got = {result["index"]: result["relevance_score"] for result in body["results"]}
-    assert got == pytest.approx(expected, abs=2e-3)
+    # float rounding in llama.cpp's kernels: measured within 7.1e-3 of the float64 reference. A wrong
+    # head would be far off: no pooler (llama.cpp's converter) gives 13-16, no tanh 0.95-9.5, and even
+    # the document in segment 1 (Hugging Face's own function, which llama.cpp cannot run) moves each
+    # score by 0.18-0.84
+    assert got == pytest.approx(expected, abs=2e-2)
     assert [r["index"] for r in body["results"]] == sorted(expected, key=lambda i: -expected[i])
     tokens = sum(len(pair_ids(QUERY, document)) for document in DOCUMENTS)
     assert body["usage"]["prompt_tokens"] == tokens
