@@ -70,3 +70,17 @@ def link_reranker(home: Path) -> Path:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(reranker_file())
     return home
+
+
+def templated_reranker_file(template: str) -> Path:
+    """The reranker with a ``rerank`` prompt (``tokenizer.chat_template.rerank``, as Qwen3-Reranker's GGUF
+    has one), written the first time it is asked for."""
+    source = reranker_file()
+    digest = hashlib.sha256(f"{source.name}\n{template}".encode()).hexdigest()[:16]
+
+    def write(dest: Path) -> None:
+        reader = gguf.GGUFReader(source)
+        rewrite_gguf(reader, gguf.GGUFWriter(dest, "bert"),
+                     add=lambda writer: writer.add_string("tokenizer.chat_template.rerank", template))
+
+    return cached_test_model(f"minilm-reranker-template-{digest}.gguf", write)

@@ -14,7 +14,7 @@ import pytest
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.rank_input import rank_pair_tokens
 from tests.conftest import MINILM, SMOLLM, RunningServer, free_port, home_with_models
-from tests.reranker_model import RERANKER_KEY, link_reranker, reranker_file
+from tests.reranker_model import RERANKER_KEY, link_reranker, reranker_file, templated_reranker_file
 
 QUERY = "Where is the Eiffel tower?"
 DOCUMENTS = [
@@ -78,6 +78,22 @@ def test_a_pair_is_cls_query_sep_document_sep(vocabulary):
     assert rank_pair_tokens(vocabulary, "where is it?", "In Paris [SEP] of course.") == [
         cls, *query, sep, *document, sep]
     assert document.count(sep) == 0  # a document's "[SEP]" is text, not a separator
+
+
+def test_a_rerank_prompt_in_the_gguf_is_filled_in_and_its_markup_parsed(vocabulary):
+    model = LlamaModel(templated_reranker_file("[CLS] query: {query} [SEP] passage: {document} [SEP]"))
+    try:
+        def plain(text: str) -> list[int]:
+            return vocabulary.tokenize(text, add_special=False, parse_special=False)
+
+        cls, sep = vocabulary.bos_id, vocabulary.sep_id
+        assert rank_pair_tokens(model, "Où est-il?", "In Paris.") == [
+            cls, *plain("query: où est-il?"), sep, *plain("passage: in paris."), sep]
+        # one pass: a query that says "{document}" keeps it as text
+        assert rank_pair_tokens(model, "{document}", "x") == [
+            cls, *plain("query: {document}"), sep, *plain("passage: x"), sep]
+    finally:
+        model.close()
 
 
 def test_top_n_and_return_documents(http):
