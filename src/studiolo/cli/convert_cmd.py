@@ -27,7 +27,8 @@ def convert_command(
     ),
     outtype: FileType = typer.Option(FileType.F16, "--outtype", help="Weight type of the matrices."),
     pooling: Pooling | None = typer.Option(
-        None, "--pooling", help="Pooling to record (default: the checkpoint's sentence-transformers pooling)."
+        None, "--pooling",
+        help="Pooling to record (default: the checkpoint's sentence-transformers pooling; rank for a cross-encoder).",
     ),
 ) -> None:
     """Convert a BERT embedding checkpoint (or cross-encoder: a reranker) to GGUF and put it in the models folder."""
