@@ -7,6 +7,10 @@ pooling: ``cls.weight`` / ``cls.bias`` (384 x 384, then tanh) and ``cls.output.w
 ``studiolo convert`` writes for a cross-encoder (EOS is [SEP] and is added, SEP alone is not), so a
 pair is ``[CLS] query [SEP] document [SEP]``.
 
+``UNKEYED_KEY`` is the same file without ``bert.pooling_type``, as llama.cpp's converter leaves BERT
+and XLM-RoBERTa cross-encoders (llama-server needs ``--pooling rank`` for them): its head makes it a
+reranker all the same.
+
 It checks the plumbing (one score per pair, order, ``top_n``, batching, the lists), not relevance:
 the head was never trained, so its scores say nothing about the documents.
 """
@@ -23,6 +27,7 @@ from studiolo.models.defaults import MINILM, target_path
 from tests.gguf_rewrite import cached_test_model, rewrite_gguf
 
 RERANKER_KEY = "studiolo-test/minilm-reranker"
+UNKEYED_KEY = "studiolo-test/minilm-reranker-no-pooling-key"
 SEED = 26
 HIDDEN = 384
 _SKIPPED = ("bert.pooling_type", "general.name", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_eos_token",
@@ -64,11 +69,23 @@ def reranker_file() -> Path:
     return cached_test_model(f"minilm-reranker-{digest}.gguf", lambda path: write_reranker(source, path))
 
 
+def unkeyed_reranker_file() -> Path:
+    """The reranker without a pooling type in its GGUF, written the first time it is asked for."""
+    source = reranker_file()
+
+    def write(dest: Path) -> None:
+        rewrite_gguf(gguf.GGUFReader(source), gguf.GGUFWriter(dest, "bert"), skip=("bert.pooling_type",))
+
+    return cached_test_model(f"{source.stem}-no-pooling-key.gguf", write)
+
+
 def link_reranker(home: Path) -> Path:
-    """Link the reranker into the test home ``home`` under ``RERANKER_KEY``."""
-    link = home / "models" / RERANKER_KEY / "minilm-reranker.gguf"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(reranker_file())
+    """Link the reranker into the test home ``home`` under ``RERANKER_KEY``, and its copy without a
+    pooling type under ``UNKEYED_KEY``."""
+    for key, path in ((RERANKER_KEY, reranker_file()), (UNKEYED_KEY, unkeyed_reranker_file())):
+        link = home / "models" / key / f"{key.split('/')[-1]}.gguf"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
     return home
 
 

@@ -14,7 +14,13 @@ import pytest
 from studiolo.engine.llama import LlamaModel
 from studiolo.engine.rank_input import rank_pair_tokens
 from tests.conftest import MINILM, SMOLLM, RunningServer, free_port, home_with_models
-from tests.reranker_model import RERANKER_KEY, link_reranker, reranker_file, templated_reranker_file
+from tests.reranker_model import (
+    RERANKER_KEY,
+    UNKEYED_KEY,
+    link_reranker,
+    reranker_file,
+    templated_reranker_file,
+)
 
 QUERY = "Where is the Eiffel tower?"
 DOCUMENTS = [
@@ -113,6 +119,16 @@ def test_document_objects_and_other_paths_score_the_same(http):
         response = rerank(http, path)
         assert response.status_code == 200, (path, response.text)
         assert scores_by_index(response.json()) == expected
+
+
+def test_a_head_without_a_pooling_type_is_a_reranker_that_scores_the_same(http):
+    """llama.cpp's converter writes no pooling type for BERT cross-encoders: the head decides, and the
+    engine asks llama.cpp for rank pooling (the same graph: the very same scores)."""
+    v1 = {model["key"]: model for model in http.get("/api/v1/models").json()["models"]}
+    assert v1[UNKEYED_KEY]["type"] == "reranker"
+    unkeyed = rerank(http, model=UNKEYED_KEY)
+    assert unkeyed.status_code == 200, unkeyed.text
+    assert scores_by_index(unkeyed.json()) == scores_by_index(rerank(http).json())
 
 
 def test_batched_scores_equal_one_by_one(http):

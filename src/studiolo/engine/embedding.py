@@ -61,13 +61,14 @@ class _Job:
 class EmbeddingEngine(EngineLifecycle[_Job]):
     """Its inbox holds the requests (``_Job``) being embedded: each stays there until settled."""
 
-    def __init__(self, model: LlamaModel, settings: EngineSettings):
+    def __init__(self, model: LlamaModel, settings: EngineSettings, *, rank_pooling: bool = False):
+        """``rank_pooling``: a reranker whose GGUF names no pooling type (otherwise the GGUF's own applies)."""
         self.model = model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length,
                                   BATCH_TOKENS)
         self.context = LlamaContext(model, ContextParams(
             n_ctx=BATCH_TOKENS, n_batch=BATCH_TOKENS, n_seq_max=MAX_SEQUENCES, n_threads=settings.threads,
-            embeddings=True))
+            embeddings=True, rank_pooling=rank_pooling))
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
         self.ranks = self.context.ranks  # a reranker: one score per input, not a vector
         super().__init__()  # last: the compute thread may step the engine from here on

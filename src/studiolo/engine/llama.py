@@ -279,6 +279,7 @@ class ContextParams:
     n_seq_max: int
     n_threads: int
     embeddings: bool = False  # pooled embeddings per sequence (the model's pooling), not logits
+    rank_pooling: bool = False  # pool by rank (a reranker's head) whatever the GGUF says
 
 
 class LlamaContext:
@@ -303,6 +304,8 @@ class LlamaContext:
         cparams.swa_full = True
         cparams.no_perf = True
         cparams.embeddings = params.embeddings
+        if params.rank_pooling:
+            cparams.pooling_type = llama.LLAMA_POOLING_TYPE_RANK
         _buffer_sizes.sizes = {}
         try:
             handle = llama.llama_init_from_model(model.handle, cparams)

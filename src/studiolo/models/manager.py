@@ -495,7 +495,8 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
                    + projector_estimate(projector))
         vision = load_projector(model, projector, settings.threads)
         # embedding models and rerankers: one pooled output (a vector, a score) per sequence
-        engine = EmbeddingEngine(model, settings) if info.pooled else Engine(model, settings, vision)
+        engine = (EmbeddingEngine(model, settings, rank_pooling=info.ranks_by_head) if info.pooled
+                  else Engine(model, settings, vision))
         # its output buffer at its largest: a row of logits per token of a batch, when a request
         # scores every prompt token
         footprint = (context_footprint(model, engine.context, output_rows=engine.context.n_batch)
