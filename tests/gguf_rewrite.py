@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from studiolo.config import models_dir
 
@@ -27,9 +28,11 @@ def cached_test_model(name: str, write: Callable[[Path], object]) -> Path:
 
 
 def rewrite_gguf(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, skip: tuple[str, ...] = (),
-                 add: Callable[[gguf.GGUFWriter], None] | None = None) -> None:
+                 add: Callable[[gguf.GGUFWriter], None] | None = None,
+                 extra_tensors: dict[str, np.ndarray] | None = None) -> None:
     """Copy ``reader``'s metadata but the keys in ``skip`` and its tensors into ``writer``; ``add``
-    writes extra keys first. Closes the writer."""
+    writes extra keys first; ``extra_tensors`` (name: float32 array) are appended. Closes the writer."""
+    extra = extra_tensors or {}
     for field in reader.fields.values():
         if field.name in (gguf.Keys.General.ARCHITECTURE, *skip) or field.name.startswith("GGUF."):
             continue  # the writer writes these itself, or the caller replaces them
@@ -41,9 +44,13 @@ def rewrite_gguf(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, skip: tuple[s
     for tensor in reader.tensors:
         writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
                                tensor.tensor_type)
+    for name, data in extra.items():
+        writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, gguf.GGMLQuantizationType.F32)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for tensor in reader.tensors:
         writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    for data in extra.values():
+        writer.write_tensor_data(data)
     writer.close()

@@ -145,6 +145,7 @@ FORBIDDEN = [
     ("models", "POST", "/api/v1/chat", {"model": SMOLLM, "input": "hi"}, "inference"),
     ("admin", "POST", "/api/v1/models/unload", {"instance_id": "x"}, "models"),
     ("admin", "POST", "/v1/embeddings", {"model": SMOLLM, "input": "x"}, "inference"),
+    ("models", "POST", "/v1/rerank", {"model": SMOLLM, "query": "q", "documents": ["d"]}, "inference"),
 ]
 
 

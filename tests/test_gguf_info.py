@@ -25,6 +25,7 @@ def write_tiny_gguf(
     file_type: int | None = None,
     name: str | None = None,
     weight_dtype=np.float16,
+    head: tuple[str, ...] = (),
 ) -> Path:
     """A GGUF with a small vocabulary and three tensors: two 2-D weights and a 1-D norm."""
     writer = GGUFWriter(path, architecture)
@@ -43,6 +44,8 @@ def write_tiny_gguf(
     writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=weight_dtype))
     writer.add_tensor("blk.0.attn_q.weight", np.ones((8, 8), dtype=weight_dtype))
     writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    for tensor in head:  # a classification head's tensors (cls.weight, cls.output.weight)
+        writer.add_tensor(tensor, np.ones((1, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -191,6 +194,24 @@ def test_embedding_rule(tmp_path, architecture, pooling, expected):
 
 
 @pytest.mark.parametrize(
+    ("architecture", "pooling", "expected"),
+    [
+        ("bert", PoolingType.RANK, True),  # a BERT cross-encoder: not an embedding model although an encoder
+        ("qwen3", PoolingType.RANK, True),  # Qwen3-Reranker
+        ("bert", PoolingType.CLS, False),
+        ("bert", None, False),
+        ("qwen3", None, False),
+    ],
+)
+def test_reranker_rule(tmp_path, architecture, pooling, expected):
+    info = read_model_info(write_tiny_gguf(tmp_path / "model.gguf", architecture, pooling=pooling))
+    assert info.is_reranker is expected and not info.ranks_by_head
+    assert info.pooled is (expected or info.is_embedding)
+    if expected:
+        assert not info.is_embedding
+
+
+@pytest.mark.parametrize(
     ("count", "expected"),
     [
         (134_515_008, "135M"),
@@ -281,3 +302,22 @@ def test_deeply_nested_arrays_are_refused_not_a_recursion_error(tmp_path):
     assert str(deep) in str(caught.value)
     # nesting a few levels is allowed by the format, and skipped like any array
     assert gguf_info.read_header(_nested_arrays_gguf(tmp_path / "shallow.gguf", 3)).metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("architecture", "pooling", "head", "expected"),
+    [
+        ("bert", None, ("cls.output.weight",), True),  # llama.cpp's converter: a cross-encoder, no pooling key
+        ("jina-bert-v2", None, ("cls.weight",), True),  # jina-reranker-v1: a head without cls.output
+        ("bert", PoolingType.MEAN, ("cls.output.weight",), False),  # the GGUF's pooling wins
+        ("bert", PoolingType.NONE, ("cls.output.weight",), False),
+        ("qwen3", None, ("cls.output.weight",), False),  # a decoder: llama.cpp would generate with it
+        ("bert", None, (), False),
+    ],
+)
+def test_an_encoder_with_a_head_and_no_pooling_type_is_a_reranker(tmp_path, architecture, pooling, head, expected):
+    info = read_model_info(write_tiny_gguf(tmp_path / "model.gguf", architecture, pooling=pooling, head=head))
+    assert info.ranks_by_head is expected
+    assert info.is_reranker is (expected or pooling == PoolingType.RANK)
+    if expected:
+        assert not info.is_embedding

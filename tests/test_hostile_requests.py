@@ -156,6 +156,12 @@ CASES: list[HostileCase] = [
                 param="input", code="too_many_items"),
     HostileCase("embeddings_body_past_max_body_mib", "POST", "/v1/embeddings",
                 lambda: json.dumps({"model": MINILM, "input": "x" * OVER_BODY}).encode(), status=413, param="body"),
+    # --- /v1/rerank ------------------------------------------------------------------------
+    HostileCase("rerank_1m_documents", "POST", "/v1/rerank",
+                lambda: {"model": MINILM, "query": "q", "documents": ["a"] * 1_000_000}, param="documents",
+                code="too_many_items"),
+    HostileCase("rerank_query_repeated_past_max_prompt_chars", "POST", "/v1/rerank",
+                lambda: {"model": MINILM, "query": BIG_TEXT[:3000], "documents": ["a"] * 2000}, param="documents"),
     # --- /v1/responses ---------------------------------------------------------------------
     HostileCase("responses_100k_input_items", "POST", "/v1/responses",
                 lambda: {"model": SMOLLM, "input": [{"role": "user", "content": "x"}] * 100_000}, param="input"),

@@ -22,6 +22,7 @@ from studiolo.api.openai.embeddings import router as embeddings_router
 from studiolo.api.openai.routes import router as openai_router
 from studiolo.api.page.routes import router as page_router
 from studiolo.api.request_metrics import RequestMetrics
+from studiolo.api.rerank.routes import router as rerank_router
 from studiolo.api.responses.routes import router as responses_router
 from studiolo.api.server.health import router as health_router
 from studiolo.api.server.log import router as log_router
@@ -55,6 +56,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(openai_router)
     app.include_router(embeddings_router)
+    app.include_router(rerank_router)
     app.include_router(responses_router)
     app.include_router(anthropic_router)
     app.include_router(v0_router)
@@ -81,6 +83,7 @@ def _share(app: FastAPI, runtime: Runtime) -> None:
     state.log_hub = runtime.log_hub
     state.service = runtime.generation
     state.embeddings = runtime.embeddings
+    state.rerank = runtime.rerank
     state.token_tools = runtime.token_tools
     state.conversations = runtime.conversations
     state.memory = runtime.memory

@@ -200,6 +200,8 @@ COUNTED_PROMPTS = frozenset({"/v1/completions", "/api/v0/completions"})
 # Embeddings' inputs: their text is tokenized whole (in a worker thread, but on a core for as long as
 # it takes), so it is bounded as a prompt's is; the number of inputs as OpenAI bounds it.
 EMBEDDINGS = frozenset({"/v1/embeddings", "/api/v0/embeddings"})
+# Rerank: each document is tokenized with the query, so the query counts once per document.
+RERANK = frozenset({"/v1/rerank", "/rerank", "/v2/rerank"})
 
 
 # Lists of a generation request whose every item costs work before the model runs: each tool's schema
@@ -216,6 +218,9 @@ def check_counts(path: str, value: Any, limits: RequestLimits) -> None:
         _check_generation_lists(value, limits)
     if path in EMBEDDINGS:
         _check_embedding_inputs(value.get("input"), limits)
+        return
+    if path in RERANK:
+        _check_rerank_documents(value.get("query"), value.get("documents"), limits)
         return
     if path in COUNTED_PROMPTS:
         prompts = value.get("prompt")
@@ -244,6 +249,23 @@ def _check_embedding_inputs(inputs: Any, limits: RequestLimits) -> None:
     if chars > limits.max_prompt_chars:
         raise APIError(400, f"'input' is {chars} characters (or token ids), more than the server's limit of "
                        f"{limits.max_prompt_chars} (setting limits.max_prompt_chars)", param="input")
+
+
+def _check_rerank_documents(query: Any, documents: Any, limits: RequestLimits) -> None:
+    from studiolo.api.rerank.routes import MAX_DOCUMENTS  # imported here, as embeddings' limit
+
+    if not isinstance(documents, list):
+        return
+    if len(documents) > MAX_DOCUMENTS:
+        raise APIError(400, f"'documents' has {len(documents)} items, more than {MAX_DOCUMENTS}", param="documents",
+                       code="too_many_items")
+    texts = [d.get("text") if isinstance(d, dict) else d for d in documents]
+    query_chars = len(query) if isinstance(query, str) else 0
+    chars = sum(len(text) + query_chars for text in texts if isinstance(text, str))
+    if chars > limits.max_prompt_chars:
+        raise APIError(400, f"the documents with the query repeated for each are {chars} characters, more than the "
+                       f"server's limit of {limits.max_prompt_chars} (setting limits.max_prompt_chars)",
+                       param="documents")
 
 
 def _check_count(field: str, count: int, limit_name: str, limits: RequestLimits) -> None:

@@ -104,8 +104,9 @@ def resolve_model(server: StudioloClient, name: str) -> str:
     model_id = found.get("id") if isinstance(found, dict) else None
     if not isinstance(model_id, str):
         raise ServerError(f"The server answered without the model's id for '{name}'.")
-    if found.get("type") == "embeddings":
-        raise ServerError(f"'{model_id}' is an embedding model; it cannot chat. `studiolo ls --llm` lists the others.")
+    if found.get("type") in ("embeddings", "reranker"):
+        kind = "a reranker" if found["type"] == "reranker" else "an embedding model"
+        raise ServerError(f"'{model_id}' is {kind}; it cannot chat. `studiolo ls --llm` lists the others.")
     return model_id
 
 

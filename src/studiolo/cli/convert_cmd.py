@@ -1,4 +1,5 @@
-"""``studiolo convert <folder-or-zip>``: turn a BERT embedding checkpoint into a GGUF model.
+"""``studiolo convert <folder-or-zip>``: turn a BERT embedding checkpoint (or a BERT cross-encoder, which
+becomes a reranker) into a GGUF model.
 
 The checkpoint (a sentence-transformers or Hugging Face BERT folder with config.json,
 tokenizer.json and model.safetensors, or a zip of one) is converted by
@@ -26,10 +27,11 @@ def convert_command(
     ),
     outtype: FileType = typer.Option(FileType.F16, "--outtype", help="Weight type of the matrices."),
     pooling: Pooling | None = typer.Option(
-        None, "--pooling", help="Pooling to record (default: the checkpoint's sentence-transformers pooling)."
+        None, "--pooling",
+        help="Pooling to record (default: the checkpoint's sentence-transformers pooling; rank for a cross-encoder).",
     ),
 ) -> None:
-    """Convert a BERT embedding checkpoint to GGUF and put it in the models folder."""
+    """Convert a BERT embedding checkpoint (or cross-encoder: a reranker) to GGUF and put it in the models folder."""
     try:
         publisher, repo = parse_user_repo(name) if name is not None else ("local", _safe_stem(source))
         root = models_dir()
@@ -46,6 +48,8 @@ def convert_command(
         typer.echo(f"Error: {str(error).replace('--user-repo', '--name')}", err=True)
         raise typer.Exit(code=1) from None
     pooled = f"{converted.pooling.value} pooling" if converted.pooling else "no pooling type (not an embedding model)"
+    if converted.pooling is Pooling.RANK:
+        pooled = "rank pooling: a reranker"
     typer.echo(
         f"Converted {source} to {result.target} as {result.key} "
         f"({converted.embedding_length} dimensions, {pooled}, {converted.file_type.value.upper()})"

@@ -255,7 +255,7 @@ def ls_command(
 def print_models(models: list[dict]) -> None:
     console = table_console()
     console.print(models_summary(models))
-    for title, kind in (("LLM", "llm"), ("Embedding", "embedding")):
+    for title, kind in (("LLM", "llm"), ("Embedding", "embedding"), ("Reranker", "reranker")):
         of_kind = [model for model in models if model.get("type") == kind]
         if of_kind:
             console.print()

@@ -10,6 +10,10 @@ inputs does not hold up a request of one. Steps run on the process's compute thr
 (engine/compute.py), between the chat engines' steps.
 
 Vectors are L2-normalized, as OpenAI's are and as sentence-transformers' are when asked.
+
+A reranker (a GGUF with rank pooling) runs here the same way: each input is one (query,
+document) pair (engine/rank_input.py) and its pooled output is the classification head's
+score, taken as it is (``score``), not normalized.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ MAX_SEQUENCES = 64  # inputs per forward pass
 class InputTooLong(InvalidRequest):
     code = "context_length_exceeded"
 
-    def __init__(self, index: int, tokens: int, limit: int):
-        super().__init__(f"input {index} is {tokens} tokens long, more than the model's context of {limit} tokens")
+    def __init__(self, index: int, tokens: int, limit: int, field: str = "input"):
+        # a reranker's input is the query and document together: the document's field is named
+        what = f"input {index}" if field == "input" else f"{field}[{index}] with the query"
+        super().__init__(f"{what} is {tokens} tokens long, more than the model's context of {limit} tokens")
         self.index = index
-        self.param = f"input[{index}]"
+        self.param = f"{field}[{index}]"
 
 
 @dataclass(eq=False)
@@ -55,21 +61,34 @@ class _Job:
 class EmbeddingEngine(EngineLifecycle[_Job]):
     """Its inbox holds the requests (``_Job``) being embedded: each stays there until settled."""
 
-    def __init__(self, model: LlamaModel, settings: EngineSettings):
+    def __init__(self, model: LlamaModel, settings: EngineSettings, *, rank_pooling: bool = False):
+        """``rank_pooling``: a reranker whose GGUF names no pooling type (otherwise the GGUF's own applies)."""
         self.model = model
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length,
                                   BATCH_TOKENS)
         self.context = LlamaContext(model, ContextParams(
             n_ctx=BATCH_TOKENS, n_batch=BATCH_TOKENS, n_seq_max=MAX_SEQUENCES, n_threads=settings.threads,
-            embeddings=True))
+            embeddings=True, rank_pooling=rank_pooling))
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
+        self.ranks = self.context.ranks  # a reranker: one score per input, not a vector
         super().__init__()  # last: the compute thread may step the engine from here on
 
     # --- called from the event loop ---------------------------------------------------
 
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
-        """The normalized vectors of ``inputs`` (token lists), in order."""
+        """The normalized vectors of ``inputs`` (token lists), in order (a reranker's raw scores)."""
         self._check(inputs)
+        return await self._run(inputs)
+
+    async def score(self, inputs: list[list[int]], field: str = "input") -> list[float]:
+        """A reranker's score of each input (a formatted query/document pair), in order; ``field`` names
+        the inputs in errors."""
+        assert self.ranks, "score() needs a model with rank pooling"
+        for index, tokens in enumerate(inputs):
+            self.check_input(index, tokens, field)
+        return [float(output[0]) for output in await self._run(inputs)]
+
+    async def _run(self, inputs: list[list[int]]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         job = _Job(inputs, loop, loop.create_future(), [None] * len(inputs))
         if not self._post(job):
@@ -84,16 +103,17 @@ class EmbeddingEngine(EngineLifecycle[_Job]):
         for index, tokens in enumerate(inputs):
             self.check_input(index, tokens)
 
-    def check_input(self, index: int, tokens: list[int]) -> None:
-        """Refuse input ``index`` if it is empty, longer than the context or holds a foreign token id."""
+    def check_input(self, index: int, tokens: list[int], field: str = "input") -> None:
+        """Refuse input ``index`` if it is empty, longer than the context or holds a foreign token id;
+        errors name ``field[index]``."""
         if not tokens:
-            raise InvalidTokens(f"input {index} is empty", f"input[{index}]")
+            raise InvalidTokens(f"{field} {index} is empty", f"{field}[{index}]")
         if len(tokens) > self.context_length:
-            raise InputTooLong(index, len(tokens), self.context_length)
+            raise InputTooLong(index, len(tokens), self.context_length, field)
         bad = next((t for t in tokens if not self.model.is_valid_token(t)), None)
         if bad is not None:
             raise InvalidTokens(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})",
-                                f"input[{index}]")
+                                f"{field}[{index}]")
 
     def busy(self) -> bool:
         return bool(self._inbox)
@@ -154,7 +174,7 @@ class EmbeddingEngine(EngineLifecycle[_Job]):
             raise RuntimeError(f"llama.cpp failed to embed a batch (status {status})")
         vectors = [self.context.sequence_embedding(seq_id) for seq_id in range(len(inputs))]
         self.context.clear()  # decoder-based embedding models keep cells: drop them
-        return [_normalized(vector) for vector in vectors]
+        return vectors if self.ranks else [_normalized(vector) for vector in vectors]
 
     def _settle(self, job: _Job, error: BaseException | None) -> None:
         with self._wake:

@@ -138,6 +138,10 @@ class LlamaModel:
         self.add_bos: bool = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama.llama_vocab_eos(self._vocab)
+        self.sep_id: int = llama.llama_vocab_sep(self._vocab)
+        self.add_eos: bool = bool(llama.llama_vocab_get_add_eos(self._vocab))
+        self.add_sep: bool = bool(llama.llama_vocab_get_add_sep(self._vocab))
+        self.n_cls_out: int = llama.llama_model_n_cls_out(handle)  # scores per sequence with rank pooling
         self.vocab_type: int = llama.llama_vocab_type(self._vocab)
         self.size_bytes: int = llama.llama_model_size(handle)  # its weights
         # whether the KV cache can drop a sequence's last cells (recurrent and hybrid models keep a
@@ -195,8 +199,10 @@ class LlamaModel:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
 
-    def chat_template(self) -> str | None:
-        raw = llama.llama_model_chat_template(self._handle, None)
+    def chat_template(self, name: str | None = None) -> str | None:
+        """The GGUF's chat template, or its template called ``name`` (``tokenizer.chat_template.<name>``:
+        a reranker's "rerank" prompt)."""
+        raw = llama.llama_model_chat_template(self._handle, name.encode() if name is not None else None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
     def architecture(self) -> str:
@@ -273,6 +279,7 @@ class ContextParams:
     n_seq_max: int
     n_threads: int
     embeddings: bool = False  # pooled embeddings per sequence (the model's pooling), not logits
+    rank_pooling: bool = False  # pool by rank (a reranker's head) whatever the GGUF says
 
 
 class LlamaContext:
@@ -297,6 +304,8 @@ class LlamaContext:
         cparams.swa_full = True
         cparams.no_perf = True
         cparams.embeddings = params.embeddings
+        if params.rank_pooling:
+            cparams.pooling_type = llama.LLAMA_POOLING_TYPE_RANK
         _buffer_sizes.sizes = {}
         try:
             handle = llama.llama_init_from_model(model.handle, cparams)
@@ -313,6 +322,8 @@ class LlamaContext:
         self.n_ctx: int = llama.llama_n_ctx(handle)
         self.n_batch = params.n_batch
         self.embeddings = params.embeddings
+        # the pooling llama.cpp applies (the GGUF's own): RANK gives n_cls_out scores per sequence
+        self.pooling_type: int = llama.llama_pooling_type(handle)
         self.n_threads = params.n_threads
         self.batch = Batch(params.n_batch)
         self._adapter: LoraAdapter | None = None
@@ -351,12 +362,19 @@ class LlamaContext:
         """Run an encoder over the current batch (encoder-only models such as T5's encoder)."""
         return llama.llama_encode(self._handle, self.batch.raw)
 
+    @property
+    def ranks(self) -> bool:
+        """Whether the context pools by rank: a reranker's scores, not embeddings."""
+        return self.pooling_type == llama.LLAMA_POOLING_TYPE_RANK
+
     def sequence_embedding(self, seq_id: int) -> np.ndarray:
-        """The pooled embedding of a sequence in the last batch (a copy)."""
+        """The pooled output of a sequence in the last batch (a copy): its embedding, or with rank
+        pooling its ``n_cls_out`` scores."""
         pointer = llama.llama_get_embeddings_seq(self._handle, seq_id)
         if not pointer:
             raise RuntimeError(f"no pooled embedding for sequence {seq_id} (the model has no pooling)")
-        return np.ctypeslib.as_array(pointer, shape=(self.model.n_embd_out,)).copy()
+        size = self.model.n_cls_out if self.ranks else self.model.n_embd_out
+        return np.ctypeslib.as_array(pointer, shape=(size,)).copy()
 
     def logits(self, batch_index: int) -> np.ndarray:
         """A zero-copy float32 view of the logits computed for one batch position."""

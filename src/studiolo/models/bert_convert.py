@@ -20,6 +20,9 @@ llama.cpp's own converter (``convert_hf_to_gguf.py``, class ``BertModel``) lays 
 - special token ids: CLS (as ``bos``, which is where llama.cpp looks for BERT's CLS, and as
   ``cls_token_id``), SEP, PAD, UNK and MASK; a sequence is ``[CLS] ... [SEP]``.
 
+A cross-encoder (``BertForSequenceClassification`` with one label) becomes a reranker: rank
+pooling and its pooler and classifier as llama.cpp's classification head (models/cross_encoder.py).
+
 The source is a checkpoint folder or a zip of one (the folder may sit one level down in the
 zip). Anything that is not a BERT checkpoint llama.cpp's ``bert`` graph can run is refused
 with a ``ConversionRefused`` that says why, before anything is written.
@@ -27,8 +30,6 @@ with a ``ConversionRefused`` that says why, before anything is written.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,14 +38,13 @@ from typing import Any
 
 import gguf
 import numpy as np
-from safetensors.numpy import load as load_safetensors_bytes
-from safetensors.numpy import load_file as load_safetensors_file
 
-from studiolo.domain.errors import InvalidRequest
+from studiolo.models import cross_encoder
+from studiolo.models.checkpoint_files import Checkpoint, ConversionRefused
 
 PHANTOM_SPACE = "\u2581"
 CLS_TOKEN_ID_KEY = "tokenizer.ggml.cls_token_id"  # older llama.cpp read CLS here; newer reads bos
-BERT_ARCHITECTURES = frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining"})
+BERT_ARCHITECTURES = frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining", cross_encoder.ARCHITECTURE})
 SUPPORTED_ACTIVATIONS = frozenset({"gelu"})  # llama.cpp's bert graph uses GELU in the FFN
 
 # Source tensors llama.cpp's graph does not use: its own pooling replaces the pooler.
@@ -52,10 +52,6 @@ _DROPPED_PREFIXES = ("pooler.", "cls.")
 _DROPPED_NAMES = frozenset({"embeddings.position_ids"})
 
 _SPECIAL_DEFAULTS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"}
-
-
-class ConversionRefused(InvalidRequest):
-    """A checkpoint that cannot be converted; the message says what is wrong with it."""
 
 
 class FileType(StrEnum):
@@ -67,10 +63,11 @@ class Pooling(StrEnum):
     MEAN = "mean"
     CLS = "cls"
     LAST = "last"
+    RANK = "rank"  # a reranker: only a cross-encoder's classification head has it
 
     @property
     def gguf_value(self) -> gguf.PoolingType:
-        return {"mean": gguf.PoolingType.MEAN, "cls": gguf.PoolingType.CLS, "last": gguf.PoolingType.LAST}[self.value]
+        return gguf.PoolingType[self.name]
 
 
 @dataclass(frozen=True)
@@ -91,65 +88,6 @@ class _Vocab:
     special_ids: dict[str, int]
 
 
-class _Checkpoint:
-    """The files of a checkpoint, in a folder or a zip, by their path relative to its root."""
-
-    def __init__(self, source: Path):
-        self.source = source
-        self._zip: zipfile.ZipFile | None = None
-        self._root = PurePosixPath()
-        if source.is_dir():
-            self._folder = source
-        elif source.is_file() and zipfile.is_zipfile(source):
-            self._zip = zipfile.ZipFile(source)
-            self._root = self._zip_root()
-        elif source.exists():
-            raise ConversionRefused(f"{source}: not a checkpoint folder or a zip of one")
-        else:
-            raise ConversionRefused(f"no such file or folder: {source}")
-
-    def _zip_root(self) -> PurePosixPath:
-        assert self._zip is not None
-        configs = [PurePosixPath(n) for n in self._zip.namelist() if PurePosixPath(n).name == "config.json"]
-        # The checkpoint's own config.json is the shallowest one (1_Pooling/config.json sits below it).
-        return min((c.parent for c in configs), key=lambda p: len(p.parts), default=PurePosixPath())
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-
-    def has(self, name: str) -> bool:
-        if self._zip is None:
-            return (self._folder / name).is_file()
-        try:
-            self._zip.getinfo(str(self._root / name))
-        except KeyError:
-            return False
-        return True
-
-    def read_bytes(self, name: str) -> bytes:
-        if self._zip is None:
-            return (self._folder / name).read_bytes()
-        return self._zip.read(str(self._root / name))
-
-    def read_json(self, name: str) -> Any:
-        try:
-            return json.loads(self.read_bytes(name))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConversionRefused(f"{self.source}: {name} is not valid JSON ({error})") from None
-
-    def read_json_if_there(self, name: str) -> Any:
-        return self.read_json(name) if self.has(name) else None
-
-    def load_tensors(self, name: str) -> dict[str, np.ndarray]:
-        try:
-            if self._zip is None:
-                return load_safetensors_file(self._folder / name)
-            return load_safetensors_bytes(self.read_bytes(name))
-        except Exception as error:  # safetensors raises its own error types for a damaged file
-            raise ConversionRefused(f"{self.source}: cannot read {name}: {error}") from None
-
-
 def convert_bert(
     source: Path,
     output: Path,
@@ -164,10 +102,10 @@ def convert_bert(
     checkpoint's sentence-transformers pooling, or supplies one where it has none.
     """
     file_type = FileType(file_type)
-    checkpoint = _Checkpoint(Path(source))
+    checkpoint = Checkpoint(Path(source))
     try:
         config = _bert_config(checkpoint)
-        pooling = Pooling(pooling) if pooling is not None else _pooling_of(checkpoint)
+        pooling = _pooling_for(checkpoint, config, Pooling(pooling) if pooling is not None else None)
         vocab = _vocab_of(checkpoint, config)
         tensors = _tensors_of(checkpoint, config, len(vocab.tokens))
     finally:
@@ -194,7 +132,7 @@ def default_name(source: Path) -> str:
 # --- configuration -------------------------------------------------------------------------
 
 
-def _bert_config(checkpoint: _Checkpoint) -> dict[str, Any]:
+def _bert_config(checkpoint: Checkpoint) -> dict[str, Any]:
     if not checkpoint.has("config.json"):
         raise ConversionRefused(f"{checkpoint.source}: no config.json, so not a Hugging Face model checkpoint")
     config = checkpoint.read_json("config.json")
@@ -236,7 +174,14 @@ def _bert_config(checkpoint: _Checkpoint) -> dict[str, Any]:
     return config
 
 
-def _pooling_of(checkpoint: _Checkpoint) -> Pooling | None:
+def _pooling_for(checkpoint: Checkpoint, config: dict[str, Any], asked: Pooling | None) -> Pooling | None:
+    """Rank for a cross-encoder, else what was asked for or the checkpoint's sentence-transformers pooling."""
+    if cross_encoder.ranks(config, asked.value if asked else None, checkpoint.source):
+        return Pooling.RANK
+    return asked or _pooling_of(checkpoint)
+
+
+def _pooling_of(checkpoint: Checkpoint) -> Pooling | None:
     """The sentence-transformers pooling mode, or None for a checkpoint without one."""
     path = _pooling_config_path(checkpoint)
     if path is None:
@@ -259,7 +204,7 @@ def _pooling_of(checkpoint: _Checkpoint) -> Pooling | None:
     )
 
 
-def _pooling_config_path(checkpoint: _Checkpoint) -> str | None:
+def _pooling_config_path(checkpoint: Checkpoint) -> str | None:
     modules = checkpoint.read_json_if_there("modules.json")
     if isinstance(modules, list):
         for module in modules:
@@ -273,7 +218,7 @@ def _pooling_config_path(checkpoint: _Checkpoint) -> str | None:
 # --- vocabulary ----------------------------------------------------------------------------
 
 
-def _vocab_of(checkpoint: _Checkpoint, config: dict[str, Any]) -> _Vocab:
+def _vocab_of(checkpoint: Checkpoint, config: dict[str, Any]) -> _Vocab:
     special_strings = _special_token_strings(checkpoint)
     by_id, special, prefix = _wordpiece_vocab(checkpoint, special_strings)
     size = max(int(config.get("vocab_size") or 0), max(by_id) + 1)
@@ -282,7 +227,7 @@ def _vocab_of(checkpoint: _Checkpoint, config: dict[str, Any]) -> _Vocab:
     return _Vocab(tokens=tokens, types=types, special_ids=_special_ids(checkpoint, tokens, special_strings))
 
 
-def _wordpiece_vocab(checkpoint: _Checkpoint, special_strings: dict[str, str]) -> tuple[dict[int, str], set[str], str]:
+def _wordpiece_vocab(checkpoint: Checkpoint, special_strings: dict[str, str]) -> tuple[dict[int, str], set[str], str]:
     """Token by id, the special tokens and the continuation prefix, from tokenizer.json or else vocab.txt."""
     if checkpoint.has("tokenizer.json"):
         return _wordpiece_from_tokenizer_json(checkpoint)
@@ -311,7 +256,7 @@ def _llama_tokens(by_id: dict[int, str], special: set[str], prefix: str, size: i
     return tokens, types
 
 
-def _refuse_clashes(checkpoint: _Checkpoint, tokens: list[str]) -> None:
+def _refuse_clashes(checkpoint: Checkpoint, tokens: list[str]) -> None:
     """Two ids with one text (or an empty one) could not be told apart by llama.cpp's tokenizer."""
     clashes = [token for token, count in Counter(tokens).items() if count > 1 or not token]
     if clashes:
@@ -320,7 +265,7 @@ def _refuse_clashes(checkpoint: _Checkpoint, tokens: list[str]) -> None:
         )
 
 
-def _special_ids(checkpoint: _Checkpoint, tokens: list[str], special_strings: dict[str, str]) -> dict[str, int]:
+def _special_ids(checkpoint: Checkpoint, tokens: list[str], special_strings: dict[str, str]) -> dict[str, int]:
     """The id of each special role the tokenizer names; CLS, SEP and UNK are required."""
     index = {token: i for i, token in enumerate(tokens)}
     special_ids = {role: index[text] for role, text in special_strings.items() if text in index}
@@ -330,7 +275,7 @@ def _special_ids(checkpoint: _Checkpoint, tokens: list[str], special_strings: di
     return special_ids
 
 
-def _wordpiece_from_tokenizer_json(checkpoint: _Checkpoint) -> tuple[dict[int, str], set[str], str]:
+def _wordpiece_from_tokenizer_json(checkpoint: Checkpoint) -> tuple[dict[int, str], set[str], str]:
     tokenizer = checkpoint.read_json("tokenizer.json")
     model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
     if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
@@ -346,7 +291,7 @@ def _wordpiece_from_tokenizer_json(checkpoint: _Checkpoint) -> tuple[dict[int, s
     return by_id, special, model.get("continuing_subword_prefix") or "##"
 
 
-def _special_token_strings(checkpoint: _Checkpoint) -> dict[str, str]:
+def _special_token_strings(checkpoint: Checkpoint) -> dict[str, str]:
     strings = dict(_SPECIAL_DEFAULTS)
     for file in ("special_tokens_map.json", "tokenizer_config.json"):
         settings = checkpoint.read_json_if_there(file)
@@ -364,13 +309,16 @@ def _special_token_strings(checkpoint: _Checkpoint) -> dict[str, str]:
 # --- tensors -------------------------------------------------------------------------------
 
 
-def _tensors_of(checkpoint: _Checkpoint, config: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
+def _tensors_of(checkpoint: Checkpoint, config: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
     weights_file = "model.safetensors"
     if not checkpoint.has(weights_file):
         other = next((f for f in ("pytorch_model.bin", "model.safetensors.index.json") if checkpoint.has(f)), None)
         hint = f" (it has {other}, which this converter does not read)" if other else ""
         raise ConversionRefused(f"{checkpoint.source}: no {weights_file}{hint}")
     source_tensors = checkpoint.load_tensors(weights_file)
+    head: dict[str, np.ndarray] = {}
+    if cross_encoder.is_cross_encoder(config):  # before the loop below, which drops pooler and classifier
+        head = cross_encoder.take_head(source_tensors, int(config["hidden_size"]), checkpoint.source)
 
     blocks = int(config["num_hidden_layers"])
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH.BERT, blocks)
@@ -401,7 +349,7 @@ def _tensors_of(checkpoint: _Checkpoint, config: dict[str, Any], vocab_size: int
             raise ConversionRefused(f"{checkpoint.source}: {tensor_name} has shape {actual}, expected {shape}")
     # In a fixed order (safetensors' order differs between file and in-memory loading), so one
     # checkpoint always gives the same bytes.
-    return {tensor_name: tensors[tensor_name] for tensor_name in _expected_shapes(config, vocab_size)}
+    return {tensor_name: tensors[tensor_name] for tensor_name in _expected_shapes(config, vocab_size)} | head
 
 
 def _expected_shapes(config: dict[str, Any], vocab_size: int) -> dict[str, tuple[int, ...]]:
@@ -480,9 +428,13 @@ def _write(
             writer.add_pad_token_id(ids["pad"])
         if "mask" in ids:
             writer.add_mask_token_id(ids["mask"])
+        ranks = pooling is Pooling.RANK  # pairs: [CLS] query [SEP] document [SEP], [SEP] as EOS
+        if ranks:
+            writer.add_eos_token_id(ids["sep"])
+            writer.add_classifier_output_labels(cross_encoder.labels_of(config))
         writer.add_add_bos_token(True)
-        writer.add_add_sep_token(True)
-        writer.add_add_eos_token(False)
+        writer.add_add_sep_token(not ranks)
+        writer.add_add_eos_token(ranks)
 
         for tensor_name, data in tensors.items():
             writer.add_tensor(tensor_name, _stored(tensor_name, data, file_type))

@@ -38,11 +38,12 @@ def draft_entry(catalog: Catalog, name: str) -> CatalogEntry:
     if entry.is_adapter:
         raise InvalidDraftModel(f"'{entry.key}' is a LoRA adapter, not a model that can draft")
     try:
-        is_embedding = read_model_info(entry.path).is_embedding
+        info = read_model_info(entry.path)
     except (InvalidModelFile, OSError) as exc:
         raise InvalidDraftModel(f"cannot draft with '{entry.key}': {exc}") from None
-    if is_embedding:
-        raise InvalidDraftModel(f"'{entry.key}' is an embedding model: it cannot draft tokens")
+    if info.pooled:
+        kind = "a reranker" if info.is_reranker else "an embedding model"
+        raise InvalidDraftModel(f"'{entry.key}' is {kind}: it cannot draft tokens")
     return entry
 
 

@@ -14,8 +14,16 @@ Embedding models: a GGUF counts as an embedding model when its architecture is o
 llama.cpp's encoder-only architectures (``ENCODER_ARCHITECTURES``), or when it has a
 ``<arch>.pooling_type`` of mean, CLS or last. llama.cpp's converter writes that key only
 for sentence-transformers checkpoints (BERT family, gte-Qwen2, Qwen3-Embedding, ...),
-never for chat models; a pooling type of "rank" marks a reranker, which is not an
-embedding model, and "none" means per-token output from a decoder.
+never for chat models; "none" means per-token output from a decoder.
+
+Rerankers: a ``<arch>.pooling_type`` of "rank" (4), whatever the architecture (a BERT or
+XLM-RoBERTa cross-encoder, Qwen3-Reranker), is what llama.cpp loads with its classification
+head attached and what llama-server's ``/rerank`` needs; such a model is a reranker, not an
+embedding model. So is an encoder with a classification head (``cls.weight`` or
+``cls.output.weight``) and no pooling type at all: llama.cpp's converter writes none for BERT
+and XLM-RoBERTa cross-encoders (bge-reranker, jina-reranker), which llama-server serves when
+started with ``--pooling rank``; studiolo loads them with rank pooling (``ranks_by_head``). Both
+kinds run on the embedding engine (``ModelInfo.pooled``).
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ ENCODER_ARCHITECTURES = frozenset(
     }
 )
 EMBEDDING_POOLING = frozenset({PoolingType.MEAN, PoolingType.CLS, PoolingType.LAST})
+# what llama.cpp's rank pooling applies (a dense + tanh, then a projection; jina has only the first)
+CLASSIFIER_HEAD_TENSORS = frozenset({"cls.weight", "cls.output.weight"})
 
 # llama.cpp sets this bit in general.file_type when the type was guessed, not recorded.
 _FILE_TYPE_GUESSED = LlamaFileType.GUESSED.value
@@ -105,13 +115,21 @@ class ModelInfo:
     size_bytes: int
     context_length: int  # trained context length; 0 when the file does not say
     chat_template: str | None
-    is_embedding: bool
+    is_embedding: bool  # makes vectors (/v1/embeddings)
     has_vision: bool  # an mmproj*.gguf sits beside the file
     supports_tools: bool  # the chat template refers to `tools`
     display_name: str
     block_count: int = 0
     embedding_length: int = 0
     head_count_kv: int = 0
+    is_reranker: bool = False  # scores (query, document) pairs (/v1/rerank): rank pooling
+    ranks_by_head: bool = False  # a reranker whose GGUF names no pooling: rank pooling must be asked for
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the model gives one output per sequence (a vector or a score), so that it runs on the
+        embedding engine, not the generation engine."""
+        return self.is_embedding or self.is_reranker
 
 
 @dataclass(frozen=True)
@@ -364,6 +382,9 @@ def model_info_from_header(header: GGUFHeader, path: Path, size_bytes: int) -> M
     template = metadata.get("tokenizer.chat_template")
     template = template if isinstance(template, str) and template.strip() else None
     name = metadata.get("general.name")
+    pooling_type = metadata.get(f"{architecture}.pooling_type")
+    ranks_by_head = pooling_type is None and architecture in ENCODER_ARCHITECTURES and any(
+        tensor.name in CLASSIFIER_HEAD_TENSORS for tensor in header.tensors)
     return ModelInfo(
         architecture=architecture,
         quantization=quantization_name(metadata.get("general.file_type"), header.tensors),
@@ -373,13 +394,15 @@ def model_info_from_header(header: GGUFHeader, path: Path, size_bytes: int) -> M
         size_bytes=size_bytes,
         context_length=_int_field(metadata, f"{architecture}.context_length"),
         chat_template=template,
-        is_embedding=is_embedding_model(architecture, metadata.get(f"{architecture}.pooling_type")),
+        is_embedding=not ranks_by_head and is_embedding_model(architecture, pooling_type),
         has_vision=False,
         supports_tools=bool(template and _TOOLS_IN_TEMPLATE.search(template)),
         display_name=name.strip() if isinstance(name, str) and name.strip() else path.name.removesuffix(".gguf"),
         block_count=_int_field(metadata, f"{architecture}.block_count"),
         embedding_length=_int_field(metadata, f"{architecture}.embedding_length"),
         head_count_kv=_int_field(metadata, f"{architecture}.attention.head_count_kv"),
+        is_reranker=ranks_by_head or is_reranker(pooling_type),
+        ranks_by_head=ranks_by_head,
     )
 
 
@@ -409,9 +432,16 @@ def _dominant_tensor_type(tensors: list[TensorHeader]) -> str:
 
 
 def is_embedding_model(architecture: str, pooling_type: object) -> bool:
+    if is_reranker(pooling_type):
+        return False
     if architecture in ENCODER_ARCHITECTURES:
         return True
     return isinstance(pooling_type, int) and pooling_type in {p.value for p in EMBEDDING_POOLING}
+
+
+def is_reranker(pooling_type: object) -> bool:
+    """Rank pooling: llama.cpp attaches the classification head and gives a score per sequence."""
+    return isinstance(pooling_type, int) and not isinstance(pooling_type, bool) and pooling_type == PoolingType.RANK
 
 
 def _params_string(size_label: object, parameter_count: int) -> str:

@@ -487,14 +487,16 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
         model = LlamaModel(entry.path, on_progress)
     except ModelLoadError as exc:
         raise ModelFileUnloadable(f"cannot load '{entry.key}': {_problem(exc, entry)}") from exc
-    projector = None if info.is_embedding else vision_projector(entry.path)
+    projector = None if info.pooled else vision_projector(entry.path)
     vision = None
     try:
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size)
                    + projector_estimate(projector))
         vision = load_projector(model, projector, settings.threads)
-        engine = EmbeddingEngine(model, settings) if info.is_embedding else Engine(model, settings, vision)
+        # embedding models and rerankers: one pooled output (a vector, a score) per sequence
+        engine = (EmbeddingEngine(model, settings, rank_pooling=info.ranks_by_head) if info.pooled
+                  else Engine(model, settings, vision))
         # its output buffer at its largest: a row of logits per token of a batch, when a request
         # scores every prompt token
         footprint = (context_footprint(model, engine.context, output_rows=engine.context.n_batch)

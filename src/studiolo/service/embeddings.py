@@ -35,6 +35,10 @@ class EmbeddingService:
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         if not self.manager.is_embedding_model(request.model):  # before loading a chat model for nothing
+            info = self.manager.model_info(request.model)
+            if info is not None and info.is_reranker:
+                raise InvalidRequest(f"'{request.model}' is a reranker: it scores documents against a query "
+                                     "(/v1/rerank), it makes no embeddings", "model")
             raise InvalidRequest(f"'{request.model}' is not an embedding model; load one (type embeddings) "
                                  "to get embeddings", "model")
         target = await self.manager.get(request.model, ttl=request.ttl)
@@ -65,7 +69,11 @@ def _tokenized(engine: EmbeddingEngine, model: LlamaModel, items: list[str | lis
 
 
 def check_generation_model(manager: ModelManager, name: str) -> None:
-    """Chat and completions need a generative model: an embedding model is a 400 naming it."""
-    if manager.is_embedding_model(name):
+    """Chat and completions need a generative model: an embedding model or a reranker is a 400 naming it."""
+    info = manager.model_info(name)  # raises for unknown names; None: loading will say what is wrong
+    if info is not None and info.is_embedding:
         raise InvalidRequest(f"'{name}' is an embedding model: it makes embeddings (/v1/embeddings), not "
                              "chat or completions", "model")
+    if info is not None and info.is_reranker:
+        raise InvalidRequest(f"'{name}' is a reranker: it scores documents (/v1/rerank), not chat or "
+                             "completions", "model")

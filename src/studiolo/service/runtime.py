@@ -23,6 +23,7 @@ from studiolo.service.metrics import ServerMetrics
 from studiolo.service.model_log import LogHub, LogHubHandler, install_server_log_handler, remove_server_log_handler
 from studiolo.service.models import ModelService
 from studiolo.service.readiness import Preloads
+from studiolo.service.rerank import RerankService
 from studiolo.service.token_tools import TokenTools
 from studiolo.store.responses import ResponseStore
 
@@ -40,6 +41,7 @@ class Runtime:
         self.generation = GenerationService(self._manager, self.log_hub, settings.limits,
                                             image_url_hosts=settings.image_url_hosts, metrics=self.metrics)
         self.embeddings = EmbeddingService(self._manager)
+        self.rerank = RerankService(self._manager)
         self.token_tools = TokenTools(self._manager, self.generation, settings.limits)
         self.models = ModelService(self._manager)
         self.preloads = Preloads(self.models, settings.preload_models)  # GET /ready waits for them

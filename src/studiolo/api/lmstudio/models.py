@@ -24,6 +24,7 @@ from studiolo.service.models import (
 )
 
 FORMAT = MODEL_FORMAT
+RERANKER = "reranker"  # the type of a model with rank pooling, in v0 and v1 lists alike
 RUNTIME_BODY = {
     "name": RUNTIME.name,
     "version": RUNTIME.version,
@@ -39,9 +40,19 @@ STOP_REASONS = {  # Finished.cause -> LM Studio's LLMPredictionStopReason
 
 
 def model_type_v0(info: ModelInfo) -> str:
+    """LM Studio's v0 ``type``: "llm", "vlm", "embeddings", and studiolo's "reranker" (LM Studio has none)."""
+    if info.is_reranker:
+        return RERANKER
     if info.is_embedding:
         return "embeddings"
     return "vlm" if info.has_vision else "llm"
+
+
+def model_type_v1(info: ModelInfo) -> str:
+    """LM Studio's v1 ``type``: "llm", "embedding", and studiolo's "reranker"."""
+    if info.is_reranker:
+        return RERANKER
+    return "embedding" if info.is_embedding else "llm"
 
 
 def model_v0(model: ListedModel, instance: InstanceStatus | None, model_id: str | None = None) -> dict:
@@ -99,12 +110,12 @@ def instance_v1(instance: InstanceStatus) -> dict:
 def model_v1(model: ListedModel) -> dict:
     info = model.info
     body: dict[str, Any] = {
-        "type": "embedding" if info.is_embedding else "llm",
+        "type": model_type_v1(info),
         "publisher": model.publisher,
         "key": model.key,
         "display_name": info.display_name,
     }
-    if not info.is_embedding:
+    if not info.pooled:
         body["architecture"] = info.architecture
     body.update({
         "quantization": {"name": info.quantization, "bits_per_weight": nominal_bits(info)},
@@ -114,7 +125,7 @@ def model_v1(model: ListedModel) -> dict:
         "max_context_length": info.context_length,
         "format": FORMAT,
     })
-    if not info.is_embedding:
+    if not info.pooled:
         body["capabilities"] = {"vision": info.has_vision, "trained_for_tool_use": info.supports_tools}
         if (reasoning := model.reasoning) is not None:  # allowed_options and default, as LM Studio 0.4
             body["capabilities"]["reasoning"] = reasoning

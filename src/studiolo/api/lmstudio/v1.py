@@ -15,7 +15,7 @@ from fastapi import Request
 from pydantic import Field
 
 from studiolo.api.body import Body
-from studiolo.api.lmstudio.models import models_v1
+from studiolo.api.lmstudio.models import model_type_v1, models_v1
 from studiolo.api.routing import make_router, needs
 from studiolo.api.wire_types import Int
 from studiolo.config import MAX_PARALLEL, MIN_CONTEXT
@@ -56,7 +56,7 @@ async def load_model(body: LoadBody, request: Request) -> dict[str, Any]:
                         draft_model=body.draft_model)
     instance = await _models(request).load(body.model, config)
     result: dict[str, Any] = {
-        "type": "embedding" if instance.info.is_embedding else "llm",
+        "type": model_type_v1(instance.info),
         "instance_id": instance.id,
         "load_time_seconds": round(instance.load_seconds, 3),
         "status": "loaded",

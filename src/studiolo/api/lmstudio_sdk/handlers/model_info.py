@@ -26,8 +26,9 @@ LLM, EMBEDDING = "llm", "embedding"
 
 
 def domain_of(info: ModelInfo) -> str:
-    """The SDK namespace a model belongs to: "embedding" or "llm"."""
-    return EMBEDDING if info.is_embedding else LLM
+    """The SDK namespace a model belongs to: "embedding" or "llm". The SDK knows no rerankers: one is
+    listed with the embedding models, whose engine it runs on."""
+    return EMBEDDING if info.pooled else LLM
 
 
 def model_info(model: ListedModel) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def _described(key: str, publisher: str, path: str, info: ModelInfo) -> dict[str
         body["paramsString"] = info.params_string
     if info.architecture:
         body["architecture"] = info.architecture
-    if not info.is_embedding:
+    if not info.pooled:
         body["vision"] = info.has_vision
         body["trainedForToolUse"] = info.supports_tools
     return body
