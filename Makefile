@@ -52,7 +52,11 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy
 
-test: setup sdk-js web-deps lint browser
+# The set-up steps that do not depend on each other run side by side: llama-cpp-python's build (CPU)
+# with npm's and apt's downloads (network).
+test:
+	$(MAKE) --no-print-directory -j4 setup sdk-js web-deps browser
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 # tests/test_page*.py drive Debian's Chromium through Playwright (its own browser downloads cannot be

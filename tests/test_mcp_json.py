@@ -115,6 +115,31 @@ def test_one_process_serves_every_request(api, home):
     assert runs(pid)
 
 
+def test_a_responses_mcp_tool_named_by_its_label_alone_is_the_mcp_json_server(api, home):
+    tool = {"type": "mcp", "server_label": "weather", "allowed_tools": ["get_weather"], "require_approval": "never"}
+    body = {"model": QWEN, "input": PARIS, "tools": [tool], "tool_choice": "required", "temperature": 0,
+            "repeat_penalty": 1.0, "max_output_tokens": 40}
+    response = api.post("/v1/responses", json=body)
+    assert response.status_code == 200, response.text
+    listed, call = response.json()["output"][:2]
+    assert (listed["type"], listed["server_label"], [t["name"] for t in listed["tools"]]) == (
+        "mcp_list_tools", "weather", ["get_weather"])
+    assert (call["type"], call["name"], call["arguments"], call["output"], call["status"]) == (
+        "mcp_call", "get_weather", '{"city": "Paris"}', "18 C, light rain", "completed")
+    assert len(started_pids(home / "weather-events")) == 1  # the process /api/v1/chat's plugins use
+
+
+@pytest.mark.parametrize(("tool", "status", "param"), [
+    ({"type": "mcp", "server_label": "nope"}, 400, "tools[0]"),
+    ({"type": "mcp", "server_label": "weather", "headers": {"x": "1"}}, 400, "tools[0].headers"),  # mcp.json's own
+    ({"type": "mcp", "server_label": "w", "server_url": "http://127.0.0.1:9/mcp"}, 403, "tools[0]"),  # not allowed here
+])
+def test_responses_mcp_tools_refused_name_their_field(api, tool, status, param):
+    response = api.post("/v1/responses", json={"model": SMOLLM, "input": "Hi", "tools": [tool]})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
 def test_an_unknown_server_is_a_400_naming_integrations(api):
     for integration in ("mcp/nope", {"type": "plugin", "id": "mcp/nope"}):
         response = api.post("/api/v1/chat", json=_chat([integration], model=SMOLLM))

@@ -182,3 +182,17 @@ def test_a_per_request_server_off_the_allowed_hosts_is_refused_before_it_is_reac
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("integrations", "mcp_host_not_allowed")
     assert "192.0.2.1:80" in error["message"] and "mcp_allowed_hosts" in error["message"]
+
+
+@pytest.mark.parametrize(("name", "status", "error", "output"), [
+    ("slow", "failed", {"type": "http_error", "code": 504, "message": TIMEOUT}, None),
+    ("huge", "completed", None, "x" * 200 + f"\n[output cut: {HUGE_CHARS - 200:,} of {HUGE_CHARS:,} characters left out]"),
+])
+def test_responses_mcp_calls_keep_the_same_limits(api, name, status, error, output):
+    tool = {"type": "mcp", "server_label": name, "allowed_tools": ["get_weather"], "require_approval": "never"}
+    body = {"model": QWEN, "input": PARIS, "tools": [tool], "tool_choice": "required", "temperature": 0,
+            "repeat_penalty": 1.0, "max_output_tokens": 40}
+    response = api.post("/v1/responses", json=body)
+    assert response.status_code == 200, response.text
+    call = response.json()["output"][1]
+    assert (call["type"], call["status"], call["error"], call["output"]) == ("mcp_call", status, error, output)

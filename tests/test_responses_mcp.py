@@ -317,7 +317,6 @@ def test_a_server_that_cannot_list_is_a_424(qwen):
 
 
 @pytest.mark.parametrize(("tool", "param"), [
-    ({"type": "mcp", "server_label": "weather"}, "tools[0].server_url"),  # an mcp.json server: not served yet
     ({"type": "mcp", "server_label": "w", "server_url": "file:///etc/passwd"}, "tools[0].server_url"),
     ({"type": "mcp", "server_url": "http://127.0.0.1:1/mcp"}, "tools[0].server_label"),
     ({"type": "mcp", "server_label": "w", "server_url": "http://127.0.0.1:1/mcp",
@@ -347,7 +346,7 @@ def test_approving_a_request_not_made_is_a_400(qwen, mcp):
 def test_mcp_tools_are_refused_unless_the_settings_allow_them(client, mcp):
     with pytest.raises(openai.PermissionDeniedError) as refused:
         client.responses.create(model=SMOLLM, input=PARIS, tools=[_tool(mcp)])
-    assert refused.value.body["param"] == "tools"
+    assert refused.value.body["param"] == "tools[0]"
     assert mcp.headers_seen == []
 
 

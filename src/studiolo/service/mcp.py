@@ -288,6 +288,13 @@ class McpToolbox:
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
         return await self.by_tool[tool].call(tool, arguments)
 
+    async def call_limited(self, tool: str, arguments: dict[str, Any]) -> tuple[str, bool]:
+        """The tool's result as text (cut past ``max_output_chars``) and whether it is an error result,
+        within the call's time limit: a TimeoutError past it, the server's failings raised as ``call``'s."""
+        timeout = self.limits.timeout_seconds
+        text, is_error = await asyncio.wait_for(self.by_tool[tool].call_tool(tool, arguments, timeout + 5), timeout)
+        return cut_output(text, self.limits.max_output_chars), is_error
+
     async def run(self, tool: str, arguments: dict[str, Any]) -> CallOutcome:
         """The call under the limits: never raises for the server's failings (they are the outcome's
         ``failure``), only if cancelled. The output past ``max_output_chars`` is cut, with a marker."""

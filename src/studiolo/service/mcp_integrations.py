@@ -44,13 +44,18 @@ class McpIntegrations:
                                 max(1, limits.mcp_max_rounds))
         self.stdio = StdioServers()
 
-    async def open(self, integrations: Sequence[Integration]) -> McpToolbox:
-        """A toolbox of the integrations' tools (those each allows); closes what it opened if it fails."""
+    def check(self, integrations: Sequence[Integration], param: str = PARAM) -> dict[str, McpJsonEntry]:
+        """Refuses (naming ``param``) what may not be used, before any server is reached; the mcp.json
+        entries of the plugins."""
         remote = [item for item in integrations if isinstance(item, McpServer)]
         plugins = [item for item in integrations if isinstance(item, McpPlugin)]
         if remote:
-            check_per_request_servers(remote, PARAM)
-        entries = self._entries(plugins) if plugins else {}
+            check_per_request_servers(remote, param)
+        return self._entries(plugins, param) if plugins else {}
+
+    async def open(self, integrations: Sequence[Integration], param: str = PARAM) -> McpToolbox:
+        """A toolbox of the integrations' tools (those each allows); closes what it opened if it fails."""
+        entries = self.check(integrations, param)
         toolbox = McpToolbox(limits=self.limits)
         try:
             for item in integrations:
@@ -67,20 +72,20 @@ class McpIntegrations:
     async def close(self) -> None:
         await self.stdio.close()
 
-    def _entries(self, plugins: Sequence[McpPlugin]) -> dict[str, McpJsonEntry]:
+    def _entries(self, plugins: Sequence[McpPlugin], param: str) -> dict[str, McpJsonEntry]:
         if not allow_mcp_json():
             raise Forbidden("servers from mcp.json are not allowed on this server (set allow_mcp_json in "
-                            "settings.json)", PARAM, code="mcp_not_allowed")
+                            "settings.json)", param, code="mcp_not_allowed")
         if not self.require_auth:
             raise Forbidden("servers from mcp.json are called only when the server requires auth "
                             "(require_auth): they are programs of this machine that any client could "
-                            "otherwise run; allow_mcp_json is set but auth is off", PARAM,
+                            "otherwise run; allow_mcp_json is set but auth is off", param,
                             code="mcp_json_needs_auth")
         entries = read_mcp_json()
         for plugin in plugins:
             if plugin.name not in entries:
                 known = ", ".join(f"mcp/{name}" for name in sorted(entries)) or "none"
-                raise InvalidRequest(f"no server 'mcp/{plugin.name}' in mcp.json (it has: {known})", PARAM,
+                raise InvalidRequest(f"no server 'mcp/{plugin.name}' in mcp.json (it has: {known})", param,
                                      code="plugin_not_found")
         return entries
 

@@ -35,18 +35,19 @@ import httpx2
 import mcp_types
 from mcp import MCPError
 
-from studiolo.config import allow_per_request_mcp
 from studiolo.domain.chat import Tools, ToolSpec
-from studiolo.domain.errors import Forbidden, InvalidRequest, Kind, StudioloError
+from studiolo.domain.errors import InvalidRequest, Kind, StudioloError
 from studiolo.service.conversations import ConversationRun, Conversations, Turn, conversation_items, missing_previous
 from studiolo.service.generation import Generation
 from studiolo.service.items import Item, new_id
-from studiolo.service.mcp import McpServer, McpToolbox, open_toolbox
+from studiolo.service.mcp import McpServer, McpToolbox
+from studiolo.service.mcp_integrations import Integration, McpIntegrations, McpPlugin
 from studiolo.service.mcp_turn import MAX_ROUNDS, said_items
 from studiolo.service.tools import check_no_other_constraint, offered_tools
 from studiolo.service.types import Finished, GenerationEvent, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 INVALID_PARAMS = -32602  # JSON-RPC's code, which MCP servers give for an unknown tool
+TIMEOUT_STATUS = 504  # an mcp_call's http_error code when the tool gave no answer within the call's limit
 UNREACHABLE_STATUS = 502  # an mcp_call's http_error code when the server gave no HTTP status (it was not reached)
 
 
@@ -76,9 +77,13 @@ class ApprovalPolicy:
 class McpTool:
     """One ``{"type": "mcp"}`` tool of a request."""
 
-    server: McpServer
+    server: Integration  # a per-request server, or one of mcp.json
     approval: ApprovalPolicy
     param: str  # its field: "tools[2]"
+
+    @property
+    def label(self) -> str:
+        return self.server.label if isinstance(self.server, McpServer) else self.server.name
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,10 @@ class ToolOffer:
     parallel: bool = True
 
 
-def configured_server(label: str, param: str) -> McpServer:
-    """The server of an mcp tool given by ``server_label`` alone: a server of ``mcp.json``. Not served
-    yet; this is where mcp.json's servers (and their setting) are to be looked up."""
-    raise InvalidRequest(f"the MCP server '{label}' is not configured on this server: give its 'server_url' "
-                         "(mcp.json servers are not served yet)", f"{param}.server_url")
+def configured_server(label: str, allowed_tools: tuple[str, ...] | None) -> McpPlugin:
+    """The server of an mcp tool given by ``server_label`` alone: the server of ``mcp.json`` so named
+    (allowed, and known, when the response starts)."""
+    return McpPlugin(label, allowed_tools)
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,10 @@ class _Round:
 class McpResponse:
     """A response and its rounds; ``generation`` is the current round's."""
 
-    def __init__(self, conversations: Conversations, turn: Turn, offer: ToolOffer, tools: list[McpTool]):
+    def __init__(self, conversations: Conversations, integrations: McpIntegrations, turn: Turn, offer: ToolOffer,
+                 tools: list[McpTool]):
         self._conversations = conversations
+        self._integrations = integrations
         self._turn = turn
         self._offer = offer
         self._tools = tools
@@ -160,16 +166,15 @@ class McpResponse:
         self._id = ""
 
     @classmethod
-    async def start(cls, conversations: Conversations, turn: Turn, offer: ToolOffer,
+    async def start(cls, conversations: Conversations, integrations: McpIntegrations, turn: Turn, offer: ToolOffer,
                     tools: list[McpTool]) -> McpResponse:
         """The response with its first round started: the servers reached and listed, the approved
         calls run. What can be refused is refused here; the servers' sessions end with the response,
         or now if it cannot start."""
-        if not allow_per_request_mcp():
-            raise Forbidden("per-request MCP servers are not allowed on this server (set allow_per_request_mcp "
-                            "in settings.json)", "tools", code="mcp_not_allowed")
+        for tool in tools:  # the settings (per-request servers, mcp.json), before anything else
+            integrations.check([tool.server], tool.param)
         await conversations.loads_model(turn)  # an unknown model (...) is refused before any server is reached
-        response = cls(conversations, turn, offer, tools)
+        response = cls(conversations, integrations, turn, offer, tools)
         try:
             earlier = await response._earlier_items()
             approved = response._approved_calls(earlier)
@@ -285,7 +290,7 @@ class McpResponse:
         request not made, or already answered, or of a server not in ``tools``, is a 400)."""
         requests = {item["id"]: item for item in earlier if item.get("type") == "mcp_approval_request"}
         answered = {item["approval_request_id"] for item in earlier if item.get("type") == "mcp_approval_response"}
-        labels = {tool.server.label for tool in self._tools}
+        labels = {tool.label for tool in self._tools}
         approved: list[Item] = []
         for index, item in enumerate(self._turn.items):
             if item.get("type") == "mcp_approval_request":
@@ -312,8 +317,8 @@ class McpResponse:
         shown = {item.get("server_label") for item in earlier + self._turn.items
                  if item.get("type") == "mcp_list_tools"}
         for tool in self._tools:
-            label = tool.server.label
-            self._toolboxes[label] = toolbox = await _listed_toolbox(tool)
+            label = tool.label
+            self._toolboxes[label] = toolbox = await _listed_toolbox(self._integrations, tool)
             for spec in toolbox.specs:
                 if spec.name in self._tool_of:
                     raise InvalidRequest(f"two MCP servers offer a tool named '{spec.name}'", tool.param)
@@ -326,7 +331,7 @@ class McpResponse:
         specs = list(offer.specs)
         params = list(offer.params)
         for tool in self._tools:
-            specs += self._toolboxes[tool.server.label].specs
+            specs += self._toolboxes[tool.label].specs
             params += [tool.param] * (len(specs) - len(params))
         def field(index: int, name: str) -> str:  # an MCP tool's spec is named by its server's tool
             return params[index] if index >= len(offer.specs) else f"{params[index]}.{name}"
@@ -363,7 +368,7 @@ class McpResponse:
             needs_approval = tool.approval.needed(delta.name)
             kind = "mcp_approval_request" if needs_approval else "mcp_call"
             item: Item = {"type": kind, "id": new_id("mcpr" if needs_approval else "mcp"),
-                          "server_label": tool.server.label, "name": delta.name, "arguments": ""}
+                          "server_label": tool.label, "name": delta.name, "arguments": ""}
             if not needs_approval:
                 item.update(approval_request_id=None, output=None, error=None, status="in_progress")
             else:
@@ -384,24 +389,28 @@ class McpResponse:
     async def _call(self, item: Item) -> Item:
         """The call run: its item with the output, or the error the model and the client read."""
         name = item["name"]
-        toolbox = self._toolboxes[self._tool_of[name].server.label] if name in self._tool_of else None
+        toolbox = self._toolboxes[self._tool_of[name].label] if name in self._tool_of else None
         if toolbox is None:  # an approved request of a tool the server no longer offers: as MCP says it
             message = f"the MCP server '{item['server_label']}' offers no tool '{name}'"
             return {**item, "status": "failed", "output": None,
                     "error": {"type": "mcp_protocol_error", "code": INVALID_PARAMS, "message": message}}
         try:
             arguments = json.loads(item["arguments"] or "{}")  # the tool grammar (or the input's check) made it JSON
-            output = await toolbox.call(name, arguments)
-        except (StudioloError, TimeoutError) as exc:
+            output, _ = await toolbox.call_limited(name, arguments)  # an error result is output: the model reads it
+        except TimeoutError:
+            message = f"the MCP tool '{name}' gave no answer within {toolbox.limits.timeout_seconds:g} s"
+            return {**item, "status": "failed", "output": None,
+                    "error": {"type": "http_error", "code": TIMEOUT_STATUS, "message": message}}
+        except StudioloError as exc:
             return {**item, "status": "failed", "output": None, "error": call_error(exc)}
         return {**item, "status": "completed", "output": output, "error": None}
 
 
-async def _listed_toolbox(tool: McpTool) -> McpToolbox:
+async def _listed_toolbox(integrations: McpIntegrations, tool: McpTool) -> McpToolbox:
     """One server's session and tools; a failure names the tool's field."""
-    label = tool.server.label
+    label = tool.label
     try:
-        return await open_toolbox([tool.server])
+        return await integrations.open([tool.server], tool.param)
     except InvalidRequest as exc:  # a tool schema it lists cannot be compiled
         raise InvalidRequest(f"MCP server '{label}': {exc}", tool.param) from None
     except StudioloError as exc:

@@ -29,7 +29,7 @@ from studiolo.service.mcp_responses import McpResponse, McpTool
 
 async def create_mcp_response(request: Request, body: ResponseBody, conversations: Conversations, turn: Turn,
                               tools: list[McpTool]) -> Any:
-    start = McpResponse.start(conversations, turn, body.tool_offer(), tools)
+    start = McpResponse.start(conversations, request.app.state.runtime.mcp, turn, body.tool_offer(), tools)
     try:
         response = await until_disconnected(request, start)  # cancelled, it ends the sessions it opened
     except ClientDisconnected:

@@ -4,8 +4,9 @@
 
 An mcp tool with ``server_url`` is a remote MCP server fetched per request (the server setting
 ``allow_per_request_mcp``, as /api/v1/chat's ephemeral integrations); ``authorization`` is sent as a
-bearer token beside ``headers``. Given by ``server_label`` alone it names a configured server
-(service/mcp_responses.configured_server). ``connector_id`` (OpenAI's hosted connectors) and
+bearer token beside ``headers``. Given by ``server_label`` alone it names a server of ``mcp.json``
+(the setting ``allow_mcp_json``, as /api/v1/chat's ``mcp/<name>`` plugins; its headers come from
+mcp.json, so the request's are refused). ``connector_id`` (OpenAI's hosted connectors) and
 ``read_only`` filters (they need the tools' annotations) are refused, each a 400 naming its field.
 Headers and the token are never repeated in the response object nor stored: they hold secrets.
 """
@@ -20,6 +21,7 @@ from studiolo.api.body import Body
 from studiolo.domain.errors import InvalidRequest
 from studiolo.service.items import Item
 from studiolo.service.mcp import McpServer
+from studiolo.service.mcp_integrations import McpPlugin
 from studiolo.service.mcp_responses import ApprovalPolicy, McpTool, configured_server
 
 
@@ -66,16 +68,19 @@ class McpToolBody(Body):
                 "require_approval": approval.model_dump(exclude_none=True) if isinstance(approval, ApprovalFilter)
                 else approval or "always"}
 
-    def _server(self, param: str) -> McpServer:
+    def _server(self, param: str) -> McpServer | McpPlugin:
+        allowed = self.allowed_tools
+        names = allowed.names(f"{param}.allowed_tools") if isinstance(allowed, ToolNames) else allowed
         if self.server_url is None:
-            return configured_server(self.server_label, param)
+            if self.headers or self.authorization is not None:  # as on /api/v1/chat: mcp.json says them
+                raise InvalidRequest("'headers' and 'authorization' go with a 'server_url'; an mcp.json server's "
+                                     "come from mcp.json", f"{param}.headers")
+            return configured_server(self.server_label, tuple(names) if names is not None else None)
         if not self.server_url.startswith(("http://", "https://")):
             raise InvalidRequest("'server_url' must be an http(s) URL (remote MCP servers only)", f"{param}.server_url")
         headers = dict(self.headers or {})
         if self.authorization is not None:
             headers["Authorization"] = f"Bearer {self.authorization}"
-        allowed = self.allowed_tools
-        names = allowed.names(f"{param}.allowed_tools") if isinstance(allowed, ToolNames) else allowed
         return McpServer(self.server_label, self.server_url, tuple(names) if names is not None else None,
                          tuple(headers.items()))
 
