@@ -186,7 +186,8 @@ def test_a_per_request_server_off_the_allowed_hosts_is_refused_before_it_is_reac
 
 @pytest.mark.parametrize(("name", "status", "error", "output"), [
     ("slow", "failed", {"type": "http_error", "code": 504, "message": TIMEOUT}, None),
-    ("huge", "completed", None, "x" * 200 + f"\n[output cut: {HUGE_CHARS - 200:,} of {HUGE_CHARS:,} characters left out]"),
+    ("huge", "completed", None,
+     "x" * 200 + f"\n[output cut: {HUGE_CHARS - 200:,} of {HUGE_CHARS:,} characters left out]"),
 ])
 def test_responses_mcp_calls_keep_the_same_limits(api, name, status, error, output):
     tool = {"type": "mcp", "server_label": name, "allowed_tools": ["get_weather"], "require_approval": "never"}

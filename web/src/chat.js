@@ -103,6 +103,12 @@ function follow(answer, type, event) {
       if (call) Object.assign(call, { arguments: event.arguments, output: event.output, running: type !== "tool_call.success" });
       break;
     }
+    case "tool_call.failure": {
+      // a call that errored, timed out or lost its server: the model reads the reason, and so does the user
+      const call = answer.tools?.[answer.tools.length - 1];
+      if (call) Object.assign(call, { output: event.reason, running: false, failed: true });
+      break;
+    }
     case "error":
       answer.error = event.error?.message || "The answer failed.";
       break;

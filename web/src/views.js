@@ -101,7 +101,7 @@ function ToolCall({ call }) {
   const args = typeof call.arguments === "string" ? call.arguments : JSON.stringify(call.arguments ?? {});
   return html`
     <details class="tool-call">
-      <summary>${call.running ? "Calling" : "Called"} <code>${call.tool}</code>${call.server && ` on ${call.server}`}</summary>
+      <summary>${call.running ? "Calling" : call.failed ? "Failed calling" : "Called"} <code>${call.tool}</code>${call.server && ` on ${call.server}`}</summary>
       <div class="tool-io"><span>arguments</span><pre>${args}</pre><span>result</span><pre>${call.output ?? "…"}</pre></div>
     </details>
   `;
