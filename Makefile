@@ -18,6 +18,10 @@ WEB_INSTALLED := web/node_modules/.installed
 # wheel built earlier with other flags is never reused.
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16',)
 PORT ?= 1234
+# The suite's files shared out to two workers (pytest-xdist), a file's tests kept on one worker since
+# they share its servers. TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: setup models models-extra serve lint test test-stress soak bench clean sdk-js page web-deps browser
 
@@ -57,7 +61,7 @@ lint: $(INSTALLED)
 test:
 	$(MAKE) --no-print-directory -j4 setup sdk-js web-deps browser
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # tests/test_page*.py drive Debian's Chromium through Playwright (its own browser downloads cannot be
 # had here): installed once when missing
@@ -79,7 +83,7 @@ $(WEB_INSTALLED): web/package.json web/package-lock.json
 # The whole suite RUNS times (3) in a row while one CPU-bound process per core keeps the machine
 # busy: what a loaded CI machine does to timing. Logs in build/stress/.
 test-stress: setup
-	$(PY) -m tests.stress --runs $(or $(RUNS),3)
+	$(PY) -m tests.stress --runs $(or $(RUNS),3) $(PYTEST_PARALLEL)
 
 # A real server on loopback under 64 concurrent streams, 500 aborted ones and every hostile case
 # of tests/test_hostile_*.py, its memory sampled; fails on any error, 5xx, leaked sequence, or
