@@ -23,6 +23,7 @@ from studiolo.models.bert_convert import PHANTOM_SPACE, ConversionRefused, conve
 from studiolo.models.catalog import Catalog
 from studiolo.models.defaults import MINILM, MINILM_NAME, minilm_checkpoint, sha256_of
 from studiolo.models.gguf_info import read_model_info
+from tests.numpy_bert import bert_hidden_states
 
 SENTENCES = [
     "hello",
@@ -174,34 +175,7 @@ def test_llama_cpp_embeds_like_a_numpy_bert(llm, checkpoint_files):
 
 def _numpy_bert_mean_pooled(weights: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """BERT's forward pass in float64 numpy: mean over all tokens, then L2-normalized."""
-    w = {name: value.astype(np.float64) for name, value in weights.items()}
-
-    def layer_norm(x, prefix):
-        centered = x - x.mean(-1, keepdims=True)
-        scale = np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-12)
-        return centered / scale * w[prefix + ".weight"] + w[prefix + ".bias"]
-
-    def linear(x, prefix):
-        return x @ w[prefix + ".weight"].T + w[prefix + ".bias"]
-
-    def split_heads(x):
-        return x.reshape(len(ids), HEADS, HIDDEN // HEADS).transpose(1, 0, 2)
-
-    erf = np.vectorize(math.erf)
-    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][: len(ids)]
-    x = layer_norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
-    for block in range(BLOCKS):
-        p = f"encoder.layer.{block}"
-        q, k, v = (split_heads(linear(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(HIDDEN // HEADS)
-        attention = np.exp(scores - scores.max(-1, keepdims=True))
-        attention /= attention.sum(-1, keepdims=True)
-        context = (attention @ v).transpose(1, 0, 2).reshape(len(ids), HIDDEN)
-        x = layer_norm(x + linear(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
-        hidden = linear(x, f"{p}.intermediate.dense")
-        hidden = 0.5 * hidden * (1 + erf(hidden / math.sqrt(2)))
-        x = layer_norm(x + linear(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-    pooled = x.mean(0)
+    pooled = bert_hidden_states(weights, ids, BLOCKS, HIDDEN, HEADS).mean(0)
     return pooled / np.linalg.norm(pooled)
 
 

@@ -10,7 +10,6 @@ tanh on [CLS], then the classifier), with every token in segment 0 as llama.cpp'
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import gguf
@@ -24,6 +23,7 @@ from studiolo.cli.main import app
 from studiolo.models.bert_convert import ConversionRefused, convert_bert
 from studiolo.models.gguf_info import read_model_info
 from tests.conftest import RunningServer, free_port
+from tests.numpy_bert import bert_hidden_states, linear_layer
 
 HIDDEN, HEADS, FFN, BLOCKS, POSITIONS = 32, 4, 64, 2, 64
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "where", "is", "the", "tower", "?", "it", "in", "paris",
@@ -81,35 +81,9 @@ def write_checkpoint(folder: Path, config: dict | None = None, weights: dict | N
 
 def reference_score(weights: dict[str, np.ndarray], ids: list[int]) -> float:
     """BertForSequenceClassification's logit in float64 numpy, every token in segment 0."""
-    w = {name.removeprefix("bert."): value.astype(np.float64) for name, value in weights.items()}
-
-    def layer_norm(x, prefix):
-        centered = x - x.mean(-1, keepdims=True)
-        return centered / np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-12) * w[prefix + ".weight"] \
-            + w[prefix + ".bias"]
-
-    def linear(x, prefix):
-        return x @ w[prefix + ".weight"].T + w[prefix + ".bias"]
-
-    def heads(x):
-        return x.reshape(len(ids), HEADS, HIDDEN // HEADS).transpose(1, 0, 2)
-
-    erf = np.vectorize(math.erf)
-    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][: len(ids)]
-    x = layer_norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
-    for block in range(BLOCKS):
-        p = f"encoder.layer.{block}"
-        q, k, v = (heads(linear(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(HIDDEN // HEADS)
-        attention = np.exp(scores - scores.max(-1, keepdims=True))
-        attention /= attention.sum(-1, keepdims=True)
-        context = (attention @ v).transpose(1, 0, 2).reshape(len(ids), HIDDEN)
-        x = layer_norm(x + linear(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
-        hidden = linear(x, f"{p}.intermediate.dense")
-        hidden = 0.5 * hidden * (1 + erf(hidden / math.sqrt(2)))
-        x = layer_norm(x + linear(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-    pooled = np.tanh(linear(x[0], "pooler.dense"))
-    return float(linear(pooled, "classifier")[0])
+    x = bert_hidden_states(weights, ids, BLOCKS, HIDDEN, HEADS)
+    pooled = np.tanh(linear_layer(weights, x[0], "bert.pooler.dense"))
+    return float(linear_layer(weights, pooled, "classifier")[0])
 
 
 def pair_ids(query: str, document: str) -> list[int]:
