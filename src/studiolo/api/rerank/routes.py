@@ -52,21 +52,9 @@ def _service(request: Request) -> RerankService:
 
 
 @router.post("/v1/rerank")
-async def rerank_v1(body: RerankBody, request: Request):
-    return await _rerank(body, request)
-
-
-@router.post("/rerank")
+@router.post("/rerank")  # llama-server's and Jina's path
+@router.post("/v2/rerank")  # vLLM's Cohere-style path
 async def rerank(body: RerankBody, request: Request):
-    return await _rerank(body, request)
-
-
-@router.post("/v2/rerank")
-async def rerank_v2(body: RerankBody, request: Request):
-    return await _rerank(body, request)
-
-
-async def _rerank(body: RerankBody, request: Request):
     texts = body.texts()
     work = _service(request).rerank(RerankRequest(body.model, body.query, texts, body.top_n, body.ttl))
     try:
