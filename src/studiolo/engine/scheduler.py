@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from studiolo.engine.llama import LoraAdapter
+from studiolo.engine.prompt_scoring import first_read_row, least_prefill
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.vision_steps import image_at, resume_outside_images, text_remaining
@@ -81,7 +82,8 @@ class Scheduler:
             seq = self.waiting.popleft()
             # Scoring the prompt needs logits at every position: nothing can be reused.
             seq.slot, reused = self.slots.acquire(
-                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs, positions=seq.position
+                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs, positions=seq.position,
+                prefill_at_least=least_prefill(seq.request),
             )
             if seq.request.images:  # never resume inside an image
                 reused = self.slots.keep(seq.slot, resume_outside_images(seq.request.images, reused), seq.position)
@@ -119,8 +121,9 @@ class Scheduler:
                 take -= 1  # the last prompt token goes in a step of its own (module docstring)
             tokens = seq.prompt[seq.n_past : seq.n_past + take]
             chunk = Chunk(seq, tokens, seq.n_past, take)
-            if seq.request.prompt_logprobs:
-                chunk.logits_from = 0
+            first_read = first_read_row(seq.request)  # scoring reads rows from there (engine/prompt_scoring.py)
+            if first_read is not None:
+                chunk.logits_from = min(take, max(0, first_read - seq.n_past))
             elif chunk.completes_prompt:
                 chunk.logits_from = take - 1
             chunks.append(chunk)
