@@ -15,7 +15,8 @@ The last token of a prompt is always decoded in a step after the rest of it, as 
 own. Its logits decide the first generated token, and CPU kernels round differently by batch
 shape (Gemma 3's Q4_K ones do): a prompt resumed from the prefix cache prefills only that last
 token, alone, so a cold prompt must compute it the same way, or a seeded request would give
-another answer once its prompt was cached. It costs one decode step per request.
+another answer once its prompt was cached. It costs one decode step per request, so a request that
+samples nothing (``max_tokens=0``: echo, scoring) is spared it.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ class Scheduler:
                 # scoring costs a full-vocabulary softmax per token on the worker thread:
                 # a few per step, so that other sequences keep streaming meanwhile
                 take = min(take, SCORED_TOKENS_PER_STEP)
-            elif 1 < take == seq.prompt_remaining():
-                take -= 1  # the last prompt token goes in a step of its own (module docstring)
+            elif 1 < take == seq.prompt_remaining() and seq.request.max_tokens != 0:
+                take -= 1  # the last prompt token goes in a step of its own (module docstring), if sampled from
             tokens = seq.prompt[seq.n_past : seq.n_past + take]
             chunk = Chunk(seq, tokens, seq.n_past, take)
             first_read = first_read_row(seq.request)  # scoring reads rows from there (engine/prompt_scoring.py)

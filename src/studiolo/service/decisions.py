@@ -87,7 +87,7 @@ class Answer:
 class Decisions:
     model: str
     answers: list[Answer]
-    input_tokens: int  # over every read: the prefix counts once per read
+    input_tokens: int  # over every sequence run (the prefix's, each read's): the prefix counts once per read
     cached_tokens: int  # of those, the ones that came from the prefix cache
 
 
@@ -170,9 +170,11 @@ class DecisionService:
     async def _run(self, target: Target, engine: Engine, prefix: list[int], reads: list[_Read],
                    questions: list[Question]) -> Decisions:
         deadline = queue_deadline(self.limits.queue_timeout_seconds)
+        finished: list[FinishEvent] = []
         if len(reads) > 1:  # the prefix once, so that every read starts from its cells
             warm = GenerationRequest(prompt=prefix, max_tokens=0, adapter=target.adapter, queue_deadline=deadline)
-            await _collect(engine.submit_many([warm], self.limits.max_queued_per_model))
+            prefilled = await _collect(engine.submit_many([warm], self.limits.max_queued_per_model))
+            finished += [finish for _, finish in prefilled]
         requests = [GenerationRequest(prompt=read.tokens, max_tokens=0, adapter=target.adapter,
                                       score_tail=read.tail_length, score_next=tuple(read.next_ids),
                                       queue_deadline=deadline) for read in reads]
@@ -185,7 +187,7 @@ class DecisionService:
             if read.tail_label is not None:
                 logprobs[read.question][read.tail_label] = math.fsum(scores.tail)
         answers = [_answer(values) for values in logprobs]
-        finished = [finish for _, finish in results]
+        finished += [finish for _, finish in results]
         return Decisions(target.name, answers, sum(f.prompt_tokens for f in finished),
                          sum(f.cached_tokens for f in finished))
 
