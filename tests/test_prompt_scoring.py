@@ -100,3 +100,18 @@ def test_a_scoring_request_is_checked(engine, model):
 
 async def _submit(engine: Engine, request: GenerationRequest) -> None:
     engine.submit(request)
+
+
+def test_reads_leave_only_the_shared_prefix_behind(engine, model):
+    """Reads of one input (``keep_cells``): their slots keep the input, and the RAM prompt cache never gets
+    a copy of it per question."""
+    prefix = model.tokenize(PREFIX, add_special=True)
+    engine.slots.forget_all()
+    run(engine, GenerationRequest(prompt=prefix, max_tokens=0))
+    reads = [GenerationRequest(prompt=prefix + model.tokenize(f" Question {i}: is it {i}? Answer: yes",
+                                                              add_special=False),
+                               max_tokens=0, score_tail=1, keep_cells=len(prefix)) for i in range(8)]
+    finished = [_of(events, FinishEvent) for events in run(engine, *reads)]
+    assert all(finish.reason == "length" and finish.cached_tokens >= len(prefix) for finish in finished)
+    assert all(slot.tokens in ([], prefix) for slot in engine.slots.slots)
+    assert all(len(entry.tokens) <= len(prefix) for entry in engine.slots.cache.entries)

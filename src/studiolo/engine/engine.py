@@ -447,6 +447,8 @@ class Engine(EngineLifecycle[_Command]):
         if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
             # before the slot is released: another sequence may take its cells
             saved = SavedSequence(list(seq.slot.tokens), self.context.save_sequence(seq.slot.seq_id).tobytes())
+        if seq.request.keep_cells is not None and seq.slot is not None and seq.state is not SequenceState.FINISHED:
+            self.slots.keep(seq.slot, min(seq.request.keep_cells, len(seq.slot.tokens)), seq.position)
         self._left(seq)
         self.scheduler.remove(seq)
         if seq.sampler is not None:

@@ -37,6 +37,10 @@ class GenerationRequest:
     # the prompt's last ``score_tail`` tokens, and of each ``score_next`` id as the token after the prompt
     score_tail: int = 0
     score_next: tuple[int, ...] = ()
+    # at its end, its slot keeps only its first ``keep_cells`` tokens' cells (None: all): a decision's
+    # reads leave the shared input behind, not their question, which nothing will reuse and which the
+    # RAM prompt cache would otherwise save, one copy of the input per question
+    keep_cells: int | None = None
     constraint: CompiledConstraint | None = None  # what the output must match (JSON schema, regex, ...)
     adapter: LoraAdapter | None = None  # a LoRA adapter to decode with (None: the bare model)
     report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt

@@ -177,7 +177,7 @@ class DecisionService:
             finished += [finish for _, finish in prefilled]
         requests = [GenerationRequest(prompt=read.tokens, max_tokens=0, adapter=target.adapter,
                                       score_tail=read.tail_length, score_next=tuple(read.next_ids),
-                                      queue_deadline=deadline) for read in reads]
+                                      keep_cells=len(prefix), queue_deadline=deadline) for read in reads]
         results = await _collect(engine.submit_many(requests, self.limits.max_queued_per_model))
         logprobs: list[list[float]] = [[0.0] * len(q.labels) for q in questions]
         for read, (scores, _) in zip(reads, results, strict=True):
