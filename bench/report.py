@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import messages, sdk, speculative, vision
+from bench import decisions, messages, sdk, speculative, vision
 
 PEERS = ("llama-server", "llama-cpp-python")
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -164,7 +164,8 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                        + ", ".join(map(str, batches[:-1])) + f" and {batches[-1]}",
                        ", ".join(f"{b}: {ratios[b]:.2f}x" for b in batches), min(ratios.values()) >= 1.0))
     return (checks + speculative.targets(results.get("speculative")) + vision.targets(results.get("vision"))
-            + messages.targets(results.get("messages")) + sdk.targets(results.get("sdk")))
+            + messages.targets(results.get("messages")) + sdk.targets(results.get("sdk"))
+            + decisions.targets(results.get("decisions")))
 
 
 def _sampled_targets(key: str, ours: dict, server: dict) -> list[tuple[str, str, bool | None]]:
@@ -371,6 +372,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
     out += vision.lines(results.get("vision"))
     out += messages.lines(results.get("messages"))
     out += sdk.lines(results.get("sdk"))
+    out += decisions.lines(results.get("decisions"))
     out += ["## Targets", ""]
     out += ["| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {_met(met)} |" for name, value, met in targets(results)]

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from bench import messages, report, sdk, speculative, vision
+from bench import decisions, messages, report, sdk, speculative, vision
 from bench.bandwidth import decode_limit_tps, triad_bandwidth_gbs
 from bench.ceiling import BareLoopTarget
 from bench.config import (
@@ -135,6 +135,8 @@ def main() -> None:
         results["messages"] = messages.measure(config, RESULTS / "messages", config.decode_repeats)
         print("lm studio sdk:", flush=True)
         results["sdk"] = sdk.measure(config, RESULTS / "sdk", config.decode_repeats)
+        print("decisions:", flush=True)
+        results["decisions"] = decisions.measure(config, RESULTS / "decisions", config.decode_repeats)
     if set(EMBEDDING_SERVERS) <= set(args.servers):
         print("embeddings:", flush=True)
         results["embeddings"] = bench_embeddings(config, RESULTS)

@@ -243,12 +243,12 @@ def test_v0_models_field_by_field(managed):
     assert models[SMOLLM] == {
         "id": SMOLLM, "object": "model", "type": "llm", "publisher": "huggingfacetb", "arch": "llama",
         "compatibility_type": "gguf", "quantization": "Q4_1", "state": "loaded", "max_context_length": 8192,
-        "loaded_context_length": 512, "capabilities": [],
+        "loaded_context_length": 512, "capabilities": ["decisions"],
     }
     assert models[GEMMA] == {
         "id": GEMMA, "object": "model", "type": "llm", "publisher": "google", "arch": "gemma3",
         "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 32768,
-        "capabilities": [],
+        "capabilities": ["decisions"],
     }
     assert managed.get("/api/v0/models/gemma-3-270m").json() == models[GEMMA]
     assert managed.get("/api/v0/models/nothing-like-it").status_code == 404
@@ -261,7 +261,8 @@ def test_v1_models_field_by_field(managed):
         "type": "llm", "publisher": "google", "key": GEMMA, "display_name": "Gemma 3 270m",
         "architecture": "gemma3", "quantization": {"name": "Q4_K_M", "bits_per_weight": 4},
         "size_bytes": 253113024, "params_string": "270M", "loaded_instances": [], "max_context_length": 32768,
-        "format": "gguf", "capabilities": {"vision": False, "trained_for_tool_use": False}, "description": None,
+        "format": "gguf", "capabilities": {"vision": False, "trained_for_tool_use": False, "decisions": True},
+        "description": None,
     }
 
 

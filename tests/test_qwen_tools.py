@@ -99,7 +99,7 @@ def _calls(choice) -> list[tuple[str, str]]:
 
 def test_models_report_tool_use_read_from_their_templates(qhttp):
     v0 = {model["id"]: model["capabilities"] for model in qhttp.get("/api/v0/models").json()["data"]}
-    assert (v0[QWEN], v0[SMOLLM], v0[GEMMA]) == (["tool_use"], [], [])
+    assert (v0[QWEN], v0[SMOLLM], v0[GEMMA]) == (["tool_use", "decisions"], ["decisions"], ["decisions"])
     v1 = {model["key"]: model["capabilities"] for model in qhttp.get("/api/v1/models").json()["models"]}
     assert [v1[key]["trained_for_tool_use"] for key in (QWEN, SMOLLM, GEMMA)] == [True, False, False]
 

@@ -283,7 +283,9 @@ def test_model_lists_read_reasoning_from_the_template(rserver):
                                                             "default": "medium"}
     assert "reasoning" not in v1[SMOLLM]["capabilities"]
     v0 = {m["id"]: m for m in httpx.get(f"{rserver.base_url}/api/v0/models", timeout=30).json()["data"]}
-    assert v0[THINKER.key]["capabilities"] == ["tool_use", "reasoning"]
+    assert v0[THINKER.key]["capabilities"] == ["tool_use", "reasoning", "decisions"]
+    # gpt-oss' template cannot switch thinking off: its decisions would be read inside its reasoning
+    assert v1[HARMONY.key]["capabilities"]["decisions"] is False and v1[OPENER.key]["capabilities"]["decisions"]
     assert "reasoning" in v0[HARMONY.key]["capabilities"] and "reasoning" not in v0[SMOLLM]["capabilities"]
 
 

@@ -184,3 +184,10 @@ def test_lists_show_the_reranker_and_other_routes_refuse_it(http):
     chat = http.post("/v1/chat/completions", json={"model": RERANKER_KEY,
                                                    "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 400 and "is a reranker" in chat.json()["error"]["message"]
+    question = {"type": "predicate", "instructions": "Is it about Paris?"}
+    decisions = http.post("/v1/decisions", json={"model": RERANKER_KEY, "input": "hi", "questions": [question]})
+    assert decisions.status_code == 400 and decisions.json()["error"]["param"] == "model"
+    assert "is a reranker" in decisions.json()["error"]["message"]
+    listed = {model["id"]: model for model in http.get("/v1/models").json()["data"]}
+    assert "decisions" not in (listed[RERANKER_KEY].get("capabilities") or [])
+    assert "decisions" not in v0[RERANKER_KEY].get("capabilities", [])

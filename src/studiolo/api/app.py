@@ -11,6 +11,7 @@ from studiolo import __version__
 from studiolo.api.anthropic.routes import router as anthropic_router
 from studiolo.api.auth import AuthMiddleware
 from studiolo.api.browser import BrowserOrigins, OriginPolicy
+from studiolo.api.decisions.routes import router as decisions_router
 from studiolo.api.errors import install_error_handlers
 from studiolo.api.hosts import HostCheck, HostPolicy
 from studiolo.api.lmstudio.chat_routes import router as v1_chat_router
@@ -57,6 +58,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(embeddings_router)
     app.include_router(rerank_router)
+    app.include_router(decisions_router)
     app.include_router(responses_router)
     app.include_router(anthropic_router)
     app.include_router(v0_router)
@@ -84,6 +86,7 @@ def _share(app: FastAPI, runtime: Runtime) -> None:
     state.service = runtime.generation
     state.embeddings = runtime.embeddings
     state.rerank = runtime.rerank
+    state.decisions = runtime.decisions
     state.token_tools = runtime.token_tools
     state.conversations = runtime.conversations
     state.memory = runtime.memory

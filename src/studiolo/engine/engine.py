@@ -26,13 +26,13 @@ from studiolo.engine.draft_model import DraftModel, draft_cost
 from studiolo.engine.lifecycle import UNLOADED, EngineLifecycle
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel, LoraAdapter
 from studiolo.engine.prompt_cache import PromptCache
+from studiolo.engine.prompt_scoring import check_scoring, reads_prompt, score_chunk
 from studiolo.engine.reasoning_gate import ReasoningGate
 from studiolo.engine.sampling import PENALTY_LAST_N, TokenLogprob, TokenSampler, TopLogprob, logprobs_of
 from studiolo.engine.scheduler import Chunk, Scheduler
 from studiolo.engine.sequence import (
     GenerationRequest,
     PrefillProgressEvent,
-    PromptLogprobsEvent,
     SavedSequence,
     Sequence,
     SequenceState,
@@ -187,6 +187,7 @@ class Engine(EngineLifecycle[_Command]):
             raise ContextLengthExceeded(len(request.prompt), self.context_length,
                                         sum(image.chunk.n_tokens for image in request.images))
         check_images(request, self.vision, self.context.n_batch)
+        check_scoring(request, self.model)
         for param, tokens in (
             ("prompt", text_tokens(request)),
             ("stop_tokens", request.stop_tokens),
@@ -319,8 +320,9 @@ class Engine(EngineLifecycle[_Command]):
         seq.n_past += len(chunk.tokens)
         seq.admitted_slot.tokens.extend(chunk.tokens)
         if seq.state is SequenceState.PREFILLING:
-            if seq.request.prompt_logprobs:
-                self._score_prompt(chunk)
+            if reads_prompt(seq.request):
+                for event in score_chunk(self.context, chunk):
+                    self._outbox.put(seq.sink, event)
             if seq.request.report_progress:
                 self._outbox.put(seq.sink, PrefillProgressEvent(seq.n_past, len(seq.prompt)))
             if seq.prompt_remaining() > 0:
@@ -330,18 +332,6 @@ class Engine(EngineLifecycle[_Command]):
                 self._finish(seq, "length")
                 return
         self._sample(seq, chunk.batch_index + len(chunk.tokens) - 1)
-
-    def _score_prompt(self, chunk: Chunk) -> None:
-        """Logits at position p score the prompt token at p + 1."""
-        seq = chunk.seq
-        k = seq.request.logprobs or 0
-        for offset in range(len(chunk.tokens)):
-            position = chunk.start + offset + 1
-            if position < len(seq.prompt):
-                logits = self.context.logits(chunk.batch_index + offset)
-                seq.prompt_scores.append(logprobs_of(logits, seq.prompt[position], k))
-        if chunk.completes_prompt:
-            self._outbox.put(seq.sink, PromptLogprobsEvent(seq.prompt_scores))
 
     def _sample(self, seq: Sequence, batch_index: int) -> None:
         token = self._choose(seq, batch_index)
@@ -457,6 +447,8 @@ class Engine(EngineLifecycle[_Command]):
         if seq.request.save_state and reason in ("stop", "length") and seq.slot is not None:
             # before the slot is released: another sequence may take its cells
             saved = SavedSequence(list(seq.slot.tokens), self.context.save_sequence(seq.slot.seq_id).tobytes())
+        if seq.request.keep_cells is not None and seq.slot is not None and seq.state is not SequenceState.FINISHED:
+            self.slots.keep(seq.slot, min(seq.request.keep_cells, len(seq.slot.tokens)), seq.position)
         self._left(seq)
         self.scheduler.remove(seq)
         if seq.sampler is not None:

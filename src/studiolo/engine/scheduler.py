@@ -15,7 +15,8 @@ The last token of a prompt is always decoded in a step after the rest of it, as 
 own. Its logits decide the first generated token, and CPU kernels round differently by batch
 shape (Gemma 3's Q4_K ones do): a prompt resumed from the prefix cache prefills only that last
 token, alone, so a cold prompt must compute it the same way, or a seeded request would give
-another answer once its prompt was cached. It costs one decode step per request.
+another answer once its prompt was cached. It costs one decode step per request, so a request that
+samples nothing (``max_tokens=0``: echo, scoring) is spared it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from studiolo.engine.llama import LoraAdapter
+from studiolo.engine.prompt_scoring import first_read_row, least_prefill
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.vision_steps import image_at, resume_outside_images, text_remaining
@@ -81,7 +83,8 @@ class Scheduler:
             seq = self.waiting.popleft()
             # Scoring the prompt needs logits at every position: nothing can be reused.
             seq.slot, reused = self.slots.acquire(
-                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs, positions=seq.position
+                seq.prompt, seq.request.adapter, reuse=not seq.request.prompt_logprobs, positions=seq.position,
+                prefill_at_least=least_prefill(seq.request),
             )
             if seq.request.images:  # never resume inside an image
                 reused = self.slots.keep(seq.slot, resume_outside_images(seq.request.images, reused), seq.position)
@@ -115,12 +118,13 @@ class Scheduler:
                 # scoring costs a full-vocabulary softmax per token on the worker thread:
                 # a few per step, so that other sequences keep streaming meanwhile
                 take = min(take, SCORED_TOKENS_PER_STEP)
-            elif 1 < take == seq.prompt_remaining():
-                take -= 1  # the last prompt token goes in a step of its own (module docstring)
+            elif 1 < take == seq.prompt_remaining() and seq.request.max_tokens != 0:
+                take -= 1  # the last prompt token goes in a step of its own (module docstring), if sampled from
             tokens = seq.prompt[seq.n_past : seq.n_past + take]
             chunk = Chunk(seq, tokens, seq.n_past, take)
-            if seq.request.prompt_logprobs:
-                chunk.logits_from = 0
+            first_read = first_read_row(seq.request)  # scoring reads rows from there (engine/prompt_scoring.py)
+            if first_read is not None:
+                chunk.logits_from = min(take, max(0, first_read - seq.n_past))
             elif chunk.completes_prompt:
                 chunk.logits_from = take - 1
             chunks.append(chunk)

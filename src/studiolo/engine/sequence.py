@@ -33,6 +33,14 @@ class GenerationRequest:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's, plus the top k
     prompt_logprobs: bool = False  # also score every prompt token after the first
+    # scoring without sampling (engine/prompt_scoring.py; with max_tokens=0): the log-probabilities of
+    # the prompt's last ``score_tail`` tokens, and of each ``score_next`` id as the token after the prompt
+    score_tail: int = 0
+    score_next: tuple[int, ...] = ()
+    # at its end, its slot keeps only its first ``keep_cells`` tokens' cells (None: all): a decision's
+    # reads leave the shared input behind, not their question, which nothing will reuse and which the
+    # RAM prompt cache would otherwise save, one copy of the input per question
+    keep_cells: int | None = None
     constraint: CompiledConstraint | None = None  # what the output must match (JSON schema, regex, ...)
     adapter: LoraAdapter | None = None  # a LoRA adapter to decode with (None: the bare model)
     report_progress: bool = False  # send a PrefillProgressEvent after each chunk of prompt
@@ -75,6 +83,14 @@ class PromptLogprobsEvent:
 
 
 @dataclass(frozen=True)
+class ScoresEvent:
+    """What GenerationRequest.score_tail and score_next asked for, sent once the prompt is in."""
+
+    tail: tuple[float, ...]  # the last score_tail prompt tokens, each given the tokens before it
+    next: tuple[float, ...]  # each score_next id, given the whole prompt
+
+
+@dataclass(frozen=True)
 class FinishEvent:
     reason: str  # "stop" | "length" (max_tokens) | "context" (context full) | "cancelled" | "error" | "unloaded"
     # | "constraint" (the grammar reached one of llguidance's limits)
@@ -98,7 +114,7 @@ class SavedSequence:
     state: bytes
 
 
-EngineEvent = TokenEvent | PrefillProgressEvent | PromptLogprobsEvent | FinishEvent
+EngineEvent = TokenEvent | PrefillProgressEvent | PromptLogprobsEvent | ScoresEvent | FinishEvent
 
 _ids = itertools.count(1)
 
@@ -123,6 +139,7 @@ class Sequence:
         self.forced = False  # the token being taken was appended by the gate, not sampled
         self.raw_logits: np.ndarray | None = None  # the row of logits a token is being chosen from, for logprobs
         self.prompt_scores: list[TokenLogprob] = []  # filled while prefilling, if asked
+        self.tail_scores: list[float] = []  # likewise, with GenerationRequest.score_tail
         self.cancelled = False
         self.submitted_at = time.perf_counter()
         self.prefill_started_at = 0.0

@@ -66,20 +66,20 @@ class SlotPool:
 
     def acquire(
         self, prompt: list[int], adapter: LoraAdapter | None = None, reuse: bool = True,
-        positions: RowPositions = same_position,
+        positions: RowPositions = same_position, prefill_at_least: int = 1,
     ) -> tuple[Slot, int]:
         """Take a free slot for ``prompt`` decoded with ``adapter``; return it and how many
         prompt tokens it reuses. ``positions`` maps the prompt's rows to KV positions.
 
         At least one prompt token is always left to prefill, since sampling needs the
-        logits of the last prompt position.
+        logits of the last prompt position; scoring a prompt's tail needs ``prefill_at_least``.
         """
         free = [slot for slot in self.slots if not slot.busy]
         if not free:
             raise RuntimeError("no free KV slot")  # the scheduler checks has_free() first
         if reuse:
             target, reused = self._place_longest_prefix(prompt, adapter, free, positions)
-            reused = self._check_window(target, min(reused, len(prompt) - 1), positions)
+            reused = self._check_window(target, min(reused, len(prompt) - prefill_at_least), positions)
         else:  # scoring a prompt: nothing is reused; take the least recently used slot
             target, reused = min(free, key=lambda slot: slot.last_used), 0
         if len(target.tokens) - reused >= MIN_CACHED_TOKENS:

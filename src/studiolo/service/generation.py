@@ -255,7 +255,7 @@ class Generation:
                 for delta in output.token(event):
                     yield delta
             elif isinstance(event, FinishEvent):
-                _raise_if_failed(event, options.constraint_param)
+                raise_if_failed(event, options.constraint_param)
                 if event.saved is not None:
                     self.saved[choice.index] = event.saved
                 for delta in output.finish():
@@ -352,7 +352,7 @@ def _generation_engine(loaded: Instance) -> Engine:
     return engine
 
 
-def _raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
+def raise_if_failed(event: FinishEvent, constraint_param: str | None) -> None:
     """A sequence the engine could not finish is the request's failure, not an end of its output."""
     if event.reason == "unloaded":
         raise UnloadedWhileGenerating(event.error or "the model was unloaded")

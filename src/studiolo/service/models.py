@@ -23,6 +23,7 @@ from studiolo.models.gguf_info import InvalidModelFile, ModelInfo, read_model_in
 from studiolo.models.instance import Instance, LoadConfig
 from studiolo.models.load_progress import LoadProgress, Watch
 from studiolo.models.manager import ModelManager
+from studiolo.service.decisions import answers_decisions
 from studiolo.service.generation import Generation
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ModelFile:
     publisher: str
     modified_at: int  # the file's modification time, epoch seconds
     base_key: str | None = None  # for a LoRA adapter: the model it adapts
+    decisions: bool = False  # it answers /v1/decisions (service/decisions.py answers_decisions)
 
     @property
     def is_adapter(self) -> bool:
@@ -98,6 +100,11 @@ class ListedModel:
         """``capabilities.reasoning`` of ``/api/v1/models``, read from the chat template without loading
         the model (chat/reasoning.py); None: the model does not reason."""
         return reasoning_format_for(self.info.chat_template or "").capability()
+
+    @property
+    def decisions(self) -> bool:
+        """Whether it answers /v1/decisions and /v1/systemone (service/decisions.py)."""
+        return answers_decisions(self.info)
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,11 @@ def served_model(generation: Generation) -> ServedModel:
 
 def _model_file(entry: CatalogEntry) -> ModelFile:
     base_key = entry.base.key if entry.base is not None else None
-    return ModelFile(entry.key, entry.publisher, int(entry.path.stat().st_mtime), base_key)
+    try:  # the header is cached by file (models/gguf_info.py): listing reads each once
+        decisions = answers_decisions(read_model_info((entry.base or entry).path))
+    except (InvalidModelFile, OSError):
+        decisions = False  # unreadable: loading it will say why
+    return ModelFile(entry.key, entry.publisher, int(entry.path.stat().st_mtime), base_key, decisions)
 
 
 class ModelService:

@@ -14,6 +14,7 @@ from studiolo.config import ServerSettings, models_dir
 from studiolo.models.catalog import Catalog
 from studiolo.models.manager import ModelManager
 from studiolo.service.conversations import Conversations
+from studiolo.service.decisions import DecisionService
 from studiolo.service.downloads import DownloadService
 from studiolo.service.embeddings import EmbeddingService
 from studiolo.service.generation import GenerationService
@@ -42,6 +43,7 @@ class Runtime:
                                             image_url_hosts=settings.image_url_hosts, metrics=self.metrics)
         self.embeddings = EmbeddingService(self._manager)
         self.rerank = RerankService(self._manager)
+        self.decisions = DecisionService(self._manager, self.generation.prompts, settings.limits)
         self.token_tools = TokenTools(self._manager, self.generation, settings.limits)
         self.models = ModelService(self._manager)
         self.preloads = Preloads(self.models, settings.preload_models)  # GET /ready waits for them

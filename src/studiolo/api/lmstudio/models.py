@@ -70,7 +70,8 @@ def model_v0(model: ListedModel, instance: InstanceStatus | None, model_id: str 
     }
     if instance is not None:
         body["loaded_context_length"] = instance.context_length
-    body["capabilities"] = (["tool_use"] if info.supports_tools else []) + (["reasoning"] if model.reasoning else [])
+    body["capabilities"] = ((["tool_use"] if info.supports_tools else []) + (["reasoning"] if model.reasoning else [])
+                            + (["decisions"] if model.decisions else []))
     return body
 
 
@@ -126,7 +127,8 @@ def model_v1(model: ListedModel) -> dict:
         "format": FORMAT,
     })
     if not info.pooled:
-        body["capabilities"] = {"vision": info.has_vision, "trained_for_tool_use": info.supports_tools}
+        body["capabilities"] = {"vision": info.has_vision, "trained_for_tool_use": info.supports_tools,
+                                "decisions": model.decisions}
         if (reasoning := model.reasoning) is not None:  # allowed_options and default, as LM Studio 0.4
             body["capabilities"]["reasoning"] = reasoning
         body["description"] = None

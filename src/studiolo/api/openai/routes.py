@@ -55,6 +55,8 @@ def _model_object(model: ModelFile) -> dict[str, Any]:
     }
     if model.base_key is not None:
         body["parent"] = model.base_key  # vLLM's field for a LoRA adapter's base model
+    if model.decisions:  # studiolo's: what else the model answers besides its kind's routes (docs/API.md)
+        body["capabilities"] = ["decisions"]
     return body
 
 
