@@ -27,7 +27,7 @@ from tests.mcp_stdio_home import (
     write_mcp_json,
 )
 
-MAX_ROUNDS = 8  # service/mcp_turn.py: rounds that may call; the one after answers
+MAX_ROUNDS = 3  # the settings' mcp_max_rounds (8 by default): rounds that may call; the one after answers
 PARIS = "What is the weather like in Paris today?"
 PLUGIN = {"type": "plugin", "plugin_id": "mcp/weather"}
 WEATHER_CALL = {"type": "tool_call", "tool": "get_weather", "arguments": {"city": "Paris"},
@@ -39,7 +39,7 @@ WEATHER_ONLY = {"type": "plugin", "id": "mcp/weather", "allowed_tools": ["get_we
 def home(tmp_path_factory, default_models):
     home = home_with_models(tmp_path_factory.mktemp("mcp-json-home"),
                             {QWEN: target_path(QWEN05), SMOLLM: default_models[SMOLLM]})
-    (home / "settings.json").write_text('{"allow_mcp_json": true}')
+    (home / "settings.json").write_text(json.dumps({"allow_mcp_json": True, "limits": {"mcp_max_rounds": MAX_ROUNDS}}))
     write_mcp_json(home, {"weather": stdio_entry(home / "weather-events")})
     return home
 
@@ -85,11 +85,11 @@ def test_a_plugin_integration_runs_the_stdio_servers_tools(api, home):
     assert calls[-MAX_ROUNDS:] == ['call get_weather {"city": "Paris"}'] * MAX_ROUNDS
     # the turn is stored with its calls, and a continuation gives them to the model again
     stored = api.get(f"/v1/responses/{body['response_id']}").json()
-    assert [item["name"] for item in stored["output"] if item["type"] == "function_call"] == ["get_weather"] * 8
+    assert [item["name"] for item in stored["output"] if item["type"] == "function_call"] == ["get_weather"] * MAX_ROUNDS
     more = api.post("/api/v1/chat", json={"model": QWEN, "input": "Thanks!", "temperature": 0,
                                           "max_output_tokens": 8, "previous_response_id": body["response_id"]})
     assert more.status_code == 200, more.text
-    # the last round's prompt held all eight calls and results: the continuation's holds them and more
+    # the last round's prompt held all its calls and results: the continuation's holds them and more
     assert more.json()["stats"]["input_tokens"] > body["stats"]["input_tokens"]
 
 
