@@ -85,7 +85,8 @@ def test_a_plugin_integration_runs_the_stdio_servers_tools(api, home):
     assert calls[-MAX_ROUNDS:] == ['call get_weather {"city": "Paris"}'] * MAX_ROUNDS
     # the turn is stored with its calls, and a continuation gives them to the model again
     stored = api.get(f"/v1/responses/{body['response_id']}").json()
-    assert [item["name"] for item in stored["output"] if item["type"] == "function_call"] == ["get_weather"] * MAX_ROUNDS
+    called = [item["name"] for item in stored["output"] if item["type"] == "function_call"]
+    assert called == ["get_weather"] * MAX_ROUNDS
     more = api.post("/api/v1/chat", json={"model": QWEN, "input": "Thanks!", "temperature": 0,
                                           "max_output_tokens": 8, "previous_response_id": body["response_id"]})
     assert more.status_code == 200, more.text
