@@ -23,7 +23,7 @@ import numpy as np
 
 from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.llama import LlamaContext, LlamaModel
-from studiolo.engine.sampling import logprobs_of
+from studiolo.engine.sampling import log_normalizer, logprobs_of
 from studiolo.engine.sequence import EngineEvent, GenerationRequest, PromptLogprobsEvent, ScoresEvent
 
 if TYPE_CHECKING:  # the scheduler imports this module
@@ -98,6 +98,5 @@ def score_chunk(context: LlamaContext, chunk: Chunk) -> list[EngineEvent]:
 
 def log_softmax_at(logits: np.ndarray, ids: tuple[int, ...]) -> tuple[float, ...]:
     """The log-softmax of a row of logits at ``ids``, its normalizer computed once."""
-    peak = float(logits.max())
-    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    log_norm = log_normalizer(logits)
     return tuple(float(logits[i]) - log_norm for i in ids)

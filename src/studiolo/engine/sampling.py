@@ -47,10 +47,15 @@ class TokenLogprob:
     top: tuple[TopLogprob, ...]
 
 
+def log_normalizer(logits: np.ndarray) -> float:
+    """log Σ exp(logits): subtracted from a logit, it gives that token's log-probability."""
+    peak = float(logits.max())
+    return peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+
+
 def logprobs_of(logits: np.ndarray, chosen: int, k: int) -> TokenLogprob:
     """Log-softmax of raw logits: the chosen token's value and the top k (k may be 0)."""
-    peak = float(logits.max())
-    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    log_norm = log_normalizer(logits)
     top: tuple[TopLogprob, ...] = ()
     if k > 0:
         best = np.argpartition(logits, -k)[-k:]

@@ -265,9 +265,6 @@ class McpConnection:
         return McpConnectionError(message, "integrations")
 
 
-_Connection = McpConnection  # its first name
-
-
 @dataclass
 class McpToolbox:
     """The tools of a request's MCP servers, open for the length of a turn. ``connections`` are its
@@ -285,12 +282,10 @@ class McpToolbox:
     def provider_info(self, tool: str) -> dict[str, str]:
         return self.by_tool[tool].server.provider_info
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> str:
-        return await self.by_tool[tool].call(tool, arguments)
-
     async def call_limited(self, tool: str, arguments: dict[str, Any]) -> tuple[str, bool]:
         """The tool's result as text (cut past ``max_output_chars``) and whether it is an error result,
-        within the call's time limit: a TimeoutError past it, the server's failings raised as ``call``'s."""
+        within the call's time limit: a TimeoutError past it, the server's failings raised
+        (McpConnectionError). The session's own timeout is the backstop: this one fails first."""
         timeout = self.limits.timeout_seconds
         text, is_error = await asyncio.wait_for(self.by_tool[tool].call_tool(tool, arguments, timeout + 5), timeout)
         return cut_output(text, self.limits.max_output_chars), is_error
@@ -298,17 +293,14 @@ class McpToolbox:
     async def run(self, tool: str, arguments: dict[str, Any]) -> CallOutcome:
         """The call under the limits: never raises for the server's failings (they are the outcome's
         ``failure``), only if cancelled. The output past ``max_output_chars`` is cut, with a marker."""
-        timeout = self.limits.timeout_seconds
-        try:  # the session's own timeout is the backstop: this one fails first
-            text, is_error = await asyncio.wait_for(
-                self.by_tool[tool].call_tool(tool, arguments, timeout + 5), timeout)
+        try:
+            text, is_error = await self.call_limited(tool, arguments)
         except TimeoutError:
-            reason = f"the MCP tool '{tool}' gave no answer within {timeout:g} s"
+            reason = f"the MCP tool '{tool}' gave no answer within {self.limits.timeout_seconds:g} s"
             return CallOutcome(f"Error: {reason}", CallFailure("tool_timeout", reason))
         except McpConnectionError as exc:
             kind = "tool_error" if isinstance(exc, McpRefused) else "mcp_connection_error"
             return CallOutcome(f"Error: {exc.message}", CallFailure(kind, exc.message))
-        text = cut_output(text, self.limits.max_output_chars)
         if is_error:
             return CallOutcome(text, CallFailure("tool_error", text or f"the MCP tool '{tool}' failed"))
         return CallOutcome(text)
@@ -366,21 +358,3 @@ def check_per_request_servers(servers: Sequence[McpServer], param: str = "integr
             where = "its list" if allowed else "by default, only loopback"
             raise Forbidden(f"the server does not connect to MCP servers on {shown}:{port} (not on "
                             f"mcp_allowed_hosts in settings.json; {where})", param, code="mcp_host_not_allowed")
-
-
-async def open_toolbox(servers: Sequence[McpServer], limits: McpLimits | None = None) -> McpToolbox:
-    """Connect to ``servers`` and list their tools (those each allows); closes what it opened if it fails.
-    The servers are per-request ones: refused (before any is reached) unless the settings allow them."""
-    check_per_request_servers(servers)
-    toolbox = McpToolbox(limits=limits or McpLimits())
-    try:
-        for server in servers:
-            connection = McpConnection(server)
-            toolbox.connections.append(connection)
-            await connection.open()
-            await toolbox.offer(connection, server.allowed_tools)
-        toolbox.check()  # their schemas compile
-    except BaseException:
-        await toolbox.close()
-        raise
-    return toolbox

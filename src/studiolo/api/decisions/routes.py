@@ -14,7 +14,7 @@ from studiolo.api.decisions.fields import need
 from studiolo.api.routing import CLIENT_CLOSED_REQUEST, make_router
 from studiolo.api.sse import ClientDisconnected, until_disconnected
 from studiolo.domain.auth import Permission
-from studiolo.service.decisions import DecisionRequest, Decisions, DecisionService, check_questions
+from studiolo.service.decisions import DecisionRequest, Decisions, DecisionService
 
 router = make_router(prefix="/v1", permission=Permission.inference)
 
@@ -50,7 +50,6 @@ async def decisions(body: DecisionsBody, request: Request):
     need(body.input, (str, list), "input", "a string or a list of items")
     messages = openai_wire.input_messages(body.input)
     questions = openai_wire.questions_of(body.questions)
-    check_questions(questions)
     result = await _decide(request, DecisionRequest(body.model, messages, questions, "input", body.ttl))
     if isinstance(result, Response):
         return result
@@ -62,7 +61,6 @@ async def system_one(body: SystemOneBody, request: Request):
     systemone.check_no_files(body.model_dump())
     messages = systemone.state_messages(body.state, body.instructions)
     questions = systemone.questions_of(body.questions)
-    check_questions(questions)
     result = await _decide(request, DecisionRequest(body.model, messages, questions, "state", body.ttl))
     if isinstance(result, Response):
         return result
