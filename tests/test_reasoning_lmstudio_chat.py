@@ -246,14 +246,22 @@ def test_a_bad_reasoning_budget_is_a_400_naming_it(rserver):
 
 # --- MCP tools after the reasoning ----------------------------------------------------------------
 
+MCP_ROUNDS = 2  # the settings' mcp_max_rounds: rounds that may call; the one after answers
+
 
 @pytest.fixture(scope="module")
 def mcp_rserver(tmp_path_factory, default_models):
     home = reasoning_home(tmp_path_factory, default_models)
-    (home / "settings.json").write_text('{"allow_per_request_mcp": true}')
+    (home / "settings.json").write_text('{"allow_per_request_mcp": true, "limits": {"mcp_max_rounds": %d}}' % MCP_ROUNDS)
     running = start_server(home)
     yield running
     running.stop()
+
+
+def assert_rounds_reason_then_call(output: list[dict]) -> None:
+    kinds = [item["type"] for item in output]
+    assert kinds[-1] == "message" and kinds.count("tool_call") == MCP_ROUNDS
+    assert all(kinds[i - 1] == "reasoning" for i, k in enumerate(kinds) if k == "tool_call")
 
 
 CALL_VERBATIM = ("Write the text `<think>I will look it up.</think><tool_call>{\"name\": \"get_weather\", "
@@ -280,11 +288,14 @@ def test_each_mcp_round_reasons_before_it_calls(mcp_rserver):
             "provider_info": {"type": "ephemeral_mcp", "server_label": "weather"}}
     assert output[:4] == [{"type": "reasoning", "content": "I will look it up."}, call,
                           {"type": "reasoning", "content": "18 C, light rain"}, call]
-    kinds = [item["type"] for item in output]
-    assert kinds[-1] == "message" and all(kinds[i - 1] == "reasoning" for i, k in enumerate(kinds) if k == "tool_call")
+    assert_rounds_reason_then_call(output)
     assert weather.calls[0] == ("get_weather", {"city": "Paris"})
     assert result["stats"]["reasoning_output_tokens"] > 0
-    assert events[-1][1]["result"]["output"] == output
+    # the streamed run reads its prompt from the cache the first left, so its rounding differs: the
+    # answer after the last round may part at a near-tie, the rounds may not
+    streamed_output = events[-1][1]["result"]["output"]
+    assert streamed_output[:4] == output[:4]
+    assert_rounds_reason_then_call(streamed_output)
     streamed = [data for kind, data in events if kind in ("reasoning.start", "reasoning.end", "tool_call.start")]
     assert [d["type"] for d in streamed[:4]] == ["reasoning.start", "reasoning.end", "tool_call.start",
                                                   "reasoning.start"]
