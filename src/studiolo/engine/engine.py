@@ -38,7 +38,7 @@ from studiolo.engine.sequence import (
     SequenceState,
     TokenEvent,
 )
-from studiolo.engine.slots import SlotPool
+from studiolo.engine.slots import SlotPool, kv_cells, read_lanes
 from studiolo.engine.speculation import SequenceSpeculation, Speculating, propose
 from studiolo.engine.stream import Outbox, TokenStream
 from studiolo.engine.vision import VisionContext
@@ -103,17 +103,18 @@ class Engine(EngineLifecycle[_Command]):
         self.context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
         self.parallel = settings.parallel
         self.threads = settings.threads  # at most; fewer while other programs keep the cores busy
+        lanes = read_lanes(self.parallel, settings.batch_size, model.can_truncate)  # for reads (engine/slots.py)
         self.context = LlamaContext(
             model,
             ContextParams(
-                n_ctx=self.context_length * self.parallel,
+                n_ctx=kv_cells(self.context_length, self.parallel, settings.batch_size, lanes),
                 n_batch=settings.batch_size,
-                n_seq_max=self.parallel,
+                n_seq_max=self.parallel + lanes,
                 n_threads=settings.threads,
             ),
         )
         cache = PromptCache(settings.prompt_cache_mib * 2**20)
-        self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache)
+        self.slots = SlotPool(self.context, self.parallel, model.n_swa, cache, lanes)
         self.scheduler = Scheduler(self.slots, settings.batch_size)
         self.admission = Admission(self.parallel)  # sequences live, to bound those waiting (under _wake)
         self._outbox = Outbox()
@@ -246,6 +247,8 @@ class Engine(EngineLifecycle[_Command]):
             self._start(seq)
         self.context.set_threads(COMPUTE.threads(self.threads))  # before drafting: a draft model's rounds use it
         chunks = self.scheduler.plan(self._drafts)
+        for seq in self.scheduler.boarded:  # reads the plan took into read lanes
+            self._start(seq)
         if self.scheduler.image is not None:
             self._decode_image(self.scheduler.image)
         if not chunks:
@@ -268,6 +271,8 @@ class Engine(EngineLifecycle[_Command]):
     def _start(self, seq: Sequence) -> None:
         """What an admitted sequence decodes and samples with."""
         seq.prefill_started_at = time.perf_counter()
+        if seq.request.max_tokens == 0:  # it reads its prompt only (echo, scoring): nothing to sample
+            return
         seq.sampler = TokenSampler(seq.request.sampling, penalty_window(seq.prompt, PENALTY_LAST_N))
         if seq.request.constraint is not None:
             seq.constraint = seq.request.constraint.new_state()

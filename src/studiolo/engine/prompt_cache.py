@@ -36,6 +36,8 @@ MIN_CACHED_TOKENS = 16  # shorter prefixes are cheaper to recompute than to keep
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case (a prompt resuming a cached one), compared at C speed
+        return n
     i = 0
     while i < n and a[i] == b[i]:
         i += 1

@@ -40,6 +40,13 @@ def reads_prompt(request: GenerationRequest) -> bool:
     return request.prompt_logprobs or request.score_tail > 0 or bool(request.score_next)
 
 
+def rides_a_lane(request: GenerationRequest) -> bool:
+    """Whether a request may run in a read lane (engine/slots.py): it scores its tail or its next
+    token and samples nothing, so its cells serve one step; no images (their rows map to positions)."""
+    return (request.max_tokens == 0 and (request.score_tail > 0 or bool(request.score_next))
+            and not request.prompt_logprobs and not request.images)
+
+
 def first_read_row(request: GenerationRequest) -> int | None:
     """The first row whose logits score prompt tokens (None: only the last row is read, if any)."""
     if request.prompt_logprobs:

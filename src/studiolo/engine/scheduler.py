@@ -17,6 +17,12 @@ shape (Gemma 3's Q4_K ones do): a prompt resumed from the prefix cache prefills 
 token, alone, so a cold prompt must compute it the same way, or a seeded request would give
 another answer once its prompt was cached. It costs one decode step per request, so a request that
 samples nothing (``max_tokens=0``: echo, scoring) is spared it.
+
+Reads (scoring requests, engine/prompt_scoring.py) still waiting once the slots are taken ride read
+lanes (engine/slots.py): after the decoding tokens and the slots' prompt chunks, what is left of the
+step's batch goes to waiting reads, oldest first, each whole, in a lane borrowing its prefix from the
+slot that holds it. A read so never delays a decoding sequence's token, and the step holds as many
+reads as its batch has room for, not ``parallel``.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from studiolo.engine.llama import LoraAdapter
-from studiolo.engine.prompt_scoring import first_read_row, least_prefill
+from studiolo.engine.prompt_scoring import first_read_row, least_prefill, rides_a_lane
 from studiolo.engine.sequence import Sequence, SequenceState
 from studiolo.engine.slots import SlotPool
 from studiolo.engine.vision_steps import image_at, resume_outside_images, text_remaining
 
 SCORED_TOKENS_PER_STEP = 64
+LANE_SCAN = 128  # waiting sequences looked at for a lane per step: a long queue costs a step no more
 ADAPTER_TURN_STEPS = 4
 
 
@@ -60,6 +67,7 @@ class Scheduler:
         self.adapter: LoraAdapter | None = None  # the adapter of the last planned batch
         self.image: Sequence | None = None  # a sequence whose next image the planned step decodes
         self._turn_steps = 0  # steps the current adapter has had in its turn
+        self.boarded: list[Sequence] = []  # the reads the planned step took into read lanes
 
     def has_work(self) -> bool:
         return bool(self.running) or (bool(self.waiting) and self.slots.has_free())
@@ -120,16 +128,34 @@ class Scheduler:
                 take = min(take, SCORED_TOKENS_PER_STEP)
             elif 1 < take == seq.prompt_remaining() and seq.request.max_tokens != 0:
                 take -= 1  # the last prompt token goes in a step of its own (module docstring), if sampled from
-            tokens = seq.prompt[seq.n_past : seq.n_past + take]
-            chunk = Chunk(seq, tokens, seq.n_past, take)
-            first_read = first_read_row(seq.request)  # scoring reads rows from there (engine/prompt_scoring.py)
-            if first_read is not None:
-                chunk.logits_from = min(take, max(0, first_read - seq.n_past))
-            elif chunk.completes_prompt:
-                chunk.logits_from = take - 1
-            chunks.append(chunk)
+            chunks.append(_prompt_chunk(seq, take))
             budget -= take
+        self.boarded = self._board_lanes(budget)
+        chunks += [_prompt_chunk(seq, seq.prompt_remaining()) for seq in self.boarded]
         return chunks
+
+    def _board_lanes(self, budget: int) -> list[Sequence]:
+        """Waiting reads of the step's adapter whose own tokens fit ``budget``, each given a read lane
+        that borrows its prefix from a slot (module docstring); they run from now on."""
+        boarded: list[Sequence] = []
+        lane = self.slots.free_lane()
+        for seq in list(self.waiting)[:LANE_SCAN]:
+            if lane is None or budget <= 0:
+                break
+            if not rides_a_lane(seq.request) or seq.request.adapter is not self.adapter:
+                continue
+            lender, shared = self.slots.lender(seq.prompt, seq.request.adapter, least_prefill(seq.request))
+            if lender is None or len(seq.prompt) - shared > budget:
+                continue
+            self.slots.borrow(lane, lender, seq.prompt, shared)
+            self.waiting.remove(seq)
+            seq.slot, seq.cached_tokens, seq.n_past = lane, shared, shared
+            seq.state = SequenceState.PREFILLING
+            self.running.append(seq)
+            boarded.append(seq)
+            budget -= seq.prompt_remaining()
+            lane = self.slots.free_lane()
+        return boarded
 
     def _plan_image(self, group: list[Sequence]) -> int:
         """Pick the first prefilling sequence that sits at an image, to have it decoded this step (one
@@ -153,3 +179,14 @@ class Scheduler:
         self._turn_steps = 1
         following = 0 if current is None else current + 1
         return adapters[following % len(adapters)] if adapters else None
+
+
+def _prompt_chunk(seq: Sequence, take: int) -> Chunk:
+    """The next ``take`` prompt tokens of a prefilling sequence, with the rows whose logits are read."""
+    chunk = Chunk(seq, seq.prompt[seq.n_past : seq.n_past + take], seq.n_past, take)
+    first_read = first_read_row(seq.request)  # scoring reads rows from there (engine/prompt_scoring.py)
+    if first_read is not None:
+        chunk.logits_from = min(take, max(0, first_read - seq.n_past))
+    elif chunk.completes_prompt:
+        chunk.logits_from = take - 1
+    return chunk

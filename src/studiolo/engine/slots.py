@@ -21,6 +21,18 @@ only a prompt decoded with the same adapter can reuse them.
 Each slot holds at most ``context_length`` tokens, so all slots together never need more
 cells than the context has: ``parallel * context_length``.
 
+Read lanes. A read (a scoring request that samples nothing: engine/prompt_scoring.py) holds its cells
+for one step only, so it need not wait for one of the ``parallel`` slots: the context has ``lanes``
+more sequence ids, read lanes, which the scheduler gives to waiting reads whose prompt a slot holds
+most of. A lane borrows that prefix from the slot (``copy_prefix``: shared cells, no copy), decodes
+the read's own tokens whole in the step it was given, and is emptied when the read ends at the end of
+that step: between steps every lane is empty. Its own cells are at most the step's batch, so the
+context has ``batch_size`` cells more than the slots' share (``kv_cells``), and the borrowed cells
+stay its slot's until the step is over (nothing cuts a slot between planning and decoding a step):
+a lane never takes a cell a slot would need. Lanes hold no cache, and no generating sequence runs
+in one. A model that keeps a recurrent state has none (a state per sequence id costs memory), nor
+a context of one slot (``read_lanes``).
+
 A slot's tokens are its rows, one KV cell each; cutting or sharing cells is done by KV position.
 Those are the same but past an M-RoPE image (fewer positions than rows): the operations that cut
 at a row of a prompt take that prompt's map of rows to positions (``Sequence.position``).
@@ -39,6 +51,24 @@ from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_
 
 RowPositions = Callable[[int], int]  # a prompt's row -> its KV position
 
+READ_LANES = 32  # sequence ids for reads beside the slots (a step of 512 tokens holds ~25 reads of ~20)
+LLAMA_MAX_SEQ = 256  # llama.cpp's bound on a context's sequence ids
+
+
+def read_lanes(parallel: int, batch_size: int, can_truncate: bool) -> int:
+    """How many read lanes a context of ``parallel`` slots gets (module docstring). None for one slot:
+    ``parallel=1`` asks for every sequence to run alone (the figures of a read then equal those of the
+    same prompt scored by itself). llama.cpp wants no more sequence ids than a batch has tokens (it
+    reserves an output row per sequence)."""
+    if parallel < 2 or not can_truncate:
+        return 0
+    return max(0, min(READ_LANES, LLAMA_MAX_SEQ - parallel, batch_size - parallel))
+
+
+def kv_cells(context_length: int, parallel: int, batch_size: int, lanes: int) -> int:
+    """The context's KV cells: each slot's context, and a batch of cells for the read lanes' own tokens."""
+    return context_length * parallel + (batch_size if lanes else 0)
+
 
 def same_position(row: int) -> int:
     """Rows to positions for a prompt without M-RoPE images: one position per row."""
@@ -52,14 +82,16 @@ class Slot:
     adapter: LoraAdapter | None = None  # what those cells were computed with
     busy: bool = False
     last_used: float = 0.0
+    lane: bool = False  # a read lane (module docstring): empty between steps
 
 
 class SlotPool:
-    def __init__(self, context: LlamaContext, count: int, n_swa: int, cache: PromptCache):
+    def __init__(self, context: LlamaContext, count: int, n_swa: int, cache: PromptCache, lanes: int = 0):
         self._context = context
         self._n_swa = n_swa
         self.cache = cache
         self.slots = [Slot(seq_id) for seq_id in range(count)]
+        self.lanes = [Slot(seq_id, lane=True) for seq_id in range(count, count + lanes)]
 
     def has_free(self) -> bool:
         return any(not slot.busy for slot in self.slots)
@@ -169,7 +201,32 @@ class SlotPool:
 
     def release(self, slot: Slot) -> None:
         slot.busy = False
+        if slot.lane:  # its read is over: the cells it borrowed or made go back
+            self._truncate(slot, 0)
+            return
         slot.last_used = time.monotonic()
+
+    def free_lane(self) -> Slot | None:
+        return next((lane for lane in self.lanes if not lane.busy), None)
+
+    def lender(self, prompt: list[int], adapter: LoraAdapter | None, prefill_at_least: int) -> tuple[Slot | None, int]:
+        """The slot holding the longest prefix of ``prompt`` a lane may borrow (same adapter, leaving
+        ``prefill_at_least`` tokens to decode), and that prefix's length; (None, 0) if none holds any."""
+        best, shared = None, 0
+        for slot in self.slots:
+            if slot.adapter is not adapter:
+                continue
+            length = min(common_prefix_length(slot.tokens, prompt), len(prompt) - prefill_at_least)
+            if length > shared and self._check_window(slot, length, same_position) == length:
+                best, shared = slot, length
+        return best, shared
+
+    def borrow(self, lane: Slot, lender: Slot, prompt: list[int], shared: int) -> None:
+        """Give ``lane`` the cells of ``lender``'s first ``shared`` tokens, for one step (module docstring)."""
+        self._context.copy_prefix(lender.seq_id, lane.seq_id, shared)
+        lane.tokens = prompt[:shared]
+        lane.adapter = lender.adapter
+        lane.busy = True
 
     def forget_all(self) -> None:
         """Empty every slot and the RAM prompt cache."""

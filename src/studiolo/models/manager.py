@@ -36,6 +36,7 @@ from studiolo.engine.embedding import EmbeddingEngine
 from studiolo.engine.engine import Engine
 from studiolo.engine.llama import LlamaModel, LoraAdapter, ModelLoadError
 from studiolo.engine.prompt_cache import POOL as PROMPT_CACHE
+from studiolo.engine.slots import kv_cells, read_lanes
 from studiolo.models.adapters import load_adapter
 from studiolo.models.catalog import Catalog, CatalogEntry, ModelNotFound
 from studiolo.models.drafts import NGRAM, NO_DRAFT, attach_draft, draft_entry
@@ -491,7 +492,9 @@ def _load_blocking(entry: CatalogEntry, settings: EngineSettings, instance_id: s
     vision = None
     try:
         context_length = min(settings.context_length, model.n_ctx_train or settings.context_length)
-        check_fits(instance_id, estimate(model, context_length * settings.parallel, settings.batch_size)
+        lanes = 0 if info.pooled else read_lanes(settings.parallel, settings.batch_size, model.can_truncate)
+        cells = kv_cells(context_length, settings.parallel, settings.batch_size, lanes)
+        check_fits(instance_id, estimate(model, cells, settings.batch_size)
                    + projector_estimate(projector))
         vision = load_projector(model, projector, settings.threads)
         # embedding models and rerankers: one pooled output (a vector, a score) per sequence
