@@ -45,13 +45,12 @@ BATCHED = 0.08  # and with batching's too (docs/ENGINE.md: logprobs moved up to 
 
 # the questions as docs/API.md says the model reads them (after the assistant's start)
 ASKED = {
-    "angry": ("Question: Is the customer angry?\nAnswer yes or no.\nAnswer:", ["yes", "no"]),
-    "team": ("Question: Which team should handle this ticket?\nOptions:\n- billing: payments and refunds\n"
-             "- shipping\n- technical support: bugs and outages\nAnswer with one of the options, exactly as written.\n"
-             "Answer:", ["billing", "shipping", "technical support"]),
-    "urgency": ("Question: How urgent is this ticket?\nLevels, from lowest to highest:\n- low\n- medium\n"
-                "- high: answer today\nAnswer with one of the levels, exactly as written.\nAnswer:",
-                ["low", "medium", "high"]),
+    "angry": ("Yes or no: Is the customer angry?\nAnswer:", ["yes", "no"]),
+    "team": ("Which team should handle this ticket?\nOptions:\n- billing: payments and refunds\n"
+             "- shipping\n- technical support: bugs and outages\nAnswer:",
+             ["billing", "shipping", "technical support"]),
+    "urgency": ("How urgent is this ticket?\nLevels, from lowest to highest:\n- low\n- medium\n"
+                "- high: answer today\nAnswer:", ["low", "medium", "high"]),
 }
 
 

@@ -10,9 +10,10 @@ continuation of it with the engine's prefill-only scoring (engine/prompt_scoring
   are scored: the label's probability is the product of its tokens' (a whole sequence, not its first
   token).
 
-A label's probability is normalised over the question's labels. With more than one read, the prefix
-is prefilled first, alone; the reads then start from its cells (cached tokens in the usage) and run
-together in the engine's batches.
+A label's probability is normalised over the question's labels. With more than one read, what they
+all start with (the prefix, and the start their questions share) is prefilled first, alone; the reads
+then start from its cells (cached tokens in the usage) and run together in the engine's batches, as
+many a step as its batch holds (read lanes, engine/slots.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from studiolo.domain.errors import InvalidRequest
 from studiolo.engine.admission import queue_deadline
 from studiolo.engine.engine import ContextLengthExceeded, Engine
 from studiolo.engine.llama import LlamaModel
+from studiolo.engine.prompt_cache import common_prefix_length
 from studiolo.engine.sequence import FinishEvent, GenerationRequest, ScoresEvent
 from studiolo.engine.stream import TokenStream
 from studiolo.models.gguf_info import ModelInfo
@@ -173,13 +175,14 @@ class DecisionService:
                    questions: list[Question]) -> Decisions:
         deadline = queue_deadline(self.limits.queue_timeout_seconds)
         finished: list[FinishEvent] = []
-        if len(reads) > 1:  # the prefix once, so that every read starts from its cells
-            warm = GenerationRequest(prompt=prefix, max_tokens=0, adapter=target.adapter, queue_deadline=deadline)
+        shared = _shared_start(prefix, reads)
+        if len(reads) > 1:  # what they share once, so that every read starts from its cells
+            warm = GenerationRequest(prompt=shared, max_tokens=0, adapter=target.adapter, queue_deadline=deadline)
             prefilled = await _collect(engine.submit_many([warm], self.limits.max_queued_per_model))
             finished += [finish for _, finish in prefilled]
         requests = [GenerationRequest(prompt=read.tokens, max_tokens=0, adapter=target.adapter,
                                       score_tail=read.tail_length, score_next=tuple(read.next_ids),
-                                      keep_cells=len(prefix), queue_deadline=deadline) for read in reads]
+                                      keep_cells=len(shared), queue_deadline=deadline) for read in reads]
         results = await _collect(engine.submit_many(requests, self.limits.max_queued_per_model))
         logprobs: list[list[float]] = [[0.0] * len(q.labels) for q in questions]
         for read, (scores, _) in zip(reads, results, strict=True):
@@ -239,6 +242,16 @@ def _plan_reads(model: LlamaModel, prefix: list[int], questions: list[Question],
         if single.next_labels:
             reads.append(single)
     return reads
+
+
+def _shared_start(prefix: list[int], reads: list[_Read]) -> list[int]:
+    """The tokens every read starts with: the input's prefix, and whatever start their questions share
+    (all predicates begin alike: decision_prompt.py), short of the rows each read must decode itself."""
+    tokens = reads[0].tokens
+    length = len(tokens)
+    for read in reads:
+        length = min(length, common_prefix_length(tokens, read.tokens), len(read.tokens) - read.tail_length - 1)
+    return tokens[:max(length, len(prefix))]
 
 
 def _tokens(model: LlamaModel, text: str) -> list[int]:
