@@ -119,6 +119,7 @@ def test_resident_memory_is_read_from_the_kernel(tmp_path):
 
 
 SMOLLM_KV_BYTES_PER_CELL = 30 * 3 * (64 + 64) * 2  # layers x KV heads x (key + value dims) x f16
+KV_CELLS = 2 * 1024 + 512  # the server's 2 sequences of 1024 cells, and a batch for its read lanes (engine/slots.py)
 
 
 def test_a_context_knows_the_buffers_llama_cpp_allocated_for_it(default_models):
@@ -205,7 +206,7 @@ def test_the_prompt_cache_stays_within_its_budget_and_keeps_the_newest(budget_ht
     assert MIB < cache["used_bytes"] <= PROMPT_CACHE_MIB * MIB  # one entry (~3 MB) of the five offered
     [instance] = report["instances"]
     assert instance["id"] == SMOLLM and instance["weights_bytes"] == default_models[SMOLLM].stat().st_size
-    assert instance["kv_cache_bytes"] == 2 * 1024 * SMOLLM_KV_BYTES_PER_CELL  # 2 sequences of 1024 cells
+    assert instance["kv_cache_bytes"] == KV_CELLS * SMOLLM_KV_BYTES_PER_CELL
     assert instance["compute_bytes"] > 0 and instance["running_sequences"] == instance["queued_sequences"] == 0
     assert report["accounted_bytes"] >= (instance["weights_bytes"] + instance["kv_cache_bytes"]
                                          + instance["compute_bytes"] + cache["used_bytes"])
@@ -246,4 +247,4 @@ def test_ps_prints_each_instances_memory_and_the_caches(budget_server, budget_ht
     assert any(line.startswith("Resident memory: ") and "(peak " in line for line in lines)
 
     [instance] = json.loads(studiolo(budget_server, "ps", "--json").stdout)
-    assert instance["memory"]["kv_cache_bytes"] == 2 * 1024 * SMOLLM_KV_BYTES_PER_CELL
+    assert instance["memory"]["kv_cache_bytes"] == KV_CELLS * SMOLLM_KV_BYTES_PER_CELL

@@ -51,7 +51,7 @@ from studiolo.engine.prompt_cache import MIN_CACHED_TOKENS, PromptCache, common_
 
 RowPositions = Callable[[int], int]  # a prompt's row -> its KV position
 
-READ_LANES = 32  # sequence ids for reads beside the slots (a step of 512 tokens holds ~25 reads of ~20)
+READ_LANES = 64  # sequence ids for reads beside the slots (a step of 512 tokens holds ~50 reads of ~10)
 LLAMA_MAX_SEQ = 256  # llama.cpp's bound on a context's sequence ids
 
 
