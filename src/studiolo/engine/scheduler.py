@@ -138,6 +138,8 @@ class Scheduler:
         """Waiting reads of the step's adapter whose own tokens fit ``budget``, each given a read lane
         that borrows its prefix from a slot (module docstring); they run from now on."""
         boarded: list[Sequence] = []
+        if not self.waiting or budget <= 0:
+            return boarded
         lane = self.slots.free_lane()
         for seq in list(self.waiting)[:LANE_SCAN]:
             if lane is None or budget <= 0:
