@@ -28,7 +28,7 @@ import pytest
 from studiolo.api.decisions.openai_wire import questions_of
 from studiolo.models.defaults import QWEN05, target_path
 from studiolo.service.decision_prompt import question_text
-from studiolo.service.decisions import _answer
+from studiolo.service.decisions import _answer, _Read, _shared_start
 from tests.conftest import MINILM, QWEN, SMOLLM, RunningServer, free_port, home_with_models
 
 TICKET = ("Customer: I was charged twice for order 1182 last week, and nobody answers my emails. "
@@ -61,6 +61,17 @@ def test_questions_are_phrased_as_documented():
     for item, name in ((ANGRY, "angry"), (TEAM, "team"), ({**URGENCY, "name": "urgency"}, "urgency")):
         question = questions_of([item])[0]
         assert (question_text(question), list(question.labels)) == (ASKED[name][0], ASKED[name][1])
+
+
+def test_what_every_read_starts_with_is_prefilled_once():
+    """The warm-up prefill covers the input and the start the questions share, but never a row a read
+    scores: a tail label's rows, or (for next-token labels) the question's last token."""
+    prefix = [1, 2, 3]
+    asked = [_Read(0, prefix + [7, 8, 9, 10]), _Read(1, prefix + [7, 8, 9, 11])]
+    assert _shared_start(prefix, asked) == prefix + [7, 8, 9]
+    tail = _Read(2, prefix + [7, 8, 9, 12], tail_label=0, tail_length=2)  # scores 9 and 12: decodes 8 on
+    assert _shared_start(prefix, [*asked, tail]) == prefix + [7]
+    assert _shared_start(prefix, [*asked, _Read(3, prefix + [5])]) == prefix  # nothing shared past the input
 
 
 def test_labels_are_normalised_in_log_space():
