@@ -25,7 +25,7 @@ from studiolo.chat.tool_parser import CallArguments, CallStart, Text, ToolCallPa
 from studiolo.config import RequestLimits
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.models.defaults import QWEN05, target_path
-from tests.conftest import GEMMA, QWEN, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import GEMMA, QWEN, SMOLLM, RunningServer, free_port, hang_up, home_with_models
 from tests.mcp_server import McpServer
 
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
@@ -157,11 +157,13 @@ class _ModelLog:
         self.outputs: list[str] = []
         self._client = httpx.Client(base_url=base_url, timeout=None)
         self.ready = threading.Event()
+        self._response: httpx.Response | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         try:
             with self._client.stream("GET", "/studiolo/log/stream") as response:
+                self._response = response
                 self.ready.set()
                 for line in response.iter_lines():
                     event = json.loads(line[6:]) if line.startswith("data: ") else {}
@@ -173,6 +175,7 @@ class _ModelLog:
             pass  # closed
 
     def close(self) -> None:
+        hang_up(self._response)
         self._client.close()
 
 
