@@ -23,7 +23,7 @@ from studiolo.api.app import create_app
 from studiolo.api.auth import route_requirements
 from studiolo.api.page.routes import FILES as PAGE_FILES  # the chat page: public, to ask for a token
 from studiolo.domain.auth import PUBLIC
-from tests.conftest import SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import SMOLLM, RunningServer, free_port, hang_up, home_with_models
 
 BAD_TOKEN = "sk-lm-deadbeef:" + "Q" * 43  # well formed, never made
 GARBAGE_TOKEN = "not-a-token-3f1e9c"
@@ -214,6 +214,7 @@ class StreamReader:
         self.ended = threading.Event()
         self.status: int | None = None
         self._client = httpx.Client(base_url=server.base_url, timeout=60)
+        self._response: httpx.Response | None = None
         threading.Thread(target=self._read, args=(token, source), daemon=True).start()
         assert self.opened.wait(10)
 
@@ -221,6 +222,7 @@ class StreamReader:
         try:
             with self._client.stream("GET", "/studiolo/log/stream", params={"source": source},
                                      headers={"Authorization": f"Bearer {token}"}) as response:
+                self._response = response
                 self.status = response.status_code
                 self.opened.set()
                 for line in response.iter_lines():
@@ -233,6 +235,7 @@ class StreamReader:
 
     def close(self) -> None:
         """Hang up: a stream left open held the server's stop for its 5 s grace period."""
+        hang_up(self._response)
         self._client.close()
 
 

@@ -26,7 +26,16 @@ import pexpect
 import pytest
 
 from studiolo.cli.chat_view import WAITING, looks_like_markdown
-from tests.conftest import GEMMA, SMOLLM, RunningServer, free_port, home_with_models, loaded_instances, unload_all
+from tests.conftest import (
+    GEMMA,
+    SMOLLM,
+    RunningServer,
+    free_port,
+    hang_up,
+    home_with_models,
+    loaded_instances,
+    unload_all,
+)
 from tests.reasoning_model import OPENER, THINKER, link_reasoning_models
 
 MAX_TOKENS = 24
@@ -92,11 +101,13 @@ class ModelLog:
         self.events: list[dict] = []
         self._probes: set[str] = set()
         self._client = httpx.Client(base_url=base_url, timeout=None, headers={"Authorization": f"Bearer {token}"})
+        self._response: httpx.Response | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         try:
             with self._client.stream("GET", "/studiolo/log/stream") as response:
+                self._response = response
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         self._keep(json.loads(line[6:]))
@@ -122,6 +133,7 @@ class ModelLog:
         return self.of_type(kind)
 
     def close(self) -> None:
+        hang_up(self._response)
         self._client.close()
 
 

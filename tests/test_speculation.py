@@ -25,7 +25,17 @@ from studiolo.cli.models_cmd import drafts_cell
 from studiolo.engine.speculation import DraftStats
 from studiolo.service.model_log import LogHub, model_output_event
 from tests.batching import assert_same_or_parted_at_a_near_tie
-from tests.conftest import GEMMA, GREEDY, MINILM, NO_PENALTY, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import (
+    GEMMA,
+    GREEDY,
+    MINILM,
+    NO_PENALTY,
+    SMOLLM,
+    RunningServer,
+    free_port,
+    hang_up,
+    home_with_models,
+)
 
 CODE = """def total_price(items, tax_rate):
     subtotal = 0
@@ -312,10 +322,12 @@ def test_four_concurrent_drafting_requests(spec_server, client):
 def test_log_stream_outputs_carry_the_draft_stats(spec_server, client):
     outputs: list[dict] = []
     reader = httpx.Client(base_url=spec_server.base_url, timeout=None)
+    opened: list[httpx.Response] = []
 
     def read():
         try:
             with reader.stream("GET", "/studiolo/log/stream") as response:
+                opened.append(response)
                 for line in response.iter_lines():
                     event = json.loads(line[6:]) if line.startswith("data: ") else {}
                     if event.get("type") == "output":
@@ -330,6 +342,7 @@ def test_log_stream_outputs_carry_the_draft_stats(spec_server, client):
             chat(client, draft=SMOLLM, max_tokens=8)
             time.sleep(0.1)
     finally:
+        hang_up(opened[0] if opened else None)
         reader.close()
     drafted = next(event for event in outputs if "total_draft_tokens_count" in event)
     assert_adds_up(drafted, SMOLLM)

@@ -19,7 +19,7 @@ import pytest
 from studiolo.service.conversations import Conversations
 from studiolo.service.items import assistant_message, user_message
 from studiolo.store.responses import ResponseStore
-from tests.conftest import GEMMA, MINILM, SMOLLM, RunningServer, free_port, home_with_models
+from tests.conftest import GEMMA, MINILM, SMOLLM, RunningServer, free_port, hang_up, home_with_models
 
 CHAT = "/api/v1/chat"
 
@@ -61,12 +61,14 @@ class PromptLog:
     def __init__(self, base_url: str):
         self.prompts: list[str] = []
         self._client = httpx.Client(base_url=base_url, timeout=None)
+        self._response: httpx.Response | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         try:
             with self._client.stream("GET", "/studiolo/log/stream") as response:
+                self._response = response
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
@@ -85,6 +87,7 @@ class PromptLog:
         return self.prompts[count]
 
     def close(self) -> None:
+        hang_up(self._response)
         self._client.close()
 
 

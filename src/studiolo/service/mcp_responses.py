@@ -32,8 +32,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import httpx2
-import mcp_types
-from mcp import MCPError
 
 from studiolo.domain.chat import Tools, ToolSpec
 from studiolo.domain.errors import InvalidRequest, Kind, StudioloError
@@ -434,6 +432,9 @@ def call_error(exc: BaseException) -> dict[str, Any]:
     """An ``mcp_call``'s ``error`` in OpenAI's shape: ``mcp_protocol_error`` with the JSON-RPC code when
     the server refused the call, else ``http_error`` with the HTTP status (``UNREACHABLE_STATUS`` when
     there was none: the server was not reached)."""
+    import mcp_types  # imported once a server is reached (service/mcp.py)
+    from mcp import MCPError
+
     cause = _cause(exc, lambda error: isinstance(error, MCPError | httpx2.HTTPStatusError))
     if isinstance(cause, MCPError) and cause.code != mcp_types.CONNECTION_CLOSED:  # that one: a transport failure
         return {"type": "mcp_protocol_error", "code": cause.code, "message": str(exc)}

@@ -17,8 +17,6 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from mcp.client.stdio import StdioServerParameters, stdio_client
-
 from studiolo.config import logs_dir
 from studiolo.service.mcp import McpConnection, McpConnectionError, McpServer, Streams
 from studiolo.service.mcp_json import McpJsonEntry
@@ -141,6 +139,8 @@ async def _start(entry: McpJsonEntry) -> McpConnection:
 
 
 async def _stdio(entry: McpJsonEntry, stack: AsyncExitStack) -> Streams:
+    from mcp.client.stdio import StdioServerParameters, stdio_client  # imported when first needed (service/mcp.py)
+
     logs_dir().mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.name)
     errlog = stack.enter_context((logs_dir() / f"mcp-{safe}.log").open("a", encoding="utf-8"))
