@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -161,7 +162,9 @@ def rendered(api: httpx.Client, model: str, messages: list[dict], **extra) -> st
 def spawn_chat(server: ChatServer, *args: str) -> pexpect.spawn:
     env = {**os.environ, "STUDIOLO_HOME": str(server.home), "TERM": "xterm", "STUDIOLO_API_TOKEN": server.chat_token}
     command = ["-m", "studiolo", "chat", *args, "--port", str(server.port)]
-    child = pexpect.spawn(sys.executable, command, env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    # Ctrl+C must reach the chat even when the tests run in a background job, which ignores SIGINT
+    child = pexpect.spawn(sys.executable, command, env=env, encoding="utf-8", timeout=60, dimensions=(50, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact(PROMPT)
     return child
 
