@@ -34,7 +34,10 @@ from tests.reasoning_model import link_reasoning_models
 from tests.reply_events import summary
 
 TEMPLATE_SOURCE = (Path(__file__).parent / "chat_templates" / "openai-gpt-oss-120b.jinja").read_text()
-GREEDY = {"temperature": 0, "seed": 1}
+# no repetition penalty: with LM Studio's default (1.1) SmolLM2 chose between "channel" and "channels"
+# after the many channels of the prompt at a near-tie, which one CPU's rounding settled otherwise
+NO_PENALTY = {"repeat_penalty": 1.0}
+GREEDY = {"temperature": 0, "seed": 1, "extra_body": NO_PENALTY}
 
 WEATHER = ToolSpec("get_weather", "The current weather in a city.", {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
@@ -416,8 +419,9 @@ def test_a_tool_loop_call_result_next_turn(hclient):
     assert len(call.id) == 9 and call.function.name == "get_weather"
     loop = [*SHOTS, message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 20 C"}]
+    echoing = {**GREEDY, "extra_body": {**NO_PENALTY, "echo": True}}
     echoed = hclient.chat.completions.create(model=HARMONY_MODEL.key, messages=loop, tools=TOOLS, max_tokens=1,
-                                             extra_body={"echo": True}, **GREEDY).choices[0].message.content
+                                             **echoing).choices[0].message.content
     assert ("<|start|>user<|message|>What is the weather in Paris?<|end|>"
             "<|start|>assistant<|channel|>analysis<|message|>I need the weather in Paris.<|end|>"
             "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>"
@@ -435,12 +439,12 @@ def test_a_budget_with_auto_tools_cuts_the_analysis(hclient):
     budget and opens the final channel, and the grammar allows all of it (a required call's does
     not: that stays a 400, tests/test_reasoning_budget.py)."""
     response = hclient.chat.completions.create(model=HARMONY_MODEL.key, messages=SHOTS, tools=TOOLS, max_tokens=40,
-                                               extra_body={"reasoning_budget": 15}, **GREEDY)
+                                               **{**GREEDY, "extra_body": {**NO_PENALTY, "reasoning_budget": 15}})
     message = response.choices[0].message
     # the gate's opening (<|channel|>analysis<|message|>, 11 text tokens of SmolLM2) counts in the budget
     assert (message.model_extra or {}).get("reasoning_content") == "I need the weather"
     assert 15 <= response.usage.completion_tokens_details.reasoning_tokens < response.usage.completion_tokens
-    assert not message.tool_calls and message.content == "#\n}"
+    assert not message.tool_calls and message.content  # what the untrained model writes there is its own
 
 
 def responses_input(messages: list[dict]) -> list[dict]:
@@ -465,7 +469,7 @@ def test_responses_a_reasoning_item_then_a_function_call(hclient):
     """The same calls on /v1/responses: a reasoning item, then a function_call item."""
     tools = [{"type": "function", **tool["function"]} for tool in TOOLS]
     response = hclient.responses.create(model=HARMONY_MODEL.key, input=responses_input(SHOTS), tools=tools,
-                                        max_output_tokens=60, temperature=0)
+                                        max_output_tokens=60, temperature=0, extra_body=NO_PENALTY)
     kinds = [item.type for item in response.output]
     assert kinds == ["reasoning", "function_call"], response.output
     assert response.output[0].content[0].text == "I need the weather in Paris."
