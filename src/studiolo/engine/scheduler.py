@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from studiolo.engine.llama import LoraAdapter
 from studiolo.engine.prompt_scoring import first_read_row, least_prefill, rides_a_lane
@@ -141,7 +142,7 @@ class Scheduler:
         if not self.waiting or budget <= 0:
             return boarded
         lane = self.slots.free_lane()
-        for seq in list(self.waiting)[:LANE_SCAN]:
+        for seq in list(islice(self.waiting, LANE_SCAN)):  # a copy: boarding removes from the queue
             if lane is None or budget <= 0:
                 break
             if not rides_a_lane(seq.request) or seq.request.adapter is not self.adapter:
