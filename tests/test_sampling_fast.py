@@ -125,7 +125,7 @@ def test_the_distribution_is_the_chain_s_own_over_20000_draws():
     expected = expected_distribution(logits, LM_STUDIO)
     assert 10 < len(expected) < 40  # top-p and min-p both cut something
     top_k_first, whole = TokenSampler(SamplingParams(seed=101)), TokenSampler(SamplingParams(seed=202))
-    fast = Counter(top_k_first.choose(None, 0, logits) for _ in range(DRAWS))
+    fast = Counter(top_k_first.choose_top_k_first(logits) for _ in range(DRAWS))
     every_token = token_data(logits)
     slow = Counter(whole_vocabulary_draw(whole, every_token) for _ in range(DRAWS))
     assert_drawn_from(fast, expected)

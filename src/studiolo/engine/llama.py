@@ -317,6 +317,7 @@ class LlamaContext:
         if not handle:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.model = model
+        self._logits_row = ctypes.c_float * model.n_vocab  # one row of logits, viewed zero-copy
         self._handle = handle
         self._memory = llama.llama_get_memory(handle)
         self.n_ctx: int = llama.llama_n_ctx(handle)
@@ -379,7 +380,10 @@ class LlamaContext:
     def logits(self, batch_index: int) -> np.ndarray:
         """A zero-copy float32 view of the logits computed for one batch position."""
         pointer = llama.llama_get_logits_ith(self._handle, batch_index)
-        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+        if not pointer:
+            raise IndexError(f"batch position {batch_index} has no logits")
+        # a row type made once: np.ctypeslib.as_array builds one per call, a cost on every token
+        return np.frombuffer(self._logits_row.from_address(ctypes.addressof(pointer.contents)), dtype=np.float32)
 
     @property
     def handle(self):
