@@ -322,7 +322,7 @@ def render(results: dict, plot_name: str, quick: bool) -> str:
         out += ["> **Quick run** (`--quick`): short prompts and few repeats, for checking the harness only.", ""]
     out += [
         f"Measured {results['date']} by `make bench` in {results['seconds']} s. Each figure is the median of "
-        f"{config['repeats']} runs; every server gets the same prompts, one server at a time.",
+        f"{config['repeats']} runs ({config['decode_repeats']} for single-stream decode, the noisiest); every server gets the same prompts, one server at a time.",
         "",
         "## Machine and set-up",
         "",
