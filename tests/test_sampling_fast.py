@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from studiolo.domain.sampling import SamplingParams
+from studiolo.engine import sampling
 from studiolo.engine.candidates import TOKEN_DATA, top_k_ids
 from studiolo.engine.llama import ContextParams, LlamaContext, LlamaModel
-from studiolo.engine.sampling import TokenSampler
+from studiolo.engine.sampling import CUT_FIRST_FROM, TokenSampler
 
-from .conftest import GEMMA
+from .conftest import GEMMA, SMOLLM
 
 LM_STUDIO = SamplingParams(seed=3)  # temperature 0.8, top_p 0.95, top_k 40, min_p 0.05, repeat 1.1
 GEMMA_VOCABULARY = 262_144
@@ -177,3 +178,33 @@ def test_a_top_k_past_the_vocabulary_samples_the_whole_of_it(gemma_rows):
     assert [huge.choose(context, index, context.logits(index)) for _ in range(30)] == [
         off.choose(context, index, context.logits(index)) for _ in range(30)]
     huge.close(), off.close()
+
+
+def test_only_a_large_vocabulary_is_cut_to_its_top_k_first(default_models, monkeypatch):
+    """Right after a decode the cut's numpy calls start cold and cost more than llama.cpp's one
+    pass over a small vocabulary (docs/ENGINE.md): SmolLM2's 49k tokens go to the chain whole."""
+    cuts = []
+
+    def counted(logits, k):
+        cuts.append(logits.size)
+        return top_k_ids(logits, k)
+
+    monkeypatch.setattr(sampling, "top_k_ids", counted)
+    model = LlamaModel(default_models[SMOLLM])
+    context = LlamaContext(model, ContextParams(n_ctx=128, n_batch=32, n_seq_max=1, n_threads=2))
+    try:
+        tokens = model.tokenize("The old library kept its maps in a room behind the", add_special=True)
+        context.batch.add(tokens, 0, 0, logits_from=len(tokens) - 1)
+        assert context.decode() == 0 and model.n_vocab < CUT_FIRST_FROM
+        index = len(tokens) - 1
+        small, whole = TokenSampler(LM_STUDIO), TokenSampler(LM_STUDIO)
+        drawn = [small.choose(context, index, context.logits(index)) for _ in range(20)]
+        assert drawn == [whole.choose_over_vocabulary(context, index) for _ in range(20)]
+        assert cuts == []
+        large = TokenSampler(LM_STUDIO)
+        large.choose(None, 0, gemma_like_logits(5))
+        assert cuts == [GEMMA_VOCABULARY]
+        small.close(), whole.close(), large.close()
+    finally:
+        context.close()
+        model.close()
