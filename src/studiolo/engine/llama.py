@@ -383,7 +383,8 @@ class LlamaContext:
         if not pointer:
             raise IndexError(f"batch position {batch_index} has no logits")
         # a row type made once: np.ctypeslib.as_array builds one per call, a cost on every token
-        return np.frombuffer(self._logits_row.from_address(ctypes.addressof(pointer.contents)), dtype=np.float32)
+        row = self._logits_row.from_address(ctypes.addressof(pointer.contents))
+        return np.frombuffer(memoryview(row), dtype=np.float32)
 
     @property
     def handle(self):
